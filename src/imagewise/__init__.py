@@ -1,0 +1,41 @@
+"""imagewise: from a folder of labelled images to a classifier that is trained fast, measured,
+explained, exported and served.
+
+    >>> import imagewise
+    >>> result = imagewise.train("digits", "runs/digits", epochs=5)  # doctest: +SKIP
+    >>> imagewise.evaluate("runs/digits").accuracy  # doctest: +SKIP
+    >>> imagewise.predict("runs/digits", ["some/digit.png"])[0].label  # doctest: +SKIP
+
+The heavy parts (torch, timm) load on first use, so ``import imagewise`` stays quick.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+# train / evaluate / predict are stage packages that are callable (see imagewise._stage).
+_STAGES = ("train", "evaluate", "predict")
+_EXPORTS = {
+    "load": "imagewise.predict.predictor",
+    "create_model": "imagewise.models",
+    "list_models": "imagewise.models",
+}
+
+if TYPE_CHECKING:
+    from imagewise.models import create_model, list_models
+    from imagewise.predict.predictor import load
+
+
+def __getattr__(name: str) -> Any:
+    import importlib
+
+    if name in _STAGES:
+        return importlib.import_module(f"imagewise.{name}")
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'imagewise' has no attribute {name!r}")
+
+
+__all__ = ["__version__", "create_model", "evaluate", "list_models", "load", "predict", "train"]

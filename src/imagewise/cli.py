@@ -1,0 +1,275 @@
+"""The ``imagewise`` command line: parse arguments, call one library function, print.
+
+Bad input ends with one line on stderr and exit code 2; ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from imagewise.errors import UserError
+
+log = logging.getLogger("imagewise")
+
+EXAMPLES = {
+    "demo": "imagewise demo",
+    "data fetch": "imagewise data fetch fashion-mnist",
+    "models": "imagewise models --img-size 28 --channels 1",
+    "train": "imagewise train fashion-mnist --model resnet9_slim --epochs 10 --out runs/fm",
+    "evaluate": "imagewise evaluate runs/fm",
+    "predict": "imagewise predict runs/fm photos/ 'more/*.png' --top-k 3 --format csv",
+}
+
+# Help for the common train flags; the rest get a generic line naming their config section.
+FLAG_HELP = {
+    "model": "network name from 'imagewise models', any timm name, or auto (default)",
+    "epochs": "training epochs (default 10)",
+    "batch_size": "images per step (default 128)",
+    "lr": "learning rate (default: the optimizer's, scaled with the batch size)",
+    "optimizer": "sgd, adam, adamw (default) or rmsprop",
+    "weight_decay": "L2 weight decay (default: the optimizer's)",
+    "augment": "augmentation preset: none, light, standard (default), strong",
+    "img_size": "square input size in pixels (default: from the data, 28..224)",
+    "channels": "1 (grayscale) or 3 (RGB) (default: from the data)",
+    "schedule": "onecycle (default), cosine, step or constant",
+    "loss": "auto, cross_entropy, mse or margin",
+    "label_smoothing": "cross-entropy label smoothing (default 0.1)",
+    "patience": "early stopping after this many epochs without improvement (0 = off)",
+    "seed": "random seed (default 0)",
+    "device": "cpu, cuda, cuda:N or auto (default)",
+    "ema_decay": "keep an exponential moving average of the weights (e.g. 0.999; 0 = off)",
+    "strict": "fail on a corrupt image instead of skipping it",
+    "precision": "auto, fp32, bf16 or fp16",
+}
+
+
+def _type_of(section: str, attr: str) -> str:
+    import dataclasses
+
+    from imagewise.config import RunConfig
+
+    obj: Any = RunConfig()
+    for part in section.split("."):
+        obj = getattr(obj, part)
+    return str(next(f.type for f in dataclasses.fields(obj) if f.name == attr))
+
+
+def _add_train_options(parser: argparse.ArgumentParser) -> None:
+    from imagewise.config import OPTIONS
+
+    for name, (section, attr) in OPTIONS.items():
+        kind = _type_of(section, attr)
+        flag = "--" + name.replace("_", "-")
+        help_text = FLAG_HELP.get(name, f"{section}.{attr} (see config.yaml)")
+        if kind.startswith("bool"):
+            parser.add_argument(
+                flag, action=argparse.BooleanOptionalAction, default=None, help=help_text
+            )
+        else:
+            base = kind.split("|")[0].strip()
+            convert = {"int": int, "float": float}.get(base, str)
+            parser.add_argument(flag, type=convert, default=None, help=help_text)
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    common.add_argument("-q", "--quiet", action="store_true", help="only warnings and results")
+
+    def sub(subparsers: Any, name: str, help_text: str, key: str | None = None) -> Any:
+        return subparsers.add_parser(
+            name,
+            help=help_text,
+            description=help_text,
+            parents=[common],
+            epilog=f"example:\n  {EXAMPLES[key or name]}",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+
+    import imagewise
+
+    parser = argparse.ArgumentParser(
+        prog="imagewise",
+        parents=[common],
+        description="Image classification: train, evaluate and use classifiers.",
+        epilog="examples:\n  " + "\n  ".join(EXAMPLES.values()),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"imagewise {imagewise.__version__}")
+    verbs = parser.add_subparsers(dest="verb", metavar="VERB")
+
+    p = sub(verbs, "demo", "the main job end to end on the built-in digits")
+    p.add_argument("--out", default="runs/demo", help="run folder (default runs/demo)")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub(verbs, "data", "dataset tools", "data fetch")
+    data_verbs = p.add_subparsers(dest="data_verb", metavar="ACTION", required=True)
+    q = sub(data_verbs, "fetch", "make a built-in dataset available offline", "data fetch")
+    q.add_argument("name", help="digits or fashion-mnist")
+    q.set_defaults(func=cmd_data_fetch)
+
+    p = sub(verbs, "models", "list the built-in models with parameters and FLOPs")
+    p.add_argument("--img-size", type=int, default=224, help="input size for FLOPs (default 224)")
+    p.add_argument("--channels", type=int, default=3, help="input channels (default 3)")
+    p.add_argument("--num-classes", type=int, default=10, help="classes (default 10)")
+    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.set_defaults(func=cmd_models)
+
+    p = sub(verbs, "train", "train a classifier and write a run folder")
+    p.add_argument("data", nargs="?", help="folder, CSV manifest, digits or fashion-mnist")
+    p.add_argument("--out", help="run folder (default runs/DATA-MODEL)")
+    p.add_argument("--config", help="YAML file with sections data / model / train")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    _add_train_options(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub(verbs, "evaluate", "measure a run on held-out images; writes RUN/eval/")
+    p.add_argument("run", help="run folder")
+    p.add_argument("data", nargs="?", help="other data to evaluate on (default: the test split)")
+    p.add_argument("--split", default="test", choices=("test", "val", "train"))
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub(verbs, "predict", "classify images, folders and globs")
+    p.add_argument("run", help="run folder")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or globs")
+    p.add_argument("--top-k", type=int, default=5, help="classes per image (default 5)")
+    p.add_argument("--format", default="table", choices=("table", "csv", "json"))
+    p.add_argument("--out", help="write the predictions to this file instead of printing")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    p.set_defaults(func=cmd_predict)
+    return parser
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from imagewise.demo import run_demo
+
+    run_demo(args.out, epochs=args.epochs, show_progress=not args.quiet)
+    return 0
+
+
+def cmd_data_fetch(args: argparse.Namespace) -> int:
+    from imagewise.data.builtin import fetch
+
+    print(f"{args.name} is available in {fetch(args.name)}")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    import json
+
+    from imagewise.models import describe_models
+
+    rows = describe_models(None, args.channels, args.img_size, args.num_classes)
+    if args.format == "json":
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'model':<16} {'family':<12} {'params':>10} {'GFLOPs':>9}  description")
+    print(f"{'':<16} {'':<12} {'':>10} {f'@{args.img_size}px':>9}")
+    for r in rows:
+        params = f"{r['params'] / 1e6:.2f}M"
+        print(
+            f"{r['name']:<16} {r['family']:<12} {params:>10} {r['flops'] / 1e9:>9.3f}  "
+            f"{r['description']}"
+        )
+    print("\nAny timm model name works too, e.g. --model convnext_nano.")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from imagewise.config import OPTIONS
+    from imagewise.train.run import train
+
+    options = {name: getattr(args, name) for name in OPTIONS}
+    result = train(
+        args.data,
+        args.out,
+        config_file=args.config,
+        resume=args.resume,
+        show_progress=not args.quiet,
+        **options,
+    )
+    print(
+        f"trained {result.model} for {result.epochs} epochs in {result.train_seconds:.0f}s; "
+        f"best validation accuracy {result.best_val_accuracy:.2%} (epoch {result.best_epoch})"
+    )
+    print(f"run folder: {result.run}   next: imagewise evaluate {result.run}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from imagewise.evaluate import evaluate
+
+    ev = evaluate(
+        args.run, args.data, split=args.split, batch_size=args.batch_size, device=args.device
+    )
+    m = ev.metrics
+    print(f"{m['images']} images ({m['split']} of {m['data']})")
+    print(
+        f"accuracy {m['accuracy']:.2%}   macro F1 {m['macro']['f1']:.4f}   "
+        f"weighted F1 {m['weighted']['f1']:.4f}"
+    )
+    for k, v in m["top_k_accuracy"].items():
+        if k != "1":
+            print(f"top-{k} accuracy {v:.2%}")
+    print(f"\n{'class':<20} {'precision':>9} {'recall':>7} {'f1':>7} {'support':>8}")
+    for name, c in m["per_class"].items():
+        print(
+            f"{name:<20} {c['precision']:>9.3f} {c['recall']:>7.3f} {c['f1']:>7.3f} "
+            f"{c['support']:>8d}"
+        )
+    if m["most_confused"]:
+        worst = m["most_confused"][0]
+        print(f"\nmost confused: {worst['true']} -> {worst['predicted']} ({worst['count']} images)")
+    print(f"wrote {', '.join(str(p) for p in ev.files.values())}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from imagewise.predict import format_predictions, predict
+
+    if args.top_k < 1:
+        raise UserError(f"--top-k must be at least 1, not {args.top_k}")
+    preds = predict(args.run, args.inputs, top_k=args.top_k, device=args.device)
+    text = format_predictions(preds, args.format)
+    if args.out:
+        from imagewise.io import atomic_write_text
+
+        atomic_write_text(args.out, text + "\n")
+        print(f"wrote {len(preds)} predictions to {args.out}")
+    else:
+        print(text)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``imagewise`` command."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    quiet = "-q" in argv or "--quiet" in argv
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO,
+        format="%(message)s",
+        stream=sys.stderr,
+    )
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except UserError as exc:
+        if debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,268 @@
+"""Typed configuration: one dataclass per concern, from defaults, then a YAML file, then flags.
+
+The resolved configuration is written into the run folder (``config.yaml``) and into the
+checkpoint, so a run can be resumed or re-evaluated without the original command line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from imagewise.errors import UserError
+
+AUGMENT_PRESETS = ("none", "light", "standard", "strong")
+
+
+@dataclass
+class AugmentConfig:
+    """Augmentation: a named preset, each part of which can be set on its own (None = preset)."""
+
+    preset: str = "standard"
+    rotation: float | None = None  # degrees, uniform in [-r, r]
+    scale: float | None = None  # zoom: scale factor uniform in [1-s, 1+s]
+    translate: float | None = None  # fraction of the image size, each axis
+    shear: float | None = None  # degrees
+    hflip: bool | None = None
+    vflip: bool | None = None
+    color_jitter: float | None = None  # brightness / contrast / saturation strength
+    noise: float | None = None  # std of Gaussian noise on [0, 1] pixels
+    erasing: float | None = None  # probability of random erasing
+    randaugment: bool | None = None
+    mixup: float = 0.0  # Beta(alpha, alpha); 0 = off
+    cutmix: float = 0.0  # Beta(alpha, alpha); 0 = off
+
+
+@dataclass
+class DataConfig:
+    """Where the images come from and how they are shaped."""
+
+    source: str = ""
+    img_size: int = 0  # 0 = from the data (clipped to 28..224)
+    channels: int = 0  # 0 = from the data (1 if every sampled image is grayscale, else 3)
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+    split_seed: int = 0
+    workers: int = -1  # DataLoader workers for streamed file datasets; -1 = one per core
+    cache: str = "auto"  # auto | ram | none: decode a file dataset once into memory when it fits
+    strict: bool = False  # fail on a corrupt image instead of skipping it
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+@dataclass
+class ModelConfig:
+    """Which network, and how it starts."""
+
+    name: str = "auto"
+    pretrained: bool = False
+    dropout: float | None = None
+
+
+@dataclass
+class TrainConfig:
+    """The optimisation: loss, optimizer, schedule, stopping, hardware."""
+
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float | None = None  # None = the optimizer's default, scaled with the batch size
+    optimizer: str = "adamw"
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float | None = None  # None = the optimizer's default
+    schedule: str = "onecycle"
+    warmup_epochs: float = 1.0
+    step_size: int = 0  # step schedule: epochs between decays (0 = a third of the run)
+    gamma: float = 0.1  # step schedule: decay factor
+    loss: str = "auto"  # auto | cross_entropy | mse | margin
+    label_smoothing: float = 0.1
+    patience: int = 0  # early stopping: epochs without improvement (0 = off)
+    ema_decay: float = 0.0  # exponential moving average of weights (0 = off)
+    grad_clip: float = 0.0
+    seed: int = 0
+    device: str = "auto"
+    channels_last: bool = True
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (auto: bf16/fp16 on GPU, fp32 on CPU)
+    tta: bool = False  # test-time augmentation (horizontal flip) at evaluation
+
+
+@dataclass
+class RunConfig:
+    """Everything about one training run."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# Flat option names, shared by the command line and the Python API: name -> (section path, field).
+OPTIONS: dict[str, tuple[str, str]] = {
+    "model": ("model", "name"),
+    "pretrained": ("model", "pretrained"),
+    "dropout": ("model", "dropout"),
+    "img_size": ("data", "img_size"),
+    "channels": ("data", "channels"),
+    "val_fraction": ("data", "val_fraction"),
+    "test_fraction": ("data", "test_fraction"),
+    "split_seed": ("data", "split_seed"),
+    "workers": ("data", "workers"),
+    "cache": ("data", "cache"),
+    "strict": ("data", "strict"),
+    "augment": ("data.augment", "preset"),
+    **{
+        name: ("data.augment", name)
+        for name in (
+            "rotation",
+            "scale",
+            "translate",
+            "shear",
+            "hflip",
+            "vflip",
+            "color_jitter",
+            "noise",
+            "erasing",
+            "randaugment",
+            "mixup",
+            "cutmix",
+        )
+    },
+    **{f.name: ("train", f.name) for f in dataclasses.fields(TrainConfig)},
+}
+
+
+def _section(config: RunConfig, path: str) -> Any:
+    obj: Any = config
+    for part in path.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _coerce(value: Any, kind: str, where: str) -> Any:
+    """Convert a YAML/flag value to the field's declared type (``kind`` is its annotation).
+
+    PyYAML reads ``1e-3`` as a string, so the declared type decides, not the value's own.
+    """
+    if value is None:
+        if "None" in kind:
+            return None
+        raise UserError(f"{where} must be set")
+    if kind.startswith("bool"):
+        if isinstance(value, bool):
+            return value
+        if str(value).lower() in ("true", "yes", "1", "on"):
+            return True
+        if str(value).lower() in ("false", "no", "0", "off"):
+            return False
+        raise UserError(f"{where} must be true or false, not {value!r}")
+    base = kind.split("|")[0].strip()
+    convert = {"int": int, "float": float, "str": str}.get(base)
+    if convert is None:
+        return value
+    try:
+        if convert is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError
+        return convert(value)
+    except (TypeError, ValueError):
+        raise UserError(
+            f"{where} must be a {'number' if base != 'str' else 'text'}, not {value!r}"
+        ) from None
+
+
+def _field_type(target: Any, name: str) -> str:
+    return str(next(f.type for f in dataclasses.fields(target) if f.name == name))
+
+
+def _merge(target: Any, values: dict[str, Any], where: str) -> None:
+    names = {f.name: f for f in dataclasses.fields(target)}
+    for key, value in values.items():
+        if key not in names:
+            known = ", ".join(sorted(names))
+            raise UserError(f"unknown setting '{key}' in {where}; known settings: {known}")
+        current = getattr(target, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise UserError(f"{where}.{key} must be a mapping")
+            _merge(current, value, f"{where}.{key}")
+        else:
+            setattr(target, key, _coerce(value, _field_type(target, key), f"{where}.{key}"))
+
+
+def config_from_dict(values: dict[str, Any], base: RunConfig | None = None) -> RunConfig:
+    """Build a RunConfig from nested sections (data / model / train), as in a YAML file."""
+    config = base if base is not None else RunConfig()
+    _merge(config, values or {}, "config")
+    return config
+
+
+def load_config_file(path: str | Path, base: RunConfig | None = None) -> RunConfig:
+    """Read a YAML config file (sections data / model / train) over ``base`` or the defaults."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file '{path}' does not exist; check the path given to --config")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise UserError(f"config file '{path}' is not valid YAML: {exc}".splitlines()[0]) from exc
+    if not isinstance(values, dict):
+        raise UserError(f"config file '{path}' must hold a mapping with sections data/model/train")
+    return config_from_dict(values, base)
+
+
+def apply_options(config: RunConfig, options: dict[str, Any]) -> RunConfig:
+    """Apply flat options (``lr=0.01``, ``model='resnet18'``) over a config; None means unset."""
+    for name, value in options.items():
+        if value is None:
+            continue
+        if name not in OPTIONS:
+            raise UserError(f"unknown option '{name}'; known options: {', '.join(sorted(OPTIONS))}")
+        section, attr = OPTIONS[name]
+        target = _section(config, section)
+        flag = f"--{name.replace('_', '-')}"
+        setattr(target, attr, _coerce(value, _field_type(target, attr), flag))
+    validate(config)
+    return config
+
+
+def validate(config: RunConfig) -> None:
+    """Reject settings that cannot work, with a message that says what to do."""
+    t, d = config.train, config.data
+    if t.epochs < 1:
+        raise UserError(f"--epochs must be at least 1, not {t.epochs}")
+    if t.batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, not {t.batch_size}")
+    if t.lr is not None and t.lr <= 0:
+        raise UserError(f"--lr must be positive, not {t.lr}")
+    if d.augment.preset not in AUGMENT_PRESETS:
+        raise UserError(
+            f"unknown augmentation preset '{d.augment.preset}'; choose one of "
+            + ", ".join(AUGMENT_PRESETS)
+        )
+    if d.channels not in (0, 1, 3):
+        raise UserError(f"--channels must be 1 or 3, not {d.channels}")
+    if d.img_size and not 8 <= d.img_size <= 1024:
+        raise UserError(f"--img-size must be between 8 and 1024, not {d.img_size}")
+    if not (0 <= d.val_fraction < 1 and 0 <= d.test_fraction < 1):
+        raise UserError("--val-fraction and --test-fraction must be between 0 and 1")
+    if d.val_fraction + d.test_fraction >= 0.9:
+        raise UserError("--val-fraction plus --test-fraction leave too little to train on")
+    if d.cache not in ("auto", "ram", "none"):
+        raise UserError(f"--cache must be auto, ram or none, not {d.cache}")
+    if not 0 <= t.label_smoothing < 1:
+        raise UserError(f"--label-smoothing must be in [0, 1), not {t.label_smoothing}")
+    if not 0 <= t.ema_decay < 1:
+        raise UserError(f"--ema-decay must be in [0, 1), not {t.ema_decay}")
+
+
+def save_config(config: RunConfig, path: str | Path) -> None:
+    """Write the resolved configuration as YAML, atomically."""
+    import yaml
+
+    from imagewise.io import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False))

@@ -1,0 +1,300 @@
+"""From resolved splits to batches: image size and channels, decoding, mean/std, loaders.
+
+File datasets are decoded once into memory at the target size when they fit (``cache=auto``),
+which turns every epoch after the first into pure tensor work; larger ones stream through
+DataLoader workers. Either way the training loop sees uint8 batches (N, C, H, W).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+
+from imagewise.config import DataConfig
+from imagewise.data.decode import (
+    UnreadableImageError,
+    probe_image,
+    read_image,
+    resize_tensor_images,
+)
+from imagewise.data.sources import ImageData, Split
+from imagewise.data.transforms import Preprocessing
+from imagewise.errors import UserError
+
+log = logging.getLogger("imagewise")
+
+MIN_SIZE, MAX_SIZE = 28, 224
+CACHE_BUDGET_BYTES = 3 * 1024**3
+
+
+def _sample_paths(data: ImageData, k: int = 200) -> list[str]:
+    paths = data.train.paths or []
+    if len(paths) <= k:
+        return list(paths)
+    rng = np.random.default_rng(0)
+    return [paths[i] for i in rng.choice(len(paths), size=k, replace=False)]
+
+
+def infer_shape(data: ImageData, cfg: DataConfig) -> tuple[int, int]:
+    """Image size and channels: from the config, else from the data (size clipped to 28..224)."""
+    if data.train.in_memory:
+        images = data.train.images
+        assert images is not None
+        channels, native = images.shape[1], min(images.shape[-2:])
+    else:
+        probes = []
+        for path in _sample_paths(data):
+            try:
+                probes.append(probe_image(path))
+            except Exception:  # unreadable files are reported when decoded
+                continue
+        if not probes:
+            raise UserError(f"no readable image found in '{data.source}'")
+        channels = 1 if all(gray for _, _, gray in probes) else 3
+        native = int(np.median([min(w, h) for w, h, _ in probes]))
+    size = cfg.img_size or int(min(max(native, MIN_SIZE), MAX_SIZE))
+    return size, cfg.channels or channels
+
+
+def _decode_all(
+    paths: list[str], channels: int, size: int, strict: bool, desc: str
+) -> tuple[torch.Tensor, np.ndarray, list[tuple[str, str]]]:
+    """Decode files in threads (PIL releases the GIL while decoding and resizing)."""
+    from tqdm import tqdm
+
+    out = torch.empty((len(paths), channels, size, size), dtype=torch.uint8)
+    ok = np.ones(len(paths), dtype=bool)
+    bad: list[tuple[str, str]] = []
+
+    def work(i: int) -> None:
+        try:
+            out[i] = read_image(paths[i], channels, size)
+        except UnreadableImageError as exc:
+            if strict:
+                raise UserError(
+                    f"unreadable image {exc.path} ({exc.reason}); remove it or run without --strict"
+                ) from exc
+            ok[i] = False
+            bad.append((exc.path, exc.reason))
+
+    threads = min(8, (os.cpu_count() or 1) * 2)
+    with ThreadPoolExecutor(threads) as pool:
+        bar = tqdm(total=len(paths), desc=desc, unit="img", disable=len(paths) < 2000, leave=False)
+        for _ in pool.map(work, range(len(paths))):
+            bar.update()
+        bar.close()
+    return out[torch.from_numpy(ok)], ok, bad
+
+
+def _check_files(paths: list[str], channels: int, strict: bool) -> tuple[np.ndarray, list]:
+    """Decode each file once at a tiny size to find the unreadable ones before streaming."""
+    _, ok, bad = _decode_all(paths, channels, 8, strict, "checking images")
+    return ok, bad
+
+
+def materialize(data: ImageData, cfg: DataConfig, size: int, channels: int) -> ImageData:
+    """Decode file splits into memory when they fit, else check them; skip corrupt files."""
+    splits = {name: data.split(name) for name in ("train", "val", "test")}
+    files = [s for s in splits.values() if not s.in_memory]
+    total = sum(len(s) for s in files) * channels * size * size
+    cache = cfg.cache == "ram" or (cfg.cache == "auto" and total <= CACHE_BUDGET_BYTES)
+    skipped = list(data.skipped)
+    for name, split in splits.items():
+        if split.in_memory and split.images is not None:
+            images = resize_tensor_images(split.images, size)
+            splits[name] = Split(split.labels, images, split.paths)
+            continue
+        if not len(split):
+            continue
+        assert split.paths is not None
+        if cache:
+            images, ok, bad = _decode_all(
+                split.paths, channels, size, cfg.strict, f"decoding {name}"
+            )
+            kept = split.subset(np.flatnonzero(ok))
+            splits[name] = Split(labels=kept.labels, images=images, paths=kept.paths)
+        else:
+            ok, bad = _check_files(split.paths, channels, cfg.strict)
+            splits[name] = split.subset(np.flatnonzero(ok))
+        skipped.extend(bad)
+    if len(skipped) > len(data.skipped):
+        log.warning(
+            "skipped %d unreadable image(s), e.g. %s",
+            len(skipped) - len(data.skipped),
+            skipped[len(data.skipped)][0],
+        )
+    if not len(splits["train"]):
+        raise UserError(f"no readable training images in '{data.source}'")
+    result = ImageData(
+        data.classes,
+        splits["train"],
+        splits["val"],
+        splits["test"],
+        data.source,
+        data.kind,
+        skipped,
+    )
+    return _match_channels(result, channels)
+
+
+def compute_mean_std(split: Split, channels: int, size: int) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of the training images (a sample of 2000 at most)."""
+    n = len(split)
+    index = np.random.default_rng(0).permutation(n)[: min(n, 2000)]
+    if split.in_memory:
+        assert split.images is not None
+        x = split.images[torch.from_numpy(index)].float().div_(255)
+    else:
+        assert split.paths is not None
+        x = torch.stack([read_image(split.paths[i], channels, size) for i in index[:500]])
+        x = x.float().div_(255)
+    mean = x.mean(dim=(0, 2, 3))
+    std = x.std(dim=(0, 2, 3)).clamp_min(1e-3)
+    return [round(float(v), 6) for v in mean], [round(float(v), 6) for v in std]
+
+
+def prepare(data: ImageData, cfg: DataConfig) -> tuple[ImageData, Preprocessing]:
+    """Decide size and channels, decode or check the files, and measure mean/std."""
+    size, channels = infer_shape(data, cfg)
+    data = materialize(data, cfg, size, channels)
+    mean, std = compute_mean_std(data.train, channels, size)
+    return data, Preprocessing(img_size=size, channels=channels, mean=mean, std=std)
+
+
+def _match_channels(data: ImageData, channels: int) -> ImageData:
+    def fix(split: Split) -> Split:
+        if split.images is None or split.images.shape[1] == channels:
+            return split
+        images = split.images
+        if channels == 3:
+            images = images.expand(-1, 3, -1, -1).contiguous()
+        else:
+            images = images.float().mul(torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1))
+            images = images.sum(1, keepdim=True).round().clamp(0, 255).to(torch.uint8)
+        return Split(split.labels, images, split.paths)
+
+    return ImageData(
+        data.classes,
+        fix(data.train),
+        fix(data.val),
+        fix(data.test),
+        data.source,
+        data.kind,
+        data.skipped,
+    )
+
+
+class TensorBatches:
+    """Batches of an in-memory split: uint8 images and int64 labels, reshuffled each epoch.
+
+    With ``world_size > 1`` each rank takes its own interleaved share of one shared permutation,
+    as ``DistributedSampler`` does, padded so that every rank runs the same number of steps.
+    """
+
+    def __init__(
+        self,
+        split: Split,
+        batch_size: int,
+        shuffle: bool = False,
+        drop_last: bool = False,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        assert split.images is not None
+        self.images, self.labels = split.images, torch.from_numpy(split.labels)
+        self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
+        self.seed, self.rank, self.world_size, self.epoch = seed, rank, world_size, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _indices(self) -> torch.Tensor:
+        n = len(self.labels)
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
+            order = torch.randperm(n, generator=g)
+        else:
+            order = torch.arange(n)
+        if self.world_size > 1:
+            per_rank = math.ceil(n / self.world_size)
+            order = torch.cat([order, order[: per_rank * self.world_size - n]])
+            order = order[self.rank :: self.world_size]
+        return order
+
+    def __len__(self) -> int:
+        n = math.ceil(len(self.labels) / self.world_size)
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = self._indices()
+        for b in range(len(self)):
+            idx = order[b * self.batch_size : (b + 1) * self.batch_size]
+            yield self.images[idx], self.labels[idx]
+
+
+class FileImages(torch.utils.data.Dataset):
+    """Decodes one file per item to uint8 (C, size, size); an unreadable file yields None."""
+
+    def __init__(self, split: Split, channels: int, size: int) -> None:
+        assert split.paths is not None
+        self.paths, self.labels = split.paths, split.labels
+        self.channels, self.size = channels, size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int] | None:
+        try:
+            return read_image(self.paths[i], self.channels, self.size), int(self.labels[i])
+        except UnreadableImageError as exc:
+            log.warning("skipped unreadable image %s (%s)", exc.path, exc.reason)
+            return None
+
+
+def _collate(items: list) -> tuple[torch.Tensor, torch.Tensor]:
+    items = [it for it in items if it is not None]
+    if not items:
+        return torch.empty(0, dtype=torch.uint8), torch.empty(0, dtype=torch.int64)
+    return torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items])
+
+
+def make_loader(
+    split: Split,
+    pre: Preprocessing,
+    batch_size: int,
+    shuffle: bool = False,
+    drop_last: bool = False,
+    seed: int = 0,
+    workers: int = -1,
+    rank: int = 0,
+    world_size: int = 1,
+) -> TensorBatches | torch.utils.data.DataLoader:
+    """An iterable of (uint8 images, labels) batches with ``len()`` and ``set_epoch(epoch)``."""
+    if split.in_memory:
+        return TensorBatches(split, batch_size, shuffle, drop_last, seed, rank, world_size)
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    dataset = FileImages(split, pre.channels, pre.img_size)
+    sampler = DistributedSampler(
+        dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed
+    )
+    workers = (os.cpu_count() or 1) if workers < 0 else workers
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        drop_last=drop_last,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        collate_fn=_collate,
+        prefetch_factor=4 if workers > 0 else None,
+    )
+    loader.set_epoch = sampler.set_epoch  # type: ignore[attr-defined]
+    return loader

@@ -1,0 +1,247 @@
+"""Model registry: ``register_model`` stores builders by name, ``create_model`` is the only way in.
+
+Names not in the registry fall through to timm (bare, or with the explicit ``timm:`` prefix).
+Every model that comes out of ``create_model`` answers the same timm-style questions:
+``forward``, ``forward_features``, ``forward_head(x, pre_logits=...)``, ``reset_classifier``,
+``num_features``, ``num_classes``, ``gradcam_layer`` and ``default_loss``.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import timm
+import torch
+from torch import nn
+
+from imagewise.errors import UserError
+
+Builder = Callable[..., nn.Module]
+
+TIMM_PREFIX = "timm:"
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One registered model: its builder and what ``imagewise models`` shows about it."""
+
+    name: str
+    builder: Builder
+    family: str
+    description: str
+    pretrained: bool
+
+
+_REGISTRY: dict[str, ModelEntry] = {}
+
+
+def register_model(
+    name: str, *, description: str = "", family: str | None = None, pretrained: bool = False
+) -> Callable[[Builder], Builder]:
+    """Return a decorator that registers a builder under ``name``.
+
+    The builder is called as ``builder(num_classes, in_chans, img_size, pretrained=False,
+    **kwargs)`` and returns an ``nn.Module``. ``family`` defaults to the builder's module name;
+    ``pretrained`` says whether the builder can load pretrained weights. A name that is already
+    registered is refused with ``ValueError``.
+    """
+
+    def decorator(builder: Builder) -> Builder:
+        if name in _REGISTRY:
+            raise ValueError(f"model '{name}' is already registered")
+        fam = family or builder.__module__.rsplit(".", 1)[-1]
+        _REGISTRY[name] = ModelEntry(name, builder, fam, description, pretrained)
+        return builder
+
+    return decorator
+
+
+def list_models() -> list[str]:
+    """Return the registered model names, sorted."""
+    return sorted(_REGISTRY)
+
+
+def is_registered(name: str) -> bool:
+    """Return whether ``name`` is a registered (built-in) model."""
+    return name in _REGISTRY
+
+
+def get_entry(name: str) -> ModelEntry | None:
+    """Return the registry entry for ``name``, or ``None`` when it is not registered."""
+    return _REGISTRY.get(name)
+
+
+def size_error(name: str, img_size: int) -> UserError:
+    """Return the error for a model that cannot take ``img_size`` inputs."""
+    return UserError(f"model '{name}' cannot take {img_size}x{img_size} inputs; try --img-size 224")
+
+
+class ClassifierBase(nn.Module):
+    """Base of the built-in models: timm-style features / head split.
+
+    Subclasses build ``self.features`` (or override ``forward_features``) and ``self.pre_logits``
+    (pooling plus any hidden layers, ending in an ``(N, num_features)`` embedding), then call
+    ``_init_head``. ``forward`` is ``forward_head(forward_features(x))``.
+    """
+
+    default_loss: str = "cross_entropy"
+    gradcam_layer: str = ""
+    logit_scale: float = 1.0
+
+    def _init_head(self, num_features: int, num_classes: int, drop: float = 0.0) -> None:
+        """Create the classifier: dropout ``drop`` then ``Linear(num_features, num_classes)``."""
+        self.num_features = num_features
+        self.head_hidden_size = num_features
+        self.num_classes = num_classes
+        self.head_drop = nn.Dropout(drop)
+        self.fc = nn.Linear(num_features, num_classes)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Return the last feature map, shape (N, C, H, W)."""
+        return self.features(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Map features to logits, or to the (N, num_features) embedding when ``pre_logits``."""
+        x = self.pre_logits(x)
+        if pre_logits:
+            return x
+        x = self.fc(self.head_drop(x))
+        return x * self.logit_scale if self.logit_scale != 1.0 else x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return logits, shape (N, num_classes)."""
+        return self.forward_head(self.forward_features(x))
+
+    def get_classifier(self) -> nn.Module:
+        """Return the final classification layer."""
+        return self.fc
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace the final layer with a fresh one for ``num_classes`` classes."""
+        ref = self.fc.weight
+        self.num_classes = num_classes
+        self.fc = nn.Linear(self.num_features, num_classes, device=ref.device, dtype=ref.dtype)
+
+
+def _unknown(name: str) -> UserError:
+    """Build the 'unknown model' error, with close registry names when difflib finds some."""
+    msg = (
+        f"unknown model '{name}'; run 'imagewise models' to list the built-in ones, "
+        "or give any timm model name"
+    )
+    bare = name.removeprefix(TIMM_PREFIX)
+    by_lower = {n.lower(): n for n in _REGISTRY}
+    close = difflib.get_close_matches(bare.lower(), list(by_lower), n=3, cutoff=0.7)
+    if close:
+        msg += f" (did you mean {', '.join(by_lower[c] for c in close)}?)"
+    return UserError(msg)
+
+
+def _timm_gradcam_layer(model: nn.Module) -> str | None:
+    """Best-effort Grad-CAM layer for an arbitrary timm model: its last feature_info module."""
+    info = getattr(model, "feature_info", None)
+    try:
+        layer = info[-1]["module"]
+        model.get_submodule(layer)
+    except (TypeError, IndexError, KeyError, AttributeError):
+        return None
+    return layer
+
+
+def _one_line(exc: BaseException) -> str:
+    """Return the first line of an exception's message, prefixed with its type."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"
+
+
+def _takes(builder: Builder, param: str) -> bool:
+    import inspect
+
+    return param in inspect.signature(builder).parameters
+
+
+def set_head_dropout(model: nn.Module, name: str, p: float) -> None:
+    """Set the dropout before the classifier: our ``head_drop``, or timm's ``drop_rate``."""
+    if not 0 <= p < 1:
+        raise UserError(f"--dropout must be in [0, 1), not {p}")
+    head = getattr(model, "head_drop", None)
+    if isinstance(head, nn.Dropout):
+        head.p = p
+    elif isinstance(getattr(model, "drop_rate", None), float):
+        model.drop_rate = p
+    else:
+        raise UserError(f"model '{name}' has no dropout before its classifier; drop --dropout")
+
+
+def _build(name: str, num_classes: int, in_chans: int, img_size: int, pretrained: bool, **kwargs):
+    """Build ``name`` from the registry or timm, without the size check."""
+    entry = None if name.startswith(TIMM_PREFIX) else _REGISTRY.get(name)
+    if entry is not None:
+        if pretrained and not entry.pretrained:
+            raise UserError(
+                f"model '{name}' has no pretrained weights; train it from scratch or pick a "
+                "timm model"
+            )
+        return entry.builder(num_classes, in_chans, img_size, pretrained=pretrained, **kwargs)
+    timm_name = name.removeprefix(TIMM_PREFIX)
+    if not timm_name or not timm.is_model(timm_name):
+        raise _unknown(name)
+    model = timm.create_model(
+        timm_name, pretrained=pretrained, num_classes=num_classes, in_chans=in_chans, **kwargs
+    )
+    model.gradcam_layer = _timm_gradcam_layer(model)
+    return model
+
+
+def create_model(
+    name: str,
+    num_classes: int,
+    in_chans: int = 3,
+    img_size: int = 224,
+    pretrained: bool = False,
+    **kwargs: Any,
+) -> nn.Module:
+    """Build model ``name`` for ``num_classes`` classes and ``in_chans`` x img_size² inputs.
+
+    Registered names come first; other names (or ``timm:NAME``) go to ``timm.create_model``.
+    The model is checked with one eval-mode forward pass on a zero image and returned in train
+    mode. Raises ``UserError`` for unknown names, impossible sizes and missing weights.
+    """
+    dropout = kwargs.pop("dropout", None)
+    entry = _REGISTRY.get(name)
+    if dropout is not None and entry is not None and _takes(entry.builder, "dropout"):
+        kwargs["dropout"], dropout = dropout, None
+    sizes = {"num_classes": num_classes, "in_chans": in_chans, "img_size": img_size}
+    for what, value in sizes.items():
+        if not isinstance(value, int) or value < 1:
+            raise UserError(f"{what} must be a positive whole number, got {value!r}")
+    try:
+        model = _build(name, num_classes, in_chans, img_size, pretrained, **kwargs)
+    except TypeError as exc:
+        if "unexpected keyword argument" not in str(exc):
+            raise
+        raise UserError(
+            f"model '{name}' does not take option(s) {sorted(kwargs)}; drop them"
+        ) from exc
+    except (OSError, RuntimeError) as exc:
+        if not pretrained:
+            raise
+        raise UserError(
+            f"could not load pretrained weights for model '{name}' ({_one_line(exc)}); "
+            "check the network connection or train from scratch"
+        ) from exc
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(1, in_chans, img_size, img_size))
+    except Exception as exc:
+        raise size_error(name, img_size) from exc
+    if dropout is not None:
+        set_head_dropout(model, name, float(dropout))
+    model.train()
+    if not hasattr(model, "default_loss"):
+        model.default_loss = "cross_entropy"
+    return model

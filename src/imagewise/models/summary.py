@@ -1,0 +1,71 @@
+"""Model size figures: parameter counts, FLOPs of one forward pass, and a table of models."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+
+from imagewise.models.registry import create_model, get_entry, list_models
+
+_aten = torch.ops.aten
+
+
+def _cpu_sdpa_flop(query_shape, key_shape, value_shape, *args: Any, **kwargs: Any) -> int:
+    """FLOPs of the CPU fused attention kernel, which FlopCounterMode does not know."""
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+_EXTRA_FLOPS = {_aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa_flop}
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Return the number of parameters (trainable or not; buffers excluded)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_flops(model: nn.Module, in_chans: int, img_size: int) -> int:
+    """Return the FLOPs (2 per multiply-add) of one forward pass on one image.
+
+    Counted with ``torch.utils.flop_counter.FlopCounterMode`` in eval mode under ``no_grad``:
+    convolutions, matrix products and attention; element-wise ops are not counted. The model's
+    train/eval mode is restored afterwards.
+    """
+    ref = next(iter(model.parameters()), None)
+    device = ref.device if ref is not None else torch.device("cpu")
+    dtype = ref.dtype if ref is not None else torch.float32
+    was_training = model.training
+    model.eval()
+    try:
+        x = torch.zeros(1, in_chans, img_size, img_size, device=device, dtype=dtype)
+        with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=_EXTRA_FLOPS) as fc:
+            model(x)
+    finally:
+        model.train(was_training)
+    return int(fc.get_total_flops())
+
+
+def describe_models(
+    names: list[str] | None = None, in_chans: int = 3, img_size: int = 224, num_classes: int = 10
+) -> list[dict]:
+    """Return one dict per model: name, family, params, flops, description.
+
+    ``names`` defaults to all registered models; timm names work too (family "timm"). Each model
+    is built (without pretrained weights) to count its parameters and FLOPs at the given size.
+    """
+    rows = []
+    for name in list_models() if names is None else names:
+        model = create_model(name, num_classes=num_classes, in_chans=in_chans, img_size=img_size)
+        entry = get_entry(name)
+        rows.append(
+            {
+                "name": name,
+                "family": entry.family if entry else "timm",
+                "params": count_parameters(model),
+                "flops": count_flops(model, in_chans, img_size),
+                "description": entry.description if entry else "timm model",
+            }
+        )
+    return rows

@@ -1,0 +1,46 @@
+"""Prediction: load a trained classifier and label images, folders and globs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from imagewise.predict.inputs import expand_inputs
+from imagewise.predict.output import FORMATS, format_predictions
+from imagewise.predict.predictor import Classifier, Prediction, load
+
+
+def predict(
+    run: str | Path, inputs: list[str] | str, top_k: int = 5, device: str = "cpu"
+) -> list[Prediction]:
+    """Top-k predictions for image files, folders or glob patterns.
+
+    Args:
+        run: a run folder written by ``imagewise train``.
+        inputs: image paths, folders (searched recursively) or glob patterns.
+        top_k: how many classes to report per image, best first.
+        device: ``cpu``, ``cuda`` or ``auto``.
+
+    Example:
+        >>> imagewise.predict("runs/digits", ["img/seven.png"], top_k=3)[0].label  # doctest: +SKIP
+        '7'
+    """
+    inputs = [inputs] if isinstance(inputs, str) else [str(i) for i in inputs]
+    paths = expand_inputs(inputs)
+    # Files named one by one must be readable; files found in folders or globs may be skipped.
+    named = {str(Path(i).expanduser()) for i in inputs if Path(i).expanduser().is_file()}
+    return load(run, device=device).predict(paths, top_k=top_k, skippable=lambda p: p not in named)
+
+
+__all__ = [
+    "FORMATS",
+    "Classifier",
+    "Prediction",
+    "expand_inputs",
+    "format_predictions",
+    "load",
+    "predict",
+]
+
+from imagewise._stage import make_callable  # noqa: E402
+
+make_callable(__name__, predict)

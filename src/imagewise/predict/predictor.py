@@ -1,0 +1,189 @@
+"""A trained classifier ready to use: ``preprocess -> predict -> postprocess``.
+
+``load(run)`` rebuilds the model from the run folder's ``meta.json`` and safetensors weights;
+the preprocessing (size, channels, mean/std) and class names come from the same metadata, so
+prediction sees images exactly as training did.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from imagewise.data.decode import (
+    UnreadableImageError,
+    load_image,
+    normalize_mode,
+    pil_to_tensor,
+    resize_image,
+)
+from imagewise.data.transforms import Preprocessing
+from imagewise.errors import UserError
+from imagewise.runs import RunFolder
+
+log = logging.getLogger("imagewise")
+
+
+@dataclass
+class Prediction:
+    """The top-k classes of one image, best first."""
+
+    source: str
+    classes: list[str]
+    probabilities: list[float]
+
+    @property
+    def label(self) -> str:
+        return self.classes[0]
+
+    @property
+    def confidence(self) -> float:
+        return self.probabilities[0]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "top_k": [
+                {"class": c, "probability": round(p, 6)}
+                for c, p in zip(self.classes, self.probabilities, strict=True)
+            ],
+        }
+
+
+class Classifier:
+    """A model with its preprocessing, class names and calibration temperature.
+
+    Example:
+        >>> clf = imagewise.load("runs/digits")  # doctest: +SKIP
+        >>> clf.predict(["seven.png"], top_k=3)[0].label  # doctest: +SKIP
+        '7'
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        preprocessing: Preprocessing,
+        classes: list[str],
+        temperature: float = 1.0,
+        meta: dict[str, Any] | None = None,
+        device: torch.device | None = None,
+    ) -> None:
+        self.device = device or torch.device("cpu")
+        self.model = model.to(self.device).eval()
+        self.preprocessing = preprocessing
+        self.classes = classes
+        self.temperature = temperature
+        self.meta = meta or {}
+
+    def _read(self, img: Image.Image | str | Path) -> torch.Tensor:
+        pre = self.preprocessing
+        if isinstance(img, Image.Image):
+            return pil_to_tensor(resize_image(normalize_mode(img, pre.channels), pre.img_size))
+        try:
+            return pil_to_tensor(load_image(img, pre.channels, pre.img_size))
+        except UnreadableImageError as exc:
+            raise UserError(
+                f"cannot read image '{exc.path}' ({exc.reason}); give a JPEG, PNG, BMP, "
+                "TIFF, WebP or GIF file"
+            ) from exc
+
+    def preprocess(self, images: Sequence[Image.Image | str | Path]) -> torch.Tensor:
+        """Files or PIL images -> a normalized float batch (N, C, H, W)."""
+        return self.preprocessing.normalize(torch.stack([self._read(img) for img in images]))
+
+    @torch.no_grad()
+    def logits(self, batch: torch.Tensor) -> torch.Tensor:
+        """Raw scores of a preprocessed batch (before temperature)."""
+        x = batch.to(self.device).contiguous(memory_format=torch.channels_last)
+        return self.model(x).float().cpu()
+
+    def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
+        """Calibrated class probabilities of a preprocessed batch."""
+        return torch.softmax(self.logits(batch) / self.temperature, dim=1)
+
+    def postprocess(
+        self, probs: torch.Tensor, sources: Sequence[str], top_k: int = 5
+    ) -> list[Prediction]:
+        """Probabilities -> top-k predictions with class names."""
+        k = max(1, min(top_k, len(self.classes)))
+        values, indices = probs.topk(k, dim=1)
+        return [
+            Prediction(src, [self.classes[i] for i in idx.tolist()], val.tolist())
+            for src, val, idx in zip(sources, values, indices, strict=True)
+        ]
+
+    def predict(
+        self,
+        images: Iterable[Image.Image | str | Path],
+        top_k: int = 5,
+        batch_size: int = 64,
+        skippable: Callable[[str], bool] | None = None,
+    ) -> list[Prediction]:
+        """Top-k predictions for image files or PIL images, in order.
+
+        Args:
+            images: file paths or PIL images.
+            top_k: classes per image.
+            batch_size: images per forward pass.
+            skippable: for files this returns True for, an unreadable file is skipped with a
+                warning instead of failing the call (used for files found in folders).
+        """
+        items = list(images)
+        out: list[Prediction] = []
+        for start in range(0, len(items), batch_size):
+            tensors, names = [], []
+            for i, item in enumerate(items[start : start + batch_size]):
+                name = f"<image {start + i}>" if isinstance(item, Image.Image) else str(item)
+                try:
+                    tensors.append(self._read(item))
+                except UserError as exc:
+                    if skippable is None or not skippable(name):
+                        raise
+                    log.warning("skipped: %s", str(exc).split(";")[0])
+                    continue
+                names.append(name)
+            if tensors:
+                batch = self.preprocessing.normalize(torch.stack(tensors))
+                out.extend(self.postprocess(self.probabilities(batch), names, top_k))
+        return out
+
+
+def load(run: str | Path, device: str = "cpu") -> Classifier:
+    """Load a trained classifier from a run folder.
+
+    Args:
+        run: the run folder written by ``imagewise train``.
+        device: ``cpu``, ``cuda`` or ``auto``.
+    """
+    from imagewise.models import create_model
+    from imagewise.train.checkpoint import load_weights
+    from imagewise.train.device import resolve_device
+
+    folder = RunFolder.of(run)
+    meta = folder.read_meta()
+    pre = Preprocessing(**meta["preprocessing"])
+    spec = meta["model"]
+    model = create_model(
+        spec["name"],
+        num_classes=spec["num_classes"],
+        in_chans=pre.channels,
+        img_size=pre.img_size,
+        pretrained=False,
+        **spec.get("kwargs", {}),
+    )
+    load_weights(model, folder.weights)
+    model = model.to(memory_format=torch.channels_last)
+    return Classifier(
+        model,
+        pre,
+        list(meta["classes"]),
+        float(meta.get("temperature", 1.0)),
+        meta,
+        resolve_device(device),
+    )

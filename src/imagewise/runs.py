@@ -1,0 +1,95 @@
+"""The run folder: where one model's config, weights, metadata, history and reports live.
+
+runs/NAME/
+  config.yaml  meta.json  model.safetensors  last.ckpt  history.csv  curves.png
+  tensorboard/  eval/metrics.json  eval/confusion_matrix.png  eval/confusion_matrix.csv
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from imagewise.errors import UserError
+from imagewise.io import atomic_write_json, atomic_write_text, read_json
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """Paths of a run folder; nothing is created until something is written."""
+
+    path: Path
+
+    @classmethod
+    def of(cls, path: str | Path) -> RunFolder:
+        return cls(Path(path).expanduser())
+
+    @property
+    def config(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def meta(self) -> Path:
+        return self.path / "meta.json"
+
+    @property
+    def weights(self) -> Path:
+        return self.path / "model.safetensors"
+
+    @property
+    def last(self) -> Path:
+        return self.path / "last.ckpt"
+
+    @property
+    def history(self) -> Path:
+        return self.path / "history.csv"
+
+    @property
+    def curves(self) -> Path:
+        return self.path / "curves.png"
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.path / "tensorboard"
+
+    @property
+    def eval_dir(self) -> Path:
+        return self.path / "eval"
+
+    def holds_run(self) -> bool:
+        return self.meta.exists() or self.last.exists() or self.weights.exists()
+
+    def read_meta(self) -> dict[str, Any]:
+        """The run's metadata; a clear error when the folder is not a finished run."""
+        if not self.path.exists():
+            raise UserError(f"run folder '{self.path}' does not exist; check the path")
+        if not self.meta.is_file() or not self.weights.is_file():
+            raise UserError(
+                f"'{self.path}' is not an imagewise run folder (no meta.json and "
+                "model.safetensors); train one with 'imagewise train DATA --out DIR'"
+            )
+        return read_json(self.meta)
+
+    def write_meta(self, meta: dict[str, Any]) -> None:
+        atomic_write_json(self.meta, meta)
+
+    def write_history(self, rows: list[dict[str, float]]) -> None:
+        if not rows:
+            return
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+        writer.writeheader()
+        for row in rows:
+            writer.writerow(
+                {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()}
+            )
+        atomic_write_text(self.history, buf.getvalue())
+
+    def read_history(self) -> list[dict[str, float]]:
+        if not self.history.is_file():
+            return []
+        with open(self.history, newline="") as f:
+            return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]

@@ -1,0 +1,396 @@
+"""``imagewise.train``: from a dataset to a run folder holding a trained, documented model."""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from imagewise.config import (
+    RunConfig,
+    apply_options,
+    config_from_dict,
+    load_config_file,
+    save_config,
+)
+from imagewise.data.pipeline import make_loader, prepare
+from imagewise.data.sources import ImageData, resolve_source
+from imagewise.data.transforms import BatchAugment, Preprocessing
+from imagewise.errors import UserError
+from imagewise.runs import RunFolder
+from imagewise.train.checkpoint import load_checkpoint, save_checkpoint, save_weights
+from imagewise.train.device import resolve_device, resolve_precision
+from imagewise.train.loop import TrainState, fit
+from imagewise.train.optim import build_optimizer, build_scheduler
+from imagewise.train.task import ClassificationTask
+
+log = logging.getLogger("imagewise")
+
+
+@dataclass
+class TrainResult:
+    """What a finished run reports; the run folder holds the rest."""
+
+    run: Path
+    model: str
+    epochs: int
+    best_epoch: int
+    best_val_accuracy: float
+    train_seconds: float
+    stop_reason: str
+
+
+def choose_model(num_images: int, img_size: int) -> str:
+    """``--model auto``: a fast residual CNN for small images, ResNet-18 for photos.
+
+    On 2 CPU cores resnet9_tiny trains Fashion-MNIST at about 50 s an epoch (BENCHMARKS.md).
+    """
+    if img_size <= 64:
+        return "resnet9_tiny" if num_images < 200_000 else "resnet9_slim"
+    return "resnet18"
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _versions() -> dict[str, str]:
+    import timm
+    import torchvision
+
+    import imagewise
+
+    return {
+        "imagewise": imagewise.__version__,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "timm": timm.__version__,
+    }
+
+
+def build_meta(
+    config: RunConfig, data: ImageData, pre: Preprocessing, model: torch.nn.Module
+) -> dict[str, Any]:
+    """The metadata that travels with the weights: enough to rebuild and use the model."""
+    from imagewise.models import count_parameters
+
+    return {
+        "format": "imagewise-run/1",
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "classes": data.classes,
+        "model": {
+            "name": config.model.name,
+            "kwargs": _model_kwargs(config),
+            "num_classes": len(data.classes),
+            "parameters": count_parameters(model),
+        },
+        "preprocessing": asdict(pre),
+        "temperature": 1.0,
+        "data": {
+            "source": data.source,
+            "kind": data.kind,
+            "train_images": len(data.train),
+            "val_images": len(data.val),
+            "test_images": len(data.test),
+            "skipped_images": len(data.skipped),
+        },
+        "versions": _versions(),
+        "training": {},
+    }
+
+
+def _model_kwargs(config: RunConfig) -> dict[str, Any]:
+    return {} if config.model.dropout is None else {"dropout": config.model.dropout}
+
+
+class RunWriter:
+    """Hook that keeps the run folder current: history, curves, best weights, last checkpoint."""
+
+    def __init__(self, folder: RunFolder, meta: dict[str, Any], objects: dict[str, Any]) -> None:
+        self.folder, self.meta, self.objects = folder, meta, objects
+        self.writer: Any = None
+
+    def on_train_start(self, state: TrainState) -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(self.folder.tensorboard))
+        except ImportError:  # tensorboard is a dependency, but a broken install must not stop us
+            log.warning("tensorboard is not installed; no TensorBoard logs")
+
+    def on_epoch_end(self, state: TrainState) -> None:
+        row = state.history[-1]
+        if self.writer is not None:
+            for key, value in row.items():
+                if key != "epoch":
+                    self.writer.add_scalar(key.replace("_", "/", 1), value, state.epoch)
+            self.writer.flush()
+        ema = self.objects.get("ema")
+        if state.improved:
+            best = ema.module if ema is not None else self.objects["model"]
+            save_weights(best, self.folder.weights)
+            self.meta["training"] = self._training_summary(state)
+            self.folder.write_meta(self.meta)
+        save_checkpoint(self._checkpoint(state), self.folder.last)
+        self.folder.write_history(state.history)
+        from imagewise.evaluate.plots import plot_curves
+
+        plot_curves(state.history, self.folder.curves)
+        log.info(
+            "epoch %d/%d  train loss %.4f acc %.4f  val loss %.4f acc %.4f  %.1fs%s",
+            state.epoch,
+            state.epochs,
+            row["train_loss"],
+            row["train_accuracy"],
+            row["val_loss"],
+            row["val_accuracy"],
+            row["epoch_seconds"],
+            "  *best*" if state.improved else "",
+        )
+
+    def on_train_end(self, state: TrainState) -> None:
+        self.meta["training"] = self._training_summary(state)
+        self.folder.write_meta(self.meta)
+        if self.writer is not None:
+            self.writer.close()
+
+    def _training_summary(self, state: TrainState) -> dict[str, Any]:
+        return {
+            "epochs_run": state.epoch,
+            "epochs_planned": state.epochs,
+            "best_epoch": state.best_epoch,
+            "best_val_accuracy": state.best_metric,
+            "train_seconds": round(state.train_seconds, 3),
+            "stop_reason": state.stop_reason,
+        }
+
+    def _checkpoint(self, state: TrainState) -> dict[str, Any]:
+        o = self.objects
+        return {
+            "epoch": state.epoch,
+            "model": o["model"].state_dict(),
+            "optimizer": o["optimizer"].state_dict(),
+            "scheduler": o["scheduler"].state_dict(),
+            "ema": o["ema"].state_dict() if o.get("ema") is not None else None,
+            "history": state.history,
+            "best_metric": state.best_metric,
+            "best_epoch": state.best_epoch,
+            "train_seconds": state.train_seconds,
+            "torch_rng": torch.get_rng_state(),
+            "augment_rng": o["augment"].generator.get_state(),
+            "config": self.objects["config"].to_dict(),
+        }
+
+
+def _resolve_config(
+    data: str | None,
+    out: Path | None,
+    config: RunConfig | None,
+    config_file: str | None,
+    options: dict[str, Any],
+    resume: bool,
+) -> tuple[RunConfig, RunFolder]:
+    if resume:
+        if out is None:
+            raise UserError("--resume needs the run folder: imagewise train --resume --out DIR")
+        folder = RunFolder.of(out)
+        if not folder.last.is_file():
+            raise UserError(f"nothing to resume in '{out}' (no last.ckpt); start a new run instead")
+        state = load_checkpoint(folder.last)
+        cfg = config_from_dict(state["config"])
+        if options.get("epochs"):  # resuming may extend the plan, nothing else
+            cfg.train.epochs = int(options["epochs"])
+        return cfg, folder
+    cfg = config if config is not None else RunConfig()
+    if config_file:
+        cfg = load_config_file(config_file, cfg)
+    if data is not None:
+        cfg.data.source = str(data)
+    cfg = apply_options(cfg, options)
+    if not cfg.data.source:
+        raise UserError("no dataset given; name a folder, a CSV manifest, digits or fashion-mnist")
+    if out is None:
+        stem = Path(cfg.data.source).name or "run"
+        out = _free_name(Path("runs") / f"{stem}-{cfg.model.name}")
+    folder = RunFolder.of(out)
+    if folder.holds_run():
+        raise UserError(
+            f"'{out}' already holds a run; choose another --out, or add --resume to continue it"
+        )
+    return cfg, folder
+
+
+def _free_name(base: Path) -> Path:
+    if not base.exists():
+        return base
+    n = 2
+    while Path(f"{base}-{n}").exists():
+        n += 1
+    return Path(f"{base}-{n}")
+
+
+def train(
+    data: str | None = None,
+    out: str | Path | None = None,
+    *,
+    config: RunConfig | None = None,
+    config_file: str | None = None,
+    resume: bool = False,
+    hooks: Sequence[object] = (),
+    show_progress: bool = True,
+    **options: Any,
+) -> TrainResult:
+    """Train a classifier and write a run folder.
+
+    Args:
+        data: a folder of class folders, a CSV manifest, an IDX folder, or ``digits`` /
+            ``fashion-mnist``. Not needed with ``resume``.
+        out: the run folder (default ``runs/DATA-MODEL``); must not hold a run unless resuming.
+        config: a starting configuration (defaults otherwise).
+        config_file: a YAML file with sections ``data`` / ``model`` / ``train``, over ``config``.
+        resume: continue the run in ``out`` from its ``last.ckpt`` to the planned epochs.
+        hooks: objects with ``on_train_start`` / ``on_epoch_end`` / ``on_train_end(state)``.
+        show_progress: show a progress bar per epoch.
+        **options: flat settings over the file, e.g. ``model="resnet18", epochs=5, lr=1e-3``
+            (see ``imagewise.config.OPTIONS``).
+
+    Example:
+        >>> import imagewise
+        >>> result = imagewise.train("digits", "runs/digits", epochs=3)  # doctest: +SKIP
+        >>> result.best_val_accuracy  # doctest: +SKIP
+        0.97
+    """
+    from imagewise.models import create_model
+
+    cfg, folder = _resolve_config(
+        data, Path(out) if out else None, config, config_file, options, resume
+    )
+    t = cfg.train
+    device = resolve_device(t.device)
+    amp_dtype = resolve_precision(t.precision, device)
+    seed_everything(t.seed)
+
+    raw = resolve_source(
+        cfg.data.source, cfg.data.val_fraction, cfg.data.test_fraction, cfg.data.split_seed
+    )
+    dataset, pre = prepare(raw, cfg.data)
+    if cfg.model.name == "auto":
+        cfg.model.name = choose_model(len(dataset.train), pre.img_size)
+    model = create_model(
+        cfg.model.name,
+        num_classes=len(dataset.classes),
+        in_chans=pre.channels,
+        img_size=pre.img_size,
+        pretrained=cfg.model.pretrained,
+        **_model_kwargs(cfg),
+    ).to(device)
+    channels_last = t.channels_last and device.type in ("cpu", "cuda")
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    task = ClassificationTask(model, t.loss, len(dataset.classes), t.label_smoothing)
+
+    train_loader = make_loader(
+        dataset.train,
+        pre,
+        t.batch_size,
+        shuffle=True,
+        drop_last=len(dataset.train) > t.batch_size,
+        seed=t.seed,
+        workers=cfg.data.workers,
+    )
+    val_loader = make_loader(dataset.val, pre, max(256, t.batch_size), workers=cfg.data.workers)
+    optimizer = build_optimizer(model, t)
+    scheduler = build_scheduler(optimizer, t, len(train_loader))
+    augment = BatchAugment(pre, cfg.data.augment, len(dataset.classes), seed=t.seed)
+    ema = None
+    if t.ema_decay > 0:
+        from timm.utils import ModelEmaV3
+
+        ema = ModelEmaV3(model, decay=t.ema_decay)
+
+    state = TrainState(epochs=t.epochs)
+    if resume:
+        ckpt = load_checkpoint(folder.last)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        if ema is not None and ckpt.get("ema") is not None:
+            ema.load_state_dict(ckpt["ema"])
+        torch.set_rng_state(ckpt["torch_rng"])
+        augment.generator.set_state(ckpt["augment_rng"])
+        state.epoch, state.history = int(ckpt["epoch"]), list(ckpt["history"])
+        state.best_metric, state.best_epoch = float(ckpt["best_metric"]), int(ckpt["best_epoch"])
+        state.train_seconds = float(ckpt["train_seconds"])
+        log.info("resuming %s at epoch %d of %d", folder.path, state.epoch, state.epochs)
+    else:
+        folder.path.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, folder.config)
+    meta = build_meta(cfg, dataset, pre, model)
+    if resume and folder.meta.is_file():
+        meta["created"] = folder.read_meta().get("created", meta["created"])
+    if dataset.skipped:
+        from imagewise.io import atomic_write_text
+
+        lines = "".join(f"{p}\t{reason}\n" for p, reason in dataset.skipped)
+        atomic_write_text(folder.path / "skipped.txt", lines)
+    log.info(
+        "training %s on %s: %d train / %d val images, %d classes, %dx%dx%d, %s on %s",
+        cfg.model.name,
+        cfg.data.source,
+        len(dataset.train),
+        len(dataset.val),
+        len(dataset.classes),
+        pre.channels,
+        pre.img_size,
+        pre.img_size,
+        f"{t.epochs} epochs",
+        device,
+    )
+    objects = {
+        "model": model,
+        "optimizer": optimizer,
+        "scheduler": scheduler,
+        "ema": ema,
+        "augment": augment,
+        "config": cfg,
+    }
+    writer = RunWriter(folder, meta, objects)
+    start = time.perf_counter()
+    state = fit(
+        task,
+        train_loader,
+        val_loader,
+        optimizer,
+        scheduler,
+        augment,
+        pre,
+        device,
+        state,
+        amp_dtype=amp_dtype,
+        channels_last=channels_last,
+        ema=ema,
+        grad_clip=t.grad_clip,
+        patience=t.patience,
+        hooks=[writer, *hooks],
+        show_progress=show_progress,
+    )
+    log.debug("fit took %.1fs", time.perf_counter() - start)
+    return TrainResult(
+        run=folder.path,
+        model=cfg.model.name,
+        epochs=state.epoch,
+        best_epoch=state.best_epoch,
+        best_val_accuracy=state.best_metric,
+        train_seconds=state.train_seconds,
+        stop_reason=state.stop_reason,
+    )

@@ -1,0 +1,62 @@
+"""The model's forward-and-loss as one object, so the loop does not know which loss it runs."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from imagewise.errors import UserError
+
+LOSSES = ("cross_entropy", "mse", "margin")
+
+
+def margin_loss(lengths: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """CapsNet margin loss (Sabour et al. 2017) on capsule lengths; ``target`` is one-hot/soft."""
+    present = F.relu(0.9 - lengths).pow(2)
+    absent = F.relu(lengths - 0.1).pow(2)
+    return (target * present + 0.5 * (1 - target) * absent).sum(dim=1).mean()
+
+
+class ClassificationTask(nn.Module):
+    """Wraps a classifier with its loss: ``task(images, targets) -> (loss, logits)``.
+
+    Targets are class indices, or class probabilities (N, C) when MixUp / CutMix made them soft.
+
+    Args:
+        model: any module mapping images to (N, num_classes) scores.
+        loss: ``cross_entropy`` (with label smoothing), ``mse`` (on softmax probabilities) or
+            ``margin`` (CapsNet); ``auto`` takes the model's ``default_loss``.
+        num_classes: number of classes.
+        label_smoothing: cross-entropy label smoothing.
+    """
+
+    def __init__(
+        self, model: nn.Module, loss: str, num_classes: int, label_smoothing: float = 0.0
+    ) -> None:
+        super().__init__()
+        if loss == "auto":
+            loss = getattr(model, "default_loss", "cross_entropy")
+        if loss not in LOSSES:
+            raise UserError(f"unknown loss '{loss}'; choose one of auto, {', '.join(LOSSES)}")
+        self.model, self.loss_name = model, loss
+        self.num_classes, self.label_smoothing = num_classes, label_smoothing
+
+    def _soft(self, target: torch.Tensor) -> torch.Tensor:
+        if target.ndim == 2:
+            return target.float()
+        return F.one_hot(target, self.num_classes).float()
+
+    def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        logits = logits.float()
+        if self.loss_name == "cross_entropy":
+            return F.cross_entropy(logits, target, label_smoothing=self.label_smoothing)
+        if self.loss_name == "mse":
+            return F.mse_loss(logits.softmax(dim=1), self._soft(target))
+        return margin_loss(logits, self._soft(target))
+
+    def forward(
+        self, images: torch.Tensor, target: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.model(images)
+        return self.loss(logits, target), logits

@@ -1,0 +1,71 @@
+"""Shared fixtures: tiny generated datasets and a trained tiny run, made once per session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import imagewise.cli
+
+CLASSES = ("circle", "square", "stripes")
+
+
+def draw(kind: str, size: int, rng: np.random.Generator, rgb: bool) -> Image.Image:
+    """A noisy picture of one of three easy-to-learn classes."""
+    yy, xx = np.mgrid[:size, :size]
+    c = size / 2 + rng.uniform(-2, 2, size=2)
+    if kind == "circle":
+        img = ((yy - c[0]) ** 2 + (xx - c[1]) ** 2 < (size / 3) ** 2).astype(float)
+    elif kind == "square":
+        img = ((abs(yy - c[0]) < size / 4) & (abs(xx - c[1]) < size / 4)).astype(float)
+    else:
+        img = ((xx // 3) % 2).astype(float)
+    img = np.clip(img * 200 + rng.normal(30, 15, img.shape), 0, 255).astype(np.uint8)
+    if rgb:
+        tint = rng.uniform(0.6, 1.0, size=3)
+        return Image.fromarray((img[..., None] * tint).astype(np.uint8), "RGB")
+    return Image.fromarray(img, "L")
+
+
+def make_folder_dataset(
+    root: Path, per_class: int = 24, size: int = 32, corrupt: bool = True
+) -> Path:
+    """DATA/CLASS/*.png|jpg: PNG and JPEG, RGB and grayscale, plus one corrupt file."""
+    rng = np.random.default_rng(0)
+    for kind in CLASSES:
+        folder = root / kind
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            img = draw(kind, size, rng, rgb=i % 2 == 0)
+            if i % 3 == 0:
+                img.save(folder / f"{i:03d}.jpg", quality=95)
+            else:
+                img.save(folder / f"{i:03d}.png")
+    if corrupt:
+        (root / CLASSES[0] / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg")
+    return root
+
+
+@pytest.fixture(scope="session")
+def folder_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_folder_dataset(tmp_path_factory.mktemp("data") / "shapes")
+
+
+@pytest.fixture(scope="session")
+def trained_run(folder_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small model trained through the CLI on the folder dataset (shared by several tests)."""
+    out = tmp_path_factory.mktemp("runs") / "shapes"
+    args = f"train {folder_data} --model resnet9_tiny --epochs 10 --batch-size 8 --out {out}"
+    code = imagewise.cli.main([*args.split(), "-q", "--augment", "light"])
+    assert code == 0
+    return out
+
+
+def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """Run the CLI in-process; return (exit code, stdout, stderr)."""
+    code = imagewise.cli.main(args)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
