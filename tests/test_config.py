@@ -57,3 +57,17 @@ def test_invalid_values_are_rejected() -> None:
         apply_options(RunConfig(), {"augment": "wild"})
     with pytest.raises(UserError, match="--hflip must be true or false"):
         apply_options(RunConfig(), {"hflip": "maybe"})
+
+
+def test_atomic_write_respects_umask_and_leaves_no_temp(tmp_path: Path) -> None:
+    import os
+
+    from imagewise.io import atomic_write_text
+
+    old = os.umask(0o022)
+    try:
+        path = atomic_write_text(tmp_path / "a" / "f.txt", "hello")
+    finally:
+        os.umask(old)
+    assert path.read_text() == "hello" and oct(path.stat().st_mode & 0o777) == "0o644"
+    assert [p.name for p in path.parent.iterdir()] == ["f.txt"]
