@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -195,6 +196,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         show_progress=not args.quiet,
         **options,
     )
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 speaks for all
+        return 0
     print(
         f"trained {result.model} for {result.epochs} epochs in {result.train_seconds:.0f}s; "
         f"best validation accuracy {result.best_val_accuracy:.2%} (epoch {result.best_epoch})"

@@ -194,7 +194,8 @@ class TensorBatches:
     """Batches of an in-memory split: uint8 images and int64 labels, reshuffled each epoch.
 
     With ``world_size > 1`` each rank takes its own interleaved share of one shared permutation,
-    as ``DistributedSampler`` does, padded so that every rank runs the same number of steps.
+    as ``DistributedSampler`` does; when shuffling (training) the shares are padded so that every
+    rank runs the same number of steps, otherwise (evaluation) every image is counted once.
     """
 
     def __init__(
@@ -223,13 +224,18 @@ class TensorBatches:
         else:
             order = torch.arange(n)
         if self.world_size > 1:
-            per_rank = math.ceil(n / self.world_size)
-            order = torch.cat([order, order[: per_rank * self.world_size - n]])
+            if self.shuffle:
+                per_rank = math.ceil(n / self.world_size)
+                order = torch.cat([order, order[: per_rank * self.world_size - n]])
             order = order[self.rank :: self.world_size]
         return order
 
     def __len__(self) -> int:
-        n = math.ceil(len(self.labels) / self.world_size)
+        total = len(self.labels)
+        if self.shuffle:
+            n = math.ceil(total / self.world_size)
+        else:
+            n = len(range(self.rank, total, self.world_size))
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -279,12 +285,16 @@ def make_loader(
     """An iterable of (uint8 images, labels) batches with ``len()`` and ``set_epoch(epoch)``."""
     if split.in_memory:
         return TensorBatches(split, batch_size, shuffle, drop_last, seed, rank, world_size)
-    from torch.utils.data import DataLoader, DistributedSampler
+    from torch.utils.data import DataLoader, DistributedSampler, Subset
 
     dataset = FileImages(split, pre.channels, pre.img_size)
-    sampler = DistributedSampler(
-        dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed
-    )
+    if shuffle:  # padded so every rank runs the same number of steps
+        sampler = DistributedSampler(
+            dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed
+        )
+    else:  # evaluation: each image once, on one rank
+        dataset = Subset(dataset, range(rank, len(dataset), world_size))
+        sampler = DistributedSampler(dataset, num_replicas=1, rank=0, shuffle=False)
     workers = (os.cpu_count() or 1) if workers < 0 else workers
     loader = DataLoader(
         dataset,

@@ -91,7 +91,7 @@ def train_one_epoch(
             optimizer.step()
         scheduler.step()
         if ema is not None:
-            ema.update(task.model)
+            ema.update(unwrap(task.model))
         n = images.shape[0]
         total_loss += loss.detach() * n
         correct += (logits.detach().argmax(1) == hard).sum()
@@ -141,14 +141,32 @@ def evaluate_loader(
 ) -> dict[str, float]:
     """Mean loss and accuracy of ``model`` (default: the task's) over ``loader``."""
     logits, labels = predict_loader(
-        model or task.model, loader, pre, device, amp_dtype, channels_last
+        model or unwrap(task.model), loader, pre, device, amp_dtype, channels_last
     )
     if len(labels) == 0:
-        return {"loss": float("nan"), "accuracy": float("nan")}
+        return {"loss": float("nan"), "accuracy": float("nan"), "images": 0}
     return {
         "loss": float(task.loss(logits, labels)),
         "accuracy": float((logits.argmax(1) == labels).float().mean()),
+        "images": len(labels),
     }
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model inside a DistributedDataParallel wrapper (or the model itself)."""
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def _reduce(stats: dict[str, float], device: torch.device) -> dict[str, float]:
+    """Average loss and accuracy over all processes, weighted by their image counts."""
+    from imagewise.train.distributed import all_reduce_sum
+
+    n = stats["images"]
+    loss, acc = (stats["loss"], stats["accuracy"]) if n else (0.0, 0.0)
+    loss_sum, correct, total = all_reduce_sum([loss * n, acc * n, float(n)], device)
+    if total == 0:
+        return {"loss": float("nan"), "accuracy": float("nan"), "images": 0}
+    return {"loss": loss_sum / total, "accuracy": correct / total, "images": total}
 
 
 def fit(
@@ -205,9 +223,11 @@ def fit(
                 scaler,
                 bar,
             )
+        train = _reduce(train, device)
         seconds = time.perf_counter() - start
-        eval_model = ema.module if ema is not None else task.model
+        eval_model = ema.module if ema is not None else unwrap(task.model)
         val = evaluate_loader(task, val_loader, pre, device, amp_dtype, channels_last, eval_model)
+        val = _reduce(val, device)
         state.train_seconds += seconds
         state.epoch = epoch
         row = {

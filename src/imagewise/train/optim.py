@@ -27,16 +27,19 @@ _OPTIMIZERS: dict[str, tuple[float, float, Callable]] = {
 SCHEDULES = ("onecycle", "cosine", "step", "constant")
 
 
-def default_lr(cfg: TrainConfig) -> float:
-    """The learning rate used when none is given: linear scaling with the batch size for SGD,
-    square-root scaling for the adaptive optimizers (Granziol et al. 2022)."""
+def default_lr(cfg: TrainConfig, world_size: int = 1) -> float:
+    """The learning rate used when none is given: linear scaling with the global batch size for
+    SGD, square-root scaling for the adaptive optimizers (Granziol et al. 2022)."""
     base = _OPTIMIZERS[cfg.optimizer][0]
-    ratio = cfg.batch_size / 128
+    ratio = cfg.batch_size * world_size / 128
     return base * ratio if cfg.optimizer == "sgd" else base * math.sqrt(ratio)
 
 
-def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """The optimizer named in ``cfg``; biases and normalization weights get no weight decay."""
+def build_optimizer(
+    model: nn.Module, cfg: TrainConfig, world_size: int = 1
+) -> torch.optim.Optimizer:
+    """The optimizer named in ``cfg``; biases and normalization weights get no weight decay.
+    ``world_size`` processes of ``cfg.batch_size`` each make the global batch."""
     if cfg.optimizer not in _OPTIMIZERS:
         raise UserError(
             f"unknown optimizer '{cfg.optimizer}'; choose one of {', '.join(_OPTIMIZERS)}"
@@ -48,7 +51,7 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
         if param.requires_grad:
             (no_decay if param.ndim <= 1 else decay).append(param)
     groups = [{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}]
-    lr = cfg.lr if cfg.lr is not None else default_lr(cfg)
+    lr = cfg.lr if cfg.lr is not None else default_lr(cfg, world_size)
     return build(groups, lr, cfg)
 
 

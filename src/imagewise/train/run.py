@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import random
-import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -25,9 +24,11 @@ from imagewise.data.pipeline import make_loader, prepare
 from imagewise.data.sources import ImageData, resolve_source
 from imagewise.data.transforms import BatchAugment, Preprocessing
 from imagewise.errors import UserError
+from imagewise.io import atomic_write_text
 from imagewise.runs import RunFolder
 from imagewise.train.checkpoint import load_checkpoint, save_checkpoint, save_weights
 from imagewise.train.device import resolve_device, resolve_precision
+from imagewise.train.distributed import cleanup, init_distributed
 from imagewise.train.loop import TrainState, fit
 from imagewise.train.optim import build_optimizer, build_scheduler
 from imagewise.train.task import ClassificationTask
@@ -230,6 +231,57 @@ def _resolve_config(
     return cfg, folder
 
 
+def _build_model(
+    cfg: RunConfig, data: ImageData, pre: Preprocessing, device: torch.device
+) -> torch.nn.Module:
+    from imagewise.models import create_model
+
+    if cfg.model.name == "auto":
+        cfg.model.name = choose_model(len(data.train), pre.img_size)
+    model = create_model(
+        cfg.model.name,
+        num_classes=len(data.classes),
+        in_chans=pre.channels,
+        img_size=pre.img_size,
+        pretrained=cfg.model.pretrained,
+        **_model_kwargs(cfg),
+    )
+    return model.to(device)
+
+
+def _restore(ckpt: dict[str, Any], objects: dict[str, Any], state: TrainState) -> None:
+    """Put a ``last.ckpt`` back: weights, optimizer, schedule, EMA, random streams, history."""
+    objects["model"].load_state_dict(ckpt["model"])
+    objects["optimizer"].load_state_dict(ckpt["optimizer"])
+    objects["scheduler"].load_state_dict(ckpt["scheduler"])
+    if objects["ema"] is not None and ckpt.get("ema") is not None:
+        objects["ema"].load_state_dict(ckpt["ema"])
+    torch.set_rng_state(ckpt["torch_rng"])
+    objects["augment"].generator.set_state(ckpt["augment_rng"])
+    state.epoch, state.history = int(ckpt["epoch"]), list(ckpt["history"])
+    state.best_metric, state.best_epoch = float(ckpt["best_metric"]), int(ckpt["best_epoch"])
+    state.train_seconds = float(ckpt["train_seconds"])
+
+
+def _start_run_folder(
+    folder: RunFolder,
+    cfg: RunConfig,
+    meta: dict[str, Any],
+    data: ImageData,
+    objects: dict[str, Any],
+    resume: bool,
+) -> RunWriter:
+    """Create the run folder (rank 0 only): config, creation time, skipped files; its writer."""
+    folder.path.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, folder.config)
+    if resume and folder.meta.is_file():
+        meta["created"] = folder.read_meta().get("created", meta["created"])
+    if data.skipped:
+        lines = "".join(f"{p}\t{reason}\n" for p, reason in data.skipped)
+        atomic_write_text(folder.path / "skipped.txt", lines)
+    return RunWriter(folder, meta, objects)
+
+
 def _free_name(base: Path) -> Path:
     if not base.exists():
         return base
@@ -270,13 +322,17 @@ def train(
         >>> result.best_val_accuracy  # doctest: +SKIP
         0.97
     """
-    from imagewise.models import create_model
-
     cfg, folder = _resolve_config(
         data, Path(out) if out else None, config, config_file, options, resume
     )
     t = cfg.train
-    device = resolve_device(t.device)
+    # Joining the process group is a rendezvous: every rank has passed the checks above
+    # before rank 0 writes anything.
+    dist_info, device = init_distributed(resolve_device(t.device))
+    rank, world = dist_info.rank, dist_info.world_size
+    if not dist_info.is_main:
+        show_progress = False
+        log.setLevel(logging.WARNING)
     amp_dtype = resolve_precision(t.precision, device)
     seed_everything(t.seed)
 
@@ -284,107 +340,63 @@ def train(
         cfg.data.source, cfg.data.val_fraction, cfg.data.test_fraction, cfg.data.split_seed
     )
     dataset, pre = prepare(raw, cfg.data)
-    if cfg.model.name == "auto":
-        cfg.model.name = choose_model(len(dataset.train), pre.img_size)
-    model = create_model(
-        cfg.model.name,
-        num_classes=len(dataset.classes),
-        in_chans=pre.channels,
-        img_size=pre.img_size,
-        pretrained=cfg.model.pretrained,
-        **_model_kwargs(cfg),
-    ).to(device)
+    model = _build_model(cfg, dataset, pre, device)
     channels_last = t.channels_last and device.type in ("cpu", "cuda")
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    task = ClassificationTask(model, t.loss, len(dataset.classes), t.label_smoothing)
 
     train_loader = make_loader(
-        dataset.train,
-        pre,
-        t.batch_size,
-        shuffle=True,
-        drop_last=len(dataset.train) > t.batch_size,
-        seed=t.seed,
-        workers=cfg.data.workers,
-    )
-    val_loader = make_loader(dataset.val, pre, max(256, t.batch_size), workers=cfg.data.workers)
-    optimizer = build_optimizer(model, t)
+        dataset.train, pre, t.batch_size, shuffle=True,
+        drop_last=len(dataset.train) > t.batch_size * world, seed=t.seed,
+        workers=cfg.data.workers, rank=rank, world_size=world,
+    )  # fmt: skip
+    val_loader = make_loader(
+        dataset.val, pre, max(256, t.batch_size), workers=cfg.data.workers, rank=rank,
+        world_size=world,
+    )  # fmt: skip
+    optimizer = build_optimizer(model, t, world)
     scheduler = build_scheduler(optimizer, t, len(train_loader))
-    augment = BatchAugment(pre, cfg.data.augment, len(dataset.classes), seed=t.seed)
+    # Each process draws its own augmentations.
+    augment = BatchAugment(pre, cfg.data.augment, len(dataset.classes), seed=t.seed + 7919 * rank)
     ema = None
     if t.ema_decay > 0:
         from timm.utils import ModelEmaV3
 
         ema = ModelEmaV3(model, decay=t.ema_decay)
-
+    objects = {
+        "model": model, "optimizer": optimizer, "scheduler": scheduler, "ema": ema,
+        "augment": augment, "config": cfg,
+    }  # fmt: skip
     state = TrainState(epochs=t.epochs)
     if resume:
-        ckpt = load_checkpoint(folder.last)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        if ema is not None and ckpt.get("ema") is not None:
-            ema.load_state_dict(ckpt["ema"])
-        torch.set_rng_state(ckpt["torch_rng"])
-        augment.generator.set_state(ckpt["augment_rng"])
-        state.epoch, state.history = int(ckpt["epoch"]), list(ckpt["history"])
-        state.best_metric, state.best_epoch = float(ckpt["best_metric"]), int(ckpt["best_epoch"])
-        state.train_seconds = float(ckpt["train_seconds"])
+        _restore(load_checkpoint(folder.last), objects, state)
         log.info("resuming %s at epoch %d of %d", folder.path, state.epoch, state.epochs)
-    else:
-        folder.path.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, folder.config)
-    meta = build_meta(cfg, dataset, pre, model)
-    if resume and folder.meta.is_file():
-        meta["created"] = folder.read_meta().get("created", meta["created"])
-    if dataset.skipped:
-        from imagewise.io import atomic_write_text
 
-        lines = "".join(f"{p}\t{reason}\n" for p, reason in dataset.skipped)
-        atomic_write_text(folder.path / "skipped.txt", lines)
+    forward_model: torch.nn.Module = model
+    if dist_info.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [device] if device.type == "cuda" else None
+        forward_model = DistributedDataParallel(model, device_ids=ids)
+    task = ClassificationTask(forward_model, t.loss, len(dataset.classes), t.label_smoothing)
+    meta = build_meta(cfg, dataset, pre, model)
+    meta["processes"] = world
+    writers = [_start_run_folder(folder, cfg, meta, dataset, objects, resume)]
+    writers = writers if dist_info.is_main else []
     log.info(
-        "training %s on %s: %d train / %d val images, %d classes, %dx%dx%d, %s on %s",
-        cfg.model.name,
-        cfg.data.source,
-        len(dataset.train),
-        len(dataset.val),
-        len(dataset.classes),
-        pre.channels,
-        pre.img_size,
-        pre.img_size,
-        f"{t.epochs} epochs",
-        device,
-    )
-    objects = {
-        "model": model,
-        "optimizer": optimizer,
-        "scheduler": scheduler,
-        "ema": ema,
-        "augment": augment,
-        "config": cfg,
-    }
-    writer = RunWriter(folder, meta, objects)
-    start = time.perf_counter()
-    state = fit(
-        task,
-        train_loader,
-        val_loader,
-        optimizer,
-        scheduler,
-        augment,
-        pre,
-        device,
-        state,
-        amp_dtype=amp_dtype,
-        channels_last=channels_last,
-        ema=ema,
-        grad_clip=t.grad_clip,
-        patience=t.patience,
-        hooks=[writer, *hooks],
-        show_progress=show_progress,
-    )
-    log.debug("fit took %.1fs", time.perf_counter() - start)
+        "training %s on %s: %d train / %d val images, %d classes, %dx%dx%d, %d epochs, %s",
+        cfg.model.name, cfg.data.source, len(dataset.train), len(dataset.val),
+        len(dataset.classes), pre.channels, pre.img_size, pre.img_size, t.epochs,
+        f"{world} processes on {device.type}" if world > 1 else device,
+    )  # fmt: skip
+    try:
+        state = fit(
+            task, train_loader, val_loader, optimizer, scheduler, augment, pre, device, state,
+            amp_dtype=amp_dtype, channels_last=channels_last, ema=ema, grad_clip=t.grad_clip,
+            patience=t.patience, hooks=[*writers, *hooks], show_progress=show_progress,
+        )  # fmt: skip
+    finally:
+        cleanup()
     return TrainResult(
         run=folder.path,
         model=cfg.model.name,

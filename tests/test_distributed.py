@@ -1,0 +1,39 @@
+"""Scale-out: torchrun with 2 CPU processes (gloo) matches one process at the same global batch."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from imagewise.runs import RunFolder
+
+ARGS = ["digits", "--model", "tutorial_cnn", "--epochs", "3", "--augment", "none", "-q"]
+# Same global batch (2 x 32 = 64), so the same learning rate and number of steps; tutorial_cnn
+# has no batch norm, so the runs differ only in how each batch is split and summed.
+TOLERANCE = {"val_accuracy": 0.03, "val_loss": 0.05}
+
+
+def test_two_processes_match_one(tmp_path: Path) -> None:
+    two, one = tmp_path / "two", tmp_path / "one"
+    ddp = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         "-m", "imagewise", "train", *ARGS, "--batch-size", "32", "--out", str(two)],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert ddp.returncode == 0, ddp.stderr[-2000:]
+    assert ddp.stdout.count("trained tutorial_cnn for 3 epochs") == 1  # rank 0 speaks alone
+    single = subprocess.run(
+        [sys.executable, "-m", "imagewise", "train", *ARGS, "--batch-size", "64",
+         "--out", str(one)],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert single.returncode == 0, single.stderr[-2000:]
+    h2, h1 = RunFolder.of(two).read_history(), RunFolder.of(one).read_history()
+    assert len(h2) == len(h1) == 3
+    for key, tol in TOLERANCE.items():
+        assert abs(h2[-1][key] - h1[-1][key]) <= tol, (key, h2[-1][key], h1[-1][key])
+    assert h2[-1]["val_accuracy"] > 0.8
+    assert json.loads((two / "meta.json").read_text())["processes"] == 2
+    assert not list(two.glob(".*.tmp"))
