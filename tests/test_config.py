@@ -71,3 +71,18 @@ def test_atomic_write_respects_umask_and_leaves_no_temp(tmp_path: Path) -> None:
         os.umask(old)
     assert path.read_text() == "hello" and oct(path.stat().st_mode & 0o777) == "0o644"
     assert [p.name for p in path.parent.iterdir()] == ["f.txt"]
+
+
+def test_recipe_sits_between_defaults_and_file_and_flags(tmp_path: Path) -> None:
+    from imagewise.train.recipes import RECIPES
+    from imagewise.train.run import _resolve_config
+
+    path = tmp_path / "c.yaml"
+    path.write_text("recipe: fast\ntrain: {batch_size: 100}\n")
+    cfg, _ = _resolve_config("digits", tmp_path / "r", None, str(path), None, {"epochs": 2}, False)
+    assert cfg.recipe == "fast"
+    assert cfg.data.augment.preset == RECIPES["fast"]["augment"]  # from the recipe
+    assert cfg.train.batch_size == 100  # the file wins over the recipe
+    assert cfg.train.epochs == 2  # flags win over both
+    with pytest.raises(UserError, match="unknown recipe 'slow'; choose one of default, fast"):
+        _resolve_config("digits", tmp_path / "s", None, None, "slow", {}, False)

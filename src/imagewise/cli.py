@@ -126,6 +126,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run folder (default runs/DATA-MODEL)")
     p.add_argument("--config", help="YAML file with sections data / model / train")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--recipe", help="named settings: default or fast (see BENCHMARKS.md)")
     _add_train_options(p)
     p.set_defaults(func=cmd_train)
 
@@ -192,6 +193,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         args.data,
         args.out,
         config_file=args.config,
+        recipe=args.recipe,
         resume=args.resume,
         show_progress=not args.quiet,
         **options,

@@ -91,6 +91,7 @@ class TrainConfig:
 class RunConfig:
     """Everything about one training run."""
 
+    recipe: str = "default"
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

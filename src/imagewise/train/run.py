@@ -31,6 +31,7 @@ from imagewise.train.device import resolve_device, resolve_precision
 from imagewise.train.distributed import cleanup, init_distributed
 from imagewise.train.loop import TrainState, fit
 from imagewise.train.optim import build_optimizer, build_scheduler
+from imagewise.train.recipes import recipe_options
 from imagewise.train.task import ClassificationTask
 
 log = logging.getLogger("imagewise")
@@ -198,6 +199,7 @@ def _resolve_config(
     out: Path | None,
     config: RunConfig | None,
     config_file: str | None,
+    recipe: str | None,
     options: dict[str, Any],
     resume: bool,
 ) -> tuple[RunConfig, RunFolder]:
@@ -213,6 +215,11 @@ def _resolve_config(
             cfg.train.epochs = int(options["epochs"])
         return cfg, folder
     cfg = config if config is not None else RunConfig()
+    # defaults < recipe < config file < flags; a file may name the recipe itself.
+    recipe = recipe or (_file_recipe(config_file) if config_file else None)
+    if recipe:
+        cfg = apply_options(cfg, recipe_options(recipe))
+        cfg.recipe = recipe
     if config_file:
         cfg = load_config_file(config_file, cfg)
     if data is not None:
@@ -282,6 +289,16 @@ def _start_run_folder(
     return RunWriter(folder, meta, objects)
 
 
+def _file_recipe(path: str) -> str | None:
+    import yaml
+
+    try:
+        values = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError):
+        return None  # load_config_file reports it with the right message
+    return values.get("recipe") if isinstance(values, dict) else None
+
+
 def _free_name(base: Path) -> Path:
     if not base.exists():
         return base
@@ -297,6 +314,7 @@ def train(
     *,
     config: RunConfig | None = None,
     config_file: str | None = None,
+    recipe: str | None = None,
     resume: bool = False,
     hooks: Sequence[object] = (),
     show_progress: bool = True,
@@ -310,6 +328,7 @@ def train(
         out: the run folder (default ``runs/DATA-MODEL``); must not hold a run unless resuming.
         config: a starting configuration (defaults otherwise).
         config_file: a YAML file with sections ``data`` / ``model`` / ``train``, over ``config``.
+        recipe: named settings (``default``, ``fast``) over the defaults, under the file.
         resume: continue the run in ``out`` from its ``last.ckpt`` to the planned epochs.
         hooks: objects with ``on_train_start`` / ``on_epoch_end`` / ``on_train_end(state)``.
         show_progress: show a progress bar per epoch.
@@ -323,7 +342,7 @@ def train(
         0.97
     """
     cfg, folder = _resolve_config(
-        data, Path(out) if out else None, config, config_file, options, resume
+        data, Path(out) if out else None, config, config_file, recipe, options, resume
     )
     t = cfg.train
     # Joining the process group is a rendezvous: every rank has passed the checks above
