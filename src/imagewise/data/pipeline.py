@@ -85,7 +85,13 @@ def _decode_all(
 
     threads = min(8, (os.cpu_count() or 1) * 2)
     with ThreadPoolExecutor(threads) as pool:
-        bar = tqdm(total=len(paths), desc=desc, unit="img", disable=len(paths) < 2000, leave=False)
+        bar = tqdm(
+            total=len(paths),
+            desc=desc,
+            unit="img",
+            disable=True if len(paths) < 2000 else None,
+            leave=False,
+        )
         for _ in pool.map(work, range(len(paths))):
             bar.update()
         bar.close()

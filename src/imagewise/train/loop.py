@@ -33,6 +33,7 @@ class TrainState:
     stop: bool = False
     stop_reason: str = ""
     train_seconds: float = 0.0
+    # Set by imagewise.train for hooks: "model", "ema" (or None), "preprocessing", "config".
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -205,7 +206,7 @@ def fit(
             total=len(train_loader),
             desc=f"epoch {epoch}/{state.epochs}",
             unit="batch",
-            disable=not show_progress,
+            disable=None if show_progress else True,  # None: off when not a terminal
             leave=False,
             dynamic_ncols=True,
         ) as bar:

@@ -15,7 +15,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     "default": {},
     # Fewest minutes to a good model on a CPU: fewer, larger batches, light augmentation.
     "fast": {
-        "epochs": 5,
+        "epochs": 4,
         "batch_size": 256,
         "augment": "light",
         "label_smoothing": 0.1,

@@ -387,6 +387,7 @@ def train(
         "augment": augment, "config": cfg,
     }  # fmt: skip
     state = TrainState(epochs=t.epochs)
+    state.extra.update(model=model, ema=ema, preprocessing=pre, config=cfg)
     if resume:
         _restore(load_checkpoint(folder.last), objects, state)
         log.info("resuming %s at epoch %d of %d", folder.path, state.epoch, state.epochs)
