@@ -7,6 +7,7 @@ import gzip
 import hashlib
 import io
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -230,3 +231,54 @@ def test_download_checks_md5(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr(builtin, "FASHION_FILES", sums)
     dest = builtin.download_fashion_mnist(tmp_path / "good", base_url=server.as_uri() + "/")
     assert sorted(p.name for p in dest.iterdir()) == sorted(sums)
+
+
+def test_two_class_dataset_evaluates(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    root = make_folder_dataset(tmp_path / "two", per_class=10, corrupt=False)
+    shutil.rmtree(root / "stripes")
+    out = tmp_path / "r"
+    code, _, err = run_cli(
+        ["train", str(root), "--model", "lenet5", "--epochs", "1", "--out", str(out), "-q"], capsys
+    )
+    assert code == 0, err
+    code, _, err = run_cli(["evaluate", str(out)], capsys)
+    metrics = json.loads((out / "eval" / "metrics.json").read_text())
+    assert code == 0, err
+    assert metrics["top_k_accuracy"] == {"1": metrics["accuracy"]}
+
+
+def test_resume_refuses_flags_that_change_the_run(
+    trained_run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    line = _error_line(["train", "--resume", "--out", str(trained_run), "--lr", "0.1"], capsys)
+    assert line == (
+        "error: --resume continues the run as it was configured; only --epochs, --device, "
+        "--workers and --precision may change (got --lr)"
+    )
+
+
+def test_empty_validation_split_is_reported_as_such(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    root = make_folder_dataset(tmp_path / "d", per_class=6, corrupt=False)
+    code, out, err = run_cli(
+        ["train", str(root), "--model", "lenet5", "--epochs", "1", "--val-fraction", "0",
+         "--out", str(tmp_path / "r"), "-q"], capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    assert "no validation split: kept epoch 1 (lowest training loss)" in out
+    meta = json.loads((tmp_path / "r" / "meta.json").read_text())
+    assert meta["training"]["best_val_accuracy"] is None
+    assert meta["training"]["selected_by"] == "train_loss"
+
+
+def test_hidden_folders_are_not_data(tmp_path: Path) -> None:
+    from imagewise.data.sources import resolve_source
+
+    root = make_folder_dataset(tmp_path / "d", per_class=5, corrupt=False)
+    hidden = root / "circle" / ".ipynb_checkpoints"
+    hidden.mkdir()
+    (hidden / "000-checkpoint.png").write_bytes((root / "circle" / "001.png").read_bytes())
+    data = resolve_source(str(root), val_fraction=0.0, test_fraction=0.0)
+    assert len(data.train) == 15
+    assert not any(".ipynb_checkpoints" in p for p in data.train.paths or [])

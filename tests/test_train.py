@@ -152,3 +152,15 @@ def test_resume_after_kill_reaches_the_planned_epochs(folder_data: Path, tmp_pat
     assert meta["training"]["epochs_run"] == 4
     predictions = imagewise.load(out).predict([next(folder_data.rglob("*.png"))])
     assert predictions[0].label in ("circle", "square", "stripes")
+
+
+def test_data_folder_is_stored_as_an_absolute_path(
+    folder_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(folder_data.parent)
+    result = imagewise.train(folder_data.name, tmp_path / "abs", epochs=1, **FAST)
+    saved = yaml.safe_load((result.run / "config.yaml").read_text())["data"]["source"]
+    assert saved == str(folder_data.resolve())
+    monkeypatch.chdir(tmp_path)
+    assert imagewise.evaluate(result.run).metrics["images"] > 0  # works from elsewhere
+    assert imagewise.load(result.run).predict(str(next(folder_data.rglob("*.png"))))[0].label

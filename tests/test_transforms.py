@@ -67,3 +67,12 @@ def test_mixup_gives_soft_targets_that_sum_to_one() -> None:
 def test_normalize_resizes_other_sizes() -> None:
     x = PRE.normalize(torch.zeros(2, 1, 8, 8, dtype=torch.uint8))
     assert x.shape == (2, 1, 16, 16)
+
+
+def test_colour_jitter_and_noise_without_geometry_stay_standardized() -> None:
+    """Jitter and noise work on [0, 1] pixels; the output is standardized exactly once."""
+    aug = BatchAugment(PRE, AugmentConfig(preset="none", color_jitter=0.01, noise=0.001), 3)
+    x, _ = aug(batch(), torch.zeros(8, dtype=torch.long))
+    plain = PRE.normalize(batch())
+    assert (x - plain).abs().max() < 0.1  # tiny changes, same scale as the preprocessing
+    assert x.min() < -1.5  # standardized black is -2, not clipped to [0, 1]

@@ -48,22 +48,11 @@ FLAG_HELP = {
 }
 
 
-def _type_of(section: str, attr: str) -> str:
-    import dataclasses
-
-    from imagewise.config import RunConfig
-
-    obj: Any = RunConfig()
-    for part in section.split("."):
-        obj = getattr(obj, part)
-    return str(next(f.type for f in dataclasses.fields(obj) if f.name == attr))
-
-
 def _add_train_options(parser: argparse.ArgumentParser) -> None:
-    from imagewise.config import OPTIONS
+    from imagewise.config import OPTIONS, option_type
 
     for name, (section, attr) in OPTIONS.items():
-        kind = _type_of(section, attr)
+        kind = option_type(name)
         flag = "--" + name.replace("_", "-")
         help_text = FLAG_HELP.get(name, f"{section}.{attr} (see config.yaml)")
         if kind.startswith("bool"):
@@ -200,9 +189,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 speaks for all
         return 0
-    print(
-        f"trained {result.model} for {result.epochs} epochs in {result.train_seconds:.0f}s; "
+    best = (
         f"best validation accuracy {result.best_val_accuracy:.2%} (epoch {result.best_epoch})"
+        if result.best_val_accuracy == result.best_val_accuracy
+        else f"no validation split: kept epoch {result.best_epoch} (lowest training loss)"
+    )
+    print(
+        f"trained {result.model} for {result.epochs} epochs in {result.train_seconds:.0f}s; " + best
     )
     print(f"run folder: {result.run}   next: imagewise evaluate {result.run}")
     return 0

@@ -192,6 +192,12 @@ def _merge(target: Any, values: dict[str, Any], where: str) -> None:
             setattr(target, key, _coerce(value, _field_type(target, key), f"{where}.{key}"))
 
 
+def option_type(name: str) -> str:
+    """The declared type of a flat option (its dataclass field's annotation), e.g. ``int``."""
+    section, attr = OPTIONS[name]
+    return _field_type(_section(RunConfig(), section), attr)
+
+
 def config_from_dict(values: dict[str, Any], base: RunConfig | None = None) -> RunConfig:
     """Build a RunConfig from nested sections (data / model / train), as in a YAML file."""
     config = base if base is not None else RunConfig()

@@ -28,13 +28,14 @@ def run_demo(
 
     from imagewise.data.sources import resolve_source
     from imagewise.evaluate import evaluate
+    from imagewise.io import atomic_write
     from imagewise.predict import format_predictions, predict
-    from imagewise.runs import RunFolder
-    from imagewise.train.run import _free_name, train
+    from imagewise.runs import RunFolder, free_run_path
+    from imagewise.train.run import train
 
     out = Path(out)
     if RunFolder.of(out).holds_run():
-        out = _free_name(out)
+        out = free_run_path(out)
     settings = dict(DEMO_SETTINGS, epochs=epochs or DEMO_SETTINGS["epochs"])
     print(f"imagewise demo: training {settings['model']} on the built-in digits into {out}")
     result = train("digits", out, show_progress=show_progress, **settings)
@@ -53,7 +54,7 @@ def run_demo(
     for i in range(0, min(len(test), 60), 12):
         img = Image.fromarray(test.images[i, 0].numpy(), mode="L")
         path = samples / f"test{i:03d}_true-{test.labels[i]}.png"
-        img.save(path)
+        atomic_write(path, lambda tmp, img=img: img.save(tmp, format="PNG"))
         paths.append(str(path))
     preds = predict(out, paths, top_k=3)
     print(format_predictions(preds))

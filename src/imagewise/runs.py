@@ -17,6 +17,17 @@ from imagewise.errors import UserError
 from imagewise.io import atomic_write_json, atomic_write_text, read_json
 
 
+def free_run_path(base: str | Path) -> Path:
+    """``base``, or ``base-2``, ``base-3``... : the first that does not exist yet."""
+    base = Path(base)
+    if not base.exists():
+        return base
+    n = 2
+    while Path(f"{base}-{n}").exists():
+        n += 1
+    return Path(f"{base}-{n}")
+
+
 @dataclass(frozen=True)
 class RunFolder:
     """Paths of a run folder; nothing is created until something is written."""

@@ -34,6 +34,18 @@ def is_image_file(path: str | Path) -> bool:
     return not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS
 
 
+def find_images(folder: Path) -> list[str]:
+    """Image files under ``folder``, sorted, skipping hidden files and folders (.ipynb_checkpoints
+    holds copies that would otherwise leak between splits)."""
+    return sorted(
+        str(p)
+        for p in folder.rglob("*")
+        if p.is_file()
+        and is_image_file(p)
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
+
+
 def _to_8bit(img: Image.Image) -> Image.Image:
     """High bit-depth and float images to 8-bit grayscale, keeping the full range visible."""
     arr = np.asarray(img)

@@ -24,7 +24,7 @@ from imagewise.data.decode import (
     resize_tensor_images,
 )
 from imagewise.data.sources import ImageData, Split
-from imagewise.data.transforms import Preprocessing
+from imagewise.data.transforms import LUMA, Preprocessing
 from imagewise.errors import UserError
 
 log = logging.getLogger("imagewise")
@@ -181,7 +181,7 @@ def _match_channels(data: ImageData, channels: int) -> ImageData:
         if channels == 3:
             images = images.expand(-1, 3, -1, -1).contiguous()
         else:
-            images = images.float().mul(torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1))
+            images = images.float().mul(torch.tensor(LUMA).view(1, 3, 1, 1))
             images = images.sum(1, keepdim=True).round().clamp(0, 255).to(torch.uint8)
         return Split(split.labels, images, split.paths)
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from imagewise.data import builtin
-from imagewise.data.decode import is_image_file
+from imagewise.data.decode import find_images
 from imagewise.data.idx import find_idx_pairs, read_idx
 from imagewise.errors import UserError
 
@@ -127,7 +127,7 @@ def _scan_class_folders(root: Path, classes: list[str] | None = None) -> tuple[l
     paths: list[str] = []
     labels: list[int] = []
     for folder in folders:
-        files = sorted(str(p) for p in folder.rglob("*") if p.is_file() and is_image_file(p))
+        files = find_images(folder)
         if not files:
             raise UserError(
                 f"class folder '{folder}' has no images; add images to it or remove the folder"

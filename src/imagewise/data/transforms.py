@@ -19,6 +19,9 @@ from torchvision.transforms import v2
 
 from imagewise.config import AugmentConfig
 
+# ITU-R BT.601 luma weights, for RGB -> gray everywhere.
+LUMA = (0.299, 0.587, 0.114)
+
 # Preset -> settings; a part set on its own (AugmentConfig field not None) wins over its preset.
 PRESETS: dict[str, dict[str, float | bool]] = {
     "none": {},
@@ -69,16 +72,23 @@ class Preprocessing:
     std: list[float]
     interpolation: str = "bilinear"
 
-    def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 (N, C, H, W) -> float, resized to ``img_size`` if needed, standardized."""
+    def to_unit(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (N, C, H, W) -> float in [0, 1], resized to ``img_size`` if needed."""
         x = images.float().div_(255.0)
         if x.shape[-2:] != (self.img_size, self.img_size):
-            x = F.interpolate(
-                x, size=(self.img_size, self.img_size), mode="bilinear", antialias=True
-            )
+            size = (self.img_size, self.img_size)
+            x = F.interpolate(x, size=size, mode="bilinear", antialias=True)
+        return x
+
+    def standardize(self, x: torch.Tensor) -> torch.Tensor:
+        """[0, 1] floats -> (x - mean) / std per channel."""
         mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
         std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
         return (x - mean) / std
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (N, C, H, W) -> the model's input: resized and standardized floats."""
+        return self.standardize(self.to_unit(images))
 
 
 def _affine_matrices(n: int, settings: dict, generator: torch.Generator) -> torch.Tensor:
@@ -151,11 +161,8 @@ class BatchAugment:
         s, n, dev = self.settings, images.shape[0], images.device
         if self.randaugment is not None:
             images = torch.stack([self.randaugment(img) for img in images])
-        x = self.pre.normalize(images) if not self.geometric else images.float().div_(255.0)
+        x = self.pre.to_unit(images)
         if self.geometric:
-            if x.shape[-2:] != (self.pre.img_size, self.pre.img_size):
-                size = (self.pre.img_size, self.pre.img_size)
-                x = F.interpolate(x, size=size, mode="bilinear", antialias=True)
             theta = _affine_matrices(n, s, self.generator).to(dev)
             grid = F.affine_grid(theta, list(x.shape), align_corners=False)
             x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
@@ -164,10 +171,7 @@ class BatchAugment:
         if s["noise"]:
             noise = torch.randn(x.shape, generator=self.generator).to(dev) * float(s["noise"])
             x = (x + noise).clamp_(0, 1)
-        if self.geometric:
-            mean = torch.tensor(self.pre.mean, device=dev).view(1, -1, 1, 1)
-            std = torch.tensor(self.pre.std, device=dev).view(1, -1, 1, 1)
-            x = (x - mean) / std
+        x = self.pre.standardize(x)
         if s["erasing"]:
             x = self._erase(x, float(s["erasing"]))
         if self.mix is not None:
@@ -186,9 +190,7 @@ class BatchAugment:
         x = (x - mean) * contrast + mean
         if x.shape[1] == 3:
             saturation = self._rand(n, 1 - strength, 1 + strength, dev).view(n, 1, 1, 1)
-            gray = (x * torch.tensor([0.299, 0.587, 0.114], device=dev).view(1, 3, 1, 1)).sum(
-                1, keepdim=True
-            )
+            gray = (x * torch.tensor(LUMA, device=dev).view(1, 3, 1, 1)).sum(1, keepdim=True)
             x = (x - gray) * saturation + gray
         return x.clamp_(0, 1)
 

@@ -42,7 +42,9 @@ def classification_metrics(
         },
     }
     for k in top_k:
-        if k < n_classes:
+        if k == 1:
+            out["top_k_accuracy"]["1"] = out["accuracy"]
+        elif k < n_classes:  # sklearn treats 2 classes as binary and refuses k > 1 there
             score = top_k_accuracy_score(labels, probs, k=k, labels=label_ids)
             out["top_k_accuracy"][str(k)] = float(score)
     for average in ("macro", "weighted"):

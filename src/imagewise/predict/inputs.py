@@ -5,7 +5,7 @@ from __future__ import annotations
 import glob
 from pathlib import Path
 
-from imagewise.data.decode import is_image_file
+from imagewise.data.decode import find_images, is_image_file
 from imagewise.errors import UserError
 
 
@@ -19,7 +19,7 @@ def expand_inputs(inputs: list[str]) -> list[str]:
     for item in inputs:
         path = Path(item).expanduser()
         if path.is_dir():
-            files = sorted(str(p) for p in path.rglob("*") if p.is_file() and is_image_file(p))
+            files = find_images(path)
             if not files:
                 raise UserError(
                     f"folder '{item}' has no images (.jpg, .png, .bmp, .tif, .webp, .gif)"

@@ -134,7 +134,7 @@ class Classifier:
             skippable: for files this returns True for, an unreadable file is skipped with a
                 warning instead of failing the call (used for files found in folders).
         """
-        items = list(images)
+        items = [images] if isinstance(images, str | Path | Image.Image) else list(images)
         out: list[Prediction] = []
         for start in range(0, len(items), batch_size):
             tensors, names = [], []

@@ -17,6 +17,7 @@ from torch import nn
 
 from imagewise.data.transforms import BatchAugment, Preprocessing
 from imagewise.train.device import autocast
+from imagewise.train.distributed import all_reduce_sum
 from imagewise.train.task import ClassificationTask
 
 
@@ -28,6 +29,9 @@ class TrainState:
     epochs: int = 0  # planned
     history: list[dict[str, float]] = field(default_factory=list)
     best_metric: float = float("-inf")
+    # What picks the best epoch: validation accuracy, or minus the training loss when the
+    # validation split is empty.
+    metric: str = "val_accuracy"
     best_epoch: int = 0
     improved: bool = False
     stop: bool = False
@@ -160,8 +164,6 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 def _reduce(stats: dict[str, float], device: torch.device) -> dict[str, float]:
     """Average loss and accuracy over all processes, weighted by their image counts."""
-    from imagewise.train.distributed import all_reduce_sum
-
     n = stats["images"]
     loss, acc = (stats["loss"], stats["accuracy"]) if n else (0.0, 0.0)
     loss_sum, correct, total = all_reduce_sum([loss * n, acc * n, float(n)], device)
@@ -242,12 +244,17 @@ def fit(
             "images_per_second": train["images"] / max(seconds, 1e-9),
         }
         state.history.append(row)
-        metric = val["accuracy"] if val["accuracy"] == val["accuracy"] else -train["loss"]
+        has_val = val["images"] > 0
+        state.metric = "val_accuracy" if has_val else "train_loss"
+        metric = val["accuracy"] if has_val else -train["loss"]
         state.improved = metric > state.best_metric
         if state.improved:
             state.best_metric, state.best_epoch = metric, epoch
         if patience and epoch - state.best_epoch >= patience:
             state.stop, state.stop_reason = True, f"no improvement for {patience} epochs"
         _call(hooks, "on_epoch_end", state)
+        # A hook may stop one process; under torchrun every process must stop together.
+        if all_reduce_sum([float(state.stop)], device)[0] > 0 and not state.stop:
+            state.stop, state.stop_reason = True, "stopped by another process"
     _call(hooks, "on_train_end", state)
     return state

@@ -25,7 +25,7 @@ from imagewise.data.sources import ImageData, resolve_source
 from imagewise.data.transforms import BatchAugment, Preprocessing
 from imagewise.errors import UserError
 from imagewise.io import atomic_write_text
-from imagewise.runs import RunFolder
+from imagewise.runs import RunFolder, free_run_path
 from imagewise.train.checkpoint import load_checkpoint, save_checkpoint, save_weights
 from imagewise.train.device import resolve_device, resolve_precision
 from imagewise.train.distributed import cleanup, init_distributed
@@ -36,6 +36,9 @@ from imagewise.train.task import ClassificationTask
 
 log = logging.getLogger("imagewise")
 
+# What --resume may change: the plan's length and where / how it runs, not what it computes.
+RESUMABLE = {"epochs", "device", "workers", "precision"}
+
 
 @dataclass
 class TrainResult:
@@ -45,7 +48,7 @@ class TrainResult:
     model: str
     epochs: int
     best_epoch: int
-    best_val_accuracy: float
+    best_val_accuracy: float  # NaN when there was no validation split
     train_seconds: float
     stop_reason: str
 
@@ -171,7 +174,8 @@ class RunWriter:
             "epochs_run": state.epoch,
             "epochs_planned": state.epochs,
             "best_epoch": state.best_epoch,
-            "best_val_accuracy": state.best_metric,
+            "best_val_accuracy": state.best_metric if state.metric == "val_accuracy" else None,
+            "selected_by": state.metric,
             "train_seconds": round(state.train_seconds, 3),
             "stop_reason": state.stop_reason,
         }
@@ -211,9 +215,15 @@ def _resolve_config(
             raise UserError(f"nothing to resume in '{out}' (no last.ckpt); start a new run instead")
         state = load_checkpoint(folder.last)
         cfg = config_from_dict(state["config"])
-        if options.get("epochs"):  # resuming may extend the plan, nothing else
-            cfg.train.epochs = int(options["epochs"])
-        return cfg, folder
+        given = {k: v for k, v in options.items() if v is not None}
+        fixed = sorted(set(given) - RESUMABLE)
+        if fixed or data is not None or config_file or recipe:
+            names = ", ".join(f"--{k.replace('_', '-')}" for k in fixed) or "DATA/--config/--recipe"
+            raise UserError(
+                f"--resume continues the run as it was configured; only --epochs, --device, "
+                f"--workers and --precision may change (got {names})"
+            )
+        return apply_options(cfg, given), folder
     cfg = config if config is not None else RunConfig()
     # defaults < recipe < config file < flags; a file may name the recipe itself.
     recipe = recipe or (_file_recipe(config_file) if config_file else None)
@@ -223,13 +233,15 @@ def _resolve_config(
     if config_file:
         cfg = load_config_file(config_file, cfg)
     if data is not None:
-        cfg.data.source = str(data)
+        # A folder is stored as an absolute path so evaluate / --resume work from anywhere.
+        path = Path(data).expanduser()
+        cfg.data.source = str(path.resolve()) if path.exists() else str(data)
     cfg = apply_options(cfg, options)
     if not cfg.data.source:
         raise UserError("no dataset given; name a folder, a CSV manifest, digits or fashion-mnist")
     if out is None:
         stem = Path(cfg.data.source).name or "run"
-        out = _free_name(Path("runs") / f"{stem}-{cfg.model.name}")
+        out = free_run_path(Path("runs") / f"{stem}-{cfg.model.name}")
     folder = RunFolder.of(out)
     if folder.holds_run():
         raise UserError(
@@ -289,6 +301,12 @@ def _start_run_folder(
     return RunWriter(folder, meta, objects)
 
 
+def _drop_last(images: int, global_batch: int) -> bool:
+    """Drop the last batch only when it is a small remainder (noisy steps, BatchNorm of 1)."""
+    remainder = images % global_batch
+    return images > global_batch and 0 < remainder < max(2, global_batch // 4)
+
+
 def _file_recipe(path: str) -> str | None:
     import yaml
 
@@ -297,15 +315,6 @@ def _file_recipe(path: str) -> str | None:
     except (OSError, yaml.YAMLError):
         return None  # load_config_file reports it with the right message
     return values.get("recipe") if isinstance(values, dict) else None
-
-
-def _free_name(base: Path) -> Path:
-    if not base.exists():
-        return base
-    n = 2
-    while Path(f"{base}-{n}").exists():
-        n += 1
-    return Path(f"{base}-{n}")
 
 
 def train(
@@ -360,13 +369,15 @@ def train(
     )
     dataset, pre = prepare(raw, cfg.data)
     model = _build_model(cfg, dataset, pre, device)
+    if rank:  # dropout, RandAugment and MixUp draws differ per process
+        seed_everything(t.seed + 7919 * rank)
     channels_last = t.channels_last and device.type in ("cpu", "cuda")
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
 
     train_loader = make_loader(
         dataset.train, pre, t.batch_size, shuffle=True,
-        drop_last=len(dataset.train) > t.batch_size * world, seed=t.seed,
+        drop_last=_drop_last(len(dataset.train), t.batch_size * world), seed=t.seed,
         workers=cfg.data.workers, rank=rank, world_size=world,
     )  # fmt: skip
     val_loader = make_loader(
@@ -401,8 +412,9 @@ def train(
     task = ClassificationTask(forward_model, t.loss, len(dataset.classes), t.label_smoothing)
     meta = build_meta(cfg, dataset, pre, model)
     meta["processes"] = world
-    writers = [_start_run_folder(folder, cfg, meta, dataset, objects, resume)]
-    writers = writers if dist_info.is_main else []
+    writers: list[object] = []
+    if dist_info.is_main:
+        writers.append(_start_run_folder(folder, cfg, meta, dataset, objects, resume))
     log.info(
         "training %s on %s: %d train / %d val images, %d classes, %dx%dx%d, %d epochs, %s",
         cfg.model.name, cfg.data.source, len(dataset.train), len(dataset.val),
@@ -422,7 +434,7 @@ def train(
         model=cfg.model.name,
         epochs=state.epoch,
         best_epoch=state.best_epoch,
-        best_val_accuracy=state.best_metric,
+        best_val_accuracy=state.best_metric if state.metric == "val_accuracy" else float("nan"),
         train_seconds=state.train_seconds,
         stop_reason=state.stop_reason,
     )

@@ -35,8 +35,8 @@ class ClassificationTask(nn.Module):
         self, model: nn.Module, loss: str, num_classes: int, label_smoothing: float = 0.0
     ) -> None:
         super().__init__()
-        if loss == "auto":
-            loss = getattr(model, "default_loss", "cross_entropy")
+        if loss == "auto":  # look through a DistributedDataParallel wrapper
+            loss = getattr(getattr(model, "module", model), "default_loss", "cross_entropy")
         if loss not in LOSSES:
             raise UserError(f"unknown loss '{loss}'; choose one of auto, {', '.join(LOSSES)}")
         self.model, self.loss_name = model, loss
