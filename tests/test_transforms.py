@@ -76,3 +76,14 @@ def test_colour_jitter_and_noise_without_geometry_stay_standardized() -> None:
     plain = PRE.normalize(batch())
     assert (x - plain).abs().max() < 0.1  # tiny changes, same scale as the preprocessing
     assert x.min() < -1.5  # standardized black is -2, not clipped to [0, 1]
+
+
+def test_broadcast_affine_grid_equals_torch() -> None:
+    import torch.nn.functional as F
+
+    from imagewise.data.transforms import affine_grid
+
+    theta = torch.randn(5, 2, 3)
+    ours = affine_grid(theta, 7, 9)
+    reference = F.affine_grid(theta, [5, 1, 7, 9], align_corners=False)
+    assert torch.allclose(ours, reference, atol=1e-5)

@@ -74,21 +74,22 @@ class Preprocessing:
 
     def to_unit(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (N, C, H, W) -> float in [0, 1], resized to ``img_size`` if needed."""
-        x = images.float().div_(255.0)
+        x = images.to(torch.float32, copy=True).div_(255.0)  # never alter the caller's tensor
         if x.shape[-2:] != (self.img_size, self.img_size):
             size = (self.img_size, self.img_size)
             x = F.interpolate(x, size=size, mode="bilinear", antialias=True)
         return x
 
-    def standardize(self, x: torch.Tensor) -> torch.Tensor:
-        """[0, 1] floats -> (x - mean) / std per channel."""
+    def standardize(self, x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+        """[0, 1] floats -> (x - mean) / std per channel (in place when asked: no 4-byte copy
+        of the whole batch, which costs more than the arithmetic at 224 px)."""
         mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
         std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
-        return (x - mean) / std
+        return x.sub_(mean).div_(std) if inplace else (x - mean) / std
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (N, C, H, W) -> the model's input: resized and standardized floats."""
-        return self.standardize(self.to_unit(images))
+        return self.standardize(self.to_unit(images), inplace=True)
 
 
 def _affine_matrices(n: int, settings: dict, generator: torch.Generator) -> torch.Tensor:
@@ -118,6 +119,23 @@ def _affine_matrices(n: int, settings: dict, generator: torch.Generator) -> torc
     theta[:, 1, 1] = (cos + sin * tan) * sy
     theta[:, 1, 2] = ty
     return theta
+
+
+def affine_grid(theta: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """``F.affine_grid(theta, (N, C, H, W), align_corners=False)`` by broadcasting.
+
+    The same sampling grid, built with two fused multiply-adds per coordinate instead of a
+    batched matrix product with an inner size of 3, which is several times faster on CPU.
+    """
+    n, dev = theta.shape[0], theta.device
+    xs = (torch.arange(width, device=dev, dtype=torch.float32) * 2 + 1) / width - 1
+    ys = (torch.arange(height, device=dev, dtype=torch.float32) * 2 + 1) / height - 1
+    xs, ys = xs.view(1, 1, width), ys.view(1, height, 1)
+    t = theta.view(n, 6, 1, 1)
+    grid = torch.empty(n, height, width, 2, device=dev)
+    grid[..., 0] = t[:, 0] * xs + t[:, 1] * ys + t[:, 2]
+    grid[..., 1] = t[:, 3] * xs + t[:, 4] * ys + t[:, 5]
+    return grid
 
 
 class BatchAugment:
@@ -164,14 +182,14 @@ class BatchAugment:
         x = self.pre.to_unit(images)
         if self.geometric:
             theta = _affine_matrices(n, s, self.generator).to(dev)
-            grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+            grid = affine_grid(theta, x.shape[-2], x.shape[-1])
             x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         if s["color_jitter"]:
             x = self._color_jitter(x, float(s["color_jitter"]))
         if s["noise"]:
             noise = torch.randn(x.shape, generator=self.generator).to(dev) * float(s["noise"])
             x = (x + noise).clamp_(0, 1)
-        x = self.pre.standardize(x)
+        x = self.pre.standardize(x, inplace=True)
         if s["erasing"]:
             x = self._erase(x, float(s["erasing"]))
         if self.mix is not None:
@@ -205,14 +223,11 @@ class BatchAugment:
         ew = torch.sqrt(area / ratio).clamp(1, w)
         top = self._rand(n, 0, 1, dev) * (h - eh)
         left = self._rand(n, 0, 1, dev) * (w - ew)
-        rows = torch.arange(h, device=dev).view(1, h, 1)
-        cols = torch.arange(w, device=dev).view(1, 1, w)
-        inside = (
-            (rows >= top.view(n, 1, 1))
-            & (rows < (top + eh).view(n, 1, 1))
-            & (cols >= left.view(n, 1, 1))
-            & (cols < (left + ew).view(n, 1, 1))
-        )
-        apply = (self._rand(n, 0, 1, dev) < prob).view(n, 1, 1)
-        mask = (inside & apply).unsqueeze(1)
-        return x.masked_fill(mask, 0.0)
+        rows = torch.arange(h, device=dev).view(1, h)
+        cols = torch.arange(w, device=dev).view(1, w)
+        apply = (self._rand(n, 0, 1, dev) < prob).view(n, 1)
+        # Small (N, H) and (N, W) masks, combined once: the (N, H, W) mask is built one time.
+        in_rows = (rows >= top.view(n, 1)) & (rows < (top + eh).view(n, 1)) & apply
+        in_cols = (cols >= left.view(n, 1)) & (cols < (left + ew).view(n, 1))
+        mask = (in_rows.unsqueeze(2) & in_cols.unsqueeze(1)).unsqueeze(1)
+        return x.masked_fill_(mask, 0.0)
