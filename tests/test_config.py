@@ -84,5 +84,6 @@ def test_recipe_sits_between_defaults_and_file_and_flags(tmp_path: Path) -> None
     assert cfg.data.augment.preset == RECIPES["fast"]["augment"]  # from the recipe
     assert cfg.train.batch_size == 100  # the file wins over the recipe
     assert cfg.train.epochs == 2  # flags win over both
-    with pytest.raises(UserError, match="unknown recipe 'slow'; choose one of default, fast"):
+    message = "unknown recipe 'slow'; choose one of default, fast, accurate"
+    with pytest.raises(UserError, match=message):
         _resolve_config("digits", tmp_path / "s", None, None, "slow", {}, False)

@@ -115,7 +115,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run folder (default runs/DATA-MODEL)")
     p.add_argument("--config", help="YAML file with sections data / model / train")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
-    p.add_argument("--recipe", help="named settings: default or fast (see BENCHMARKS.md)")
+    p.add_argument("--recipe", help="named settings: default, fast or accurate (see BENCHMARKS.md)")
     _add_train_options(p)
     p.set_defaults(func=cmd_train)
 

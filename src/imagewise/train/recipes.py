@@ -20,6 +20,13 @@ RECIPES: dict[str, dict[str, Any]] = {
         "augment": "light",
         "label_smoothing": 0.1,
     },
+    # The most accuracy inside a 20-minute CPU budget on 28 px data: more epochs, same network.
+    "accurate": {
+        "epochs": 22,
+        "batch_size": 128,
+        "augment": "standard",
+        "label_smoothing": 0.1,
+    },
 }
 
 

@@ -337,7 +337,8 @@ def train(
         out: the run folder (default ``runs/DATA-MODEL``); must not hold a run unless resuming.
         config: a starting configuration (defaults otherwise).
         config_file: a YAML file with sections ``data`` / ``model`` / ``train``, over ``config``.
-        recipe: named settings (``default``, ``fast``) over the defaults, under the file.
+        recipe: named settings (``default``, ``fast``, ``accurate``) over the defaults,
+            under the file.
         resume: continue the run in ``out`` from its ``last.ckpt`` to the planned epochs.
         hooks: objects with ``on_train_start`` / ``on_epoch_end`` / ``on_train_end(state)``.
         show_progress: show a progress bar per epoch.
