@@ -17,14 +17,18 @@ test: $(STAMP)
 
 install: $(STAMP)
 
-# Debian's dataset-fashion-mnist gives real data offline; best effort (needs root and apt).
+# Debian packages, best effort (needs root and apt): dataset-fashion-mnist gives real data
+# offline; chromium lets the tests open the HTML report and the web page headless.
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[dev]'
-	-@if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
-	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist) >/dev/null 2>&1 \
-	  || echo "note: could not install dataset-fashion-mnist; 'imagewise data fetch fashion-mnist' downloads it when online"; fi
+	-@missing=""; \
+	[ -d /usr/share/datasets/fashion-mnist ] || missing="dataset-fashion-mnist"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	if [ -n "$$missing" ] && command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing) >/dev/null 2>&1 \
+	  || echo "note: could not install $$missing with apt-get; the tests that need them are skipped"; fi
 	touch $(STAMP)
 
 lint:

@@ -21,7 +21,7 @@ from imagewise.config import (
     save_config,
 )
 from imagewise.data.pipeline import make_loader, prepare
-from imagewise.data.sources import ImageData, resolve_source
+from imagewise.data.sources import ImageData, Split, resolve_source
 from imagewise.data.transforms import BatchAugment, Preprocessing
 from imagewise.errors import UserError
 from imagewise.io import atomic_write_text
@@ -51,6 +51,7 @@ class TrainResult:
     best_val_accuracy: float  # NaN when there was no validation split
     train_seconds: float
     stop_reason: str
+    temperature: float = 1.0  # fitted on the validation split after training
 
 
 def choose_model(num_images: int, img_size: int) -> str:
@@ -301,6 +302,31 @@ def _start_run_folder(
     return RunWriter(folder, meta, objects)
 
 
+def calibrate_run(
+    folder: RunFolder, meta: dict[str, Any], val: Split, cfg: RunConfig, device: torch.device
+) -> float:
+    """Fit the temperature of the run's best weights on the validation split, into meta.json."""
+    from imagewise.evaluate.calibration import calibrate
+    from imagewise.predict.predictor import load
+    from imagewise.train.loop import predict_loader
+
+    clf = load(folder.path, device=str(device))
+    loader = make_loader(val, clf.preprocessing, 256, workers=cfg.data.workers)
+    logits, labels = predict_loader(
+        clf.model, loader, clf.preprocessing, clf.device, tta=cfg.train.tta
+    )
+    summary = calibrate(logits, labels)
+    meta["temperature"], meta["calibration"] = summary["temperature"], summary
+    folder.write_meta(meta)
+    if summary.get("fitted_on"):
+        log.info(
+            "calibrated: temperature %.3f, validation ECE %.4f -> %.4f, NLL %.4f -> %.4f",
+            summary["temperature"], summary["val_ece_before"], summary["val_ece_after"],
+            summary["val_nll_before"], summary["val_nll_after"],
+        )  # fmt: skip
+    return float(summary["temperature"])
+
+
 def _drop_last(images: int, global_batch: int) -> bool:
     """Drop the last batch only when it is a small remainder (noisy steps, BatchNorm of 1)."""
     remainder = images % global_batch
@@ -428,6 +454,9 @@ def train(
             amp_dtype=amp_dtype, channels_last=channels_last, ema=ema, grad_clip=t.grad_clip,
             patience=t.patience, hooks=[*writers, *hooks], show_progress=show_progress,
         )  # fmt: skip
+        temperature = 1.0
+        if dist_info.is_main and folder.weights.is_file():
+            temperature = calibrate_run(folder, meta, dataset.val, cfg, device)
     finally:
         cleanup()
     return TrainResult(
@@ -438,4 +467,5 @@ def train(
         best_val_accuracy=state.best_metric if state.metric == "val_accuracy" else float("nan"),
         train_seconds=state.train_seconds,
         stop_reason=state.stop_reason,
+        temperature=temperature,
     )

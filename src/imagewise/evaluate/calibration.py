@@ -1,0 +1,140 @@
+"""Calibration: do the probabilities mean what they say?
+
+Expected calibration error (ECE) and the reliability diagram's bins are computed on the top-1
+confidence with equal-width bins (Guo et al., 2017). Temperature scaling divides the logits by one
+scalar T fitted on the validation split to minimize the negative log-likelihood; it never changes
+which class wins. scikit-learn calibrates one-vs-rest (sigmoid / isotonic), which changes the
+ranking and needs a fitted estimator, so the single-parameter fit lives here.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import torch
+
+log = logging.getLogger("imagewise")
+
+# T is searched in log space within these bounds; a fit that ends on a bound is reported.
+MIN_TEMPERATURE, MAX_TEMPERATURE = 0.05, 20.0
+
+
+def reliability_bins(
+    probs: np.ndarray, labels: np.ndarray, n_bins: int = 15
+) -> list[dict[str, float]]:
+    """Equal-width bins of top-1 confidence: range, image count, mean confidence, accuracy."""
+    confidence = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == labels
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    # Bin i holds (edges[i], edges[i+1]]; a confidence of exactly 0 goes to the first bin.
+    index = np.clip(np.searchsorted(edges, confidence, side="left") - 1, 0, n_bins - 1)
+    bins = []
+    for i in range(n_bins):
+        members = index == i
+        count = int(members.sum())
+        bins.append(
+            {
+                "lower": float(edges[i]),
+                "upper": float(edges[i + 1]),
+                "count": count,
+                "confidence": float(confidence[members].mean()) if count else 0.0,
+                "accuracy": float(correct[members].mean()) if count else 0.0,
+            }
+        )
+    return bins
+
+
+def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> float:
+    """ECE: the image-weighted mean gap between confidence and accuracy over the bins.
+
+    Example:
+        >>> p = np.array([[0.9, 0.1], [0.9, 0.1]])
+        >>> round(expected_calibration_error(p, np.array([0, 1])), 2)  # 90% sure, 50% right
+        0.4
+    """
+    total = len(labels)
+    if total == 0:
+        return float("nan")
+    bins = reliability_bins(probs, labels, n_bins)
+    return float(sum(b["count"] / total * abs(b["accuracy"] - b["confidence"]) for b in bins))
+
+
+def negative_log_likelihood(
+    logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0
+) -> float:
+    """Mean cross-entropy of ``softmax(logits / temperature)`` (float64)."""
+    scaled = logits.double() / temperature
+    return float(torch.nn.functional.cross_entropy(scaled, labels.long()))
+
+
+def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """The temperature T that minimizes the NLL of ``softmax(logits / T)`` on these labels.
+
+    The NLL is convex in 1/T, so a bounded scalar search on log T finds the optimum.
+
+    Args:
+        logits: (N, classes) raw scores of held-out images.
+        labels: (N,) class indices.
+    """
+    from scipy.optimize import minimize_scalar
+
+    if len(labels) == 0:
+        return 1.0
+    z, y = logits.double(), labels.long()
+
+    def nll(log_t: float) -> float:
+        return float(torch.nn.functional.cross_entropy(z / np.exp(log_t), y))
+
+    lo, hi = np.log(MIN_TEMPERATURE), np.log(MAX_TEMPERATURE)
+    found = minimize_scalar(nll, bounds=(lo, hi), method="bounded", options={"xatol": 1e-4})
+    t = float(np.exp(found.x))
+    if nll(found.x) > nll(0.0):  # never worse than leaving the model alone
+        t = 1.0
+    return t
+
+
+def calibration_report(
+    logits: torch.Tensor, labels: torch.Tensor, temperature: float, n_bins: int = 15
+) -> dict[str, Any]:
+    """ECE, NLL and reliability bins before (T = 1) and after temperature scaling."""
+    y = labels.numpy()
+    out: dict[str, Any] = {"temperature": temperature, "bins": n_bins}
+    for name, t in (("before", 1.0), ("after", temperature)):
+        probs = torch.softmax(logits.double() / t, dim=1).numpy()
+        out[name] = {
+            "ece": expected_calibration_error(probs, y, n_bins),
+            "nll": negative_log_likelihood(logits, labels, t),
+            "reliability": reliability_bins(probs, y, n_bins),
+        }
+    return out
+
+
+def calibrate(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
+    """Fit the temperature on validation logits; the summary that goes into ``meta.json``."""
+    if len(labels) == 0:
+        return {"temperature": 1.0, "fitted_on": None, "note": "no validation images"}
+    t = fit_temperature(logits, labels)
+    report = calibration_report(logits, labels, t)
+    if not MIN_TEMPERATURE * 1.01 < t < MAX_TEMPERATURE * 0.99:
+        log.warning("temperature %.3g is at the edge of its range; check the validation split", t)
+    return {
+        "temperature": round(t, 6),
+        "fitted_on": "val",
+        "val_images": len(labels),
+        "val_nll_before": round(report["before"]["nll"], 6),
+        "val_nll_after": round(report["after"]["nll"], 6),
+        "val_ece_before": round(report["before"]["ece"], 6),
+        "val_ece_after": round(report["after"]["ece"], 6),
+    }
+
+
+__all__ = [
+    "calibrate",
+    "calibration_report",
+    "expected_calibration_error",
+    "fit_temperature",
+    "negative_log_likelihood",
+    "reliability_bins",
+]
