@@ -4,7 +4,13 @@
 module explicitly, which registers its models.
 """
 
-from imagewise.models import capsnet, classic, resnet9, timm_family  # noqa: F401  (registers)
+from imagewise.models import (  # noqa: F401  (registers)
+    capsnet,
+    classic,
+    hog_svm,
+    resnet9,
+    timm_family,
+)
 from imagewise.models.registry import create_model, is_registered, list_models, register_model
 from imagewise.models.summary import count_flops, count_parameters, describe_models
 

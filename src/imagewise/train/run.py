@@ -27,6 +27,12 @@ from imagewise.errors import UserError
 from imagewise.io import atomic_write_text
 from imagewise.runs import RunFolder, free_run_path
 from imagewise.train.checkpoint import load_checkpoint, save_checkpoint, save_weights
+from imagewise.train.classical import (
+    fit_classical,
+    refuse_classical,
+    refuse_classical_resume,
+    write_classical_run,
+)
 from imagewise.train.device import resolve_device, resolve_precision
 from imagewise.train.distributed import cleanup, init_distributed
 from imagewise.train.loop import TrainState, fit
@@ -213,6 +219,7 @@ def _resolve_config(
             raise UserError("--resume needs the run folder: imagewise train --resume --out DIR")
         folder = RunFolder.of(out)
         if not folder.last.is_file():
+            refuse_classical_resume(folder)
             raise UserError(f"nothing to resume in '{out}' (no last.ckpt); start a new run instead")
         state = load_checkpoint(folder.last)
         cfg = config_from_dict(state["config"])
@@ -327,6 +334,28 @@ def calibrate_run(
     return float(summary["temperature"])
 
 
+def _train_classical(
+    cfg: RunConfig, folder: RunFolder, dataset: ImageData, pre: Preprocessing,
+    model: torch.nn.Module, device: torch.device, world: int, resume: bool,
+) -> TrainResult:  # fmt: skip
+    """A classical model: one fit instead of the loop; the same run folder, minus last.ckpt."""
+    if world > 1:
+        cleanup()  # every rank refuses alike; leave the process group first
+    refuse_classical(cfg.model.name, world, resume)
+    meta = build_meta(cfg, dataset, pre, model)
+    meta["processes"] = 1
+    _start_run_folder(folder, cfg, meta, dataset, {}, resume=False)
+    fit = fit_classical(
+        model, dataset.train, dataset.val, pre, seed=cfg.train.seed, workers=cfg.data.workers
+    )
+    write_classical_run(folder, meta, model, fit)
+    temperature = calibrate_run(folder, meta, dataset.val, cfg, device)
+    return TrainResult(
+        folder.path, cfg.model.name, epochs=1, best_epoch=1, best_val_accuracy=fit["val_accuracy"],
+        train_seconds=fit["train_seconds"], stop_reason="classical fit", temperature=temperature,
+    )  # fmt: skip
+
+
 def _drop_last(images: int, global_batch: int) -> bool:
     """Drop the last batch only when it is a small remainder (noisy steps, BatchNorm of 1)."""
     remainder = images % global_batch
@@ -396,6 +425,8 @@ def train(
     )
     dataset, pre = prepare(raw, cfg.data)
     model = _build_model(cfg, dataset, pre, device)
+    if getattr(model, "classical", False):  # fitted in one pass (hog_svm): no loop, no epochs
+        return _train_classical(cfg, folder, dataset, pre, model, device, world, resume)
     if rank:  # dropout, RandAugment and MixUp draws differ per process
         seed_everything(t.seed + 7919 * rank)
     channels_last = t.channels_last and device.type in ("cpu", "cuda")
