@@ -1,0 +1,167 @@
+"""Explanation: Grad-CAM heat maps of where a trained classifier looks, over the images.
+
+The maps come from the ``grad-cam`` package (``pytorch_grad_cam``); this stage picks the layer,
+runs the chosen method and writes the overlays with a JSON index.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from imagewise.errors import UserError
+from imagewise.explain.cam import METHODS, cam_maps, check_method, overlay, require_network
+from imagewise.explain.layers import find_target_layer, named_target_layer
+
+log = logging.getLogger("imagewise")
+
+
+def resolve_target(target: str | int | None, classes: Sequence[str]) -> int | None:
+    """A class name or index -> the class index; ``None`` stays ``None`` (the predicted class).
+
+    A name wins over an index, so a run whose classes are "0".."9" reads "7" as the class "7".
+    """
+    if target is None:
+        return None
+    if isinstance(target, str) and target in classes:
+        return list(classes).index(target)
+    text = str(target).strip()
+    if text.lstrip("-").isdigit() and 0 <= int(text) < len(classes):
+        return int(text)
+    raise UserError(f"unknown class '{target}'; the run's classes are: {', '.join(classes)}")
+
+
+def output_names(paths: Sequence[str], method: str) -> list[str]:
+    """``<stem>.<method>.png`` per image; a stem seen twice gets its folder name, then a counter."""
+    stems = [Path(p).stem for p in paths]
+    names: list[str] = []
+    for path, stem in zip(paths, stems, strict=True):
+        base = stem if stems.count(stem) == 1 else f"{Path(path).parent.name}_{stem}"
+        name, n = f"{base}.{method}.png", 1
+        while name in names:
+            n += 1
+            name = f"{base}-{n}.{method}.png"
+        names.append(name)
+    return names
+
+
+def _read_all(clf: Any, paths: list[str], named: set[str]) -> tuple[list[str], list[torch.Tensor]]:
+    """Decode the images; files found in folders or globs may be skipped, named files may not."""
+    kept, images = [], []
+    for path in paths:
+        try:
+            images.append(clf._read(path))
+        except UserError as exc:
+            if path in named:
+                raise
+            log.warning("skipped: %s", str(exc).split(";")[0])
+            continue
+        kept.append(path)
+    return kept, images
+
+
+def explain(
+    run: str | Path,
+    images: Sequence[str | Path],
+    method: str = "gradcam",
+    target: str | int | None = None,
+    layer: str | None = None,
+    out: str | Path | None = None,
+    device: str = "cpu",
+    batch_size: int = 32,
+) -> list[Path]:
+    """Write a Grad-CAM overlay per image and ``explain.json``; return the PNGs written.
+
+    Args:
+        run: a run folder written by ``imagewise train``.
+        images: image files, folders (searched recursively) or glob patterns.
+        method: ``gradcam`` (default), ``gradcam++``, ``hirescam`` or ``eigencam``.
+        target: the class to explain, by name or index; default: each image's predicted class.
+        layer: the dotted name of the layer to look at; default: chosen per model family.
+        out: the folder to write to (default ``RUN/explain/``).
+        device: ``cpu``, ``cuda`` or ``auto``.
+        batch_size: images per forward and backward pass.
+
+    Example:
+        >>> imagewise.explain("runs/digits", ["seven.png"], method="gradcam++")  # doctest: +SKIP
+        [PosixPath('runs/digits/explain/seven.gradcam++.png')]
+    """
+    from imagewise.io import atomic_write, atomic_write_json
+    from imagewise.predict import expand_inputs, load
+
+    check_method(method)
+    inputs = [images] if isinstance(images, str | Path) else list(images)
+    inputs = [str(i) for i in inputs]
+    paths = expand_inputs(inputs)
+    named = {str(Path(i).expanduser()) for i in inputs if Path(i).expanduser().is_file()}
+    clf = load(run, device=device)
+    model_name = clf.meta.get("model", {}).get("name", type(clf.model).__name__)
+    require_network(clf.model, model_name)
+    target_index = resolve_target(target, clf.classes)
+    paths, tensors = _read_all(clf, paths, named)
+    if not paths:
+        raise UserError("none of the images could be read")
+    folder = Path(out) if out is not None else Path(run) / "explain"
+    names = output_names(paths, method)
+    first = clf.preprocessing.normalize(tensors[0][None])
+    if layer:
+        layer_name = named_target_layer(clf.model, layer)[0]
+    else:
+        layer_name = find_target_layer(clf.model, first.to(clf.device))[0]
+
+    written: list[Path] = []
+    records: list[dict[str, Any]] = []
+    for start in range(0, len(paths), batch_size):
+        chunk = tensors[start : start + batch_size]
+        batch = clf.preprocessing.normalize(torch.stack(chunk))
+        probs = clf.probabilities(batch)
+        predicted = probs.argmax(1).tolist()
+        targets = predicted if target_index is None else [target_index] * len(chunk)
+        maps = cam_maps(clf.model, batch, targets, method=method, layer=layer)
+        for i, image in enumerate(chunk):
+            n = start + i
+            picture = overlay(image, maps[i])
+            dest = atomic_write(folder / names[n], lambda tmp, p=picture: p.save(tmp, "PNG"))
+            written.append(dest)
+            records.append(
+                {
+                    "source": paths[n],
+                    "file": str(dest),
+                    "target": clf.classes[targets[i]],
+                    "target_probability": round(float(probs[i, targets[i]]), 6),
+                    "predicted": clf.classes[predicted[i]],
+                    "probability": round(float(probs[i, predicted[i]]), 6),
+                    "method": method,
+                    "layer": layer_name,
+                }
+            )
+    atomic_write_json(
+        folder / "explain.json",
+        {
+            "run": str(run),
+            "model": model_name,
+            "method": method,
+            "layer": layer_name,
+            "images": records,
+        },
+    )
+    return written
+
+
+__all__ = [
+    "METHODS",
+    "cam_maps",
+    "explain",
+    "find_target_layer",
+    "named_target_layer",
+    "overlay",
+    "resolve_target",
+]
+
+from imagewise._stage import make_callable  # noqa: E402
+
+make_callable(__name__, explain)
