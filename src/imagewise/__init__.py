@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-# train / evaluate / predict are stage packages that are callable (see imagewise._stage).
-_STAGES = ("train", "evaluate", "predict")
+# train / evaluate / predict / explain are stage packages that are callable (see imagewise._stage).
+_STAGES = ("train", "evaluate", "predict", "explain")
 _EXPORTS = {
     "load": "imagewise.predict.predictor",
     "create_model": "imagewise.models",
@@ -24,6 +24,7 @@ _EXPORTS = {
 }
 
 if TYPE_CHECKING:
+    from imagewise.evaluate.compare import compare_runs as compare
     from imagewise.models import create_model, list_models
     from imagewise.predict.predictor import load
 
@@ -33,9 +34,21 @@ def __getattr__(name: str) -> Any:
 
     if name in _STAGES:
         return importlib.import_module(f"imagewise.{name}")
+    if name == "compare":
+        return importlib.import_module("imagewise.evaluate.compare").compare_runs
     if name in _EXPORTS:
         return getattr(importlib.import_module(_EXPORTS[name]), name)
     raise AttributeError(f"module 'imagewise' has no attribute {name!r}")
 
 
-__all__ = ["__version__", "create_model", "evaluate", "list_models", "load", "predict", "train"]
+__all__ = [
+    "__version__",
+    "compare",
+    "create_model",
+    "evaluate",
+    "explain",
+    "list_models",
+    "load",
+    "predict",
+    "train",
+]

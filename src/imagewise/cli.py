@@ -21,8 +21,10 @@ EXAMPLES = {
     "data fetch": "imagewise data fetch fashion-mnist",
     "models": "imagewise models --img-size 28 --channels 1",
     "train": "imagewise train fashion-mnist --model resnet9_slim --epochs 10 --out runs/fm",
-    "evaluate": "imagewise evaluate runs/fm",
+    "evaluate": "imagewise evaluate runs/fm   # then open runs/fm/eval/report.html",
+    "compare": "imagewise compare runs/fm runs/fm-hog --out compare.html",
     "predict": "imagewise predict runs/fm photos/ 'more/*.png' --top-k 3 --format csv",
+    "explain": "imagewise explain runs/fm photos/shoe.png --method gradcam++ --class Sneaker",
 }
 
 # Help for the common train flags; the rest get a generic line naming their config section.
@@ -125,7 +127,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=("test", "val", "train"))
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    p.add_argument("--gallery", type=int, default=24, help="worst errors in the report (24)")
+    p.add_argument("--no-report", action="store_true", help="skip eval/report.html")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub(verbs, "compare", "put runs side by side: accuracy, F1, ECE, size, latency, time")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run folders")
+    p.add_argument("--data", help="evaluate every run on this data (default: each test split)")
+    p.add_argument("--out", default="compare.html", help="HTML page (default compare.html)")
+    p.add_argument("--format", default="table", choices=("table", "csv", "json"))
+    p.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
+    p.set_defaults(func=cmd_compare)
 
     p = sub(verbs, "predict", "classify images, folders and globs")
     p.add_argument("run", help="run folder")
@@ -135,6 +147,25 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="write the predictions to this file instead of printing")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     p.set_defaults(func=cmd_predict)
+
+    p = sub(verbs, "explain", "Grad-CAM heat maps of where the model looks; writes RUN/explain/")
+    p.add_argument("run", help="run folder")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files, folders or globs")
+    p.add_argument(
+        "--method", default="gradcam", help="gradcam (default), gradcam++, hirescam or eigencam"
+    )
+    p.add_argument(
+        "--class",
+        dest="target",
+        metavar="CLASS",
+        help="class to explain, name or index (default: the predicted class)",
+    )
+    p.add_argument(
+        "--layer", metavar="NAME", help="dotted layer name (default: chosen per model family)"
+    )
+    p.add_argument("--out", metavar="DIR", help="folder for the heat maps (default RUN/explain)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    p.set_defaults(func=cmd_explain)
     return parser
 
 
@@ -204,9 +235,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from imagewise.evaluate import evaluate
 
+    if args.gallery < 0:
+        raise UserError(f"--gallery must be 0 or more, not {args.gallery}")
     ev = evaluate(
-        args.run, args.data, split=args.split, batch_size=args.batch_size, device=args.device
-    )
+        args.run, args.data, split=args.split, batch_size=args.batch_size, device=args.device,
+        report=not args.no_report, gallery=args.gallery,
+    )  # fmt: skip
     m = ev.metrics
     print(f"{m['images']} images ({m['split']} of {m['data']})")
     print(
@@ -225,7 +259,36 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if m["most_confused"]:
         worst = m["most_confused"][0]
         print(f"\nmost confused: {worst['true']} -> {worst['predicted']} ({worst['count']} images)")
+    cal = m["calibration"]
+    print(
+        f"calibration: ECE {cal['ece_before']:.4f} before, {cal['ece_after']:.4f} after "
+        f"temperature scaling (T = {cal['temperature']:.3g})"
+    )
     print(f"wrote {', '.join(str(p) for p in ev.files.values())}")
+    if "report" in ev.files:
+        print(f"report: {ev.files['report']}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    import csv
+    import io
+    import json
+
+    from imagewise.evaluate.compare import compare_runs, format_table, write_comparison
+
+    rows = compare_runs(args.runs, args.data, latency=not args.no_latency)
+    if args.format == "json":
+        print(json.dumps(rows, indent=2))
+    elif args.format == "csv":
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        print(buf.getvalue(), end="")
+    else:
+        print(format_table(rows))
+    print(f"wrote {write_comparison(rows, args.out)}", file=sys.stderr)
     return 0
 
 
@@ -243,6 +306,25 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print(f"wrote {len(preds)} predictions to {args.out}")
     else:
         print(text)
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from imagewise.explain import explain
+
+    files = explain(
+        args.run,
+        args.images,
+        method=args.method,
+        target=args.target,
+        layer=args.layer,
+        out=args.out,
+        device=args.device,
+    )
+    for path in files:
+        print(path)
+    folder = files[0].parent if files else args.out
+    print(f"wrote {len(files)} heat maps to {folder} (index: {folder}/explain.json)")
     return 0
 
 

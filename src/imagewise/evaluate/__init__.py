@@ -24,6 +24,18 @@ class Evaluation:
     probabilities: np.ndarray
     sources: list[str] = field(default_factory=list)
     files: dict[str, Path] = field(default_factory=dict)
+    logits: np.ndarray | None = field(default=None, repr=False)
+    calibration: dict[str, Any] = field(default_factory=dict, repr=False)
+    images: Any = field(default=None, repr=False)  # the evaluated Split, for galleries
+
+    @property
+    def predictions(self) -> np.ndarray:
+        return self.probabilities.argmax(axis=1)
+
+    @property
+    def ece(self) -> float:
+        """Expected calibration error of the (temperature-scaled) probabilities."""
+        return float(self.metrics["calibration"]["ece_after"])
 
     @property
     def accuracy(self) -> float:
@@ -86,6 +98,8 @@ def evaluate(
     batch_size: int = 256,
     device: str = "cpu",
     write: bool = True,
+    report: bool = True,
+    gallery: int = 24,
 ) -> Evaluation:
     """Measure a trained run on held-out images and write ``eval/`` in the run folder.
 
@@ -96,7 +110,10 @@ def evaluate(
         split: ``test`` (default), ``val`` or ``train`` when evaluating on the training data.
         batch_size: images per forward pass.
         device: ``cpu``, ``cuda`` or ``auto``.
-        write: write ``eval/metrics.json``, the confusion matrices (PNG, CSV).
+        write: write ``eval/metrics.json``, the confusion matrices (PNG, CSV) and the
+            reliability diagram.
+        report: also write the self-contained ``eval/report.html`` (needs ``write``).
+        gallery: how many of the worst errors the report shows, with Grad-CAM overlays.
 
     Example:
         >>> ev = imagewise.evaluate("runs/digits")  # doctest: +SKIP
@@ -105,6 +122,7 @@ def evaluate(
     from imagewise.config import DataConfig
     from imagewise.data.pipeline import make_loader, materialize
     from imagewise.data.sources import ImageData
+    from imagewise.evaluate.calibration import calibration_report
     from imagewise.evaluate.metrics import classification_metrics, most_confused
     from imagewise.predict.predictor import load
     from imagewise.train.loop import predict_loader
@@ -125,15 +143,32 @@ def evaluate(
     metrics["split"] = split if data is None else "all"
     metrics["data"] = data or cfg.data.source
     metrics["most_confused"] = most_confused(np.array(metrics["confusion_matrix"]), clf.classes)
-    result = Evaluation(metrics, clf.classes, y, probs, chosen.paths or [])
+    calibration = calibration_report(logits, labels, clf.temperature)
+    metrics["calibration"] = {
+        "temperature": clf.temperature,
+        "ece_before": calibration["before"]["ece"],
+        "ece_after": calibration["after"]["ece"],
+        "nll_before": calibration["before"]["nll"],
+        "nll_after": calibration["after"]["nll"],
+        "bins": calibration["bins"],
+    }
+    result = Evaluation(
+        metrics, clf.classes, y, probs, chosen.paths or [], logits=logits.numpy(),
+        calibration=calibration, images=chosen,
+    )  # fmt: skip
     if write:
         result.files = write_evaluation(run_dir / "eval", result)
+        if report:
+            from imagewise.evaluate.report import write_report
+
+            result.files["report"] = write_report(run_dir, result, clf, gallery=gallery)
     return result
 
 
 def write_evaluation(out: Path, result: Evaluation) -> dict[str, Path]:
-    """metrics.json, confusion_matrix.csv and the confusion matrix PNGs (counts, normalized)."""
-    from imagewise.evaluate.plots import plot_confusion
+    """metrics.json, confusion_matrix.csv, the confusion matrix PNGs (counts, normalized) and
+    the reliability diagram."""
+    from imagewise.evaluate.plots import plot_confusion, plot_reliability
     from imagewise.io import atomic_write_json, atomic_write_text
 
     files = {"metrics": atomic_write_json(out / "metrics.json", result.metrics)}
@@ -148,6 +183,8 @@ def write_evaluation(out: Path, result: Evaluation) -> dict[str, Path]:
     files["confusion_normalized_png"] = plot_confusion(
         cm, result.classes, out / "confusion_matrix_normalized.png", normalize=True
     )
+    if result.calibration:
+        files["reliability_png"] = plot_reliability(result.calibration, out / "reliability.png")
     return files
 
 

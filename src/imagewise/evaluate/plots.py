@@ -67,3 +67,50 @@ def plot_confusion(
                 color = "white" if values[i, j] > top / 2 else "black"
                 ax.text(j, i, text, ha="center", va="center", color=color, fontsize=7)
     return _save(plt, fig, path)
+
+
+def plot_reliability(calibration: dict, path: str | Path) -> Path:
+    """Reliability diagrams before and after temperature scaling, with their ECE.
+
+    ``calibration`` is ``imagewise.evaluate.calibration.calibration_report(...)``.
+    """
+    plt, fig = _figure(10, 4.2)
+    t = calibration["temperature"]
+    for i, (key, title) in enumerate((("before", "before (T = 1)"), ("after", f"T = {t:.3g}"))):
+        part = calibration[key]
+        ax = fig.add_subplot(1, 2, i + 1)
+        bins = part["reliability"]
+        centers = [(b["lower"] + b["upper"]) / 2 for b in bins]
+        width = bins[0]["upper"] - bins[0]["lower"]
+        used = [b["count"] > 0 for b in bins]
+        acc = [b["accuracy"] if u else 0 for b, u in zip(bins, used, strict=True)]
+        conf = [b["confidence"] if u else c for b, u, c in zip(bins, used, centers, strict=True)]
+        ax.bar(centers, acc, width=width * 0.95, color="#4c72b0", label="accuracy")
+        gaps = [a - c if u else 0 for a, c, u in zip(acc, conf, used, strict=True)]
+        ax.bar(centers, gaps, bottom=conf, width=width * 0.95, color="#dd8452", alpha=0.55,
+               label="gap to confidence")  # fmt: skip
+        ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("confidence (top-1 probability)")
+        ax.set_ylabel("accuracy")
+        ax.set_title(f"{title}: ECE {part['ece']:.4f}, NLL {part['nll']:.4f}")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="upper left", fontsize=8)
+    return _save(plt, fig, path)
+
+
+def plot_accuracy_latency(rows: list[dict], path: str | Path) -> Path:
+    """Scatter of test accuracy vs latency per image (batch 1), one labelled point per run."""
+    plt, fig = _figure(7, 4.5)
+    ax = fig.add_subplot(1, 1, 1)
+    for r in rows:
+        x, y = r["latency_ms_batch1"], 100 * r["accuracy"]
+        ax.scatter([x], [y], s=60)
+        ax.annotate(r["name"], (x, y), textcoords="offset points", xytext=(6, 4), fontsize=9)
+    ax.set_xscale("log")
+    ax.set_xlabel("latency per image, batch 1, CPU (ms, log scale)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.grid(alpha=0.3, which="both")
+    ax.set_title("accuracy vs latency")
+    return _save(plt, fig, path)
