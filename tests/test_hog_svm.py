@@ -156,4 +156,5 @@ def test_torchrun_is_refused(folder_data: Path, tmp_path: Path) -> None:
     )  # fmt: skip
     assert ddp.returncode != 0
     assert f"error: {TORCHRUN_REFUSAL}" in ddp.stderr.splitlines()
+    assert ddp.stderr.count(TORCHRUN_REFUSAL) == 1  # rank 0 speaks; the others exit quietly
     assert not out.exists()
