@@ -25,6 +25,7 @@ EXAMPLES = {
     "compare": "imagewise compare runs/fm runs/fm-hog --out compare.html",
     "predict": "imagewise predict runs/fm photos/ 'more/*.png' --top-k 3 --format csv",
     "explain": "imagewise explain runs/fm photos/shoe.png --method gradcam++ --class Sneaker",
+    "serve": "imagewise serve runs/fm --port 8000   # then open http://127.0.0.1:8000/",
 }
 
 # Help for the common train flags; the rest get a generic line naming their config section.
@@ -166,6 +167,32 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", help="folder for the heat maps (default RUN/explain)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     p.set_defaults(func=cmd_explain)
+
+    p = sub(verbs, "serve", "HTTP API and web page over a run folder or an ONNX file")
+    p.add_argument("model", metavar="RUN|ONNX", help="run folder or .onnx file")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
+    p.add_argument(
+        "--token",
+        default=os.environ.get("IMAGEWISE_TOKEN"),
+        help="require 'Authorization: Bearer TOKEN' (default: $IMAGEWISE_TOKEN; none)",
+    )
+    p.add_argument("--max-batch", type=int, default=32, help="images per model call (32)")
+    p.add_argument(
+        "--max-wait-ms", type=float, default=5.0, help="how long a batch waits to fill (5)"
+    )
+    p.add_argument("--no-batching", action="store_true", help="one image per model call")
+    p.add_argument("--queue-size", type=int, default=256, help="images waiting before 503 (256)")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds before 504 (30)")
+    p.add_argument("--max-body-mb", type=float, default=20.0, help="largest request (20 MB)")
+    p.add_argument("--max-images", type=int, default=32, help="images per request (32)")
+    p.add_argument(
+        "--max-megapixels", type=float, default=50.0, help="largest image (50 megapixels)"
+    )
+    p.add_argument("--top-k", type=int, default=5, help="default classes per image (5)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto (run folders)")
+    p.set_defaults(func=cmd_serve)
     return parser
 
 
@@ -325,6 +352,30 @@ def cmd_explain(args: argparse.Namespace) -> int:
         print(path)
     folder = files[0].parent if files else args.out
     print(f"wrote {len(files)} heat maps to {folder} (index: {folder}/explain.json)")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from imagewise.serve import serve
+
+    serve(
+        args.model,
+        host=args.host,
+        port=args.port,
+        token=args.token,
+        batching=not args.no_batching,
+        max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms,
+        queue_size=args.queue_size,
+        timeout_s=args.timeout,
+        max_body_bytes=int(args.max_body_mb * 1024 * 1024),
+        max_images=args.max_images,
+        max_pixels=int(args.max_megapixels * 1_000_000),
+        top_k=args.top_k,
+        threads=args.threads,
+        device=args.device,
+        access_log=not args.quiet,
+    )
     return 0
 
 

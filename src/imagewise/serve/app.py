@@ -1,0 +1,149 @@
+"""The app factory: one classifier, one inference worker, JSON errors, metrics and guards."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib.resources import files
+from typing import Any
+
+import torch
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+import imagewise
+from imagewise.serve.batching import MicroBatcher
+from imagewise.serve.guards import GuardMiddleware, ServeError
+from imagewise.serve.metrics import MetricsMiddleware, ServeMetrics
+from imagewise.serve.routes import ServeState, router
+from imagewise.serve.schemas import InfoResponse
+from imagewise.serve.settings import ServeSettings
+
+log = logging.getLogger("imagewise")
+
+ENDPOINTS = (
+    "/", "/v1/predict", "/v1/labels", "/v1/info", "/healthz", "/readyz", "/metrics", "/docs",
+    "/openapi.json",
+)  # fmt: skip
+OPEN_PATHS = ("/", "/healthz")  # no token needed: liveness and the page (it asks for the token)
+
+
+def describe(classifier: Any, settings: ServeSettings) -> InfoResponse:
+    """What the page and clients need to know about the model and the limits."""
+    model = getattr(classifier, "model", None)
+    network = isinstance(model, torch.nn.Module)
+    meta = getattr(classifier, "meta", None) or {}
+    name = (meta.get("model") or {}).get("name") or type(model or classifier).__name__
+    pre = classifier.preprocessing
+    return InfoResponse(
+        model=name,
+        backend="pytorch" if network else "onnx",
+        classes=list(classifier.classes),
+        img_size=pre.img_size,
+        channels=pre.channels,
+        temperature=float(classifier.temperature),
+        gradcam=network and not getattr(model, "classical", False),
+        top_k=min(settings.top_k, len(classifier.classes)),
+        max_images=settings.max_images,
+        max_body_bytes=settings.max_body_bytes,
+        max_pixels=settings.max_pixels,
+        max_batch=settings.batch_limit,
+    )
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+async def _on_serve_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ServeError)
+    return _error(exc.status, exc.message, exc.headers)
+
+
+async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HTTPException)
+    message = str(exc.detail)
+    if exc.status_code == 404:
+        message = f"no such endpoint: {request.url.path} (see /docs)"
+    elif exc.status_code == 405:
+        message = f"{request.method} is not allowed on {request.url.path}"
+    return _error(exc.status_code, message, exc.headers)
+
+
+async def _on_invalid(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    first = exc.errors()[0]
+    where = " ".join(str(part) for part in first.get("loc", ()))
+    return _error(422, f"{where}: {first.get('msg', 'invalid')}".strip(": "))
+
+
+async def _on_crash(request: Request, exc: Exception) -> JSONResponse:
+    log.error("internal error on %s: %r", request.url.path, exc)
+    return _error(500, "internal server error")
+
+
+def create_app(classifier: Any, settings: ServeSettings | None = None) -> FastAPI:
+    """The HTTP API and web page over a loaded classifier.
+
+    Args:
+        classifier: what ``imagewise.load`` returns: a ``Classifier`` (run folder) or an
+            ONNX classifier with the same ``preprocess`` / ``probabilities`` / ``postprocess``.
+        settings: address, token, batching and limits (defaults: ``ServeSettings()``).
+
+    Example:
+        >>> clf = imagewise.load("runs/fm")  # doctest: +SKIP
+        >>> app = create_app(clf, ServeSettings(max_batch=16))  # doctest: +SKIP
+        >>> uvicorn.run(app)  # doctest: +SKIP
+    """
+    settings = settings or ServeSettings()
+    metrics = ServeMetrics()
+    model_lock = threading.Lock()
+
+    def infer(batch: torch.Tensor) -> torch.Tensor:
+        with model_lock:
+            return classifier.probabilities(batch)
+
+    batcher = MicroBatcher(
+        infer,
+        max_batch=settings.batch_limit,
+        max_wait_ms=settings.max_wait_ms if settings.batching else 0.0,
+        queue_size=settings.queue_size,
+        on_batch=metrics.observe_batch,
+        on_depth=metrics.queue_depth.set,
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        batcher.start()
+        yield
+        # uvicorn has let the open requests finish; the worker drains whatever is left.
+        await asyncio.to_thread(batcher.stop, settings.timeout_s)
+
+    app = FastAPI(
+        title="imagewise",
+        version=imagewise.__version__,
+        description="Image classification: POST images to /v1/predict; the page is at /.",
+        lifespan=lifespan,
+    )
+    page = files("imagewise.serve").joinpath("page.html").read_text(encoding="utf-8")
+    info = describe(classifier, settings)
+    app.state.serve = ServeState(classifier, settings, batcher, metrics, model_lock, info, page)
+    app.include_router(router)
+    app.add_exception_handler(ServeError, _on_serve_error)
+    app.add_exception_handler(HTTPException, _on_http_error)
+    app.add_exception_handler(RequestValidationError, _on_invalid)
+    app.add_exception_handler(Exception, _on_crash)
+    # The last added runs first: metrics see every answer, including the guards' refusals.
+    app.add_middleware(
+        GuardMiddleware,
+        token=settings.token,
+        open_paths=OPEN_PATHS,
+        max_body_bytes=settings.max_body_bytes,
+    )
+    app.add_middleware(MetricsMiddleware, metrics=metrics, endpoints=ENDPOINTS)
+    return app

@@ -1,0 +1,232 @@
+"""The endpoints: predict, labels, info, health, readiness, metrics and the web page.
+
+Each request's images are decoded and preprocessed in the thread pool, never on the event
+loop; the model call itself happens on the micro-batching worker.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import threading
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import torch
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import HTMLResponse, Response
+from PIL import Image
+from starlette.datastructures import UploadFile
+
+from imagewise.serve.batching import MicroBatcher, QueueFull, WorkerStopped
+from imagewise.serve.guards import ServeError
+from imagewise.serve.images import ImageRejected, decode_image, safe_name
+from imagewise.serve.metrics import ServeMetrics
+from imagewise.serve.schemas import (
+    ClassScore,
+    ErrorResponse,
+    ImagePrediction,
+    InfoResponse,
+    LabelsResponse,
+    PredictResponse,
+    StatusResponse,
+)
+from imagewise.serve.settings import ServeSettings
+
+# A page that runs only its own inline code and talks only to this server.
+PAGE_POLICY = (
+    "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+    "img-src blob: data:; connect-src 'self'; base-uri 'none'; form-action 'none'; "
+    "frame-ancestors 'none'"
+)
+
+
+@dataclass
+class ServeState:
+    """What the endpoints share: the model, the worker and the settings (in ``app.state``)."""
+
+    classifier: Any
+    settings: ServeSettings
+    batcher: MicroBatcher
+    metrics: ServeMetrics
+    model_lock: threading.Lock  # Grad-CAM hooks the model: no batch may run meanwhile
+    info: InfoResponse
+    page: str
+
+
+def _state(request: Request) -> ServeState:
+    return request.app.state.serve
+
+
+State = Annotated[ServeState, Depends(_state)]
+
+router = APIRouter()
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse} for code in (400, 401, 413, 415, 422, 500, 503, 504)
+}
+UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "file": {"type": "array", "items": {"type": "string", "format": "binary"}}
+                    },
+                    "required": ["file"],
+                }
+            },
+            "image/*": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
+
+
+async def read_uploads(request: Request, settings: ServeSettings) -> list[tuple[str, bytes]]:
+    """(name, bytes) of each image: the form field ``file`` (repeatable) or the raw body."""
+    ctype = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    uploads: list[tuple[str, bytes]] = []
+    if ctype == "multipart/form-data":
+        async with request.form(max_files=settings.max_images + 1, max_fields=16) as form:
+            parts = form.getlist("file")
+            if len(parts) > settings.max_images:
+                raise ServeError(413, f"at most {settings.max_images} images per request")
+            for i, part in enumerate(parts, 1):
+                if not isinstance(part, UploadFile):
+                    raise ServeError(400, "the form field 'file' must hold a file, not text")
+                uploads.append((safe_name(part.filename, f"<file {i}>"), await part.read()))
+    elif ctype.startswith("image/") or ctype == "application/octet-stream":
+        uploads.append(("<body>", await request.body()))
+    else:
+        raise ServeError(
+            415,
+            "send images as multipart/form-data in the field 'file', or one image as the "
+            "body with an image/* content type",
+        )
+    if not uploads:
+        raise ServeError(400, "no image in the request; send the form field 'file'")
+    return uploads
+
+
+def prepare(
+    classifier: Any, uploads: list[tuple[str, bytes]], max_pixels: int
+) -> tuple[list[Image.Image], torch.Tensor]:
+    """Decode every upload to the model's view and preprocess them into one batch."""
+    pre = classifier.preprocessing
+    views = []
+    for i, (name, data) in enumerate(uploads, 1):
+        try:
+            views.append(decode_image(data, pre.channels, pre.img_size, max_pixels))
+        except ImageRejected as exc:
+            which = f"image {i} ({name})" if len(uploads) > 1 else name
+            raise ServeError(exc.status, f"{which}: {exc.message}") from None
+    return views, classifier.preprocess(views)
+
+
+def gradcam_pngs(
+    s: ServeState, batch: torch.Tensor, views: list[Image.Image], targets: list[int]
+) -> list[str]:
+    """Base64 PNGs of the Grad-CAM heat map for each image's target class, over the image."""
+    from imagewise.data.decode import pil_to_tensor
+    from imagewise.explain.cam import cam_maps, overlay
+
+    model = s.classifier.model
+    with s.model_lock:
+        maps = cam_maps(model, batch.to(s.classifier.device), targets)
+    pngs = []
+    for view, cam in zip(views, maps, strict=True):
+        buf = io.BytesIO()
+        overlay(pil_to_tensor(view), cam).save(buf, "PNG")
+        pngs.append(base64.b64encode(buf.getvalue()).decode("ascii"))
+    return pngs
+
+
+@router.post(
+    "/v1/predict",
+    response_model=PredictResponse,
+    response_model_exclude_none=True,
+    responses=ERRORS,
+    openapi_extra=UPLOAD_BODY,
+    summary="Classify one or several images",
+)
+async def predict(
+    request: Request,
+    s: State,
+    top_k: Annotated[int | None, Query(ge=1, le=1000, description="classes per image")] = None,
+    gradcam: Annotated[bool, Query(description="a Grad-CAM overlay per image (PyTorch)")] = False,
+) -> PredictResponse:
+    """Top-k classes of each image sent, in order: repeat the multipart field ``file`` for
+    several images, or send one image's bytes as the body with an ``image/*`` content type."""
+    if gradcam and not s.info.gradcam:
+        raise ServeError(
+            400, f"Grad-CAM needs a PyTorch network; this server runs a {s.info.backend} model"
+        )
+    uploads = await read_uploads(request, s.settings)
+    views, batch = await run_in_threadpool(prepare, s.classifier, uploads, s.settings.max_pixels)
+    try:
+        probs = await s.batcher.predict(batch, s.settings.timeout_s)
+    except QueueFull:
+        raise ServeError(503, "the server is busy; try again", {"Retry-After": "1"}) from None
+    except WorkerStopped:
+        raise ServeError(503, "the server is shutting down", {"Retry-After": "5"}) from None
+    except TimeoutError:
+        raise ServeError(504, f"no answer within {s.settings.timeout_s:g} s") from None
+    names = [name for name, _ in uploads]
+    predictions = s.classifier.postprocess(probs, names, top_k or s.info.top_k)
+    cams: list[str | None] = [None] * len(predictions)
+    if gradcam:
+        targets = probs.argmax(1).tolist()
+        cams = list(await run_in_threadpool(gradcam_pngs, s, batch, views, targets))
+    return PredictResponse(
+        model=s.info.model,
+        predictions=[
+            ImagePrediction(
+                source=p.source,
+                top_k=[
+                    ClassScore(name=c, probability=round(prob, 6))
+                    for c, prob in zip(p.classes, p.probabilities, strict=True)
+                ],
+                gradcam_png=cam,
+            )
+            for p, cam in zip(predictions, cams, strict=True)
+        ],
+    )
+
+
+@router.get("/v1/labels", response_model=LabelsResponse, responses=ERRORS)
+async def labels(s: State) -> LabelsResponse:
+    """The class names, in the model's order."""
+    return LabelsResponse(classes=list(s.info.classes))
+
+
+@router.get("/v1/info", response_model=InfoResponse, responses=ERRORS)
+async def info(s: State) -> InfoResponse:
+    """The model, its input, whether Grad-CAM is available, and the server's limits."""
+    return s.info
+
+
+@router.get("/healthz", response_model=StatusResponse)
+async def healthz() -> StatusResponse:
+    """Liveness: the process answers."""
+    return StatusResponse(status="ok")
+
+
+@router.get("/readyz", response_model=StatusResponse, responses=ERRORS)
+async def readyz(s: State) -> StatusResponse:
+    """Readiness: the model is loaded and the inference worker runs."""
+    if not s.batcher.alive:
+        raise ServeError(503, "not ready: the inference worker is not running")
+    return StatusResponse(status="ready")
+
+
+@router.get("/metrics", include_in_schema=False)
+async def metrics(s: State) -> Response:
+    body, content_type = s.metrics.render()
+    return Response(body, media_type=content_type)
+
+
+@router.get("/", include_in_schema=False)
+async def page(s: State) -> HTMLResponse:
+    return HTMLResponse(s.page, headers={"Content-Security-Policy": PAGE_POLICY})

@@ -1,0 +1,52 @@
+"""The JSON the API answers with, one pydantic model per response (they also make /docs)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ClassScore(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+    name: str = Field(alias="class", description="class name")
+    probability: float = Field(description="calibrated probability")
+
+
+class ImagePrediction(BaseModel):
+    source: str = Field(description="the uploaded file name without folders, or <body>")
+    top_k: list[ClassScore] = Field(description="the best classes, best first")
+    gradcam_png: str | None = Field(
+        None, description="with gradcam=true: a base64 PNG of the Grad-CAM heat map over the image"
+    )
+
+
+class PredictResponse(BaseModel):
+    model: str
+    predictions: list[ImagePrediction] = Field(description="one per image, in the order sent")
+
+
+class LabelsResponse(BaseModel):
+    classes: list[str]
+
+
+class InfoResponse(BaseModel):
+    model: str
+    backend: str = Field(description="pytorch or onnx")
+    classes: list[str]
+    img_size: int
+    channels: int
+    temperature: float
+    gradcam: bool = Field(description="whether gradcam=true is available")
+    top_k: int = Field(description="classes per image when the request does not say")
+    max_images: int
+    max_body_bytes: int
+    max_pixels: int
+    max_batch: int = Field(description="images per model call (1: batching off)")
+
+
+class StatusResponse(BaseModel):
+    status: str
+
+
+class ErrorResponse(BaseModel):
+    error: str

@@ -1,0 +1,435 @@
+"""Serving: the HTTP API of a real uvicorn process, micro-batching, limits, token and metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import math
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
+
+import imagewise
+from imagewise.data.transforms import Preprocessing
+from imagewise.predict import Classifier
+from imagewise.serve import ServeSettings, create_app
+from imagewise.serve.images import safe_name
+
+from conftest import CLASSES
+
+TOKEN = "s3cret-test-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def serve_process(run: Path, log: Path, *flags: str) -> Iterator[str]:
+    """``python -m imagewise serve RUN`` on a free loopback port; yields its URL once ready."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "imagewise", "serve", str(run), "--port", str(port), *flags]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"the server exited with {proc.returncode}:\n{log.read_text()}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"the server was not ready in 90 s:\n{log.read_text()}")
+            try:
+                if httpx.get(f"{url}/readyz", headers=AUTH, timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def served_copy(trained_run: Path, folder: Path) -> Path:
+    run = folder / "run"
+    shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("eval", "explain", "tens*"))
+    return run
+
+
+@pytest.fixture(scope="module")
+def server(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The trained run behind a real server with a token, a 1 MB body limit and 4 images/request."""
+    folder = tmp_path_factory.mktemp("serve")
+    run = served_copy(trained_run, folder)
+    flags = ("--token", TOKEN, "--max-body-mb", "1", "--max-images", "4", "--top-k", "3", "-q")
+    with serve_process(run, folder / "server.log", *flags) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def client(server: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server, headers=AUTH, timeout=30) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def images(folder_data: Path) -> list[Path]:
+    """Two images of each class, PNG and JPEG, in a mixed order."""
+    chosen = [sorted((folder_data / kind).glob(f"*{ext}"))[0] for ext in (".png", ".jpg")
+              for kind in CLASSES]  # fmt: skip
+    return chosen[::2] + chosen[1::2]
+
+
+def png_bytes(img: Image.Image, **options: object) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "PNG", **options)
+    return buf.getvalue()
+
+
+def assert_json_error(response: httpx.Response, status: int) -> str:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    body = response.json()
+    assert list(body) == ["error"] and body["error"]
+    return body["error"]
+
+
+# --- the API of a real server ----------------------------------------------------------------
+
+
+def test_one_image_gives_top_k_classes_and_labels_lists_them(
+    client: httpx.Client, images: list[Path], trained_run: Path
+) -> None:
+    r = client.post("/v1/predict", files={"file": (images[0].name, images[0].read_bytes())})
+    assert r.status_code == 200, r.text
+    [pred] = r.json()["predictions"]
+    assert pred["source"] == images[0].name
+    probs = [c["probability"] for c in pred["top_k"]]
+    assert len(probs) == 3 and probs == sorted(probs, reverse=True) and 0.99 < sum(probs) <= 1.0001
+    assert "gradcam_png" not in pred
+    classes = imagewise.load(trained_run).classes
+    assert client.get("/v1/labels").json() == {"classes": classes}
+    info = client.get("/v1/info").json()
+    assert info["classes"] == classes and info["gradcam"] is True and info["backend"] == "pytorch"
+
+
+def test_several_images_keep_their_order_and_match_predict(
+    client: httpx.Client, images: list[Path], trained_run: Path
+) -> None:
+    sent = images[:4]
+    files = [("file", (p.name, p.read_bytes())) for p in sent]
+    r = client.post("/v1/predict", files=files, params={"top_k": 2})
+    assert r.status_code == 200, r.text
+    got = r.json()["predictions"]
+    expected = imagewise.load(trained_run).predict(sent, top_k=2)
+    assert [p["source"] for p in got] == [p.name for p in sent]
+    assert [p["top_k"][0]["class"] for p in got] == [e.label for e in expected]
+    for p, e in zip(got, expected, strict=True):
+        assert [c["probability"] for c in p["top_k"]] == pytest.approx(e.probabilities, abs=1e-5)
+
+
+def test_raw_image_bytes_as_the_body(
+    client: httpx.Client, images: list[Path], trained_run: Path
+) -> None:
+    jpeg = next(p for p in images if p.suffix == ".jpg")
+    r = client.post(
+        "/v1/predict", content=jpeg.read_bytes(), headers={"Content-Type": "image/jpeg"}
+    )
+    assert r.status_code == 200, r.text
+    [pred] = r.json()["predictions"]
+    expected = imagewise.load(trained_run).predict([jpeg], top_k=3)[0]
+    assert pred["source"] == "<body>"
+    assert pred["top_k"][0]["class"] == expected.label
+    assert pred["top_k"][0]["probability"] == pytest.approx(expected.confidence, abs=1e-5)
+
+
+def _truncated_jpeg(images: list[Path]) -> bytes:
+    data = next(p for p in images if p.suffix == ".jpg").read_bytes()
+    return data[: len(data) // 2]
+
+
+@pytest.fixture(scope="module")
+def huge_png() -> bytes:
+    """A 20000 x 20000 image (400 megapixels) in a file of a few tens of KB."""
+    data = png_bytes(Image.new("1", (20000, 20000)), optimize=True)
+    assert len(data) < 100_000
+    return data
+
+
+@pytest.mark.parametrize(
+    ("case", "status", "says"),
+    [
+        ("truncated", 400, "truncated"),
+        ("empty", 400, "empty"),
+        ("text named .png", 415, "not an image"),
+        ("20000x20000", 413, "pixels"),
+        ("../ in the name", 415, "not an image"),
+    ],
+)
+def test_bad_uploads_get_a_json_error_and_the_server_lives_on(
+    client: httpx.Client, images: list[Path], huge_png: bytes, case: str, status: int, says: str
+) -> None:
+    name, data = {
+        "truncated": ("photo.jpg", _truncated_jpeg(images)),
+        "empty": ("empty.png", b""),
+        "text named .png": ("notes.png", b"just some text, not pixels\n" * 20),
+        "20000x20000": ("huge.png", huge_png),
+        "../ in the name": ("../../../etc/passwd", b"root:x:0:0:root:/root:/bin/bash\n"),
+    }[case]
+    r = client.post("/v1/predict", files={"file": (name, data, "image/png")})
+    message = assert_json_error(r, status)
+    assert says in message
+    assert "../" not in message and "/etc" not in message
+    assert client.get("/healthz").json() == {"status": "ok"}
+
+
+def test_a_file_name_is_echoed_without_its_folders(
+    client: httpx.Client, images: list[Path]
+) -> None:
+    r = client.post("/v1/predict", files={"file": ("..\\../x/shape.png", images[0].read_bytes())})
+    assert r.status_code == 200, r.text
+    assert r.json()["predictions"][0]["source"] == "shape.png"
+    assert safe_name("a\x01b\x7f.png", "<file 1>") == "ab.png"
+    assert safe_name("../..", "<file 1>") == safe_name(None, "<file 1>") == "<file 1>"
+
+
+def test_requests_over_the_limits_are_refused(client: httpx.Client, images: list[Path]) -> None:
+    big = np.random.default_rng(0).integers(0, 255, 1_500_000, dtype=np.uint8).tobytes()
+    message = assert_json_error(client.post("/v1/predict", files={"file": ("big.png", big)}), 413)
+    assert "larger than 1048576 bytes" in message
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: counted as it streams in
+        for _ in range(20):
+            yield b"\0" * 100_000
+
+    r = client.post("/v1/predict", content=chunks(), headers={"Content-Type": "image/png"})
+    assert_json_error(r, 413)
+    five = [("file", (p.name, p.read_bytes())) for p in images[:5]]
+    assert "at most 4 images" in assert_json_error(client.post("/v1/predict", files=five), 413)
+    r = client.post("/v1/predict", content=b"{}", headers={"Content-Type": "application/json"})
+    assert "multipart/form-data" in assert_json_error(r, 415)
+    assert_json_error(client.post("/v1/predict", files={"other": ("a.png", b"x")}), 400)
+    one = {"file": ("a.png", images[0].read_bytes())}
+    assert "top_k" in assert_json_error(client.post("/v1/predict?top_k=0", files=one), 422)
+    assert_json_error(client.get("/v1/nothing-here"), 404)
+    assert_json_error(client.delete("/v1/labels"), 405)
+    assert client.get("/healthz").status_code == 200
+
+
+def test_token_is_required_except_for_liveness_and_the_page(server: str) -> None:
+    for path in ("/v1/labels", "/v1/info", "/readyz", "/metrics", "/docs", "/no-such-page"):
+        r = httpx.get(server + path)
+        assert_json_error(r, 401)
+        assert r.headers["www-authenticate"] == "Bearer"
+        wrong = httpx.get(server + path, headers={"Authorization": "Bearer s3cret-test-tokeN"})
+        assert_json_error(wrong, 401)
+    assert_json_error(httpx.post(server + "/v1/predict", files={"file": ("a.png", b"x")}), 401)
+    assert httpx.get(server + "/v1/labels", headers=AUTH).status_code == 200
+    assert httpx.get(server + "/healthz").status_code == 200
+    page = httpx.get(server + "/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "http://" not in page.text and "https://" not in page.text  # no CDN
+    assert "default-src 'none'" in page.headers["content-security-policy"]
+
+
+def _samples(client: httpx.Client) -> dict[tuple[str, tuple], float]:
+    text = client.get("/metrics").text
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def test_metrics_count_requests_batches_and_the_queue(
+    client: httpx.Client, images: list[Path]
+) -> None:
+    ok = ("imagewise_http_requests_total", (("endpoint", "/v1/predict"), ("status", "200")))
+    bad = ("imagewise_http_requests_total", (("endpoint", "/v1/predict"), ("status", "415")))
+    batches = ("imagewise_batch_size_count", ())
+    classified = ("imagewise_images_total", ())
+    before = _samples(client)
+    files = [("file", (p.name, p.read_bytes())) for p in images[:3]]
+    for _ in range(2):
+        assert client.post("/v1/predict", files=files).status_code == 200
+    assert client.post("/v1/predict", files={"file": ("t.png", b"text")}).status_code == 415
+    after = _samples(client)
+    assert after[ok] - before.get(ok, 0) == 2
+    assert after[bad] - before.get(bad, 0) == 1
+    assert after[classified] - before[classified] == 6
+    assert 1 <= after[batches] - before[batches] <= 6
+    assert after[("imagewise_queue_depth", ())] == 0
+    latency = ("imagewise_http_request_duration_seconds_count", (("endpoint", "/v1/predict"),))
+    assert after[latency] - before[latency] == 3
+
+
+def test_gradcam_returns_a_png_overlay_per_image(client: httpx.Client, images: list[Path]) -> None:
+    files = [("file", (p.name, p.read_bytes())) for p in images[:2]]
+    r = client.post("/v1/predict", files=files, params={"gradcam": "true"})
+    assert r.status_code == 200, r.text
+    size = client.get("/v1/info").json()["img_size"]
+    side = size * max(1, math.ceil(224 / size))  # the overlay enlarges small inputs
+    for pred in r.json()["predictions"]:
+        picture = Image.open(io.BytesIO(base64.b64decode(pred["gradcam_png"])))
+        assert picture.format == "PNG" and picture.size == (side, side)
+        colours = np.unique(np.asarray(picture).reshape(-1, 3), axis=0)
+        assert picture.mode == "RGB" and len(colours) > 10  # a heat map, not a blank picture
+
+
+# --- the app over a stand-in classifier, in this process ------------------------------------
+
+
+class SlowClassifier:
+    """Stands in for a model without PyTorch weights (as an ONNX one): slow, counting batches."""
+
+    def __init__(self, seconds: float) -> None:
+        self.classes = ["yes", "no"]
+        self.preprocessing = Preprocessing(img_size=8, channels=1, mean=[0.5], std=[0.5])
+        self.temperature = 1.0
+        self.meta = {"model": {"name": "slow"}}
+        self.seconds = seconds
+        self.batches: list[int] = []
+
+    def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
+        return torch.stack(
+            [torch.from_numpy(np.asarray(i, dtype=np.float32))[None] for i in images]
+        )
+
+    def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
+        time.sleep(self.seconds)
+        self.batches.append(len(batch))
+        return torch.tensor([[0.75, 0.25]]).repeat(len(batch), 1)
+
+    def postprocess(self, probs: torch.Tensor, sources: list[str], top_k: int = 5) -> list:
+        return Classifier.postprocess(self, probs, sources, top_k)  # type: ignore[arg-type]
+
+
+@contextmanager
+def running(app: object) -> Iterator[tuple[str, object]]:
+    """uvicorn serving ``app`` on a thread of this process."""
+    import uvicorn
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=10))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}", server
+    finally:
+        server.should_exit = True
+        thread.join(15)
+        sock.close()
+
+
+TINY_PNG = png_bytes(Image.new("L", (8, 8), 128))
+
+
+async def _post_many(url: str, n: int, delay: float = 0.0) -> list[httpx.Response]:
+    async with httpx.AsyncClient(base_url=url, timeout=30) as c:
+
+        async def one(i: int) -> httpx.Response:
+            await asyncio.sleep(delay * i)
+            return await c.post("/v1/predict", files={"file": (f"{i}.png", TINY_PNG)})
+
+        return await asyncio.gather(*(one(i) for i in range(n)))
+
+
+def test_concurrent_requests_share_model_calls() -> None:
+    model = SlowClassifier(0.05)
+    app = create_app(model, ServeSettings(max_batch=8, max_wait_ms=100))
+    with running(app) as (url, _):
+        responses = asyncio.run(_post_many(url, 8))
+    assert [r.status_code for r in responses] == [200] * 8
+    assert [r.json()["predictions"][0]["source"] for r in responses] == [
+        f"{i}.png" for i in range(8)
+    ]
+    assert sum(model.batches) == 8 and max(model.batches) > 1 and len(model.batches) < 8
+
+
+def test_a_full_queue_answers_503_with_retry_after() -> None:
+    model = SlowClassifier(0.3)
+    settings = ServeSettings(batching=False, queue_size=2, max_images=2)
+    with running(create_app(model, settings)) as (url, _):
+        responses = asyncio.run(_post_many(url, 8))
+        assert httpx.get(url + "/healthz").status_code == 200
+    codes = sorted(r.status_code for r in responses)
+    assert set(codes) == {200, 503} and 2 <= codes.count(200) <= 4, codes
+    for r in responses:
+        if r.status_code == 503:
+            assert_json_error(r, 503)
+            assert r.headers["retry-after"] == "1"
+    assert set(model.batches) == {1}
+
+
+def test_a_slow_model_answers_504_after_the_timeout() -> None:
+    model = SlowClassifier(1.0)
+    with running(create_app(model, ServeSettings(timeout_s=0.2))) as (url, _):
+        r = httpx.post(url + "/v1/predict", files={"file": ("a.png", TINY_PNG)})
+    assert "0.2 s" in assert_json_error(r, 504)
+
+
+def test_shutdown_lets_requests_in_flight_finish() -> None:
+    model = SlowClassifier(0.2)
+    with running(create_app(model, ServeSettings(batching=False))) as (url, server):
+
+        async def load_then_stop() -> list[httpx.Response]:
+            task = asyncio.ensure_future(_post_many(url, 4))
+            await asyncio.sleep(0.3)  # all sent, at most one answered
+            server.should_exit = True  # type: ignore[attr-defined]
+            return await task
+
+        responses = asyncio.run(load_then_stop())
+    assert [r.status_code for r in responses] == [200] * 4
+    assert len(model.batches) == 4
+
+
+def test_gradcam_on_a_model_without_pytorch_weights_is_a_400() -> None:
+    app = create_app(SlowClassifier(0.0), ServeSettings())
+    with running(app) as (url, _):
+        info = httpx.get(url + "/v1/info").json()
+        r = httpx.post(url + "/v1/predict?gradcam=true", files={"file": ("a.png", TINY_PNG)})
+    assert info["gradcam"] is False and info["backend"] == "onnx"
+    assert "Grad-CAM needs a PyTorch network" in assert_json_error(r, 400)
+
+
+def test_settings_refuse_nonsense_and_warn_about_an_open_unguarded_host() -> None:
+    from imagewise.errors import UserError
+
+    with pytest.raises(UserError, match="max-batch"):
+        ServeSettings(max_batch=0)
+    with pytest.raises(UserError, match="queue-size"):
+        ServeSettings(max_images=64, queue_size=8)
+    assert ServeSettings().exposure_warning() is None
+    assert ServeSettings(host="::1").exposure_warning() is None
+    assert ServeSettings(host="0.0.0.0", token="t").exposure_warning() is None
+    assert "without a token" in ServeSettings(host="0.0.0.0").exposure_warning()
