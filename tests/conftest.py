@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -69,3 +77,54 @@ def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, s
     code = imagewise.cli.main(args)
     captured = capsys.readouterr()
     return code, captured.out, captured.err
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def serve_process(
+    run: Path, log: Path, *flags: str, headers: dict[str, str] | None = None
+) -> Iterator[str]:
+    """``python -m imagewise serve RUN`` on a free loopback port; yields its URL once /readyz
+    answers (with ``headers``, e.g. the token). The server's output goes to ``log``."""
+    import httpx
+
+    port = free_port()
+    cmd = [sys.executable, "-m", "imagewise", "serve", str(run), "--port", str(port), *flags]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"the server exited with {proc.returncode}:\n{log.read_text()}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"the server was not ready in 90 s:\n{log.read_text()}")
+            try:
+                if httpx.get(f"{url}/readyz", headers=headers, timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def served_copy(trained_run: Path, folder: Path) -> Path:
+    """A copy of the run for a server to use, so other tests writing into the run do not race."""
+    run = folder / "run"
+    shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("eval", "explain", "tens*"))
+    return run

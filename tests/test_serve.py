@@ -6,11 +6,7 @@ import asyncio
 import base64
 import io
 import math
-import os
-import shutil
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -30,55 +26,10 @@ from imagewise.predict import Classifier
 from imagewise.serve import ServeSettings, create_app
 from imagewise.serve.images import safe_name
 
-from conftest import CLASSES
+from conftest import CLASSES, serve_process, served_copy
 
 TOKEN = "s3cret-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextmanager
-def serve_process(run: Path, log: Path, *flags: str) -> Iterator[str]:
-    """``python -m imagewise serve RUN`` on a free loopback port; yields its URL once ready."""
-    port = free_port()
-    cmd = [sys.executable, "-m", "imagewise", "serve", str(run), "--port", str(port), *flags]
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"the server exited with {proc.returncode}:\n{log.read_text()}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"the server was not ready in 90 s:\n{log.read_text()}")
-            try:
-                if httpx.get(f"{url}/readyz", headers=AUTH, timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def served_copy(trained_run: Path, folder: Path) -> Path:
-    run = folder / "run"
-    shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("eval", "explain", "tens*"))
-    return run
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +38,7 @@ def server(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
     folder = tmp_path_factory.mktemp("serve")
     run = served_copy(trained_run, folder)
     flags = ("--token", TOKEN, "--max-body-mb", "1", "--max-images", "4", "--top-k", "3", "-q")
-    with serve_process(run, folder / "server.log", *flags) as url:
+    with serve_process(run, folder / "server.log", *flags, headers=AUTH) as url:
         yield url
 
 
