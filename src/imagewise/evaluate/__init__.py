@@ -124,10 +124,10 @@ def evaluate(
     from imagewise.data.sources import ImageData
     from imagewise.evaluate.calibration import calibration_report
     from imagewise.evaluate.metrics import classification_metrics, most_confused
-    from imagewise.predict.predictor import load
+    from imagewise.predict.predictor import load_run
     from imagewise.train.loop import predict_loader
 
-    clf = load(run, device=device)
+    clf = load_run(run, device=device)
     run_dir = Path(run)
     raw, chosen, cfg = _evaluation_split(run_dir, data, split, clf.classes)
     pre = clf.preprocessing

@@ -87,14 +87,14 @@ def compare_runs(
         >>> [(r["name"], r["accuracy"]) for r in rows]  # doctest: +SKIP
     """
     from imagewise.models import count_flops
-    from imagewise.predict.predictor import load
+    from imagewise.predict.predictor import load_run
 
     if not runs:
         raise UserError("compare needs at least one run folder")
     names = [Path(r).name for r in runs]
     rows = []
     for run, name in zip(runs, names, strict=True):
-        clf = load(run, device="cpu")  # checks the folder holds a run
+        clf = load_run(run, device="cpu")  # checks the folder holds a run
         metrics = _metrics(Path(run), data)
         pre, meta = clf.preprocessing, clf.meta
         row: dict[str, Any] = {

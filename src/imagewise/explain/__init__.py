@@ -91,14 +91,14 @@ def explain(
         [PosixPath('runs/digits/explain/seven.gradcam++.png')]
     """
     from imagewise.io import atomic_write, atomic_write_json
-    from imagewise.predict import expand_inputs, load
+    from imagewise.predict import expand_inputs, load_run
 
     check_method(method)
     inputs = [images] if isinstance(images, str | Path) else list(images)
     inputs = [str(i) for i in inputs]
     paths = expand_inputs(inputs)
     named = {str(Path(i).expanduser()) for i in inputs if Path(i).expanduser().is_file()}
-    clf = load(run, device=device)
+    clf = load_run(run, device=device)
     model_name = clf.meta.get("model", {}).get("name", type(clf.model).__name__)
     require_network(clf.model, model_name)
     target_index = resolve_target(target, clf.classes)

@@ -6,7 +6,13 @@ from pathlib import Path
 
 from imagewise.predict.inputs import expand_inputs
 from imagewise.predict.output import FORMATS, format_predictions
-from imagewise.predict.predictor import Classifier, Prediction, load
+from imagewise.predict.predictor import (
+    BaseClassifier,
+    Classifier,
+    Prediction,
+    load,
+    load_run,
+)
 
 
 def predict(
@@ -15,7 +21,8 @@ def predict(
     """Top-k predictions for image files, folders or glob patterns.
 
     Args:
-        run: a run folder written by ``imagewise train``.
+        run: a run folder written by ``imagewise train``, or a model file written by
+            ``imagewise export`` (``.onnx``, ``.pt``).
         inputs: image paths, folders (searched recursively) or glob patterns.
         top_k: how many classes to report per image, best first.
         device: ``cpu``, ``cuda`` or ``auto``.
@@ -33,11 +40,13 @@ def predict(
 
 __all__ = [
     "FORMATS",
+    "BaseClassifier",
     "Classifier",
     "Prediction",
     "expand_inputs",
     "format_predictions",
     "load",
+    "load_run",
     "predict",
 ]
 

@@ -56,26 +56,21 @@ class Prediction:
         }
 
 
-class Classifier:
-    """A model with its preprocessing, class names and calibration temperature.
+class BaseClassifier:
+    """What every classifier shares: reading images, preprocessing, top-k with class names.
 
-    Example:
-        >>> clf = imagewise.load("runs/digits")  # doctest: +SKIP
-        >>> clf.predict(["seven.png"], top_k=3)[0].label  # doctest: +SKIP
-        '7'
+    Subclasses say how a normalized batch becomes ``logits``: ``Classifier`` runs a PyTorch
+    module, ``OnnxClassifier`` (``imagewise.predict.exported``) an ONNX Runtime session. Both are
+    built by ``load``, from a run folder or from an exported file.
     """
 
     def __init__(
         self,
-        model: torch.nn.Module,
         preprocessing: Preprocessing,
         classes: list[str],
         temperature: float = 1.0,
         meta: dict[str, Any] | None = None,
-        device: torch.device | None = None,
     ) -> None:
-        self.device = device or torch.device("cpu")
-        self.model = model.to(self.device).eval()
         self.preprocessing = preprocessing
         self.classes = classes
         self.temperature = temperature
@@ -97,15 +92,17 @@ class Classifier:
         """Files or PIL images -> a normalized float batch (N, C, H, W)."""
         return self.preprocessing.normalize(torch.stack([self._read(img) for img in images]))
 
-    @torch.no_grad()
     def logits(self, batch: torch.Tensor) -> torch.Tensor:
         """Raw scores of a preprocessed batch (before temperature)."""
-        x = batch.to(self.device).contiguous(memory_format=torch.channels_last)
-        return self.model(x).float().cpu()
+        raise NotImplementedError
 
     def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
         """Calibrated class probabilities of a preprocessed batch."""
         return torch.softmax(self.logits(batch) / self.temperature, dim=1)
+
+    def image_probabilities(self, images: torch.Tensor) -> torch.Tensor:
+        """Calibrated class probabilities of uint8 images (N, C, H, W) at the model's size."""
+        return self.probabilities(self.preprocessing.normalize(images))
 
     def postprocess(
         self, probs: torch.Tensor, sources: Sequence[str], top_k: int = 5
@@ -149,13 +146,63 @@ class Classifier:
                     continue
                 names.append(name)
             if tensors:
-                batch = self.preprocessing.normalize(torch.stack(tensors))
-                out.extend(self.postprocess(self.probabilities(batch), names, top_k))
+                probs = self.image_probabilities(torch.stack(tensors))
+                out.extend(self.postprocess(probs, names, top_k))
         return out
 
 
-def load(run: str | Path, device: str = "cpu") -> Classifier:
-    """Load a trained classifier from a run folder.
+class Classifier(BaseClassifier):
+    """A PyTorch model with its preprocessing, class names and calibration temperature.
+
+    Example:
+        >>> clf = imagewise.load("runs/digits")  # doctest: +SKIP
+        >>> clf.predict(["seven.png"], top_k=3)[0].label  # doctest: +SKIP
+        '7'
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        preprocessing: Preprocessing,
+        classes: list[str],
+        temperature: float = 1.0,
+        meta: dict[str, Any] | None = None,
+        device: torch.device | None = None,
+    ) -> None:
+        super().__init__(preprocessing, classes, temperature, meta)
+        self.device = device or torch.device("cpu")
+        self.model = model.to(self.device).eval()
+
+    @torch.no_grad()
+    def logits(self, batch: torch.Tensor) -> torch.Tensor:
+        """Raw scores of a preprocessed batch (before temperature)."""
+        x = batch.to(self.device).contiguous(memory_format=torch.channels_last)
+        return self.model(x).float().cpu()
+
+
+def load(run: str | Path, device: str = "cpu") -> BaseClassifier:
+    """Load a trained classifier from a run folder or an exported model file.
+
+    Args:
+        run: the run folder written by ``imagewise train``, or a file written by
+            ``imagewise export``: ``.onnx`` (an ``OnnxClassifier``, run by ONNX Runtime on the
+            CPU) or ``.pt`` (TorchScript). All answer the same ``preprocess`` /
+            ``probabilities`` / ``postprocess`` / ``predict`` calls.
+        device: ``cpu``, ``cuda`` or ``auto`` (ONNX files: the CPU).
+    """
+    if _is_exported(run):
+        from imagewise.predict.exported import load_exported
+
+        return load_exported(Path(run).expanduser(), device)
+    return load_run(run, device)
+
+
+def _is_exported(path: str | Path) -> bool:
+    return Path(path).suffix.lower() in (".onnx", ".pt")
+
+
+def load_run(run: str | Path, device: str = "cpu") -> Classifier:
+    """Load the PyTorch classifier of a run folder (what evaluation and Grad-CAM need).
 
     Args:
         run: the run folder written by ``imagewise train``.
@@ -165,6 +212,10 @@ def load(run: str | Path, device: str = "cpu") -> Classifier:
     from imagewise.train.checkpoint import load_weights
     from imagewise.train.device import resolve_device
 
+    if _is_exported(run):
+        raise UserError(
+            f"'{run}' is an exported model; this needs the run folder it was exported from"
+        )
     folder = RunFolder.of(run)
     meta = folder.read_meta()
     pre = Preprocessing(**meta["preprocessing"])

@@ -314,10 +314,10 @@ def calibrate_run(
 ) -> float:
     """Fit the temperature of the run's best weights on the validation split, into meta.json."""
     from imagewise.evaluate.calibration import calibrate
-    from imagewise.predict.predictor import load
+    from imagewise.predict.predictor import load_run
     from imagewise.train.loop import predict_loader
 
-    clf = load(folder.path, device=str(device))
+    clf = load_run(folder.path, device=str(device))
     loader = make_loader(val, clf.preprocessing, 256, workers=cfg.data.workers)
     logits, labels = predict_loader(
         clf.model, loader, clf.preprocessing, clf.device, tta=cfg.train.tta
