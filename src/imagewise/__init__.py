@@ -5,6 +5,7 @@ explained, exported and served.
     >>> result = imagewise.train("digits", "runs/digits", epochs=5)  # doctest: +SKIP
     >>> imagewise.evaluate("runs/digits").accuracy  # doctest: +SKIP
     >>> imagewise.predict("runs/digits", ["some/digit.png"])[0].label  # doctest: +SKIP
+    >>> imagewise.export("runs/digits", format="onnx").path  # doctest: +SKIP
 
 The heavy parts (torch, timm) load on first use, so ``import imagewise`` stays quick.
 """
@@ -15,8 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-# train / evaluate / predict / explain are stage packages that are callable (see imagewise._stage).
-_STAGES = ("train", "evaluate", "predict", "explain")
+# train / evaluate / predict / explain / export are stage packages that are callable (see
+# imagewise._stage).
+_STAGES = ("train", "evaluate", "predict", "explain", "export")
 _EXPORTS = {
     "load": "imagewise.predict.predictor",
     "create_model": "imagewise.models",
@@ -47,6 +49,7 @@ __all__ = [
     "create_model",
     "evaluate",
     "explain",
+    "export",
     "list_models",
     "load",
     "predict",

@@ -25,6 +25,8 @@ EXAMPLES = {
     "compare": "imagewise compare runs/fm runs/fm-hog --out compare.html",
     "predict": "imagewise predict runs/fm photos/ 'more/*.png' --top-k 3 --format csv",
     "explain": "imagewise explain runs/fm photos/shoe.png --method gradcam++ --class Sneaker",
+    "export": "imagewise export runs/fm --int8   # then: imagewise predict "
+    "runs/fm/export/model.int8.onnx photos/",
     "serve": "imagewise serve runs/fm --port 8000   # then open http://127.0.0.1:8000/",
 }
 
@@ -141,13 +143,27 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_compare)
 
     p = sub(verbs, "predict", "classify images, folders and globs")
-    p.add_argument("run", help="run folder")
+    p.add_argument("run", metavar="RUN|MODEL", help="run folder, or .onnx / .pt file from export")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or globs")
     p.add_argument("--top-k", type=int, default=5, help="classes per image (default 5)")
     p.add_argument("--format", default="table", choices=("table", "csv", "json"))
     p.add_argument("--out", help="write the predictions to this file instead of printing")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     p.set_defaults(func=cmd_predict)
+
+    p = sub(verbs, "export", "write the model as ONNX or TorchScript, checked against PyTorch")
+    p.add_argument("run", help="run folder")
+    p.add_argument("--format", default="onnx", choices=("onnx", "torchscript"))
+    p.add_argument(
+        "--int8", action="store_true", help="INT8 quantization, calibrated on training images"
+    )
+    p.add_argument(
+        "--raw-input",
+        action="store_true",
+        help="the graph takes uint8 NHWC images at the model's size and normalizes them",
+    )
+    p.add_argument("--out", help="model file (default RUN/export/model[.int8].onnx or model.pt)")
+    p.set_defaults(func=cmd_export)
 
     p = sub(verbs, "explain", "Grad-CAM heat maps of where the model looks; writes RUN/explain/")
     p.add_argument("run", help="run folder")
@@ -333,6 +349,29 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print(f"wrote {len(preds)} predictions to {args.out}")
     else:
         print(text)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from imagewise.export import export
+
+    result = export(
+        args.run, format=args.format, int8=args.int8, raw_input=args.raw_input, out=args.out
+    )
+    p = result.parity
+    kind = [
+        result.format,
+        *(["INT8"] if result.int8 else []),
+        *(["uint8 NHWC input"] if result.raw_input else []),
+    ]
+    print(f"wrote {result.path} ({p['bytes'] / 1e6:.2f} MB; {', '.join(kind)})")
+    print(
+        f"checked on {p['images']} {p['split']} images: top-1 agreement with PyTorch "
+        f"{p['top1_agreement']:.2%}, largest probability difference "
+        f"{p['max_abs_probability_difference']:.2g}"
+    )
+    print(f"accuracy {p['accuracy_exported']:.2%} (PyTorch {p['accuracy_pytorch']:.2%})")
+    print(f"figures: {result.parity_path}   next: imagewise predict {result.path} IMAGES")
     return 0
 
 

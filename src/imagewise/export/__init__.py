@@ -1,0 +1,206 @@
+"""Export: a trained run as an ONNX or TorchScript file, checked against PyTorch before it lands.
+
+Every export is run on the run's own validation images (else test, else training) next to the
+PyTorch model; the figures go to ``RUN/export/parity.json``, and a model that answers
+differently (float: top-1 agreement below 99.9 %; INT8: more than 1 point of accuracy lost) is
+refused: it is kept only as ``model.rejected.onnx`` for inspection and the call raises.
+
+    RUN/export/model.onnx        float32, input NCHW normalized (or NHWC uint8 with raw_input)
+    RUN/export/model.int8.onnx   INT8 static quantization (ONNX Runtime, QDQ)
+    RUN/export/model.pt          TorchScript
+    RUN/export/parity.json       the check of the latest export
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from imagewise.errors import UserError
+from imagewise.io import atomic_write, atomic_write_json
+from imagewise.runs import RunFolder
+
+log = logging.getLogger("imagewise")
+
+FORMATS = ("onnx", "torchscript")
+
+
+@dataclass
+class ExportResult:
+    """What ``imagewise.export`` wrote: the model file and the parity figures."""
+
+    path: Path
+    format: str
+    int8: bool
+    raw_input: bool
+    parity: dict[str, Any]
+    parity_path: Path
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.parity["passed"])
+
+
+def default_file_name(format: str, int8: bool = False) -> str:
+    """``model.onnx``, ``model.int8.onnx`` or ``model.pt``."""
+    if format == "torchscript":
+        return "model.pt"
+    return "model.int8.onnx" if int8 else "model.onnx"
+
+
+def rejected_path(target: Path) -> Path:
+    """Where a model that failed its check is kept: ``model.rejected.onnx`` beside the target."""
+    return target.with_name(f"{target.stem}.rejected{target.suffix}")
+
+
+def _check_request(format: str, int8: bool, raw_input: bool, out: str | Path | None) -> None:
+    if format not in FORMATS:
+        raise UserError(f"unknown export format '{format}'; choose one of {', '.join(FORMATS)}")
+    if format == "torchscript" and (int8 or raw_input):
+        raise UserError(
+            "--int8 and --raw-input are for ONNX exports; leave them out with --format torchscript"
+        )
+    suffix = ".pt" if format == "torchscript" else ".onnx"
+    if out is not None and Path(out).suffix.lower() != suffix:
+        raise UserError(f"--out must end in '{suffix}' for --format {format}, not '{out}'")
+
+
+def export(
+    run: str | Path,
+    format: str = "onnx",
+    int8: bool = False,
+    raw_input: bool = False,
+    out: str | Path | None = None,
+) -> ExportResult:
+    """Write the run's model as ONNX or TorchScript and check it against PyTorch.
+
+    Args:
+        run: a run folder written by ``imagewise train``.
+        format: ``onnx`` (default) or ``torchscript``.
+        int8: ONNX only: INT8 static quantization calibrated on a few hundred training images.
+        raw_input: ONNX only: the graph takes uint8 NHWC images at the model's size and
+            normalizes them itself (no resize inside).
+        out: the model file (default ``RUN/export/model.onnx``, ``model.int8.onnx`` or
+            ``model.pt``); ``parity.json`` always goes to ``RUN/export/``.
+
+    Raises:
+        UserError: for a classical (``hog_svm``) run, or when the exported model fails its
+            check; ``parity.json`` then says why (``"passed": false``).
+
+    Example:
+        >>> result = imagewise.export("runs/fm", int8=True)  # doctest: +SKIP
+        >>> result.path, result.parity["accuracy_drop"]  # doctest: +SKIP
+        (PosixPath('runs/fm/export/model.int8.onnx'), 0.0015)
+    """
+    from imagewise.export.metadata import build_metadata
+    from imagewise.export.verify import VERIFY_IMAGES, check_gates, parity, run_images
+    from imagewise.predict.predictor import load, load_run
+
+    format = format.lower()
+    _check_request(format, int8, raw_input, out)
+    reference = load_run(run)
+    meta = reference.meta
+    if meta.get("training", {}).get("classical"):
+        raise UserError(
+            f"'{run}' is a classical {meta['model']['name']} model (HOG features computed by "
+            "scikit-image, not tensor operations): it has no ONNX or TorchScript graph; use the "
+            "run folder itself with imagewise predict or imagewise.load"
+        )
+    folder = RunFolder.of(run)
+    target = Path(out).expanduser() if out is not None else folder.path / "export"
+    if out is None:
+        target = target / default_file_name(format, int8)
+    images, labels, split, source = run_images(
+        folder.path, reference.preprocessing, reference.classes, ("val", "test", "train"),
+        VERIFY_IMAGES,
+    )  # fmt: skip
+    metadata = build_metadata(meta, raw_input, int8)
+    with tempfile.TemporaryDirectory(prefix="imagewise-export-") as tmp:
+        candidate = Path(tmp) / target.name
+        model = load_run(run).model  # a copy of its own: exporters may touch the module
+        if format == "onnx":
+            _write_onnx(model, reference, metadata, raw_input, int8, candidate, folder.path)
+        else:
+            from imagewise.export.torchscript import save_torchscript
+
+            log.info("tracing %s to TorchScript", meta["model"]["name"])
+            save_torchscript(model, reference.preprocessing, metadata, candidate)
+        log.info("checking the export against PyTorch on %d %s images", len(labels), split)
+        figures = parity(reference, load(candidate), images, labels)
+        reason = check_gates(figures, int8)
+        record = _record(target, format, int8, raw_input, source, split, figures, reason)
+        record["bytes"] = candidate.stat().st_size
+        parity_path = atomic_write_json(folder.path / "export" / "parity.json", record)
+        if reason is not None:
+            kept = atomic_write(rejected_path(target), lambda t: shutil.copyfile(candidate, t))
+            raise UserError(
+                f"the exported model failed its check on {len(labels)} {split} images: {reason}; "
+                f"it was kept as {kept} and not as {target.name} (figures: {parity_path})"
+            )
+        atomic_write(target, lambda t: shutil.copyfile(candidate, t))
+    rejected_path(target).unlink(missing_ok=True)  # from an earlier, failed attempt
+    return ExportResult(target, format, int8, raw_input, record, parity_path)
+
+
+def _record(
+    target: Path, format: str, int8: bool, raw_input: bool, source: str, split: str,
+    figures: dict[str, Any], reason: str | None,
+) -> dict[str, Any]:  # fmt: skip
+    """The content of parity.json."""
+    from imagewise.export.verify import MAX_INT8_ACCURACY_DROP, MIN_AGREEMENT
+
+    gates = {"max_accuracy_drop": MAX_INT8_ACCURACY_DROP} if int8 else {
+        "min_top1_agreement": MIN_AGREEMENT
+    }  # fmt: skip
+    return {
+        "file": str(target), "format": format, "int8": int8, "raw_input": raw_input,
+        "data": source, "split": split, **figures, "gates": gates,
+        "passed": reason is None, "failure": reason,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+    }  # fmt: skip
+
+
+def _write_onnx(
+    model: torch.nn.Module, reference: Any, metadata: dict[str, str], raw_input: bool, int8: bool,
+    path: Path, run_dir: Path,
+) -> None:  # fmt: skip
+    """The float graph at ``path``, or its INT8 version calibrated on training images."""
+    import onnx
+
+    from imagewise.export.onnx import INPUT_NAME, OPSET, set_metadata, to_onnx
+
+    pre = reference.preprocessing
+    log.info("exporting %s to ONNX (opset %d)", metadata["model"], OPSET)
+    proto = to_onnx(model, pre, reference.temperature, raw_input, metadata)
+    if not int8:
+        onnx.save(proto, str(path))
+        return
+    from imagewise.export.quantize import quantize_int8
+    from imagewise.export.verify import CALIBRATION_IMAGES, run_images
+
+    fp32 = path.with_name("float.onnx")
+    onnx.save(proto, str(fp32))
+    images = run_images(run_dir, pre, reference.classes, ("train",), CALIBRATION_IMAGES)[0]
+    log.info("quantizing to INT8, calibrated on %d training images", len(images))
+    batches = []
+    for chunk in images.split(32):
+        x = chunk.permute(0, 2, 3, 1).contiguous() if raw_input else pre.normalize(chunk)
+        batches.append(x.numpy())
+    quantize_int8(fp32, path, batches, INPUT_NAME)
+    quantized = onnx.load(str(path))
+    set_metadata(quantized, metadata)  # the quantizer does not promise to carry it over
+    onnx.save(quantized, str(path))
+
+
+__all__ = ["FORMATS", "ExportResult", "default_file_name", "export"]
+
+from imagewise._stage import make_callable  # noqa: E402
+
+make_callable(__name__, export)

@@ -1,0 +1,144 @@
+"""PyTorch -> ONNX: the model plus its temperature softmax, optionally its normalization.
+
+The graph has one input ``input`` with a dynamic batch axis and two outputs: ``logits`` and
+``probabilities`` (``softmax(logits / temperature)``), so a consumer needs nothing but the file.
+With ``raw_input`` the input is uint8 NHWC pixels already at the model's size (what image
+libraries hand over), and the cast, ``/ 255``, ``(x - mean) / std`` and the transpose to NCHW
+happen inside the graph, with the same arithmetic as ``Preprocessing.normalize``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from imagewise.data.transforms import Preprocessing
+
+if TYPE_CHECKING:
+    import onnx
+
+log = logging.getLogger("imagewise")
+
+OPSET = 18
+INPUT_NAME = "input"
+OUTPUT_NAMES = ("logits", "probabilities")
+
+
+class ExportModule(nn.Module):
+    """The network as exported: (raw pixels ->) normalized batch -> (logits, probabilities)."""
+
+    def __init__(
+        self, model: nn.Module, pre: Preprocessing, temperature: float, raw_input: bool
+    ) -> None:
+        super().__init__()
+        self.model, self.raw_input, self.temperature = model, raw_input, float(temperature)
+        self.register_buffer("mean", torch.tensor(pre.mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(pre.std).view(1, -1, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.raw_input:
+            x = (x.permute(0, 3, 1, 2).to(torch.float32) / 255.0 - self.mean) / self.std
+        logits = self.model(x)
+        return logits, torch.softmax(logits / self.temperature, dim=1)
+
+
+def example_input(pre: Preprocessing, raw_input: bool, batch: int = 2) -> torch.Tensor:
+    """A batch of the graph's input; batch 2, so the exporter does not specialize on 1."""
+    s, c = pre.img_size, pre.channels
+    if raw_input:
+        return torch.randint(0, 256, (batch, s, s, c), dtype=torch.uint8)
+    return torch.randn(batch, c, s, s)
+
+
+def to_onnx(
+    model: nn.Module,
+    pre: Preprocessing,
+    temperature: float,
+    raw_input: bool,
+    metadata: Mapping[str, str],
+) -> onnx.ModelProto:
+    """Export ``model`` (eval mode, CPU) to an ONNX model with ``metadata`` in metadata_props.
+
+    The torch.export-based ("dynamo") exporter is tried first: it is the default since torch 2.9
+    (the TorchScript-based one is deprecated), it captures every built-in model at every size
+    (the old one cannot export LeNet-5's adaptive pooling at 32 px) and it folds BatchNorm into
+    the convolutions. Its graphs are read by ONNX Runtime and OpenCV's dnn module alike. A model
+    it cannot capture (data-dependent Python control flow in some timm models) falls back to the
+    TorchScript-based exporter.
+    """
+    import onnx
+
+    module = ExportModule(
+        model.to(memory_format=torch.contiguous_format), pre, temperature, raw_input
+    )
+    module = module.eval()
+    x = example_input(pre, raw_input)
+    try:
+        proto = _dynamo_export(module, x)
+    except Exception as exc:  # the exporter raises many types; the fallback decides
+        log.info("torch.export could not capture the model (%s); using the TorchScript exporter",
+                 str(exc).splitlines()[0][:200])  # fmt: skip
+        proto = _torchscript_export(module, x)
+    onnx.checker.check_model(proto)
+    proto.producer_name = "imagewise"
+    set_metadata(proto, metadata)
+    return proto
+
+
+def set_metadata(proto: onnx.ModelProto, metadata: Mapping[str, str]) -> None:
+    """Replace the model's metadata_props with ``metadata``."""
+    del proto.metadata_props[:]
+    for key, value in metadata.items():
+        proto.metadata_props.add(key=key, value=value)
+
+
+@contextlib.contextmanager
+def quiet_loggers(*names: str) -> Iterator[None]:
+    """Raise these libraries' loggers to WARNING (they log every pass at INFO), but for --debug."""
+    levels = {name: logging.getLogger(name).level for name in names}
+    if not log.isEnabledFor(logging.DEBUG):
+        for name in names:
+            logging.getLogger(name).setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+
+
+def _dynamo_export(module: nn.Module, x: torch.Tensor) -> onnx.ModelProto:
+    batch = torch.export.Dim("batch", min=1)
+    with (
+        warnings.catch_warnings(),
+        contextlib.redirect_stdout(io.StringIO()),
+        quiet_loggers("onnxscript", "onnx_ir", "torch.onnx"),
+    ):
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            module, (x,), None, dynamo=True, verbose=False, opset_version=OPSET,
+            input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
+            dynamic_shapes=({0: batch},), external_data=False,
+        )  # fmt: skip
+    assert program is not None
+    return program.model_proto
+
+
+def _torchscript_export(module: nn.Module, x: torch.Tensor) -> onnx.ModelProto:
+    import onnx
+
+    buf = io.BytesIO()
+    axes = {name: {0: "batch"} for name in (INPUT_NAME, *OUTPUT_NAMES)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module, (x,), buf, dynamo=False, opset_version=OPSET, do_constant_folding=True,
+            input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES), dynamic_axes=axes,
+        )  # fmt: skip
+    return onnx.load_from_string(buf.getvalue())

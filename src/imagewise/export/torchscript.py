@@ -1,0 +1,43 @@
+"""PyTorch -> TorchScript (``torch.jit.trace``), for C++ (libtorch) and PyTorch Mobile users.
+
+The traced module maps a normalized float batch (N, C, H, W) to logits, like the run's model;
+the preprocessing, classes and temperature travel in the extra file ``imagewise.json``, the same
+string map that ONNX files carry, and ``imagewise.load("model.pt")`` reads them back.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from imagewise.data.transforms import Preprocessing
+from imagewise.export.metadata import EXTRA_FILE
+
+
+def save_torchscript(
+    model: nn.Module, pre: Preprocessing, metadata: Mapping[str, str], path: str | Path
+) -> None:
+    """Trace ``model`` (eval mode, CPU) on a batch of 2 and save it with ``metadata``."""
+    model = model.to(memory_format=torch.contiguous_format).eval()
+    x = torch.randn(2, pre.channels, pre.img_size, pre.img_size)
+    with warnings.catch_warnings(), torch.no_grad():
+        # torch.jit is deprecated in favour of torch.export, but it is what libtorch loads.
+        warnings.simplefilter("ignore", FutureWarning)
+        traced = torch.jit.trace(model, x)
+        extra = {EXTRA_FILE: json.dumps(dict(metadata), ensure_ascii=False)}
+        torch.jit.save(traced, str(path), _extra_files=extra)
+
+
+def load_torchscript(path: str | Path, device: torch.device) -> tuple[nn.Module, dict[str, str]]:
+    """The traced module and its metadata map."""
+    extra = {EXTRA_FILE: ""}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
+    props = json.loads(extra[EXTRA_FILE]) if extra[EXTRA_FILE] else {}
+    return module, props

@@ -1,0 +1,111 @@
+"""Does the exported model answer like the PyTorch one? Measured on the run's own images.
+
+The run's ``config.yaml`` says what data it was trained on and how it was split, so the
+validation images (else test, else training) are re-opened exactly as evaluation does, decoded
+at the model's size, and fed to both models. Calibration images for INT8 come from the training
+split the same way.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from imagewise.data.transforms import Preprocessing
+from imagewise.errors import UserError
+
+MIN_AGREEMENT = 0.999  # float exports: share of images whose top-1 class equals PyTorch's
+MAX_INT8_ACCURACY_DROP = 0.01  # INT8: accuracy lost against PyTorch (1 point)
+VERIFY_IMAGES = 2000  # at most, a seeded sample of the split
+CALIBRATION_IMAGES = 300
+
+
+def run_images(
+    run_dir: Path, pre: Preprocessing, classes: list[str], splits: tuple[str, ...], limit: int
+) -> tuple[torch.Tensor, np.ndarray, str, str]:
+    """Up to ``limit`` images of the first non-empty split among ``splits`` of the run's data.
+
+    Returns uint8 images (N, C, img_size, img_size), labels in the run's class order, the
+    split's name and the data source.
+    """
+    from imagewise.config import DataConfig, load_config_file
+    from imagewise.data.pipeline import materialize
+    from imagewise.data.sources import ImageData, Split, resolve_source
+
+    cfg = load_config_file(run_dir / "config.yaml").data
+    try:
+        raw = resolve_source(cfg.source, cfg.val_fraction, cfg.test_fraction, cfg.split_seed)
+    except UserError as exc:
+        raise UserError(f"cannot re-open the run's data to check the export: {exc}") from exc
+    unknown = sorted(set(raw.classes) - set(classes))
+    if unknown:
+        raise UserError(f"'{cfg.source}' now has classes the model was not trained on: {unknown}")
+    name = next((s for s in splits if len(raw.split(s))), None)
+    if name is None:
+        raise UserError(f"'{cfg.source}' has no {' or '.join(splits)} images to check with")
+    chosen = raw.split(name)
+    if len(chosen) > limit:  # sample before decoding: a file dataset decodes only these
+        pick = np.random.default_rng(0).choice(len(chosen), size=limit, replace=False)
+        chosen = chosen.subset(np.sort(pick))
+    mapping = np.array([classes.index(c) for c in raw.classes])
+    chosen = Split(mapping[chosen.labels], chosen.images, chosen.paths)
+    empty = chosen.subset(np.array([], dtype=np.int64))
+    holder = ImageData(classes, chosen, empty, empty, raw.source, raw.kind)
+    holder = materialize(holder, DataConfig(cache="ram"), pre.img_size, pre.channels)
+    assert holder.train.images is not None
+    return holder.train.images, holder.train.labels, name, cfg.source
+
+
+def parity(
+    reference: Any, candidate: Any, images: torch.Tensor, labels: np.ndarray, batch_size: int = 256
+) -> dict[str, Any]:
+    """Top-1 agreement, largest probability difference and both accuracies on ``images``.
+
+    Args:
+        reference: the PyTorch ``Classifier``.
+        candidate: the exported model, loaded (``OnnxClassifier`` or a TorchScript
+            ``Classifier``); both are fed the same uint8 images through ``image_probabilities``.
+        images: uint8 (N, C, H, W) at the model's size.
+        labels: the true classes.
+    """
+    ref, cand = [], []
+    for start in range(0, len(images), batch_size):
+        chunk = images[start : start + batch_size]
+        ref.append(reference.image_probabilities(chunk))
+        cand.append(candidate.image_probabilities(chunk))
+    p_ref, p_cand = torch.cat(ref), torch.cat(cand)
+    y = torch.from_numpy(np.asarray(labels, dtype=np.int64))
+    top_ref, top_cand = p_ref.argmax(1), p_cand.argmax(1)
+    acc_ref = float((top_ref == y).float().mean())
+    acc_cand = float((top_cand == y).float().mean())
+    return {
+        "images": len(y),
+        "top1_agreement": float((top_ref == top_cand).float().mean()),
+        "max_abs_probability_difference": float((p_ref - p_cand).abs().max()),
+        "accuracy_pytorch": acc_ref,
+        "accuracy_exported": acc_cand,
+        "accuracy_drop": acc_ref - acc_cand,
+    }
+
+
+def check_gates(figures: dict[str, Any], int8: bool) -> str | None:
+    """``None`` when the export passes; else the reason, in words."""
+    if int8:
+        drop = figures["accuracy_drop"]
+        if drop > MAX_INT8_ACCURACY_DROP + 1e-9:
+            return (
+                f"INT8 accuracy {figures['accuracy_exported']:.2%} is {drop * 100:.2f} points "
+                f"below PyTorch's {figures['accuracy_pytorch']:.2%} (allowed: "
+                f"{MAX_INT8_ACCURACY_DROP * 100:g})"
+            )
+        return None
+    agreement = figures["top1_agreement"]
+    if agreement < MIN_AGREEMENT:
+        return (
+            f"top-1 agreement with PyTorch is {agreement:.2%}, below {MIN_AGREEMENT:.1%} "
+            f"(largest probability difference {figures['max_abs_probability_difference']:.3g})"
+        )
+    return None

@@ -1,0 +1,346 @@
+"""Export to ONNX and TorchScript: the files, their metadata, the parity check and its gates,
+INT8, raw-uint8 input, OpenCV as a second ONNX runtime, and prediction from exported files."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+import yaml
+
+import imagewise
+import imagewise.cli
+from imagewise.data.sources import resolve_source
+from imagewise.data.transforms import Preprocessing
+from imagewise.errors import UserError
+from imagewise.export.onnx import ExportModule
+from imagewise.predict import BaseClassifier, Classifier
+from imagewise.predict.exported import OnnxClassifier
+
+from conftest import CLASSES, run_cli
+
+HOG_REFUSAL = (
+    "is a classical hog_svm model (HOG features computed by scikit-image, not tensor "
+    "operations): it has no ONNX or TorchScript graph; use the run folder itself with "
+    "imagewise predict or imagewise.load"
+)
+
+
+def copy_run(run: Path, dest: Path) -> Path:
+    """The run's files in a folder of the test's own, so exports never touch the shared run."""
+    dest.mkdir(parents=True)
+    for name in ("config.yaml", "meta.json", "model.safetensors"):
+        shutil.copy(run / name, dest / name)
+    return dest
+
+
+def val_images(folder_data: Path) -> list[str]:
+    """The readable validation files of the trained run, split as training split them."""
+    raw = resolve_source(str(folder_data), 0.1, 0.1, 0)
+    assert raw.val.paths is not None
+    return [p for p in raw.val.paths if "broken" not in p]
+
+
+def some_images(folder_data: Path) -> list[str]:
+    """Two files per class: PNG and JPEG, RGB and grayscale."""
+    return [str(folder_data / c / name) for c in CLASSES for name in ("000.jpg", "001.png")]
+
+
+@pytest.fixture(scope="module")
+def exported(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the trained run with RUN/export/model.onnx written by the CLI."""
+    run = copy_run(trained_run, tmp_path_factory.mktemp("export") / "run")
+    assert imagewise.cli.main(["export", str(run), "-q"]) == 0
+    return run
+
+
+def test_onnx_export_writes_the_model_and_parity(exported: Path, folder_data: Path) -> None:
+    parity = json.loads((exported / "export" / "parity.json").read_text())
+    model_file = exported / "export" / "model.onnx"
+    assert parity["file"] == str(model_file) and parity["bytes"] == model_file.stat().st_size
+    assert (parity["format"], parity["int8"], parity["raw_input"]) == ("onnx", False, False)
+    assert parity["data"] == str(folder_data) and parity["split"] == "val"
+    assert parity["images"] == len(val_images(folder_data)) >= 5
+    assert parity["top1_agreement"] == 1.0 and parity["max_abs_probability_difference"] < 1e-5
+    assert parity["accuracy_exported"] == parity["accuracy_pytorch"] >= 0.8
+    assert parity["accuracy_drop"] == 0.0
+    assert parity["gates"] == {"min_top1_agreement": 0.999}
+    assert parity["passed"] is True and parity["failure"] is None
+    assert not (exported / "export" / "model.rejected.onnx").exists()
+
+    graph = onnx.load(str(model_file))
+    onnx.checker.check_model(graph)
+    assert max(o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")) >= 17
+    assert [o.name for o in graph.graph.output] == ["logits", "probabilities"]
+    (inp,) = graph.graph.input
+    dims = inp.type.tensor_type.shape.dim
+    assert dims[0].dim_param and [d.dim_value for d in dims[1:]] == [3, 32, 32]
+    assert inp.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+
+
+def test_metadata_round_trip(exported: Path, trained_run: Path) -> None:
+    meta = json.loads((trained_run / "meta.json").read_text())
+    graph = onnx.load(str(exported / "export" / "model.onnx"))
+    props = {p.key: p.value for p in graph.metadata_props}
+    assert json.loads(props["classes"]) == meta["classes"] == list(CLASSES)
+    pre = meta["preprocessing"]
+    assert int(props["img_size"]) == pre["img_size"] and int(props["channels"]) == 3
+    assert json.loads(props["mean"]) == pre["mean"] and json.loads(props["std"]) == pre["std"]
+    assert float(props["temperature"]) == meta["temperature"] != 1.0  # calibrated
+    assert props["imagewise_version"] == imagewise.__version__
+    assert props["input_layout"] == "NCHW float32 normalized"
+    assert props["model"] == "resnet9_tiny" and props["quantization"] == "none"
+
+    clf = imagewise.load(exported / "export" / "model.onnx")
+    run = imagewise.load(trained_run)
+    assert isinstance(clf, OnnxClassifier) and isinstance(clf, BaseClassifier)
+    assert clf.classes == run.classes and clf.temperature == run.temperature
+    assert clf.preprocessing == run.preprocessing == Preprocessing(**pre)
+    assert clf.meta["model"] == "resnet9_tiny"
+    # The dynamic batch axis: 1 image and 5 images, same numbers as PyTorch.
+    for n in (1, 5):
+        batch = torch.randn(n, 3, 32, 32)
+        assert torch.allclose(clf.logits(batch), run.logits(batch), atol=1e-5)
+        probs = clf.probabilities(batch)
+        assert probs.shape == (n, 3) and torch.allclose(probs, run.probabilities(batch), atol=1e-6)
+
+
+def test_predict_on_onnx_equals_predict_on_the_run(
+    exported: Path, folder_data: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    images = some_images(folder_data)
+    onnx_file = str(exported / "export" / "model.onnx")
+    outputs = {}
+    for model in (str(exported), onnx_file):
+        code, table, err = run_cli(["predict", model, *images, "--top-k", "3"], capsys)
+        assert code == 0, err
+        code, js, err = run_cli(["predict", model, *images, "--format", "json"], capsys)
+        assert code == 0, err
+        outputs[model] = table, json.loads(js)
+    (run_table, run_json), (onnx_table, onnx_json) = outputs.values()
+    assert onnx_table == run_table and len(run_table.splitlines()) == len(images) + 1
+    assert [p["source"] for p in onnx_json] == images
+    for a, b in zip(run_json, onnx_json, strict=True):
+        assert [k["class"] for k in a["top_k"]] == [k["class"] for k in b["top_k"]]
+        probs = [
+            (k["probability"], m["probability"])
+            for k, m in zip(a["top_k"], b["top_k"], strict=True)
+        ]
+        assert all(abs(x - y) <= 2e-6 for x, y in probs)
+    # The API agrees with the command line.
+    preds = imagewise.predict(onnx_file, images, top_k=1)
+    assert [p.label for p in preds] == [p["top_k"][0]["class"] for p in onnx_json]
+
+
+def test_raw_input_graph_takes_uint8_nhwc_and_agrees(
+    exported: Path, folder_data: Path, tmp_path: Path
+) -> None:
+    run = copy_run(exported, tmp_path / "run")
+    result = imagewise.export(run, raw_input=True, out=tmp_path / "raw.onnx")
+    assert result.path == tmp_path / "raw.onnx" and result.passed
+    assert result.parity["raw_input"] is True and result.parity["top1_agreement"] == 1.0
+    graph = onnx.load(str(result.path))
+    (inp,) = graph.graph.input
+    assert inp.type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    dims = inp.type.tensor_type.shape.dim
+    assert dims[0].dim_param and [d.dim_value for d in dims[1:]] == [32, 32, 3]  # NHWC
+    props = {p.key: p.value for p in graph.metadata_props}
+    assert props["input_layout"] == "NHWC uint8"
+
+    raw = imagewise.load(result.path)
+    fp32 = imagewise.load(exported / "export" / "model.onnx")
+    assert isinstance(raw, OnnxClassifier) and raw.raw_input and not fp32.raw_input
+    files = val_images(folder_data)
+    raw_preds, fp32_preds = raw.predict(files, top_k=3), fp32.predict(files, top_k=3)
+    assert [p.classes for p in raw_preds] == [p.classes for p in fp32_preds]
+    for a, b in zip(raw_preds, fp32_preds, strict=True):
+        assert np.allclose(a.probabilities, b.probabilities, atol=1e-5)
+    # probabilities() takes the usual normalized batch on raw models too (turned back to pixels).
+    batch = fp32.preprocess(files)
+    assert torch.allclose(raw.probabilities(batch), fp32.probabilities(batch), atol=1e-5)
+    # The graph fed directly: uint8 pixels in NHWC order.
+    pixels = torch.stack([raw._read(f) for f in files]).permute(0, 2, 3, 1).numpy()
+    _, probs = raw.session.run(None, {"input": pixels})
+    assert (probs.argmax(1) == fp32.probabilities(batch).argmax(1).numpy()).all()
+    assert json.loads((run / "export" / "parity.json").read_text())["file"] == str(result.path)
+
+
+def test_int8_export_passes_its_gate(exported: Path, tmp_path: Path) -> None:
+    run = copy_run(exported, tmp_path / "run")
+    result = imagewise.export(run, int8=True)
+    assert result.path == run / "export" / "model.int8.onnx" and result.path.is_file()
+    parity = json.loads(result.parity_path.read_text())
+    assert parity == result.parity and parity["int8"] is True and parity["passed"] is True
+    assert parity["gates"] == {"max_accuracy_drop": 0.01} and parity["accuracy_drop"] <= 0.01
+    assert parity["top1_agreement"] >= 0.8 and parity["max_abs_probability_difference"] < 0.2
+    graph = onnx.load(str(result.path))
+    ops = {n.op_type for n in graph.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear", "Conv", "Softmax"} <= ops
+    weights = [t for t in graph.graph.initializer if t.data_type == onnx.TensorProto.INT8]
+    assert sum(int(np.prod(t.dims)) for t in weights) > 100_000  # the conv weights are int8
+    fp32_size = (exported / "export" / "model.onnx").stat().st_size
+    assert result.path.stat().st_size < 0.4 * fp32_size
+    props = {p.key: p.value for p in graph.metadata_props}
+    assert props["quantization"].startswith("int8") and json.loads(props["classes"]) == list(
+        CLASSES
+    )
+    clf = imagewise.load(result.path)
+    assert clf.classes == list(CLASSES) and clf.meta["quantization"].startswith("int8")
+
+
+def test_failed_check_exits_2_and_keeps_no_model(
+    trained_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    run = copy_run(trained_run, tmp_path / "run")
+    forward = ExportModule.forward
+
+    def corrupted(self: ExportModule, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, _ = forward(self, x)
+        return -logits, torch.softmax(-logits, dim=1)  # the least likely class wins
+
+    monkeypatch.setattr(ExportModule, "forward", corrupted)
+    code, out, err = run_cli(["export", str(run)], capsys)
+    assert code == 2 and out == ""
+    (line,) = err.strip().splitlines()
+    export_dir = run / "export"
+    assert line.startswith("error: the exported model failed its check on ")
+    assert "val images: top-1 agreement with PyTorch is 0.00%, below 99.9%" in line
+    assert f"it was kept as {export_dir / 'model.rejected.onnx'} and not as model.onnx" in line
+    assert not (export_dir / "model.onnx").exists()
+    assert (export_dir / "model.rejected.onnx").is_file()
+    parity = json.loads((export_dir / "parity.json").read_text())
+    assert parity["passed"] is False and parity["top1_agreement"] == 0.0
+    assert parity["failure"].startswith("top-1 agreement with PyTorch is 0.00%")
+    assert parity["accuracy_exported"] < parity["accuracy_pytorch"]
+    # A later export that passes replaces the rejected file with the real one.
+    monkeypatch.setattr(ExportModule, "forward", forward)
+    assert run_cli(["export", str(run), "-q"], capsys)[0] == 0
+    assert (export_dir / "model.onnx").is_file()
+    assert not (export_dir / "model.rejected.onnx").exists()
+    assert json.loads((export_dir / "parity.json").read_text())["passed"] is True
+
+
+def test_int8_gate_failure(
+    trained_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    run = copy_run(trained_run, tmp_path / "run")
+    monkeypatch.setattr("imagewise.export.verify.MAX_INT8_ACCURACY_DROP", -0.5)  # impossible
+    code, _, err = run_cli(["export", str(run), "--int8"], capsys)
+    assert code == 2
+    assert "points below PyTorch's" in err and "(allowed: -50)" in err
+    assert not (run / "export" / "model.int8.onnx").exists()
+    assert (run / "export" / "model.int8.rejected.onnx").is_file()
+    parity = json.loads((run / "export" / "parity.json").read_text())
+    assert parity["passed"] is False and parity["gates"] == {"max_accuracy_drop": -0.5}
+
+
+def test_opencv_dnn_reads_the_graph_and_agrees(exported: Path, folder_data: Path) -> None:
+    cv2 = pytest.importorskip("cv2")
+    model_file = str(exported / "export" / "model.onnx")
+    net = cv2.dnn.readNetFromONNX(model_file)
+    clf = imagewise.load(model_file)
+    files = val_images(folder_data) + some_images(folder_data)
+    batch = clf.preprocess(files)
+    net.setInput(batch.numpy())
+    logits, probs = net.forward(["logits", "probabilities"])
+    ort_logits, ort_probs = clf.logits(batch), clf.probabilities(batch)
+    assert logits.shape == (len(files), 3)
+    assert (logits.argmax(1) == ort_logits.argmax(1).numpy()).all()
+    assert np.allclose(logits, ort_logits.numpy(), atol=1e-4)
+    assert np.allclose(probs, ort_probs.numpy(), atol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
+def test_torchscript_round_trip(
+    exported: Path, folder_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = copy_run(exported, tmp_path / "run")
+    code, out, err = run_cli(["export", str(run), "--format", "torchscript"], capsys)
+    assert code == 0, err
+    model_file = run / "export" / "model.pt"
+    assert out.startswith(f"wrote {model_file} (") and "; torchscript)" in out
+    parity = json.loads((run / "export" / "parity.json").read_text())
+    assert parity["format"] == "torchscript" and parity["passed"] is True
+    assert parity["top1_agreement"] == 1.0 and parity["max_abs_probability_difference"] < 1e-5
+    extra = {"imagewise.json": ""}
+    torch.jit.load(str(model_file), _extra_files=extra)
+    props = json.loads(extra["imagewise.json"])
+    assert json.loads(props["classes"]) == list(CLASSES) and props["model"] == "resnet9_tiny"
+
+    clf = imagewise.load(model_file)
+    run_clf = imagewise.load(run)
+    assert isinstance(clf, Classifier) and clf.classes == run_clf.classes
+    assert clf.preprocessing == run_clf.preprocessing and clf.temperature == run_clf.temperature
+    batch = torch.randn(4, 3, 32, 32)
+    assert torch.allclose(clf.logits(batch), run_clf.logits(batch), atol=1e-5)
+    images = some_images(folder_data)
+    pt_out = run_cli(["predict", str(model_file), *images], capsys)[1]
+    assert pt_out == run_cli(["predict", str(run), *images], capsys)[1]
+
+
+@pytest.fixture(scope="module")
+def hog_run(folder_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("hog") / "run"
+    args = ["train", str(folder_data), "--model", "hog_svm", "--out", str(out), "-q"]
+    assert imagewise.cli.main(args) == 0
+    return out
+
+
+def test_hog_svm_is_refused(hog_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for fmt in ("onnx", "torchscript"):
+        code, out, err = run_cli(["export", str(hog_run), "--format", fmt], capsys)
+        assert code == 2 and out == ""
+        assert err.strip() == f"error: '{hog_run}' {HOG_REFUSAL}"
+    assert not (hog_run / "export").exists()
+
+
+def test_requests_that_cannot_be_met(
+    exported: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    errors = {
+        ("--format", "torchscript", "--int8"): "error: --int8 and --raw-input are for ONNX "
+        "exports; leave them out with --format torchscript",
+        ("--out", str(tmp_path / "model.bin")): "error: --out must end in '.onnx' for --format "
+        f"onnx, not '{tmp_path / 'model.bin'}'",
+    }
+    for flags, message in errors.items():
+        code, _, err = run_cli(["export", str(exported), *flags], capsys)
+        assert code == 2 and err.strip() == message
+    code, _, err = run_cli(["export", str(tmp_path / "nothing")], capsys)
+    missing = f"error: run folder '{tmp_path / 'nothing'}' does not exist; check the path"
+    assert code == 2 and err.strip() == missing
+
+    # Exported files go to predict, not to the stages that need the run folder.
+    onnx_file = exported / "export" / "model.onnx"
+    code, _, err = run_cli(["evaluate", str(onnx_file)], capsys)
+    assert code == 2 and err.strip() == (
+        f"error: '{onnx_file}' is an exported model; this needs the run folder it was exported from"
+    )
+    with pytest.raises(UserError, match=r"model file '.*missing\.onnx' does not exist"):
+        imagewise.load(tmp_path / "missing.onnx")
+    with pytest.raises(UserError, match="ONNX models run on the CPU here"):
+        imagewise.load(onnx_file, device="cuda")
+    # An ONNX file without imagewise's metadata is named as such.
+    graph = onnx.load(str(onnx_file))
+    del graph.metadata_props[:]
+    onnx.save(graph, str(tmp_path / "plain.onnx"))
+    with pytest.raises(UserError, match=r"has no imagewise metadata \(classes, img_size"):
+        imagewise.load(tmp_path / "plain.onnx")
+
+
+def test_export_follows_the_runs_data_config(exported: Path, tmp_path: Path) -> None:
+    """With no validation split the check falls back to the test split, as the config says."""
+    run = copy_run(exported, tmp_path / "run")
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    cfg["data"]["val_fraction"] = 0.0
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    result = imagewise.export(run)
+    assert result.parity["split"] == "test" and result.parity["images"] >= 5
+    assert result.passed
