@@ -19,13 +19,17 @@ import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
 from imagewise.errors import UserError
 from imagewise.io import atomic_write, atomic_write_json
 from imagewise.runs import RunFolder
+
+if TYPE_CHECKING:
+    from imagewise.predict.predictor import Classifier
 
 log = logging.getLogger("imagewise")
 
@@ -100,8 +104,8 @@ def export(
         (PosixPath('runs/fm/export/model.int8.onnx'), 0.0015)
     """
     from imagewise.export.metadata import build_metadata
-    from imagewise.export.verify import VERIFY_IMAGES, check_gates, parity, run_images
-    from imagewise.predict.predictor import load, load_run
+    from imagewise.export.verify import VERIFY_IMAGES, run_images
+    from imagewise.predict.predictor import load_run
 
     format = format.lower()
     _check_request(format, int8, raw_input, out)
@@ -114,9 +118,8 @@ def export(
             "run folder itself with imagewise predict or imagewise.load"
         )
     folder = RunFolder.of(run)
-    target = Path(out).expanduser() if out is not None else folder.path / "export"
-    if out is None:
-        target = target / default_file_name(format, int8)
+    export_dir = folder.path / "export"
+    target = export_dir / default_file_name(format, int8) if out is None else Path(out).expanduser()
     images, labels, split, source = run_images(
         folder.path, reference.preprocessing, reference.classes, ("val", "test", "train"),
         VERIFY_IMAGES,
@@ -130,46 +133,47 @@ def export(
         else:
             from imagewise.export.torchscript import save_torchscript
 
-            log.info("tracing %s to TorchScript", meta["model"]["name"])
+            log.info("tracing %s to TorchScript", metadata["model"])
             save_torchscript(model, reference.preprocessing, metadata, candidate)
         log.info("checking the export against PyTorch on %d %s images", len(labels), split)
-        figures = parity(reference, load(candidate), images, labels)
-        reason = check_gates(figures, int8)
-        record = _record(target, format, int8, raw_input, source, split, figures, reason)
-        record["bytes"] = candidate.stat().st_size
-        parity_path = atomic_write_json(folder.path / "export" / "parity.json", record)
-        if reason is not None:
+        record = _check(reference, candidate, images, labels, int8)
+        record = {
+            "file": str(target), "format": format, "int8": int8, "raw_input": raw_input,
+            "data": source, "split": split, **record, "bytes": candidate.stat().st_size,
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        }  # fmt: skip
+        parity_path = atomic_write_json(export_dir / "parity.json", record)
+        if not record["passed"]:
             kept = atomic_write(rejected_path(target), lambda t: shutil.copyfile(candidate, t))
             raise UserError(
-                f"the exported model failed its check on {len(labels)} {split} images: {reason}; "
-                f"it was kept as {kept} and not as {target.name} (figures: {parity_path})"
+                f"the exported model failed its check on {len(labels)} {split} images: "
+                f"{record['failure']}; it was kept as {kept} and not as {target.name} "
+                f"(figures: {parity_path})"
             )
         atomic_write(target, lambda t: shutil.copyfile(candidate, t))
     rejected_path(target).unlink(missing_ok=True)  # from an earlier, failed attempt
     return ExportResult(target, format, int8, raw_input, record, parity_path)
 
 
-def _record(
-    target: Path, format: str, int8: bool, raw_input: bool, source: str, split: str,
-    figures: dict[str, Any], reason: str | None,
-) -> dict[str, Any]:  # fmt: skip
-    """The content of parity.json."""
-    from imagewise.export.verify import MAX_INT8_ACCURACY_DROP, MIN_AGREEMENT
+def _check(
+    reference: Classifier, candidate: Path, images: torch.Tensor, labels: np.ndarray, int8: bool
+) -> dict[str, Any]:
+    """The parity figures of the exported file, the gates applied and whether it passed."""
+    from imagewise.export.verify import MAX_INT8_ACCURACY_DROP, MIN_AGREEMENT, check_gates, parity
+    from imagewise.predict.predictor import load
 
-    gates = {"max_accuracy_drop": MAX_INT8_ACCURACY_DROP} if int8 else {
-        "min_top1_agreement": MIN_AGREEMENT
-    }  # fmt: skip
-    return {
-        "file": str(target), "format": format, "int8": int8, "raw_input": raw_input,
-        "data": source, "split": split, **figures, "gates": gates,
-        "passed": reason is None, "failure": reason,
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-    }  # fmt: skip
+    figures = parity(reference, load(candidate), images, labels)
+    reason = check_gates(figures, int8)
+    if int8:
+        gates = {"max_accuracy_drop": MAX_INT8_ACCURACY_DROP}
+    else:
+        gates = {"min_top1_agreement": MIN_AGREEMENT}
+    return {**figures, "gates": gates, "passed": reason is None, "failure": reason}
 
 
 def _write_onnx(
-    model: torch.nn.Module, reference: Any, metadata: dict[str, str], raw_input: bool, int8: bool,
-    path: Path, run_dir: Path,
+    model: torch.nn.Module, reference: Classifier, metadata: dict[str, str], raw_input: bool,
+    int8: bool, path: Path, run_dir: Path,
 ) -> None:  # fmt: skip
     """The float graph at ``path``, or its INT8 version calibrated on training images."""
     import onnx

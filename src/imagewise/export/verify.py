@@ -9,13 +9,16 @@ split the same way.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from imagewise.data.transforms import Preprocessing
 from imagewise.errors import UserError
+
+if TYPE_CHECKING:
+    from imagewise.predict.predictor import BaseClassifier
 
 MIN_AGREEMENT = 0.999  # float exports: share of images whose top-1 class equals PyTorch's
 MAX_INT8_ACCURACY_DROP = 0.01  # INT8: accuracy lost against PyTorch (1 point)
@@ -60,7 +63,11 @@ def run_images(
 
 
 def parity(
-    reference: Any, candidate: Any, images: torch.Tensor, labels: np.ndarray, batch_size: int = 256
+    reference: BaseClassifier,
+    candidate: BaseClassifier,
+    images: torch.Tensor,
+    labels: np.ndarray,
+    batch_size: int = 256,
 ) -> dict[str, Any]:
     """Top-1 agreement, largest probability difference and both accuracies on ``images``.
 
