@@ -16,8 +16,6 @@ them alike. Last, what INT8 costs: accuracy on the run's test split, PyTorch vs 
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import shutil
 import statistics
 import tempfile
@@ -27,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from foundation import machine  # benchmarks/foundation.py: cores and CPU model
 
 import imagewise
 from imagewise.data.transforms import Preprocessing
@@ -40,18 +39,6 @@ from imagewise.predict.predictor import load_run
 
 ENGINES = ("PyTorch eager", "ORT float32", "ORT INT8")
 Engine = tuple[Callable[[Any], Any], Callable[[torch.Tensor], Any]]  # (run, prepare input)
-
-
-def machine() -> str:
-    model = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{os.cpu_count()} cores, {model}; {torch.get_num_threads()} threads"
 
 
 def eager(model: torch.nn.Module) -> Engine:
@@ -175,7 +162,7 @@ def main() -> None:
     meta = load_run(run).meta
     pre = meta["preprocessing"]
     shape = (pre["channels"], pre["img_size"], pre["img_size"])
-    print(f"machine: {machine()}; torch {torch.__version__}\n")
+    print(f"machine: {machine()}; {torch.get_num_threads()} threads; torch {torch.__version__}\n")
     print("| model | batch | PyTorch eager img/s | ORT float32 img/s | ORT INT8 img/s | "
           "latency ms (eager / float32 / INT8) |")  # fmt: skip
     print("|---|---|---|---|---|---|")
