@@ -384,3 +384,22 @@ def test_settings_refuse_nonsense_and_warn_about_an_open_unguarded_host() -> Non
     assert ServeSettings(host="::1").exposure_warning() is None
     assert ServeSettings(host="0.0.0.0", token="t").exposure_warning() is None
     assert "without a token" in ServeSettings(host="0.0.0.0").exposure_warning()
+
+
+def test_an_onnx_export_is_served_like_its_run_without_gradcam(
+    trained_run: Path, tmp_path: Path, images: list[Path]
+) -> None:
+    run = served_copy(trained_run, tmp_path)
+    onnx = imagewise.export(run).path
+    files = [("file", (p.name, p.read_bytes())) for p in images[:4]]
+    with running(create_app(imagewise.load(onnx), ServeSettings())) as (url, _):
+        info = httpx.get(url + "/v1/info").json()
+        r = httpx.post(url + "/v1/predict", files=files, params={"top_k": 2})
+        cam = httpx.post(url + "/v1/predict?gradcam=true", files=files[:1])
+    assert info["backend"] == "onnx" and info["gradcam"] is False
+    assert r.status_code == 200, r.text
+    expected = imagewise.load(run).predict(images[:4], top_k=2)
+    for got, e in zip(r.json()["predictions"], expected, strict=True):
+        assert [c["class"] for c in got["top_k"]] == e.classes
+        assert [c["probability"] for c in got["top_k"]] == pytest.approx(e.probabilities, abs=1e-4)
+    assert "runs an ONNX model" in assert_json_error(cam, 400)

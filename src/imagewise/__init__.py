@@ -6,6 +6,7 @@ explained, exported and served.
     >>> imagewise.evaluate("runs/digits").accuracy  # doctest: +SKIP
     >>> imagewise.predict("runs/digits", ["some/digit.png"])[0].label  # doctest: +SKIP
     >>> imagewise.export("runs/digits", format="onnx").path  # doctest: +SKIP
+    >>> imagewise.serve("runs/digits", port=8000)  # HTTP API and page  # doctest: +SKIP
 
 The heavy parts (torch, timm) load on first use, so ``import imagewise`` stays quick.
 """
@@ -16,9 +17,9 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-# train / evaluate / predict / explain / export are stage packages that are callable (see
-# imagewise._stage).
-_STAGES = ("train", "evaluate", "predict", "explain", "export")
+# train / evaluate / predict / explain / export / serve are stage packages that are callable
+# (see imagewise._stage).
+_STAGES = ("train", "evaluate", "predict", "explain", "export", "serve")
 _EXPORTS = {
     "load": "imagewise.predict.predictor",
     "create_model": "imagewise.models",
@@ -53,5 +54,6 @@ __all__ = [
     "list_models",
     "load",
     "predict",
+    "serve",
     "train",
 ]

@@ -28,7 +28,7 @@ def serve(path: str | Path, **settings: Any) -> None:
         **settings: fields of :class:`ServeSettings` (host, port, token, max_batch, ...).
 
     Example:
-        >>> imagewise.serve.serve("runs/fm", port=8080, token="s3cret")  # doctest: +SKIP
+        >>> imagewise.serve("runs/fm", port=8080, token="s3cret")  # doctest: +SKIP
     """
     import torch
     import uvicorn
@@ -59,3 +59,7 @@ def serve(path: str | Path, **settings: Any) -> None:
 
 
 __all__ = ["ServeSettings", "create_app", "serve"]
+
+from imagewise._stage import make_callable  # noqa: E402
+
+make_callable(__name__, serve)

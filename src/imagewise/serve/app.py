@@ -36,18 +36,21 @@ OPEN_PATHS = ("/", "/healthz")  # no token needed: liveness and the page (it ask
 def describe(classifier: Any, settings: ServeSettings) -> InfoResponse:
     """What the page and clients need to know about the model and the limits."""
     model = getattr(classifier, "model", None)
-    network = isinstance(model, torch.nn.Module)
-    meta = getattr(classifier, "meta", None) or {}
-    name = (meta.get("model") or {}).get("name") or type(model or classifier).__name__
+    if isinstance(model, torch.jit.ScriptModule):
+        backend = "torchscript"  # no hooks on a compiled graph, so no Grad-CAM
+    else:
+        backend = "pytorch" if isinstance(model, torch.nn.Module) else "onnx"
+    spec = (getattr(classifier, "meta", None) or {}).get("model")
+    name = spec.get("name") if isinstance(spec, dict) else spec  # exported files keep the name
     pre = classifier.preprocessing
     return InfoResponse(
-        model=name,
-        backend="pytorch" if network else "onnx",
+        model=str(name or type(model or classifier).__name__),
+        backend=backend,
         classes=list(classifier.classes),
         img_size=pre.img_size,
         channels=pre.channels,
         temperature=float(classifier.temperature),
-        gradcam=network and not getattr(model, "classical", False),
+        gradcam=backend == "pytorch" and not getattr(model, "classical", False),
         top_k=min(settings.top_k, len(classifier.classes)),
         max_images=settings.max_images,
         max_body_bytes=settings.max_body_bytes,

@@ -42,6 +42,9 @@ PAGE_POLICY = (
 )
 
 
+NO_GRADCAM = {"onnx": "an ONNX model", "torchscript": "a TorchScript model"}
+
+
 @dataclass
 class ServeState:
     """What the endpoints share: the model, the worker and the settings (in ``app.state``)."""
@@ -146,7 +149,6 @@ def gradcam_pngs(
 @router.post(
     "/v1/predict",
     response_model=PredictResponse,
-    response_model_exclude_none=True,
     responses=ERRORS,
     openapi_extra=UPLOAD_BODY,
     summary="Classify one or several images",
@@ -156,13 +158,12 @@ async def predict(
     s: State,
     top_k: Annotated[int | None, Query(ge=1, le=1000, description="classes per image")] = None,
     gradcam: Annotated[bool, Query(description="a Grad-CAM overlay per image (PyTorch)")] = False,
-) -> PredictResponse:
+) -> Response:
     """Top-k classes of each image sent, in order: repeat the multipart field ``file`` for
     several images, or send one image's bytes as the body with an ``image/*`` content type."""
     if gradcam and not s.info.gradcam:
-        raise ServeError(
-            400, f"Grad-CAM needs a PyTorch network; this server runs a {s.info.backend} model"
-        )
+        runs = NO_GRADCAM.get(s.info.backend, "a classical model")
+        raise ServeError(400, f"Grad-CAM needs a PyTorch network; this server runs {runs}")
     uploads = await read_uploads(request, s.settings)
     views, batch = await run_in_threadpool(prepare, s.classifier, uploads, s.settings.max_pixels)
     try:
@@ -179,7 +180,7 @@ async def predict(
     if gradcam:
         targets = probs.argmax(1).tolist()
         cams = list(await run_in_threadpool(gradcam_pngs, s, batch, views, targets))
-    return PredictResponse(
+    answer = PredictResponse(
         model=s.info.model,
         predictions=[
             ImagePrediction(
@@ -193,6 +194,9 @@ async def predict(
             for p, cam in zip(predictions, cams, strict=True)
         ],
     )
+    # Serialized here, once: FastAPI would validate the finished model again on the way out.
+    body = answer.model_dump_json(by_alias=True, exclude_none=True)
+    return Response(body, media_type="application/json")
 
 
 @router.get("/v1/labels", response_model=LabelsResponse, responses=ERRORS)

@@ -31,7 +31,7 @@ class LabelsResponse(BaseModel):
 
 class InfoResponse(BaseModel):
     model: str
-    backend: str = Field(description="pytorch or onnx")
+    backend: str = Field(description="pytorch, torchscript or onnx")
     classes: list[str]
     img_size: int
     channels: int
