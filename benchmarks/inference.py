@@ -1,16 +1,19 @@
 """Inference speed on the CPU: PyTorch eager vs ONNX Runtime float32 vs ONNX Runtime INT8.
 
-Two models: the run given by --run (the Fashion-MNIST default, resnet9_tiny at 28 px), exported
-with ``imagewise.export`` as a user would (float32, then ``int8=True``) from a copy of the run,
-and a timm resnet18 at 224 px with random weights (speed does not depend on them; its INT8
-version is calibrated on random images). PyTorch eager is the plain way to run a model: float32,
-the default (contiguous) memory format, under ``torch.no_grad``. ONNX Runtime runs the exported
-files through ``OnnxClassifier``'s session (CPU provider, all graph optimizations, torch's thread
-count). Latency is the median time of one call, throughput the batch over that median; the
+Each run given by --run (e.g. the Fashion-MNIST default, resnet9_tiny at 28 px, and a resnet18
+trained at 224 px), exported with ``imagewise.export`` as a user would (float32, then
+``int8=True``) from a copy of the run; optionally also a timm resnet18 at 224 px with random
+weights (speed does not depend on them; its INT8 version is calibrated on random images).
+PyTorch eager is the plain way to run a model: float32, the default (contiguous) memory format,
+under ``torch.no_grad``. ONNX Runtime runs the exported files through ``OnnxClassifier``'s
+session (CPU provider, all graph optimizations, torch's thread count). Latency is the median time of one call, throughput the batch over that median; the
 engines take turns (eager, float32, INT8, eager, ...) so that a busy moment on the machine hits
 them alike. Last, what INT8 costs: accuracy on the run's test split, PyTorch vs ONNX Runtime.
 
-    .venv/bin/python benchmarks/inference.py --run runs/fm
+    .venv/bin/python benchmarks/inference.py --run runs/fm runs/r18-224 --no-resnet18
+
+Several runs may be given (each gets speed and accuracy rows); the random-weights resnet18 row is
+for when no trained 224 px run is at hand.
 """
 
 from __future__ import annotations
@@ -152,31 +155,39 @@ def accuracy_row(run: Path, files: dict[str, Path]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run", required=True, help="a trained run folder (e.g. runs/fm)")
+    parser.add_argument("--run", required=True, nargs="+",
+                        help="trained run folders (e.g. runs/fm runs/r18-224)")  # fmt: skip
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 64])
     parser.add_argument("--repeats", type=int, default=5, help="turns per engine (5)")
     parser.add_argument("--seconds", type=float, default=1.0, help="seconds per turn (1.0)")
-    parser.add_argument("--no-resnet18", action="store_true", help="only the run's model")
+    parser.add_argument("--no-resnet18", action="store_true",
+                        help="skip the random-weights resnet18 at 224 px")  # fmt: skip
     args = parser.parse_args()
-    run = Path(args.run)
-    meta = load_run(run).meta
-    pre = meta["preprocessing"]
-    shape = (pre["channels"], pre["img_size"], pre["img_size"])
     print(f"machine: {machine()}; {torch.get_num_threads()} threads; torch {torch.__version__}\n")
     print("| model | batch | PyTorch eager img/s | ORT float32 img/s | ORT INT8 img/s | "
           "latency ms (eager / float32 / INT8) |")  # fmt: skip
     print("|---|---|---|---|---|---|")
+    accuracy = []
     with tempfile.TemporaryDirectory(prefix="imagewise-bench-") as tmp:
-        work = Path(tmp)
-        engines, files = run_engines(run, work)
-        label = f"{meta['model']['name']} {pre['img_size']} px"
-        speed_rows(label, engines, shape, args)
+        for i, name in enumerate(args.run):
+            run, work = Path(name), Path(tmp) / str(i)
+            work.mkdir()
+            meta = load_run(run).meta
+            pre = meta["preprocessing"]
+            shape = (pre["channels"], pre["img_size"], pre["img_size"])
+            engines, files = run_engines(run, work)
+            speed_rows(f"{meta['model']['name']} {pre['img_size']} px", engines, shape, args)
+            accuracy.append(accuracy_row(run, files))
         if not args.no_resnet18:
-            speed_rows("resnet18 224 px", resnet18_engines(work), (3, 224, 224), args)
+            work = Path(tmp) / "resnet18"
+            work.mkdir()
+            speed_rows("resnet18 224 px (random weights)", resnet18_engines(work), (3, 224, 224),
+                       args)  # fmt: skip
         print("\n| run | images | PyTorch | ORT float32 | ORT INT8 | INT8 cost (points) | "
               "INT8 top-1 agreement |")  # fmt: skip
         print("|---|---|---|---|---|---|---|")
-        print(accuracy_row(run, files), flush=True)
+        for row in accuracy:
+            print(row, flush=True)
 
 
 if __name__ == "__main__":

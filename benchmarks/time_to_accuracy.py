@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -32,41 +33,58 @@ class TestAccuracy:
         self.points: list[tuple[float, float]] = []
 
     def on_epoch_end(self, state) -> None:
-        extra = state.extra  # filled by imagewise.train: model, ema, preprocessing
+        from imagewise.train.loop import predict_loader
+
+        extra = state.extra  # filled by imagewise.train: model, ema, preprocessing, config
         net = extra["ema"].module if extra["ema"] is not None else extra["model"]
-        pre = extra["preprocessing"]
-        net.eval()
-        correct = 0
-        with torch.no_grad():
-            for i in range(0, len(self.labels), 1000):
-                x = pre.normalize(self.images[i : i + 1000])
-                x = x.contiguous(memory_format=torch.channels_last)
-                correct += int((net(x).argmax(1) == self.labels[i : i + 1000]).sum())
+        pre, cfg = extra["preprocessing"], extra["config"]
+        # measured as `imagewise evaluate` would: same batches, precision and TTA
+        loader = zip(self.images.split(1000), self.labels.split(1000), strict=True)
+        logits, labels = predict_loader(net, loader, pre, torch.device("cpu"), tta=cfg.train.tta)
+        correct = int((logits.argmax(1) == labels).sum())
         net.train()
         self.points.append((state.train_seconds, correct / len(self.labels)))
         print(f"  epoch {state.epoch}: {state.train_seconds:.0f}s  test {self.points[-1][1]:.2%}",
               flush=True)  # fmt: skip
 
 
-def run(recipe: str) -> list[tuple[float, float]]:
+def run(recipe: str, keep: Path | None, overrides: dict[str, Any]) -> list[tuple[float, float]]:
     import imagewise
 
     hook = TestAccuracy()
     with tempfile.TemporaryDirectory() as tmp:
-        imagewise.train("fashion-mnist", Path(tmp) / recipe, recipe=recipe, hooks=[hook],
-                        show_progress=False)  # fmt: skip
+        out = (keep or Path(tmp)) / recipe
+        imagewise.train("fashion-mnist", out, recipe=recipe, hooks=[hook], show_progress=False,
+                        **overrides)  # fmt: skip
     return hook.points
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """``epochs=40 model=resnet9_slim`` -> {"epochs": 40, "model": "resnet9_slim"}."""
+    import yaml
+
+    out = {}
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        out[key.replace("-", "_")] = yaml.safe_load(value)
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipes", nargs="+", default=["fast", "default"])
     parser.add_argument("--plot", default="time_to_accuracy.png")
+    parser.add_argument("--keep", type=Path, help="keep the run folders here (KEEP/RECIPE)")
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="change a recipe's setting, e.g. --set epochs=40")  # fmt: skip
+    parser.add_argument("--budget", type=float, nargs="+", default=[],
+                        help="also report the best test accuracy within these seconds")  # fmt: skip
     args = parser.parse_args()
+    overrides = parse_overrides(args.set)
     curves = {}
     for recipe in args.recipes:
         print(f"recipe {recipe}", flush=True)
-        curves[recipe] = run(recipe)
+        curves[recipe] = run(recipe, args.keep, overrides)
     print("\n| recipe | " + " | ".join(f"to {t:.0%}" for t in THRESHOLDS) + " | final |")
     print("|---|" + "---|" * (len(THRESHOLDS) + 1))
     for recipe, points in curves.items():
@@ -76,6 +94,11 @@ def main() -> None:
             cells.append(f"{hit:.0f} s" if hit is not None else "not reached")
         final_s, final_acc = points[-1]
         print(f"| {recipe} | " + " | ".join(cells) + f" | {final_acc:.2%} at {final_s:.0f} s |")
+    for budget in args.budget:
+        for recipe, points in curves.items():
+            within = [acc for s, acc in points if s <= budget]
+            best = f"{max(within):.2%}" if within else "no epoch finished"
+            print(f"best test accuracy of {recipe} within {budget:.0f} s: {best}")
 
     import matplotlib
 
