@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from imagewise.config import RunConfig, apply_options, load_config_file, save_config
@@ -87,3 +88,17 @@ def test_recipe_sits_between_defaults_and_file_and_flags(tmp_path: Path) -> None
     message = "unknown recipe 'slow'; choose one of default, fast, accurate"
     with pytest.raises(UserError, match=message):
         _resolve_config("digits", tmp_path / "s", None, None, "slow", {}, False)
+
+
+def test_auto_precision_follows_the_hardware(monkeypatch: pytest.MonkeyPatch) -> None:
+    from imagewise.train import device as dev
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(dev, "cpu_has_native_bf16", lambda: True)
+    assert dev.resolve_precision("auto", cpu) is torch.bfloat16
+    monkeypatch.setattr(dev, "cpu_has_native_bf16", lambda: False)
+    assert dev.resolve_precision("auto", cpu) is None  # emulated bf16 is slower than fp32
+    assert dev.resolve_precision("bf16", cpu) is torch.bfloat16  # asked for, given
+    assert dev.resolve_precision("fp32", cpu) is None
+    with pytest.raises(UserError, match="unknown precision 'half'"):
+        dev.resolve_precision("half", cpu)

@@ -49,7 +49,7 @@ FLAG_HELP = {
     "device": "cpu, cuda, cuda:N or auto (default)",
     "ema_decay": "keep an exponential moving average of the weights (e.g. 0.999; 0 = off)",
     "strict": "fail on a corrupt image instead of skipping it",
-    "precision": "auto, fp32, bf16 or fp16",
+    "precision": "auto (bf16 on GPUs and on CPUs with native bf16), fp32, bf16 or fp16",
 }
 
 

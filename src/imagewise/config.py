@@ -83,7 +83,8 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     channels_last: bool = True
-    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (auto: bf16/fp16 on GPU, fp32 on CPU)
+    # auto: bf16 (or fp16) on GPU, bf16 on CPUs with AVX512-BF16 or AMX, else fp32
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16
     tta: bool = False  # test-time augmentation (horizontal flip) at evaluation
 
 

@@ -27,12 +27,26 @@ def resolve_device(name: str = "auto") -> torch.device:
     raise UserError(f"unknown device '{name}'; use cpu, cuda, cuda:N or auto")
 
 
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU multiplies bfloat16 in hardware (AVX512-BF16 or AMX).
+
+    Without it oneDNN emulates bf16 and autocast is slower than float32, so ``auto`` keeps
+    float32 there. Measured in BENCHMARKS.md: 2.6-2.9x faster training steps on a Zen 4 CPU.
+    """
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
+
+
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype, or None for float32. ``auto`` uses bf16/fp16 on GPU only."""
+    """The autocast dtype, or None for float32.
+
+    ``auto``: bf16 on GPUs that have it (else fp16), bf16 on CPUs with native bf16 arithmetic,
+    float32 on other CPUs.
+    """
     if precision == "auto":
-        if device.type != "cuda":
-            return None
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if device.type == "cpu" and cpu_has_native_bf16() else None
     table = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
     if precision not in table:
         raise UserError(f"unknown precision '{precision}'; choose auto, fp32, bf16 or fp16")
