@@ -344,3 +344,13 @@ def test_export_follows_the_runs_data_config(exported: Path, tmp_path: Path) -> 
     result = imagewise.export(run)
     assert result.parity["split"] == "test" and result.parity["images"] >= 5
     assert result.passed
+
+
+def test_calibration_batches_are_made_even() -> None:
+    from imagewise.export.quantize import even_batches
+
+    batches = [np.full((32, 1, 2, 2), i, np.float32) for i in range(9)] + [np.zeros((12, 1, 2, 2))]
+    even = even_batches(batches)  # 300 images: batches of 30, every image once, in order
+    assert {b.shape[0] for b in even} == {30} and len(even) == 10
+    assert np.array_equal(np.concatenate(even), np.concatenate(batches))
+    assert [b.shape[0] for b in even_batches([np.zeros((37, 3))])] == [1] * 37  # prime count
