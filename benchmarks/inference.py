@@ -6,9 +6,10 @@ trained at 224 px), exported with ``imagewise.export`` as a user would (float32,
 weights (speed does not depend on them; its INT8 version is calibrated on random images).
 PyTorch eager is the plain way to run a model: float32, the default (contiguous) memory format,
 under ``torch.no_grad``. ONNX Runtime runs the exported files through ``OnnxClassifier``'s
-session (CPU provider, all graph optimizations, torch's thread count). Latency is the median time of one call, throughput the batch over that median; the
-engines take turns (eager, float32, INT8, eager, ...) so that a busy moment on the machine hits
-them alike. Last, what INT8 costs: accuracy on the run's test split, PyTorch vs ONNX Runtime.
+session (CPU provider, all graph optimizations, torch's thread count). Latency is the median
+time of one call, throughput the batch over that median; the engines take turns (eager,
+float32, INT8, eager, ...) so that a busy moment on the machine hits them alike. Last, what
+INT8 costs: accuracy on the run's test split, PyTorch vs ONNX Runtime.
 
     .venv/bin/python benchmarks/inference.py --run runs/fm runs/r18-224 --no-resnet18
 

@@ -1,11 +1,12 @@
 """Serving throughput: requests/s and latency of `imagewise serve`, with and without micro-batching.
 
-The server runs as a subprocess on loopback; a separate client process (asyncio + httpx) keeps
-C requests in flight for a fixed time, C = 1, 8 and 32, each request one Fashion-MNIST test
-image (a PNG at the model's input size) sent as the raw body. Reported per concurrency:
-requests/s, p50 and p99 latency, 5xx answers, the mean images per model call (from /metrics) and
-the ratio batching / no batching. The client shares the machine's cores with the server, so on
-a small machine it takes CPU the server would otherwise have: the figures are a lower bound.
+The server runs as a subprocess on loopback; a separate client process (bare asyncio streams,
+keep-alive HTTP/1.1) keeps C requests in flight for a fixed time, C = 1, 8 and 32, each request
+one Fashion-MNIST test image (a PNG at the model's input size) sent as the raw body. Reported per
+concurrency: requests/s, p50 and p99 latency, 5xx answers, the mean images per model call (from
+/metrics) and the ratio batching / no batching. The client shares the machine's cores with the
+server, so on a small machine it takes CPU the server would otherwise have: the figures are a
+lower bound.
 
     .venv/bin/python benchmarks/serve_load.py --run runs/fm --seconds 5 --repeats 3
 """
@@ -55,29 +56,63 @@ def test_images(run: Path, n: int = 256) -> list[bytes]:
 # --- the client process ----------------------------------------------------------------------
 
 
+class Connection:
+    """One keep-alive HTTP/1.1 connection on bare asyncio streams.
+
+    The load generator shares the cores with the server; httpx costs about a millisecond of CPU
+    per request, enough to make the client the bottleneck. This client only writes a prepared
+    request and reads the status line, headers and body, at a small fraction of that cost.
+    """
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def post(self, path: str, body: bytes, content_type: str) -> int:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        assert self.reader is not None
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: {content_type}\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        )
+        self.writer.write(head.encode() + body)
+        lines = (await self.reader.readuntil(b"\r\n\r\n")).split(b"\r\n")
+        status = int(lines[0].split()[1])
+        length, close = 0, False
+        for line in lines[1:]:
+            name, _, value = line.partition(b":")
+            name = name.strip().lower()
+            if name == b"content-length":
+                length = int(value)
+            elif name == b"connection" and value.strip().lower() == b"close":
+                close = True
+        await self.reader.readexactly(length)
+        if close:
+            self.writer.close()
+            self.writer = None
+        return status
+
+
 async def load(url: str, images: list[bytes], concurrency: int, seconds: float, warmup: float):
     """Keep ``concurrency`` requests in flight; latencies of those sent after the warm-up."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
     latencies: list[float] = []
     statuses: dict[int, int] = {}
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     start = time.perf_counter()
     measure_from, stop_at = start + warmup, start + warmup + seconds
 
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as client:
+    async def user(i: int) -> None:
+        conn, n = Connection(host, int(port)), i
+        while (sent := time.perf_counter()) < stop_at:
+            status = await conn.post("/v1/predict", images[n % len(images)], "image/png")
+            n += concurrency
+            if sent >= measure_from:
+                latencies.append(time.perf_counter() - sent)
+                statuses[status] = statuses.get(status, 0) + 1
 
-        async def user(i: int) -> None:
-            n = i
-            while (sent := time.perf_counter()) < stop_at:
-                body = images[n % len(images)]
-                n += concurrency
-                r = await client.post(
-                    "/v1/predict", content=body, headers={"Content-Type": "image/png"}
-                )
-                if sent >= measure_from:
-                    latencies.append(time.perf_counter() - sent)
-                    statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
-
-        await asyncio.gather(*(user(i) for i in range(concurrency)))
+    await asyncio.gather(*(user(i) for i in range(concurrency)))
     return latencies, statuses, time.perf_counter() - measure_from
 
 

@@ -50,6 +50,7 @@ FLAG_HELP = {
     "ema_decay": "keep an exponential moving average of the weights (e.g. 0.999; 0 = off)",
     "strict": "fail on a corrupt image instead of skipping it",
     "precision": "auto (bf16 on GPUs and on CPUs with native bf16), fp32, bf16 or fp16",
+    "tta": "evaluate on the mean of each image and its mirror (evaluate only, not predict)",
 }
 
 
@@ -195,7 +196,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--max-batch", type=int, default=32, help="images per model call (32)")
     p.add_argument(
-        "--max-wait-ms", type=float, default=5.0, help="how long a batch waits to fill (5)"
+        "--max-wait-ms",
+        type=float,
+        default=0.0,
+        help="how long a batch waits to fill (0: those that came while the model ran)",
     )
     p.add_argument("--no-batching", action="store_true", help="one image per model call")
     p.add_argument("--queue-size", type=int, default=256, help="images waiting before 503 (256)")

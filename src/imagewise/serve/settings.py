@@ -19,7 +19,8 @@ class ServeSettings:
             ``Authorization: Bearer TOKEN``.
         batching: group concurrent requests into one model call (off: one image per call).
         max_batch: the most images in one model call.
-        max_wait_ms: how long the first image of a batch waits for others to join it.
+        max_wait_ms: how long the first image of a batch waits for others to join it (0: only
+            the images that arrived while the model was busy join).
         queue_size: the most images waiting for the model; beyond it requests get 503.
         timeout_s: how long a request may wait for the model before it gets 504.
         max_body_bytes: the largest request body; larger ones get 413 before they are parsed.
@@ -36,7 +37,7 @@ class ServeSettings:
     token: str | None = None
     batching: bool = True
     max_batch: int = 32
-    max_wait_ms: float = 5.0
+    max_wait_ms: float = 0.0
     queue_size: int = 256
     timeout_s: float = 30.0
     max_body_bytes: int = 20 * 1024 * 1024
