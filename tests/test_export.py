@@ -232,9 +232,10 @@ def test_int8_gate_failure(
 ) -> None:  # fmt: skip
     run = copy_run(trained_run, tmp_path / "run")
     monkeypatch.setattr("imagewise.export.verify.MAX_INT8_ACCURACY_DROP", -0.5)  # impossible
-    code, _, err = run_cli(["export", str(run), "--int8"], capsys)
+    code, out, err = run_cli(["export", str(run), "--int8"], capsys)
     assert code == 2
     assert "points below PyTorch's" in err and "(allowed: -50)" in err
+    assert out == ""  # nothing from the quantizer's own prints
     assert not (run / "export" / "model.int8.onnx").exists()
     assert (run / "export" / "model.int8.rejected.onnx").is_file()
     parity = json.loads((run / "export" / "parity.json").read_text())

@@ -14,6 +14,8 @@ resnet18 at 224 px: min / max cost 1.1 points of accuracy, the percentile 0.6).
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import tempfile
 from collections.abc import Iterator
@@ -77,7 +79,12 @@ def quantize_int8(
 
     from imagewise.export.onnx import quiet_loggers
 
-    with tempfile.TemporaryDirectory(prefix="imagewise-int8-") as tmp, quiet_loggers("onnxruntime"):
+    # The percentile calibrator print()s its settings; our stdout is the user's output.
+    with (
+        tempfile.TemporaryDirectory(prefix="imagewise-int8-") as tmp,
+        quiet_loggers("onnxruntime"),
+        contextlib.redirect_stdout(io.StringIO()),
+    ):
         prepared = Path(tmp) / "prepared.onnx"
         try:
             quant_pre_process(str(fp32_path), str(prepared))
