@@ -286,6 +286,37 @@ def test_torchscript_round_trip(
     assert pt_out == run_cli(["predict", str(run), *images], capsys)[1]
 
 
+def test_tta_run_answers_with_the_mirror_mean_everywhere(trained_run: Path, tmp_path: Path) -> None:
+    """A run with tta on: predict, the ONNX graph and TorchScript all average image and mirror."""
+    run = copy_run(trained_run, tmp_path / "run")
+    meta = json.loads((run / "meta.json").read_text())
+    (run / "meta.json").write_text(json.dumps({**meta, "tta": True}))
+    clf, plain = imagewise.load(run), imagewise.load(trained_run)
+    assert isinstance(clf, Classifier) and clf.tta is True and plain.tta is False
+    batch = torch.randn(6, 3, 32, 32)
+    with torch.no_grad():
+        mean = (plain.model(batch) + plain.model(batch.flip(3))) / 2
+    expected = torch.softmax(mean / clf.temperature, dim=1)
+    assert torch.allclose(clf.probabilities(batch), expected, atol=1e-6)
+    assert torch.allclose(clf.logits(batch), mean, atol=1e-5)
+    assert not torch.allclose(clf.logits(batch), plain.logits(batch), atol=1e-3)
+
+    onnx_file = imagewise.export(run).path
+    props = {p.key: p.value for p in onnx.load(str(onnx_file)).metadata_props}
+    assert props["test_time_augmentation"] == "mirror mean (in the graph)"
+    exported = imagewise.load(onnx_file)
+    assert torch.allclose(exported.probabilities(batch), expected, atol=1e-5)
+    ts = imagewise.load(imagewise.export(run, format="torchscript").path)
+    assert torch.allclose(ts.probabilities(batch), expected, atol=1e-5)
+
+    # a run written before meta.json carried the flag: its config decides
+    (run / "meta.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "tta"}))
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["train"]["tta"] = True
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    assert imagewise.load(run).tta is True
+
+
 @pytest.fixture(scope="module")
 def hog_run(folder_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("hog") / "run"

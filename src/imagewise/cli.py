@@ -50,7 +50,7 @@ FLAG_HELP = {
     "ema_decay": "keep an exponential moving average of the weights (e.g. 0.999; 0 = off)",
     "strict": "fail on a corrupt image instead of skipping it",
     "precision": "auto (bf16 on GPUs and on CPUs with native bf16), fp32, bf16 or fp16",
-    "tta": "evaluate on the mean of each image and its mirror (evaluate only, not predict)",
+    "tta": "answer with the mean of each image and its mirror (evaluate, predict, export, serve)",
 }
 
 

@@ -136,7 +136,7 @@ def evaluate(
     holder = materialize(holder, DataConfig(cache="auto"), pre.img_size, pre.channels)
     chosen = holder.train
     loader = make_loader(chosen, pre, batch_size, workers=cfg.data.workers)
-    logits, labels = predict_loader(clf.model, loader, pre, clf.device, tta=cfg.train.tta)
+    logits, labels = predict_loader(clf.model, loader, pre, clf.device, tta=clf.tta)
     probs = torch.softmax(logits / clf.temperature, dim=1).numpy()
     y = labels.numpy()
     metrics = classification_metrics(y, probs, clf.classes)

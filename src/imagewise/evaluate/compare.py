@@ -108,12 +108,13 @@ def compare_runs(
             "macro_f1": metrics["macro"]["f1"],
             "ece": metrics["calibration"]["ece_after"],
             "params": sum(p.numel() for p in clf.model.parameters()),
-            "flops": count_flops(clf.model, pre.channels, pre.img_size),
+            # FLOPs and latency of the network as it answers (twice the model's with --tta)
+            "flops": count_flops(clf.network, pre.channels, pre.img_size),
             "train_seconds": meta.get("training", {}).get("train_seconds"),
         }
         if latency:
             for batch in (1, 64):
-                ms = measure_latency(clf.model, pre.channels, pre.img_size, batch)
+                ms = measure_latency(clf.network, pre.channels, pre.img_size, batch)
                 row[f"latency_ms_batch{batch}"] = ms
         rows.append(row)
     sources = {(r["data"], r["split"]) for r in rows}

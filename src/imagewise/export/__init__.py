@@ -124,10 +124,10 @@ def export(
         folder.path, reference.preprocessing, reference.classes, ("val", "test", "train"),
         VERIFY_IMAGES,
     )  # fmt: skip
-    metadata = build_metadata(meta, raw_input, int8)
+    metadata = build_metadata({**meta, "tta": reference.tta}, raw_input, int8)
     with tempfile.TemporaryDirectory(prefix="imagewise-export-") as tmp:
         candidate = Path(tmp) / target.name
-        model = load_run(run).model  # a copy of its own: exporters may touch the module
+        model = load_run(run).network  # a copy of its own: exporters may touch the module
         if format == "onnx":
             _write_onnx(model, reference, metadata, raw_input, int8, candidate, folder.path)
         else:

@@ -8,6 +8,7 @@ plain strings, so any ONNX consumer can read them::
     mean     [0.2851]                  std       [0.353]  interpolation  bilinear
     temperature  1.07                  model  resnet9_tiny   imagewise_version  0.1.0
     input_layout  NCHW float32 normalized | NHWC uint8      quantization  none | int8 ...
+    test_time_augmentation  none | mirror mean (in the graph)
 """
 
 from __future__ import annotations
@@ -25,7 +26,11 @@ LAYOUT_RAW = "NHWC uint8"
 INT8_QUANTIZATION = "int8 static QDQ (ONNX Runtime), per-channel weights"
 
 JSON_KEYS = ("classes", "img_size", "channels", "mean", "std", "temperature")
-TEXT_KEYS = ("interpolation", "model", "imagewise_version", "input_layout", "quantization")
+TEXT_KEYS = (
+    "interpolation", "model", "imagewise_version", "input_layout", "quantization",
+    "test_time_augmentation",
+)  # fmt: skip
+TTA_MIRROR = "mirror mean (in the graph)"  # the graph already averages each image and its mirror
 EXTRA_FILE = "imagewise.json"  # the TorchScript extra file holding the same map
 
 
@@ -46,6 +51,7 @@ def build_metadata(run_meta: Mapping[str, Any], raw_input: bool, int8: bool) -> 
         "imagewise_version": imagewise.__version__,
         "input_layout": LAYOUT_RAW if raw_input else LAYOUT_NORMALIZED,
         "quantization": INT8_QUANTIZATION if int8 else "none",
+        "test_time_augmentation": TTA_MIRROR if run_meta.get("tta") else "none",
     }
     return {
         k: json.dumps(v, ensure_ascii=False) if k in JSON_KEYS else v for k, v in values.items()

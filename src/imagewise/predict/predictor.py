@@ -168,16 +168,28 @@ class Classifier(BaseClassifier):
         temperature: float = 1.0,
         meta: dict[str, Any] | None = None,
         device: torch.device | None = None,
+        tta: bool = False,
     ) -> None:
         super().__init__(preprocessing, classes, temperature, meta)
         self.device = device or torch.device("cpu")
         self.model = model.to(self.device).eval()
+        self.tta = tta
+
+    @property
+    def network(self) -> torch.nn.Module:
+        """The model as it answers: with the mirror-image mean when the run uses TTA.
+
+        ``model`` stays the bare network, for Grad-CAM and feature extraction.
+        """
+        from imagewise.models.tta import with_tta
+
+        return with_tta(self.model, self.tta)
 
     @torch.no_grad()
     def logits(self, batch: torch.Tensor) -> torch.Tensor:
         """Raw scores of a preprocessed batch (before temperature)."""
         x = batch.to(self.device).contiguous(memory_format=torch.channels_last)
-        return self.model(x).float().cpu()
+        return self.network(x).float().cpu()
 
 
 def load(run: str | Path, device: str = "cpu") -> BaseClassifier:
@@ -237,4 +249,16 @@ def load_run(run: str | Path, device: str = "cpu") -> Classifier:
         float(meta.get("temperature", 1.0)),
         meta,
         resolve_device(device),
+        tta=_run_tta(folder, meta),
     )
+
+
+def _run_tta(folder: RunFolder, meta: dict[str, Any]) -> bool:
+    """Whether the run answers with test-time augmentation (``meta.json``, else its config)."""
+    if "tta" in meta:
+        return bool(meta["tta"])
+    if not folder.config.is_file():  # runs written before meta.json carried it
+        return False
+    from imagewise.config import load_config_file
+
+    return load_config_file(folder.config).train.tta

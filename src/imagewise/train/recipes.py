@@ -15,14 +15,16 @@ RECIPES: dict[str, dict[str, Any]] = {
     "default": {},
     # Fewest minutes to a good model on a CPU: fewer, larger batches, light augmentation.
     "fast": {
-        "epochs": 4,
+        "epochs": 7,
         "batch_size": 256,
         "augment": "light",
         "label_smoothing": 0.1,
     },
-    # The most accuracy inside a 20-minute CPU budget on 28 px data: more epochs, same network.
+    # The most accuracy inside a 20-minute CPU budget on 28 px data: the half-width ResNet-9
+    # (4x the FLOPs of resnet9_tiny), affordable since bf16 autocast halved the step time.
     "accurate": {
-        "epochs": 22,
+        "model": "resnet9_slim",
+        "epochs": 12,
         "batch_size": 128,
         "augment": "standard",
         "label_smoothing": 0.1,

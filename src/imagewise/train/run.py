@@ -108,6 +108,7 @@ def build_meta(
         },
         "preprocessing": asdict(pre),
         "temperature": 1.0,
+        "tta": config.train.tta,
         "data": {
             "source": data.source,
             "kind": data.kind,
@@ -319,9 +320,7 @@ def calibrate_run(
 
     clf = load_run(folder.path, device=str(device))
     loader = make_loader(val, clf.preprocessing, 256, workers=cfg.data.workers)
-    logits, labels = predict_loader(
-        clf.model, loader, clf.preprocessing, clf.device, tta=cfg.train.tta
-    )
+    logits, labels = predict_loader(clf.model, loader, clf.preprocessing, clf.device, tta=clf.tta)
     summary = calibrate(logits, labels)
     meta["temperature"], meta["calibration"] = summary["temperature"], summary
     folder.write_meta(meta)
