@@ -253,7 +253,7 @@ def test_resume_refuses_flags_that_change_the_run(
     line = _error_line(["train", "--resume", "--out", str(trained_run), "--lr", "0.1"], capsys)
     assert line == (
         "error: --resume continues the run as it was configured; only --epochs, --device, "
-        "--workers and --precision may change (got --lr)"
+        "--workers, --precision and --compile may change (got --lr)"
     )
 
 

@@ -50,6 +50,8 @@ FLAG_HELP = {
     "ema_decay": "keep an exponential moving average of the weights (e.g. 0.999; 0 = off)",
     "strict": "fail on a corrupt image instead of skipping it",
     "precision": "auto (bf16 on GPUs and on CPUs with native bf16), fp32, bf16 or fp16",
+    "compile": "torch.compile the model: auto (on GPUs only; slower on CPUs, see BENCHMARKS.md), "
+    "on or off; falls back to eager if compiling fails",
     "tta": "answer with the mean of each image and its mirror (evaluate, predict, export, serve)",
 }
 
@@ -272,9 +274,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         if result.best_val_accuracy == result.best_val_accuracy
         else f"no validation split: kept epoch {result.best_epoch} (lowest training loss)"
     )
-    print(
-        f"trained {result.model} for {result.epochs} epochs in {result.train_seconds:.0f}s; " + best
-    )
+    epochs = f"{result.epochs} epoch" + ("" if result.epochs == 1 else "s")
+    print(f"trained {result.model} for {epochs} in {result.train_seconds:.0f}s; " + best)
     print(f"run folder: {result.run}   next: imagewise evaluate {result.run}")
     return 0
 
@@ -394,7 +395,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
     for path in files:
         print(path)
     folder = files[0].parent if files else args.out
-    print(f"wrote {len(files)} heat maps to {folder} (index: {folder}/explain.json)")
+    noun = "heat map" if len(files) == 1 else "heat maps"
+    print(f"wrote {len(files)} {noun} to {folder} (index: {folder}/explain.json)")
     return 0
 
 

@@ -85,6 +85,7 @@ class TrainConfig:
     channels_last: bool = True
     # auto: bf16 (or fp16) on GPU, bf16 on CPUs with AVX512-BF16 or AMX, else fp32
     precision: str = "auto"  # auto | fp32 | bf16 | fp16
+    compile: str = "auto"  # auto (CUDA only: measured slower on CPU) | on | off
     tta: bool = False  # answer with the mean of each image and its mirror (all inference)
 
 

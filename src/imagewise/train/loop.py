@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from imagewise.data.transforms import BatchAugment, Preprocessing
+from imagewise.train.compile import unwrap
 from imagewise.train.device import autocast
 from imagewise.train.distributed import all_reduce_sum
 from imagewise.train.task import ClassificationTask
@@ -155,11 +156,6 @@ def evaluate_loader(
         "accuracy": float((logits.argmax(1) == labels).float().mean()),
         "images": len(labels),
     }
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The model inside a DistributedDataParallel wrapper (or the model itself)."""
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
 def _reduce(stats: dict[str, float], device: torch.device) -> dict[str, float]:

@@ -33,6 +33,7 @@ from imagewise.train.classical import (
     refuse_classical_resume,
     write_classical_run,
 )
+from imagewise.train.compile import maybe_compile
 from imagewise.train.device import resolve_device, resolve_precision
 from imagewise.train.distributed import cleanup, init_distributed
 from imagewise.train.loop import TrainState, fit
@@ -43,7 +44,7 @@ from imagewise.train.task import ClassificationTask
 log = logging.getLogger("imagewise")
 
 # What --resume may change: the plan's length and where / how it runs, not what it computes.
-RESUMABLE = {"epochs", "device", "workers", "precision"}
+RESUMABLE = {"epochs", "device", "workers", "precision", "compile"}
 
 
 @dataclass
@@ -230,7 +231,7 @@ def _resolve_config(
             names = ", ".join(f"--{k.replace('_', '-')}" for k in fixed) or "DATA/--config/--recipe"
             raise UserError(
                 f"--resume continues the run as it was configured; only --epochs, --device, "
-                f"--workers and --precision may change (got {names})"
+                f"--workers, --precision and --compile may change (got {names})"
             )
         return apply_options(cfg, given), folder
     cfg = config if config is not None else RunConfig()
@@ -466,6 +467,7 @@ def train(
 
         ids = [device] if device.type == "cuda" else None
         forward_model = DistributedDataParallel(model, device_ids=ids)
+    forward_model = maybe_compile(forward_model, t.compile, device)
     task = ClassificationTask(forward_model, t.loss, len(dataset.classes), t.label_smoothing)
     meta = build_meta(cfg, dataset, pre, model)
     meta["processes"] = world

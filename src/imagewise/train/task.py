@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from imagewise.errors import UserError
+from imagewise.train.compile import unwrap
 
 LOSSES = ("cross_entropy", "mse", "margin")
 
@@ -35,8 +36,8 @@ class ClassificationTask(nn.Module):
         self, model: nn.Module, loss: str, num_classes: int, label_smoothing: float = 0.0
     ) -> None:
         super().__init__()
-        if loss == "auto":  # look through a DistributedDataParallel wrapper
-            loss = getattr(getattr(model, "module", model), "default_loss", "cross_entropy")
+        if loss == "auto":  # look through DistributedDataParallel and compile wrappers
+            loss = getattr(unwrap(model), "default_loss", "cross_entropy")
         if loss not in LOSSES:
             raise UserError(f"unknown loss '{loss}'; choose one of auto, {', '.join(LOSSES)}")
         self.model, self.loss_name = model, loss
