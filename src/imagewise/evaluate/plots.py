@@ -100,6 +100,13 @@ def plot_reliability(calibration: dict, path: str | Path) -> Path:
     return _save(plt, fig, path)
 
 
+def matplotlib_ticker():
+    """``matplotlib.ticker``, imported only where a plot is drawn."""
+    import matplotlib.ticker
+
+    return matplotlib.ticker
+
+
 def plot_accuracy_latency(rows: list[dict], path: str | Path) -> Path:
     """Scatter of test accuracy vs latency per image (batch 1), one labelled point per run."""
     plt, fig = _figure(7, 4.5)
@@ -109,6 +116,9 @@ def plot_accuracy_latency(rows: list[dict], path: str | Path) -> Path:
         ax.scatter([x], [y], s=60)
         ax.annotate(r["name"], (x, y), textcoords="offset points", xytext=(6, 4), fontsize=9)
     ax.set_xscale("log")
+    ax.margins(x=0.15)  # room for the labels of the points at the edges
+    ax.xaxis.set_major_formatter(matplotlib_ticker().FormatStrFormatter("%g"))
+    ax.xaxis.set_minor_formatter(matplotlib_ticker().FormatStrFormatter("%g"))
     ax.set_xlabel("latency per image, batch 1, CPU (ms, log scale)")
     ax.set_ylabel("test accuracy (%)")
     ax.grid(alpha=0.3, which="both")
