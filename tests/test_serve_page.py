@@ -57,6 +57,13 @@ def test_page_shows_the_api_top_class_for_uploaded_images(
             ".every(i => !i.hidden && i.complete && i.naturalWidth > 0)",
             timeout=20_000,
         )
+        # each overlay is drawn whole inside its frame, not cropped by it
+        cams_fit = page.evaluate(
+            "Array.from(document.querySelectorAll('.result .cam')).every(i => {"
+            "const box = i.getBoundingClientRect();"
+            "const frame = i.parentElement.getBoundingClientRect();"
+            "return box.height <= frame.height + 0.5 && box.width <= frame.width + 0.5; })"
+        )
         page.uncheck("#gradcam")
         photos_back = page.evaluate(
             "Array.from(document.querySelectorAll('.result .photo')).every(i => !i.hidden)"
@@ -67,3 +74,4 @@ def test_page_shows_the_api_top_class_for_uploaded_images(
     assert all(bars == 3 for _, _, bars in shown)  # top 5 of 3 classes
     assert overflow <= 375  # no sideways scrolling on a phone
     assert photos_back
+    assert cams_fit
