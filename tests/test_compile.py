@@ -9,6 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from torch import nn
+from torch._dynamo.exc import TorchDynamoException
 
 import imagewise
 from imagewise.errors import UserError
@@ -22,6 +23,16 @@ def test_auto_compiles_on_gpus_only() -> None:
     assert wants_compile("on", CPU) and not wants_compile("off", CUDA)
     with pytest.raises(UserError, match="unknown compile setting 'fast'; choose auto, on, off"):
         wants_compile("fast", CPU)
+
+
+def test_compile_off_in_a_config_file_is_a_setting_not_a_boolean(tmp_path: Path) -> None:
+    from imagewise.config import load_config_file
+
+    path = tmp_path / "run.yaml"
+    path.write_text("train: {compile: off, precision: fp32}\n")  # YAML 1.1 reads off as false
+    assert load_config_file(path).train.compile == "off"
+    path.write_text("train: {compile: on}\n")
+    assert load_config_file(path).train.compile == "on"
     model = nn.Linear(3, 2)
     assert maybe_compile(model, "auto", CPU) is model
 
@@ -38,11 +49,45 @@ def test_compiled_model_matches_eager_and_owns_no_extra_weights() -> None:
     assert {k.removeprefix("module.") for k in wrapped.state_dict()} == set(model.state_dict())
 
 
+class CompileError(TorchDynamoException):
+    """What dynamo and inductor raise (BackendCompilerFailed, InductorError) derive from."""
+
+
 def failing_compile(fn, **kwargs):
     def compiled(*args, **kw):
-        raise RuntimeError("InductorError: no working C++ compiler found\nmore detail")
+        raise CompileError("InductorError: no working C++ compiler found\nmore detail")
 
     return compiled
+
+
+def test_errors_that_are_not_compiling_are_not_swallowed() -> None:
+    def out_of_memory(fn, **kwargs):
+        def compiled(*args, **kw):
+            raise RuntimeError("out of memory")
+
+        return compiled
+
+    wrapped = CompiledWithFallback(nn.Linear(4, 2), compiler=out_of_memory)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        wrapped(torch.randn(3, 4))
+    assert wrapped.compiled  # still on: the next call compiles again
+
+
+def test_the_backward_graph_is_compiled_during_the_forward_call() -> None:
+    """So that a backward that fails to compile fails inside the wrapper, which falls back."""
+    from torch._functorch import config
+
+    seen = []
+
+    def spy(fn, **kwargs):
+        def compiled(*args, **kw):
+            seen.append(config.force_non_lazy_backward_lowering)
+            return fn(*args, **kw)
+
+        return compiled
+
+    CompiledWithFallback(nn.Linear(4, 2), compiler=spy)(torch.randn(3, 4))
+    assert seen == [True] and config.force_non_lazy_backward_lowering is False
 
 
 def test_a_failed_compile_falls_back_to_eager(caplog: pytest.LogCaptureFixture) -> None:

@@ -232,3 +232,14 @@ def test_dropout_option_reaches_the_head(name: str) -> None:
     model = create_model(name, num_classes=3, in_chans=1, img_size=28, dropout=0.3)
     drops = [m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)]
     assert 0.3 in drops or getattr(model, "drop_rate", None) == 0.3
+
+
+def test_tta_wrapper_takes_the_model_mode() -> None:
+    """A fresh wrapper in training mode would switch BatchNorm to batch statistics."""
+    from imagewise.models.tta import MirrorMean, with_tta
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2)).eval()
+    wrapped = with_tta(model, True)
+    assert isinstance(wrapped, MirrorMean) and not wrapped.training
+    assert with_tta(model.train(), True).training
+    assert with_tta(model, False) is model

@@ -162,6 +162,8 @@ def _coerce(value: Any, kind: str, where: str) -> Any:
             return False
         raise UserError(f"{where} must be true or false, not {value!r}")
     base = kind.split("|")[0].strip()
+    if base == "str" and isinstance(value, bool):  # YAML 1.1 reads on/off as booleans
+        return "on" if value else "off"
     convert = {"int": int, "float": float, "str": str}.get(base)
     if convert is None:
         return value

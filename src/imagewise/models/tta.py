@@ -24,4 +24,6 @@ class MirrorMean(nn.Module):
 
 def with_tta(model: nn.Module, tta: bool) -> nn.Module:
     """``model`` as it answers at inference: wrapped in ``MirrorMean`` when ``tta`` is on."""
-    return MirrorMean(model) if tta else model
+    # in the model's own mode: a fresh wrapper would start in training mode, and whoever
+    # saves and restores the wrapper's mode (FLOP counting does) would put the model in it
+    return MirrorMean(model).train(model.training) if tta else model

@@ -11,12 +11,14 @@ lower) shows up there; the wrapper then logs one warning and runs eager from tha
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
+from torch._dynamo.exc import TorchDynamoException
 
 from imagewise.errors import UserError
 
@@ -54,12 +56,28 @@ class CompiledWithFallback(nn.Module):
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         if self._compiled is not None:
             try:
-                return self._compiled(*args, **kwargs)
-            except Exception as exc:  # inductor and dynamo raise many unrelated types
+                with _backward_compiled_with_forward():
+                    return self._compiled(*args, **kwargs)
+            except TorchDynamoException as exc:  # inductor's errors too; not OOM or model bugs
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 log.warning("torch.compile failed (%s); training on without it", first[:200])
                 self._compiled = None
         return self.module(*args, **kwargs)
+
+
+def _backward_compiled_with_forward() -> contextlib.AbstractContextManager[Any]:
+    """Compile the backward graph during the forward call, where a failure is caught.
+
+    By default AOTAutograd lowers the backward lazily, at the first ``loss.backward()``, outside
+    the wrapper's reach; this (private, hence looked up with care) switch makes it eager.
+    """
+    try:
+        from torch._functorch import config
+    except ImportError:
+        return contextlib.nullcontext()
+    if not hasattr(config, "force_non_lazy_backward_lowering"):
+        return contextlib.nullcontext()
+    return config.patch(force_non_lazy_backward_lowering=True)
 
 
 def unwrap(model: nn.Module) -> nn.Module:

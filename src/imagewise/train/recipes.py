@@ -21,11 +21,10 @@ RECIPES: dict[str, dict[str, Any]] = {
         "augment": "light",
         "label_smoothing": 0.1,
     },
-    # The most accuracy inside a 20-minute CPU budget on 28 px data: the default network for
-    # 24 epochs, answering with the mirror-image mean (94.21% test in 19 min, BENCHMARKS.md;
-    # resnet9_slim, 4x the FLOPs, fits only 6-7 epochs in that budget on 2 cores).
+    # The most accuracy inside a 20-minute CPU budget on 28 px data: the default network
+    # (resnet9_tiny there) for 24 epochs, answering with the mirror-image mean (94.21% test in
+    # 19 min, BENCHMARKS.md; resnet9_slim, 4x the FLOPs, fits only 6-7 epochs in that budget).
     "accurate": {
-        "model": "resnet9_tiny",
         "epochs": 24,
         "batch_size": 128,
         "augment": "standard",

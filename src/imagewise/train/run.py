@@ -33,7 +33,7 @@ from imagewise.train.classical import (
     refuse_classical_resume,
     write_classical_run,
 )
-from imagewise.train.compile import maybe_compile
+from imagewise.train.compile import CompiledWithFallback, wants_compile
 from imagewise.train.device import resolve_device, resolve_precision
 from imagewise.train.distributed import cleanup, init_distributed
 from imagewise.train.loop import TrainState, fit
@@ -418,6 +418,7 @@ def train(
         show_progress = False
         log.setLevel(logging.WARNING)
     amp_dtype = resolve_precision(t.precision, device)
+    compile_model = wants_compile(t.compile, device)  # checked before any data is read
     seed_everything(t.seed)
 
     raw = resolve_source(
@@ -467,7 +468,8 @@ def train(
 
         ids = [device] if device.type == "cuda" else None
         forward_model = DistributedDataParallel(model, device_ids=ids)
-    forward_model = maybe_compile(forward_model, t.compile, device)
+    if compile_model:
+        forward_model = CompiledWithFallback(forward_model)
     task = ClassificationTask(forward_model, t.loss, len(dataset.classes), t.label_smoothing)
     meta = build_meta(cfg, dataset, pre, model)
     meta["processes"] = world
