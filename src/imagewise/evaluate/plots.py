@@ -100,16 +100,11 @@ def plot_reliability(calibration: dict, path: str | Path) -> Path:
     return _save(plt, fig, path)
 
 
-def matplotlib_ticker():
-    """``matplotlib.ticker``, imported only where a plot is drawn."""
-    import matplotlib.ticker
-
-    return matplotlib.ticker
-
-
 def plot_accuracy_latency(rows: list[dict], path: str | Path) -> Path:
     """Scatter of test accuracy vs latency per image (batch 1), one labelled point per run."""
     plt, fig = _figure(7, 4.5)
+    from matplotlib.ticker import FormatStrFormatter
+
     ax = fig.add_subplot(1, 1, 1)
     for r in rows:
         x, y = r["latency_ms_batch1"], 100 * r["accuracy"]
@@ -117,8 +112,8 @@ def plot_accuracy_latency(rows: list[dict], path: str | Path) -> Path:
         ax.annotate(r["name"], (x, y), textcoords="offset points", xytext=(6, 4), fontsize=9)
     ax.set_xscale("log")
     ax.margins(x=0.15)  # room for the labels of the points at the edges
-    ax.xaxis.set_major_formatter(matplotlib_ticker().FormatStrFormatter("%g"))
-    ax.xaxis.set_minor_formatter(matplotlib_ticker().FormatStrFormatter("%g"))
+    ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+    ax.xaxis.set_minor_formatter(FormatStrFormatter("%g"))
     ax.set_xlabel("latency per image, batch 1, CPU (ms, log scale)")
     ax.set_ylabel("test accuracy (%)")
     ax.grid(alpha=0.3, which="both")

@@ -172,18 +172,13 @@ class Classifier(BaseClassifier):
     ) -> None:
         super().__init__(preprocessing, classes, temperature, meta)
         self.device = device or torch.device("cpu")
+        from imagewise.models.tta import with_tta  # not at import: ONNX-only use needs no timm
+
         self.model = model.to(self.device).eval()
         self.tta = tta
-
-    @property
-    def network(self) -> torch.nn.Module:
-        """The model as it answers: with the mirror-image mean when the run uses TTA.
-
-        ``model`` stays the bare network, for Grad-CAM and feature extraction.
-        """
-        from imagewise.models.tta import with_tta
-
-        return with_tta(self.model, self.tta)
+        # The model as it answers (with the mirror-image mean when the run uses TTA), built once
+        # rather than per batch; ``model`` stays the bare network, for Grad-CAM and features.
+        self.network = with_tta(self.model, tta)
 
     @torch.no_grad()
     def logits(self, batch: torch.Tensor) -> torch.Tensor:

@@ -85,8 +85,3 @@ def unwrap(model: nn.Module) -> nn.Module:
     while isinstance(model, nn.parallel.DistributedDataParallel | CompiledWithFallback):
         model = model.module
     return model
-
-
-def maybe_compile(model: nn.Module, mode: str, device: torch.device) -> nn.Module:
-    """``model`` wrapped in ``CompiledWithFallback`` when ``mode`` asks for it on ``device``."""
-    return CompiledWithFallback(model) if wants_compile(mode, device) else model

@@ -119,16 +119,16 @@ def predict_loader(
     tta: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits (float32, CPU) and labels for every batch of ``loader``; TTA adds a mirror pass."""
-    model.eval()
+    from imagewise.models.tta import with_tta  # imagewise.models registers every family
+
+    network = with_tta(model.eval(), tta)
     all_logits, all_labels = [], []
     for images, labels in loader:
         if images.shape[0] == 0:
             continue
         x = _to_device(pre.normalize(images.to(device)), device, channels_last)
         with autocast(device, amp_dtype):
-            logits = model(x).float()
-            if tta:
-                logits = (logits + model(torch.flip(x, dims=[3])).float()) / 2
+            logits = network(x).float()
         all_logits.append(logits.cpu())
         all_labels.append(labels.cpu())
     if not all_logits:
