@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from torch import nn
 
 from imagewise.config import RunConfig, apply_options, load_config_file, save_config
 from imagewise.errors import UserError
@@ -102,3 +103,43 @@ def test_auto_precision_follows_the_hardware(monkeypatch: pytest.MonkeyPatch) ->
     assert dev.resolve_precision("fp32", cpu) is None
     with pytest.raises(UserError, match="unknown precision 'half'"):
         dev.resolve_precision("half", cpu)
+
+
+def test_auto_precision_on_a_cpu_keeps_bf16_only_when_measured_faster(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from imagewise.data.transforms import Preprocessing
+    from imagewise.train import run
+
+    pre = Preprocessing(img_size=28, channels=1, mean=[0.5], std=[0.5])
+    model = nn.Conv2d(1, 2, 3)
+    monkeypatch.setattr(run, "measure_bf16_speedup", lambda *a: 1.3)
+    assert run._measured_cpu_precision(model, pre, 64, True) is torch.bfloat16
+    monkeypatch.setattr(run, "measure_bf16_speedup", lambda *a: 1 / 1.3)  # slower
+    assert run._measured_cpu_precision(model, pre, 64, True) is None
+    monkeypatch.setattr(run, "measure_bf16_speedup", lambda *a: 1.02)  # within the noise
+    assert run._measured_cpu_precision(model, pre, 64, True) is None
+
+
+def test_the_bf16_probe_leaves_the_model_and_the_random_state_alone() -> None:
+    from imagewise.models import create_model
+    from imagewise.train.device import measure_bf16_speedup
+
+    model = create_model("resnet9_tiny", 10, 1, 28).to(memory_format=torch.channels_last)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.get_rng_state()
+    speedup = measure_bf16_speedup(model, 8, 1, 28, channels_last=True)
+    assert 0.05 < speedup < 20
+    assert torch.equal(torch.get_rng_state(), rng)
+    for key, value in model.state_dict().items():  # batch-norm statistics included
+        assert torch.equal(value, before[key]), key
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_glibc_keeps_freed_memory_for_reuse() -> None:
+    import platform
+
+    from imagewise.train.device import keep_freed_memory
+
+    expected = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+    assert keep_freed_memory() is expected

@@ -243,3 +243,23 @@ def test_tta_wrapper_takes_the_model_mode() -> None:
     assert isinstance(wrapped, MirrorMean) and not wrapped.training
     assert with_tta(model.train(), True).training
     assert with_tta(model, False) is model
+
+
+def test_tutorial_cnn_pools_before_relu_with_the_same_values_and_gradients() -> None:
+    model = create_model("tutorial_cnn", 10, 1, 28).eval()
+    f = model.features
+    # The tutorial's order, sharing the same layers: conv -> ReLU -> pool.
+    tutorial = nn.Sequential(
+        f.conv1, nn.ReLU(), nn.MaxPool2d(2), f.conv2, nn.ReLU(), nn.MaxPool2d(2), f.conv3, f.act3,
+        model.pre_logits, model.head_drop, model.fc,
+    )  # fmt: skip
+    assert [type(m) for m in f][:6] == [nn.Conv2d, nn.MaxPool2d, nn.ReLU] * 2
+    x = torch.randn(8, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    grads = []
+    for net in (model, tutorial):
+        model.zero_grad()
+        out = net(x)
+        out.square().sum().backward()
+        grads.append((out.detach(), f.conv1.weight.grad.clone(), f.conv2.weight.grad.clone()))
+    for ours, theirs in zip(*grads, strict=True):
+        torch.testing.assert_close(ours, theirs)

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import copy
+import ctypes
+import platform
+import statistics
+import time
 from collections.abc import Iterator
 
 import torch
+from torch import nn
 
 from imagewise.errors import UserError
 
@@ -31,7 +37,9 @@ def cpu_has_native_bf16() -> bool:
     """True when the CPU multiplies bfloat16 in hardware (AVX512-BF16 or AMX).
 
     Without it oneDNN emulates bf16 and autocast is slower than float32, so ``auto`` keeps
-    float32 there. Measured in BENCHMARKS.md: 2.6-2.9x faster training steps on a Zen 4 CPU.
+    float32 there without measuring. With it, bf16 is still not always faster (2.6-2.9x faster
+    steps on a Zen 4, 1.3x slower on an Intel Xeon without AMX, BENCHMARKS.md), so ``auto``
+    measures: ``measure_bf16_speedup``.
     """
     probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
@@ -40,8 +48,9 @@ def cpu_has_native_bf16() -> bool:
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype, or None for float32.
 
-    ``auto``: bf16 on GPUs that have it (else fp16), bf16 on CPUs with native bf16 arithmetic,
-    float32 on other CPUs.
+    ``auto``: bf16 on GPUs that have it (else fp16), bf16 on CPUs with native bf16 arithmetic
+    (a candidate: training keeps it only if ``measure_bf16_speedup`` finds it faster), float32
+    on other CPUs.
     """
     if precision == "auto":
         if device.type == "cuda":
@@ -63,3 +72,61 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> Iterator[None]:
     else:
         with torch.autocast(device_type=device.type, dtype=dtype):
             yield
+
+
+# glibc malloc options (malloc.h); mallopt returns 1 on success.
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
+
+
+def keep_freed_memory() -> bool:
+    """Let glibc keep freed activation buffers for reuse instead of returning them to the OS.
+
+    PyTorch's CPU allocator is plain malloc. By default glibc serves each multi-megabyte
+    activation from a fresh ``mmap`` (or trims the heap after freeing it), so every training
+    step page-faults its activations in again: measured 12.8 -> 9.4 ms per step of the
+    tutorial CNN (BENCHMARKS.md), the same gain as preloading tcmalloc, without a system library.
+    Raising the mmap and trim thresholds keeps at most the peak working set resident. Returns
+    False (and changes nothing) off glibc.
+    """
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    libc = ctypes.CDLL(None)
+    settings = ((_M_MMAP_THRESHOLD, 32 << 20), (_M_TRIM_THRESHOLD, 1 << 30), (_M_TOP_PAD, 64 << 20))
+    return all(libc.mallopt(option, value) == 1 for option, value in settings)
+
+
+def measure_bf16_speedup(
+    model: nn.Module, batch_size: int, channels: int, img_size: int, channels_last: bool
+) -> float:
+    """Time forward + backward of a copy of ``model`` on one random CPU batch, float32 against
+    bf16 autocast, interleaved; return float32 seconds / bf16 seconds (above 1: bf16 faster).
+
+    The copy keeps the model's weights, batch-norm statistics and the global random state
+    untouched. About a second for small models; long steps are timed fewer times.
+    """
+    probe = copy.deepcopy(model).train()
+    cpu = torch.device("cpu")
+    with torch.random.fork_rng(devices=[]):
+        x = torch.randn(batch_size, channels, img_size, img_size)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+
+        def step(dtype: torch.dtype | None) -> float:
+            start = time.perf_counter()
+            with autocast(cpu, dtype):
+                out = probe(x)
+            (out[0] if isinstance(out, tuple) else out).float().mean().backward()
+            probe.zero_grad(set_to_none=True)
+            return time.perf_counter() - start
+
+        dtypes = (None, torch.bfloat16)
+        for dtype in dtypes:  # first calls build oneDNN primitives
+            step(dtype)
+        first = step(None)
+        repeats = max(1, min(10, int(0.15 / max(first, 1e-6))))
+        rounds = 3 if first < 1.0 else 1
+        seconds: dict[torch.dtype | None, list[float]] = {d: [] for d in dtypes}
+        for _ in range(rounds):
+            for dtype in dtypes:
+                seconds[dtype].append(sum(step(dtype) for _ in range(repeats)) / repeats)
+    return statistics.median(seconds[None]) / statistics.median(seconds[torch.bfloat16])
