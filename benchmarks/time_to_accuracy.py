@@ -37,10 +37,10 @@ class TestAccuracy:
 
         extra = state.extra  # filled by imagewise.train: model, ema, preprocessing, config
         net = extra["ema"].module if extra["ema"] is not None else extra["model"]
-        pre, cfg = extra["preprocessing"], extra["config"]
+        pre = extra["preprocessing"]
         # measured as `imagewise evaluate` would: same batches, precision and TTA
         loader = zip(self.images.split(1000), self.labels.split(1000), strict=True)
-        logits, labels = predict_loader(net, loader, pre, torch.device("cpu"), tta=cfg.train.tta)
+        logits, labels = predict_loader(net, loader, pre, torch.device("cpu"), tta=extra["tta"])
         correct = int((logits.argmax(1) == labels).sum())
         net.train()
         self.points.append((state.train_seconds, correct / len(self.labels)))

@@ -24,9 +24,12 @@ def test_two_processes_match_one(tmp_path: Path) -> None:
     )  # fmt: skip
     assert ddp.returncode == 0, ddp.stderr[-2000:]
     assert ddp.stdout.count("trained tutorial_cnn for 3 epochs") == 1  # rank 0 speaks alone
+    # --precision auto may time bf16 against float32 (on CPUs with bf16): the ranks take rank
+    # 0's answer, and the single process is told the same precision so the runs compare.
+    precision = json.loads((two / "meta.json").read_text())["precision"]
     single = subprocess.run(
         [sys.executable, "-m", "imagewise", "train", *ARGS, "--batch-size", "64",
-         "--out", str(one)],
+         "--precision", precision, "--out", str(one)],
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert single.returncode == 0, single.stderr[-2000:]

@@ -3,6 +3,7 @@ INT8, raw-uint8 input, OpenCV as a second ONNX runtime, and prediction from expo
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 from pathlib import Path
@@ -292,7 +293,8 @@ def test_tta_run_answers_with_the_mirror_mean_everywhere(trained_run: Path, tmp_
     meta = json.loads((run / "meta.json").read_text())
     (run / "meta.json").write_text(json.dumps({**meta, "tta": True}))
     clf, plain = imagewise.load(run), imagewise.load(trained_run)
-    assert isinstance(clf, Classifier) and clf.tta is True and plain.tta is False
+    assert isinstance(clf, Classifier) and plain.tta == {}
+    assert clf.tta == {"mirror": True, "shift": 0}  # `true`, as runs wrote it before views
     batch = torch.randn(6, 3, 32, 32)
     with torch.no_grad():
         mean = (plain.model(batch) + plain.model(batch.flip(3))) / 2
@@ -314,7 +316,36 @@ def test_tta_run_answers_with_the_mirror_mean_everywhere(trained_run: Path, tmp_
     config = yaml.safe_load((run / "config.yaml").read_text())
     config["train"]["tta"] = True
     (run / "config.yaml").write_text(yaml.safe_dump(config))
-    assert imagewise.load(run).tta is True
+    assert imagewise.load(run).tta == {"mirror": True, "shift": 0}
+
+
+def test_shift_and_mirror_views_agree_in_pytorch_and_onnx(
+    trained_run: Path, tmp_path: Path
+) -> None:
+    """The 10-view mean (mirror x 1 px shifts) is the same arithmetic in predict and ONNX."""
+    run = copy_run(trained_run, tmp_path / "run")
+    meta = json.loads((run / "meta.json").read_text())
+    (run / "meta.json").write_text(json.dumps({**meta, "tta": {"mirror": True, "shift": 1}}))
+    clf, plain = imagewise.load(run), imagewise.load(trained_run)
+    batch = torch.randn(4, 3, 32, 32)
+    pad = functools.partial(torch.nn.functional.pad, mode="replicate")
+    views = []
+    for image in (batch, batch.flip(3)):
+        views += [
+            image,
+            pad(image, (1, 0, 0, 0))[..., :, :32],
+            pad(image, (0, 1, 0, 0))[..., :, 1:],
+            pad(image, (0, 0, 1, 0))[..., :32, :],
+            pad(image, (0, 0, 0, 1))[..., 1:, :],
+        ]
+    with torch.no_grad():
+        mean = torch.stack([plain.model(v) for v in views]).mean(0)
+    assert torch.allclose(clf.logits(batch), mean, atol=1e-5)
+    onnx_file = imagewise.export(run).path
+    props = {p.key: p.value for p in onnx.load(str(onnx_file)).metadata_props}
+    assert props["test_time_augmentation"] == "mean of 10 views: mirror, 1 px shifts (in the graph)"
+    expected = torch.softmax(mean / clf.temperature, dim=1)
+    assert torch.allclose(imagewise.load(onnx_file).probabilities(batch), expected, atol=1e-5)
 
 
 @pytest.fixture(scope="module")

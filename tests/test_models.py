@@ -40,8 +40,8 @@ def small_model(name: str) -> nn.Module:
 def test_registry_lists_all_models() -> None:
     expected = {
         "lenet5", "tutorial_cnn", "alexnet", "vgg11", "vgg16", "resnet9", "resnet9_slim",
-        "resnet9_tiny", "capsnet", "resnet18", "resnet34", "resnet50", "densenet121", "mobilenetv3",
-        "efficientnet_b0", "vit_tiny", "hog_svm",
+        "resnet9_tiny", "resnet9p_slim", "resnet9p_tiny", "capsnet", "resnet18", "resnet34",
+        "resnet50", "densenet121", "mobilenetv3", "efficientnet_b0", "vit_tiny", "hog_svm",
     }  # fmt: skip
     assert set(list_models()) == expected
     assert list_models() == sorted(list_models())
@@ -236,13 +236,57 @@ def test_dropout_option_reaches_the_head(name: str) -> None:
 
 def test_tta_wrapper_takes_the_model_mode() -> None:
     """A fresh wrapper in training mode would switch BatchNorm to batch statistics."""
-    from imagewise.models.tta import MirrorMean, with_tta
+    from imagewise.models.tta import ViewMean, with_tta
 
     model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2)).eval()
     wrapped = with_tta(model, True)
-    assert isinstance(wrapped, MirrorMean) and not wrapped.training
-    assert with_tta(model.train(), True).training
-    assert with_tta(model, False) is model
+    assert isinstance(wrapped, ViewMean) and not wrapped.training
+    assert with_tta(model.train(), {"mirror": False, "shift": 1}).training
+    assert with_tta(model, False) is model and with_tta(model, {}) is model
+
+
+def test_tta_views_follow_the_training_augmentation() -> None:
+    from imagewise.models.tta import describe, tta_views, view_count, views_for_training
+
+    assert views_for_training(True, 0.1, 28) == {"mirror": True, "shift": 1}
+    assert views_for_training(False, 0.08, 28) == {"mirror": False, "shift": 1}  # `light`
+    assert views_for_training(True, 0.0, 28) == {"mirror": True, "shift": 0}
+    assert views_for_training(False, 0.0, 28) == {}  # nothing learned: no TTA
+    assert views_for_training(True, 0.1, 224) == {"mirror": True, "shift": 7}
+    assert views_for_training(False, 0.01, 224) == {"mirror": False, "shift": 2}  # within 2.24 px
+    assert tta_views(True) == {"mirror": True, "shift": 0}  # meta.json before views
+    assert view_count({"mirror": True, "shift": 1}) == 10 and view_count({}) == 1
+    assert describe({"mirror": True, "shift": 1}) == (
+        "mean of 10 views: mirror, 1 px shifts (in the graph)"
+    )
+    with pytest.raises(UserError, match="unreadable test-time augmentation entry"):
+        tta_views({"rotate": 5})
+
+
+def test_shift_views_move_the_image_and_repeat_the_border() -> None:
+    from imagewise.models.tta import ViewMean
+
+    seen: list[torch.Tensor] = []
+
+    class Record(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            seen.append(x.clone())
+            return x.flatten(1)
+
+    x = torch.arange(16.0).reshape(1, 1, 4, 4)
+    out = ViewMean(Record(), mirror=False, shift=1)(x)
+    replicate = functools.partial(torch.nn.functional.pad, mode="replicate")
+    expected = [
+        x,
+        replicate(x, (1, 0, 0, 0))[..., :, :4],  # right
+        replicate(x, (0, 1, 0, 0))[..., :, 1:],  # left
+        replicate(x, (0, 0, 1, 0))[..., :4, :],  # down
+        replicate(x, (0, 0, 0, 1))[..., 1:, :],  # up
+    ]
+    assert len(seen) == 5
+    for got, want in zip(seen, expected, strict=True):
+        assert torch.equal(got, want)
+    assert torch.allclose(out, torch.stack(expected).mean(0).flatten(1))
 
 
 def test_tutorial_cnn_pools_before_relu_with_the_same_values_and_gradients() -> None:
@@ -263,3 +307,17 @@ def test_tutorial_cnn_pools_before_relu_with_the_same_values_and_gradients() -> 
         grads.append((out.detach(), f.conv1.weight.grad.clone(), f.conv2.weight.grad.clone()))
     for ours, theirs in zip(*grads, strict=True):
         torch.testing.assert_close(ours, theirs)
+
+
+def test_pool_first_resnet9_normalizes_the_pooled_map() -> None:
+    sizes: dict[str, int] = {}
+    for name in ("resnet9_tiny", "resnet9p_tiny"):
+        model = create_model(name, 10, 1, 28).eval()
+        bn = next(m for m in model.layer1.modules() if isinstance(m, nn.BatchNorm2d))
+        bn.register_forward_hook(lambda m, i, o, name=name: sizes.__setitem__(name, i[0].shape[-1]))
+        assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    # resnet9_tiny normalizes layer1's 28 px map then pools; resnet9p_tiny pools first
+    assert sizes == {"resnet9_tiny": 28, "resnet9p_tiny": 14}
+    assert count_parameters(create_model("resnet9p_tiny", 10, 1, 28)) == count_parameters(
+        create_model("resnet9_tiny", 10, 1, 28)
+    )

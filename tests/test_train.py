@@ -164,3 +164,17 @@ def test_data_folder_is_stored_as_an_absolute_path(
     monkeypatch.chdir(tmp_path)
     assert imagewise.evaluate(result.run).metrics["images"] > 0  # works from elsewhere
     assert imagewise.load(result.run).predict(str(next(folder_data.rglob("*.png"))))[0].label
+
+
+def test_tta_views_are_those_the_augmentation_taught(
+    folder_data: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    opts = {**FAST, "epochs": 1, "tta": True}
+    imagewise.train(str(folder_data), tmp_path / "light", **{**opts, "augment": "light"})
+    meta = RunFolder.of(tmp_path / "light").read_meta()
+    assert meta["tta"] == {"mirror": False, "shift": 1}  # translation, no flips
+    assert imagewise.load(tmp_path / "light").tta == {"mirror": False, "shift": 1}
+    with caplog.at_level("WARNING", logger="imagewise"):
+        imagewise.train(str(folder_data), tmp_path / "none", **opts)  # augment none
+    assert RunFolder.of(tmp_path / "none").read_meta()["tta"] == {}
+    assert "neither flips nor shifts" in caplog.text

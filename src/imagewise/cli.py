@@ -49,10 +49,12 @@ FLAG_HELP = {
     "device": "cpu, cuda, cuda:N or auto (default)",
     "ema_decay": "keep an exponential moving average of the weights (e.g. 0.999; 0 = off)",
     "strict": "fail on a corrupt image instead of skipping it",
-    "precision": "auto (bf16 on GPUs and on CPUs with native bf16), fp32, bf16 or fp16",
+    "precision": "auto (bf16 on GPUs; on CPUs with native bf16, bf16 if a timed step is "
+    "faster), fp32, bf16 or fp16",
     "compile": "torch.compile the model: auto (on GPUs only; slower on CPUs, see BENCHMARKS.md), "
     "on or off; falls back to eager if compiling fails",
-    "tta": "answer with the mean of each image and its mirror (evaluate, predict, export, serve)",
+    "tta": "answer with the mean over the views training taught (mirror if --augment flips, "
+    "small shifts if it translates) in evaluate, predict, export and serve",
 }
 
 

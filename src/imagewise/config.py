@@ -86,7 +86,7 @@ class TrainConfig:
     # auto: bf16 (or fp16) on GPU, bf16 on CPUs with AVX512-BF16 or AMX, else fp32
     precision: str = "auto"  # auto | fp32 | bf16 | fp16
     compile: str = "auto"  # auto (CUDA only: measured slower on CPU) | on | off
-    tta: bool = False  # answer with the mean of each image and its mirror (all inference)
+    tta: bool = False  # answer with the mean over mirror / shifted views (all inference)
 
 
 @dataclass

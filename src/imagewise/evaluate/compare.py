@@ -108,7 +108,7 @@ def compare_runs(
             "macro_f1": metrics["macro"]["f1"],
             "ece": metrics["calibration"]["ece_after"],
             "params": sum(p.numel() for p in clf.model.parameters()),
-            # FLOPs and latency of the network as it answers (twice the model's with --tta)
+            # FLOPs and latency of the network as it answers (a multiple of the model's with --tta)
             "flops": count_flops(clf.network, pre.channels, pre.img_size),
             "train_seconds": meta.get("training", {}).get("train_seconds"),
         }

@@ -8,7 +8,7 @@ plain strings, so any ONNX consumer can read them::
     mean     [0.2851]                  std       [0.353]  interpolation  bilinear
     temperature  1.07                  model  resnet9_tiny   imagewise_version  0.1.0
     input_layout  NCHW float32 normalized | NHWC uint8      quantization  none | int8 ...
-    test_time_augmentation  none | mirror mean (in the graph)
+    test_time_augmentation  none | mirror mean (in the graph) | mean of 10 views: mirror, ...
 """
 
 from __future__ import annotations
@@ -30,13 +30,13 @@ TEXT_KEYS = (
     "interpolation", "model", "imagewise_version", "input_layout", "quantization",
     "test_time_augmentation",
 )  # fmt: skip
-TTA_MIRROR = "mirror mean (in the graph)"  # the graph already averages each image and its mirror
 EXTRA_FILE = "imagewise.json"  # the TorchScript extra file holding the same map
 
 
 def build_metadata(run_meta: Mapping[str, Any], raw_input: bool, int8: bool) -> dict[str, str]:
     """The string map written into an exported model, from the run's ``meta.json``."""
     import imagewise
+    from imagewise.models.tta import describe, tta_views  # the graph already averages the views
 
     pre = run_meta["preprocessing"]
     values: dict[str, Any] = {
@@ -51,7 +51,7 @@ def build_metadata(run_meta: Mapping[str, Any], raw_input: bool, int8: bool) -> 
         "imagewise_version": imagewise.__version__,
         "input_layout": LAYOUT_RAW if raw_input else LAYOUT_NORMALIZED,
         "quantization": INT8_QUANTIZATION if int8 else "none",
-        "test_time_augmentation": TTA_MIRROR if run_meta.get("tta") else "none",
+        "test_time_augmentation": describe(tta_views(run_meta.get("tta"))),
     }
     return {
         k: json.dumps(v, ensure_ascii=False) if k in JSON_KEYS else v for k, v in values.items()

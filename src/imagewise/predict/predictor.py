@@ -168,17 +168,19 @@ class Classifier(BaseClassifier):
         temperature: float = 1.0,
         meta: dict[str, Any] | None = None,
         device: torch.device | None = None,
-        tta: bool = False,
+        tta: object = None,
     ) -> None:
         super().__init__(preprocessing, classes, temperature, meta)
         self.device = device or torch.device("cpu")
-        from imagewise.models.tta import with_tta  # not at import: ONNX-only use needs no timm
+        # not at import: ONNX-only use needs no timm
+        from imagewise.models.tta import tta_views, with_tta
 
         self.model = model.to(self.device).eval()
-        self.tta = tta
-        # The model as it answers (with the mirror-image mean when the run uses TTA), built once
-        # rather than per batch; ``model`` stays the bare network, for Grad-CAM and features.
-        self.network = with_tta(self.model, tta)
+        self.tta = tta_views(tta)  # {"mirror": bool, "shift": px}, or {} without TTA
+        # The model as it answers (the mean over its test-time views when the run has them),
+        # built once rather than per batch; ``model`` stays the bare network, for Grad-CAM
+        # and features.
+        self.network = with_tta(self.model, self.tta)
 
     @torch.no_grad()
     def logits(self, batch: torch.Tensor) -> torch.Tensor:
@@ -248,12 +250,12 @@ def load_run(run: str | Path, device: str = "cpu") -> Classifier:
     )
 
 
-def _run_tta(folder: RunFolder, meta: dict[str, Any]) -> bool:
-    """Whether the run answers with test-time augmentation (``meta.json``, else its config)."""
+def _run_tta(folder: RunFolder, meta: dict[str, Any]) -> object:
+    """The run's test-time augmentation entry (``meta.json``, else its config's ``tta``)."""
     if "tta" in meta:
-        return bool(meta["tta"])
+        return meta["tta"]
     if not folder.config.is_file():  # runs written before meta.json carried it
         return False
     from imagewise.config import load_config_file
 
-    return load_config_file(folder.config).train.tta
+    return load_config_file(folder.config).train.tta  # then, true meant the mirror alone

@@ -116,9 +116,10 @@ def predict_loader(
     device: torch.device,
     amp_dtype: torch.dtype | None = None,
     channels_last: bool = True,
-    tta: bool = False,
+    tta: object = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits (float32, CPU) and labels for every batch of ``loader``; TTA adds a mirror pass."""
+    """Logits (float32, CPU) and labels for every batch of ``loader``; ``tta`` (a run's views,
+    see ``imagewise.models.tta``) averages the logits over them."""
     from imagewise.models.tta import with_tta  # imagewise.models registers every family
 
     network = with_tta(model.eval(), tta)

@@ -11,21 +11,21 @@ from typing import Any
 from imagewise.errors import UserError
 
 RECIPES: dict[str, dict[str, Any]] = {
-    # The defaults as they are: resnet9_tiny on small images, 10 epochs, AdamW one-cycle.
+    # The defaults as they are: resnet9p_tiny on small images, 10 epochs, AdamW one-cycle.
     "default": {},
-    # Fewest minutes to 93% on a CPU: 7 epochs of larger batches, light augmentation (93.26%
-    # test in 5 min on 2 cores, BENCHMARKS.md).
+    # Fewest minutes to 93% on a CPU: 6 epochs of larger batches, light augmentation (93.21%
+    # test in 165 s on 2 cores, BENCHMARKS.md).
     "fast": {
-        "epochs": 7,
+        "epochs": 6,
         "batch_size": 256,
         "augment": "light",
         "label_smoothing": 0.1,
     },
     # The most accuracy inside a 20-minute CPU budget on 28 px data: the default network
-    # (resnet9_tiny there) for 24 epochs, answering with the mirror-image mean (94.21% test in
-    # 19 min, BENCHMARKS.md; resnet9_slim, 4x the FLOPs, fits only 6-7 epochs in that budget).
+    # (resnet9p_tiny there) for 38 epochs, answering with the mean over mirror and 1 px shifted
+    # views (10 per image; BENCHMARKS.md).
     "accurate": {
-        "epochs": 24,
+        "epochs": 38,
         "batch_size": 128,
         "augment": "standard",
         "label_smoothing": 0.1,

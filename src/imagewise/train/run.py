@@ -69,10 +69,10 @@ class TrainResult:
 def choose_model(num_images: int, img_size: int) -> str:
     """``--model auto``: a fast residual CNN for small images, ResNet-18 for photos.
 
-    On 2 CPU cores resnet9_tiny trains Fashion-MNIST at about 50 s an epoch (BENCHMARKS.md).
+    On 2 CPU cores resnet9p_tiny trains Fashion-MNIST at about 29 s an epoch (BENCHMARKS.md).
     """
     if img_size <= 64:
-        return "resnet9_tiny" if num_images < 200_000 else "resnet9_slim"
+        return "resnet9p_tiny" if num_images < 200_000 else "resnet9p_slim"
     return "resnet18"
 
 
@@ -114,7 +114,7 @@ def build_meta(
         },
         "preprocessing": asdict(pre),
         "temperature": 1.0,
-        "tta": config.train.tta,
+        "tta": tta_views_of(config, pre.img_size),
         "data": {
             "source": data.source,
             "kind": data.kind,
@@ -126,6 +126,18 @@ def build_meta(
         "versions": _versions(),
         "training": {},
     }
+
+
+def tta_views_of(config: RunConfig, img_size: int) -> dict[str, Any]:
+    """The test-time views a run answers with: ``{}`` without ``tta``, else those its
+    augmentation trained it for (``imagewise.models.tta.views_for_training``)."""
+    from imagewise.data.transforms import resolve_augment
+    from imagewise.models.tta import views_for_training
+
+    if not config.train.tta:
+        return {}
+    parts = resolve_augment(config.data.augment)
+    return views_for_training(bool(parts["hflip"]), float(parts["translate"]), img_size)
 
 
 def _model_kwargs(config: RunConfig) -> dict[str, Any]:
@@ -486,7 +498,14 @@ def train(
         "augment": augment, "config": cfg,
     }  # fmt: skip
     state = TrainState(epochs=t.epochs)
-    state.extra.update(model=model, ema=ema, preprocessing=pre, config=cfg)
+    tta = tta_views_of(cfg, pre.img_size)
+    if t.tta and not tta:
+        log.warning(
+            "--tta: the augmentation (%s) has neither flips nor shifts, so there is no view the "
+            "model learned to treat alike; it answers without test-time augmentation",
+            cfg.data.augment.preset,
+        )
+    state.extra.update(model=model, ema=ema, preprocessing=pre, config=cfg, tta=tta)
     if resume:
         _restore(load_checkpoint(folder.last), objects, state)
         log.info("resuming %s at epoch %d of %d", folder.path, state.epoch, state.epochs)
