@@ -2,7 +2,8 @@
 
 One step = forward, backward and AdamW at batch 128; the mean of 20 steps after 3 warm-up
 steps, with and without channels_last, interleaved per model. ``--bf16`` adds channels_last
-under bfloat16 autocast (worth it only on CPUs with AVX512-BF16 or AMX).
+under bfloat16 autocast (worth it only on some CPUs with AVX512-BF16 or AMX). glibc keeps
+freed memory for reuse, as ``imagewise train`` has it (``keep_freed_memory``).
 
     .venv/bin/python benchmarks/model_speed.py tutorial_cnn resnet9_tiny resnet9_slim
     .venv/bin/python benchmarks/model_speed.py resnet9_tiny --bf16 --repeats 3
@@ -17,6 +18,7 @@ import time
 import torch
 
 from imagewise.models import count_flops, create_model
+from imagewise.train.device import keep_freed_memory
 
 EPOCH_IMAGES = 54_000  # Fashion-MNIST training split after the 10% validation hold-out
 
@@ -52,6 +54,7 @@ def main() -> None:
     parser.add_argument("--bf16", action="store_true", help="also time bfloat16 autocast")
     parser.add_argument("--repeats", type=int, default=1, help="interleaved rounds; medians")
     args = parser.parse_args()
+    keep_freed_memory()
     head = "| model | MFLOPs / image | channels_last | default (NCHW) | speed-up |"
     print(head + (" channels_last + bf16 | bf16 speed-up |" if args.bf16 else ""))
     print("|---" * (7 if args.bf16 else 5) + "|")

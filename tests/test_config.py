@@ -120,6 +120,13 @@ def test_auto_precision_on_a_cpu_keeps_bf16_only_when_measured_faster(
     monkeypatch.setattr(run, "measure_bf16_speedup", lambda *a: 1.02)  # within the noise
     assert run._measured_cpu_precision(model, pre, 64, True) is None
 
+    def fails(*args: object) -> float:
+        raise RuntimeError("no bf16 kernel for this operator\ndetails")
+
+    monkeypatch.setattr(run, "measure_bf16_speedup", fails)
+    assert run._measured_cpu_precision(model, pre, 64, True) is None  # float32, with a warning
+    assert run._measured_cpu_precision(model, pre, 64, True, measure=False) is None
+
 
 def test_the_bf16_probe_leaves_the_model_and_the_random_state_alone() -> None:
     from imagewise.models import create_model
@@ -136,10 +143,14 @@ def test_the_bf16_probe_leaves_the_model_and_the_random_state_alone() -> None:
     assert all(p.grad is None for p in model.parameters())
 
 
-def test_glibc_keeps_freed_memory_for_reuse() -> None:
+def test_glibc_keeps_freed_memory_unless_told_not_to(monkeypatch: pytest.MonkeyPatch) -> None:
     import platform
 
     from imagewise.train.device import keep_freed_memory
 
+    monkeypatch.setenv("IMAGEWISE_KEEP_FREED_MEMORY", "0")
+    assert keep_freed_memory() is False
+    monkeypatch.delenv("IMAGEWISE_KEEP_FREED_MEMORY")
+    # mallopt accepted every setting (it returns 0 for a value out of range)
     expected = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
     assert keep_freed_memory() is expected

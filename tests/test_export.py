@@ -3,7 +3,6 @@ INT8, raw-uint8 input, OpenCV as a second ONNX runtime, and prediction from expo
 
 from __future__ import annotations
 
-import functools
 import json
 import shutil
 from pathlib import Path
@@ -328,7 +327,12 @@ def test_shift_and_mirror_views_agree_in_pytorch_and_onnx(
     (run / "meta.json").write_text(json.dumps({**meta, "tta": {"mirror": True, "shift": 1}}))
     clf, plain = imagewise.load(run), imagewise.load(trained_run)
     batch = torch.randn(4, 3, 32, 32)
-    pad = functools.partial(torch.nn.functional.pad, mode="replicate")
+    pre = clf.preprocessing
+    black = torch.tensor([-m / s for m, s in zip(pre.mean, pre.std, strict=True)]).view(1, 3, 1, 1)
+
+    def pad(image: torch.Tensor, sides: tuple[int, ...]) -> torch.Tensor:
+        return torch.nn.functional.pad(image - black, sides) + black  # the gap is black
+
     views = []
     for image in (batch, batch.flip(3)):
         views += [

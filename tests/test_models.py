@@ -263,7 +263,7 @@ def test_tta_views_follow_the_training_augmentation() -> None:
         tta_views({"rotate": 5})
 
 
-def test_shift_views_move_the_image_and_repeat_the_border() -> None:
+def test_shift_views_move_the_image_and_fill_the_gap_with_black() -> None:
     from imagewise.models.tta import ViewMean
 
     seen: list[torch.Tensor] = []
@@ -273,16 +273,17 @@ def test_shift_views_move_the_image_and_repeat_the_border() -> None:
             seen.append(x.clone())
             return x.flatten(1)
 
-    x = torch.arange(16.0).reshape(1, 1, 4, 4)
-    out = ViewMean(Record(), mirror=False, shift=1)(x)
-    replicate = functools.partial(torch.nn.functional.pad, mode="replicate")
+    x = torch.arange(1.0, 17.0).reshape(1, 1, 4, 4)
+    out = ViewMean(Record(), mirror=False, shift=1, fill=[-2.0])(x)  # black is -2 here
+    pad = functools.partial(torch.nn.functional.pad, value=-2.0)
     expected = [
         x,
-        replicate(x, (1, 0, 0, 0))[..., :, :4],  # right
-        replicate(x, (0, 1, 0, 0))[..., :, 1:],  # left
-        replicate(x, (0, 0, 1, 0))[..., :4, :],  # down
-        replicate(x, (0, 0, 0, 1))[..., 1:, :],  # up
+        pad(x, (1, 0, 0, 0))[..., :, :4],  # right
+        pad(x, (0, 1, 0, 0))[..., :, 1:],  # left
+        pad(x, (0, 0, 1, 0))[..., :4, :],  # down
+        pad(x, (0, 0, 0, 1))[..., 1:, :],  # up
     ]
+    assert expected[1][0, 0, 0].tolist() == [-2.0, 1.0, 2.0, 3.0]
     assert len(seen) == 5
     for got, want in zip(seen, expected, strict=True):
         assert torch.equal(got, want)

@@ -13,12 +13,16 @@ pixels}``; older runs wrote ``true``, which meant the mirror alone.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from imagewise.errors import UserError
+
+if TYPE_CHECKING:
+    from imagewise.data.transforms import Preprocessing
 
 
 def tta_views(value: Any) -> dict[str, Any]:
@@ -67,37 +71,44 @@ def view_count(views: dict[str, Any]) -> int:
     return (2 if views["mirror"] else 1) * (5 if views["shift"] else 1)
 
 
-def _shifted(x: torch.Tensor, s: int) -> list[torch.Tensor]:
-    """``x`` (NCHW) moved by ``s`` px right, left, down and up, the border column or row
-    repeated into the gap (slices and concatenation only, so every ONNX runtime reads it)."""
+def _shifted(x: torch.Tensor, s: int, fill: torch.Tensor) -> list[torch.Tensor]:
+    """``x`` (NCHW) moved by ``s`` px right, left, down and up, the gap filled with ``fill``
+    (1, C, 1, 1): black, as training's translation fills it. Slices, arithmetic and
+    concatenation only, so the exported graph keeps its dynamic batch and every ONNX runtime
+    reads it."""
     h, w = x.shape[-2:]
-    left, right = x[..., :, :1], x[..., :, w - 1 :]
-    top, bottom = x[..., :1, :], x[..., h - 1 :, :]
+    cols, rows = x[..., :, :s] * 0 + fill, x[..., :s, :] * 0 + fill
     return [
-        torch.cat([left] * s + [x[..., :, : w - s]], dim=3),
-        torch.cat([x[..., :, s:]] + [right] * s, dim=3),
-        torch.cat([top] * s + [x[..., : h - s, :]], dim=2),
-        torch.cat([x[..., s:, :]] + [bottom] * s, dim=2),
+        torch.cat([cols, x[..., :, : w - s]], dim=3),
+        torch.cat([x[..., :, s:], cols], dim=3),
+        torch.cat([rows, x[..., : h - s, :]], dim=2),
+        torch.cat([x[..., s:, :], rows], dim=2),
     ]
 
 
 class ViewMean(nn.Module):
     """The mean of ``model``'s logits over the image, its mirror (``mirror``) and, for each of
-    those, its four shifts by ``shift`` px; the network runs once per view, so memory stays
-    that of one batch."""
+    those, its four shifts by ``shift`` px, the gap filled with ``fill`` (the model's input
+    value of a black pixel, per channel); the network runs once per view, so memory stays that
+    of one batch."""
 
-    def __init__(self, model: nn.Module, mirror: bool, shift: int = 0) -> None:
+    def __init__(
+        self, model: nn.Module, mirror: bool, shift: int = 0, fill: Sequence[float] = (0.0,)
+    ) -> None:
         super().__init__()
         self.model = model
         self.mirror = mirror
         self.shift = shift
+        self.register_buffer(
+            "fill", torch.tensor(list(fill), dtype=torch.float32).view(1, -1, 1, 1), False
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         images = [x, torch.flip(x, dims=[3])] if self.mirror else [x]
         total: torch.Tensor | None = None
         count = 0
         for image in images:
-            views = [image, *_shifted(image, self.shift)] if self.shift else [image]
+            views = [image, *_shifted(image, self.shift, self.fill)] if self.shift else [image]
             for view in views:
                 out = self.model(view)
                 total = out if total is None else total + out
@@ -106,12 +117,15 @@ class ViewMean(nn.Module):
         return total / count
 
 
-def with_tta(model: nn.Module, views: Any) -> nn.Module:
+def with_tta(model: nn.Module, views: Any, pre: Preprocessing | None = None) -> nn.Module:
     """``model`` as it answers at inference: wrapped in ``ViewMean`` when ``views`` has any
-    (a ``tta_views`` dict, or a run's ``tta`` entry of any age)."""
+    (a ``tta_views`` dict, or a run's ``tta`` entry of any age); ``pre`` gives the value of a
+    black pixel for the shifted views' gaps (0 without it)."""
     views = tta_views(views)
     if not views:
         return model
+    fill = [-m / s for m, s in zip(pre.mean, pre.std, strict=True)] if pre else [0.0]
+    wrapped = ViewMean(model, views["mirror"], views["shift"], fill)
     # in the model's own mode: a fresh wrapper would start in training mode, and whoever
     # saves and restores the wrapper's mode (FLOP counting does) would put the model in it
-    return ViewMean(model, views["mirror"], views["shift"]).train(model.training)
+    return wrapped.to(next(model.parameters(), wrapped.fill).device).train(model.training)

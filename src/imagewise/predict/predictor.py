@@ -180,7 +180,7 @@ class Classifier(BaseClassifier):
         # The model as it answers (the mean over its test-time views when the run has them),
         # built once rather than per batch; ``model`` stays the bare network, for Grad-CAM
         # and features.
-        self.network = with_tta(self.model, self.tta)
+        self.network = with_tta(self.model, self.tta, preprocessing)
 
     @torch.no_grad()
     def logits(self, batch: torch.Tensor) -> torch.Tensor:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import ctypes
+import os
 import platform
 import statistics
 import time
@@ -85,9 +86,12 @@ def keep_freed_memory() -> bool:
     activation from a fresh ``mmap`` (or trims the heap after freeing it), so every training
     step page-faults its activations in again: measured 12.8 -> 9.4 ms per step of the
     tutorial CNN (BENCHMARKS.md), the same gain as preloading tcmalloc, without a system library.
-    Raising the mmap and trim thresholds keeps at most the peak working set resident. Returns
-    False (and changes nothing) off glibc.
+    Raising the mmap and trim thresholds keeps at most the peak working set resident (so a
+    notebook holds on to up to 1 GB of freed memory after training). Returns False (and changes
+    nothing) off glibc, or when the environment sets ``IMAGEWISE_KEEP_FREED_MEMORY=0``.
     """
+    if os.environ.get("IMAGEWISE_KEEP_FREED_MEMORY", "1") == "0":
+        return False
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
     libc = ctypes.CDLL(None)

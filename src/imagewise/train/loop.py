@@ -122,7 +122,7 @@ def predict_loader(
     see ``imagewise.models.tta``) averages the logits over them."""
     from imagewise.models.tta import with_tta  # imagewise.models registers every family
 
-    network = with_tta(model.eval(), tta)
+    network = with_tta(model.eval(), tta, pre)
     all_logits, all_labels = [], []
     for images, labels in loader:
         if images.shape[0] == 0:

@@ -321,7 +321,10 @@ def _start_run_folder(
     folder.path.mkdir(parents=True, exist_ok=True)
     save_config(cfg, folder.config)
     if resume and folder.meta.is_file():
-        meta["created"] = folder.read_meta().get("created", meta["created"])
+        old = folder.read_meta()
+        meta["created"] = old.get("created", meta["created"])
+        # the views it was started with (runs from before views wrote `true`: the mirror alone)
+        meta["tta"] = old.get("tta", meta["tta"])
     if data.skipped:
         lines = "".join(f"{p}\t{reason}\n" for p, reason in data.skipped)
         atomic_write_text(folder.path / "skipped.txt", lines)
@@ -374,15 +377,31 @@ def _train_classical(
 
 
 def _measured_cpu_precision(
-    model: torch.nn.Module, pre: Preprocessing, batch_size: int, channels_last: bool
+    model: torch.nn.Module,
+    pre: Preprocessing,
+    batch_size: int,
+    channels_last: bool,
+    measure: bool = True,
 ) -> torch.dtype | None:
     """bf16 autocast if a timed step of this model is faster in it on this CPU, else float32.
 
-    Every process measures (they share the machine, as they will in training) and rank 0's
-    answer is taken by all, so the processes agree.
+    ``measure``: this is rank 0 and its CPU has native bf16 (else float32 without timing).
+    Under torchrun every process takes rank 0's answer, so they agree, and every process
+    calls the broadcast, so none waits on a collective another skipped. A failed timing
+    means float32.
     """
-    speedup = measure_bf16_speedup(model, batch_size, pre.channels, pre.img_size, channels_last)
+    speedup = 0.0
+    if measure:
+        try:
+            speedup = measure_bf16_speedup(
+                model, batch_size, pre.channels, pre.img_size, channels_last
+            )
+        except RuntimeError as exc:  # an operator without a bf16 kernel, memory
+            reason = str(exc).splitlines()[0]
+            log.warning("precision auto: float32 (the bf16 timing failed: %s)", reason)
     speedup = broadcast_from_main(speedup)
+    if speedup == 0.0:
+        return None
     faster = speedup > 1.05  # a clear gain, not noise
     log.info(
         "precision auto: %s (a bf16 training step measured %.2fx %s than float32 on this CPU)",
@@ -472,8 +491,10 @@ def train(
         model = model.to(memory_format=torch.channels_last)
     if device.type == "cpu":
         keep_freed_memory()
-        if amp_dtype is not None and t.precision == "auto":
-            amp_dtype = _measured_cpu_precision(model, pre, t.batch_size, channels_last)
+        if t.precision == "auto":
+            amp_dtype = _measured_cpu_precision(
+                model, pre, t.batch_size, channels_last, amp_dtype is not None and rank == 0
+            )
 
     train_loader = make_loader(
         dataset.train, pre, t.batch_size, shuffle=True,
