@@ -246,3 +246,10 @@ def test_compare_of_a_folder_without_a_run_is_a_user_error(
     code, _, err = run_cli(["compare", str(tmp_path)], capsys)
     assert code == 2
     assert err.startswith("error: ") and err.count("\n") == 1
+
+
+def test_log_axis_labels_only_the_2x_and_5x_minor_ticks() -> None:
+    from imagewise.evaluate.plots import _two_and_five
+
+    labels = [_two_and_five(v, 0) for v in (0.2, 0.3, 0.5, 0.7, 5.0, 7.0, 20.0)]
+    assert labels == ["0.2", "", "0.5", "", "5", "", "20"]

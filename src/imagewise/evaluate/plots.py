@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -100,10 +101,16 @@ def plot_reliability(calibration: dict, path: str | Path) -> Path:
     return _save(plt, fig, path)
 
 
+def _two_and_five(value: float, _pos: int) -> str:
+    """A log axis's minor tick label: ``0.2``, ``5``, ``20``, ... and nothing for the others."""
+    leading = round(value / 10 ** math.floor(math.log10(value))) if value > 0 else 0
+    return f"{value:g}" if leading in (2, 5) else ""
+
+
 def plot_accuracy_latency(rows: list[dict], path: str | Path) -> Path:
     """Scatter of test accuracy vs latency per image (batch 1), one labelled point per run."""
     plt, fig = _figure(7, 4.5)
-    from matplotlib.ticker import FormatStrFormatter
+    from matplotlib.ticker import FormatStrFormatter, FuncFormatter
 
     ax = fig.add_subplot(1, 1, 1)
     for r in rows:
@@ -113,7 +120,8 @@ def plot_accuracy_latency(rows: list[dict], path: str | Path) -> Path:
     ax.set_xscale("log")
     ax.margins(x=0.15)  # room for the labels of the points at the edges
     ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
-    ax.xaxis.set_minor_formatter(FormatStrFormatter("%g"))
+    # label the 2x and 5x minor ticks only: every one of them overlaps its neighbours
+    ax.xaxis.set_minor_formatter(FuncFormatter(_two_and_five))
     ax.set_xlabel("latency per image, batch 1, CPU (ms, log scale)")
     ax.set_ylabel("test accuracy (%)")
     ax.grid(alpha=0.3, which="both")

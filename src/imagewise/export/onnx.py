@@ -69,8 +69,9 @@ def to_onnx(
     The torch.export-based ("dynamo") exporter is tried first: it is the default since torch 2.9
     (the TorchScript-based one is deprecated), it captures every built-in model at every size
     (the old one cannot export LeNet-5's adaptive pooling at 32 px) and it folds BatchNorm into
-    the convolutions. Its graphs are read by ONNX Runtime and OpenCV's dnn module alike. A model
-    it cannot capture (data-dependent Python control flow in some timm models) falls back to the
+    the convolution it follows (a batch norm after a pool, as in resnet9p_*, stays its own op).
+    Its graphs are read by ONNX Runtime and OpenCV's dnn module alike. A model it cannot
+    capture (data-dependent Python control flow in some timm models) falls back to the
     TorchScript-based exporter.
     """
     import onnx
