@@ -35,7 +35,7 @@ class TestAccuracy:
     def on_epoch_end(self, state) -> None:
         from imagewise.train.loop import predict_loader
 
-        extra = state.extra  # filled by imagewise.train: model, ema, preprocessing, config
+        extra = state.extra  # filled by imagewise.train: model, ema, preprocessing, config, tta
         net = extra["ema"].module if extra["ema"] is not None else extra["model"]
         pre = extra["preprocessing"]
         # measured as `imagewise evaluate` would: same batches, precision and TTA

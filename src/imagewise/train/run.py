@@ -520,7 +520,7 @@ def train(
     }  # fmt: skip
     state = TrainState(epochs=t.epochs)
     tta = tta_views_of(cfg, pre.img_size)
-    if t.tta and not tta:
+    if t.tta and not tta and dist_info.is_main:
         log.warning(
             "--tta: the augmentation (%s) has neither flips nor shifts, so there is no view the "
             "model learned to treat alike; it answers without test-time augmentation",
