@@ -519,14 +519,7 @@ def train(
         "augment": augment, "config": cfg,
     }  # fmt: skip
     state = TrainState(epochs=t.epochs)
-    tta = tta_views_of(cfg, pre.img_size)
-    if t.tta and not tta and dist_info.is_main:
-        log.warning(
-            "--tta: the augmentation (%s) has neither flips nor shifts, so there is no view the "
-            "model learned to treat alike; it answers without test-time augmentation",
-            cfg.data.augment.preset,
-        )
-    state.extra.update(model=model, ema=ema, preprocessing=pre, config=cfg, tta=tta)
+    state.extra.update(model=model, ema=ema, preprocessing=pre, config=cfg)
     if resume:
         _restore(load_checkpoint(folder.last), objects, state)
         log.info("resuming %s at epoch %d of %d", folder.path, state.epoch, state.epochs)
@@ -546,6 +539,13 @@ def train(
     writers: list[object] = []
     if dist_info.is_main:
         writers.append(_start_run_folder(folder, cfg, meta, dataset, objects, resume))
+    if t.tta and not meta["tta"] and dist_info.is_main:
+        log.warning(
+            "--tta: the augmentation (%s) has neither flips nor shifts, so there is no view the "
+            "model learned to treat alike; it answers without test-time augmentation",
+            cfg.data.augment.preset,
+        )
+    state.extra["tta"] = meta["tta"]  # the views it answers with (a resumed run keeps its own)
     log.info(
         "training %s on %s: %d train / %d val images, %d classes, %dx%dx%d, %d epochs, %s",
         cfg.model.name, cfg.data.source, len(dataset.train), len(dataset.val),
