@@ -45,6 +45,29 @@ def test_no_weight_decay_on_biases_and_norms() -> None:
     assert isinstance(opt, torch.optim.SGD) and decayed["lr"] == 0.5
 
 
+@pytest.mark.parametrize("name", ["sgd", "adam", "adamw"])
+def test_cpu_optimizers_are_fused_and_step_like_the_loop(name: str) -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.BatchNorm1d(5))
+    twin = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.BatchNorm1d(5))
+    twin.load_state_dict(model.state_dict())
+    cfg = TrainConfig(optimizer=name, lr=0.01, weight_decay=0.01)
+    fused = build_optimizer(model, cfg)
+    assert all(group["fused"] for group in fused.param_groups)
+    plain = build_optimizer(twin, cfg)
+    for group in plain.param_groups:
+        group["fused"] = None
+    x = torch.randn(16, 6)
+    for _ in range(3):
+        for net, opt in ((model, fused), (twin, plain)):
+            opt.zero_grad()
+            net(x).square().mean().backward()
+            opt.step()
+    for a, b in zip(model.parameters(), twin.parameters(), strict=True):
+        assert not torch.equal(a, torch.zeros_like(a))
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("loss", ["cross_entropy", "mse", "margin"])
 def test_losses_accept_hard_and_soft_targets(loss: str) -> None:
     task = ClassificationTask(torch.nn.Identity(), loss, num_classes=3, label_smoothing=0.1)
