@@ -97,8 +97,9 @@ def run_engines(run: Path, work: Path) -> tuple[dict[str, Engine], dict[str, Pat
     return engines, files
 
 
-def resnet18_engines(work: Path, size: int = 224) -> dict[str, Engine]:
-    """timm resnet18 with random weights at ``size`` px, 1000 classes."""
+def resnet18_float32(work: Path, size: int = 224) -> tuple[torch.nn.Module, Preprocessing, Path]:
+    """timm resnet18 with random weights at ``size`` px, 1000 classes, and its float32 ONNX
+    file in ``work`` (also used by roofline.py)."""
     torch.manual_seed(0)
     model = create_model("resnet18", num_classes=1000, in_chans=3, img_size=size).eval()
     pre = Preprocessing(size, 3, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
@@ -107,9 +108,16 @@ def resnet18_engines(work: Path, size: int = 224) -> dict[str, Engine]:
         "model": {"name": "resnet18"},
         "preprocessing": vars(pre),
     }
-    fp32, int8 = work / "resnet18.onnx", work / "resnet18.int8.onnx"
+    fp32 = work / "resnet18.onnx"
     proto = to_onnx(model, pre, 1.0, False, build_metadata(meta, raw_input=False, int8=False))
     fp32.write_bytes(proto.SerializeToString())
+    return model, pre, fp32
+
+
+def resnet18_engines(work: Path, size: int = 224) -> dict[str, Engine]:
+    """timm resnet18 with random weights at ``size`` px, 1000 classes."""
+    model, pre, fp32 = resnet18_float32(work, size)
+    int8 = work / "resnet18.int8.onnx"
     images = torch.randint(0, 256, (32, 3, size, size), dtype=torch.uint8)
     batches = [pre.normalize(chunk).numpy() for chunk in images.split(8)]
     quantize_int8(fp32, int8, batches, INPUT_NAME)

@@ -28,10 +28,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from foundation import machine  # benchmarks/foundation.py: cores and CPU model
+from inference import resnet18_float32  # benchmarks/inference.py: the same export
 
-from imagewise.data.transforms import Preprocessing
-from imagewise.export.metadata import build_metadata
-from imagewise.export.onnx import to_onnx
 from imagewise.models import create_model
 from imagewise.train.device import keep_freed_memory
 
@@ -108,21 +106,11 @@ def tutorial_step(peak: float, keras_epoch: float | None) -> None:
 def resnet18_onnx(peak: float) -> None:
     import onnxruntime as ort
 
-    torch.manual_seed(0)
-    model = create_model("resnet18", num_classes=1000, in_chans=3, img_size=224).eval()
-    pre = Preprocessing(224, 3, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
-    meta = {
-        "classes": [str(i) for i in range(1000)],
-        "model": {"name": "resnet18"},
-        "preprocessing": vars(pre),
-    }
     x = torch.randn(1, 3, 224, 224)
-    with torch.no_grad():
-        eager = median_ms(lambda: model(x), 60)
     with tempfile.TemporaryDirectory(prefix="imagewise-roofline-") as tmp:
-        path = Path(tmp) / "resnet18.onnx"
-        proto = to_onnx(model, pre, 1.0, False, build_metadata(meta, raw_input=False, int8=False))
-        path.write_bytes(proto.SerializeToString())
+        model, _, path = resnet18_float32(Path(tmp))
+        with torch.no_grad():
+            eager = median_ms(lambda: model(x), 60)
         options = ort.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
