@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,9 @@ import imagewise.cli
 from imagewise.data.sources import resolve_source
 from imagewise.data.transforms import Preprocessing
 from imagewise.errors import UserError
+from imagewise.export import ExportResult
 from imagewise.export.onnx import ExportModule
+from imagewise.export.quantize import PORTABLE
 from imagewise.predict import BaseClassifier, Classifier
 from imagewise.predict.exported import OnnxClassifier
 
@@ -170,13 +173,20 @@ def test_raw_input_graph_takes_uint8_nhwc_and_agrees(
     assert json.loads((run / "export" / "parity.json").read_text())["file"] == str(result.path)
 
 
-def test_int8_export_passes_its_gate(exported: Path, tmp_path: Path) -> None:
-    run = copy_run(exported, tmp_path / "run")
-    result = imagewise.export(run, int8=True)
+@pytest.fixture(scope="module")
+def int8_export(exported: Path, tmp_path_factory: pytest.TempPathFactory) -> ExportResult:
+    """A copy of the exported run with RUN/export/model.int8.onnx written by the library."""
+    return imagewise.export(copy_run(exported, tmp_path_factory.mktemp("int8") / "run"), int8=True)
+
+
+def test_int8_export_passes_its_gate(exported: Path, int8_export: ExportResult) -> None:
+    result, run = int8_export, int8_export.path.parent.parent
     assert result.path == run / "export" / "model.int8.onnx" and result.path.is_file()
     parity = json.loads(result.parity_path.read_text())
     assert parity == result.parity and parity["int8"] is True and parity["passed"] is True
-    assert parity["gates"] == {"max_accuracy_drop": 0.01} and parity["accuracy_drop"] <= 0.01
+    assert parity["gates"] == {"max_accuracy_drop": 0.01, "max_int16_pair_sum": 32767}
+    assert parity["accuracy_drop"] <= 0.01 and parity["int16_pair_sum_max"] <= 32640
+    assert parity["quantization"] == PORTABLE.describe()
     assert parity["top1_agreement"] >= 0.8 and parity["max_abs_probability_difference"] < 0.2
     graph = onnx.load(str(result.path))
     ops = {n.op_type for n in graph.graph.node}
@@ -186,11 +196,65 @@ def test_int8_export_passes_its_gate(exported: Path, tmp_path: Path) -> None:
     fp32_size = (exported / "export" / "model.onnx").stat().st_size
     assert result.path.stat().st_size < 0.4 * fp32_size
     props = {p.key: p.value for p in graph.metadata_props}
-    assert props["quantization"].startswith("int8") and json.loads(props["classes"]) == list(
-        CLASSES
-    )
+    assert json.loads(props["classes"]) == list(CLASSES)
+    assert props["quantization"].startswith("int8 static QDQ (ONNX Runtime), uint8 activations")
+    assert "7-bit per-channel (reduce_range); safe on every CPU" in props["quantization"]
+    settings = json.loads(props["quantization_settings"])
+    assert settings["activation_type"] == "uint8" and settings["weight_type"] == "int8"
+    assert settings["reduce_range"] is True and settings["per_channel"] is True
+    assert (settings["calibration"], settings["percentile"]) == ("percentile", 99.999)
+    assert settings["weight_range"] == [-64, 64] and settings["pair_sum_bound"] == 32640
+    assert settings["safe_on"].startswith("every CPU: x86-64 with or without VNNI")
     clf = imagewise.load(result.path)
     assert clf.classes == list(CLASSES) and clf.meta["quantization"].startswith("int8")
+    assert clf.meta["quantization_settings"] == settings
+    assert "quantization_settings" not in {
+        p.key for p in onnx.load(str(exported / "export" / "model.onnx")).metadata_props
+    }
+
+
+def int8_weights(graph: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """Every int8 weight feeding a Conv / Gemm / MatMul through a DequantizeLinear, by node."""
+    inits = {t.name: t for t in graph.initializer}
+    producer = {n.output[0]: n for n in graph.node if n.op_type == "DequantizeLinear"}
+    weights = {}
+    for node in graph.node:
+        if node.op_type in ("Conv", "Gemm", "MatMul") and node.input[1] in producer:
+            stored = inits[producer[node.input[1]].input[0]]
+            assert stored.data_type == onnx.TensorProto.INT8, node.name
+            weights[node.name] = onnx.numpy_helper.to_array(stored)
+    return weights
+
+
+def test_int8_weights_fit_int16_pair_sums_on_every_cpu(int8_export: ExportResult) -> None:
+    """Issue 16: CPUs without VNNI add u8 x s8 products in pairs into a saturating int16
+    (VPMADDUBSW). Read from the file itself: no pair of (activation <= 255) x weight can pass
+    32767, so those CPUs compute what this one does, whatever the data."""
+    graph = onnx.load(str(int8_export.path)).graph
+    weights = int8_weights(graph)
+    assert len(weights) >= 5 and any(n.op_type == "Gemm" for n in graph.node if n.name in weights)
+    for name, w in weights.items():
+        worst = 255 * np.abs(w.astype(np.int64)).max() * 2
+        assert worst <= 32767, f"{name}: a pair reaches {worst}"
+        assert np.abs(w).max() >= 60, name  # 7 bits used, not fewer: no accuracy thrown away
+    assert 2 * 255 * 127 > 32767 and 2 * 255 * 64 <= 32767  # why 8-bit weights could not stay
+
+
+def test_emulated_vpmaddubsw_saturates_8_bit_weights_only() -> None:
+    """The non-VNNI kernel's arithmetic (pairs summed into int16, saturating) emulated in NumPy:
+    full 8-bit weights lose the sum on bright pixels, 7-bit weights never do."""
+    from imagewise.export.quantize import pair_saturating_dot
+
+    a = np.array([[255, 255, 200, 10]], np.uint8)  # two bright pixels, then a dim pair
+    w8 = np.array([[127, 120, -127, 3]], np.int8).T
+    exact = a.astype(np.int64) @ w8.astype(np.int64)
+    assert exact[0, 0] == 255 * 247 - 200 * 127 + 30
+    assert pair_saturating_dot(a, w8)[0, 0] == 32767 - 200 * 127 + 30 != exact[0, 0]
+    w7 = np.array([[64, 64, -64, 3]], np.int8).T
+    assert pair_saturating_dot(a, w7)[0, 0] == (a.astype(np.int64) @ w7.astype(np.int64))[0, 0]
+    rng = np.random.default_rng(0)  # every u8 x 7-bit product pair fits, at random too
+    a, w = rng.integers(0, 256, (64, 576), np.uint8), rng.integers(-64, 65, (576, 32), np.int8)
+    assert np.array_equal(pair_saturating_dot(a, w), a.astype(np.int64) @ w.astype(np.int64))
 
 
 def test_failed_check_exits_2_and_keeps_no_model(
@@ -226,20 +290,100 @@ def test_failed_check_exits_2_and_keeps_no_model(
     assert json.loads((export_dir / "parity.json").read_text())["passed"] is True
 
 
-def test_int8_gate_failure(
+def export_int8_with(
+    quantizer: Callable[..., None], run: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> tuple[int, str, str]:  # fmt: skip
+    """``imagewise export RUN --int8`` with ``quantizer`` in place of ``quantize_int8``."""
+    monkeypatch.setattr("imagewise.export.quantize.quantize_int8", quantizer)
+    return run_cli(["export", str(run), "--int8"], capsys)
+
+
+def test_int8_gate_refuses_a_quantizer_that_loses_accuracy(
+    trained_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """A quantizer that spoils the classifier's weights: refused by the 1-point gate, with the
+    figures and settings in parity.json, and the user's earlier INT8 file left as it was."""
+    from imagewise.export.quantize import quantize_int8
+
+    run = copy_run(trained_run, tmp_path / "run")
+    earlier = run / "export" / "model.int8.onnx"
+    earlier.parent.mkdir()
+    earlier.write_bytes(b"an INT8 file from an earlier export")
+
+    def spoiled(fp32: Path, out: Path, *args: object, **kwargs: object) -> None:
+        quantize_int8(fp32, out, *args, **kwargs)
+        graph = onnx.load(str(out))
+        for init in graph.graph.initializer:
+            if init.data_type == onnx.TensorProto.INT8 and len(init.dims) == 2:  # the classifier
+                w = onnx.numpy_helper.to_array(init)
+                init.CopyFrom(onnx.numpy_helper.from_array(-w, init.name))  # likeliest -> least
+        onnx.save(graph, str(out))
+
+    code, out, err = export_int8_with(spoiled, run, monkeypatch, capsys)
+    assert code == 2 and out == ""  # nothing from the quantizer's own prints
+    (line,) = err.strip().splitlines()
+    assert line.startswith("error: the exported model failed its check on ")
+    assert "points below PyTorch's" in line and "(allowed: 1)" in line
+    assert f"kept as {run / 'export' / 'model.int8.rejected.onnx'}" in line
+    assert earlier.read_bytes() == b"an INT8 file from an earlier export"
+    assert (run / "export" / "model.int8.rejected.onnx").is_file()
+    parity = json.loads((run / "export" / "parity.json").read_text())
+    assert parity["passed"] is False and parity["accuracy_drop"] > 0.01
+    assert parity["gates"] == {"max_accuracy_drop": 0.01, "max_int16_pair_sum": 32767}
+    assert parity["quantization"]["reduce_range"] is True
+
+
+def test_int8_gate_refuses_8_bit_weights_that_saturate_without_vnni(
+    trained_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """The settings before issue 16 pass on this CPU's accuracy and are refused all the same:
+    the file would compute differently on CPUs without VNNI."""
+    from imagewise.export.quantize import VNNI_ONLY, quantize_int8
+
+    def eight_bit(*args: object, **kwargs: object) -> None:
+        quantize_int8(*args[:4], settings=VNNI_ONLY)  # type: ignore[arg-type]
+
+    run = copy_run(trained_run, tmp_path / "run")
+    code, out, err = export_int8_with(eight_bit, run, monkeypatch, capsys)
+    assert code == 2 and out == ""
+    assert "saturate int16 on CPUs without VNNI (allowed: 64)" in err
+    assert not (run / "export" / "model.int8.onnx").exists()
+    parity = json.loads((run / "export" / "parity.json").read_text())
+    assert parity["passed"] is False and parity["int16_pair_sum_max"] > 32767
+
+
+def test_unusable_out_is_refused_before_any_work(
     trained_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
     run = copy_run(trained_run, tmp_path / "run")
-    monkeypatch.setattr("imagewise.export.verify.MAX_INT8_ACCURACY_DROP", -0.5)  # impossible
-    code, out, err = run_cli(["export", str(run), "--int8"], capsys)
-    assert code == 2
-    assert "points below PyTorch's" in err and "(allowed: -50)" in err
-    assert out == ""  # nothing from the quantizer's own prints
-    assert not (run / "export" / "model.int8.onnx").exists()
-    assert (run / "export" / "model.int8.rejected.onnx").is_file()
-    parity = json.loads((run / "export" / "parity.json").read_text())
-    assert parity["passed"] is False and parity["gates"] == {"max_accuracy_drop": -0.5}
+    folder = tmp_path / "models.onnx"  # a folder, even with a model's suffix
+    (folder / "keep").mkdir(parents=True)
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("mine")
+
+    def no_work(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the model was loaded before the path was checked")
+
+    monkeypatch.setattr("imagewise.predict.predictor.load_run", no_work)
+    refusals = {
+        str(folder): f"error: cannot write the model to '{folder}': it is a folder; give --out "
+        f"a file name, e.g. --out {folder / 'model.int8.onnx'}",
+        str(a_file / "model.onnx"): f"error: cannot write '{a_file / 'model.onnx'}': "
+        f"'{a_file}' is a file, not a folder",
+        str(a_file / "sub" / "m.onnx"): f"error: cannot write '{a_file / 'sub' / 'm.onnx'}': "
+        f"'{a_file}' is a file, not a folder",
+    }
+    for out, message in refusals.items():
+        code, stdout, err = run_cli(["export", str(run), "--int8", "--out", out], capsys)
+        assert (code, stdout, err.strip()) == (2, "", message)
+    with pytest.raises(UserError, match="is a file, not a folder"):
+        imagewise.export(run, format="torchscript", out=a_file / "model.pt")
+    assert a_file.read_text() == "mine" and [p.name for p in folder.iterdir()] == ["keep"]
+    assert not (run / "export").exists()
 
 
 def test_opencv_dnn_reads_the_graph_and_agrees(exported: Path, folder_data: Path) -> None:
