@@ -3,10 +3,17 @@
 Extension points are plain objects with any of ``on_train_start(state)``,
 ``on_epoch_end(state)`` and ``on_train_end(state)``, called by duck typing; a hook that wants to
 stop sets ``state.stop = True``.
+
+A loss that stops being finite is caught within the epoch: ``fit`` goes back to the state the
+epoch started from, lowers the learning rate and runs the epoch again, a bounded number of times
+(``Rollback``), then raises ``TrainingDiverged``. A non-finite epoch is never the best one.
 """
 
 from __future__ import annotations
 
+import copy
+import logging
+import math
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -16,10 +23,25 @@ import torch
 from torch import nn
 
 from imagewise.data.transforms import BatchAugment, Preprocessing
+from imagewise.errors import UserError
 from imagewise.train.compile import unwrap
 from imagewise.train.device import autocast
 from imagewise.train.distributed import all_reduce_sum
 from imagewise.train.task import ClassificationTask
+
+log = logging.getLogger("imagewise")
+
+# After a non-finite loss: how many times the epoch is tried again, and how much lower the
+# learning rate is each time (10x, so three tries span lr/1000).
+MAX_ROLLBACKS, ROLLBACK_LR_FACTOR = 3, 0.1
+
+
+class NonFiniteLoss(Exception):
+    """The loss (or the weights) stopped being finite; the message says which and where."""
+
+
+class TrainingDiverged(UserError):
+    """The loss stayed non-finite after every rollback: one line, nothing non-finite saved."""
 
 
 @dataclass
@@ -67,21 +89,32 @@ def train_one_epoch(
     grad_clip: float = 0.0,
     scaler: torch.amp.GradScaler | None = None,
     progress: Any = None,
+    check_every: int = 1,
 ) -> dict[str, float]:
-    """One pass over ``loader``; returns mean loss and accuracy (against the hard labels)."""
+    """One pass over ``loader``; returns mean loss and accuracy (against the hard labels).
+
+    Raises ``NonFiniteLoss`` when the loss is NaN or infinite, checked every ``check_every``
+    steps (1 on a CPU, where the check costs nothing; more on a GPU, where it waits for the
+    device) and at the end; every process checks at the same steps and they agree.
+    """
     task.train()
     total_loss = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
-    seen = 0
+    finite = torch.ones((), device=device, dtype=torch.bool)
+    seen = step = 0
     for images, labels in loader:
         if images.shape[0] == 0:
             continue
+        step += 1
         images, labels = images.to(device, non_blocking=True), labels.to(device)
         hard = labels
         x, target = augment(images, labels)
         x = x.contiguous(memory_format=torch.channels_last) if channels_last else x
         with autocast(device, amp_dtype):
             loss, logits = task(x, target)
+        finite &= torch.isfinite(loss.detach())
+        if step % check_every == 0:
+            _check_finite(finite, loss, step, device)  # before the step spoils the weights
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
@@ -104,8 +137,52 @@ def train_one_epoch(
         seen += n
         if progress is not None:
             progress.update(1)
+    _check_finite(finite, total_loss, step, device)
     seen = max(seen, 1)
     return {"loss": float(total_loss) / seen, "accuracy": float(correct) / seen, "images": seen}
+
+
+def _check_finite(
+    finite: torch.Tensor, loss: torch.Tensor, step: int, device: torch.device
+) -> None:
+    if all_reduce_sum([float(not finite)], device)[0] > 0:
+        raise NonFiniteLoss(f"the loss became {float(loss.detach().float())} at step {step}")
+
+
+class Rollback:
+    """The state an epoch starts from, kept in memory to go back to after a non-finite loss.
+
+    Copies of the weights, optimizer, schedule and EMA (a few times the model's size). Going
+    back also lowers the learning rate by ``ROLLBACK_LR_FACTOR``: the schedule's base rates, so
+    the rest of the schedule keeps its shape and the checkpoint (hence ``--resume``) keeps it.
+    """
+
+    def __init__(self, model: nn.Module, optimizer: Any, scheduler: Any, ema: Any) -> None:
+        self.parts = {"model": model, "optimizer": optimizer, "scheduler": scheduler}
+        if ema is not None:
+            self.parts["ema"] = ema
+        self.saved: dict[str, Any] = {}
+        self.used = 0  # rollbacks over the whole run, bounded by MAX_ROLLBACKS
+        self.tries = 0  # since the kept state
+
+    def keep(self) -> None:
+        self.saved = {k: copy.deepcopy(p.state_dict()) for k, p in self.parts.items()}
+        self.tries = 0
+
+    def restore(self) -> float:
+        """Back to the kept state with a lower learning rate; returns the new base rate."""
+        for key, part in self.parts.items():
+            part.load_state_dict(copy.deepcopy(self.saved[key]))
+        self.used += 1
+        self.tries += 1
+        factor = ROLLBACK_LR_FACTOR**self.tries
+        scheduler, optimizer = self.parts["scheduler"], self.parts["optimizer"]
+        scheduler.base_lrs = [lr * factor for lr in scheduler.base_lrs]
+        for group in optimizer.param_groups:
+            group["lr"] *= factor
+            if "initial_lr" in group:
+                group["initial_lr"] *= factor
+        return max(scheduler.base_lrs)
 
 
 @torch.no_grad()
@@ -195,39 +272,43 @@ def fit(
     from tqdm import tqdm
 
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+    rollback = Rollback(unwrap(task.model), optimizer, scheduler, ema)
+    check_every = 1 if device.type == "cpu" else 25
     _call(hooks, "on_train_start", state)
     while state.epoch < state.epochs and not state.stop:
         epoch = state.epoch + 1
         if hasattr(train_loader, "set_epoch"):
             train_loader.set_epoch(epoch)
-        start = time.perf_counter()
-        with tqdm(
-            total=len(train_loader),
-            desc=f"epoch {epoch}/{state.epochs}",
-            unit="batch",
-            disable=None if show_progress else True,  # None: off when not a terminal
-            leave=False,
-            dynamic_ncols=True,
-        ) as bar:
-            train = train_one_epoch(
-                task,
-                train_loader,
-                optimizer,
-                scheduler,
-                augment,
-                device,
-                amp_dtype,
-                channels_last,
-                ema,
-                grad_clip,
-                scaler,
-                bar,
-            )
-        train = _reduce(train, device)
-        seconds = time.perf_counter() - start
-        eval_model = ema.module if ema is not None else unwrap(task.model)
-        val = evaluate_loader(task, val_loader, pre, device, amp_dtype, channels_last, eval_model)
-        val = _reduce(val, device)
+        rollback.keep()
+        while True:
+            start = time.perf_counter()
+            try:
+                with tqdm(
+                    total=len(train_loader),
+                    desc=f"epoch {epoch}/{state.epochs}",
+                    unit="batch",
+                    disable=None if show_progress else True,  # None: off when not a terminal
+                    leave=False,
+                    dynamic_ncols=True,
+                ) as bar:
+                    train = train_one_epoch(
+                        task, train_loader, optimizer, scheduler, augment, device, amp_dtype,
+                        channels_last, ema, grad_clip, scaler, bar, check_every,
+                    )  # fmt: skip
+                train = _reduce(train, device)
+                seconds = time.perf_counter() - start
+                if not _finite_weights(rollback.parts):
+                    raise NonFiniteLoss("the weights became non-finite")
+                eval_model = ema.module if ema is not None else unwrap(task.model)
+                val = evaluate_loader(
+                    task, val_loader, pre, device, amp_dtype, channels_last, eval_model
+                )
+                val = _reduce(val, device)
+                if val["images"] and not math.isfinite(val["loss"]):
+                    raise NonFiniteLoss(f"the validation loss became {val['loss']}")
+                break
+            except NonFiniteLoss as exc:
+                _roll_back(rollback, exc, epoch)
         state.train_seconds += seconds
         state.epoch = epoch
         row = {
@@ -244,7 +325,7 @@ def fit(
         has_val = val["images"] > 0
         state.metric = "val_accuracy" if has_val else "train_loss"
         metric = val["accuracy"] if has_val else -train["loss"]
-        state.improved = metric > state.best_metric
+        state.improved = math.isfinite(metric) and metric > state.best_metric
         if state.improved:
             state.best_metric, state.best_epoch = metric, epoch
         if patience and epoch - state.best_epoch >= patience:
@@ -255,3 +336,32 @@ def fit(
             state.stop, state.stop_reason = True, "stopped by another process"
     _call(hooks, "on_train_end", state)
     return state
+
+
+def _finite_weights(parts: dict[str, Any]) -> bool:
+    """Every floating-point weight and buffer of the model (and its EMA) is finite."""
+    modules = [parts["model"]] + ([parts["ema"].module] if "ema" in parts else [])
+    return all(
+        bool(torch.isfinite(t).all())
+        for m in modules
+        for t in m.state_dict().values()
+        if t.is_floating_point()
+    )
+
+
+def _roll_back(rollback: Rollback, exc: NonFiniteLoss, epoch: int) -> None:
+    """Go back to the start of the epoch with a lower learning rate, or give up in one line."""
+    what = f"{exc} in epoch {epoch}"
+    if rollback.used >= MAX_ROLLBACKS:
+        lr = max(rollback.parts["scheduler"].base_lrs)
+        raise TrainingDiverged(
+            f"training diverged: {what}, also after lowering the "
+            f"learning rate {round(1 / ROLLBACK_LR_FACTOR**MAX_ROLLBACKS)}x (base rate {lr:.3g}); "
+            "no non-finite weights were saved. Try a lower --lr or --grad-clip 1"
+        )
+    lr = rollback.restore()
+    log.warning(
+        "%s; back to the start of the epoch with the learning rate lowered "
+        "%dx (base rate now %.3g), try %d of %d",
+        what, round(1 / ROLLBACK_LR_FACTOR), lr, rollback.used, MAX_ROLLBACKS,
+    )  # fmt: skip
