@@ -11,6 +11,7 @@ from torch import nn
 
 from imagewise.config import RunConfig, apply_options, load_config_file, save_config
 from imagewise.errors import UserError
+from imagewise.train.device import cpu_has_native_bf16
 
 
 def test_file_overrides_defaults_and_flags_override_file(tmp_path: Path) -> None:
@@ -128,6 +129,10 @@ def test_auto_precision_on_a_cpu_keeps_bf16_only_when_measured_faster(
     assert run._measured_cpu_precision(model, pre, 64, True, measure=False) is None
 
 
+@pytest.mark.skipif(
+    not cpu_has_native_bf16(),
+    reason="the bf16 probe runs only on CPUs with native bf16 (AVX512-BF16 or AMX)",
+)
 def test_the_bf16_probe_leaves_the_model_and_the_random_state_alone() -> None:
     from imagewise.models import create_model
     from imagewise.train.device import measure_bf16_speedup

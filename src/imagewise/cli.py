@@ -6,11 +6,14 @@ Bad input ends with one line on stderr and exit code 2; ``--debug`` shows the tr
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
+import signal
 import sys
-from collections.abc import Sequence
-from typing import Any
+import threading
+from collections.abc import Iterator, Sequence
+from typing import Any, NoReturn
 
 from imagewise.errors import UserError
 
@@ -75,6 +78,13 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, type=convert, default=None, help=help_text)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: what is wrong and where to look, not the usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message} (see: {self.prog} --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
@@ -92,7 +102,7 @@ def _parser() -> argparse.ArgumentParser:
 
     import imagewise
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="imagewise",
         parents=[common],
         description="Image classification: train, evaluate and use classifiers.",
@@ -222,6 +232,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from imagewise.demo import run_demo
+    from imagewise.io import check_output_dir
+
+    check_output_dir(args.out)
 
     run_demo(args.out, epochs=args.epochs, show_progress=not args.quiet)
     return 0
@@ -347,6 +360,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     if args.top_k < 1:
         raise UserError(f"--top-k must be at least 1, not {args.top_k}")
+    if args.out:
+        from imagewise.io import check_output_file
+
+        check_output_file(args.out)
     preds = predict(args.run, args.inputs, top_k=args.top_k, device=args.device)
     text = format_predictions(preds, args.format)
     if args.out:
@@ -441,6 +458,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    main_rank = int(os.environ.get("RANK", "0")) == 0
+    with _stop_on_sigterm() as stopped_by:
+        return _run(args, debug, main_rank, stopped_by)
+
+
+def _run(args: argparse.Namespace, debug: bool, main_rank: bool, stopped_by: dict[str, int]) -> int:
     try:
         return int(args.func(args) or 0)
     except UserError as exc:
@@ -448,9 +471,33 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         # Under torchrun every rank hits the same error; one line from rank 0 is clearer than
         # N interleaved copies.
-        if int(os.environ.get("RANK", "0")) == 0:
+        if main_rank:
             print(f"error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        if debug:
+            raise
+        if main_rank:
+            print(str(exc) or "interrupted", file=sys.stderr)
+        return 128 + stopped_by.get("signal", signal.SIGINT)
+
+
+@contextlib.contextmanager
+def _stop_on_sigterm() -> Iterator[dict[str, int]]:
+    """Turn SIGTERM into KeyboardInterrupt, as Ctrl-C is, so training stops the same clean way
+    (atomic files, one line with the --resume command); the exit code then says 143.
+    Yields a dict that holds the signal number once one came; the old handler comes back."""
+    seen: dict[str, int] = {}
+
+    def stop(signum: int, frame: object) -> None:
+        seen["signal"] = signum
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():
+        yield seen  # signal handlers belong to the main thread
+        return
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield seen
+    finally:
+        signal.signal(signal.SIGTERM, previous)

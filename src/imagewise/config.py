@@ -210,17 +210,55 @@ def config_from_dict(values: dict[str, Any], base: RunConfig | None = None) -> R
     return config
 
 
-def load_config_file(path: str | Path, base: RunConfig | None = None) -> RunConfig:
-    """Read a YAML config file (sections data / model / train) over ``base`` or the defaults."""
+# A config file is a few dozen settings; these bounds stop a hostile or mistaken file (a huge
+# file, or a few bytes of nested YAML aliases that expand to billions of values) in milliseconds.
+MAX_CONFIG_BYTES = 1 << 20
+MAX_CONFIG_VALUES = 10_000
+
+
+def read_yaml_file(path: str | Path, what: str = "config file") -> Any:
+    """Parse a small YAML file safely: size-limited, and refused when its aliases expand to
+    more than ``MAX_CONFIG_VALUES`` values (YAML "billion laughs")."""
     import yaml
 
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"config file '{path}' does not exist; check the path given to --config")
+        raise UserError(f"{what} '{path}' does not exist; check the path given to --config")
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise UserError(
+            f"{what} '{path}' is {path.stat().st_size:,} bytes; a config file is at most "
+            f"{MAX_CONFIG_BYTES:,}"
+        )
     try:
-        values = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise UserError(f"config file '{path}' is not valid YAML: {exc}".splitlines()[0]) from exc
+        values = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise UserError(f"{what} '{path}' is not valid YAML: {exc}".splitlines()[0]) from exc
+    if _expanded_size(values, MAX_CONFIG_VALUES) > MAX_CONFIG_VALUES:
+        raise UserError(
+            f"{what} '{path}' expands to more than {MAX_CONFIG_VALUES:,} values (nested YAML "
+            "aliases?); write the settings out plainly"
+        )
+    return values
+
+
+def _expanded_size(value: Any, limit: int) -> int:
+    """How many values ``value`` holds once aliases are expanded, counting no further than
+    just past ``limit`` (an alias bomb is a small graph of shared lists: never walk it all)."""
+    count, stack = 0, [value]
+    while stack and count <= limit:
+        item = stack.pop()
+        count += 1
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+    return count
+
+
+def load_config_file(path: str | Path, base: RunConfig | None = None) -> RunConfig:
+    """Read a YAML config file (sections data / model / train) over ``base`` or the defaults."""
+    values = read_yaml_file(path) or {}
     if not isinstance(values, dict):
         raise UserError(f"config file '{path}' must hold a mapping with sections data/model/train")
     return config_from_dict(values, base)

@@ -1,13 +1,35 @@
-"""Atomic writes: every file imagewise writes appears whole or not at all."""
+"""Atomic writes: every file imagewise writes appears whole or not at all.
+
+Also the checks that an output path can be written, made before any expensive work, and the
+translation of a full disk into one line that names the file.
+"""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from imagewise.errors import UserError
+
+# Below this many free bytes a failed write is taken as a full disk, whatever the writer raised:
+# torch.save and safetensors wrap the OS error in their own exception types.
+_NEARLY_FULL = 1 << 20
+
+
+class DiskFull(UserError):
+    """No space left for a file; the file that was there (if any) is unchanged."""
+
+    def __init__(self, path: Path, kept: str = "") -> None:
+        super().__init__(
+            f"no space left on the device for '{path}' (it was not written; what was there "
+            f"before is unchanged); {kept or 'free some space and try again'}"
+        )
+        self.path = path
 
 
 def _umask() -> int:
@@ -17,18 +39,70 @@ def _umask() -> int:
 
 
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
-    """Call ``write(tmp_path)`` on a temporary file beside ``path``, then rename it into place."""
+    """Call ``write(tmp_path)`` on a temporary file beside ``path``, then rename it into place.
+
+    A full disk raises :class:`DiskFull` (a one-line ``UserError``); ``path`` is left as it was.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    check_output_file(path, "output")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFull(path) from exc
+        raise
     os.close(fd)
     try:
         write(tmp)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give what open() would
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
+        full = _disk_full(exc, path.parent)  # while the partial file still takes its space
         Path(tmp).unlink(missing_ok=True)
+        if full:
+            raise DiskFull(path) from exc
         raise
+    return path
+
+
+def _disk_full(exc: BaseException, folder: Path) -> bool:
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    if not isinstance(exc, Exception):
+        return False  # KeyboardInterrupt, SystemExit
+    try:
+        stats = os.statvfs(folder)
+    except OSError:
+        return False
+    return stats.f_bavail * stats.f_frsize < _NEARLY_FULL
+
+
+def _file_in_the_way(path: Path) -> Path | None:
+    """The nearest existing ancestor of ``path`` that is not a folder, if any."""
+    for parent in path.parents:
+        if parent.exists():
+            return None if parent.is_dir() else parent
+    return None
+
+
+def check_output_dir(path: str | Path, flag: str = "--out") -> Path:
+    """Refuse, before any work, a folder path that cannot be one: a file, or under a file."""
+    path = Path(path).expanduser()
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{flag} '{path}' is a file, not a folder; name a folder instead")
+    if blocker := _file_in_the_way(path):
+        raise UserError(f"{flag} '{path}' is inside '{blocker}', which is a file, not a folder")
+    return path
+
+
+def check_output_file(path: str | Path, flag: str = "--out") -> Path:
+    """Refuse, before any work, a file path that cannot be written: a folder, or under a file."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise UserError(f"{flag} '{path}' is a folder; name a file to write instead")
+    if blocker := _file_in_the_way(path):
+        raise UserError(f"{flag} '{path}' is inside '{blocker}', which is a file, not a folder")
     return path
 
 

@@ -115,11 +115,22 @@ def calibrate(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
     """Fit the temperature on validation logits; the summary that goes into ``meta.json``."""
     if len(labels) == 0:
         return {"temperature": 1.0, "fitted_on": None, "note": "no validation images"}
+    if bool((logits.argmax(1) == labels).all()):
+        # Every image right: the likelihood only grows as T shrinks, so any fit would end on
+        # the lower bound and claim false certainty. There is nothing to fit.
+        return {
+            "temperature": 1.0,
+            "fitted_on": None,
+            "note": f"all {len(labels)} validation images classified right: nothing to fit",
+        }
     t = fit_temperature(logits, labels)
     report = calibration_report(logits, labels, t)
+    note = {}
     if not MIN_TEMPERATURE * 1.01 < t < MAX_TEMPERATURE * 0.99:
-        log.warning("temperature %.3g is at the edge of its range; check the validation split", t)
+        note = {"note": f"the fit ended on the edge of the search range ({t:.3g})"}
+        log.debug("temperature %.3g is at the edge of its search range", t)
     return {
+        **note,
         "temperature": round(t, 6),
         "fitted_on": "val",
         "val_images": len(labels),

@@ -90,10 +90,12 @@ def explain(
         >>> imagewise.explain("runs/digits", ["seven.png"], method="gradcam++")  # doctest: +SKIP
         [PosixPath('runs/digits/explain/seven.gradcam++.png')]
     """
-    from imagewise.io import atomic_write, atomic_write_json
+    from imagewise.io import atomic_write, atomic_write_json, check_output_dir
     from imagewise.predict import expand_inputs, load_run
 
     check_method(method)
+    if out is not None:
+        check_output_dir(out)
     inputs = [images] if isinstance(images, str | Path) else list(images)
     inputs = [str(i) for i in inputs]
     paths = expand_inputs(inputs)

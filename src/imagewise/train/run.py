@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import random
+import sys
+import types
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -18,13 +20,14 @@ from imagewise.config import (
     apply_options,
     config_from_dict,
     load_config_file,
+    read_yaml_file,
     save_config,
 )
 from imagewise.data.pipeline import make_loader, prepare
 from imagewise.data.sources import ImageData, Split, resolve_source
 from imagewise.data.transforms import BatchAugment, Preprocessing
 from imagewise.errors import UserError
-from imagewise.io import atomic_write_text
+from imagewise.io import DiskFull, atomic_write_text, check_output_dir
 from imagewise.runs import RunFolder, free_run_path
 from imagewise.train.checkpoint import load_checkpoint, save_checkpoint, save_weights
 from imagewise.train.classical import (
@@ -144,6 +147,20 @@ def _model_kwargs(config: RunConfig) -> dict[str, Any]:
     return {} if config.model.dropout is None else {"dropout": config.model.dropout}
 
 
+def _tensorboard_without_tensorflow() -> None:
+    """Keep TensorBoard's writer from importing TensorFlow when it is installed.
+
+    The writer needs only TensorBoard's own stub to write event files, but where TensorFlow is
+    installed it imports it: seconds of start-up and absl lines on stderr in every run.
+    ``tensorboard.compat.notf`` is TensorBoard's own switch to the stub (its ``no_tensorflow``
+    build target). A process that already imported TensorFlow keeps using it.
+    """
+    if "tensorflow" not in sys.modules:
+        sys.modules.setdefault(
+            "tensorboard.compat.notf", types.ModuleType("tensorboard.compat.notf")
+        )
+
+
 class RunWriter:
     """Hook that keeps the run folder current: history, curves, best weights, last checkpoint."""
 
@@ -152,6 +169,7 @@ class RunWriter:
         self.writer: Any = None
 
     def on_train_start(self, state: TrainState) -> None:
+        _tensorboard_without_tensorflow()
         try:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -236,7 +254,7 @@ def _resolve_config(
     if resume:
         if out is None:
             raise UserError("--resume needs the run folder: imagewise train --resume --out DIR")
-        folder = RunFolder.of(out)
+        folder = RunFolder.of(check_output_dir(out))
         if not folder.last.is_file():
             refuse_classical_resume(folder)
             raise UserError(f"nothing to resume in '{out}' (no last.ckpt); start a new run instead")
@@ -269,7 +287,7 @@ def _resolve_config(
     if out is None:
         stem = Path(cfg.data.source).name or "run"
         out = free_run_path(Path("runs") / f"{stem}-{cfg.model.name}")
-    folder = RunFolder.of(out)
+    folder = RunFolder.of(check_output_dir(out))
     if folder.holds_run():
         raise UserError(
             f"'{out}' already holds a run; choose another --out, or add --resume to continue it"
@@ -412,6 +430,33 @@ def _measured_cpu_precision(
     return torch.bfloat16 if faster else None
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped by Ctrl-C or SIGTERM; ``last.ckpt`` keeps the last finished epoch."""
+
+    def __init__(self, folder: RunFolder, epoch: int, epochs: int) -> None:
+        self.run, self.epochs = folder.path, epochs
+        self.saved = int(load_checkpoint(folder.last)["epoch"]) if folder.last.is_file() else 0
+        if self.saved:
+            text = (
+                f"stopped in epoch {epoch + 1} of {epochs}; {folder.last} keeps epoch "
+                f"{self.saved}. Continue with: imagewise train --resume --out {folder.path}"
+            )
+        else:
+            text = f"stopped in epoch 1 of {epochs}, before anything was saved to {folder.path}"
+        super().__init__(text)
+
+
+def _kept(folder: RunFolder) -> str:
+    """What a run folder holds after a failure, in words: the last checkpoint's epoch."""
+    if not folder.last.is_file():
+        return "no epoch had finished, so the run folder holds no weights yet"
+    epoch = int(load_checkpoint(folder.last)["epoch"])
+    return (
+        f"{folder.last} keeps epoch {epoch} whole; free some space, then continue with: "
+        f"imagewise train --resume --out {folder.path}"
+    )
+
+
 def _drop_last(images: int, global_batch: int) -> bool:
     """Drop the last batch only when it is a small remainder (noisy steps, BatchNorm of 1)."""
     remainder = images % global_batch
@@ -419,12 +464,7 @@ def _drop_last(images: int, global_batch: int) -> bool:
 
 
 def _file_recipe(path: str) -> str | None:
-    import yaml
-
-    try:
-        values = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError):
-        return None  # load_config_file reports it with the right message
+    values = read_yaml_file(path)
     return values.get("recipe") if isinstance(values, dict) else None
 
 
@@ -480,6 +520,11 @@ def train(
     raw = resolve_source(
         cfg.data.source, cfg.data.val_fraction, cfg.data.test_fraction, cfg.data.split_seed
     )
+    if len(raw.classes) < 2:
+        raise UserError(
+            f"'{cfg.data.source}' holds one class ({', '.join(raw.classes) or 'none'}); a "
+            "classifier needs at least two: one folder (or label) per class"
+        )
     dataset, pre = prepare(raw, cfg.data)
     model = _build_model(cfg, dataset, pre, device)
     if getattr(model, "classical", False):  # fitted in one pass (hog_svm): no loop, no epochs
@@ -561,6 +606,10 @@ def train(
         temperature = 1.0
         if dist_info.is_main and folder.weights.is_file():
             temperature = calibrate_run(folder, meta, dataset.val, cfg, device)
+    except DiskFull as exc:
+        raise DiskFull(exc.path, _kept(folder)) from exc
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM turned into it by the CLI
+        raise TrainingInterrupted(folder, state.epoch, state.epochs) from exc
     finally:
         cleanup()
     return TrainResult(
