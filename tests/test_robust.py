@@ -323,3 +323,63 @@ def test_sigterm_keeps_the_checkpoint_and_says_how_to_resume(
     )  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr
     assert json.loads((out / "meta.json").read_text())["training"]["epochs_run"] == 4
+
+
+class FakeMachine:
+    """/proc counters of a 2-core machine: ``ours`` and ``others`` cores busy per second."""
+
+    def __init__(self) -> None:
+        self.now, self.busy, self.own = 0.0, 0, 0
+        self.ours, self.others = 2.0, 0.0
+
+    def advance(self, seconds: float) -> None:
+        ticks = 100 * seconds  # the kernel counts in USER_HZ = 100 ticks per second
+        self.now += seconds
+        self.own += round(self.ours * ticks)
+        self.busy += round((self.ours + self.others) * ticks)
+
+
+def test_the_thread_governor_leaves_cores_that_others_use(monkeypatch: pytest.MonkeyPatch) -> None:
+    from imagewise.train import threads
+
+    machine = FakeMachine()
+    monkeypatch.setattr(threads.os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.setattr(threads, "_TICKS", 100)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        gov = threads.ThreadGovernor(
+            interval=1.0,
+            read_busy=lambda cpus: machine.busy,
+            read_own=lambda: machine.own,
+            clock=lambda: machine.now,
+        )
+        machine.advance(1.5)
+        assert gov.tick() == 2 and gov.others == 0.0  # a quiet machine: nothing changes
+        machine.ours, machine.others = 1.4, 0.66  # one busy process joins, sharing our cores
+        machine.advance(0.5)
+        assert gov.tick() == 2  # not a second yet since the last look
+        machine.advance(0.5)
+        assert gov.tick() == 1 and torch.get_num_threads() == 1
+        assert gov.others == pytest.approx(0.66, abs=0.02)
+        machine.ours, machine.others = 1.0, 1.0  # it keeps its core; we keep ours
+        machine.advance(1.0)
+        assert gov.tick() == 1
+        machine.ours, machine.others = 1.0, 0.1  # it finished
+        machine.advance(1.0)
+        assert gov.tick() == 2 and torch.get_num_threads() == 2
+        machine.others = 1.0
+        machine.advance(1.0)
+        assert gov.tick() == 1
+        gov.close()  # a library call leaves the thread count as it found it
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_the_thread_governor_reads_this_machine() -> None:
+    from imagewise.train.threads import cpu_busy_ticks, own_busy_ticks
+
+    cpus = os.sched_getaffinity(0)
+    busy, own = cpu_busy_ticks(cpus), own_busy_ticks()
+    assert busy is not None and own is not None and busy >= own > 0

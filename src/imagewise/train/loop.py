@@ -28,6 +28,7 @@ from imagewise.train.compile import unwrap
 from imagewise.train.device import autocast
 from imagewise.train.distributed import all_reduce_sum
 from imagewise.train.task import ClassificationTask
+from imagewise.train.threads import ThreadGovernor
 
 log = logging.getLogger("imagewise")
 
@@ -90,6 +91,7 @@ def train_one_epoch(
     scaler: torch.amp.GradScaler | None = None,
     progress: Any = None,
     check_every: int = 1,
+    governor: ThreadGovernor | None = None,
 ) -> dict[str, float]:
     """One pass over ``loader``; returns mean loss and accuracy (against the hard labels).
 
@@ -106,6 +108,8 @@ def train_one_epoch(
         if images.shape[0] == 0:
             continue
         step += 1
+        if governor is not None:
+            governor.tick()
         images, labels = images.to(device, non_blocking=True), labels.to(device)
         hard = labels
         x, target = augment(images, labels)
@@ -201,14 +205,17 @@ def predict_loader(
 
     network = with_tta(model.eval(), tta, pre)
     all_logits, all_labels = [], []
+    governor = ThreadGovernor()
     for images, labels in loader:
         if images.shape[0] == 0:
             continue
+        governor.tick()
         x = _to_device(pre.normalize(images.to(device)), device, channels_last)
         with autocast(device, amp_dtype):
             logits = network(x).float()
         all_logits.append(logits.cpu())
         all_labels.append(labels.cpu())
+    governor.close()
     if not all_logits:
         return torch.empty(0, 0), torch.empty(0, dtype=torch.long)
     return torch.cat(all_logits), torch.cat(all_labels)
@@ -269,73 +276,122 @@ def fit(
     The validation accuracy (of the EMA weights when EMA is on) decides the best epoch; with
     ``patience`` > 0, training stops after that many epochs without improvement.
     """
-    from tqdm import tqdm
 
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
     rollback = Rollback(unwrap(task.model), optimizer, scheduler, ema)
-    check_every = 1 if device.type == "cpu" else 25
+    step = _Step(
+        amp_dtype, channels_last, ema, grad_clip, scaler,
+        check_every=1 if device.type == "cpu" else 25,
+        governor=ThreadGovernor() if device.type == "cpu" else None,
+        show_progress=show_progress,
+    )  # fmt: skip
     _call(hooks, "on_train_start", state)
-    while state.epoch < state.epochs and not state.stop:
-        epoch = state.epoch + 1
-        if hasattr(train_loader, "set_epoch"):
-            train_loader.set_epoch(epoch)
-        rollback.keep()
-        while True:
-            start = time.perf_counter()
-            try:
-                with tqdm(
-                    total=len(train_loader),
-                    desc=f"epoch {epoch}/{state.epochs}",
-                    unit="batch",
-                    disable=None if show_progress else True,  # None: off when not a terminal
-                    leave=False,
-                    dynamic_ncols=True,
-                ) as bar:
-                    train = train_one_epoch(
-                        task, train_loader, optimizer, scheduler, augment, device, amp_dtype,
-                        channels_last, ema, grad_clip, scaler, bar, check_every,
-                    )  # fmt: skip
-                train = _reduce(train, device)
-                seconds = time.perf_counter() - start
-                if not _finite_weights(rollback.parts):
-                    raise NonFiniteLoss("the weights became non-finite")
-                eval_model = ema.module if ema is not None else unwrap(task.model)
-                val = evaluate_loader(
-                    task, val_loader, pre, device, amp_dtype, channels_last, eval_model
-                )
-                val = _reduce(val, device)
-                if val["images"] and not math.isfinite(val["loss"]):
-                    raise NonFiniteLoss(f"the validation loss became {val['loss']}")
-                break
-            except NonFiniteLoss as exc:
-                _roll_back(rollback, exc, epoch)
-        state.train_seconds += seconds
-        state.epoch = epoch
-        row = {
-            "epoch": epoch,
-            "lr": optimizer.param_groups[0]["lr"],
-            "train_loss": train["loss"],
-            "train_accuracy": train["accuracy"],
-            "val_loss": val["loss"],
-            "val_accuracy": val["accuracy"],
-            "epoch_seconds": seconds,
-            "images_per_second": train["images"] / max(seconds, 1e-9),
-        }
-        state.history.append(row)
-        has_val = val["images"] > 0
-        state.metric = "val_accuracy" if has_val else "train_loss"
-        metric = val["accuracy"] if has_val else -train["loss"]
-        state.improved = math.isfinite(metric) and metric > state.best_metric
-        if state.improved:
-            state.best_metric, state.best_epoch = metric, epoch
-        if patience and epoch - state.best_epoch >= patience:
-            state.stop, state.stop_reason = True, f"no improvement for {patience} epochs"
-        _call(hooks, "on_epoch_end", state)
-        # A hook may stop one process; under torchrun every process must stop together.
-        if all_reduce_sum([float(state.stop)], device)[0] > 0 and not state.stop:
-            state.stop, state.stop_reason = True, "stopped by another process"
+    try:
+        while state.epoch < state.epochs and not state.stop:
+            _fit_epoch(task, train_loader, val_loader, optimizer, scheduler, augment, pre,
+                       device, state, step, rollback, patience, hooks)  # fmt: skip
+    finally:
+        if step.governor is not None:
+            step.governor.close()
     _call(hooks, "on_train_end", state)
     return state
+
+
+@dataclass
+class _Step:
+    """How each training step runs (fixed for the whole fit)."""
+
+    amp_dtype: torch.dtype | None
+    channels_last: bool
+    ema: Any
+    grad_clip: float
+    scaler: torch.amp.GradScaler | None
+    check_every: int
+    governor: ThreadGovernor | None
+    show_progress: bool
+
+
+def _train_and_validate(
+    task: ClassificationTask, train_loader: Any, val_loader: Any, optimizer: Any, scheduler: Any,
+    augment: BatchAugment, pre: Preprocessing, device: torch.device, epoch: int, epochs: int,
+    step: _Step, rollback: Rollback,
+) -> tuple[dict[str, float], dict[str, float], float]:  # fmt: skip
+    """One epoch of training, then validation; raises ``NonFiniteLoss`` for a non-finite one."""
+    from tqdm import tqdm
+
+    start = time.perf_counter()
+    with tqdm(
+        total=len(train_loader),
+        desc=f"epoch {epoch}/{epochs}",
+        unit="batch",
+        disable=None if step.show_progress else True,  # None: off when not a terminal
+        leave=False,
+        dynamic_ncols=True,
+    ) as bar:
+        train = train_one_epoch(
+            task, train_loader, optimizer, scheduler, augment, device, step.amp_dtype,
+            step.channels_last, step.ema, step.grad_clip, step.scaler, bar, step.check_every,
+            step.governor,
+        )  # fmt: skip
+    train = _reduce(train, device)
+    seconds = time.perf_counter() - start
+    if not _finite_weights(rollback.parts):
+        raise NonFiniteLoss("the weights became non-finite")
+    eval_model = step.ema.module if step.ema is not None else unwrap(task.model)
+    val = evaluate_loader(
+        task, val_loader, pre, device, step.amp_dtype, step.channels_last, eval_model
+    )
+    val = _reduce(val, device)
+    if val["images"] and not math.isfinite(val["loss"]):
+        raise NonFiniteLoss(f"the validation loss became {val['loss']}")
+    return train, val, seconds
+
+
+def _fit_epoch(
+    task: ClassificationTask, train_loader: Any, val_loader: Any, optimizer: Any, scheduler: Any,
+    augment: BatchAugment, pre: Preprocessing, device: torch.device, state: TrainState,
+    step: _Step, rollback: Rollback, patience: int, hooks: Sequence[object],
+) -> None:  # fmt: skip
+    """The next epoch (tried again from its start after a non-finite loss), recorded in
+    ``state``; then the hooks."""
+    epoch = state.epoch + 1
+    if hasattr(train_loader, "set_epoch"):
+        train_loader.set_epoch(epoch)
+    rollback.keep()
+    while True:
+        try:
+            train, val, seconds = _train_and_validate(
+                task, train_loader, val_loader, optimizer, scheduler, augment, pre, device,
+                epoch, state.epochs, step, rollback,
+            )  # fmt: skip
+            break
+        except NonFiniteLoss as exc:
+            _roll_back(rollback, exc, epoch)
+    state.train_seconds += seconds
+    state.epoch = epoch
+    row = {
+        "epoch": epoch,
+        "lr": optimizer.param_groups[0]["lr"],
+        "train_loss": train["loss"],
+        "train_accuracy": train["accuracy"],
+        "val_loss": val["loss"],
+        "val_accuracy": val["accuracy"],
+        "epoch_seconds": seconds,
+        "images_per_second": train["images"] / max(seconds, 1e-9),
+    }
+    state.history.append(row)
+    has_val = val["images"] > 0
+    state.metric = "val_accuracy" if has_val else "train_loss"
+    metric = val["accuracy"] if has_val else -train["loss"]
+    state.improved = math.isfinite(metric) and metric > state.best_metric
+    if state.improved:
+        state.best_metric, state.best_epoch = metric, epoch
+    if patience and epoch - state.best_epoch >= patience:
+        state.stop, state.stop_reason = True, f"no improvement for {patience} epochs"
+    _call(hooks, "on_epoch_end", state)
+    # A hook may stop one process; under torchrun every process must stop together.
+    if all_reduce_sum([float(state.stop)], device)[0] > 0 and not state.stop:
+        state.stop, state.stop_reason = True, "stopped by another process"
 
 
 def _finite_weights(parts: dict[str, Any]) -> bool:
