@@ -592,9 +592,10 @@ def train(
         )
     state.extra["tta"] = meta["tta"]  # the views it answers with (a resumed run keeps its own)
     log.info(
-        "training %s on %s: %d train / %d val images, %d classes, %dx%dx%d, %d epochs, %s",
+        "training %s on %s: %d train / %d val images, %d classes, %dx%dx%d, %d epoch%s, %s",
         cfg.model.name, cfg.data.source, len(dataset.train), len(dataset.val),
         len(dataset.classes), pre.channels, pre.img_size, pre.img_size, t.epochs,
+        "" if t.epochs == 1 else "s",
         f"{world} processes on {device.type}" if world > 1 else device,
     )  # fmt: skip
     try:
