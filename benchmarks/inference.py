@@ -13,6 +13,10 @@ INT8 costs: accuracy on the run's test split, PyTorch vs ONNX Runtime.
 
     .venv/bin/python benchmarks/inference.py --run runs/fm runs/r18-224 --no-resnet18
 
+With --compare-int8 a fourth engine runs the INT8 file made with the settings used before issue
+16 (8-bit weights, ``VNNI_ONLY``; same calibration images), so the table states what the
+portable 7-bit weights cost on this CPU in speed and accuracy.
+
 Several runs may be given (each gets speed and accuracy rows); the random-weights resnet18 row is
 for when no trained 224 px run is at hand.
 """
@@ -28,20 +32,23 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import onnx
 import torch
 from foundation import machine  # benchmarks/foundation.py: cores and CPU model
 
 import imagewise
 from imagewise.data.transforms import Preprocessing
+from imagewise.export import calibration_batches
 from imagewise.export.metadata import build_metadata
-from imagewise.export.onnx import INPUT_NAME, to_onnx
-from imagewise.export.quantize import quantize_int8
+from imagewise.export.onnx import INPUT_NAME, set_metadata, to_onnx
+from imagewise.export.quantize import PORTABLE, VNNI_ONLY, Int8Settings, quantize_int8
 from imagewise.export.verify import parity, run_images
 from imagewise.models import create_model
 from imagewise.predict.exported import OnnxClassifier
 from imagewise.predict.predictor import load_run
 
 ENGINES = ("PyTorch eager", "ORT float32", "ORT INT8")
+OLD_INT8 = "ORT INT8 8-bit"  # --compare-int8: the settings before issue 16
 Engine = tuple[Callable[[Any], Any], Callable[[torch.Tensor], Any]]  # (run, prepare input)
 
 
@@ -82,8 +89,20 @@ def measure(
     return {name: statistics.median(times) for name, times in calls.items()}
 
 
-def run_engines(run: Path, work: Path) -> tuple[dict[str, Engine], dict[str, Path]]:
-    """The run's model three ways; the exports come from a copy, so the run stays untouched."""
+def requantized(fp32: Path, out: Path, batches: list[Any], settings: Int8Settings) -> Path:
+    """``fp32`` quantized with ``settings``, carrying the float file's metadata (for loading)."""
+    quantize_int8(fp32, out, batches, INPUT_NAME, settings)
+    graph = onnx.load(str(out))
+    set_metadata(graph, {p.key: p.value for p in onnx.load(str(fp32)).metadata_props})
+    onnx.save(graph, str(out))
+    return out
+
+
+def run_engines(
+    run: Path, work: Path, compare_int8: bool = False
+) -> tuple[dict[str, Engine], dict[str, Path]]:
+    """The run's model three ways (four with ``compare_int8``); the exports come from a copy,
+    so the run stays untouched."""
     copy = work / "run"
     copy.mkdir()
     for name in ("config.yaml", "meta.json", "model.safetensors"):
@@ -92,6 +111,10 @@ def run_engines(run: Path, work: Path) -> tuple[dict[str, Engine], dict[str, Pat
         "ORT float32": imagewise.export(copy).path,
         "ORT INT8": imagewise.export(copy, int8=True).path,
     }
+    if compare_int8:  # the same calibration images as the export's own
+        batches = calibration_batches(copy, load_run(copy), raw_input=False)
+        old = work / "model.int8-8bit.onnx"
+        files[OLD_INT8] = requantized(files["ORT float32"], old, batches, VNNI_ONLY)
     engines = {"PyTorch eager": eager(load_run(run).model)}
     engines.update({name: onnx_runtime(path) for name, path in files.items()})
     return engines, files
@@ -114,18 +137,19 @@ def resnet18_float32(work: Path, size: int = 224) -> tuple[torch.nn.Module, Prep
     return model, pre, fp32
 
 
-def resnet18_engines(work: Path, size: int = 224) -> dict[str, Engine]:
+def resnet18_engines(work: Path, size: int = 224, compare_int8: bool = False) -> dict[str, Engine]:
     """timm resnet18 with random weights at ``size`` px, 1000 classes."""
     model, pre, fp32 = resnet18_float32(work, size)
-    int8 = work / "resnet18.int8.onnx"
     images = torch.randint(0, 256, (32, 3, size, size), dtype=torch.uint8)
     batches = [pre.normalize(chunk).numpy() for chunk in images.split(8)]
-    quantize_int8(fp32, int8, batches, INPUT_NAME)
-    return {
+    engines = {
         "PyTorch eager": eager(model),
         "ORT float32": onnx_runtime(fp32),
-        "ORT INT8": onnx_runtime(int8),
+        "ORT INT8": onnx_runtime(requantized(fp32, work / "int8.onnx", batches, PORTABLE)),
     }
+    if compare_int8:
+        engines[OLD_INT8] = onnx_runtime(requantized(fp32, work / "old.onnx", batches, VNNI_ONLY))
+    return engines
 
 
 def speed_rows(
@@ -137,10 +161,10 @@ def speed_rows(
         seconds = measure(engines, x, args.repeats, args.seconds)
         base = seconds["PyTorch eager"]
         cells = []
-        for name in ENGINES:
+        for name in engines:
             ratio = "" if name == "PyTorch eager" else f" ({base / seconds[name]:.1f}x)"
             cells.append(f"{batch / seconds[name]:,.0f}{ratio}")
-        latency = " / ".join(f"{seconds[name] * 1000:.2f}" for name in ENGINES)
+        latency = " / ".join(f"{seconds[name] * 1000:.2f}" for name in engines)
         rows.append(f"| {label} | {batch} | {' | '.join(cells)} | {latency} |")
         print(rows[-1], flush=True)
     return rows
@@ -153,13 +177,15 @@ def accuracy_row(run: Path, files: dict[str, Path]) -> str:
         run, reference.preprocessing, reference.classes, ("test",), 10**9
     )
     fp32 = parity(reference, imagewise.load(files["ORT float32"]), images, labels)
-    int8 = parity(reference, imagewise.load(files["ORT INT8"]), images, labels)
-    return (
-        f"| {run.name} ({reference.meta['model']['name']}) | {len(labels):,} {split} images of "
-        f"{source} | {fp32['accuracy_pytorch']:.2%} | {fp32['accuracy_exported']:.2%} | "
-        f"{int8['accuracy_exported']:.2%} | {int8['accuracy_drop'] * 100:+.2f} | "
-        f"{int8['top1_agreement']:.2%} |"
-    )
+    cells = [
+        f"{run.name} ({reference.meta['model']['name']})", f"{len(labels):,} {split} images of "
+        f"{source}", f"{fp32['accuracy_pytorch']:.2%}", f"{fp32['accuracy_exported']:.2%}",
+    ]  # fmt: skip
+    for name in ("ORT INT8", OLD_INT8)[: len(files) - 1]:
+        int8 = parity(reference, imagewise.load(files[name]), images, labels)
+        cells += [f"{int8['accuracy_exported']:.2%}", f"{int8['accuracy_drop'] * 100:+.2f}",
+                  f"{int8['top1_agreement']:.2%}"]  # fmt: skip
+    return f"| {' | '.join(cells)} |"
 
 
 def main() -> None:
@@ -171,11 +197,14 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=1.0, help="seconds per turn (1.0)")
     parser.add_argument("--no-resnet18", action="store_true",
                         help="skip the random-weights resnet18 at 224 px")  # fmt: skip
+    parser.add_argument("--compare-int8", action="store_true",
+                        help="also INT8 with 8-bit weights (as before issue 16)")  # fmt: skip
     args = parser.parse_args()
     print(f"machine: {machine()}; {torch.get_num_threads()} threads; torch {torch.__version__}\n")
-    print("| model | batch | PyTorch eager img/s | ORT float32 img/s | ORT INT8 img/s | "
-          "latency ms (eager / float32 / INT8) |")  # fmt: skip
-    print("|---|---|---|---|---|---|")
+    names = [*ENGINES, *([OLD_INT8] if args.compare_int8 else [])]
+    print(f"| model | batch | {' | '.join(f'{n} img/s' for n in names)} | latency ms "
+          f"({' / '.join(n.removeprefix('ORT ') for n in names)}) |")  # fmt: skip
+    print("|---" * (len(names) + 3) + "|")
     accuracy = []
     with tempfile.TemporaryDirectory(prefix="imagewise-bench-") as tmp:
         for i, name in enumerate(args.run):
@@ -184,17 +213,18 @@ def main() -> None:
             meta = load_run(run).meta
             pre = meta["preprocessing"]
             shape = (pre["channels"], pre["img_size"], pre["img_size"])
-            engines, files = run_engines(run, work)
+            engines, files = run_engines(run, work, args.compare_int8)
             speed_rows(f"{meta['model']['name']} {pre['img_size']} px", engines, shape, args)
             accuracy.append(accuracy_row(run, files))
         if not args.no_resnet18:
             work = Path(tmp) / "resnet18"
             work.mkdir()
-            speed_rows("resnet18 224 px (random weights)", resnet18_engines(work), (3, 224, 224),
-                       args)  # fmt: skip
-        print("\n| run | images | PyTorch | ORT float32 | ORT INT8 | INT8 cost (points) | "
-              "INT8 top-1 agreement |")  # fmt: skip
-        print("|---|---|---|---|---|---|---|")
+            engines = resnet18_engines(work, compare_int8=args.compare_int8)
+            speed_rows("resnet18 224 px (random weights)", engines, (3, 224, 224), args)
+        int8 = ["ORT INT8", *(["ORT INT8 8-bit"] if args.compare_int8 else [])]
+        print("\n| run | images | PyTorch | ORT float32 | " + " | ".join(
+            f"{n} | {n} cost (points) | {n} top-1 agreement" for n in int8) + " |")  # fmt: skip
+        print("|---" * (4 + 3 * len(int8)) + "|")
         for row in accuracy:
             print(row, flush=True)
 
