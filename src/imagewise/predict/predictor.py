@@ -189,7 +189,7 @@ class Classifier(BaseClassifier):
         return self.network(x).float().cpu()
 
 
-def load(run: str | Path, device: str = "cpu") -> BaseClassifier:
+def load(run: str | Path, device: str = "cpu", check: bool = True) -> BaseClassifier:
     """Load a trained classifier from a run folder or an exported model file.
 
     Args:
@@ -198,12 +198,24 @@ def load(run: str | Path, device: str = "cpu") -> BaseClassifier:
             CPU) or ``.pt`` (TorchScript). All answer the same ``preprocess`` /
             ``probabilities`` / ``postprocess`` / ``predict`` calls.
         device: ``cpu``, ``cuda`` or ``auto`` (ONNX files: the CPU).
+        check: refuse a model whose weights or outputs are not finite (NaN or inf), which
+            would answer every image with NaN probabilities; ``imagewise.predict.finite``
+            says how. Off: the caller checks (the server stays up and reports it).
+
+    Raises:
+        UserError: the model cannot be read, or (with ``check``) its outputs are not finite.
     """
+    from imagewise.predict.finite import unusable_reason
+
     if _is_exported(run):
         from imagewise.predict.exported import load_exported
 
-        return load_exported(Path(run).expanduser(), device)
-    return load_run(run, device)
+        classifier: BaseClassifier = load_exported(Path(run).expanduser(), device)
+    else:
+        classifier = load_run(run, device)
+    if check and (reason := unusable_reason(classifier, run)):
+        raise UserError(reason)
+    return classifier
 
 
 def _is_exported(path: str | Path) -> bool:
