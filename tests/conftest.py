@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -79,27 +79,29 @@ def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, s
     return code, captured.out, captured.err
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+SERVING_LINE = re.compile(r" at (http://\S+)/ \(API docs at /docs\)$", re.MULTILINE)
 
 
 @contextmanager
 def serve_process(
-    run: Path, log: Path, *flags: str, headers: dict[str, str] | None = None
+    run: Path,
+    log: Path,
+    *flags: str,
+    headers: dict[str, str] | None = None,
+    wait_for: str = "/readyz",
 ) -> Iterator[str]:
-    """``python -m imagewise serve RUN`` on a free loopback port; yields its URL once /readyz
-    answers (with ``headers``, e.g. the token). The server's output goes to ``log``."""
+    """``python -m imagewise serve RUN --port 0`` on loopback; yields its URL once ``wait_for``
+    answers 200 (with ``headers``, e.g. the token). The system picks the port as it binds, so
+    no other process can take it between a pick and the bind; the URL comes from the server's
+    "serving RUN at URL" line. The server's output goes to ``log``."""
     import httpx
 
-    port = free_port()
-    cmd = [sys.executable, "-m", "imagewise", "serve", str(run), "--port", str(port), *flags]
+    cmd = [sys.executable, "-m", "imagewise", "serve", str(run), "--port", "0", *flags]
     with log.open("wb") as out:
         proc = subprocess.Popen(
             cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}
         )
-    url = f"http://127.0.0.1:{port}"
+    url = None
     try:
         deadline = time.monotonic() + 90
         while True:
@@ -107,8 +109,10 @@ def serve_process(
                 pytest.fail(f"the server exited with {proc.returncode}:\n{log.read_text()}")
             if time.monotonic() > deadline:
                 pytest.fail(f"the server was not ready in 90 s:\n{log.read_text()}")
+            if url is None and (found := SERVING_LINE.search(log.read_text())):
+                url = found[1]
             try:
-                if httpx.get(f"{url}/readyz", headers=headers, timeout=1).status_code == 200:
+                if url and httpx.get(url + wait_for, headers=headers, timeout=1).status_code == 200:
                     break
             except httpx.TransportError:
                 pass

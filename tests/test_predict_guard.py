@@ -1,10 +1,11 @@
-"""No silent NaN model: predict refuses it in one line."""
+"""No silent NaN model: predict refuses it in one line, the server stays up but is not ready."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 import torch
@@ -12,7 +13,7 @@ import torch
 import imagewise
 from imagewise.errors import UserError
 
-from conftest import run_cli, served_copy
+from conftest import run_cli, serve_process, served_copy
 
 
 def rewrite_weights(run: Path, change: Callable[[torch.Tensor], torch.Tensor]) -> Path:
@@ -75,3 +76,22 @@ def test_an_onnx_file_with_nan_initializers_is_refused(trained_run: Path, tmp_pa
     onnx.save(model, str(bad))
     with pytest.raises(UserError, match=r"model '.*nan\.onnx' .*weights hold NaN or inf"):
         imagewise.load(bad)
+
+
+def test_the_server_stays_up_but_is_not_ready_and_says_why_once(
+    nan_run: Path, image: Path, tmp_path: Path
+) -> None:
+    log = tmp_path / "server.log"
+    with serve_process(nan_run, log, "-q", wait_for="/healthz") as url:
+        ready = httpx.get(url + "/readyz")
+        predicted = httpx.post(
+            url + "/v1/predict", files={"file": (image.name, image.read_bytes())}
+        )
+        info = httpx.get(url + "/v1/info")
+    for r in (ready, predicted):
+        assert r.status_code == 503 and r.headers["content-type"] == "application/json"
+        assert "weights hold NaN or inf" in r.json()["error"] and "--lr" in r.json()["error"]
+    assert ready.json()["error"].startswith("not ready: ")
+    assert info.status_code == 200
+    said = [line for line in log.read_text().splitlines() if "NaN or inf" in line]
+    assert len(said) == 1 and said[0].startswith(f"not ready: model '{nan_run}'"), said

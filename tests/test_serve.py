@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import json
 import math
+import select
 import socket
 import threading
 import time
@@ -22,11 +24,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import imagewise
 from imagewise.data.transforms import Preprocessing
+from imagewise.errors import UserError
 from imagewise.predict import Classifier
 from imagewise.serve import ServeSettings, create_app
 from imagewise.serve.images import safe_name
 
-from conftest import CLASSES, serve_process, served_copy
+from conftest import CLASSES, run_cli, serve_process, served_copy
 
 TOKEN = "s3cret-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -281,13 +284,16 @@ class SlowClassifier:
 
 
 @contextmanager
-def running(app: object) -> Iterator[tuple[str, object]]:
-    """uvicorn serving ``app`` on a thread of this process."""
+def running(app: object, http: type | None = None) -> Iterator[tuple[str, object]]:
+    """uvicorn serving ``app`` on a thread of this process, set up as ``imagewise serve`` sets
+    it up (its socket, its HTTP protocol; ``http`` to choose another)."""
     import uvicorn
 
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=10))
+    from imagewise.serve.server import listen_socket, url_of, uvicorn_config
+
+    sock = listen_socket("127.0.0.1", 0)
+    config = uvicorn_config(app, ServeSettings(access_log=False), http)
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10
@@ -295,7 +301,7 @@ def running(app: object) -> Iterator[tuple[str, object]]:
         assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
         time.sleep(0.01)
     try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}", server
+        yield url_of(sock), server
     finally:
         server.should_exit = True
         thread.join(15)
@@ -403,3 +409,127 @@ def test_an_onnx_export_is_served_like_its_run_without_gradcam(
         assert [c["class"] for c in got["top_k"]] == e.classes
         assert [c["probability"] for c in got["top_k"]] == pytest.approx(e.probabilities, abs=1e-4)
     assert "runs an ONNX model" in assert_json_error(cam, 400)
+
+
+# --- the address, slow and malformed requests, the docs -------------------------------------
+
+
+def test_a_busy_port_or_a_bad_host_is_one_line_and_exit_2_before_the_model_loads(
+    trained_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        # A folder that holds no run: the port is refused before the model would be read.
+        for run in (trained_run, tmp_path / "not-a-run"):
+            code, out, err = run_cli(["serve", str(run), "--port", str(port)], capsys)
+            assert (code, out) == (2, "")
+            assert err.count("\n") == 1, err
+            assert f"port {port} on 127.0.0.1 is already in use" in err and "--port" in err
+    for host, says in (
+        ("192.0.2.1", "not an address of this machine"),  # TEST-NET-1: nobody's address
+        ("no-such-host.invalid", "not an IP address or a known host name"),
+    ):
+        code, out, err = run_cli(["serve", str(tmp_path), "--host", host], capsys)
+        assert (code, out) == (2, "") and err.count("\n") == 1, err
+        assert says in err and "--host 127.0.0.1" in err
+
+
+def test_an_ipv6_loopback_host_gets_a_bracketed_url() -> None:
+    from imagewise.serve.server import listen_socket, url_of
+
+    try:
+        sock = listen_socket("::1", 0)
+    except UserError:
+        pytest.skip("this machine has no IPv6 loopback")
+    with sock:
+        assert sock.family == socket.AF_INET6
+        assert url_of(sock) == f"http://[::1]:{sock.getsockname()[1]}"
+
+
+def _answer_of(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
+    """Status, headers and body of the one answer on ``sock``, read until the server closes."""
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines)
+    return int(status_line.split()[1]), {k.lower(): v for k, v in headers.items()}, body
+
+
+def _json_error_of(answer: tuple[int, dict[str, str], bytes], status: int) -> str:
+    code, headers, body = answer
+    assert code == status, answer
+    assert headers["content-type"] == "application/json" and headers["connection"] == "close"
+    error = json.loads(body)
+    assert list(error) == ["error"] and error["error"]
+    return error["error"]
+
+
+def _send_slowly(url: str, body_bytes: int, chunk: bytes, pause: float) -> tuple[int, tuple]:
+    """POST a raw image body of ``body_bytes``: ``chunk`` with the headers, then one every
+    ``pause`` s until the server answers; returns the bytes sent and the answer."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    head = (
+        f"POST /v1/predict HTTP/1.1\r\nHost: {host}\r\nContent-Type: image/png\r\n"
+        f"Content-Length: {body_bytes}\r\n\r\n"
+    )
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(head.encode() + chunk)
+        sent = len(chunk)
+        while sent < body_bytes and not select.select([sock], [], [], pause)[0]:
+            sock.sendall(chunk[: body_bytes - sent])
+            sent += len(chunk)
+        return sent, _answer_of(sock)
+
+
+def test_a_body_sent_byte_by_byte_is_cut_off_with_408_and_the_connection_closed() -> None:
+    with running(create_app(SlowClassifier(0.0), ServeSettings(body_timeout_s=1.0))) as (url, _):
+        sent, answer = _send_slowly(url, 10_000, b"x", pause=0.25)
+        assert "too slowly" in _json_error_of(answer, 408)
+        assert sent < 100  # cut off after about a second, not after the 10000 bytes
+        # a steady slow upload earns time (1 s per 500 bytes): it is read whole, then judged
+        sent, answer = _send_slowly(url, 2_000, b"y" * 500, pause=0.4)
+        assert sent == 2_000 and answer[0] == 415, answer
+        ok = httpx.post(url + "/v1/predict", files={"file": ("a.png", TINY_PNG)})
+    assert ok.status_code == 200, ok.text
+
+
+MALFORMED = b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n"
+
+
+def _send_raw(url: str, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(request)
+        return _answer_of(sock)
+
+
+def test_a_malformed_request_gets_a_json_400(server: str, client: httpx.Client) -> None:
+    message = _json_error_of(_send_raw(server, MALFORMED), 400)
+    assert "not valid HTTP" in message
+    assert client.get("/healthz").status_code == 200
+
+
+def test_the_h11_protocol_answers_malformed_requests_in_json_too() -> None:
+    from imagewise.serve.server import JsonH11Protocol
+
+    with running(create_app(SlowClassifier(0.0)), http=JsonH11Protocol) as (url, _):
+        message = _json_error_of(_send_raw(url, MALFORMED), 400)
+        assert httpx.get(url + "/healthz").status_code == 200
+    assert "not valid HTTP" in message
+
+
+class NaNClassifier(SlowClassifier):
+    """A model that loaded fine but answers NaN for the images it is sent."""
+
+    def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
+        return torch.full((len(batch), 2), float("nan"))
+
+
+def test_outputs_that_are_not_finite_get_a_json_500_not_null_probabilities() -> None:
+    with running(create_app(NaNClassifier(0.0), ServeSettings())) as (url, _):
+        r = httpx.post(url + "/v1/predict", files={"file": ("a.png", TINY_PNG)})
+    assert "not finite" in assert_json_error(r, 500)

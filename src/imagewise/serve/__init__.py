@@ -10,7 +10,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import uvicorn
+
 from imagewise.serve.app import create_app
+from imagewise.serve.server import listen_socket, url_of, uvicorn_config
 from imagewise.serve.settings import ServeSettings
 
 log = logging.getLogger("imagewise")
@@ -19,43 +22,54 @@ log = logging.getLogger("imagewise")
 def serve(path: str | Path, **settings: Any) -> None:
     """Load a classifier and answer HTTP requests until interrupted (Ctrl-C or SIGTERM).
 
-    On shutdown uvicorn stops accepting connections and lets open requests finish; the
-    inference worker then drains its queue.
+    The address is taken first, before the model loads, so a busy port or a wrong host fails
+    at once. A model whose outputs are not finite (NaN weights) is served anyway, so its
+    state can be read, but ``/readyz`` and ``/v1/predict`` answer 503 with the reason. On
+    shutdown uvicorn stops accepting connections and lets open requests finish; the inference
+    worker then drains its queue.
 
     Args:
         path: a run folder written by ``imagewise train`` or an ``.onnx`` file from
             ``imagewise export``.
-        **settings: fields of :class:`ServeSettings` (host, port, token, max_batch, ...).
+        **settings: fields of :class:`ServeSettings` (host, port, token, max_batch, ...);
+            port 0 takes a free port, logged with the address.
+
+    Raises:
+        UserError: a bad setting, an address that cannot be listened on, a model that
+            cannot be loaded.
 
     Example:
         >>> imagewise.serve("runs/fm", port=8080, token="s3cret")  # doctest: +SKIP
     """
+    options = ServeSettings(**settings)
+    sock = listen_socket(options.host, options.port)
+    try:
+        app = _load_app(path, options)
+        if warning := options.exposure_warning():
+            log.warning(warning)
+        # At warning level so that -q shows it too: with port 0 it is where to find the server.
+        log.warning("serving %s at %s/ (API docs at /docs)", path, url_of(sock))
+        uvicorn.Server(uvicorn_config(app, options)).run(sockets=[sock])
+    finally:
+        sock.close()
+
+
+def _load_app(path: str | Path, options: ServeSettings) -> Any:
+    """The model loaded and checked (the reason logged once if unusable), in its app."""
     import torch
-    import uvicorn
     from PIL import Image
 
     import imagewise
+    from imagewise.predict.finite import unusable_reason
 
-    options = ServeSettings(**settings)
     if options.threads:
         torch.set_num_threads(options.threads)
     # PIL's own guard against decompression bombs, in line with the server's pixel limit.
     Image.MAX_IMAGE_PIXELS = options.max_pixels
-    classifier = imagewise.load(path, device=options.device)
-    app = create_app(classifier, options)
-    if warning := options.exposure_warning():
-        log.warning(warning)
-    host = f"[{options.host}]" if ":" in options.host else options.host
-    log.info("serving %s at http://%s:%d/ (API docs at /docs)", path, host, options.port)
-    config = uvicorn.Config(
-        app,
-        host=options.host,
-        port=options.port,
-        access_log=options.access_log,
-        log_level="info" if options.access_log else "warning",
-        timeout_graceful_shutdown=int(options.timeout_s) + 5,
-    )
-    uvicorn.Server(config).run()
+    classifier = imagewise.load(path, device=options.device, check=False)
+    if unusable := unusable_reason(classifier, path):
+        log.error("not ready: %s", unusable)
+    return create_app(classifier, options, unusable)
 
 
 __all__ = ["ServeSettings", "create_app", "serve"]

@@ -90,13 +90,18 @@ async def _on_crash(request: Request, exc: Exception) -> JSONResponse:
     return _error(500, "internal server error")
 
 
-def create_app(classifier: Any, settings: ServeSettings | None = None) -> FastAPI:
+def create_app(
+    classifier: Any, settings: ServeSettings | None = None, unusable: str | None = None
+) -> FastAPI:
     """The HTTP API and web page over a loaded classifier.
 
     Args:
         classifier: what ``imagewise.load`` returns: a ``Classifier`` (run folder) or an
             ONNX classifier with the same ``preprocess`` / ``probabilities`` / ``postprocess``.
         settings: address, token, batching and limits (defaults: ``ServeSettings()``).
+        unusable: why the model must not answer (``imagewise.predict.finite.unusable_reason``);
+            the server then stays up, so the reason can be read, but ``/readyz`` and
+            ``/v1/predict`` answer 503 with it.
 
     Example:
         >>> clf = imagewise.load("runs/fm")  # doctest: +SKIP
@@ -135,7 +140,9 @@ def create_app(classifier: Any, settings: ServeSettings | None = None) -> FastAP
     )
     page = files("imagewise.serve").joinpath("page.html").read_text(encoding="utf-8")
     info = describe(classifier, settings)
-    app.state.serve = ServeState(classifier, settings, batcher, metrics, model_lock, info, page)
+    app.state.serve = ServeState(
+        classifier, settings, batcher, metrics, model_lock, info, page, unusable
+    )
     app.include_router(router)
     app.add_exception_handler(ServeError, _on_serve_error)
     app.add_exception_handler(HTTPException, _on_http_error)
@@ -147,6 +154,7 @@ def create_app(classifier: Any, settings: ServeSettings | None = None) -> FastAP
         token=settings.token,
         open_paths=OPEN_PATHS,
         max_body_bytes=settings.max_body_bytes,
+        body_timeout_s=settings.body_timeout_s,
     )
     app.add_middleware(MetricsMiddleware, metrics=metrics, endpoints=ENDPOINTS)
     return app

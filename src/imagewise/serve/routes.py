@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import io
+import logging
 import threading
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -42,6 +43,8 @@ PAGE_POLICY = (
 )
 
 
+log = logging.getLogger("imagewise")
+
 NO_GRADCAM = {"onnx": "an ONNX model", "torchscript": "a TorchScript model"}
 
 
@@ -56,6 +59,7 @@ class ServeState:
     model_lock: threading.Lock  # Grad-CAM hooks the model: no batch may run meanwhile
     info: InfoResponse
     page: str
+    unusable: str | None = None  # why the model must not answer (its outputs are not finite)
 
 
 def _state(request: Request) -> ServeState:
@@ -161,6 +165,8 @@ async def predict(
 ) -> Response:
     """Top-k classes of each image sent, in order: repeat the multipart field ``file`` for
     several images, or send one image's bytes as the body with an ``image/*`` content type."""
+    if s.unusable:
+        raise ServeError(503, s.unusable)
     if gradcam and not s.info.gradcam:
         runs = NO_GRADCAM.get(s.info.backend, "a classical model")
         raise ServeError(400, f"Grad-CAM needs a PyTorch network; this server runs {runs}")
@@ -174,6 +180,9 @@ async def predict(
         raise ServeError(503, "the server is shutting down", {"Retry-After": "5"}) from None
     except TimeoutError:
         raise ServeError(504, f"no answer within {s.settings.timeout_s:g} s") from None
+    if not bool(torch.isfinite(probs).all()):
+        log.error("the model's outputs for a request are not finite (NaN or inf)")
+        raise ServeError(500, "the model's outputs for these images are not finite (NaN or inf)")
     names = [name for name, _ in uploads]
     predictions = s.classifier.postprocess(probs, names, top_k or s.info.top_k)
     cams: list[str | None] = [None] * len(predictions)
@@ -219,7 +228,9 @@ async def healthz() -> StatusResponse:
 
 @router.get("/readyz", response_model=StatusResponse, responses=ERRORS)
 async def readyz(s: State) -> StatusResponse:
-    """Readiness: the model is loaded and the inference worker runs."""
+    """Readiness: the model is loaded, gives finite outputs, and the inference worker runs."""
+    if s.unusable:
+        raise ServeError(503, f"not ready: {s.unusable}")
     if not s.batcher.alive:
         raise ServeError(503, "not ready: the inference worker is not running")
     return StatusResponse(status="ready")

@@ -14,7 +14,7 @@ class ServeSettings:
 
     Args:
         host: the address to bind; loopback by default, so nothing outside the machine can call.
-        port: the TCP port.
+        port: the TCP port (0: one the system picks; the log says which).
         token: when set, every endpoint but ``/healthz`` and the page needs
             ``Authorization: Bearer TOKEN``.
         batching: group concurrent requests into one model call (off: one image per call).
@@ -24,6 +24,9 @@ class ServeSettings:
         queue_size: the most images waiting for the model; beyond it requests get 503.
         timeout_s: how long a request may wait for the model before it gets 504.
         max_body_bytes: the largest request body; larger ones get 413 before they are parsed.
+        body_timeout_s: how long a client may take to send a request body, plus one second
+            per 500 bytes received (so slow links still upload); slower ones get 408 and the
+            connection is closed, so a client trickling bytes cannot hold it for ever.
         max_images: the most images in one request.
         max_pixels: the largest image (width x height), checked from the header before decoding.
         top_k: classes per image when the request does not say.
@@ -41,6 +44,7 @@ class ServeSettings:
     queue_size: int = 256
     timeout_s: float = 30.0
     max_body_bytes: int = 20 * 1024 * 1024
+    body_timeout_s: float = 10.0
     max_images: int = 32
     max_pixels: int = 50_000_000
     top_k: int = 5
@@ -60,8 +64,10 @@ class ServeSettings:
         for name, value in positive.items():
             if value < 1:
                 raise UserError(f"{name.replace('_', '-')} must be at least 1, not {value}")
-        if self.max_wait_ms < 0 or self.timeout_s <= 0:
-            raise UserError("max-wait-ms must be 0 or more and timeout more than 0")
+        if self.max_wait_ms < 0 or self.timeout_s <= 0 or self.body_timeout_s <= 0:
+            raise UserError(
+                "max-wait-ms must be 0 or more, and timeout and body-timeout more than 0"
+            )
         if self.max_images > self.queue_size:
             raise UserError(
                 f"max-images ({self.max_images}) must not exceed queue-size ({self.queue_size})"
