@@ -7,6 +7,7 @@ import base64
 import io
 import json
 import math
+import re
 import select
 import socket
 import threading
@@ -520,6 +521,26 @@ def test_the_h11_protocol_answers_malformed_requests_in_json_too() -> None:
         message = _json_error_of(_send_raw(url, MALFORMED), 400)
         assert httpx.get(url + "/healthz").status_code == 200
     assert "not valid HTTP" in message
+
+
+def test_docs_use_only_assets_of_this_server(client: httpx.Client) -> None:
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and docs.headers["content-type"].startswith("text/html")
+    assert "http://" not in docs.text and "https://" not in docs.text and "//" not in docs.text
+    assets = re.findall(r"(?:src|href)=\"([^\"]+)\"", docs.text)
+    kinds = {".js": "javascript", ".css": "text/css", ".png": "image/png"}
+    assert sorted(Path(a).suffix for a in assets) == sorted(kinds)
+    for asset in assets:
+        assert asset.startswith("/"), asset
+        r = client.get(asset)
+        assert r.status_code == 200 and len(r.content) > 1000
+        assert kinds[Path(asset).suffix] in r.headers["content-type"]
+
+
+def test_openapi_asks_for_at_least_one_file(client: httpx.Client) -> None:
+    body = client.get("/openapi.json").json()["paths"]["/v1/predict"]["post"]["requestBody"]
+    field = body["content"]["multipart/form-data"]["schema"]["properties"]["file"]
+    assert field["type"] == "array" and field["minItems"] == 1
 
 
 class NaNClassifier(SlowClassifier):

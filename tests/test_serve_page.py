@@ -75,3 +75,28 @@ def test_page_shows_the_api_top_class_for_uploaded_images(
     assert overflow <= 375  # no sideways scrolling on a phone
     assert photos_back
     assert cams_fit
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (make test installs it)")
+def test_docs_render_the_operations_from_this_server_alone(
+    trained_run: Path, tmp_path: Path
+) -> None:
+    from playwright.sync_api import sync_playwright
+
+    run = served_copy(trained_run, tmp_path)
+    elsewhere: list[str] = []
+    errors: list[str] = []
+    with serve_process(run, tmp_path / "server.log", "-q") as url, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page()
+        page.on("request", lambda r: None if r.url.startswith(url) else elsewhere.append(r.url))
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.on("requestfailed", lambda r: errors.append(f"failed: {r.url}"))
+        page.goto(url + "/docs")
+        page.wait_for_selector(".opblock-summary-path", timeout=20_000)
+        paths = page.eval_on_selector_all(
+            ".opblock-summary-path", "nodes => nodes.map(n => n.textContent.trim())"
+        )
+        browser.close()
+    assert elsewhere == [] and errors == []
+    assert {"/v1/predict", "/v1/labels", "/v1/info", "/readyz"} <= set(paths)

@@ -14,6 +14,7 @@ import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException
 
 import imagewise
@@ -30,6 +31,7 @@ ENDPOINTS = (
     "/", "/v1/predict", "/v1/labels", "/v1/info", "/healthz", "/readyz", "/metrics", "/docs",
     "/openapi.json",
 )  # fmt: skip
+DOCS_ASSETS = "/docs/assets"  # Swagger UI's script, style sheet and icon
 OPEN_PATHS = ("/", "/healthz")  # no token needed: liveness and the page (it asks for the token)
 
 
@@ -132,11 +134,15 @@ def create_app(
         # uvicorn has let the open requests finish; the worker drains whatever is left.
         await asyncio.to_thread(batcher.stop, settings.timeout_s)
 
-    app = FastAPI(
+    # FastAPI's own /docs loads Swagger UI from a CDN and is blank offline; this one serves
+    # the same page with the assets of the fastapi-offline package, from this server.
+    app = FastAPIOffline(
         title="imagewise",
         version=imagewise.__version__,
         description="Image classification: POST images to /v1/predict; the page is at /.",
         lifespan=lifespan,
+        static_url=DOCS_ASSETS,
+        swagger_ui_parameters={"validatorUrl": None},  # no badge fetched from swagger.io
     )
     page = files("imagewise.serve").joinpath("page.html").read_text(encoding="utf-8")
     info = describe(classifier, settings)
