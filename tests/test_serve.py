@@ -450,14 +450,25 @@ def test_an_ipv6_loopback_host_gets_a_bracketed_url() -> None:
 
 
 def _answer_of(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
-    """Status, headers and body of the one answer on ``sock``, read until the server closes."""
+    """Status, headers and body of the one answer on ``sock`` (its Content-Length bytes)."""
     data = b""
-    while chunk := sock.recv(65536):
+    while b"\r\n\r\n" not in data and (chunk := sock.recv(65536)):
         data += chunk
     head, _, body = data.partition(b"\r\n\r\n")
     status_line, *lines = head.decode("latin-1").split("\r\n")
-    headers = dict(line.split(": ", 1) for line in lines)
-    return int(status_line.split()[1]), {k.lower(): v for k, v in headers.items()}, body
+    headers = {k.lower(): v for k, v in (line.split(": ", 1) for line in lines)}
+    while len(body) < int(headers["content-length"]) and (chunk := sock.recv(65536)):
+        body += chunk
+    return int(status_line.split()[1]), headers, body
+
+
+def _closed_by_server(sock: socket.socket) -> bool:
+    """Whether the server closes the connection now (uvicorn keeps an idle one 5 s)."""
+    sock.settimeout(2)
+    try:
+        return sock.recv(1) == b""
+    except TimeoutError:
+        return False
 
 
 def _json_error_of(answer: tuple[int, dict[str, str], bytes], status: int) -> str:
@@ -469,13 +480,17 @@ def _json_error_of(answer: tuple[int, dict[str, str], bytes], status: int) -> st
     return error["error"]
 
 
-def _send_slowly(url: str, body_bytes: int, chunk: bytes, pause: float) -> tuple[int, tuple]:
+def _send_slowly(
+    url: str, body_bytes: int, chunk: bytes, pause: float, keep_alive: bool = True
+) -> tuple[int, tuple, bool]:
     """POST a raw image body of ``body_bytes``: ``chunk`` with the headers, then one every
-    ``pause`` s until the server answers; returns the bytes sent and the answer."""
+    ``pause`` s until the server answers; returns the bytes sent, the answer and whether the
+    server then closed the connection."""
     host, port = url.removeprefix("http://").rsplit(":", 1)
+    close = "" if keep_alive else "Connection: close\r\n"
     head = (
         f"POST /v1/predict HTTP/1.1\r\nHost: {host}\r\nContent-Type: image/png\r\n"
-        f"Content-Length: {body_bytes}\r\n\r\n"
+        f"Content-Length: {body_bytes}\r\n{close}\r\n"
     )
     with socket.create_connection((host, int(port)), timeout=30) as sock:
         sock.sendall(head.encode() + chunk)
@@ -483,16 +498,17 @@ def _send_slowly(url: str, body_bytes: int, chunk: bytes, pause: float) -> tuple
         while sent < body_bytes and not select.select([sock], [], [], pause)[0]:
             sock.sendall(chunk[: body_bytes - sent])
             sent += len(chunk)
-        return sent, _answer_of(sock)
+        answer = _answer_of(sock)
+        return sent, answer, _closed_by_server(sock)
 
 
 def test_a_body_sent_byte_by_byte_is_cut_off_with_408_and_the_connection_closed() -> None:
     with running(create_app(SlowClassifier(0.0), ServeSettings(body_timeout_s=1.0))) as (url, _):
-        sent, answer = _send_slowly(url, 10_000, b"x", pause=0.25)
+        sent, answer, closed = _send_slowly(url, 10_000, b"x", pause=0.25)
         assert "too slowly" in _json_error_of(answer, 408)
-        assert sent < 100  # cut off after about a second, not after the 10000 bytes
+        assert closed and sent < 100  # cut off after about a second, not after 10000 bytes
         # a steady slow upload earns time (1 s per 500 bytes): it is read whole, then judged
-        sent, answer = _send_slowly(url, 2_000, b"y" * 500, pause=0.4)
+        sent, answer, _ = _send_slowly(url, 2_000, b"y" * 500, pause=0.4, keep_alive=False)
         assert sent == 2_000 and answer[0] == 415, answer
         ok = httpx.post(url + "/v1/predict", files={"file": ("a.png", TINY_PNG)})
     assert ok.status_code == 200, ok.text
@@ -501,16 +517,16 @@ def test_a_body_sent_byte_by_byte_is_cut_off_with_408_and_the_connection_closed(
 MALFORMED = b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n"
 
 
-def _send_raw(url: str, request: bytes) -> tuple[int, dict[str, str], bytes]:
+def _send_raw(url: str, request: bytes) -> tuple[tuple[int, dict[str, str], bytes], bool]:
     host, port = url.removeprefix("http://").rsplit(":", 1)
     with socket.create_connection((host, int(port)), timeout=30) as sock:
         sock.sendall(request)
-        return _answer_of(sock)
+        return _answer_of(sock), _closed_by_server(sock)
 
 
 def test_a_malformed_request_gets_a_json_400(server: str, client: httpx.Client) -> None:
-    message = _json_error_of(_send_raw(server, MALFORMED), 400)
-    assert "not valid HTTP" in message
+    answer, closed = _send_raw(server, MALFORMED)
+    assert "not valid HTTP" in _json_error_of(answer, 400) and closed
     assert client.get("/healthz").status_code == 200
 
 
@@ -518,9 +534,9 @@ def test_the_h11_protocol_answers_malformed_requests_in_json_too() -> None:
     from imagewise.serve.server import JsonH11Protocol
 
     with running(create_app(SlowClassifier(0.0)), http=JsonH11Protocol) as (url, _):
-        message = _json_error_of(_send_raw(url, MALFORMED), 400)
+        answer, closed = _send_raw(url, MALFORMED)
         assert httpx.get(url + "/healthz").status_code == 200
-    assert "not valid HTTP" in message
+    assert "not valid HTTP" in _json_error_of(answer, 400) and closed
 
 
 def test_docs_use_only_assets_of_this_server(client: httpx.Client) -> None:
