@@ -158,6 +158,8 @@ def quantize_int8(
 
     from imagewise.export.onnx import quiet_loggers
 
+    types = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
+
     # The percentile calibrator print()s its settings; our stdout is the user's output.
     with (
         tempfile.TemporaryDirectory(prefix="imagewise-int8-") as tmp,
@@ -174,10 +176,10 @@ def quantize_int8(
             quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
         quantize_static(
             str(prepared), str(out_path), _reader(even_batches(batches), input_name),
-            quant_format=QuantFormat.QDQ, per_channel=settings.per_channel,
-            reduce_range=settings.reduce_range, activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8, op_types_to_quantize=QUANTIZED_OPS,
-            calibrate_method=CalibrationMethod.Percentile,
+            quant_format=QuantFormat[settings.format], per_channel=settings.per_channel,
+            reduce_range=settings.reduce_range, activation_type=types[settings.activation_type],
+            weight_type=types[settings.weight_type], op_types_to_quantize=QUANTIZED_OPS,
+            calibrate_method=CalibrationMethod[settings.calibration.capitalize()],
             extra_options={"CalibPercentile": settings.percentile},
         )  # fmt: skip
 
