@@ -202,7 +202,9 @@ def _parser() -> argparse.ArgumentParser:
     p = sub(verbs, "serve", "HTTP API and web page over a run folder or an ONNX file")
     p.add_argument("model", metavar="RUN|ONNX", help="run folder or .onnx file")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
+    p.add_argument(
+        "--port", type=int, default=8000, help="TCP port (default 8000; 0: any free port, printed)"
+    )
     p.add_argument(
         "--token",
         default=os.environ.get("IMAGEWISE_TOKEN"),
@@ -218,6 +220,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-batching", action="store_true", help="one image per model call")
     p.add_argument("--queue-size", type=int, default=256, help="images waiting before 503 (256)")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds before 504 (30)")
+    p.add_argument(
+        "--body-timeout",
+        type=float,
+        default=10.0,
+        help="seconds to send a request body, plus 1 s per 500 bytes received (10); then 408",
+    )
     p.add_argument("--max-body-mb", type=float, default=20.0, help="largest request (20 MB)")
     p.add_argument("--max-images", type=int, default=32, help="images per request (32)")
     p.add_argument(
@@ -432,6 +440,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_wait_ms=args.max_wait_ms,
         queue_size=args.queue_size,
         timeout_s=args.timeout,
+        body_timeout_s=args.body_timeout,
         max_body_bytes=int(args.max_body_mb * 1024 * 1024),
         max_images=args.max_images,
         max_pixels=int(args.max_megapixels * 1_000_000),
