@@ -156,22 +156,33 @@ class MicroBatcher:
         return taken
 
     def _run(self) -> None:
-        while (taken := self._take()) is not None:
-            now = time.monotonic()
-            items = [i for i in taken if not i.future.done() and i.deadline > now]
-            if not items:
-                continue
-            start = time.perf_counter()
-            try:
-                probs = self.infer(torch.cat([i.image for i in items]))
-                results: list[torch.Tensor | BaseException] = list(probs)
-            except Exception as exc:  # the requests get a 500; the worker carries on
-                log.exception("inference failed on a batch of %d images", len(items))
-                results = [exc] * len(items)
-            self.on_batch(len(items), time.perf_counter() - start)
-            by_loop: dict[asyncio.AbstractEventLoop, list] = {}
-            for item, result in zip(items, results, strict=True):
-                by_loop.setdefault(item.loop, []).append((item.future, result))
-            for loop, settled in by_loop.items():
-                with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
-                    loop.call_soon_threadsafe(_resolve, settled)
+        from imagewise.train.threads import ThreadGovernor
+
+        governor = ThreadGovernor()  # in this thread: OpenMP thread counts are per thread
+        try:
+            while (taken := self._take()) is not None:
+                governor.tick()
+                self._answer(taken)
+        finally:
+            governor.close()
+
+    def _answer(self, taken: list[_Item]) -> None:
+        """Run the model on the items still awaited, and settle their futures."""
+        now = time.monotonic()
+        items = [i for i in taken if not i.future.done() and i.deadline > now]
+        if not items:
+            return
+        start = time.perf_counter()
+        try:
+            probs = self.infer(torch.cat([i.image for i in items]))
+            results: list[torch.Tensor | BaseException] = list(probs)
+        except Exception as exc:  # the requests get a 500; the worker carries on
+            log.exception("inference failed on a batch of %d images", len(items))
+            results = [exc] * len(items)
+        self.on_batch(len(items), time.perf_counter() - start)
+        by_loop: dict[asyncio.AbstractEventLoop, list] = {}
+        for item, result in zip(items, results, strict=True):
+            by_loop.setdefault(item.loop, []).append((item.future, result))
+        for loop, settled in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
+                loop.call_soon_threadsafe(_resolve, settled)
