@@ -1,0 +1,451 @@
+"""RunMeta: meta.json as a typed, validated object (round trip, migration, one check per field)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+from imagewise.errors import UserError
+from imagewise.runtime.meta import (
+    FORMAT,
+    ONE_PASS,
+    Capabilities,
+    DataSummary,
+    ModelSpec,
+    PreprocessingSpec,
+    RunMeta,
+    migrate,
+    validate,
+)
+
+SOURCE = "meta.json of 'runs/x'"
+
+# meta.json exactly as the current release (imagewise-run/1) writes it: `imagewise train digits
+# --model lenet5 --epochs 1`, then `--model hog_svm` (a one-pass fit: no precision, a
+# "classical" training entry).
+LENET5_V1 = """{
+  "format": "imagewise-run/1",
+  "created": "2026-11-30T21:01:53+00:00",
+  "classes": ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"],
+  "model": {"name": "lenet5", "kwargs": {}, "num_classes": 10, "parameters": 61706},
+  "preprocessing": {
+    "img_size": 28, "channels": 1, "mean": [0.305641], "std": [0.324722],
+    "interpolation": "bilinear"
+  },
+  "temperature": 0.178712,
+  "tta": {},
+  "data": {
+    "source": "digits", "kind": "builtin", "train_images": 1439, "val_images": 179,
+    "test_images": 179, "skipped_images": 0
+  },
+  "versions": {
+    "imagewise": "0.1.0", "torch": "2.14.1+cu130", "torchvision": "0.29.1+cu130",
+    "timm": "1.0.31"
+  },
+  "training": {
+    "epochs_run": 1, "epochs_planned": 1, "best_epoch": 1,
+    "best_val_accuracy": 0.6089385747909546, "selected_by": "val_accuracy",
+    "train_seconds": 1.372, "stop_reason": ""
+  },
+  "processes": 1,
+  "precision": "bf16",
+  "calibration": {
+    "temperature": 0.178712, "fitted_on": "val", "val_images": 179,
+    "val_nll_before": 1.788631, "val_nll_after": 1.098501, "val_ece_before": 0.426472,
+    "val_ece_after": 0.095789
+  }
+}"""
+
+HOG_SVM_V1 = """{
+  "format": "imagewise-run/1",
+  "created": "2026-11-30T21:01:27+00:00",
+  "classes": ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"],
+  "model": {"name": "hog_svm", "kwargs": {}, "num_classes": 10, "parameters": 12970},
+  "preprocessing": {
+    "img_size": 28, "channels": 1, "mean": [0.305641], "std": [0.324722],
+    "interpolation": "bilinear"
+  },
+  "temperature": 0.242509,
+  "tta": {},
+  "data": {
+    "source": "digits", "kind": "builtin", "train_images": 1439, "val_images": 179,
+    "test_images": 179, "skipped_images": 0
+  },
+  "versions": {
+    "imagewise": "0.1.0", "torch": "2.14.1+cu130", "torchvision": "0.29.1+cu130",
+    "timm": "1.0.31"
+  },
+  "training": {
+    "epochs_run": 1, "epochs_planned": 1, "best_epoch": 1,
+    "best_val_accuracy": 0.9664804469273743, "selected_by": "val_accuracy",
+    "train_seconds": 4.289, "stop_reason": "classical fit",
+    "classical": {
+      "C": 0.003,
+      "candidates": {"0.003": 0.9664804469273743, "0.001": 0.9608938547486033,
+                     "0.0003": 0.9553072625698324},
+      "selected_by": "val_accuracy", "feature_dim": 1296,
+      "hog": {"orientations": 9, "pixels_per_cell": 4, "cells_per_block": 2,
+              "block_norm": "L1-sqrt"},
+      "svm_iterations": 70, "train_images": 1439, "val_images": 179, "train_accuracy": 1.0,
+      "train_loss": 0.5942507982254028, "val_accuracy": 0.9664804469273743,
+      "val_loss": 0.6236051917076111, "feature_seconds": 0.557, "fit_seconds": 3.663,
+      "train_seconds": 4.289
+    }
+  },
+  "processes": 1,
+  "calibration": {
+    "temperature": 0.242509, "fitted_on": "val", "val_images": 179,
+    "val_nll_before": 0.623605, "val_nll_after": 0.09705, "val_ece_before": 0.386994,
+    "val_ece_after": 0.030648
+  }
+}"""
+
+# The first layout: no format, tta, temperature, processes, interpolation or parameters.
+VERY_OLD = {
+    "created": "2025-01-02T03:04:05+00:00",
+    "classes": ["cat", "dog", "fox"],
+    "model": {"name": "resnet9_tiny", "num_classes": 3},
+    "preprocessing": {"img_size": 32, "channels": 3, "mean": [0.5, 0.5, 0.5], "std": [0.25] * 3},
+    "data": {
+        "source": "pets/", "kind": "folder", "train_images": 30, "val_images": 6,
+        "test_images": 6, "skipped_images": 1,
+    },
+    "versions": {"imagewise": "0.0.9"},
+    "training": {"epochs_run": 2, "best_epoch": 2},
+}  # fmt: skip
+
+
+def sample() -> RunMeta:
+    return RunMeta(
+        classes=["cat", "dog"],
+        model=ModelSpec("resnet9_tiny", {"dropout": 0.1}, 2, 1234, Capabilities()),
+        preprocessing=PreprocessingSpec(32, 3, (0.5, 0.4, 0.3), (0.2, 0.2, 0.2)),
+        data=DataSummary("pets/", "folder", 10, 2, 2, 0),
+        versions={"imagewise": "0.2.0", "torch": "2.5"},
+        created="2026-11-30T21:00:00+00:00",
+        temperature=1.25,
+        tta={"mirror": True, "shift": 1},
+        training={"epochs_run": 3, "best_epoch": 2, "stop_reason": ""},
+        processes=2,
+        precision="fp32",
+        calibration={"temperature": 1.25, "fitted_on": "val"},
+    )
+
+
+def test_round_trip() -> None:
+    m = sample()
+    values = m.to_json()
+    assert values["format"] == FORMAT
+    assert RunMeta.from_json(values) == m
+    # and through the bytes a file holds
+    assert RunMeta.from_json(json.loads(json.dumps(values))) == m
+
+
+def test_round_trip_without_optional_entries_leaves_them_out() -> None:
+    m = sample()
+    m.precision, m.calibration = None, None
+    values = m.to_json()
+    assert "precision" not in values and "calibration" not in values
+    assert RunMeta.from_json(values) == m
+
+
+def test_keys_and_order_are_todays_plus_capabilities() -> None:
+    v1 = json.loads(LENET5_V1)
+    values = RunMeta.from_json(v1).to_json()
+    assert list(values) == list(v1)
+    assert list(values["model"]) == [*v1["model"], "capabilities"]
+    for key in ("preprocessing", "data", "versions", "training", "calibration"):
+        assert values[key] == v1[key]
+    assert {k: values[k] for k in v1 if k not in ("format", "model")} == {
+        k: v1[k] for k in v1 if k not in ("format", "model")
+    }
+
+
+def test_unknown_top_level_keys_are_kept() -> None:
+    values = sample().to_json() | {"notes": {"by": "someone"}}
+    m = RunMeta.from_json(values)
+    assert m.extra == {"notes": {"by": "someone"}}
+    assert m.to_json() == values
+
+
+def test_from_json_leaves_its_input_alone() -> None:
+    v1 = json.loads(HOG_SVM_V1)
+    before = copy.deepcopy(v1)
+    RunMeta.from_json(v1)
+    migrate(v1)
+    assert v1 == before
+
+
+def test_migrates_current_release_deep_run() -> None:
+    m = RunMeta.from_json(json.loads(LENET5_V1))
+    assert m.format == FORMAT
+    assert m.model == ModelSpec("lenet5", {}, 10, 61706, Capabilities("gradient", True, True))
+    assert m.classes == [str(i) for i in range(10)]
+    assert m.preprocessing == PreprocessingSpec(28, 1, (0.305641,), (0.324722,), "bilinear")
+    assert m.temperature == 0.178712 and m.tta == {}
+    assert m.data == DataSummary("digits", "builtin", 1439, 179, 179, 0)
+    assert m.precision == "bf16" and m.processes == 1
+    assert m.calibration is not None and m.calibration["fitted_on"] == "val"
+    assert m.training["best_epoch"] == 1
+    assert m.created == "2026-11-30T21:01:53+00:00"
+
+
+def test_migrates_current_release_classical_run() -> None:
+    m = RunMeta.from_json(json.loads(HOG_SVM_V1))
+    assert m.model.capabilities == ONE_PASS == Capabilities("one_pass", False, False)
+    assert m.precision is None and "precision" not in m.to_json()
+    assert m.training["classical"]["feature_dim"] == 1296
+    assert m.training["stop_reason"] == "classical fit"
+
+
+def test_capabilities_derived_from_the_classical_entry_whatever_the_name() -> None:
+    v1 = json.loads(HOG_SVM_V1)
+    v1["model"]["name"] = "hog_svm_renamed"
+    assert RunMeta.from_json(v1).model.capabilities == ONE_PASS
+
+
+def test_current_format_keeps_its_declared_capabilities() -> None:
+    """In /2 the file says what the model can do; the name means nothing."""
+    values = sample().to_json()
+    values["model"]["name"] = "hog_svm"
+    assert RunMeta.from_json(values).model.capabilities == Capabilities()
+
+
+def test_migrates_very_old_run() -> None:
+    m = RunMeta.from_json(VERY_OLD)
+    assert m.tta == {} and m.temperature == 1.0 and m.processes == 1
+    assert m.preprocessing.interpolation == "bilinear"
+    assert m.model == ModelSpec("resnet9_tiny", {}, 3, 0, Capabilities())
+    assert m.precision is None and m.calibration is None
+    assert RunMeta.from_json(m.to_json()) == m
+
+
+@pytest.mark.parametrize(
+    ("config_tta", "views"),
+    [
+        (True, {"mirror": True, "shift": 0}),  # then, true meant the mirror alone
+        (False, {}),
+        ({"mirror": False, "shift": 2}, {"mirror": False, "shift": 2}),
+    ],
+)
+def test_missing_tta_is_read_from_the_config(config_tta: Any, views: dict[str, Any]) -> None:
+    asked: list[bool] = []
+
+    def reader() -> Any:
+        asked.append(True)
+        return config_tta
+
+    assert RunMeta.from_json(VERY_OLD, config_reader=reader).tta == views
+    assert asked == [True]
+
+
+def test_config_is_not_read_when_meta_has_tta() -> None:
+    def reader() -> Any:
+        raise AssertionError("config.yaml read though meta.json has tta")
+
+    RunMeta.from_json(json.loads(LENET5_V1), config_reader=reader)
+    RunMeta.from_json(sample().to_json(), config_reader=reader)
+
+
+@pytest.mark.parametrize(
+    ("old", "views"),
+    [
+        (True, {"mirror": True, "shift": 0}),
+        (False, {}),
+        ({"mirror": True}, {"mirror": True, "shift": 0}),
+        ({"mirror": False, "shift": 0}, {}),
+        ({"mirror": True, "shift": 1}, {"mirror": True, "shift": 1}),
+    ],
+)
+def test_old_tta_entries_become_views(old: Any, views: dict[str, Any]) -> None:
+    v1 = json.loads(LENET5_V1)
+    v1["tta"] = old
+    assert RunMeta.from_json(v1).tta == views
+
+
+def test_preprocessing_spec_and_preprocessing_agree() -> None:
+    spec = PreprocessingSpec(28, 1, [0.3], [0.3])  # lists, as Preprocessing holds them
+    assert spec.mean == (0.3,)
+    pre = spec.to_preprocessing()
+    assert (pre.img_size, pre.channels, pre.mean, pre.std) == (28, 1, [0.3], [0.3])
+    assert PreprocessingSpec.of(pre) == spec
+
+
+def test_capabilities_of_a_declaration() -> None:
+    class Entry:
+        fit = "one_pass"
+        onnx_export = False
+
+    assert Capabilities.of(Entry()) == Capabilities("one_pass", False, True)
+    assert Capabilities.of(object()) == Capabilities()
+
+
+def test_module_imports_no_torch() -> None:
+    code = "import sys, imagewise.runtime.meta; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def _set(path: str, value: Any) -> dict[str, Any]:
+    """sample()'s JSON with the entry at dotted ``path`` set (or removed when value is DROP)."""
+    values = sample().to_json()
+    *parents, last = path.split(".")
+    target = values
+    for key in parents:
+        target = target[key]
+    if value is DROP:
+        del target[last]
+    else:
+        target[last] = value
+    return values
+
+
+DROP = object()
+
+_NUMBER = "it must be a finite number"
+_TTA = 'it must be {} or {"mirror": true|false, "shift": pixels}'
+_CLASSES = "it must be a non-empty list of distinct class names"
+_PER_CHANNEL = "it must hold one number per channel (3)"
+
+# (dotted path, value, the exact message after "meta.json of 'runs/x': "); values are shown
+# as the file writes them (JSON)
+BAD = [
+    (
+        "preprocessing.img_size",
+        100000,
+        "preprocessing.img_size is 100000; it must be between 8 and 4096",
+    ),
+    ("preprocessing.img_size", 4, "preprocessing.img_size is 4; it must be between 8 and 4096"),
+    (
+        "preprocessing.img_size",
+        "32",
+        'preprocessing.img_size is "32"; it must be between 8 and 4096',
+    ),
+    (
+        "preprocessing.img_size",
+        32.0,
+        "preprocessing.img_size is 32.0; it must be between 8 and 4096",
+    ),
+    ("preprocessing.channels", 0, "preprocessing.channels is 0; it must be between 1 and 4"),
+    ("preprocessing.channels", 5, "preprocessing.channels is 5; it must be between 1 and 4"),
+    ("preprocessing.mean", [0.5, 0.5], f"preprocessing.mean is [0.5, 0.5]; {_PER_CHANNEL}"),
+    ("preprocessing.std", [0.2] * 4, f"preprocessing.std is [0.2, 0.2, 0.2, 0.2]; {_PER_CHANNEL}"),
+    ("preprocessing.mean", 0.5, f"preprocessing.mean is 0.5; {_PER_CHANNEL}"),
+    ("preprocessing.mean", [0.5, math.nan, 0.5], f"preprocessing.mean[1] is NaN; {_NUMBER}"),
+    ("preprocessing.mean", [0.5, 0.5, "x"], f'preprocessing.mean[2] is "x"; {_NUMBER}'),
+    ("preprocessing.std", [0.2, 0.0, 0.2], f"preprocessing.std[1] is 0.0; {_NUMBER} above 0"),
+    ("preprocessing.std", [-0.2, 0.2, 0.2], f"preprocessing.std[0] is -0.2; {_NUMBER} above 0"),
+    ("preprocessing.std", [0.2, 0.2, math.nan], f"preprocessing.std[2] is NaN; {_NUMBER} above 0"),
+    (
+        "preprocessing.std",
+        [0.2, math.inf, 0.2],
+        f"preprocessing.std[1] is Infinity; {_NUMBER} above 0",
+    ),
+    (
+        "preprocessing.interpolation",
+        "lanczos",
+        'preprocessing.interpolation is "lanczos"; it must be one of bilinear, bicubic, nearest',
+    ),
+    ("classes", [], f"classes is []; {_CLASSES}"),
+    ("classes", "cat,dog", f'classes is "cat,dog"; {_CLASSES}'),
+    ("classes", ["cat", "cat"], 'classes has "cat" twice; class names must be distinct'),
+    ("classes", ["cat", ""], 'classes[1] is ""; it must be a non-empty class name'),
+    ("classes", ["cat", 3], "classes[1] is 3; it must be a non-empty class name"),
+    ("classes", ["cat", "dog", "fox"], "classes has 3 names; it must have model.num_classes (2)"),
+    ("model.num_classes", 1, "model.num_classes is 1; it must be a whole number, 2 or more"),
+    ("model.name", "", 'model.name is ""; it must be a model name'),
+    ("model.kwargs", [], "model.kwargs is []; it must be an object of keyword arguments"),
+    ("model.parameters", -1, "model.parameters is -1; it must be a whole number, 0 or more"),
+    (
+        "model.capabilities.fit",
+        "epochs",
+        'model.capabilities.fit is "epochs"; it must be one of gradient, one_pass',
+    ),
+    (
+        "model.capabilities.onnx_export",
+        "yes",
+        'model.capabilities.onnx_export is "yes"; it must be true or false',
+    ),
+    ("model.capabilities.gradcam", 1, "model.capabilities.gradcam is 1; it must be true or false"),
+    ("model.capabilities", DROP, "model.capabilities is missing; rewrite it or retrain"),
+    ("temperature", math.nan, f"temperature is NaN; {_NUMBER} above 0"),
+    ("temperature", math.inf, f"temperature is Infinity; {_NUMBER} above 0"),
+    ("temperature", 0, f"temperature is 0.0; {_NUMBER} above 0"),
+    ("temperature", -1.5, f"temperature is -1.5; {_NUMBER} above 0"),
+    ("temperature", "1", f'temperature is "1"; {_NUMBER} above 0'),
+    ("tta", True, f"tta is true; {_TTA}"),
+    ("tta", {"mirror": True}, f'tta is {{"mirror": true}}; {_TTA}'),
+    (
+        "tta",
+        {"mirror": False, "shift": 0},
+        'tta is {"mirror": false, "shift": 0}; a run without test-time views records {}',
+    ),
+    ("tta.shift", 32, "tta.shift is 32; it must be a whole number from 0 to 31"),
+    ("tta.shift", -1, "tta.shift is -1; it must be a whole number from 0 to 31"),
+    ("tta.mirror", "no", 'tta.mirror is "no"; it must be true or false'),
+    ("data.train_images", -3, "data.train_images is -3; it must be a whole number, 0 or more"),
+    ("data.kind", None, "data.kind is null; it must be a string"),
+    ("data", DROP, "data is missing; rewrite it or retrain"),
+    ("data", [], "data is []; it must be an object"),
+    (
+        "versions",
+        {"torch": 2},
+        'versions is {"torch": 2}; it must map package names to version strings',
+    ),
+    ("training", [], "training is []; it must be an object (the training summary)"),
+    ("calibration", 0.5, "calibration is 0.5; it must be an object or absent"),
+    ("processes", 0, "processes is 0; it must be a whole number, 1 or more"),
+    ("precision", "int4", 'precision is "int4"; it must be one of fp32, bf16, fp16'),
+    ("created", 20261130, "created is 20261130; it must be a date string"),
+    (
+        "format",
+        "imagewise-run/3",
+        'format is "imagewise-run/3", written by a newer imagewise (this one reads up to '
+        '"imagewise-run/2"); upgrade imagewise to use this run',
+    ),
+    (
+        "format",
+        "keras/7",
+        'format is "keras/7"; it must be one of "imagewise-run/1", "imagewise-run/2"',
+    ),
+]
+
+
+@pytest.mark.parametrize(("path", "value", "message"), BAD, ids=[f"{p}={v!r}" for p, v, _ in BAD])
+def test_bad_field_is_named_in_one_line(path: str, value: Any, message: str) -> None:
+    with pytest.raises(UserError) as caught:
+        RunMeta.from_json(_set(path, value), source=SOURCE)
+    assert str(caught.value) == f"{SOURCE}: {message}"
+    assert "\n" not in str(caught.value)
+
+
+def test_old_file_is_validated_too() -> None:
+    v1 = json.loads(LENET5_V1)
+    v1["preprocessing"]["img_size"] = 100000
+    with pytest.raises(UserError, match=r"^meta\.json: preprocessing\.img_size is 100000; "):
+        RunMeta.from_json(v1)
+
+
+def test_not_an_object() -> None:
+    with pytest.raises(UserError, match=r"^meta\.json of 'runs/x': holds \[\]; it must be a JSON"):
+        RunMeta.from_json([], source=SOURCE)  # type: ignore[arg-type]
+
+
+def test_validate_catches_what_a_writer_builds_wrong() -> None:
+    m = sample()
+    validate(m)
+    m.classes = []
+    with pytest.raises(UserError, match=r"^meta\.json: classes is \[\]"):
+        validate(m)
+
+
+def test_long_values_are_shortened() -> None:
+    with pytest.raises(UserError) as caught:
+        RunMeta.from_json(_set("model.name", 7 * 10**100), source=SOURCE)
+    assert len(str(caught.value)) < 160 and "..." in str(caught.value)
