@@ -1,5 +1,5 @@
 # make run   installs on first use (.venv), then runs the main job end to end on built-in data
-# make test  installs on first use, then lint, format check and the whole test suite
+# make test  installs on first use, then lint, format check, the import layers and the test suite
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
@@ -13,6 +13,7 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/python -m pytest -q
 
 install: $(STAMP)

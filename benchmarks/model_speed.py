@@ -18,7 +18,7 @@ import time
 import torch
 
 from imagewise.models import count_flops, create_model
-from imagewise.train.device import keep_freed_memory
+from imagewise.runtime.device import keep_freed_memory
 
 EPOCH_IMAGES = 54_000  # Fashion-MNIST training split after the 10% validation hold-out
 

@@ -31,7 +31,7 @@ from foundation import machine  # benchmarks/foundation.py: cores and CPU model
 from inference import resnet18_float32  # benchmarks/inference.py: the same export
 
 from imagewise.models import create_model
-from imagewise.train.device import keep_freed_memory
+from imagewise.runtime.device import keep_freed_memory
 
 STEPS_PER_EPOCH = 938  # 60,000 training images at batch 64, as keras_vs_pytorch.py runs it
 

@@ -33,7 +33,7 @@ class TestAccuracy:
         self.points: list[tuple[float, float]] = []
 
     def on_epoch_end(self, state) -> None:
-        from imagewise.train.loop import predict_loader
+        from imagewise.runtime.inference import predict_loader
 
         extra = state.extra  # filled by imagewise.train: model, ema, preprocessing, config, tta
         net = extra["ema"].module if extra["ema"] is not None else extra["model"]

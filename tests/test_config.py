@@ -11,7 +11,7 @@ from torch import nn
 
 from imagewise.config import RunConfig, apply_options, load_config_file, save_config
 from imagewise.errors import UserError
-from imagewise.train.device import cpu_has_native_bf16
+from imagewise.runtime.device import cpu_has_native_bf16
 
 
 def test_file_overrides_defaults_and_flags_override_file(tmp_path: Path) -> None:
@@ -93,7 +93,7 @@ def test_recipe_sits_between_defaults_and_file_and_flags(tmp_path: Path) -> None
 
 
 def test_auto_precision_follows_the_hardware(monkeypatch: pytest.MonkeyPatch) -> None:
-    from imagewise.train import device as dev
+    from imagewise.runtime import device as dev
 
     cpu = torch.device("cpu")
     monkeypatch.setattr(dev, "cpu_has_native_bf16", lambda: True)
@@ -135,7 +135,7 @@ def test_auto_precision_on_a_cpu_keeps_bf16_only_when_measured_faster(
 )
 def test_the_bf16_probe_leaves_the_model_and_the_random_state_alone() -> None:
     from imagewise.models import create_model
-    from imagewise.train.device import measure_bf16_speedup
+    from imagewise.runtime.device import measure_bf16_speedup
 
     model = create_model("resnet9_tiny", 10, 1, 28).to(memory_format=torch.channels_last)
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -151,7 +151,7 @@ def test_the_bf16_probe_leaves_the_model_and_the_random_state_alone() -> None:
 def test_glibc_keeps_freed_memory_unless_told_not_to(monkeypatch: pytest.MonkeyPatch) -> None:
     import platform
 
-    from imagewise.train.device import keep_freed_memory
+    from imagewise.runtime.device import keep_freed_memory
 
     monkeypatch.setenv("IMAGEWISE_KEEP_FREED_MEMORY", "0")
     assert keep_freed_memory() is False

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from imagewise.runs import RunFolder
+from imagewise.runtime.runs import RunFolder
 
 ARGS = ["digits", "--model", "tutorial_cnn", "--epochs", "3", "--augment", "none", "-q"]
 # Same global batch (2 x 32 = 64), so the same learning rate and number of steps; tutorial_cnn

@@ -11,14 +11,14 @@ import pytest
 import torch
 
 import imagewise
-from imagewise.evaluate.calibration import (
+from imagewise.evaluate.metrics import classification_metrics, most_confused
+from imagewise.runtime.calibration import (
     calibrate,
     expected_calibration_error,
     fit_temperature,
     negative_log_likelihood,
     reliability_bins,
 )
-from imagewise.evaluate.metrics import classification_metrics, most_confused
 
 from conftest import run_cli
 

@@ -22,7 +22,7 @@ from imagewise.data.pipeline import prepare
 from imagewise.data.sources import resolve_source
 from imagewise.models import create_model, describe_models
 from imagewise.models.hog_svm import hog_settings
-from imagewise.train.checkpoint import load_weights, save_weights
+from imagewise.runtime.checkpoint import load_weights, save_weights
 from imagewise.train.classical import fit_classical
 
 from conftest import run_cli

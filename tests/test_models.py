@@ -236,7 +236,7 @@ def test_dropout_option_reaches_the_head(name: str) -> None:
 
 def test_tta_wrapper_takes_the_model_mode() -> None:
     """A fresh wrapper in training mode would switch BatchNorm to batch statistics."""
-    from imagewise.models.tta import ViewMean, with_tta
+    from imagewise.runtime.tta import ViewMean, with_tta
 
     model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2)).eval()
     wrapped = with_tta(model, True)
@@ -246,7 +246,7 @@ def test_tta_wrapper_takes_the_model_mode() -> None:
 
 
 def test_tta_views_follow_the_training_augmentation() -> None:
-    from imagewise.models.tta import describe, tta_views, view_count, views_for_training
+    from imagewise.runtime.tta import describe, tta_views, view_count, views_for_training
 
     assert views_for_training(True, 0.1, 28) == {"mirror": True, "shift": 1}
     assert views_for_training(False, 0.08, 28) == {"mirror": False, "shift": 1}  # `light`
@@ -264,7 +264,7 @@ def test_tta_views_follow_the_training_augmentation() -> None:
 
 
 def test_shift_views_move_the_image_and_fill_the_gap_with_black() -> None:
-    from imagewise.models.tta import ViewMean
+    from imagewise.runtime.tta import ViewMean
 
     seen: list[torch.Tensor] = []
 

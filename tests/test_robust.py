@@ -20,8 +20,8 @@ from safetensors.torch import load_file
 import imagewise
 from imagewise.config import MAX_CONFIG_BYTES, load_config_file
 from imagewise.errors import UserError
-from imagewise.evaluate.calibration import calibrate
 from imagewise.io import DiskFull, atomic_write
+from imagewise.runtime.calibration import calibrate
 from imagewise.train.loop import MAX_ROLLBACKS, Rollback
 
 from conftest import run_cli
@@ -159,7 +159,7 @@ def test_a_full_disk_names_the_file_and_keeps_what_was_there(tmp_path: Path) -> 
 def test_a_full_disk_during_training_is_one_line_and_resumable(
     folder_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import imagewise.train.checkpoint as checkpoint
+    import imagewise.runtime.checkpoint as checkpoint
 
     real_save, calls = torch.save, []
 
@@ -337,7 +337,7 @@ class FakeMachine:
 
 
 def test_the_thread_governor_leaves_cores_that_others_use(monkeypatch: pytest.MonkeyPatch) -> None:
-    from imagewise.train import threads
+    from imagewise.runtime import threads
 
     machine = FakeMachine()
     monkeypatch.setattr(threads.os, "sched_getaffinity", lambda pid: {0, 1})
@@ -375,7 +375,7 @@ def test_the_thread_governor_leaves_cores_that_others_use(monkeypatch: pytest.Mo
 
 
 def test_the_thread_governor_reads_this_machine() -> None:
-    from imagewise.train.threads import cpu_busy_ticks, own_busy_ticks
+    from imagewise.runtime.threads import cpu_busy_ticks, own_busy_ticks
 
     cpus = os.sched_getaffinity(0)
     busy, own = cpu_busy_ticks(cpus), own_busy_ticks()

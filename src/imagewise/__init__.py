@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from imagewise.version import __version__
 
 # train / evaluate / predict / explain / export / serve are stage packages that are callable
 # (see imagewise._stage).

@@ -84,7 +84,7 @@ class TrainConfig:
     device: str = "auto"
     channels_last: bool = True
     # auto: bf16 (or fp16) on GPU; on CPUs with AVX512-BF16 or AMX bf16 if a timed step is
-    # faster than fp32 (train.device.measure_bf16_speedup); else fp32
+    # faster than fp32 (runtime.device.measure_bf16_speedup); else fp32
     precision: str = "auto"  # auto | fp32 | bf16 | fp16
     compile: str = "auto"  # auto (CUDA only: measured slower on CPU) | on | off
     tta: bool = False  # answer with the mean over mirror / shifted views (all inference)

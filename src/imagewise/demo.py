@@ -30,7 +30,7 @@ def run_demo(
     from imagewise.evaluate import evaluate
     from imagewise.io import atomic_write
     from imagewise.predict import format_predictions, predict
-    from imagewise.runs import RunFolder, free_run_path
+    from imagewise.runtime.runs import RunFolder, free_run_path
     from imagewise.train.run import train
 
     out = Path(out)

@@ -122,10 +122,10 @@ def evaluate(
     from imagewise.config import DataConfig
     from imagewise.data.pipeline import make_loader, materialize
     from imagewise.data.sources import ImageData
-    from imagewise.evaluate.calibration import calibration_report
     from imagewise.evaluate.metrics import classification_metrics, most_confused
     from imagewise.predict.predictor import load_run
-    from imagewise.train.loop import predict_loader
+    from imagewise.runtime.calibration import calibration_report
+    from imagewise.runtime.inference import predict_loader
 
     clf = load_run(run, device=device)
     run_dir = Path(run)

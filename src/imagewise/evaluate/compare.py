@@ -18,7 +18,7 @@ import torch
 
 from imagewise.errors import UserError
 from imagewise.io import atomic_write_text
-from imagewise.runs import RunFolder
+from imagewise.runtime.runs import RunFolder
 
 log = logging.getLogger("imagewise")
 
@@ -163,9 +163,9 @@ def render_comparison(rows: list[dict[str, Any]]) -> str:
     """A self-contained HTML page: the sortable table and the accuracy vs latency scatter."""
     import html
 
-    import imagewise
     from imagewise.evaluate.plots import plot_accuracy_latency
     from imagewise.evaluate.report import CSS, JS, file_uri
+    from imagewise.version import __version__
 
     cols = [(k, h) for k, h in COLUMNS if any(k in r for r in rows)]
     head = "".join(f"<th>{html.escape(h)}</th>" for _, h in cols)
@@ -196,7 +196,7 @@ def render_comparison(rows: list[dict[str, Any]]) -> str:
         f"<tbody>{body}</tbody></table></section>"
         f"<section><h2>Accuracy vs latency</h2>{scatter}</section></main>"
         '<footer class="muted" style="padding:0 28px 20px">written by imagewise '
-        f"{html.escape(imagewise.__version__)}</footer><script>{JS}</script></body></html>"
+        f"{html.escape(__version__)}</footer><script>{JS}</script></body></html>"
     )
 
 

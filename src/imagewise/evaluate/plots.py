@@ -1,4 +1,6 @@
-"""Plots a person looks at: training curves and confusion matrices (matplotlib, Agg backend)."""
+"""Plots a person looks at: confusion matrices, accuracy against latency (matplotlib, Agg).
+
+The training curves are drawn by training itself (``imagewise.train.curves``)."""
 
 from __future__ import annotations
 
@@ -7,38 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from imagewise.io import atomic_write
-
-
-def _figure(width: float, height: float):
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt, plt.figure(figsize=(width, height), dpi=110)
-
-
-def _save(plt, fig, path: str | Path) -> Path:
-    fig.tight_layout()
-    out = atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
-    plt.close(fig)
-    return out
-
-
-def plot_curves(history: list[dict[str, float]], path: str | Path) -> Path:
-    """Loss and accuracy per epoch, training and validation, side by side."""
-    plt, fig = _figure(10, 4)
-    epochs = [row["epoch"] for row in history]
-    for i, (metric, label) in enumerate((("loss", "loss"), ("accuracy", "accuracy"))):
-        ax = fig.add_subplot(1, 2, i + 1)
-        ax.plot(epochs, [r[f"train_{metric}"] for r in history], "o-", label="train")
-        ax.plot(epochs, [r[f"val_{metric}"] for r in history], "o-", label="validation")
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-        ax.legend()
-    return _save(plt, fig, path)
+from imagewise.figures import new_figure, save_figure
 
 
 def plot_confusion(
@@ -47,7 +18,7 @@ def plot_confusion(
     """A confusion matrix heat map, rows = true class, columns = predicted class."""
     n = len(classes)
     size = min(4 + 0.45 * n, 24)
-    plt, fig = _figure(size + 1, size)
+    fig = new_figure(size + 1, size)
     ax = fig.add_subplot(1, 1, 1)
     values = matrix.astype(float)
     if normalize:
@@ -67,15 +38,15 @@ def plot_confusion(
                 text = f"{values[i, j]:.2f}" if normalize else str(int(values[i, j]))
                 color = "white" if values[i, j] > top / 2 else "black"
                 ax.text(j, i, text, ha="center", va="center", color=color, fontsize=7)
-    return _save(plt, fig, path)
+    return save_figure(fig, path)
 
 
 def plot_reliability(calibration: dict, path: str | Path) -> Path:
     """Reliability diagrams before and after temperature scaling, with their ECE.
 
-    ``calibration`` is ``imagewise.evaluate.calibration.calibration_report(...)``.
+    ``calibration`` is ``imagewise.runtime.calibration.calibration_report(...)``.
     """
-    plt, fig = _figure(10, 4.2)
+    fig = new_figure(10, 4.2)
     t = calibration["temperature"]
     for i, (key, title) in enumerate((("before", "before (T = 1)"), ("after", f"T = {t:.3g}"))):
         part = calibration[key]
@@ -98,7 +69,7 @@ def plot_reliability(calibration: dict, path: str | Path) -> Path:
         ax.set_title(f"{title}: ECE {part['ece']:.4f}, NLL {part['nll']:.4f}")
         ax.grid(alpha=0.3)
         ax.legend(loc="upper left", fontsize=8)
-    return _save(plt, fig, path)
+    return save_figure(fig, path)
 
 
 def _two_and_five(value: float, _pos: int) -> str:
@@ -109,7 +80,7 @@ def _two_and_five(value: float, _pos: int) -> str:
 
 def plot_accuracy_latency(rows: list[dict], path: str | Path) -> Path:
     """Scatter of test accuracy vs latency per image (batch 1), one labelled point per run."""
-    plt, fig = _figure(7, 4.5)
+    fig = new_figure(7, 4.5)
     from matplotlib.ticker import FormatStrFormatter, FuncFormatter
 
     ax = fig.add_subplot(1, 1, 1)
@@ -126,4 +97,4 @@ def plot_accuracy_latency(rows: list[dict], path: str | Path) -> Path:
     ax.set_ylabel("test accuracy (%)")
     ax.grid(alpha=0.3, which="both")
     ax.set_title("accuracy vs latency")
-    return _save(plt, fig, path)
+    return save_figure(fig, path)

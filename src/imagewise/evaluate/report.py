@@ -19,11 +19,11 @@ import numpy as np
 import torch
 
 from imagewise.io import atomic_write_text
-from imagewise.runs import RunFolder
+from imagewise.runtime.runs import RunFolder
 
 if TYPE_CHECKING:
     from imagewise.evaluate import Evaluation
-    from imagewise.predict.predictor import Classifier
+    from imagewise.predict.base import Classifier
 
 log = logging.getLogger("imagewise")
 
@@ -263,7 +263,7 @@ def _calibration(ev: Evaluation, eval_dir: Path) -> str:
 
 def render_report(ev: Evaluation, clf: Classifier, run: Path, gallery: int = 24) -> str:
     """The report page as a string (see ``write_report``)."""
-    import imagewise
+    from imagewise.version import __version__
 
     folder = RunFolder.of(run)
     eval_dir = folder.eval_dir
@@ -306,7 +306,7 @@ def render_report(ev: Evaluation, clf: Classifier, run: Path, gallery: int = 24)
         f"{_esc(ev.metrics['data'])} · accuracy {_pct(ev.accuracy)}</p></header>"
         f"<nav>{nav}</nav><main>{''.join(sections)}</main>"
         f'<footer class="muted" style="padding:0 28px 20px">written by imagewise '
-        f"{_esc(imagewise.__version__)} at {written}</footer>"
+        f"{_esc(__version__)} at {written}</footer>"
         f"<script>{JS}</script></body></html>"
     )
 

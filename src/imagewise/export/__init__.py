@@ -29,10 +29,10 @@ import torch
 
 from imagewise.errors import UserError
 from imagewise.io import atomic_write, atomic_write_json
-from imagewise.runs import RunFolder
+from imagewise.runtime.runs import RunFolder
 
 if TYPE_CHECKING:
-    from imagewise.predict.predictor import Classifier
+    from imagewise.predict.base import Classifier
 
 log = logging.getLogger("imagewise")
 

@@ -19,21 +19,13 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from imagewise.data.transforms import Preprocessing
-from imagewise.errors import UserError
-
-# The input the graph takes: the model's usual normalized batch, or raw pixels normalized inside.
-LAYOUT_NORMALIZED = "NCHW float32 normalized"
-LAYOUT_RAW = "NHWC uint8"
-INT8_QUANTIZATION = "int8 static QDQ (ONNX Runtime), uint8 activations, int8 weights"
-
-JSON_KEYS = ("classes", "img_size", "channels", "mean", "std", "temperature")
-TEXT_KEYS = (
-    "interpolation", "model", "imagewise_version", "input_layout", "quantization",
-    "test_time_augmentation",
-)  # fmt: skip
-OPTIONAL_JSON_KEYS = ("quantization_settings",)  # absent from float files and older ones
-EXTRA_FILE = "imagewise.json"  # the TorchScript extra file holding the same map
+from imagewise.predict.file_meta import (
+    INT8_QUANTIZATION,
+    JSON_KEYS,
+    LAYOUT_NORMALIZED,
+    LAYOUT_RAW,
+    OPTIONAL_JSON_KEYS,
+)
 
 
 def build_metadata(
@@ -47,8 +39,8 @@ def build_metadata(
     ``quantization`` (INT8: ``Int8Settings.describe()``) says how the weights were made and on
     which CPUs they compute exactly, so a file met later still tells whether it suits a machine.
     """
-    import imagewise
-    from imagewise.models.tta import describe, tta_views  # the graph already averages the views
+    from imagewise.runtime.tta import describe, tta_views  # the graph already averages the views
+    from imagewise.version import __version__
 
     pre = run_meta["preprocessing"]
     values: dict[str, Any] = {
@@ -60,7 +52,7 @@ def build_metadata(
         "temperature": float(run_meta.get("temperature", 1.0)),
         "interpolation": pre.get("interpolation", "bilinear"),
         "model": run_meta["model"]["name"],
-        "imagewise_version": imagewise.__version__,
+        "imagewise_version": __version__,
         "input_layout": LAYOUT_RAW if raw_input else LAYOUT_NORMALIZED,
         "quantization": INT8_QUANTIZATION if int8 else "none",
         "test_time_augmentation": describe(tta_views(run_meta.get("tta"))),
@@ -80,30 +72,3 @@ def _describe_int8(settings: Mapping[str, Any]) -> str:
     bits = settings.get("weight_bits", 8)
     reduced = " (reduce_range)" if settings.get("reduce_range") else ""
     return f"{INT8_QUANTIZATION} {bits}-bit {per}{reduced}; safe on {settings.get('safe_on')}"
-
-
-def parse_metadata(props: Mapping[str, str], source: str) -> dict[str, Any]:
-    """The string map of an exported model -> typed values; a clear error when it is missing."""
-    missing = [k for k in (*JSON_KEYS, "input_layout") if k not in props]
-    if missing:
-        raise UserError(
-            f"'{source}' has no imagewise metadata ({', '.join(missing)} missing); "
-            "give a model written by 'imagewise export RUN'"
-        )
-    values: dict[str, Any] = {k: props[k] for k in TEXT_KEYS if k in props}
-    values.update({k: json.loads(props[k]) for k in JSON_KEYS})
-    values.update({k: json.loads(props[k]) for k in OPTIONAL_JSON_KEYS if k in props})
-    if values["input_layout"] not in (LAYOUT_NORMALIZED, LAYOUT_RAW):
-        raise UserError(f"'{source}' has an unknown input layout '{values['input_layout']}'")
-    return values
-
-
-def preprocessing_of(values: Mapping[str, Any]) -> Preprocessing:
-    """The ``Preprocessing`` an exported model was trained with."""
-    return Preprocessing(
-        img_size=int(values["img_size"]),
-        channels=int(values["channels"]),
-        mean=list(values["mean"]),
-        std=list(values["std"]),
-        interpolation=values.get("interpolation", "bilinear"),
-    )

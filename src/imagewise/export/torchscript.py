@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from imagewise.data.transforms import Preprocessing
-from imagewise.export.metadata import EXTRA_FILE
+from imagewise.predict.file_meta import EXTRA_FILE
 
 
 def save_torchscript(
@@ -31,13 +31,3 @@ def save_torchscript(
         traced = torch.jit.trace(model, x)
         extra = {EXTRA_FILE: json.dumps(dict(metadata), ensure_ascii=False)}
         torch.jit.save(traced, str(path), _extra_files=extra)
-
-
-def load_torchscript(path: str | Path, device: torch.device) -> tuple[nn.Module, dict[str, str]]:
-    """The traced module and its metadata map."""
-    extra = {EXTRA_FILE: ""}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
-    props = json.loads(extra[EXTRA_FILE]) if extra[EXTRA_FILE] else {}
-    return module, props

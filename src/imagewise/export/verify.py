@@ -18,7 +18,7 @@ from imagewise.data.transforms import Preprocessing
 from imagewise.errors import UserError
 
 if TYPE_CHECKING:
-    from imagewise.predict.predictor import BaseClassifier
+    from imagewise.predict.base import BaseClassifier
 
 MIN_AGREEMENT = 0.999  # float exports: share of images whose top-1 class equals PyTorch's
 MAX_INT8_ACCURACY_DROP = 0.01  # INT8: accuracy lost against PyTorch (1 point)

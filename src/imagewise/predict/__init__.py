@@ -4,15 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from imagewise.predict.base import BaseClassifier, Classifier, Prediction
 from imagewise.predict.inputs import expand_inputs
 from imagewise.predict.output import FORMATS, format_predictions
-from imagewise.predict.predictor import (
-    BaseClassifier,
-    Classifier,
-    Prediction,
-    load,
-    load_run,
-)
+from imagewise.predict.predictor import load, load_run
 
 
 def predict(

@@ -13,8 +13,13 @@ import numpy as np
 import torch
 
 from imagewise.errors import UserError
-from imagewise.export.metadata import LAYOUT_RAW, parse_metadata, preprocessing_of
-from imagewise.predict.predictor import BaseClassifier, Classifier
+from imagewise.predict.base import BaseClassifier, Classifier
+from imagewise.predict.file_meta import (
+    LAYOUT_RAW,
+    load_torchscript,
+    parse_metadata,
+    preprocessing_of,
+)
 
 
 class OnnxClassifier(BaseClassifier):
@@ -90,8 +95,7 @@ class OnnxClassifier(BaseClassifier):
 
 def load_exported(path: Path, device: str = "cpu") -> BaseClassifier:
     """An ``OnnxClassifier`` for ``.onnx`` files, a ``Classifier`` for TorchScript ``.pt``."""
-    from imagewise.export.torchscript import load_torchscript
-    from imagewise.train.device import resolve_device
+    from imagewise.runtime.device import resolve_device
 
     if not path.is_file():
         raise UserError(f"model file '{path}' does not exist; check the path")

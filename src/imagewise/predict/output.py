@@ -8,7 +8,7 @@ import json
 from collections.abc import Sequence
 
 from imagewise.errors import UserError
-from imagewise.predict.predictor import Prediction
+from imagewise.predict.base import Prediction
 
 FORMATS = ("table", "csv", "json")
 

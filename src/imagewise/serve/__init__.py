@@ -59,14 +59,14 @@ def _load_app(path: str | Path, options: ServeSettings) -> Any:
     import torch
     from PIL import Image
 
-    import imagewise
+    from imagewise.predict import load
     from imagewise.predict.finite import unusable_reason
 
     if options.threads:
         torch.set_num_threads(options.threads)
     # PIL's own guard against decompression bombs, in line with the server's pixel limit.
     Image.MAX_IMAGE_PIXELS = options.max_pixels
-    classifier = imagewise.load(path, device=options.device, check=False)
+    classifier = load(path, device=options.device, check=False)
     if unusable := unusable_reason(classifier, path):
         log.error("not ready: %s", unusable)
     return create_app(classifier, options, unusable)

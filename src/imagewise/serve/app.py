@@ -17,13 +17,13 @@ from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException
 
-import imagewise
 from imagewise.serve.batching import MicroBatcher
 from imagewise.serve.guards import GuardMiddleware, ServeError
 from imagewise.serve.metrics import MetricsMiddleware, ServeMetrics
 from imagewise.serve.routes import ServeState, router
 from imagewise.serve.schemas import InfoResponse
 from imagewise.serve.settings import ServeSettings
+from imagewise.version import __version__
 
 log = logging.getLogger("imagewise")
 
@@ -138,7 +138,7 @@ def create_app(
     # the same page with the assets of the fastapi-offline package, from this server.
     app = FastAPIOffline(
         title="imagewise",
-        version=imagewise.__version__,
+        version=__version__,
         description="Image classification: POST images to /v1/predict; the page is at /.",
         lifespan=lifespan,
         static_url=DOCS_ASSETS,

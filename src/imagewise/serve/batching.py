@@ -156,7 +156,7 @@ class MicroBatcher:
         return taken
 
     def _run(self) -> None:
-        from imagewise.train.threads import ThreadGovernor
+        from imagewise.runtime.threads import ThreadGovernor
 
         governor = ThreadGovernor()  # in this thread: OpenMP thread counts are per thread
         try:

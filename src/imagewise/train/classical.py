@@ -25,8 +25,8 @@ from imagewise.data.sources import Split
 from imagewise.data.transforms import Preprocessing
 from imagewise.errors import UserError
 from imagewise.io import read_json
-from imagewise.runs import RunFolder
-from imagewise.train.checkpoint import save_weights
+from imagewise.runtime.checkpoint import save_weights
+from imagewise.runtime.runs import RunFolder
 
 log = logging.getLogger("imagewise")
 

@@ -24,11 +24,12 @@ from torch import nn
 
 from imagewise.data.transforms import BatchAugment, Preprocessing
 from imagewise.errors import UserError
+from imagewise.runtime.device import autocast
+from imagewise.runtime.inference import predict_loader
+from imagewise.runtime.threads import ThreadGovernor
 from imagewise.train.compile import unwrap
-from imagewise.train.device import autocast
 from imagewise.train.distributed import all_reduce_sum
 from imagewise.train.task import ClassificationTask
-from imagewise.train.threads import ThreadGovernor
 
 log = logging.getLogger("imagewise")
 
@@ -70,11 +71,6 @@ def _call(hooks: Sequence[object], name: str, state: TrainState) -> None:
         fn = getattr(hook, name, None)
         if fn is not None:
             fn(state)
-
-
-def _to_device(images: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
-    images = images.to(device, non_blocking=True)
-    return images.contiguous(memory_format=torch.channels_last) if channels_last else images
 
 
 def train_one_epoch(
@@ -187,38 +183,6 @@ class Rollback:
             if "initial_lr" in group:
                 group["initial_lr"] *= factor
         return max(scheduler.base_lrs)
-
-
-@torch.no_grad()
-def predict_loader(
-    model: nn.Module,
-    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
-    pre: Preprocessing,
-    device: torch.device,
-    amp_dtype: torch.dtype | None = None,
-    channels_last: bool = True,
-    tta: object = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits (float32, CPU) and labels for every batch of ``loader``; ``tta`` (a run's views,
-    see ``imagewise.models.tta``) averages the logits over them."""
-    from imagewise.models.tta import with_tta  # imagewise.models registers every family
-
-    network = with_tta(model.eval(), tta, pre)
-    all_logits, all_labels = [], []
-    governor = ThreadGovernor()
-    for images, labels in loader:
-        if images.shape[0] == 0:
-            continue
-        governor.tick()
-        x = _to_device(pre.normalize(images.to(device)), device, channels_last)
-        with autocast(device, amp_dtype):
-            logits = network(x).float()
-        all_logits.append(logits.cpu())
-        all_labels.append(labels.cpu())
-    governor.close()
-    if not all_logits:
-        return torch.empty(0, 0), torch.empty(0, dtype=torch.long)
-    return torch.cat(all_logits), torch.cat(all_labels)
 
 
 def evaluate_loader(

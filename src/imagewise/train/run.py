@@ -28,8 +28,14 @@ from imagewise.data.sources import ImageData, Split, resolve_source
 from imagewise.data.transforms import BatchAugment, Preprocessing
 from imagewise.errors import UserError
 from imagewise.io import DiskFull, atomic_write_text, check_output_dir
-from imagewise.runs import RunFolder, free_run_path
-from imagewise.train.checkpoint import load_checkpoint, save_checkpoint, save_weights
+from imagewise.runtime.checkpoint import load_checkpoint, save_checkpoint, save_weights
+from imagewise.runtime.device import (
+    keep_freed_memory,
+    measure_bf16_speedup,
+    resolve_device,
+    resolve_precision,
+)
+from imagewise.runtime.runs import RunFolder, free_run_path
 from imagewise.train.classical import (
     fit_classical,
     refuse_classical,
@@ -37,12 +43,6 @@ from imagewise.train.classical import (
     write_classical_run,
 )
 from imagewise.train.compile import CompiledWithFallback, wants_compile
-from imagewise.train.device import (
-    keep_freed_memory,
-    measure_bf16_speedup,
-    resolve_device,
-    resolve_precision,
-)
 from imagewise.train.distributed import broadcast_from_main, cleanup, init_distributed
 from imagewise.train.loop import TrainState, fit
 from imagewise.train.optim import build_optimizer, build_scheduler
@@ -89,10 +89,10 @@ def _versions() -> dict[str, str]:
     import timm
     import torchvision
 
-    import imagewise
+    from imagewise.version import __version__
 
     return {
-        "imagewise": imagewise.__version__,
+        "imagewise": __version__,
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
         "timm": timm.__version__,
@@ -133,9 +133,9 @@ def build_meta(
 
 def tta_views_of(config: RunConfig, img_size: int) -> dict[str, Any]:
     """The test-time views a run answers with: ``{}`` without ``tta``, else those its
-    augmentation trained it for (``imagewise.models.tta.views_for_training``)."""
+    augmentation trained it for (``imagewise.runtime.tta.views_for_training``)."""
     from imagewise.data.transforms import resolve_augment
-    from imagewise.models.tta import views_for_training
+    from imagewise.runtime.tta import views_for_training
 
     if not config.train.tta:
         return {}
@@ -192,7 +192,7 @@ class RunWriter:
             self.folder.write_meta(self.meta)
         save_checkpoint(self._checkpoint(state), self.folder.last)
         self.folder.write_history(state.history)
-        from imagewise.evaluate.plots import plot_curves
+        from imagewise.train.curves import plot_curves
 
         plot_curves(state.history, self.folder.curves)
         log.info(
@@ -353,13 +353,14 @@ def calibrate_run(
     folder: RunFolder, meta: dict[str, Any], val: Split, cfg: RunConfig, device: torch.device
 ) -> float:
     """Fit the temperature of the run's best weights on the validation split, into meta.json."""
-    from imagewise.evaluate.calibration import calibrate
-    from imagewise.predict.predictor import load_run
-    from imagewise.train.loop import predict_loader
+    from imagewise.runtime.calibration import calibrate
+    from imagewise.runtime.inference import predict_loader
+    from imagewise.runtime.network import load_network
 
-    clf = load_run(folder.path, device=str(device))
-    loader = make_loader(val, clf.preprocessing, 256, workers=cfg.data.workers)
-    logits, labels = predict_loader(clf.model, loader, clf.preprocessing, clf.device, tta=clf.tta)
+    network = load_network(folder, meta).to(device)
+    pre = Preprocessing(**meta["preprocessing"])
+    loader = make_loader(val, pre, 256, workers=cfg.data.workers)
+    logits, labels = predict_loader(network, loader, pre, device, tta=meta["tta"])
     summary = calibrate(logits, labels)
     meta["temperature"], meta["calibration"] = summary["temperature"], summary
     folder.write_meta(meta)

@@ -1,0 +1,188 @@
+"""What every classifier is: ``preprocess -> predict -> postprocess`` with class names.
+
+``BaseClassifier`` holds what they share (reading images, preprocessing, top-k);
+``Classifier`` runs a PyTorch module (a run folder's network, or a TorchScript file);
+``imagewise.predict.exported.OnnxClassifier`` an ONNX Runtime session.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from imagewise.data.decode import (
+    UnreadableImageError,
+    load_image,
+    normalize_mode,
+    pil_to_tensor,
+    resize_image,
+)
+from imagewise.data.transforms import Preprocessing
+from imagewise.errors import UserError
+
+log = logging.getLogger("imagewise")
+
+
+@dataclass
+class Prediction:
+    """The top-k classes of one image, best first."""
+
+    source: str
+    classes: list[str]
+    probabilities: list[float]
+
+    @property
+    def label(self) -> str:
+        return self.classes[0]
+
+    @property
+    def confidence(self) -> float:
+        return self.probabilities[0]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "top_k": [
+                {"class": c, "probability": round(p, 6)}
+                for c, p in zip(self.classes, self.probabilities, strict=True)
+            ],
+        }
+
+
+class BaseClassifier:
+    """What every classifier shares: reading images, preprocessing, top-k with class names.
+
+    Subclasses say how a normalized batch becomes ``logits``: ``Classifier`` runs a PyTorch
+    module, ``OnnxClassifier`` (``imagewise.predict.exported``) an ONNX Runtime session. Both are
+    built by ``load``, from a run folder or from an exported file.
+    """
+
+    def __init__(
+        self,
+        preprocessing: Preprocessing,
+        classes: list[str],
+        temperature: float = 1.0,
+        meta: dict[str, Any] | None = None,
+    ) -> None:
+        self.preprocessing = preprocessing
+        self.classes = classes
+        self.temperature = temperature
+        self.meta = meta or {}
+
+    def _read(self, img: Image.Image | str | Path) -> torch.Tensor:
+        pre = self.preprocessing
+        if isinstance(img, Image.Image):
+            return pil_to_tensor(resize_image(normalize_mode(img, pre.channels), pre.img_size))
+        try:
+            return pil_to_tensor(load_image(img, pre.channels, pre.img_size))
+        except UnreadableImageError as exc:
+            raise UserError(
+                f"cannot read image '{exc.path}' ({exc.reason}); give a JPEG, PNG, BMP, "
+                "TIFF, WebP or GIF file"
+            ) from exc
+
+    def preprocess(self, images: Sequence[Image.Image | str | Path]) -> torch.Tensor:
+        """Files or PIL images -> a normalized float batch (N, C, H, W)."""
+        return self.preprocessing.normalize(torch.stack([self._read(img) for img in images]))
+
+    def logits(self, batch: torch.Tensor) -> torch.Tensor:
+        """Raw scores of a preprocessed batch (before temperature)."""
+        raise NotImplementedError
+
+    def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
+        """Calibrated class probabilities of a preprocessed batch."""
+        return torch.softmax(self.logits(batch) / self.temperature, dim=1)
+
+    def image_probabilities(self, images: torch.Tensor) -> torch.Tensor:
+        """Calibrated class probabilities of uint8 images (N, C, H, W) at the model's size."""
+        return self.probabilities(self.preprocessing.normalize(images))
+
+    def postprocess(
+        self, probs: torch.Tensor, sources: Sequence[str], top_k: int = 5
+    ) -> list[Prediction]:
+        """Probabilities -> top-k predictions with class names."""
+        k = max(1, min(top_k, len(self.classes)))
+        values, indices = probs.topk(k, dim=1)
+        return [
+            Prediction(src, [self.classes[i] for i in idx.tolist()], val.tolist())
+            for src, val, idx in zip(sources, values, indices, strict=True)
+        ]
+
+    def predict(
+        self,
+        images: Iterable[Image.Image | str | Path],
+        top_k: int = 5,
+        batch_size: int = 64,
+        skippable: Callable[[str], bool] | None = None,
+    ) -> list[Prediction]:
+        """Top-k predictions for image files or PIL images, in order.
+
+        Args:
+            images: file paths or PIL images.
+            top_k: classes per image.
+            batch_size: images per forward pass.
+            skippable: for files this returns True for, an unreadable file is skipped with a
+                warning instead of failing the call (used for files found in folders).
+        """
+        items = [images] if isinstance(images, str | Path | Image.Image) else list(images)
+        out: list[Prediction] = []
+        for start in range(0, len(items), batch_size):
+            tensors, names = [], []
+            for i, item in enumerate(items[start : start + batch_size]):
+                name = f"<image {start + i}>" if isinstance(item, Image.Image) else str(item)
+                try:
+                    tensors.append(self._read(item))
+                except UserError as exc:
+                    if skippable is None or not skippable(name):
+                        raise
+                    log.warning("skipped: %s", str(exc).split(";")[0])
+                    continue
+                names.append(name)
+            if tensors:
+                probs = self.image_probabilities(torch.stack(tensors))
+                out.extend(self.postprocess(probs, names, top_k))
+        return out
+
+
+class Classifier(BaseClassifier):
+    """A PyTorch model with its preprocessing, class names and calibration temperature.
+
+    Example:
+        >>> clf = imagewise.load("runs/digits")  # doctest: +SKIP
+        >>> clf.predict(["seven.png"], top_k=3)[0].label  # doctest: +SKIP
+        '7'
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        preprocessing: Preprocessing,
+        classes: list[str],
+        temperature: float = 1.0,
+        meta: dict[str, Any] | None = None,
+        device: torch.device | None = None,
+        tta: object = None,
+    ) -> None:
+        super().__init__(preprocessing, classes, temperature, meta)
+        self.device = device or torch.device("cpu")
+        # not at import: ONNX-only use needs no timm
+        from imagewise.runtime.tta import tta_views, with_tta
+
+        self.model = model.to(self.device).eval()
+        self.tta = tta_views(tta)  # {"mirror": bool, "shift": px}, or {} without TTA
+        # The model as it answers (the mean over its test-time views when the run has them),
+        # built once rather than per batch; ``model`` stays the bare network, for Grad-CAM
+        # and features.
+        self.network = with_tta(self.model, self.tta, preprocessing)
+
+    @torch.no_grad()
+    def logits(self, batch: torch.Tensor) -> torch.Tensor:
+        """Raw scores of a preprocessed batch (before temperature)."""
+        x = batch.to(self.device).contiguous(memory_format=torch.channels_last)
+        return self.network(x).float().cpu()

@@ -1,0 +1,22 @@
+"""The run folder's ``curves.png``: loss and accuracy per epoch, drawn after every epoch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from imagewise.figures import new_figure, save_figure
+
+
+def plot_curves(history: list[dict[str, float]], path: str | Path) -> Path:
+    """Loss and accuracy per epoch, training and validation, side by side."""
+    fig = new_figure(10, 4)
+    epochs = [row["epoch"] for row in history]
+    for i, (metric, label) in enumerate((("loss", "loss"), ("accuracy", "accuracy"))):
+        ax = fig.add_subplot(1, 2, i + 1)
+        ax.plot(epochs, [r[f"train_{metric}"] for r in history], "o-", label="train")
+        ax.plot(epochs, [r[f"val_{metric}"] for r in history], "o-", label="validation")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    return save_figure(fig, path)
