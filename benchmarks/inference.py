@@ -126,13 +126,10 @@ def resnet18_float32(work: Path, size: int = 224) -> tuple[torch.nn.Module, Prep
     torch.manual_seed(0)
     model = create_model("resnet18", num_classes=1000, in_chans=3, img_size=size).eval()
     pre = Preprocessing(size, 3, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
-    meta = {
-        "classes": [str(i) for i in range(1000)],
-        "model": {"name": "resnet18"},
-        "preprocessing": vars(pre),
-    }
+    classes = [str(i) for i in range(1000)]
+    metadata = build_metadata("resnet18", classes, pre, 1.0, {}, raw_input=False, int8=False)
     fp32 = work / "resnet18.onnx"
-    proto = to_onnx(model, pre, 1.0, False, build_metadata(meta, raw_input=False, int8=False))
+    proto = to_onnx(model, pre, 1.0, False, metadata)
     fp32.write_bytes(proto.SerializeToString())
     return model, pre, fp32
 

@@ -295,7 +295,9 @@ def export_int8_with(
     capsys: pytest.CaptureFixture[str],
 ) -> tuple[int, str, str]:  # fmt: skip
     """``imagewise export RUN --int8`` with ``quantizer`` in place of ``quantize_int8``."""
-    monkeypatch.setattr("imagewise.export.quantize.quantize_int8", quantizer)
+    from imagewise.export import quantize
+
+    monkeypatch.setattr(quantize, "quantize_int8", quantizer)
     return run_cli(["export", str(run), "--int8"], capsys)
 
 
@@ -368,7 +370,9 @@ def test_unusable_out_is_refused_before_any_work(
     def no_work(*args: object, **kwargs: object) -> None:
         raise AssertionError("the model was loaded before the path was checked")
 
-    monkeypatch.setattr("imagewise.predict.predictor.load_run", no_work)
+    from imagewise.predict import predictor
+
+    monkeypatch.setattr(predictor, "load_run", no_work)
     refusals = {
         str(folder): f"error: cannot write the model to '{folder}': it is a folder; give --out "
         f"a file name, e.g. --out {folder / 'model.int8.onnx'}",
@@ -434,6 +438,8 @@ def test_tta_run_answers_with_the_mirror_mean_everywhere(trained_run: Path, tmp_
     """A run with tta on: predict, the ONNX graph and TorchScript all average image and mirror."""
     run = copy_run(trained_run, tmp_path / "run")
     meta = json.loads((run / "meta.json").read_text())
+    meta = {**meta, "format": "imagewise-run/1"}  # as the release before views wrote it
+    del meta["model"]["capabilities"]
     (run / "meta.json").write_text(json.dumps({**meta, "tta": True}))
     clf, plain = imagewise.load(run), imagewise.load(trained_run)
     assert isinstance(clf, Classifier) and plain.tta == {}

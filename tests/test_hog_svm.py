@@ -22,6 +22,7 @@ from imagewise.data.pipeline import prepare
 from imagewise.data.sources import resolve_source
 from imagewise.models import create_model, describe_models
 from imagewise.models.hog_svm import hog_settings
+from imagewise.models.registry import get_entry
 from imagewise.runtime.checkpoint import load_weights, save_weights
 from imagewise.train.classical import fit_classical
 
@@ -69,7 +70,13 @@ def test_features_equal_skimage_hog() -> None:
 def test_settings_and_size_figures() -> None:
     assert hog_settings(28).pixels_per_cell == 4 and hog_settings(224).pixels_per_cell == 16
     model = create_model("hog_svm", num_classes=10, in_chans=1, img_size=28)
-    assert model.classical and model.num_features == 6 * 6 * 2 * 2 * 9
+    assert model.num_features == 6 * 6 * 2 * 2 * 9
+    entry = get_entry("hog_svm")  # what it can do is declared once, on its registry entry
+    assert entry is not None and (entry.fit, entry.onnx_export, entry.gradcam) == (
+        "one_pass",
+        False,
+        False,
+    )
     assert create_model("hog_svm", 10, in_chans=3, img_size=224).num_features == 13 * 13 * 36
     (row,) = describe_models(["hog_svm"], in_chans=1, img_size=28, num_classes=10)
     assert row["params"] == 1296 * 10 + 10 and row["flops"] == 2 * 1296 * 10

@@ -266,7 +266,7 @@ class SlowClassifier:
         self.classes = ["yes", "no"]
         self.preprocessing = Preprocessing(img_size=8, channels=1, mean=[0.5], std=[0.5])
         self.temperature = 1.0
-        self.meta = {"model": {"name": "slow"}}
+        self.name = "slow"
         self.seconds = seconds
         self.batches: list[int] = []
 

@@ -96,11 +96,11 @@ def compare_runs(
     for run, name in zip(runs, names, strict=True):
         clf = load_run(run, device="cpu")  # checks the folder holds a run
         metrics = _metrics(Path(run), data)
-        pre, meta = clf.preprocessing, clf.meta
+        pre, meta = clf.preprocessing, clf.run_meta
         row: dict[str, Any] = {
             "name": name if names.count(name) == 1 else str(run),
             "run": str(run),
-            "model": meta["model"]["name"],
+            "model": meta.model.name,
             "data": metrics.get("data"),
             "split": metrics.get("split"),
             "images": metrics["images"],
@@ -110,7 +110,7 @@ def compare_runs(
             "params": sum(p.numel() for p in clf.model.parameters()),
             # FLOPs and latency of the network as it answers (a multiple of the model's with --tta)
             "flops": count_flops(clf.network, pre.channels, pre.img_size),
-            "train_seconds": meta.get("training", {}).get("train_seconds"),
+            "train_seconds": meta.training.get("train_seconds"),
         }
         if latency:
             for batch in (1, 64):

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from imagewise.io import atomic_write_text
+from imagewise.runtime.meta import RunMeta
 from imagewise.runtime.runs import RunFolder
 
 if TYPE_CHECKING:
@@ -101,8 +102,8 @@ def _img(uri: str | None, alt: str, cls: str = "plot") -> str:
     return f'<img class="{cls}" src="{uri}" alt="{_esc(alt)}">'
 
 
-def _summary(ev: Evaluation, meta: dict[str, Any], run: Path) -> str:
-    m, training = ev.metrics, meta.get("training", {})
+def _summary(ev: Evaluation, meta: RunMeta, run: Path) -> str:
+    m, training = ev.metrics, meta.training
     cal = m["calibration"]
     cards = [
         ("accuracy", _pct(m["accuracy"])),
@@ -117,16 +118,19 @@ def _summary(ev: Evaluation, meta: dict[str, Any], run: Path) -> str:
     seconds = training.get("train_seconds")
     facts = [
         ("run", str(run)),
-        ("model", meta["model"]["name"]),
-        ("parameters", f"{meta['model'].get('parameters', 0):,}"),
+        ("model", meta.model.name),
+        ("parameters", f"{meta.model.parameters:,}"),
         ("data", m["data"]),
         ("evaluated on", f"{m['split']} split, {m['images']:,} images"),
         (
             "training data",
-            f"{meta['data'].get('train_images', '?')} train / "
-            f"{meta['data'].get('val_images', '?')} validation images",
+            f"{meta.data.train_images} train / {meta.data.val_images} validation images",
         ),
-        ("input", "{channels} x {img_size} x {img_size}".format(**meta["preprocessing"])),
+        (
+            "input",
+            f"{meta.preprocessing.channels} x {meta.preprocessing.img_size} x "
+            f"{meta.preprocessing.img_size}",
+        ),
         (
             "epochs",
             f"{training.get('epochs_run', '?')} of {training.get('epochs_planned', '?')}"
@@ -134,7 +138,7 @@ def _summary(ev: Evaluation, meta: dict[str, Any], run: Path) -> str:
         ),
         ("training time", f"{seconds:.0f} s" if seconds is not None else "unknown"),
         ("temperature", f"{cal['temperature']:.4g}"),
-        ("created", meta.get("created", "")),
+        ("created", meta.created),
     ]
     dl = "".join(f"<dt>{_esc(k)}</dt><dd>{_esc(v)}</dd>" for k, v in facts)
     return (
@@ -204,7 +208,7 @@ def _error_gallery(ev: Evaluation, clf: Classifier, n: int) -> str:
     images = _split_images(ev.images, [e["index"] for e in worst], pre.channels, pre.img_size)
     predicted = [clf.classes.index(e["predicted"]) for e in worst]
     cams, note = None, "Grad-CAM of the predicted class: where the model looked."
-    if getattr(clf.model, "classical", False):
+    if not clf.capabilities.gradcam:
         note = "Classical model: no Grad-CAM."
     else:
         try:
@@ -269,7 +273,7 @@ def render_report(ev: Evaluation, clf: Classifier, run: Path, gallery: int = 24)
     eval_dir = folder.eval_dir
     title = f"imagewise report: {folder.path.name}"
     sections = [
-        _summary(ev, clf.meta, folder.path),
+        _summary(ev, clf.run_meta, folder.path),
         _per_class(ev),
         '<section id="confusion"><h2>Confusion matrix</h2><div class="pair">'
         + _img(file_uri(eval_dir / "confusion_matrix.png"), "confusion matrix (counts)")
@@ -302,7 +306,7 @@ def render_report(ev: Evaluation, clf: Classifier, run: Path, gallery: int = 24)
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{_esc(title)}</title><style>{CSS}</style></head><body>"
-        f"<header><h1>{_esc(title)}</h1><p>{_esc(clf.meta['model']['name'])} on "
+        f"<header><h1>{_esc(title)}</h1><p>{_esc(clf.name)} on "
         f"{_esc(ev.metrics['data'])} · accuracy {_pct(ev.accuracy)}</p></header>"
         f"<nav>{nav}</nav><main>{''.join(sections)}</main>"
         f'<footer class="muted" style="padding:0 28px 20px">written by imagewise '

@@ -11,6 +11,7 @@ import torch
 
 from imagewise.errors import UserError
 from imagewise.explain.layers import find_target_layer, named_target_layer, require_map
+from imagewise.runtime.meta import Capabilities
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -31,9 +32,13 @@ def check_method(method: str) -> str:
     return method
 
 
-def require_network(model: object, name: str | None = None) -> None:
-    """Refuse models that have no gradients to look at (classical, non-torch models)."""
-    if getattr(model, "classical", False) or not isinstance(model, torch.nn.Module):
+def require_network(
+    model: object, name: str | None = None, capabilities: Capabilities | None = None
+) -> None:
+    """Refuse models Grad-CAM cannot explain: those whose run declares no Grad-CAM
+    (``capabilities.gradcam``: a classical model has no feature map) and non-torch models."""
+    declined = capabilities is not None and not capabilities.gradcam
+    if declined or not isinstance(model, torch.nn.Module):
         name = name or getattr(model, "name", None) or type(model).__name__
         raise UserError(f"Grad-CAM needs a neural network; '{name}' is a classical model")
 

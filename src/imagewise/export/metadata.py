@@ -16,9 +16,10 @@ plain strings, so any ONNX consumer can read them::
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+from imagewise.data.transforms import Preprocessing
 from imagewise.predict.file_meta import (
     INT8_QUANTIZATION,
     JSON_KEYS,
@@ -29,33 +30,38 @@ from imagewise.predict.file_meta import (
 
 
 def build_metadata(
-    run_meta: Mapping[str, Any],
+    model: str,
+    classes: Sequence[str],
+    pre: Preprocessing,
+    temperature: float,
+    tta: Mapping[str, Any],
     raw_input: bool,
     int8: bool,
     quantization: Mapping[str, Any] | None = None,
 ) -> dict[str, str]:
-    """The string map written into an exported model, from the run's ``meta.json``.
+    """The string map written into an exported model: what a user of the file needs.
 
-    ``quantization`` (INT8: ``Int8Settings.describe()``) says how the weights were made and on
-    which CPUs they compute exactly, so a file met later still tells whether it suits a machine.
+    ``tta``: the run's test-time views (already averaged inside the graph; recorded so the file
+    says so). ``quantization`` (INT8: ``Int8Settings.describe()``) says how the weights were made
+    and on which CPUs they compute exactly, so a file met later still tells whether it suits a
+    machine.
     """
-    from imagewise.runtime.tta import describe, tta_views  # the graph already averages the views
+    from imagewise.runtime.tta import describe
     from imagewise.version import __version__
 
-    pre = run_meta["preprocessing"]
     values: dict[str, Any] = {
-        "classes": list(run_meta["classes"]),
-        "img_size": int(pre["img_size"]),
-        "channels": int(pre["channels"]),
-        "mean": [float(v) for v in pre["mean"]],
-        "std": [float(v) for v in pre["std"]],
-        "temperature": float(run_meta.get("temperature", 1.0)),
-        "interpolation": pre.get("interpolation", "bilinear"),
-        "model": run_meta["model"]["name"],
+        "classes": list(classes),
+        "img_size": int(pre.img_size),
+        "channels": int(pre.channels),
+        "mean": [float(v) for v in pre.mean],
+        "std": [float(v) for v in pre.std],
+        "temperature": float(temperature),
+        "interpolation": pre.interpolation,
+        "model": model,
         "imagewise_version": __version__,
         "input_layout": LAYOUT_RAW if raw_input else LAYOUT_NORMALIZED,
         "quantization": INT8_QUANTIZATION if int8 else "none",
-        "test_time_augmentation": describe(tta_views(run_meta.get("tta"))),
+        "test_time_augmentation": describe(dict(tta)),
     }
     if int8 and quantization is not None:
         values["quantization"] = _describe_int8(quantization)

@@ -90,11 +90,10 @@ class HogSVM(nn.Module):
     """HOG descriptor -> standardization -> linear SVM, with the timm-style interface.
 
     ``forward_features`` returns the standardized HOG features (N, num_features); there is no
-    spatial feature map, so Grad-CAM (``gradcam_layer`` is the model itself) refuses it through
-    ``classical``.
+    spatial feature map, so its registry entry declares ``gradcam=False`` (and ``fit="one_pass"``,
+    ``onnx_export=False``).
     """
 
-    classical = True  # fitted in one pass by imagewise.train.classical, not by the loop
     default_loss = "cross_entropy"  # of the decision values: what calibration and metrics use
     gradcam_layer = ""
 
@@ -155,6 +154,9 @@ class HogSVM(nn.Module):
     "hog_svm",
     family="classical",
     description="HOG + linear SVM (fitted in one pass; FLOPs count the SVM only)",
+    fit="one_pass",  # by imagewise.train.classical, not by the loop
+    onnx_export=False,  # HOG runs in scikit-image, outside the graph
+    gradcam=False,  # no spatial feature map to weigh
 )
 def hog_svm(num_classes: int, in_chans: int, img_size: int, pretrained: bool = False) -> nn.Module:
     """Build the HOG + linear SVM baseline; ``imagewise train`` fits it with ``fit_classical``."""

@@ -33,27 +33,43 @@ class ModelEntry:
     family: str
     description: str
     pretrained: bool
+    # What the model can do, carried into meta.json (imagewise.runtime.meta.Capabilities) so no
+    # stage tests a model's name: fitted by the loop ("gradient") or in one pass ("one_pass"),
+    # exportable to ONNX / TorchScript, differentiable for Grad-CAM.
+    fit: str = "gradient"
+    onnx_export: bool = True
+    gradcam: bool = True
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
 
 
 def register_model(
-    name: str, *, description: str = "", family: str | None = None, pretrained: bool = False
+    name: str,
+    *,
+    description: str = "",
+    family: str | None = None,
+    pretrained: bool = False,
+    fit: str = "gradient",
+    onnx_export: bool = True,
+    gradcam: bool = True,
 ) -> Callable[[Builder], Builder]:
     """Return a decorator that registers a builder under ``name``.
 
     The builder is called as ``builder(num_classes, in_chans, img_size, pretrained=False,
     **kwargs)`` and returns an ``nn.Module``. ``family`` defaults to the builder's module name;
-    ``pretrained`` says whether the builder can load pretrained weights. A name that is already
-    registered is refused with ``ValueError``.
+    ``pretrained`` says whether the builder can load pretrained weights; ``fit``,
+    ``onnx_export`` and ``gradcam`` declare what the model can do (see ``ModelEntry``). A name
+    that is already registered is refused with ``ValueError``.
     """
 
     def decorator(builder: Builder) -> Builder:
         if name in _REGISTRY:
             raise ValueError(f"model '{name}' is already registered")
         fam = family or builder.__module__.rsplit(".", 1)[-1]
-        _REGISTRY[name] = ModelEntry(name, builder, fam, description, pretrained)
+        _REGISTRY[name] = ModelEntry(
+            name, builder, fam, description, pretrained, fit, onnx_export, gradcam
+        )
         return builder
 
     return decorator

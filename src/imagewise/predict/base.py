@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ from imagewise.data.decode import (
 )
 from imagewise.data.transforms import Preprocessing
 from imagewise.errors import UserError
+from imagewise.runtime.meta import Capabilities, RunMeta
 
 log = logging.getLogger("imagewise")
 
@@ -68,12 +69,40 @@ class BaseClassifier:
         preprocessing: Preprocessing,
         classes: list[str],
         temperature: float = 1.0,
-        meta: dict[str, Any] | None = None,
+        meta: RunMeta | Mapping[str, Any] | None = None,
     ) -> None:
         self.preprocessing = preprocessing
         self.classes = classes
         self.temperature = temperature
-        self.meta = meta or {}
+        # A run folder's RunMeta, or an exported file's metadata map (``predict.file_meta``).
+        self.meta = meta
+
+    @property
+    def name(self) -> str:
+        """The model's name (``resnet9p_tiny``), as its run or exported file records it."""
+        if isinstance(self.meta, RunMeta):
+            return self.meta.model.name
+        if isinstance(self.meta, Mapping) and isinstance(self.meta.get("model"), str):
+            return self.meta["model"]
+        return type(getattr(self, "model", self)).__name__
+
+    @property
+    def run_meta(self) -> RunMeta:
+        """The run folder's metadata (classifiers loaded from a run folder only)."""
+        if not isinstance(self.meta, RunMeta):
+            raise UserError("this needs a model loaded from a run folder, not an exported file")
+        return self.meta
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """What the model can do: its run's declaration; an exported graph (ONNX, TorchScript)
+        has no hooks for Grad-CAM and is exported already; a bare module can do everything."""
+        if isinstance(self.meta, RunMeta):
+            return self.meta.model.capabilities
+        model = getattr(self, "model", None)
+        if isinstance(model, torch.nn.Module) and not isinstance(model, torch.jit.ScriptModule):
+            return Capabilities()
+        return Capabilities(onnx_export=False, gradcam=False)
 
     def _read(self, img: Image.Image | str | Path) -> torch.Tensor:
         pre = self.preprocessing
@@ -165,7 +194,7 @@ class Classifier(BaseClassifier):
         preprocessing: Preprocessing,
         classes: list[str],
         temperature: float = 1.0,
-        meta: dict[str, Any] | None = None,
+        meta: RunMeta | Mapping[str, Any] | None = None,
         device: torch.device | None = None,
         tta: object = None,
     ) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from imagewise.data.transforms import Preprocessing
 from imagewise.errors import UserError
 from imagewise.predict.base import BaseClassifier, Classifier
 from imagewise.runtime.runs import RunFolder
@@ -59,7 +58,7 @@ def load_run(run: str | Path, device: str = "cpu") -> Classifier:
         device: ``cpu``, ``cuda`` or ``auto``.
     """
     from imagewise.runtime.device import resolve_device
-    from imagewise.runtime.network import load_network, run_tta
+    from imagewise.runtime.network import load_network
 
     if _is_exported(run):
         raise UserError(
@@ -67,14 +66,12 @@ def load_run(run: str | Path, device: str = "cpu") -> Classifier:
         )
     folder = RunFolder.of(run)
     meta = folder.read_meta()
-    pre = Preprocessing(**meta["preprocessing"])
-    model = load_network(folder, meta)
     return Classifier(
-        model,
-        pre,
-        list(meta["classes"]),
-        float(meta.get("temperature", 1.0)),
+        load_network(folder, meta),
+        meta.preprocessing.to_preprocessing(),
+        list(meta.classes),
+        meta.temperature,
         meta,
         resolve_device(device),
-        tta=run_tta(folder, meta),
+        tta=meta.tta,
     )

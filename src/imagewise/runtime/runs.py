@@ -15,6 +15,7 @@ from typing import Any
 
 from imagewise.errors import UserError
 from imagewise.io import atomic_write_json, atomic_write_text, read_json
+from imagewise.runtime.meta import RunMeta, validate
 
 
 def free_run_path(base: str | Path) -> Path:
@@ -73,8 +74,9 @@ class RunFolder:
     def holds_run(self) -> bool:
         return self.meta.exists() or self.last.exists() or self.weights.exists()
 
-    def read_meta(self) -> dict[str, Any]:
-        """The run's metadata; a clear error when the folder is not a finished run."""
+    def read_meta(self) -> RunMeta:
+        """The run's metadata, brought up to date and checked (``RunMeta.from_json``); a clear
+        error when the folder is not a finished run or its metadata is wrong."""
         if not self.path.exists():
             raise UserError(f"run folder '{self.path}' does not exist; check the path")
         if not self.meta.is_file() or not self.weights.is_file():
@@ -82,10 +84,29 @@ class RunFolder:
                 f"'{self.path}' is not an imagewise run folder (no meta.json and "
                 "model.safetensors); train one with 'imagewise train DATA --out DIR'"
             )
-        return read_json(self.meta)
+        return self.read_meta_file()
 
-    def write_meta(self, meta: dict[str, Any]) -> None:
-        atomic_write_json(self.meta, meta)
+    def read_meta_file(self) -> RunMeta:
+        """``meta.json`` alone (no weights needed: a run still training, or a classical one)."""
+        try:
+            values = read_json(self.meta)
+        except ValueError as exc:
+            raise UserError(f"meta.json of '{self.path}' is not valid JSON: {exc}") from exc
+        return RunMeta.from_json(
+            values, source=f"meta.json of '{self.path}'", config_reader=self._config_tta
+        )
+
+    def _config_tta(self) -> Any:
+        """``train.tta`` from config.yaml, for runs whose meta.json predates its ``tta``."""
+        if not self.config.is_file():
+            return False
+        from imagewise.config import load_config_file
+
+        return load_config_file(self.config).train.tta
+
+    def write_meta(self, meta: RunMeta) -> None:
+        validate(meta, f"meta.json of '{self.path}'")
+        atomic_write_json(self.meta, meta.to_json())
 
     def write_history(self, rows: list[dict[str, float]]) -> None:
         if not rows:

@@ -42,17 +42,16 @@ def describe(classifier: Any, settings: ServeSettings) -> InfoResponse:
         backend = "torchscript"  # no hooks on a compiled graph, so no Grad-CAM
     else:
         backend = "pytorch" if isinstance(model, torch.nn.Module) else "onnx"
-    spec = (getattr(classifier, "meta", None) or {}).get("model")
-    name = spec.get("name") if isinstance(spec, dict) else spec  # exported files keep the name
     pre = classifier.preprocessing
+    capabilities = getattr(classifier, "capabilities", None)
     return InfoResponse(
-        model=str(name or type(model or classifier).__name__),
+        model=str(getattr(classifier, "name", None) or type(model or classifier).__name__),
         backend=backend,
         classes=list(classifier.classes),
         img_size=pre.img_size,
         channels=pre.channels,
         temperature=float(classifier.temperature),
-        gradcam=backend == "pytorch" and not getattr(model, "classical", False),
+        gradcam=backend == "pytorch" and (capabilities is None or capabilities.gradcam),
         top_k=min(settings.top_k, len(classifier.classes)),
         max_images=settings.max_images,
         max_body_bytes=settings.max_body_bytes,

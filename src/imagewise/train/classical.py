@@ -24,8 +24,8 @@ from imagewise.data.pipeline import make_loader
 from imagewise.data.sources import Split
 from imagewise.data.transforms import Preprocessing
 from imagewise.errors import UserError
-from imagewise.io import read_json
 from imagewise.runtime.checkpoint import save_weights
+from imagewise.runtime.meta import RunMeta
 from imagewise.runtime.runs import RunFolder
 
 log = logging.getLogger("imagewise")
@@ -64,9 +64,10 @@ def resume_refusal(name: str) -> str:
 
 def refuse_classical_resume(folder: RunFolder) -> None:
     """Raise ``resume_refusal`` when ``folder`` holds a classical run (it has no last.ckpt)."""
-    meta = read_json(folder.meta) if folder.meta.is_file() else {}
-    if "classical" in meta.get("training", {}):
-        raise UserError(resume_refusal(meta["model"]["name"]))
+    if folder.meta.is_file() and (meta := folder.read_meta_file()).model.capabilities.fit == (
+        "one_pass"
+    ):
+        raise UserError(resume_refusal(meta.model.name))
 
 
 def _chunk_size(pre: Preprocessing, batch_size: int) -> int:
@@ -269,7 +270,7 @@ def fit_classical(
 
 
 def write_classical_run(
-    folder: RunFolder, meta: dict[str, Any], model: nn.Module, fit: dict[str, Any]
+    folder: RunFolder, meta: RunMeta, model: nn.Module, fit: dict[str, Any]
 ) -> None:
     """Write the weights, a one-row history.csv and meta.json's ``training`` summary.
 
@@ -296,7 +297,7 @@ def write_classical_run(
     }
     folder.write_history([row])
     has_val = fit["val_images"] > 0
-    meta["training"] = {
+    meta.training = {
         "epochs_run": 1,
         "epochs_planned": 1,
         "best_epoch": 1,
@@ -309,7 +310,7 @@ def write_classical_run(
     folder.write_meta(meta)
     log.info(
         "fitted %s: C %g, %d features, train accuracy %.4f, val accuracy %.4f, %.1fs",
-        meta["model"]["name"], fit["C"], fit["feature_dim"], fit["train_accuracy"],
+        meta.model.name, fit["C"], fit["feature_dim"], fit["train_accuracy"],
         fit["val_accuracy"], seconds,
     )  # fmt: skip
 
