@@ -35,12 +35,11 @@ class TestAccuracy:
     def on_epoch_end(self, state) -> None:
         from imagewise.runtime.inference import predict_loader
 
-        extra = state.extra  # filled by imagewise.train: model, ema, preprocessing, config, tta
-        net = extra["ema"].module if extra["ema"] is not None else extra["model"]
-        pre = extra["preprocessing"]
+        parts = state.parts  # set by imagewise.train: model, ema, preprocessing, ...
+        net, pre = parts.evaluated, parts.preprocessing
         # measured as `imagewise evaluate` would: same batches, precision and TTA
         loader = zip(self.images.split(1000), self.labels.split(1000), strict=True)
-        logits, labels = predict_loader(net, loader, pre, torch.device("cpu"), tta=extra["tta"])
+        logits, labels = predict_loader(net, loader, pre, torch.device("cpu"), tta=state.tta)
         correct = int((logits.argmax(1) == labels).sum())
         net.train()
         self.points.append((state.train_seconds, correct / len(self.labels)))

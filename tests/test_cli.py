@@ -252,8 +252,8 @@ def test_resume_refuses_flags_that_change_the_run(
 ) -> None:
     line = _error_line(["train", "--resume", "--out", str(trained_run), "--lr", "0.1"], capsys)
     assert line == (
-        "error: --resume continues the run as it was configured; only --epochs, --device, "
-        "--workers, --precision and --compile may change (got --lr)"
+        "error: --resume continues the run as it was configured; only --workers, --epochs, "
+        "--device, --precision and --compile may change (got --lr)"
     )
 
 

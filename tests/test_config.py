@@ -110,23 +110,23 @@ def test_auto_precision_on_a_cpu_keeps_bf16_only_when_measured_faster(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from imagewise.data.transforms import Preprocessing
-    from imagewise.train import run
+    from imagewise.train import build as run
 
     pre = Preprocessing(img_size=28, channels=1, mean=[0.5], std=[0.5])
     model = nn.Conv2d(1, 2, 3)
     monkeypatch.setattr(run, "measure_bf16_speedup", lambda *a: 1.3)
-    assert run._measured_cpu_precision(model, pre, 64, True) is torch.bfloat16
+    assert run.measured_cpu_precision(model, pre, 64, True) is torch.bfloat16
     monkeypatch.setattr(run, "measure_bf16_speedup", lambda *a: 1 / 1.3)  # slower
-    assert run._measured_cpu_precision(model, pre, 64, True) is None
+    assert run.measured_cpu_precision(model, pre, 64, True) is None
     monkeypatch.setattr(run, "measure_bf16_speedup", lambda *a: 1.02)  # within the noise
-    assert run._measured_cpu_precision(model, pre, 64, True) is None
+    assert run.measured_cpu_precision(model, pre, 64, True) is None
 
     def fails(*args: object) -> float:
         raise RuntimeError("no bf16 kernel for this operator\ndetails")
 
     monkeypatch.setattr(run, "measure_bf16_speedup", fails)
-    assert run._measured_cpu_precision(model, pre, 64, True) is None  # float32, with a warning
-    assert run._measured_cpu_precision(model, pre, 64, True, measure=False) is None
+    assert run.measured_cpu_precision(model, pre, 64, True) is None  # float32, with a warning
+    assert run.measured_cpu_precision(model, pre, 64, True, measure=False) is None
 
 
 @pytest.mark.skipif(

@@ -206,9 +206,9 @@ def test_tta_views_are_those_the_augmentation_taught(
     opts = {**FAST, "epochs": 1, "tta": True}
     imagewise.train(str(folder_data), tmp_path / "light", **{**opts, "augment": "light"})
     meta = RunFolder.of(tmp_path / "light").read_meta()
-    assert meta["tta"] == {"mirror": False, "shift": 1}  # translation, no flips
+    assert meta.tta == {"mirror": False, "shift": 1}  # translation, no flips
     assert imagewise.load(tmp_path / "light").tta == {"mirror": False, "shift": 1}
     with caplog.at_level("WARNING", logger="imagewise"):
         imagewise.train(str(folder_data), tmp_path / "none", **opts)  # augment none
-    assert RunFolder.of(tmp_path / "none").read_meta()["tta"] == {}
+    assert RunFolder.of(tmp_path / "none").read_meta().tta == {}
     assert "neither flips nor shifts" in caplog.text

@@ -15,6 +15,10 @@ from imagewise.errors import UserError
 
 AUGMENT_PRESETS = ("none", "light", "standard", "strong")
 
+# Field metadata of the settings ``--resume`` may change: the plan's length and where / how it
+# runs, not what it computes. A new field declares it here, and the resume check follows.
+RESUMABLE = {"resumable": True}
+
 
 @dataclass
 class AugmentConfig:
@@ -45,7 +49,8 @@ class DataConfig:
     val_fraction: float = 0.1
     test_fraction: float = 0.1
     split_seed: int = 0
-    workers: int = -1  # DataLoader workers for streamed file datasets; -1 = one per core
+    # DataLoader workers for streamed file datasets; -1 = one per core
+    workers: int = field(default=-1, metadata=RESUMABLE)
     cache: str = "auto"  # auto | ram | none: decode a file dataset once into memory when it fits
     strict: bool = False  # fail on a corrupt image instead of skipping it
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -64,7 +69,7 @@ class ModelConfig:
 class TrainConfig:
     """The optimisation: loss, optimizer, schedule, stopping, hardware."""
 
-    epochs: int = 10
+    epochs: int = field(default=10, metadata=RESUMABLE)
     batch_size: int = 128
     lr: float | None = None  # None = the optimizer's default, scaled with the batch size
     optimizer: str = "adamw"
@@ -81,12 +86,13 @@ class TrainConfig:
     ema_decay: float = 0.0  # exponential moving average of weights (0 = off)
     grad_clip: float = 0.0
     seed: int = 0
-    device: str = "auto"
+    device: str = field(default="auto", metadata=RESUMABLE)
     channels_last: bool = True
     # auto: bf16 (or fp16) on GPU; on CPUs with AVX512-BF16 or AMX bf16 if a timed step is
     # faster than fp32 (runtime.device.measure_bf16_speedup); else fp32
-    precision: str = "auto"  # auto | fp32 | bf16 | fp16
-    compile: str = "auto"  # auto (CUDA only: measured slower on CPU) | on | off
+    precision: str = field(default="auto", metadata=RESUMABLE)  # auto | fp32 | bf16 | fp16
+    # auto (CUDA only: measured slower on CPU) | on | off
+    compile: str = field(default="auto", metadata=RESUMABLE)
     tta: bool = False  # answer with the mean over mirror / shifted views (all inference)
 
 
@@ -195,6 +201,18 @@ def _merge(target: Any, values: dict[str, Any], where: str) -> None:
             _merge(current, value, f"{where}.{key}")
         else:
             setattr(target, key, _coerce(value, _field_type(target, key), f"{where}.{key}"))
+
+
+def resumable_options() -> list[str]:
+    """The flat options whose field is declared ``RESUMABLE``, in ``OPTIONS`` order."""
+    config = RunConfig()
+    return [
+        name
+        for name, (section, attr) in OPTIONS.items()
+        if next(
+            f for f in dataclasses.fields(_section(config, section)) if f.name == attr
+        ).metadata.get("resumable")
+    ]
 
 
 def option_type(name: str) -> str:

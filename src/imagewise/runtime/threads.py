@@ -18,11 +18,12 @@ environment variable ``IMAGEWISE_ADAPTIVE_THREADS=0`` turns it off (a fixed thre
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -65,6 +66,18 @@ def own_busy_ticks() -> int | None:
             if pid == os.getpid():
                 return None
     return total
+
+
+@contextlib.contextmanager
+def kept_threads() -> Iterator[None]:
+    """Whatever the body does to torch's intra-op thread count (torchrun's share of the cores,
+    the governor, a user's setting), the count is as it was afterwards."""
+    before = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
 
 
 class ThreadGovernor:

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from imagewise.config import TrainConfig
 from imagewise.data.transforms import BatchAugment, Preprocessing
 from imagewise.errors import UserError
 from imagewise.runtime.device import autocast
@@ -47,6 +48,39 @@ class TrainingDiverged(UserError):
 
 
 @dataclass
+class Components:
+    """What a training run is made of, built once by ``imagewise.train`` and read by ``fit``
+    (and by hooks, through ``TrainState.parts``)."""
+
+    model: nn.Module  # the bare network: what is saved, evaluated and exported
+    task: ClassificationTask  # forward (through DDP / torch.compile when on) and loss
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    augment: BatchAugment
+    train_loader: Any
+    val_loader: Any
+    preprocessing: Preprocessing
+    device: torch.device
+    ema: Any = None  # timm ModelEmaV3, whose weights are the ones validated and saved
+
+    @property
+    def evaluated(self) -> nn.Module:
+        """The network validation measures and the run saves: the EMA when it is on."""
+        return self.ema.module if self.ema is not None else self.model
+
+
+@dataclass(frozen=True)
+class FitSettings:
+    """How ``fit`` runs, resolved once: the training config itself (a new per-step setting is
+    a field there, read here) plus what ``imagewise.train`` decided about the hardware."""
+
+    config: TrainConfig
+    amp_dtype: torch.dtype | None = None  # autocast dtype; None = float32
+    channels_last: bool = True
+    show_progress: bool = True
+
+
+@dataclass
 class TrainState:
     """What the loop knows; hooks read it and may set ``stop``."""
 
@@ -62,8 +96,19 @@ class TrainState:
     stop: bool = False
     stop_reason: str = ""
     train_seconds: float = 0.0
-    # Set by imagewise.train for hooks: "model", "ema" (or None), "preprocessing", "config".
-    extra: dict[str, Any] = field(default_factory=dict)
+    parts: Components | None = None  # for hooks: model, EMA, preprocessing, ...
+    tta: dict[str, Any] = field(default_factory=dict)  # the views the run answers with
+
+
+class EarlyStopping:
+    """Hook: stop after ``patience`` epochs without a better best epoch (0: never)."""
+
+    def __init__(self, patience: int) -> None:
+        self.patience = patience
+
+    def on_epoch_end(self, state: TrainState) -> None:
+        if self.patience and state.epoch - state.best_epoch >= self.patience:
+            state.stop, state.stop_reason = True, f"no improvement for {self.patience} epochs"
 
 
 def _call(hooks: Sequence[object], name: str, state: TrainState) -> None:
@@ -74,72 +119,73 @@ def _call(hooks: Sequence[object], name: str, state: TrainState) -> None:
 
 
 def train_one_epoch(
-    task: ClassificationTask,
-    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    augment: BatchAugment,
-    device: torch.device,
-    amp_dtype: torch.dtype | None = None,
-    channels_last: bool = True,
-    ema: Any = None,
-    grad_clip: float = 0.0,
+    parts: Components,
+    *,
+    settings: FitSettings,
     scaler: torch.amp.GradScaler | None = None,
     progress: Any = None,
-    check_every: int = 1,
     governor: ThreadGovernor | None = None,
 ) -> dict[str, float]:
-    """One pass over ``loader``; returns mean loss and accuracy (against the hard labels).
+    """One pass over the training loader; returns mean loss and accuracy (hard labels).
 
-    Raises ``NonFiniteLoss`` when the loss is NaN or infinite, checked every ``check_every``
-    steps (1 on a CPU, where the check costs nothing; more on a GPU, where it waits for the
-    device) and at the end; every process checks at the same steps and they agree.
+    Raises ``NonFiniteLoss`` when the loss is NaN or infinite, checked at every step on a CPU
+    (where the check costs nothing), every 25 on a GPU (where it waits for the device) and at
+    the end; every process checks at the same steps and they agree.
     """
+    task, device, cfg = parts.task, parts.device, settings.config
+    check_every = 1 if device.type == "cpu" else 25
     task.train()
     total_loss = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     finite = torch.ones((), device=device, dtype=torch.bool)
     seen = step = 0
-    for images, labels in loader:
+    for images, labels in parts.train_loader:
         if images.shape[0] == 0:
             continue
         step += 1
         if governor is not None:
             governor.tick()
         images, labels = images.to(device, non_blocking=True), labels.to(device)
-        hard = labels
-        x, target = augment(images, labels)
-        x = x.contiguous(memory_format=torch.channels_last) if channels_last else x
-        with autocast(device, amp_dtype):
+        x, target = parts.augment(images, labels)
+        x = x.contiguous(memory_format=torch.channels_last) if settings.channels_last else x
+        with autocast(device, settings.amp_dtype):
             loss, logits = task(x, target)
         finite &= torch.isfinite(loss.detach())
         if step % check_every == 0:
             _check_finite(finite, loss, step, device)  # before the step spoils the weights
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-        else:
-            loss.backward()
-        if grad_clip > 0:
-            nn.utils.clip_grad_norm_(task.parameters(), grad_clip)
-        if scaler is not None:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
-        scheduler.step()
-        if ema is not None:
-            ema.update(unwrap(task.model))
+        _step(parts, loss, cfg.grad_clip, scaler)
         n = images.shape[0]
         total_loss += loss.detach() * n
-        correct += (logits.detach().argmax(1) == hard).sum()
+        correct += (logits.detach().argmax(1) == labels).sum()
         seen += n
         if progress is not None:
             progress.update(1)
     _check_finite(finite, total_loss, step, device)
     seen = max(seen, 1)
     return {"loss": float(total_loss) / seen, "accuracy": float(correct) / seen, "images": seen}
+
+
+def _step(
+    parts: Components, loss: torch.Tensor, grad_clip: float, scaler: torch.amp.GradScaler | None
+) -> None:
+    """Backward, clip, optimizer and schedule step, EMA update."""
+    optimizer = parts.optimizer
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+    else:
+        loss.backward()
+    if grad_clip > 0:
+        nn.utils.clip_grad_norm_(parts.task.parameters(), grad_clip)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    parts.scheduler.step()
+    if parts.ema is not None:
+        parts.ema.update(parts.model)
 
 
 def _check_finite(
@@ -218,144 +264,107 @@ def _reduce(stats: dict[str, float], device: torch.device) -> dict[str, float]:
 
 
 def fit(
-    task: ClassificationTask,
-    train_loader: Any,
-    val_loader: Any,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    augment: BatchAugment,
-    pre: Preprocessing,
-    device: torch.device,
+    parts: Components,
     state: TrainState,
-    amp_dtype: torch.dtype | None = None,
-    channels_last: bool = True,
-    ema: Any = None,
-    grad_clip: float = 0.0,
-    patience: int = 0,
+    *,
+    settings: FitSettings,
     hooks: Sequence[object] = (),
-    show_progress: bool = True,
 ) -> TrainState:
     """Train from ``state.epoch`` to ``state.epochs``, validating after each epoch.
 
-    The validation accuracy (of the EMA weights when EMA is on) decides the best epoch; with
-    ``patience`` > 0, training stops after that many epochs without improvement.
+    The validation accuracy (of the EMA weights when EMA is on) decides the best epoch; a
+    hook (``EarlyStopping``, the run folder's writer, the caller's) may stop the run.
     """
-
-    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
-    rollback = Rollback(unwrap(task.model), optimizer, scheduler, ema)
-    step = _Step(
-        amp_dtype, channels_last, ema, grad_clip, scaler,
-        check_every=1 if device.type == "cpu" else 25,
-        governor=ThreadGovernor() if device.type == "cpu" else None,
-        show_progress=show_progress,
-    )  # fmt: skip
+    amp = settings.amp_dtype
+    scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
+    rollback = Rollback(parts.model, parts.optimizer, parts.scheduler, parts.ema)
+    governor = ThreadGovernor() if parts.device.type == "cpu" else None
+    state.parts = parts
     _call(hooks, "on_train_start", state)
     try:
         while state.epoch < state.epochs and not state.stop:
-            _fit_epoch(task, train_loader, val_loader, optimizer, scheduler, augment, pre,
-                       device, state, step, rollback, patience, hooks)  # fmt: skip
+            epoch = state.epoch + 1
+            if hasattr(parts.train_loader, "set_epoch"):
+                parts.train_loader.set_epoch(epoch)
+            rollback.keep()
+            while True:  # the epoch, again from its start after a non-finite loss
+                try:
+                    train, val, seconds = _train_and_validate(
+                        parts, epoch, state.epochs, settings, scaler, governor, rollback
+                    )
+                    break
+                except NonFiniteLoss as exc:
+                    _roll_back(rollback, exc, epoch)
+            _record(state, epoch, parts.optimizer, train, val, seconds)
+            _call(hooks, "on_epoch_end", state)
+            # A hook may stop one process; under torchrun every process must stop together.
+            if all_reduce_sum([float(state.stop)], parts.device)[0] > 0 and not state.stop:
+                state.stop, state.stop_reason = True, "stopped by another process"
     finally:
-        if step.governor is not None:
-            step.governor.close()
+        if governor is not None:
+            governor.close()
     _call(hooks, "on_train_end", state)
     return state
 
 
-@dataclass
-class _Step:
-    """How each training step runs (fixed for the whole fit)."""
-
-    amp_dtype: torch.dtype | None
-    channels_last: bool
-    ema: Any
-    grad_clip: float
-    scaler: torch.amp.GradScaler | None
-    check_every: int
-    governor: ThreadGovernor | None
-    show_progress: bool
-
-
 def _train_and_validate(
-    task: ClassificationTask, train_loader: Any, val_loader: Any, optimizer: Any, scheduler: Any,
-    augment: BatchAugment, pre: Preprocessing, device: torch.device, epoch: int, epochs: int,
-    step: _Step, rollback: Rollback,
+    parts: Components, epoch: int, epochs: int, settings: FitSettings,
+    scaler: torch.amp.GradScaler | None, governor: ThreadGovernor | None, rollback: Rollback,
 ) -> tuple[dict[str, float], dict[str, float], float]:  # fmt: skip
     """One epoch of training, then validation; raises ``NonFiniteLoss`` for a non-finite one."""
     from tqdm import tqdm
 
     start = time.perf_counter()
     with tqdm(
-        total=len(train_loader),
+        total=len(parts.train_loader),
         desc=f"epoch {epoch}/{epochs}",
         unit="batch",
-        disable=None if step.show_progress else True,  # None: off when not a terminal
+        disable=None if settings.show_progress else True,  # None: off when not a terminal
         leave=False,
         dynamic_ncols=True,
     ) as bar:
         train = train_one_epoch(
-            task, train_loader, optimizer, scheduler, augment, device, step.amp_dtype,
-            step.channels_last, step.ema, step.grad_clip, step.scaler, bar, step.check_every,
-            step.governor,
-        )  # fmt: skip
-    train = _reduce(train, device)
+            parts, settings=settings, scaler=scaler, progress=bar, governor=governor
+        )
+    train = _reduce(train, parts.device)
     seconds = time.perf_counter() - start
     if not _finite_weights(rollback.parts):
         raise NonFiniteLoss("the weights became non-finite")
-    eval_model = step.ema.module if step.ema is not None else unwrap(task.model)
     val = evaluate_loader(
-        task, val_loader, pre, device, step.amp_dtype, step.channels_last, eval_model
-    )
-    val = _reduce(val, device)
+        parts.task, parts.val_loader, parts.preprocessing, parts.device, settings.amp_dtype,
+        settings.channels_last, parts.evaluated,
+    )  # fmt: skip
+    val = _reduce(val, parts.device)
     if val["images"] and not math.isfinite(val["loss"]):
         raise NonFiniteLoss(f"the validation loss became {val['loss']}")
     return train, val, seconds
 
 
-def _fit_epoch(
-    task: ClassificationTask, train_loader: Any, val_loader: Any, optimizer: Any, scheduler: Any,
-    augment: BatchAugment, pre: Preprocessing, device: torch.device, state: TrainState,
-    step: _Step, rollback: Rollback, patience: int, hooks: Sequence[object],
+def _record(
+    state: TrainState, epoch: int, optimizer: Any, train: dict[str, float],
+    val: dict[str, float], seconds: float,
 ) -> None:  # fmt: skip
-    """The next epoch (tried again from its start after a non-finite loss), recorded in
-    ``state``; then the hooks."""
-    epoch = state.epoch + 1
-    if hasattr(train_loader, "set_epoch"):
-        train_loader.set_epoch(epoch)
-    rollback.keep()
-    while True:
-        try:
-            train, val, seconds = _train_and_validate(
-                task, train_loader, val_loader, optimizer, scheduler, augment, pre, device,
-                epoch, state.epochs, step, rollback,
-            )  # fmt: skip
-            break
-        except NonFiniteLoss as exc:
-            _roll_back(rollback, exc, epoch)
+    """The finished epoch into ``state``: history row, best epoch (never a non-finite one)."""
     state.train_seconds += seconds
     state.epoch = epoch
-    row = {
-        "epoch": epoch,
-        "lr": optimizer.param_groups[0]["lr"],
-        "train_loss": train["loss"],
-        "train_accuracy": train["accuracy"],
-        "val_loss": val["loss"],
-        "val_accuracy": val["accuracy"],
-        "epoch_seconds": seconds,
-        "images_per_second": train["images"] / max(seconds, 1e-9),
-    }
-    state.history.append(row)
+    state.history.append(
+        {
+            "epoch": epoch,
+            "lr": optimizer.param_groups[0]["lr"],
+            "train_loss": train["loss"],
+            "train_accuracy": train["accuracy"],
+            "val_loss": val["loss"],
+            "val_accuracy": val["accuracy"],
+            "epoch_seconds": seconds,
+            "images_per_second": train["images"] / max(seconds, 1e-9),
+        }
+    )
     has_val = val["images"] > 0
     state.metric = "val_accuracy" if has_val else "train_loss"
     metric = val["accuracy"] if has_val else -train["loss"]
     state.improved = math.isfinite(metric) and metric > state.best_metric
     if state.improved:
         state.best_metric, state.best_epoch = metric, epoch
-    if patience and epoch - state.best_epoch >= patience:
-        state.stop, state.stop_reason = True, f"no improvement for {patience} epochs"
-    _call(hooks, "on_epoch_end", state)
-    # A hook may stop one process; under torchrun every process must stop together.
-    if all_reduce_sum([float(state.stop)], device)[0] > 0 and not state.stop:
-        state.stop, state.stop_reason = True, "stopped by another process"
 
 
 def _finite_weights(parts: dict[str, Any]) -> bool:

@@ -1,0 +1,165 @@
+"""The parts of a training run, built from its config: model, precision, loaders, optimizer,
+schedule, augmentation, EMA, and the forward wrapper (DDP, torch.compile); and putting a
+``last.ckpt`` back into them for ``--resume``.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from typing import Any
+
+import numpy as np
+import torch
+
+from imagewise.config import RunConfig
+from imagewise.data.pipeline import make_loader
+from imagewise.data.sources import ImageData
+from imagewise.data.transforms import BatchAugment, Preprocessing
+from imagewise.runtime.device import measure_bf16_speedup
+from imagewise.train.compile import CompiledWithFallback
+from imagewise.train.distributed import broadcast_from_main
+from imagewise.train.loop import Components, TrainState
+from imagewise.train.optim import build_optimizer, build_scheduler
+from imagewise.train.task import ClassificationTask
+
+log = logging.getLogger("imagewise")
+
+
+def choose_model(num_images: int, img_size: int) -> str:
+    """``--model auto``: a fast residual CNN for small images, ResNet-18 for photos.
+
+    On 2 CPU cores resnet9p_tiny trains Fashion-MNIST at about 29 s an epoch (BENCHMARKS.md).
+    """
+    if img_size <= 64:
+        return "resnet9p_tiny" if num_images < 200_000 else "resnet9p_slim"
+    return "resnet18"
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def build_model(
+    cfg: RunConfig, data: ImageData, pre: Preprocessing, device: torch.device
+) -> torch.nn.Module:
+    from imagewise.models import create_model
+
+    if cfg.model.name == "auto":
+        cfg.model.name = choose_model(len(data.train), pre.img_size)
+    model = create_model(
+        cfg.model.name,
+        num_classes=len(data.classes),
+        in_chans=pre.channels,
+        img_size=pre.img_size,
+        pretrained=cfg.model.pretrained,
+        **model_kwargs(cfg),
+    )
+    return model.to(device)
+
+
+def restore(ckpt: dict[str, Any], parts: Components, state: TrainState) -> None:
+    """Put a ``last.ckpt`` back: weights, optimizer, schedule, EMA, random streams, history."""
+    parts.model.load_state_dict(ckpt["model"])
+    parts.optimizer.load_state_dict(ckpt["optimizer"])
+    parts.scheduler.load_state_dict(ckpt["scheduler"])
+    if parts.ema is not None and ckpt.get("ema") is not None:
+        parts.ema.load_state_dict(ckpt["ema"])
+    torch.set_rng_state(ckpt["torch_rng"])
+    parts.augment.generator.set_state(ckpt["augment_rng"])
+    state.epoch, state.history = int(ckpt["epoch"]), list(ckpt["history"])
+    state.best_metric, state.best_epoch = float(ckpt["best_metric"]), int(ckpt["best_epoch"])
+    state.train_seconds = float(ckpt["train_seconds"])
+
+
+def build_components(
+    cfg: RunConfig, data: ImageData, pre: Preprocessing, model: torch.nn.Module,
+    device: torch.device, rank: int, world: int, compile_model: bool,
+) -> Components:  # fmt: skip
+    """Everything the loop needs, from the config: loaders (sharded by rank), optimizer and
+    per-step schedule, augmentation (its own random stream per process), EMA, and the task
+    whose forward runs through DDP and torch.compile when they are on."""
+    t = cfg.train
+    train_loader = make_loader(
+        data.train, pre, t.batch_size, shuffle=True,
+        drop_last=drop_last(len(data.train), t.batch_size * world), seed=t.seed,
+        workers=cfg.data.workers, rank=rank, world_size=world,
+    )  # fmt: skip
+    val_loader = make_loader(
+        data.val, pre, max(256, t.batch_size), workers=cfg.data.workers, rank=rank,
+        world_size=world,
+    )  # fmt: skip
+    optimizer = build_optimizer(model, t, world)
+    ema = None
+    if t.ema_decay > 0:
+        from timm.utils import ModelEmaV3
+
+        ema = ModelEmaV3(model, decay=t.ema_decay)
+    forward: torch.nn.Module = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [device] if device.type == "cuda" else None
+        forward = DistributedDataParallel(model, device_ids=ids)
+    if compile_model:
+        forward = CompiledWithFallback(forward)
+    return Components(
+        model=model,
+        task=ClassificationTask(forward, t.loss, len(data.classes), t.label_smoothing),
+        optimizer=optimizer,
+        scheduler=build_scheduler(optimizer, t, len(train_loader)),
+        augment=BatchAugment(pre, cfg.data.augment, len(data.classes), seed=t.seed + 7919 * rank),
+        train_loader=train_loader,
+        val_loader=val_loader,
+        preprocessing=pre,
+        device=device,
+        ema=ema,
+    )
+
+
+def measured_cpu_precision(
+    model: torch.nn.Module,
+    pre: Preprocessing,
+    batch_size: int,
+    channels_last: bool,
+    measure: bool = True,
+) -> torch.dtype | None:
+    """bf16 autocast if a timed step of this model is faster in it on this CPU, else float32.
+
+    ``measure``: this is rank 0 and its CPU has native bf16 (else float32 without timing).
+    Under torchrun every process takes rank 0's answer, so they agree, and every process
+    calls the broadcast, so none waits on a collective another skipped. A failed timing
+    means float32.
+    """
+    speedup = 0.0
+    if measure:
+        try:
+            speedup = measure_bf16_speedup(
+                model, batch_size, pre.channels, pre.img_size, channels_last
+            )
+        except RuntimeError as exc:  # an operator without a bf16 kernel, memory
+            reason = str(exc).splitlines()[0]
+            log.warning("precision auto: float32 (the bf16 timing failed: %s)", reason)
+    speedup = broadcast_from_main(speedup)
+    if speedup == 0.0:
+        return None
+    faster = speedup > 1.05  # a clear gain, not noise
+    log.info(
+        "precision auto: %s (a bf16 training step measured %.2fx %s than float32 on this CPU)",
+        "bf16 autocast" if faster else "float32",
+        speedup if speedup >= 1 else 1 / speedup,
+        "faster" if speedup >= 1 else "slower",
+    )
+    return torch.bfloat16 if faster else None
+
+
+def drop_last(images: int, global_batch: int) -> bool:
+    """Drop the last batch only when it is a small remainder (noisy steps, BatchNorm of 1)."""
+    remainder = images % global_batch
+    return images > global_batch and 0 < remainder < max(2, global_batch // 4)
+
+
+def model_kwargs(config: RunConfig) -> dict[str, Any]:
+    return {} if config.model.dropout is None else {"dropout": config.model.dropout}

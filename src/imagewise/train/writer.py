@@ -1,0 +1,271 @@
+"""The run folder as training writes it: metadata (``RunMeta``), the writer hook that keeps
+history, curves, best weights and ``last.ckpt`` current after every epoch, and the calibration
+of the best weights when training ends.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import types
+from datetime import UTC, datetime
+from typing import Any
+
+import torch
+
+from imagewise.config import RunConfig, save_config
+from imagewise.data.pipeline import make_loader
+from imagewise.data.sources import ImageData, Split
+from imagewise.data.transforms import Preprocessing
+from imagewise.io import atomic_write_text
+from imagewise.runtime.checkpoint import load_checkpoint, save_checkpoint, save_weights
+from imagewise.runtime.meta import Capabilities, DataSummary, ModelSpec, PreprocessingSpec, RunMeta
+from imagewise.runtime.runs import RunFolder
+from imagewise.train.build import model_kwargs
+from imagewise.train.loop import Components, TrainState
+
+log = logging.getLogger("imagewise")
+
+
+def _versions() -> dict[str, str]:
+    import timm
+    import torchvision
+
+    from imagewise.version import __version__
+
+    return {
+        "imagewise": __version__,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "timm": timm.__version__,
+    }
+
+
+def build_meta(
+    config: RunConfig,
+    data: ImageData,
+    pre: Preprocessing,
+    model: torch.nn.Module,
+    processes: int = 1,
+    amp_dtype: torch.dtype | str | None = "unset",
+) -> RunMeta:
+    """The metadata that travels with the weights: enough to rebuild and use the model.
+
+    ``amp_dtype``: the training precision (None: float32); left unset for a one-pass fit."""
+    precision = None
+    if amp_dtype != "unset":
+        precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[amp_dtype]
+    from imagewise.models import count_parameters
+
+    return RunMeta(
+        classes=list(data.classes),
+        model=ModelSpec(
+            name=config.model.name,
+            kwargs=model_kwargs(config),
+            num_classes=len(data.classes),
+            parameters=count_parameters(model),
+            capabilities=model_capabilities(config.model.name),
+        ),
+        preprocessing=PreprocessingSpec.of(pre),
+        data=DataSummary(
+            source=data.source,
+            kind=data.kind,
+            train_images=len(data.train),
+            val_images=len(data.val),
+            test_images=len(data.test),
+            skipped_images=len(data.skipped),
+        ),
+        versions=_versions(),
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
+        tta=tta_views_of(config, pre.img_size),
+        processes=processes,
+        precision=precision,
+    )
+
+
+def model_capabilities(name: str) -> Capabilities:
+    """What the registry declares the model can do (timm models: everything)."""
+    from imagewise.models.registry import get_entry
+
+    return Capabilities.of(get_entry(name))
+
+
+def tta_views_of(config: RunConfig, img_size: int) -> dict[str, Any]:
+    """The test-time views a run answers with: ``{}`` without ``tta``, else those its
+    augmentation trained it for (``imagewise.runtime.tta.views_for_training``)."""
+    from imagewise.data.transforms import resolve_augment
+    from imagewise.runtime.tta import views_for_training
+
+    if not config.train.tta:
+        return {}
+    parts = resolve_augment(config.data.augment)
+    return views_for_training(bool(parts["hflip"]), float(parts["translate"]), img_size)
+
+
+def _tensorboard_without_tensorflow() -> None:
+    """Keep TensorBoard's writer from importing TensorFlow when it is installed.
+
+    The writer needs only TensorBoard's own stub to write event files, but where TensorFlow is
+    installed it imports it: seconds of start-up and absl lines on stderr in every run.
+    ``tensorboard.compat.notf`` is TensorBoard's own switch to the stub (its ``no_tensorflow``
+    build target). A process that already imported TensorFlow keeps using it.
+    """
+    if "tensorflow" not in sys.modules:
+        sys.modules.setdefault(
+            "tensorboard.compat.notf", types.ModuleType("tensorboard.compat.notf")
+        )
+
+
+class RunWriter:
+    """Hook that keeps the run folder current: history, curves, best weights, last checkpoint."""
+
+    def __init__(
+        self, folder: RunFolder, meta: RunMeta, parts: Components, config: RunConfig
+    ) -> None:
+        self.folder, self.meta, self.parts, self.config = folder, meta, parts, config
+        self.writer: Any = None
+
+    def on_train_start(self, state: TrainState) -> None:
+        _tensorboard_without_tensorflow()
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(self.folder.tensorboard))
+        except ImportError:  # tensorboard is a dependency, but a broken install must not stop us
+            log.warning("tensorboard is not installed; no TensorBoard logs")
+
+    def on_epoch_end(self, state: TrainState) -> None:
+        row = state.history[-1]
+        if self.writer is not None:
+            for key, value in row.items():
+                if key != "epoch":
+                    self.writer.add_scalar(key.replace("_", "/", 1), value, state.epoch)
+            self.writer.flush()
+        if state.improved:
+            save_weights(self.parts.evaluated, self.folder.weights)
+            self.meta.training = self._training_summary(state)
+            self.folder.write_meta(self.meta)
+        save_checkpoint(self._checkpoint(state), self.folder.last)
+        self.folder.write_history(state.history)
+        from imagewise.train.curves import plot_curves
+
+        plot_curves(state.history, self.folder.curves)
+        log.info(
+            "epoch %d/%d  train loss %.4f acc %.4f  val loss %.4f acc %.4f  %.1fs%s",
+            state.epoch,
+            state.epochs,
+            row["train_loss"],
+            row["train_accuracy"],
+            row["val_loss"],
+            row["val_accuracy"],
+            row["epoch_seconds"],
+            "  *best*" if state.improved else "",
+        )
+
+    def on_train_end(self, state: TrainState) -> None:
+        self.meta.training = self._training_summary(state)
+        self.folder.write_meta(self.meta)
+        if self.writer is not None:
+            self.writer.close()
+
+    def _training_summary(self, state: TrainState) -> dict[str, Any]:
+        return {
+            "epochs_run": state.epoch,
+            "epochs_planned": state.epochs,
+            "best_epoch": state.best_epoch,
+            "best_val_accuracy": state.best_metric if state.metric == "val_accuracy" else None,
+            "selected_by": state.metric,
+            "train_seconds": round(state.train_seconds, 3),
+            "stop_reason": state.stop_reason,
+        }
+
+    def _checkpoint(self, state: TrainState) -> dict[str, Any]:
+        p = self.parts
+        return {
+            "epoch": state.epoch,
+            "model": p.model.state_dict(),
+            "optimizer": p.optimizer.state_dict(),
+            "scheduler": p.scheduler.state_dict(),
+            "ema": p.ema.state_dict() if p.ema is not None else None,
+            "history": state.history,
+            "best_metric": state.best_metric,
+            "best_epoch": state.best_epoch,
+            "train_seconds": state.train_seconds,
+            "torch_rng": torch.get_rng_state(),
+            "augment_rng": p.augment.generator.get_state(),
+            "config": self.config.to_dict(),
+        }
+
+
+def start_run_folder(
+    folder: RunFolder,
+    cfg: RunConfig,
+    meta: RunMeta,
+    data: ImageData,
+    parts: Components | None,
+    resume: bool,
+) -> RunWriter | None:
+    """Create the run folder (rank 0 only): config, creation time, skipped files; the writer
+    hook of a run trained by the loop (``parts``; a one-pass fit has none)."""
+    folder.path.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, folder.config)
+    if resume and folder.meta.is_file():
+        old = folder.read_meta()
+        meta.created = old.created or meta.created
+        # the views it was started with (runs from before views wrote `true`: the mirror alone)
+        meta.tta = old.tta
+    if data.skipped:
+        lines = "".join(f"{p}\t{reason}\n" for p, reason in data.skipped)
+        atomic_write_text(folder.path / "skipped.txt", lines)
+    return RunWriter(folder, meta, parts, cfg) if parts is not None else None
+
+
+def calibrate_run(
+    folder: RunFolder, meta: RunMeta, val: Split, cfg: RunConfig, device: torch.device
+) -> float:
+    """Fit the temperature of the run's best weights on the validation split, into meta.json."""
+    from imagewise.runtime.calibration import calibrate
+    from imagewise.runtime.inference import predict_loader
+    from imagewise.runtime.network import load_network
+
+    network = load_network(folder, meta).to(device)
+    pre = meta.preprocessing.to_preprocessing()
+    loader = make_loader(val, pre, 256, workers=cfg.data.workers)
+    logits, labels = predict_loader(network, loader, pre, device, tta=meta.tta)
+    summary = calibrate(logits, labels)
+    meta.temperature, meta.calibration = summary["temperature"], summary
+    folder.write_meta(meta)
+    if summary.get("fitted_on"):
+        log.info(
+            "calibrated: temperature %.3f, validation ECE %.4f -> %.4f, NLL %.4f -> %.4f",
+            summary["temperature"], summary["val_ece_before"], summary["val_ece_after"],
+            summary["val_nll_before"], summary["val_nll_after"],
+        )  # fmt: skip
+    return float(summary["temperature"])
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped by Ctrl-C or SIGTERM; ``last.ckpt`` keeps the last finished epoch."""
+
+    def __init__(self, folder: RunFolder, epoch: int, epochs: int) -> None:
+        self.run, self.epochs = folder.path, epochs
+        self.saved = int(load_checkpoint(folder.last)["epoch"]) if folder.last.is_file() else 0
+        if self.saved:
+            text = (
+                f"stopped in epoch {epoch + 1} of {epochs}; {folder.last} keeps epoch "
+                f"{self.saved}. Continue with: imagewise train --resume --out {folder.path}"
+            )
+        else:
+            text = f"stopped in epoch 1 of {epochs}, before anything was saved to {folder.path}"
+        super().__init__(text)
+
+
+def kept_in(folder: RunFolder) -> str:
+    """What a run folder holds after a failure, in words: the last checkpoint's epoch."""
+    if not folder.last.is_file():
+        return "no epoch had finished, so the run folder holds no weights yet"
+    epoch = int(load_checkpoint(folder.last)["epoch"])
+    return (
+        f"{folder.last} keeps epoch {epoch} whole; free some space, then continue with: "
+        f"imagewise train --resume --out {folder.path}"
+    )
