@@ -1,5 +1,6 @@
 # make run   installs on first use (.venv), then runs the main job end to end on built-in data
-# make test  installs on first use, then lint, format check, the import layers and the test suite
+# make test  installs on first use, then lint, format check, the import layers, the public
+#            API's types and the test suite
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
@@ -14,6 +15,7 @@ test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/lint-imports --no-cache
+	$(BIN)/mypy tests/typecheck/public_api.py
 	$(BIN)/python -m pytest -q
 
 install: $(STAMP)

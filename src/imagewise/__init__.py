@@ -8,41 +8,74 @@ explained, exported and served.
     >>> imagewise.export("runs/digits", format="onnx").path  # doctest: +SKIP
     >>> imagewise.serve("runs/digits", port=8000)  # HTTP API and page  # doctest: +SKIP
 
-The heavy parts (torch, timm) load on first use, so ``import imagewise`` stays quick.
+The public API is plain functions. The heavy parts (torch, timm) load on first use, so
+``import imagewise`` stays quick.
 """
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+# The stage packages are bound first, on purpose: Python sets a package's attribute to its
+# subpackage when that subpackage is first imported, which would replace the function of the
+# same name below at that moment. They are light: their contents load on first use.
+from imagewise import evaluate as _evaluate_stage  # noqa: F401
+from imagewise import explain as _explain_stage  # noqa: F401
+from imagewise import export as _export_stage  # noqa: F401
+from imagewise import predict as _predict_stage  # noqa: F401
+from imagewise import serve as _serve_stage  # noqa: F401
+from imagewise import train as _train_stage  # noqa: F401
 from imagewise.version import __version__
 
-# train / evaluate / predict / explain / export / serve are stage packages that are callable
-# (see imagewise._stage).
-_STAGES = ("train", "evaluate", "predict", "explain", "export", "serve")
-_EXPORTS = {
+_FUNCTIONS = {
+    "train": "imagewise.train.run",
+    "evaluate": "imagewise.evaluate.evaluation",
+    "predict": "imagewise.predict.prediction",
     "load": "imagewise.predict.predictor",
+    "explain": "imagewise.explain.explanation",
+    "export": "imagewise.export.exporter",
+    "serve": "imagewise.serve.serving",
+    "compare": "imagewise.evaluate.compare",  # as compare_runs
     "create_model": "imagewise.models",
     "list_models": "imagewise.models",
 }
 
-if TYPE_CHECKING:
+
+def _on_first_call(name: str) -> Callable[..., Any]:
+    """A plain function that imports its implementation on the first call, with its docs."""
+    module, target = _FUNCTIONS[name], "compare_runs" if name == "compare" else name
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return getattr(importlib.import_module(module), target)(*args, **kwargs)
+
+    call.__name__ = call.__qualname__ = name
+    call.__doc__ = f"``{module}.{target}``, imported on the first call (see its docstring)."
+    return call
+
+
+if TYPE_CHECKING:  # what type checkers and editors see: the functions themselves
     from imagewise.evaluate.compare import compare_runs as compare
+    from imagewise.evaluate.evaluation import evaluate
+    from imagewise.explain.explanation import explain
+    from imagewise.export.exporter import export
     from imagewise.models import create_model, list_models
+    from imagewise.predict.prediction import predict
     from imagewise.predict.predictor import load
-
-
-def __getattr__(name: str) -> Any:
-    import importlib
-
-    if name in _STAGES:
-        return importlib.import_module(f"imagewise.{name}")
-    if name == "compare":
-        return importlib.import_module("imagewise.evaluate.compare").compare_runs
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'imagewise' has no attribute {name!r}")
-
+    from imagewise.serve.serving import serve
+    from imagewise.train.run import train
+else:
+    train = _on_first_call("train")
+    evaluate = _on_first_call("evaluate")
+    predict = _on_first_call("predict")
+    load = _on_first_call("load")
+    explain = _on_first_call("explain")
+    export = _on_first_call("export")
+    serve = _on_first_call("serve")
+    compare = _on_first_call("compare")
+    create_model = _on_first_call("create_model")
+    list_models = _on_first_call("list_models")
 
 __all__ = [
     "__version__",

@@ -189,7 +189,3 @@ def write_evaluation(out: Path, result: Evaluation) -> dict[str, Path]:
 
 
 __all__ = ["Evaluation", "evaluate", "write_evaluation"]
-
-from imagewise._stage import make_callable  # noqa: E402
-
-make_callable(__name__, evaluate)

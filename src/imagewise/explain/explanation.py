@@ -101,8 +101,7 @@ def explain(
     paths = expand_inputs(inputs)
     named = {str(Path(i).expanduser()) for i in inputs if Path(i).expanduser().is_file()}
     clf = load_run(run, device=device)
-    model_name = clf.meta.get("model", {}).get("name", type(clf.model).__name__)
-    require_network(clf.model, model_name)
+    require_network(clf.model, clf.name, clf.capabilities)
     target_index = resolve_target(target, clf.classes)
     paths, tensors = _read_all(clf, paths, named)
     if not paths:
@@ -145,7 +144,7 @@ def explain(
         folder / "explain.json",
         {
             "run": str(run),
-            "model": model_name,
+            "model": clf.name,
             "method": method,
             "layer": layer_name,
             "images": records,
@@ -163,7 +162,3 @@ __all__ = [
     "overlay",
     "resolve_target",
 ]
-
-from imagewise._stage import make_callable  # noqa: E402
-
-make_callable(__name__, explain)

@@ -139,10 +139,9 @@ def export(
     target = export_dir / default_file_name(format, int8) if out is None else Path(out).expanduser()
     check_target(target, default_file_name(format, int8))  # before any work: answers at once
     reference = load_run(run)
-    meta = reference.meta
-    if meta.get("training", {}).get("classical"):
+    if not reference.capabilities.onnx_export:
         raise UserError(
-            f"'{run}' is a classical {meta['model']['name']} model (HOG features computed by "
+            f"'{run}' is a classical {reference.name} model (HOG features computed by "
             "scikit-image, not tensor operations): it has no ONNX or TorchScript graph; use the "
             "run folder itself with imagewise predict or imagewise.load"
         )
@@ -151,7 +150,10 @@ def export(
         VERIFY_IMAGES,
     )  # fmt: skip
     quantization = PORTABLE.describe() if int8 else None
-    metadata = build_metadata({**meta, "tta": reference.tta}, raw_input, int8, quantization)
+    metadata = build_metadata(
+        reference.name, reference.classes, reference.preprocessing, reference.temperature,
+        reference.tta, raw_input, int8, quantization,
+    )  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="imagewise-export-") as tmp:
         candidate = Path(tmp) / target.name
         model = load_run(run).network  # a copy of its own: exporters may touch the module
@@ -251,7 +253,3 @@ def calibration_batches(run_dir: Path, reference: Classifier, raw_input: bool) -
 
 
 __all__ = ["FORMATS", "ExportResult", "default_file_name", "export"]
-
-from imagewise._stage import make_callable  # noqa: E402
-
-make_callable(__name__, export)

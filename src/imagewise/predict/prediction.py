@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from imagewise.predict.base import BaseClassifier, Classifier, Prediction
+from imagewise.predict.base import Prediction
 from imagewise.predict.inputs import expand_inputs
-from imagewise.predict.output import FORMATS, format_predictions
-from imagewise.predict.predictor import load, load_run
+from imagewise.predict.predictor import load
 
 
 def predict(
@@ -31,20 +30,3 @@ def predict(
     # Files named one by one must be readable; files found in folders or globs may be skipped.
     named = {str(Path(i).expanduser()) for i in inputs if Path(i).expanduser().is_file()}
     return load(run, device=device).predict(paths, top_k=top_k, skippable=lambda p: p not in named)
-
-
-__all__ = [
-    "FORMATS",
-    "BaseClassifier",
-    "Classifier",
-    "Prediction",
-    "expand_inputs",
-    "format_predictions",
-    "load",
-    "load_run",
-    "predict",
-]
-
-from imagewise._stage import make_callable  # noqa: E402
-
-make_callable(__name__, predict)

@@ -6,7 +6,9 @@ folder or an ONNX file with ``imagewise.load`` and runs it with uvicorn until st
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,29 +45,41 @@ def serve(path: str | Path, **settings: Any) -> None:
     """
     options = ServeSettings(**settings)
     sock = listen_socket(options.host, options.port)
+    with _server_process_settings(options):
+        try:
+            app = _load_app(path, options)
+            if warning := options.exposure_warning():
+                log.warning(warning)
+            # At warning level so that -q shows it too: with port 0 it is where to find it.
+            log.warning("serving %s at %s/ (API docs at /docs)", path, url_of(sock))
+            uvicorn.Server(uvicorn_config(app, options)).run(sockets=[sock])
+        finally:
+            sock.close()
+
+
+@contextlib.contextmanager
+def _server_process_settings(options: ServeSettings) -> Iterator[None]:
+    """For the server's lifetime: torch's thread count as asked, and PIL's own guard against
+    decompression bombs at the server's pixel limit; both as they were once it stops."""
+    import torch
+    from PIL import Image
+
+    threads, pixels = torch.get_num_threads(), Image.MAX_IMAGE_PIXELS
+    if options.threads:
+        torch.set_num_threads(options.threads)
+    Image.MAX_IMAGE_PIXELS = options.max_pixels
     try:
-        app = _load_app(path, options)
-        if warning := options.exposure_warning():
-            log.warning(warning)
-        # At warning level so that -q shows it too: with port 0 it is where to find the server.
-        log.warning("serving %s at %s/ (API docs at /docs)", path, url_of(sock))
-        uvicorn.Server(uvicorn_config(app, options)).run(sockets=[sock])
+        yield
     finally:
-        sock.close()
+        torch.set_num_threads(threads)
+        Image.MAX_IMAGE_PIXELS = pixels
 
 
 def _load_app(path: str | Path, options: ServeSettings) -> Any:
     """The model loaded and checked (the reason logged once if unusable), in its app."""
-    import torch
-    from PIL import Image
-
     from imagewise.predict import load
     from imagewise.predict.finite import unusable_reason
 
-    if options.threads:
-        torch.set_num_threads(options.threads)
-    # PIL's own guard against decompression bombs, in line with the server's pixel limit.
-    Image.MAX_IMAGE_PIXELS = options.max_pixels
     classifier = load(path, device=options.device, check=False)
     if unusable := unusable_reason(classifier, path):
         log.error("not ready: %s", unusable)
@@ -73,7 +87,3 @@ def _load_app(path: str | Path, options: ServeSettings) -> Any:
 
 
 __all__ = ["ServeSettings", "create_app", "serve"]
-
-from imagewise._stage import make_callable  # noqa: E402
-
-make_callable(__name__, serve)

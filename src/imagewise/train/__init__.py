@@ -1,11 +1,55 @@
-"""Training: the task (model + loss), optimizers, schedules, the loop and the run writer."""
+"""Training: the task (model + loss), optimizers, schedules, the loop and the run writer.
 
-from imagewise.train.loop import TrainState, evaluate_loader, fit, train_one_epoch
-from imagewise.train.run import TrainResult, train
-from imagewise.train.task import ClassificationTask
+The package is light: its contents load on first use (``import imagewise`` stays quick).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from imagewise.train.loop import (
+        Components,
+        EarlyStopping,
+        FitSettings,
+        TrainState,
+        evaluate_loader,
+        fit,
+        train_one_epoch,
+    )
+    from imagewise.train.run import TrainResult, train
+    from imagewise.train.task import ClassificationTask
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("TrainResult", "train"):
+        from imagewise.train import run
+
+        return getattr(run, name)
+    if name in (
+        "Components",
+        "EarlyStopping",
+        "FitSettings",
+        "TrainState",
+        "evaluate_loader",
+        "fit",
+        "train_one_epoch",
+    ):
+        from imagewise.train import loop
+
+        return getattr(loop, name)
+    if name in ("ClassificationTask",):
+        from imagewise.train import task
+
+        return getattr(task, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "ClassificationTask",
+    "Components",
+    "EarlyStopping",
+    "FitSettings",
     "TrainResult",
     "TrainState",
     "evaluate_loader",
@@ -13,7 +57,3 @@ __all__ = [
     "train",
     "train_one_epoch",
 ]
-
-from imagewise._stage import make_callable
-
-make_callable(__name__, train)

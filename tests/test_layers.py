@@ -1,0 +1,102 @@
+"""The layered core: typed run metadata end to end, capabilities instead of model names, and
+library calls that leave the process as they found it."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+import imagewise
+from imagewise.config import resumable_options
+from imagewise.errors import UserError
+from imagewise.runtime.meta import FORMAT, Capabilities
+from imagewise.runtime.runs import RunFolder
+
+
+def test_train_writes_typed_metadata_that_every_stage_reads(trained_run: Path) -> None:
+    raw = json.loads((trained_run / "meta.json").read_text())
+    assert raw["format"] == FORMAT
+    assert raw["model"]["capabilities"] == {"fit": "gradient", "onnx_export": True, "gradcam": True}
+    meta = RunFolder.of(trained_run).read_meta()
+    assert meta.model.name == "resnet9_tiny" and meta.classes == ["circle", "square", "stripes"]
+    clf = imagewise.load(trained_run)
+    assert clf.name == "resnet9_tiny" and clf.capabilities == Capabilities()
+    assert clf.run_meta.preprocessing.to_preprocessing() == clf.preprocessing
+
+
+def test_a_bad_metadata_field_is_one_line_naming_it(trained_run: Path, tmp_path: Path) -> None:
+    import shutil
+
+    run = Path(shutil.copytree(trained_run, tmp_path / "run"))
+    meta = json.loads((run / "meta.json").read_text())
+    meta["preprocessing"]["img_size"] = 100000  # a run folder from elsewhere, edited
+    (run / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(UserError) as err:
+        imagewise.load(run)
+    assert str(err.value) == (
+        f"meta.json of '{run}': preprocessing.img_size is 100000; it must be between 8 and 4096"
+    )
+
+
+def test_a_one_pass_model_is_handled_by_its_declared_capabilities(
+    folder_data: Path, tmp_path: Path
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from imagewise.serve import ServeSettings, create_app
+
+    run = tmp_path / "hog"
+    imagewise.train(str(folder_data), run, model="hog_svm", show_progress=False)
+    meta = RunFolder.of(run).read_meta()
+    assert meta.model.capabilities == Capabilities("one_pass", False, False)
+    clf = imagewise.load(run)
+    with pytest.raises(UserError, match="'hog_svm' is a classical model"):
+        imagewise.explain(run, [str(next((folder_data / "square").glob("*.png")))])
+    with pytest.raises(UserError, match="it has no ONNX or TorchScript graph"):
+        imagewise.export(run)
+    client = TestClient(create_app(clf, ServeSettings()))
+    info = client.get("/v1/info").json()
+    assert info["model"] == "hog_svm" and info["gradcam"] is False and info["backend"] == "pytorch"
+
+
+def test_a_library_call_leaves_the_process_as_it_found_it(
+    folder_data: Path, tmp_path: Path
+) -> None:
+    import matplotlib
+
+    class BusyMachine:
+        """As the thread governor (or any hook) may: fewer threads in the middle of a run."""
+
+        def on_epoch_end(self, state: object) -> None:
+            torch.set_num_threads(1)
+
+    def process_state() -> tuple[object, ...]:
+        logger = logging.getLogger("imagewise")
+        return (
+            torch.get_num_threads(), logger.level, list(logger.filters), Image.MAX_IMAGE_PIXELS,
+            matplotlib.get_backend(),
+        )  # fmt: skip
+
+    backend = matplotlib.get_backend()
+    matplotlib.use("svg")  # a user's backend, not the Agg that figures draw with
+    try:
+        before = process_state()
+        imagewise.train(
+            str(folder_data), tmp_path / "r", epochs=2, model="lenet5", batch_size=8,
+            augment="none", show_progress=False, hooks=[BusyMachine()],
+        )  # fmt: skip
+        assert process_state() == before
+    finally:
+        matplotlib.use(backend)
+    assert (tmp_path / "r" / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_resumable_settings_are_declared_on_the_config_fields() -> None:
+    # Adding a resumable flag is one field with metadata=RESUMABLE; the check and its message
+    # follow from it.
+    assert resumable_options() == ["workers", "epochs", "device", "precision", "compile"]

@@ -1,0 +1,30 @@
+"""Uses every public function as a user would; `make test` runs mypy over this file, so a
+public call that a type checker cannot see through (a callable module, a lost signature)
+fails CI. It is never executed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import imagewise
+from imagewise.evaluate import Evaluation
+from imagewise.export import ExportResult
+from imagewise.predict import BaseClassifier, Prediction
+from imagewise.train import TrainResult
+
+
+def tour(run: Path) -> None:
+    result: TrainResult = imagewise.train("digits", run, epochs=1, model="lenet5")
+    accuracy: float = result.best_val_accuracy
+    ev: Evaluation = imagewise.evaluate(run, split="test", report=False)
+    worst: list[dict[str, object]] = ev.top_losses(3)
+    predictions: list[Prediction] = imagewise.predict(run, ["seven.png"], top_k=3)
+    label: str = predictions[0].label
+    classifier: BaseClassifier = imagewise.load(run, device="cpu")
+    names: list[str] = classifier.classes
+    maps: list[Path] = imagewise.explain(run, ["seven.png"], method="gradcam++")
+    exported: ExportResult = imagewise.export(run, format="onnx", int8=True)
+    rows: list[dict[str, object]] = imagewise.compare([run], latency=False)
+    models: list[str] = imagewise.list_models()
+    imagewise.serve(run, port=0)
+    print(accuracy, worst, label, names, maps, exported.path, rows, models)
