@@ -137,6 +137,9 @@ def main() -> None:
     args = parser.parse_args()
 
     import imagewise
+    from imagewise.runtime.device import keep_freed_memory
+
+    keep_freed_memory()  # as the imagewise command does for its process
 
     x, y, x_test, y_test = fashion_arrays()
     hook = Interleave({"keras": KerasContender(x, y), "pytorch": TorchContender(x, y)})

@@ -19,7 +19,10 @@ load (the behaviour before the thread governor), for the before/after comparison
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -37,9 +40,9 @@ class Alternate:
     """imagewise hook: Keras runs one epoch under the load imagewise just had, then the load
     switches between quiet and one busy thread."""
 
-    def __init__(self, keras: KerasContender | None) -> None:
-        self.keras = keras
-        self.busy: subprocess.Popen[bytes] | None = None
+    def __init__(self, keras: KerasContender | None, switch: bool = True) -> None:
+        self.keras, self.switching = keras, switch
+        self.busy: int | None = None  # the spinner's pid
         self.times: dict[tuple[str, str], list[float]] = {}
 
     def load(self) -> str:
@@ -56,18 +59,26 @@ class Alternate:
             f"{w} {v[-1]:.1f}s" for (w, load), v in self.times.items() if load == self.load()
         )
         print(f"epoch {state.epoch} ({self.load()}): {line}", flush=True)
-        self.switch()
+        if self.switching:
+            self.switch()
 
     def switch(self) -> None:
         if self.busy is None:
-            self.busy = subprocess.Popen([sys.executable, "-c", BUSY])
+            # Started through a shell that exits at once, so the spinner is not a child of this
+            # process (as a browser or another job is not): the thread governor counts this
+            # process's own children (data-loader workers) as its own work.
+            launcher = subprocess.run(
+                ["sh", "-c", f'{sys.executable} -c "{BUSY}" >/dev/null 2>&1 & echo $!'],
+                capture_output=True, text=True, check=True,
+            )  # fmt: skip
+            self.busy = int(launcher.stdout.strip())
         else:
             self.stop()
 
     def stop(self) -> None:
         if self.busy is not None:
-            self.busy.kill()
-            self.busy.wait()
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.busy, signal.SIGKILL)
             self.busy = None
 
 
@@ -77,14 +88,27 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="quiet + busy epoch pairs")
     parser.add_argument("--fixed-threads", action="store_true", help="no thread governor")
     parser.add_argument("--no-keras", action="store_true")
+    parser.add_argument(
+        "--quiet-only", action="store_true", help="never start the busy thread (quiet speed)"
+    )
+    parser.add_argument(
+        "--precision", default="auto", help="pin the precision (auto times bf16 at the start, "
+        "which a busy moment can sway; pin it to compare runs)",
+    )  # fmt: skip
     args = parser.parse_args()
     if args.fixed_threads:
         os.environ["IMAGEWISE_ADAPTIVE_THREADS"] = "0"
 
     import imagewise
 
+    try:  # what the imagewise command does for its process; a library call leaves it to us
+        from imagewise.runtime.device import keep_freed_memory
+
+        keep_freed_memory()
+    except ImportError:  # code from before the runtime layer: train() did it itself
+        pass
     keras = None if args.no_keras else KerasContender(*fashion_arrays()[:2])
-    hook = Alternate(keras)
+    hook = Alternate(keras, switch=not args.quiet_only)
     # The tutorial CNN with the Keras tutorial's settings; the default model with the defaults.
     settings = (
         dict(optimizer="adam", lr=LR, batch_size=BATCH, schedule="constant", warmup_epochs=0,
@@ -93,21 +117,27 @@ def main() -> None:
     )  # fmt: skip
     try:
         with tempfile.TemporaryDirectory() as tmp:
+            run = Path(tmp) / "run"
             imagewise.train(
-                "fashion-mnist", Path(tmp) / "run", model=args.model, epochs=2 * args.rounds,
-                val_fraction=0.0, hooks=[hook], show_progress=False, **settings,
+                "fashion-mnist", run, model=args.model, epochs=2 * args.rounds,
+                val_fraction=0.0, precision=args.precision, hooks=[hook], show_progress=False,
+                **settings,
             )  # fmt: skip
+            meta = json.loads((run / "meta.json").read_text())
     finally:
         hook.stop()
     threads = "fixed threads" if args.fixed_threads else "thread governor"
-    print(f"\n{machine()}, {datetime.now(UTC):%Y-%m-%d}, model {args.model}, imagewise {threads}")
+    print(
+        f"\n{machine()}, {datetime.now(UTC):%Y-%m-%d}, model {meta['model']['name']}, "
+        f"precision {meta.get('precision')}, imagewise {threads}, code {imagewise.__file__}"
+    )
     print("| contender | quiet s/epoch | beside one busy thread s/epoch | loaded / quiet |")
     print("|---|---|---|---|")
     for who in ("imagewise", "keras"):
         if (who, "quiet") not in hook.times:
             continue
         quiet = statistics.median(hook.times[(who, "quiet")])
-        busy = statistics.median(hook.times[(who, "busy")])
+        busy = statistics.median(hook.times.get((who, "busy"), [float("nan")]))
         print(f"| {who} | {quiet:.2f} | {busy:.2f} | {busy / quiet:.2f}x |")
 
 

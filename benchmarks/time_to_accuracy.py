@@ -49,7 +49,9 @@ class TestAccuracy:
 
 def run(recipe: str, keep: Path | None, overrides: dict[str, Any]) -> list[tuple[float, float]]:
     import imagewise
+    from imagewise.runtime.device import keep_freed_memory
 
+    keep_freed_memory()  # as the imagewise command does for its process
     hook = TestAccuracy()
     with tempfile.TemporaryDirectory() as tmp:
         out = (keep or Path(tmp)) / recipe
