@@ -175,7 +175,7 @@ def accuracy_row(run: Path, files: dict[str, Path]) -> str:
     )
     fp32 = parity(reference, imagewise.load(files["ORT float32"]), images, labels)
     cells = [
-        f"{run.name} ({reference.meta['model']['name']})", f"{len(labels):,} {split} images of "
+        f"{run.name} ({reference.name})", f"{len(labels):,} {split} images of "
         f"{source}", f"{fp32['accuracy_pytorch']:.2%}", f"{fp32['accuracy_exported']:.2%}",
     ]  # fmt: skip
     for name in ("ORT INT8", OLD_INT8)[: len(files) - 1]:
@@ -207,11 +207,11 @@ def main() -> None:
         for i, name in enumerate(args.run):
             run, work = Path(name), Path(tmp) / str(i)
             work.mkdir()
-            meta = load_run(run).meta
-            pre = meta["preprocessing"]
-            shape = (pre["channels"], pre["img_size"], pre["img_size"])
+            clf = load_run(run)
+            pre = clf.preprocessing
+            shape = (pre.channels, pre.img_size, pre.img_size)
             engines, files = run_engines(run, work, args.compare_int8)
-            speed_rows(f"{meta['model']['name']} {pre['img_size']} px", engines, shape, args)
+            speed_rows(f"{clf.name} {pre.img_size} px", engines, shape, args)
             accuracy.append(accuracy_row(run, files))
         if not args.no_resnet18:
             work = Path(tmp) / "resnet18"
