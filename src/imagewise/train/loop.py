@@ -153,7 +153,7 @@ def train_one_epoch(
         finite &= torch.isfinite(loss.detach())
         if step % check_every == 0:
             _check_finite(finite, loss, step, device)  # before the step spoils the weights
-        _step(parts, loss, cfg.grad_clip, scaler)
+        _step(parts, loss, cfg, scaler)
         n = images.shape[0]
         total_loss += loss.detach() * n
         correct += (logits.detach().argmax(1) == labels).sum()
@@ -166,9 +166,10 @@ def train_one_epoch(
 
 
 def _step(
-    parts: Components, loss: torch.Tensor, grad_clip: float, scaler: torch.amp.GradScaler | None
+    parts: Components, loss: torch.Tensor, cfg: TrainConfig, scaler: torch.amp.GradScaler | None
 ) -> None:
-    """Backward, clip, optimizer and schedule step, EMA update."""
+    """Backward, clip, optimizer and schedule step, EMA update (a new per-step setting is a
+    ``TrainConfig`` field read here)."""
     optimizer = parts.optimizer
     optimizer.zero_grad(set_to_none=True)
     if scaler is not None:
@@ -176,8 +177,8 @@ def _step(
         scaler.unscale_(optimizer)
     else:
         loss.backward()
-    if grad_clip > 0:
-        nn.utils.clip_grad_norm_(parts.task.parameters(), grad_clip)
+    if cfg.grad_clip > 0:
+        nn.utils.clip_grad_norm_(parts.task.parameters(), cfg.grad_clip)
     if scaler is not None:
         scaler.step(optimizer)
         scaler.update()
