@@ -28,8 +28,8 @@ from imagewise.predict.exported import OnnxClassifier
 from conftest import CLASSES, run_cli
 
 HOG_REFUSAL = (
-    "is a classical hog_svm model (HOG features computed by scikit-image, not tensor "
-    "operations): it has no ONNX or TorchScript graph; use the run folder itself with "
+    "holds a hog_svm model, which declares no ONNX or TorchScript graph (a classical model "
+    "computes its features outside tensor operations); use the run folder itself with "
     "imagewise predict or imagewise.load"
 )
 

@@ -57,7 +57,7 @@ def test_a_one_pass_model_is_handled_by_its_declared_capabilities(
     clf = imagewise.load(run)
     with pytest.raises(UserError, match="'hog_svm' is a classical model"):
         imagewise.explain(run, [str(next((folder_data / "square").glob("*.png")))])
-    with pytest.raises(UserError, match="it has no ONNX or TorchScript graph"):
+    with pytest.raises(UserError, match="declares no ONNX or TorchScript graph"):
         imagewise.export(run)
     client = TestClient(create_app(clf, ServeSettings()))
     info = client.get("/v1/info").json()
@@ -100,3 +100,31 @@ def test_resumable_settings_are_declared_on_the_config_fields() -> None:
     # Adding a resumable flag is one field with metadata=RESUMABLE; the check and its message
     # follow from it.
     assert resumable_options() == ["workers", "epochs", "device", "precision", "compile"]
+
+
+def test_the_functions_and_the_stage_modules_are_both_reachable() -> None:
+    import inspect
+
+    import imagewise.train.loop as loop_module  # the attribute walk meets the function
+    from imagewise.train import loop
+
+    assert loop_module is loop and inspect.isfunction(imagewise.train)
+    assert inspect.isfunction(imagewise.evaluate) and inspect.isfunction(imagewise.load)
+
+
+def test_a_registry_entry_declares_valid_capabilities() -> None:
+    from imagewise.models.registry import register_model
+
+    with pytest.raises(ValueError, match="fit must be 'gradient' or 'one_pass', not 'one-pass'"):
+        register_model("typo_model", fit="one-pass")
+
+
+def test_resuming_a_finished_run_without_validation_keeps_its_selection(
+    folder_data: Path, tmp_path: Path
+) -> None:
+    opts = {"model": "lenet5", "batch_size": 8, "augment": "none", "show_progress": False}
+    run = tmp_path / "noval"
+    imagewise.train(str(folder_data), run, epochs=1, val_fraction=0.0, **opts)
+    again = imagewise.train(out=run, resume=True, show_progress=False)  # no epochs left
+    assert again.epochs == 1 and again.best_val_accuracy != again.best_val_accuracy  # NaN
+    assert RunFolder.of(run).read_meta().training["selected_by"] == "train_loss"

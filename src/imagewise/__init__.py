@@ -29,6 +29,7 @@ from imagewise import serve as _serve_stage  # noqa: F401
 from imagewise import train as _train_stage  # noqa: F401
 from imagewise.version import __version__
 
+_STAGES = ("train", "evaluate", "predict", "explain", "export", "serve")
 _FUNCTIONS = {
     "train": "imagewise.train.run",
     "evaluate": "imagewise.evaluate.evaluation",
@@ -50,7 +51,11 @@ def _on_first_call(name: str) -> Callable[..., Any]:
     def call(*args: Any, **kwargs: Any) -> Any:
         return getattr(importlib.import_module(module), target)(*args, **kwargs)
 
-    call.__name__ = call.__qualname__ = name
+    call.__qualname__ = name
+    # For a stage, the package's dotted name: ``import imagewise.train.loop as loop`` walks
+    # attributes from the root, meets this function, and Python then looks the module up as
+    # f"{obj.__name__}.loop" in sys.modules, which finds the stage's module.
+    call.__name__ = f"imagewise.{name}" if name in _STAGES else name
     call.__doc__ = f"``{module}.{target}``, imported on the first call (see its docstring)."
     return call
 

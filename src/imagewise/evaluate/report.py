@@ -209,7 +209,7 @@ def _error_gallery(ev: Evaluation, clf: Classifier, n: int) -> str:
     predicted = [clf.classes.index(e["predicted"]) for e in worst]
     cams, note = None, "Grad-CAM of the predicted class: where the model looked."
     if not clf.capabilities.gradcam:
-        note = "Classical model: no Grad-CAM."
+        note = f"No Grad-CAM: {clf.name} declares no feature map to explain."
     else:
         try:
             from imagewise.explain import cam_maps

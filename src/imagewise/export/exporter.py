@@ -141,9 +141,9 @@ def export(
     reference = load_run(run)
     if not reference.capabilities.onnx_export:
         raise UserError(
-            f"'{run}' is a classical {reference.name} model (HOG features computed by "
-            "scikit-image, not tensor operations): it has no ONNX or TorchScript graph; use the "
-            "run folder itself with imagewise predict or imagewise.load"
+            f"'{run}' holds a {reference.name} model, which declares no ONNX or TorchScript "
+            "graph (a classical model computes its features outside tensor operations); use "
+            "the run folder itself with imagewise predict or imagewise.load"
         )
     images, labels, split, source = run_images(
         folder.path, reference.preprocessing, reference.classes, ("val", "test", "train"),

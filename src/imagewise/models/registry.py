@@ -63,6 +63,11 @@ def register_model(
     that is already registered is refused with ``ValueError``.
     """
 
+    if fit not in ("gradient", "one_pass"):
+        raise ValueError(f"model '{name}': fit must be 'gradient' or 'one_pass', not {fit!r}")
+    if not (isinstance(onnx_export, bool) and isinstance(gradcam, bool)):
+        raise ValueError(f"model '{name}': onnx_export and gradcam must be True or False")
+
     def decorator(builder: Builder) -> Builder:
         if name in _REGISTRY:
             raise ValueError(f"model '{name}' is already registered")

@@ -102,7 +102,10 @@ class ThreadGovernor:
         self.interval, self.clock = interval, clock
         self.read_busy, self.read_own = read_busy, read_own
         self.threads = self.original
+        # Under torchrun each rank already has its share of the cores, and its siblings (not its
+        # children) would count as other work: the governor stays out of it there.
         wanted = os.environ.get("IMAGEWISE_ADAPTIVE_THREADS", "1") != "0"
+        wanted = wanted and int(os.environ.get("WORLD_SIZE", "1")) == 1
         self.active = wanted and self.most > 1 and read_busy(self.cpus) is not None
         self.last = self._sample() if self.active else None
         self.others = 0.0  # cores' worth of other processes' work at the last look

@@ -72,6 +72,8 @@ def restore(ckpt: dict[str, Any], parts: Components, state: TrainState) -> None:
     state.epoch, state.history = int(ckpt["epoch"]), list(ckpt["history"])
     state.best_metric, state.best_epoch = float(ckpt["best_metric"]), int(ckpt["best_epoch"])
     state.train_seconds = float(ckpt["train_seconds"])
+    state.metric = str(ckpt.get("metric", state.metric))  # checkpoints before it: val_accuracy
+    state.stop_reason = str(ckpt.get("stop_reason", ""))
 
 
 def build_components(

@@ -61,6 +61,11 @@ def init_distributed(device: torch.device) -> tuple[DistInfo, torch.device]:
     return info, device
 
 
+def dist_enabled() -> bool:
+    """True in a process of a torchrun job (a process group of more than one)."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
 def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     """Sum a few numbers over all processes (a no-op in a single process)."""
     if not (dist.is_available() and dist.is_initialized()):

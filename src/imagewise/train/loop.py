@@ -29,7 +29,7 @@ from imagewise.runtime.device import autocast
 from imagewise.runtime.inference import predict_loader
 from imagewise.runtime.threads import ThreadGovernor
 from imagewise.train.compile import unwrap
-from imagewise.train.distributed import all_reduce_sum
+from imagewise.train.distributed import all_reduce_sum, dist_enabled
 from imagewise.train.task import ClassificationTask
 
 log = logging.getLogger("imagewise")
@@ -133,16 +133,20 @@ def train_one_epoch(
     the end; every process checks at the same steps and they agree.
     """
     task, device, cfg = parts.task, parts.device, settings.config
-    check_every = 1 if device.type == "cpu" else 25
+    # Every step on one CPU process, where the check is free; under torchrun or on a GPU it
+    # waits for a collective or the device, so every 25 steps.
+    check_every = 1 if device.type == "cpu" and not dist_enabled() else 25
     task.train()
     total_loss = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     finite = torch.ones((), device=device, dtype=torch.bool)
     seen = step = 0
     for images, labels in parts.train_loader:
-        if images.shape[0] == 0:
+        step += 1  # counted for an empty batch too: every process checks at the same steps
+        if images.shape[0] == 0:  # every file in it unreadable
+            if step % check_every == 0:
+                _check_finite(finite, total_loss, step, device)
             continue
-        step += 1
         if governor is not None:
             governor.tick()
         images, labels = images.to(device, non_blocking=True), labels.to(device)
@@ -193,7 +197,10 @@ def _check_finite(
     finite: torch.Tensor, loss: torch.Tensor, step: int, device: torch.device
 ) -> None:
     if all_reduce_sum([float(not finite)], device)[0] > 0:
-        raise NonFiniteLoss(f"the loss became {float(loss.detach().float())} at step {step}")
+        value = float(loss.detach().float())
+        if math.isfinite(value):  # an earlier step's, or another process's
+            raise NonFiniteLoss(f"the loss stopped being finite by step {step}")
+        raise NonFiniteLoss(f"the loss became {value} at step {step}")
 
 
 class Rollback:

@@ -262,6 +262,9 @@ def _train(
         raise DiskFull(exc.path, kept_in(folder)) from exc
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM turned into it by the CLI
         raise TrainingInterrupted(folder, state.epoch, state.epochs) from exc
+    finally:
+        if writer is not None:
+            writer.close()
     return TrainResult.of(folder, cfg, state, temperature)
 
 

@@ -165,8 +165,13 @@ class RunWriter:
     def on_train_end(self, state: TrainState) -> None:
         self.meta.training = self._training_summary(state)
         self.folder.write_meta(self.meta)
+        self.close()
+
+    def close(self) -> None:
+        """Close the TensorBoard writer (its thread and file), also when training failed."""
         if self.writer is not None:
             self.writer.close()
+            self.writer = None
 
     def _training_summary(self, state: TrainState) -> dict[str, Any]:
         return {
@@ -190,6 +195,8 @@ class RunWriter:
             "history": state.history,
             "best_metric": state.best_metric,
             "best_epoch": state.best_epoch,
+            "metric": state.metric,
+            "stop_reason": state.stop_reason,
             "train_seconds": state.train_seconds,
             "torch_rng": torch.get_rng_state(),
             "augment_rng": p.augment.generator.get_state(),
