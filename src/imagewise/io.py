@@ -78,12 +78,15 @@ def _disk_full(exc: BaseException, folder: Path) -> bool:
     return stats.f_bavail * stats.f_frsize < _NEARLY_FULL
 
 
+def existing_ancestor(path: Path) -> Path:
+    """The nearest ancestor of ``path`` that exists (where a write would create folders)."""
+    return next((parent for parent in path.parents if parent.exists()), Path(path.anchor or "."))
+
+
 def _file_in_the_way(path: Path) -> Path | None:
-    """The nearest existing ancestor of ``path`` that is not a folder, if any."""
-    for parent in path.parents:
-        if parent.exists():
-            return None if parent.is_dir() else parent
-    return None
+    """The nearest existing ancestor of ``path`` when it is not a folder."""
+    ancestor = existing_ancestor(path)
+    return None if ancestor.is_dir() else ancestor
 
 
 def check_output_dir(path: str | Path, flag: str = "--out") -> Path:

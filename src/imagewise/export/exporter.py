@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from imagewise.errors import UserError
-from imagewise.io import atomic_write, atomic_write_json
+from imagewise.io import atomic_write, atomic_write_json, existing_ancestor
 from imagewise.runtime.runs import RunFolder
 
 if TYPE_CHECKING:
@@ -90,9 +90,7 @@ def check_target(target: Path, file_name: str = "model.onnx") -> None:
             f"cannot write the model to '{target}': it is a folder; give --out a file name, "
             f"e.g. --out {target / file_name}"
         )
-    parent = target.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
+    parent = existing_ancestor(target)
     if not parent.is_dir():
         raise UserError(f"cannot write '{target}': '{parent}' is a file, not a folder")
     if not os.access(parent, os.W_OK | os.X_OK):

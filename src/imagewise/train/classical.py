@@ -208,9 +208,7 @@ def fit_classical(
         >>> fit_classical(model, data.train, data.val, pre)["val_accuracy"]  # doctest: +SKIP
         0.89
     """
-    from joblib import Parallel, delayed
     from sklearn.preprocessing import StandardScaler
-    from sklearn.svm import LinearSVC
 
     start = time.perf_counter()
     x_train, y_train = extract_features(model, train, pre, workers=workers)
@@ -228,26 +226,15 @@ def fit_classical(
     x_train = scaler.transform(x_train)  # in place: the features are the big array here
     if len(x_val):
         x_val = scaler.transform(x_val)
-    # Largest C first: the slowest fit starts at once and the others share the other cores.
-    candidates = sorted(c_values, reverse=True) if len(x_val) else [DEFAULT_C]
-    svms = [
-        LinearSVC(C=c, dual=True, tol=SVM_TOLERANCE, max_iter=SVM_MAX_ITER, random_state=seed)
-        for c in candidates
-    ]
-    jobs = _fit_jobs(x_train, len(svms))
-    svms = Parallel(n_jobs=jobs)(delayed(svm.fit)(x_train, y_train) for svm in svms)
     num_classes = int(model.num_classes)
-    val_acc = [_accuracy(_decision(s, x_val, num_classes), y_val) for s in svms]
+    candidates, svms, val_acc = _fit_candidates(
+        x_train, y_train, x_val, y_val, num_classes, c_values, seed
+    )
     best = int(np.nanargmax(val_acc)) if len(x_val) else 0  # ties: the largest C
     svm = svms[best]
     fit_seconds = time.perf_counter() - fit_start
-
     coef, bias = _coef(svm, num_classes)
-    with torch.no_grad():
-        model.feature_mean.copy_(torch.from_numpy(scaler.mean_.astype(np.float32)))
-        model.feature_scale.copy_(torch.from_numpy(scaler.scale_.astype(np.float32)))
-        model.fc.weight.copy_(torch.from_numpy(coef))
-        model.fc.bias.copy_(torch.from_numpy(bias))
+    _set_weights(model, scaler, coef, bias)
     train_scores = x_train @ coef.T + bias
     val_scores = x_val @ coef.T + bias
     return {
@@ -267,6 +254,36 @@ def fit_classical(
         "fit_seconds": round(fit_seconds, 3),
         "train_seconds": round(time.perf_counter() - start, 3),
     }
+
+
+def _fit_candidates(
+    x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
+    num_classes: int, c_values: Sequence[float], seed: int,
+) -> tuple[list[float], list[Any], list[float]]:  # fmt: skip
+    """One ``LinearSVC`` per candidate C (``DEFAULT_C`` alone without validation images),
+    fitted in parallel processes; their validation accuracies."""
+    from joblib import Parallel, delayed
+    from sklearn.svm import LinearSVC
+
+    # Largest C first: the slowest fit starts at once and the others share the other cores.
+    candidates = sorted(c_values, reverse=True) if len(x_val) else [DEFAULT_C]
+    svms = [
+        LinearSVC(C=c, dual=True, tol=SVM_TOLERANCE, max_iter=SVM_MAX_ITER, random_state=seed)
+        for c in candidates
+    ]
+    jobs = _fit_jobs(x_train, len(svms))
+    svms = Parallel(n_jobs=jobs)(delayed(svm.fit)(x_train, y_train) for svm in svms)
+    val_acc = [_accuracy(_decision(s, x_val, num_classes), y_val) for s in svms]
+    return candidates, svms, val_acc
+
+
+def _set_weights(model: nn.Module, scaler: Any, coef: np.ndarray, bias: np.ndarray) -> None:
+    """The fitted standardization and hyperplanes into the ``HogSVM``'s buffers and layer."""
+    with torch.no_grad():
+        model.feature_mean.copy_(torch.from_numpy(scaler.mean_.astype(np.float32)))
+        model.feature_scale.copy_(torch.from_numpy(scaler.scale_.astype(np.float32)))
+        model.fc.weight.copy_(torch.from_numpy(coef))
+        model.fc.bias.copy_(torch.from_numpy(bias))
 
 
 def write_classical_run(

@@ -47,6 +47,7 @@ from imagewise.train.distributed import DistInfo, cleanup, init_distributed
 from imagewise.train.loop import EarlyStopping, FitSettings, TrainState, fit
 from imagewise.train.recipes import recipe_options
 from imagewise.train.writer import (
+    PRECISION_NAMES,
     TrainingInterrupted,
     build_meta,
     calibrate_run,
@@ -245,7 +246,8 @@ def _train(
         )
     settings = FitSettings(t, amp_dtype, channels_last, dist.is_main and show_progress)
     parts = build_components(cfg, data, pre, model, device, rank, world, compile_model)
-    meta = build_meta(cfg, data, pre, model, processes=world, amp_dtype=settings.amp_dtype)
+    precision = PRECISION_NAMES[settings.amp_dtype]
+    meta = build_meta(cfg, data, pre, model, processes=world, precision=precision)
     writer = start_run_folder(folder, cfg, meta, data, parts, resume) if dist.is_main else None
     state = TrainState(epochs=t.epochs, tta=meta.tta)  # a resumed run keeps its own views
     if resume:

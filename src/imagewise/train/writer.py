@@ -47,14 +47,11 @@ def build_meta(
     pre: Preprocessing,
     model: torch.nn.Module,
     processes: int = 1,
-    amp_dtype: torch.dtype | str | None = "unset",
+    precision: str | None = None,
 ) -> RunMeta:
     """The metadata that travels with the weights: enough to rebuild and use the model.
 
-    ``amp_dtype``: the training precision (None: float32); left unset for a one-pass fit."""
-    precision = None
-    if amp_dtype != "unset":
-        precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[amp_dtype]
+    ``precision``: what the loop trained in (``PRECISION_NAMES``); None for a one-pass fit."""
     from imagewise.models import count_parameters
 
     return RunMeta(
@@ -81,6 +78,10 @@ def build_meta(
         processes=processes,
         precision=precision,
     )
+
+
+# Training precision in meta.json, by autocast dtype (None: float32).
+PRECISION_NAMES = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
 def model_capabilities(name: str) -> Capabilities:
@@ -256,7 +257,7 @@ class TrainingInterrupted(KeyboardInterrupt):
 
     def __init__(self, folder: RunFolder, epoch: int, epochs: int) -> None:
         self.run, self.epochs = folder.path, epochs
-        self.saved = int(load_checkpoint(folder.last)["epoch"]) if folder.last.is_file() else 0
+        self.saved = saved_epoch(folder)
         if self.saved:
             text = (
                 f"stopped in epoch {epoch + 1} of {epochs}; {folder.last} keeps epoch "
@@ -267,11 +268,15 @@ class TrainingInterrupted(KeyboardInterrupt):
         super().__init__(text)
 
 
+def saved_epoch(folder: RunFolder) -> int:
+    """The epoch ``last.ckpt`` holds whole (0: none finished yet)."""
+    return int(load_checkpoint(folder.last)["epoch"]) if folder.last.is_file() else 0
+
+
 def kept_in(folder: RunFolder) -> str:
     """What a run folder holds after a failure, in words: the last checkpoint's epoch."""
-    if not folder.last.is_file():
+    if not (epoch := saved_epoch(folder)):
         return "no epoch had finished, so the run folder holds no weights yet"
-    epoch = int(load_checkpoint(folder.last)["epoch"])
     return (
         f"{folder.last} keeps epoch {epoch} whole; free some space, then continue with: "
         f"imagewise train --resume --out {folder.path}"
