@@ -61,8 +61,14 @@ class ModelConfig:
     """Which network, and how it starts."""
 
     name: str = "auto"
-    pretrained: bool = False
+    pretrained: bool = False  # the timm / torchvision hub's weights (their cache when offline)
+    weights: str = ""  # a safetensors file or a state dict to start from
+    init_from: str = ""  # an earlier imagewise run folder to start from
+    freeze: str = "none"  # none | backbone (linear probe) | N (the first N stages)
+    unfreeze_at: int = 0  # from this epoch on nothing is frozen (0 = never)
+    freeze_bn: bool = False  # BatchNorm keeps its statistics and affine weights
     dropout: float | None = None
+    time_budget: str = ""  # --model auto: training time to fit in, e.g. 5m, 90s, 1h
 
 
 @dataclass
@@ -85,6 +91,10 @@ class TrainConfig:
     patience: int = 0  # early stopping: epochs without improvement (0 = off)
     ema_decay: float = 0.0  # exponential moving average of weights (0 = off)
     grad_clip: float = 0.0
+    layer_lr_decay: float = 1.0  # each stage below the head learns this factor slower (1 = off)
+    # with a frozen backbone: compute its outputs once and train the head on them (auto = on)
+    cache_features: str = "auto"  # auto | on | off
+    feature_views: int = 1  # cached features: the plain image plus N-1 augmented views
     seed: int = 0
     device: str = field(default="auto", metadata=RESUMABLE)
     channels_last: bool = True
@@ -112,8 +122,19 @@ class RunConfig:
 # Flat option names, shared by the command line and the Python API: name -> (section path, field).
 OPTIONS: dict[str, tuple[str, str]] = {
     "model": ("model", "name"),
-    "pretrained": ("model", "pretrained"),
-    "dropout": ("model", "dropout"),
+    **{
+        name: ("model", name)
+        for name in (
+            "pretrained",
+            "weights",
+            "init_from",
+            "freeze",
+            "unfreeze_at",
+            "freeze_bn",
+            "dropout",
+            "time_budget",
+        )
+    },
     "img_size": ("data", "img_size"),
     "channels": ("data", "channels"),
     "val_fraction": ("data", "val_fraction"),
@@ -325,6 +346,27 @@ def validate(config: RunConfig) -> None:
         raise UserError(f"--label-smoothing must be in [0, 1), not {t.label_smoothing}")
     if not 0 <= t.ema_decay < 1:
         raise UserError(f"--ema-decay must be in [0, 1), not {t.ema_decay}")
+    _validate_transfer(config)
+
+
+def _validate_transfer(config: RunConfig) -> None:
+    m, t = config.model, config.train
+    starts = [f for f, on in (("--pretrained", m.pretrained), ("--weights", m.weights),
+                              ("--init-from", m.init_from)) if on]  # fmt: skip
+    if len(starts) > 1:
+        raise UserError(f"{' and '.join(starts)} both name starting weights; give one")
+    if m.freeze not in ("none", "backbone") and not (m.freeze.isdigit()):
+        raise UserError(f"--freeze must be none, backbone or a number of stages, not {m.freeze!r}")
+    if m.unfreeze_at < 0:
+        raise UserError(f"--unfreeze-at must be an epoch number, not {m.unfreeze_at}")
+    if m.unfreeze_at and m.freeze in ("none", "0"):
+        raise UserError("--unfreeze-at needs something frozen first: add --freeze backbone or N")
+    if not 0 < t.layer_lr_decay <= 1:
+        raise UserError(f"--layer-lr-decay must be in (0, 1], not {t.layer_lr_decay}")
+    if t.cache_features not in ("auto", "on", "off"):
+        raise UserError(f"--cache-features must be auto, on or off, not {t.cache_features}")
+    if t.feature_views < 1:
+        raise UserError(f"--feature-views must be at least 1, not {t.feature_views}")
 
 
 def save_config(config: RunConfig, path: str | Path) -> None:

@@ -178,6 +178,14 @@ class RunMeta:
     processes: int = 1
     precision: str | None = None
     calibration: dict[str, Any] | None = None
+    # Where the run started from and what it trained (weights source, what was loaded, adapted
+    # and left new, freeze mode, trainable / frozen counts); None for a run from scratch with
+    # everything trained.
+    transfer: dict[str, Any] | None = None
+    # Distillation: the teacher run (path, model, classes) and the loss weights; None without.
+    teacher: dict[str, Any] | None = None
+    # --model auto: what was chosen (model, size, epochs) and why; None when a model was named.
+    choice: dict[str, Any] | None = None
     format: str = FORMAT
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -240,6 +248,9 @@ class RunMeta:
             processes=take(v, "processes"),
             precision=v.get("precision"),
             calibration=v.get("calibration"),
+            transfer=v.get("transfer"),
+            teacher=v.get("teacher"),
+            choice=v.get("choice"),
             format=v["format"],
             extra={k: x for k, x in v.items() if k not in _TOP_KEYS},
         )
@@ -270,8 +281,9 @@ class RunMeta:
         }
         if self.precision is not None:
             out["precision"] = self.precision
-        if self.calibration is not None:
-            out["calibration"] = copy.deepcopy(self.calibration)
+        for key in _REPORTS:
+            if getattr(self, key) is not None:
+                out[key] = copy.deepcopy(getattr(self, key))
         out.update({k: copy.deepcopy(x) for k, x in self.extra.items() if k not in out})
         return out
 
@@ -279,8 +291,11 @@ class RunMeta:
 _DATA_KEYS = ("source", "kind", "train_images", "val_images", "test_images", "skipped_images")
 _TOP_KEYS = (
     "format", "created", "classes", "model", "preprocessing", "temperature", "tta", "data",
-    "versions", "training", "processes", "precision", "calibration",
+    "versions", "training", "processes", "precision", "calibration", "transfer", "teacher",
+    "choice",
 )  # fmt: skip
+# Optional objects written only when recorded, validated as JSON objects.
+_REPORTS = ("calibration", "transfer", "teacher", "choice")
 
 
 # ---------------------------------------------------------------- migration (older layouts)
@@ -415,8 +430,10 @@ def validate(meta: RunMeta, source: str = "meta.json") -> None:
         raise bad("versions", meta.versions, "it must map package names to version strings")
     if not _is_str_map(meta.training):
         raise bad("training", meta.training, "it must be an object (the training summary)")
-    if meta.calibration is not None and not _is_str_map(meta.calibration):
-        raise bad("calibration", meta.calibration, "it must be an object or absent")
+    for key in _REPORTS:
+        value = getattr(meta, key)
+        if value is not None and not _is_str_map(value):
+            raise bad(key, value, "it must be an object or absent")
     if not (_is_int(meta.processes) and meta.processes >= 1):
         raise bad("processes", meta.processes, "it must be a whole number, 1 or more")
     if meta.precision is not None and meta.precision not in PRECISIONS:
