@@ -32,6 +32,7 @@ from imagewise.version import __version__
 _STAGES = ("train", "evaluate", "predict", "explain", "export", "serve")
 _FUNCTIONS = {
     "train": "imagewise.train.run",
+    "distill": "imagewise.train.distill",
     "evaluate": "imagewise.evaluate.evaluation",
     "predict": "imagewise.predict.prediction",
     "load": "imagewise.predict.predictor",
@@ -69,9 +70,11 @@ if TYPE_CHECKING:  # what type checkers and editors see: the functions themselve
     from imagewise.predict.prediction import predict
     from imagewise.predict.predictor import load
     from imagewise.serve.serving import serve
+    from imagewise.train.distill import distill
     from imagewise.train.run import train
 else:
     train = _on_first_call("train")
+    distill = _on_first_call("distill")
     evaluate = _on_first_call("evaluate")
     predict = _on_first_call("predict")
     load = _on_first_call("load")
@@ -86,6 +89,7 @@ __all__ = [
     "__version__",
     "compare",
     "create_model",
+    "distill",
     "evaluate",
     "explain",
     "export",

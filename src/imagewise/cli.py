@@ -24,6 +24,8 @@ EXAMPLES = {
     "data fetch": "imagewise data fetch fashion-mnist",
     "models": "imagewise models --img-size 28 --channels 1",
     "train": "imagewise train fashion-mnist --model resnet9_slim --epochs 10 --out runs/fm",
+    "distill": "imagewise distill fashion-mnist --teacher runs/fm --student tutorial_cnn "
+    "--epochs 10 --out runs/fm-small",
     "evaluate": "imagewise evaluate runs/fm   # then open runs/fm/eval/report.html",
     "compare": "imagewise compare runs/fm runs/fm-hog --out compare.html",
     "predict": "imagewise predict runs/fm photos/ 'more/*.png' --top-k 3 --format csv",
@@ -56,6 +58,10 @@ FLAG_HELP = {
     "faster), fp32, bf16 or fp16",
     "compile": "torch.compile the model: auto (on GPUs only; slower on CPUs, see BENCHMARKS.md), "
     "on or off; falls back to eager if compiling fails",
+    "teacher": "distill from this run folder (imagewise distill sets it)",
+    "distill_alpha": "weight of the teacher's soft targets against the labels, 0..1 (default 0.5)",
+    "distill_temperature": "softening temperature of the teacher's and student's outputs "
+    "(default 4)",
     "tta": "answer with the mean over the views training taught (mirror if --augment flips, "
     "small shifts if it translates) in evaluate, predict, export and serve",
 }
@@ -116,6 +122,7 @@ def _parser() -> argparse.ArgumentParser:
         _add_data,
         _add_models,
         _add_train,
+        _add_distill,
         _add_evaluate,
         _add_compare,
         _add_predict,
@@ -160,6 +167,17 @@ def _add_train(verbs: Any, sub: Callable[..., Any]) -> None:
     p.add_argument("--recipe", help="named settings: default, fast or accurate (see BENCHMARKS.md)")
     _add_train_options(p)
     p.set_defaults(func=cmd_train)
+
+
+def _add_distill(verbs: Any, sub: Callable[..., Any]) -> None:
+    p = sub(verbs, "distill", "train a student model on a teacher run's soft targets and labels")
+    p.add_argument("data", help="folder, CSV manifest, digits or fashion-mnist")
+    p.add_argument("--student", required=True, help="the student's network name (any --model)")
+    p.add_argument("--out", help="run folder (default runs/DATA-STUDENT)")
+    p.add_argument("--config", help="YAML file with sections data / model / train")
+    p.add_argument("--recipe", help="named settings: default, fast or accurate (see BENCHMARKS.md)")
+    _add_train_options(p)  # --teacher, --distill-alpha, --distill-temperature among them
+    p.set_defaults(func=cmd_distill)
 
 
 def _add_evaluate(verbs: Any, sub: Callable[..., Any]) -> None:
@@ -342,6 +360,31 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     epochs = f"{result.epochs} epoch" + ("" if result.epochs == 1 else "s")
     print(f"trained {result.model} for {epochs} in {result.train_seconds:.0f}s; " + best)
+    print(f"run folder: {result.run}   next: imagewise evaluate {result.run}")
+    return 0
+
+
+def cmd_distill(args: argparse.Namespace) -> int:
+    from imagewise.config import OPTIONS
+    from imagewise.train.distill import distill
+
+    if not args.teacher:
+        raise UserError("distill needs the teacher: --teacher RUN (a folder from imagewise train)")
+    if args.model:
+        raise UserError("distill names its model with --student, not --model")
+    _tune_process()
+    options = {name: getattr(args, name) for name in OPTIONS if name not in ("model", "teacher")}
+    result = distill(
+        args.data, teacher=args.teacher, student=args.student, out=args.out,
+        config_file=args.config, recipe=args.recipe, show_progress=not args.quiet, **options,
+    )  # fmt: skip
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 speaks for all
+        return 0
+    epochs = f"{result.epochs} epoch" + ("" if result.epochs == 1 else "s")
+    best = result.best_val_accuracy
+    score = f"best validation accuracy {best:.2%}" if best == best else "no validation split"
+    print(f"distilled {args.teacher} into {result.model} for {epochs} in "
+          f"{result.train_seconds:.0f}s; {score} (epoch {result.best_epoch})")  # fmt: skip
     print(f"run folder: {result.run}   next: imagewise evaluate {result.run}")
     return 0
 

@@ -104,6 +104,11 @@ class TrainConfig:
     # auto (CUDA only: measured slower on CPU) | on | off
     compile: str = field(default="auto", metadata=RESUMABLE)
     tta: bool = False  # answer with the mean over mirror / shifted views (all inference)
+    # Distillation (imagewise distill): the teacher run folder ("" = none), the weight of its
+    # soft targets against the labels (0..1), and their temperature (Hinton et al. 2015)
+    teacher: str = ""
+    distill_alpha: float = 0.5
+    distill_temperature: float = 4.0
 
 
 @dataclass
@@ -346,6 +351,10 @@ def validate(config: RunConfig) -> None:
         raise UserError(f"--label-smoothing must be in [0, 1), not {t.label_smoothing}")
     if not 0 <= t.ema_decay < 1:
         raise UserError(f"--ema-decay must be in [0, 1), not {t.ema_decay}")
+    if not 0 <= t.distill_alpha <= 1:
+        raise UserError(f"--distill-alpha must be in [0, 1], not {t.distill_alpha}")
+    if not t.distill_temperature > 0:
+        raise UserError(f"--distill-temperature must be positive, not {t.distill_temperature}")
     _validate_transfer(config)
 
 

@@ -18,10 +18,10 @@ from imagewise.data.sources import ImageData
 from imagewise.data.transforms import BatchAugment, Preprocessing
 from imagewise.runtime.device import measure_bf16_speedup
 from imagewise.train.compile import CompiledWithFallback
+from imagewise.train.distill import make_task
 from imagewise.train.distributed import broadcast_from_main
 from imagewise.train.loop import Components, TrainState
 from imagewise.train.optim import build_optimizer, build_scheduler
-from imagewise.train.task import ClassificationTask
 
 log = logging.getLogger("imagewise")
 
@@ -109,7 +109,7 @@ def build_components(
         forward = CompiledWithFallback(forward)
     return Components(
         model=model,
-        task=ClassificationTask(forward, t.loss, len(data.classes), t.label_smoothing),
+        task=make_task(cfg, forward, data, pre, device),
         optimizer=optimizer,
         scheduler=build_scheduler(optimizer, t, len(train_loader)),
         augment=BatchAugment(pre, cfg.data.augment, len(data.classes), seed=t.seed + 7919 * rank),

@@ -22,6 +22,7 @@ from imagewise.runtime.checkpoint import load_checkpoint, save_checkpoint, save_
 from imagewise.runtime.meta import Capabilities, DataSummary, ModelSpec, PreprocessingSpec, RunMeta
 from imagewise.runtime.runs import RunFolder
 from imagewise.train.build import model_kwargs
+from imagewise.train.distill import teacher_record
 from imagewise.train.loop import Components, TrainState
 
 log = logging.getLogger("imagewise")
@@ -77,6 +78,7 @@ def build_meta(
         tta=tta_views_of(config, pre.img_size),
         processes=processes,
         precision=precision,
+        teacher=teacher_record(config, data),  # None unless distilled
     )
 
 
