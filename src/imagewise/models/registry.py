@@ -39,6 +39,7 @@ class ModelEntry:
     fit: str = "gradient"
     onnx_export: bool = True
     gradcam: bool = True
+    hub: str = ""  # the timm architecture whose pretrained weights it starts from
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
@@ -53,12 +54,14 @@ def register_model(
     fit: str = "gradient",
     onnx_export: bool = True,
     gradcam: bool = True,
+    hub: str = "",
 ) -> Callable[[Builder], Builder]:
     """Return a decorator that registers a builder under ``name``.
 
     The builder is called as ``builder(num_classes, in_chans, img_size, pretrained=False,
     **kwargs)`` and returns an ``nn.Module``. ``family`` defaults to the builder's module name;
-    ``pretrained`` says whether the builder can load pretrained weights; ``fit``,
+    ``pretrained`` says whether pretrained weights exist, ``hub`` the timm architecture that
+    holds them (``imagewise.models.weights``; default ``name``); ``fit``,
     ``onnx_export`` and ``gradcam`` declare what the model can do (see ``ModelEntry``). A name
     that is already registered is refused with ``ValueError``.
     """
@@ -67,13 +70,14 @@ def register_model(
         raise ValueError(f"model '{name}': fit must be 'gradient' or 'one_pass', not {fit!r}")
     if not (isinstance(onnx_export, bool) and isinstance(gradcam, bool)):
         raise ValueError(f"model '{name}': onnx_export and gradcam must be True or False")
+    hub = (hub or name) if pretrained else ""
 
     def decorator(builder: Builder) -> Builder:
         if name in _REGISTRY:
             raise ValueError(f"model '{name}' is already registered")
         fam = family or builder.__module__.rsplit(".", 1)[-1]
         _REGISTRY[name] = ModelEntry(
-            name, builder, fam, description, pretrained, fit, onnx_export, gradcam
+            name, builder, fam, description, pretrained, fit, onnx_export, gradcam, hub
         )
         return builder
 
@@ -172,12 +176,6 @@ def _timm_gradcam_layer(model: nn.Module) -> str | None:
     return layer
 
 
-def _one_line(exc: BaseException) -> str:
-    """Return the first line of an exception's message, prefixed with its type."""
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"
-
-
 def _takes(builder: Builder, param: str) -> bool:
     import inspect
 
@@ -206,13 +204,11 @@ def _build(name: str, num_classes: int, in_chans: int, img_size: int, pretrained
                 f"model '{name}' has no pretrained weights; train it from scratch or pick a "
                 "timm model"
             )
-        return entry.builder(num_classes, in_chans, img_size, pretrained=pretrained, **kwargs)
+        return entry.builder(num_classes, in_chans, img_size, pretrained=False, **kwargs)
     timm_name = name.removeprefix(TIMM_PREFIX)
     if not timm_name or not timm.is_model(timm_name):
         raise _unknown(name)
-    model = timm.create_model(
-        timm_name, pretrained=pretrained, num_classes=num_classes, in_chans=in_chans, **kwargs
-    )
+    model = timm.create_model(timm_name, num_classes=num_classes, in_chans=in_chans, **kwargs)
     model.gradcam_layer = _timm_gradcam_layer(model)
     return model
 
@@ -229,7 +225,10 @@ def create_model(
 
     Registered names come first; other names (or ``timm:NAME``) go to ``timm.create_model``.
     The model is checked with one eval-mode forward pass on a zero image and returned in train
-    mode. Raises ``UserError`` for unknown names, impossible sizes and missing weights.
+    mode. ``pretrained`` loads the hub's weights (``imagewise.models.weights``: cache first,
+    channels and patch sizes adapted, a new classifier); what was loaded is in
+    ``model.weights_report``. Raises ``UserError`` for unknown names, impossible sizes and
+    missing weights.
     """
     dropout = kwargs.pop("dropout", None)
     entry = _REGISTRY.get(name)
@@ -247,13 +246,6 @@ def create_model(
         raise UserError(
             f"model '{name}' does not take option(s) {sorted(kwargs)}; drop them"
         ) from exc
-    except (OSError, RuntimeError) as exc:
-        if not pretrained:
-            raise
-        raise UserError(
-            f"could not load pretrained weights for model '{name}' ({_one_line(exc)}); "
-            "check the network connection or train from scratch"
-        ) from exc
     try:
         model.eval()
         with torch.no_grad():
@@ -265,4 +257,8 @@ def create_model(
     model.train()
     if not hasattr(model, "default_loss"):
         model.default_loss = "cross_entropy"
+    if pretrained:  # built bare, then loaded by name and shape (imagewise.models.weights)
+        from imagewise.models.weights import load_into, pretrained_weights
+
+        model.weights_report = load_into(model, pretrained_weights(name))
     return model

@@ -3,7 +3,8 @@
 Below 64 px the stems are made CIFAR-style so 28-32 px images are not shrunk to nothing: ResNet
 and DenseNet get a 3x3 stride-1 first conv and no stem max-pool; MobileNetV3 and EfficientNet get
 their 3x3 stem conv switched to stride 1. ViT-Tiny picks its patch size from the image size.
-``pretrained=True`` goes through to timm (downloads from the hub).
+Pretrained weights are loaded after building (``imagewise.models.weights``), by name and shape:
+an adapted stem starts new, everything else is the hub's.
 """
 
 from __future__ import annotations
@@ -92,7 +93,11 @@ def densenet121(
 
 
 @register_model(
-    "mobilenetv3", family="timm", pretrained=True, description="MobileNetV3-Large 1.0 (timm)"
+    "mobilenetv3",
+    family="timm",
+    pretrained=True,
+    hub="mobilenetv3_large_100",
+    description="MobileNetV3-Large 1.0 (timm)",
 )
 def mobilenetv3(
     num_classes: int, in_chans: int, img_size: int, pretrained: bool = False, **kwargs: Any
@@ -110,7 +115,11 @@ def mobilenetv3(
 
 
 @register_model(
-    "efficientnet_b0", family="timm", pretrained=True, description="EfficientNet-B0 (timm)"
+    "efficientnet_b0",
+    family="timm",
+    pretrained=True,
+    hub="efficientnet_b0",
+    description="EfficientNet-B0 (timm)",
 )
 def efficientnet_b0(
     num_classes: int, in_chans: int, img_size: int, pretrained: bool = False, **kwargs: Any
@@ -130,7 +139,13 @@ def vit_patch_size(img_size: int) -> int:
     return 8 if img_size >= 64 else 4
 
 
-@register_model("vit_tiny", family="timm", pretrained=True, description="ViT-Tiny (timm)")
+@register_model(
+    "vit_tiny",
+    family="timm",
+    pretrained=True,
+    hub="vit_tiny_patch16_224",
+    description="ViT-Tiny (timm)",
+)
 def vit_tiny(
     num_classes: int, in_chans: int, img_size: int, pretrained: bool = False, **kwargs: Any
 ) -> nn.Module:

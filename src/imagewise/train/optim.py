@@ -43,6 +43,34 @@ def _can_fuse(params: list[nn.Parameter]) -> bool | None:
 
 
 SCHEDULES = ("onecycle", "cosine", "step", "constant")
+# Warm-up as a fraction of all optimizer steps when none is set: one-cycle's own quarter (Smith
+# 2018); a short ramp for cosine and step; none for constant, which means constant (Keras).
+# Counted in steps, not epochs, so a two-epoch run does not spend half of itself warming up.
+WARMUP_FRACTION = {"onecycle": 0.25, "cosine": 0.05, "step": 0.05, "constant": 0.0}
+
+
+def warmup_steps(cfg: TrainConfig, steps_per_epoch: int) -> int:
+    """The warm-up in optimizer steps: ``warmup_steps`` if set, else ``warmup_epochs``, else
+    ``WARMUP_FRACTION`` of the run; always less than the whole run.
+
+    Args:
+        cfg: the training settings (``epochs`` resolved).
+        steps_per_epoch: optimizer steps in one epoch.
+    """
+    total = max(1, _epochs(cfg) * steps_per_epoch)
+    if cfg.warmup_steps is not None:
+        steps = cfg.warmup_steps
+    elif cfg.warmup_epochs is not None:
+        steps = int(cfg.warmup_epochs * steps_per_epoch)
+    else:
+        steps = int(WARMUP_FRACTION.get(cfg.schedule, 0.0) * total)
+    return max(0, min(steps, total - 1))
+
+
+def _epochs(cfg: TrainConfig) -> int:
+    if cfg.epochs is None:  # a caller that skipped imagewise.train.auto.adapt_defaults
+        raise ValueError("TrainConfig.epochs is unset; resolve it (train.auto.adapt_defaults)")
+    return cfg.epochs
 
 
 def default_lr(cfg: TrainConfig, world_size: int = 1) -> float:
@@ -54,40 +82,58 @@ def default_lr(cfg: TrainConfig, world_size: int = 1) -> float:
 
 
 def build_optimizer(
-    model: nn.Module, cfg: TrainConfig, world_size: int = 1
+    model: nn.Module,
+    cfg: TrainConfig,
+    world_size: int = 1,
+    lr_scales: dict[str, float] | None = None,
+    include_frozen: bool = False,
 ) -> torch.optim.Optimizer:
     """The optimizer named in ``cfg``; biases and normalization weights get no weight decay.
-    ``world_size`` processes of ``cfg.batch_size`` each make the global batch."""
+    ``world_size`` processes of ``cfg.batch_size`` each make the global batch.
+
+    Args:
+        lr_scales: parameter name -> factor of the learning rate (layer-wise decay,
+            ``imagewise.train.transfer.lr_scales``); missing names learn at the full rate.
+        include_frozen: hold frozen parameters too (they get no gradient, so no update, until
+            ``--unfreeze-at`` lets them train).
+    """
     if cfg.optimizer not in _OPTIMIZERS:
         raise UserError(
             f"unknown optimizer '{cfg.optimizer}'; choose one of {', '.join(_OPTIMIZERS)}"
         )
     _, wd_default, build = _OPTIMIZERS[cfg.optimizer]
     wd = wd_default if cfg.weight_decay is None else cfg.weight_decay
-    decay, no_decay = [], []
-    for _, param in model.named_parameters():
-        if param.requires_grad:
-            (no_decay if param.ndim <= 1 else decay).append(param)
-    groups = [{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}]
     lr = cfg.lr if cfg.lr is not None else default_lr(cfg, world_size)
-    return build(groups, lr, cfg, _can_fuse(decay + no_decay))
+    scales = lr_scales or {}
+    groups: dict[tuple[float, bool], list[nn.Parameter]] = {}
+    for name, param in model.named_parameters():
+        if param.requires_grad or include_frozen:
+            key = (scales.get(name, 1.0), param.ndim > 1)
+            groups.setdefault(key, []).append(param)
+    param_groups = [
+        {"params": params, "weight_decay": wd if decays else 0.0, "lr": lr * scale}
+        for (scale, decays), params in sorted(
+            groups.items(), key=lambda kv: (-kv[0][0], not kv[0][1])
+        )
+    ]
+    everything = [p for g in param_groups for p in g["params"]]
+    return build(param_groups, lr, cfg, _can_fuse(everything))
 
 
 def lr_factor(cfg: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
     """The schedule as a function of the step: a factor of the base learning rate.
 
-    ``onecycle`` warms up over the first quarter then anneals by cosine to zero (Smith 2018);
-    ``cosine`` warms up for ``warmup_epochs`` then anneals; ``step`` multiplies by ``gamma``
-    every ``step_size`` epochs after warm-up; ``constant`` only warms up.
+    Every schedule first warms up linearly over ``warmup_steps(cfg, steps_per_epoch)`` steps.
+    ``onecycle`` and ``cosine`` then anneal by cosine to zero (one-cycle: Smith 2018, whose
+    warm-up is a quarter of the run by default); ``step`` multiplies by ``gamma`` every
+    ``step_size`` epochs; ``constant`` stays at the base rate.
     """
     if cfg.schedule not in SCHEDULES:
         raise UserError(f"unknown schedule '{cfg.schedule}'; choose one of {', '.join(SCHEDULES)}")
-    total = max(1, cfg.epochs * steps_per_epoch)
-    if cfg.schedule == "onecycle":
-        warmup = max(1, int(0.25 * total))
-    else:
-        warmup = min(int(cfg.warmup_epochs * steps_per_epoch), total - 1)
-    step_size = (cfg.step_size or max(1, cfg.epochs // 3)) * steps_per_epoch
+    epochs = _epochs(cfg)
+    total = max(1, epochs * steps_per_epoch)
+    warmup = warmup_steps(cfg, steps_per_epoch)
+    step_size = (cfg.step_size or max(1, epochs // 3)) * steps_per_epoch
 
     def factor(step: int) -> float:
         if step < warmup:

@@ -1,0 +1,330 @@
+"""Starting weights from anywhere, loaded by name and shape into any registry or timm model.
+
+Three sources give a state dict: the timm / torchvision hubs (``pretrained_weights``: the local
+cache first, the network only when it answers), a local file (``file_weights``: safetensors or
+a PyTorch state dict read with ``weights_only=True``) and, one layer up in
+``imagewise.train.transfer``, an earlier imagewise run. ``load_into`` then copies every tensor
+whose name and shape match, adapts what can be adapted (input channels, a ViT's patch size and
+position grid) and leaves the rest new (a classifier for other classes), and says which was which.
+
+Why not ``timm.create_model(pretrained=True)``: offline it retries the hub for about 50 s before
+failing, it cannot load a run or report what it loaded, and its input-channel adaptation happens
+before our small-image stems replace layers, so the report would be wrong.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from torch import nn
+
+from imagewise.errors import UserError
+
+# Wrappers that training scripts put around a state dict, and prefixes DDP / compile add.
+_NESTED = ("state_dict", "model", "model_state", "model_state_dict", "module")
+_PREFIXES = ("module.", "_orig_mod.")
+
+
+@dataclass
+class WeightsSource:
+    """A state dict and what is known about it: where it came from and, when the source says,
+    the preprocessing its model was trained with (``img_size``, ``mean``, ``std``,
+    ``interpolation``, ``channels``) and its class names."""
+
+    kind: str  # pretrained | file | run
+    where: str  # hub id, file path or run folder
+    state: dict[str, torch.Tensor]
+    preprocessing: dict[str, Any] = field(default_factory=dict)
+    classes: list[str] | None = None
+    model: str = ""  # the model name the weights were trained as, when known
+
+
+@dataclass
+class LoadReport:
+    """Which of a model's tensors came from the source, were adapted, or start new."""
+
+    source: str
+    loaded: list[str] = field(default_factory=list)
+    adapted: dict[str, str] = field(default_factory=dict)  # name -> how
+    new: list[str] = field(default_factory=list)
+    unused: list[str] = field(default_factory=list)  # in the source, not in the model
+
+    def lines(self) -> list[str]:
+        """The short block ``train`` prints."""
+        out = [
+            f"weights from {self.source}: {len(self.loaded)} tensors loaded, "
+            f"{len(self.adapted)} adapted, {len(self.new)} new, {len(self.unused)} unused"
+        ]
+        out += [f"  adapted {name}: {how}" for name, how in self.adapted.items()]
+        if self.new:
+            out.append(f"  new: {_names(self.new)}")
+        if self.unused:
+            out.append(f"  unused: {_names(self.unused)}")
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "loaded": len(self.loaded),
+            "adapted": dict(self.adapted),
+            "new": list(self.new),
+            "unused": len(self.unused),
+        }
+
+
+def _names(names: list[str], limit: int = 6) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+# --------------------------------------------------------------------------------- the hubs
+
+
+def hub_name(name: str) -> str | None:
+    """The timm architecture whose pretrained weights model ``name`` starts from, or None.
+
+    Registry entries name it (``register_model(..., hub=...)``); other names are timm's own.
+    """
+    from imagewise.models.registry import TIMM_PREFIX, get_entry
+
+    entry = None if name.startswith(TIMM_PREFIX) else get_entry(name)
+    if entry is not None:
+        return entry.hub or None
+    bare = name.removeprefix(TIMM_PREFIX)
+    return bare if timm.is_model(bare) and timm.models.get_pretrained_cfg(bare) else None
+
+
+def known_pretrained(name: str) -> bool:
+    """Whether the hubs hold pretrained weights for model ``name`` (cached or not)."""
+    return hub_name(name) is not None
+
+
+def _pretrained_cfg(name: str) -> Any:
+    arch = hub_name(name)
+    if arch is None:
+        raise UserError(
+            f"model '{name}' has no pretrained weights on the timm / torchvision hubs; "
+            "start from a file with --weights FILE, from a run with --init-from RUN, or "
+            "train from scratch"
+        )
+    return timm.models.get_pretrained_cfg(arch)
+
+
+def _hub_files(cfg: Any) -> list[str]:
+    return ["model.safetensors", "pytorch_model.bin"] if cfg.hf_hub_id else []
+
+
+def _cached_path(cfg: Any) -> Path | None:
+    """The weights file of ``cfg`` in the Hugging Face or torch hub cache, if there."""
+    if cfg.hf_hub_id:
+        from huggingface_hub import try_to_load_from_cache
+
+        for filename in _hub_files(cfg):
+            found = try_to_load_from_cache(cfg.hf_hub_id, filename)
+            if isinstance(found, str):
+                return Path(found)
+    if cfg.url:
+        path = Path(torch.hub.get_dir()) / "checkpoints" / Path(cfg.url).name
+        if path.is_file():
+            return path
+    return None
+
+
+def has_pretrained(name: str) -> bool:
+    """Whether pretrained weights for ``name`` are on this machine (no network needed)."""
+    arch = hub_name(name)
+    return arch is not None and _cached_path(timm.models.get_pretrained_cfg(arch)) is not None
+
+
+def _reachable(url: str, timeout: float = 3.0) -> bool:
+    """Whether the host of ``url`` answers on 443 within ``timeout`` seconds (the hub clients
+    themselves retry for about 50 s before giving up)."""
+    from urllib.parse import urlparse
+
+    host = urlparse(url).hostname or ""
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _download(cfg: Any) -> Path:
+    if cfg.hf_hub_id:
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import EntryNotFoundError
+
+        for filename in _hub_files(cfg):
+            try:
+                return Path(hf_hub_download(cfg.hf_hub_id, filename))
+            except EntryNotFoundError:
+                continue
+    # torchvision-hosted weights: torch.hub's cache, as torchvision itself uses
+    path = Path(torch.hub.get_dir()) / "checkpoints" / Path(cfg.url).name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.hub.download_url_to_file(cfg.url, str(path), progress=True)
+    return path
+
+
+def pretrained_weights(name: str) -> WeightsSource:
+    """The hub's pretrained weights for model ``name``: from the local cache when they are
+    there, else downloaded when the hub answers, else a one-line ``UserError`` that says how
+    to pass a file."""
+    cfg = _pretrained_cfg(name)
+    where = cfg.hf_hub_id or cfg.url
+    path = _cached_path(cfg)
+    if path is None:
+        if not _reachable("https://huggingface.co" if cfg.hf_hub_id else cfg.url):
+            raise UserError(
+                f"no pretrained weights for '{name}' on this machine and the hub ({where}) "
+                "cannot be reached; copy them here and pass --weights FILE (.safetensors or "
+                "a PyTorch state dict), or start from an earlier run with --init-from RUN"
+            )
+        try:
+            path = _download(cfg)
+        except Exception as exc:  # network errors come in many types; one line for all
+            raise UserError(
+                f"could not download the pretrained weights for '{name}' from {where} "
+                f"({type(exc).__name__}); pass --weights FILE instead"
+            ) from exc
+    channels, size = cfg.input_size[0], cfg.input_size[-1]
+    pre = {"img_size": int(size), "mean": list(cfg.mean), "std": list(cfg.std)}
+    pre.update(interpolation=cfg.interpolation or "bilinear", channels=int(channels))
+    return WeightsSource("pretrained", str(where), read_state_dict(path), pre, model=name)
+
+
+# ------------------------------------------------------------------------------- local files
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors from a ``.safetensors`` file or a PyTorch checkpoint (``weights_only=True``),
+    unwrapped from the usual ``{"state_dict": ...}`` / ``{"model": ...}`` holders and freed of
+    ``module.`` (DDP) and ``_orig_mod.`` (torch.compile) prefixes."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"weights file '{path}' does not exist")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state: Any = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle, safetensors and zip errors alike: not a weights file
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(
+            f"'{path}' is not a weights file that loads safely ({first[:160]}); give a "
+            ".safetensors file or a state dict saved with torch.save(model.state_dict())"
+        ) from exc
+    return _tensors(state, path)
+
+
+def _tensors(state: Any, path: Path) -> dict[str, torch.Tensor]:
+    for _ in range(3):  # {"state_dict": {"model": {...}}} at most
+        if isinstance(state, Mapping) and not _is_state(state):
+            inner = next((state[k] for k in _NESTED if isinstance(state.get(k), Mapping)), None)
+            if inner is None:
+                break
+            state = inner
+    if not isinstance(state, Mapping) or not _is_state(state):
+        raise UserError(f"'{path}' holds no tensors by name; save model.state_dict() instead")
+    out = {}
+    for key, value in state.items():
+        if isinstance(value, torch.Tensor):
+            for prefix in _PREFIXES:
+                key = key.removeprefix(prefix)
+            out[key] = value
+    return out
+
+
+def _is_state(values: Mapping[Any, Any]) -> bool:
+    return any(isinstance(v, torch.Tensor) for v in values.values())
+
+
+def file_weights(path: str | Path) -> WeightsSource:
+    """A local weights file as a source (no preprocessing or classes known)."""
+    return WeightsSource("file", str(path), read_state_dict(path))
+
+
+# ------------------------------------------------------------------------- loading by shape
+
+
+def classifier_names(model: nn.Module) -> set[str]:
+    """State-dict names of the model's final classification layer (``get_classifier()``)."""
+    get = getattr(model, "get_classifier", None)
+    head = get() if callable(get) else None
+    if not isinstance(head, nn.Module):
+        return set()
+    prefix = next((n for n, m in model.named_modules() if m is head), None)
+    if prefix is None:
+        return set()
+    return {f"{prefix}.{k}" if prefix else k for k in head.state_dict()}
+
+
+def _adapt(name: str, mine: torch.Tensor, theirs: torch.Tensor) -> tuple[torch.Tensor, str] | None:
+    """``theirs`` reshaped to ``mine`` where the difference has a known meaning, else None."""
+    from timm.layers import resample_abs_pos_embed, resample_patch_embed
+    from timm.models import adapt_input_conv
+
+    if mine.ndim == 4 and theirs.ndim == 4 and mine.shape[0] == theirs.shape[0]:
+        w, how = theirs, []
+        if mine.shape[1] != w.shape[1] and mine.shape[1] in (1, 3) and w.shape[1] in (1, 3):
+            w = adapt_input_conv(mine.shape[1], w.float(), base_chans=w.shape[1])
+            how.append(f"input channels {theirs.shape[1]} -> {mine.shape[1]}")
+        if mine.shape[2:] != w.shape[2:] and mine.shape[1] == w.shape[1]:
+            if "patch_embed" not in name:
+                return None  # a conv stem of another size is not the same filter resized
+            w = resample_patch_embed(w.float(), list(mine.shape[2:]), verbose=False)
+            how.append(f"patch {tuple(theirs.shape[2:])} -> {tuple(mine.shape[2:])}")
+        if w.shape == mine.shape and how:
+            return w.to(mine.dtype), ", ".join(how)
+        return None
+    if name.endswith("pos_embed") and mine.ndim == 3 and theirs.shape[-1] == mine.shape[-1]:
+        prefix = 1 if (theirs.shape[1] - 1) ** 0.5 % 1 == 0 else 0
+        old, new = theirs.shape[1] - prefix, mine.shape[1] - prefix
+        if prefix != (1 if (mine.shape[1] - 1) ** 0.5 % 1 == 0 else 0):
+            return None
+        w = resample_abs_pos_embed(
+            theirs.float(), [int(new**0.5)] * 2, [int(old**0.5)] * 2, num_prefix_tokens=prefix
+        )
+        grid = f"{int(old**0.5)}x{int(old**0.5)} -> {int(new**0.5)}x{int(new**0.5)}"
+        return w.to(mine.dtype), f"position grid {grid}"
+    return None
+
+
+def load_into(model: nn.Module, source: WeightsSource, *, keep_head: bool = False) -> LoadReport:
+    """Copy ``source``'s tensors into ``model`` by name and shape; return what happened.
+
+    The classifier is left new unless ``keep_head`` (a run with the same classes) and its
+    shape matches. Raises ``UserError`` when nothing at all matches (another architecture).
+    """
+    report = LoadReport(f"{source.kind} {source.where}")
+    head = classifier_names(model)
+    merged = model.state_dict()
+    for name, mine in merged.items():
+        theirs = source.state.get(name)
+        if theirs is None or (name in head and not keep_head):
+            report.new.append(name)
+        elif theirs.shape == mine.shape:
+            merged[name] = theirs.to(mine.dtype)
+            if mine.is_floating_point():
+                report.loaded.append(name)
+        elif (done := _adapt(name, mine, theirs)) is not None:
+            merged[name], report.adapted[name] = done
+        else:
+            report.new.append(name)
+    report.new = [n for n in report.new if merged[n].is_floating_point()]  # not step counters
+    report.unused = [k for k in source.state if k not in merged]
+    if not report.loaded and not report.adapted:
+        raise UserError(
+            f"none of the weights in {source.where} fit this model (no tensor name and shape "
+            "in common); were they saved from another architecture? Check --model"
+        )
+    model.load_state_dict(merged)
+    return report
