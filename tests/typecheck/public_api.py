@@ -16,6 +16,9 @@ from imagewise.train import TrainResult
 def tour(run: Path) -> None:
     result: TrainResult = imagewise.train("digits", run, epochs=1, model="lenet5")
     accuracy: float = result.best_val_accuracy
+    small: TrainResult = imagewise.distill(
+        "digits", teacher=run, student="tutorial_cnn", out=run / "small", epochs=1
+    )
     ev: Evaluation = imagewise.evaluate(run, split="test", report=False)
     worst: list[dict[str, object]] = ev.top_losses(3)
     predictions: list[Prediction] = imagewise.predict(run, ["seven.png"], top_k=3)
@@ -27,4 +30,4 @@ def tour(run: Path) -> None:
     rows: list[dict[str, object]] = imagewise.compare([run], latency=False)
     models: list[str] = imagewise.list_models()
     imagewise.serve(run, port=0)
-    print(accuracy, worst, label, names, maps, exported.path, rows, models)
+    print(accuracy, small.run, worst, label, names, maps, exported.path, rows, models)
