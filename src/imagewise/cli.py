@@ -151,9 +151,16 @@ def _add_data(verbs: Any, sub: Callable[..., Any]) -> None:
 
 def _add_models(verbs: Any, sub: Callable[..., Any]) -> None:
     p = sub(verbs, "models", "list the built-in models with parameters and FLOPs")
+    p.add_argument("names", nargs="*", help="models to show (default: all built-in)")
     p.add_argument("--img-size", type=int, default=224, help="input size for FLOPs (default 224)")
     p.add_argument("--channels", type=int, default=3, help="input channels (default 3)")
     p.add_argument("--num-classes", type=int, default=10, help="classes (default 10)")
+    p.add_argument(
+        "--measure",
+        action="store_true",
+        help="also time training and inference images/s on this machine (a few steps each; "
+        "refreshes the speed table --model auto uses)",
+    )
     p.add_argument("--format", choices=("table", "json"), default="table")
     p.set_defaults(func=cmd_models)
 
@@ -310,19 +317,34 @@ def cmd_models(args: argparse.Namespace) -> int:
     import json
 
     from imagewise.models import describe_models
+    from imagewise.runtime.threads import ThreadGovernor, kept_threads
 
-    rows = describe_models(None, args.channels, args.img_size, args.num_classes)
+    with kept_threads():  # timed with the threads training would get beside other work
+        pace = ThreadGovernor(interval=0.2).tick if args.measure else None
+        rows = describe_models(
+            args.names or None, args.channels, args.img_size, args.num_classes, args.measure, pace
+        )
     if args.format == "json":
         print(json.dumps(rows, indent=2))
         return 0
-    print(f"{'model':<16} {'family':<12} {'params':>10} {'GFLOPs':>9}  description")
+    speed = f" {'train/s':>8} {'infer/s':>8}" if args.measure else ""
+    print(f"{'model':<16} {'family':<12} {'params':>10} {'GFLOPs':>9} {'pretrained':>10}{speed}  "
+          "description")  # fmt: skip
     print(f"{'':<16} {'':<12} {'':>10} {f'@{args.img_size}px':>9}")
     for r in rows:
         params = f"{r['params'] / 1e6:.2f}M"
+        if args.measure:
+            speed = "".join(
+                f" {r[k]:>8,.0f}" if r[k] is not None else f" {'-':>8}"
+                for k in ("train_images_per_s", "infer_images_per_s")
+            )
         print(
-            f"{r['name']:<16} {r['family']:<12} {params:>10} {r['flops'] / 1e9:>9.3f}  "
-            f"{r['description']}"
+            f"{r['name']:<16} {r['family']:<12} {params:>10} {r['flops'] / 1e9:>9.3f} "
+            f"{'yes' if r['pretrained'] else '-':>10}{speed}  {r['description']}"
         )
+    if args.measure:
+        print("\ntrain/s, infer/s: images per second measured just now on this machine "
+              f"({args.channels}x{args.img_size}x{args.img_size}).")  # fmt: skip
     print("\nAny timm model name works too, e.g. --model convnext_nano.")
     return 0
 

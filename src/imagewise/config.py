@@ -7,6 +7,7 @@ checkpoint, so a run can be resumed or re-evaluated without the original command
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ RESUMABLE = {"resumable": True}
 class AugmentConfig:
     """Augmentation: a named preset, each part of which can be set on its own (None = preset)."""
 
-    preset: str = "standard"
+    preset: str = "auto"  # auto = from the training set's size (imagewise.train.auto)
     rotation: float | None = None  # degrees, uniform in [-r, r]
     scale: float | None = None  # zoom: scale factor uniform in [1-s, 1+s]
     translate: float | None = None  # fraction of the image size, each axis
@@ -75,15 +76,18 @@ class ModelConfig:
 class TrainConfig:
     """The optimisation: loss, optimizer, schedule, stopping, hardware."""
 
-    epochs: int = field(default=10, metadata=RESUMABLE)
-    batch_size: int = 128
+    # None = from the training set's size, recorded resolved in config.yaml (train.auto)
+    epochs: int | None = field(default=None, metadata=RESUMABLE)
+    batch_size: int | None = None
     lr: float | None = None  # None = the optimizer's default, scaled with the batch size
     optimizer: str = "adamw"
     momentum: float = 0.9
     nesterov: bool = False
     weight_decay: float | None = None  # None = the optimizer's default
     schedule: str = "onecycle"
-    warmup_epochs: float = 1.0
+    warmup_epochs: float | None = None  # warm-up in epochs; warmup_steps wins when both set
+    # None = a fraction of all steps: onecycle 25%, cosine / step 5%, constant none
+    warmup_steps: int | None = None
     step_size: int = 0  # step schedule: epochs between decays (0 = a third of the run)
     gamma: float = 0.1  # step schedule: decay factor
     loss: str = "auto"  # auto | cross_entropy | mse | margin
@@ -326,17 +330,20 @@ def apply_options(config: RunConfig, options: dict[str, Any]) -> RunConfig:
 def validate(config: RunConfig) -> None:
     """Reject settings that cannot work, with a message that says what to do."""
     t, d = config.train, config.data
-    if t.epochs < 1:
+    if t.epochs is not None and t.epochs < 1:
         raise UserError(f"--epochs must be at least 1, not {t.epochs}")
-    if t.batch_size < 1:
+    if t.batch_size is not None and t.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, not {t.batch_size}")
     if t.lr is not None and t.lr <= 0:
         raise UserError(f"--lr must be positive, not {t.lr}")
-    if d.augment.preset not in AUGMENT_PRESETS:
+    if d.augment.preset not in (*AUGMENT_PRESETS, "auto"):
         raise UserError(
             f"unknown augmentation preset '{d.augment.preset}'; choose one of "
             + ", ".join(AUGMENT_PRESETS)
+            + " or auto"
         )
+    if (t.warmup_steps or 0) < 0 or (t.warmup_epochs or 0) < 0:
+        raise UserError("--warmup-steps and --warmup-epochs must be 0 or more")
     if d.channels not in (0, 1, 3):
         raise UserError(f"--channels must be 1 or 3, not {d.channels}")
     if d.img_size and not 8 <= d.img_size <= 1024:
@@ -366,6 +373,8 @@ def _validate_transfer(config: RunConfig) -> None:
         raise UserError(f"{' and '.join(starts)} both name starting weights; give one")
     if m.freeze not in ("none", "backbone") and not (m.freeze.isdigit()):
         raise UserError(f"--freeze must be none, backbone or a number of stages, not {m.freeze!r}")
+    if m.time_budget:
+        parse_time_budget(m.time_budget)
     if m.unfreeze_at < 0:
         raise UserError(f"--unfreeze-at must be an epoch number, not {m.unfreeze_at}")
     if m.unfreeze_at and m.freeze in ("none", "0"):
@@ -376,6 +385,27 @@ def _validate_transfer(config: RunConfig) -> None:
         raise UserError(f"--cache-features must be auto, on or off, not {t.cache_features}")
     if t.feature_views < 1:
         raise UserError(f"--feature-views must be at least 1, not {t.feature_views}")
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600}
+
+
+def parse_time_budget(text: str) -> float:
+    """Seconds in a time budget such as ``90s``, ``5m``, ``1.5h`` or ``300`` (seconds).
+
+    Raises ``UserError`` (one line) for anything else or a budget that is not positive.
+    """
+    value = text.strip().lower()
+    scale = _UNITS.get(value[-1:], 0) if value else 0
+    number = value[:-1] if scale else value
+    scale = scale or 1
+    try:
+        seconds = float(number) * scale
+    except ValueError:
+        seconds = float("nan")
+    if not seconds > 0 or math.isinf(seconds):
+        raise UserError(f"--time-budget must be a duration such as 90s, 5m or 1h, not {text!r}")
+    return seconds
 
 
 def save_config(config: RunConfig, path: str | Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -48,24 +49,56 @@ def count_flops(model: nn.Module, in_chans: int, img_size: int) -> int:
 
 
 def describe_models(
-    names: list[str] | None = None, in_chans: int = 3, img_size: int = 224, num_classes: int = 10
+    names: list[str] | None = None,
+    in_chans: int = 3,
+    img_size: int = 224,
+    num_classes: int = 10,
+    measure: bool = False,
+    pace: Callable[[], object] | None = None,
 ) -> list[dict]:
-    """Return one dict per model: name, family, params, flops, description.
+    """Return one dict per model: name, family, params, flops, pretrained, description; with
+    ``measure`` also train_images_per_s and infer_images_per_s measured on this machine.
 
     ``names`` defaults to all registered models; timm names work too (family "timm"). Each model
     is built (without pretrained weights) to count its parameters and FLOPs at the given size.
+    ``pretrained`` says whether known pretrained weights exist (the registry entry's flag, or
+    timm's for other names). Measuring times a few training and inference steps per model
+    (``imagewise.models.speed``, which also refreshes this machine's cached speed table); models
+    fitted in one pass (HOG + SVM) have no training step and get None.
+
+    Args:
+        names: models to describe (default: the registry).
+        in_chans / img_size / num_classes: the input and output the models are built for.
+        measure: also time training and inference here.
+        pace: called before each timed step (see ``imagewise.models.speed.measure_speed``).
     """
+    from imagewise.models.speed import measured_speeds
+
     rows = []
     for name in list_models() if names is None else names:
         model = create_model(name, num_classes=num_classes, in_chans=in_chans, img_size=img_size)
         entry = get_entry(name)
-        rows.append(
-            {
-                "name": name,
-                "family": entry.family if entry else "timm",
-                "params": count_parameters(model),
-                "flops": count_flops(model, in_chans, img_size),
-                "description": entry.description if entry else "timm model",
-            }
-        )
+        row = {
+            "name": name,
+            "family": entry.family if entry else "timm",
+            "params": count_parameters(model),
+            "flops": count_flops(model, in_chans, img_size),
+            "pretrained": entry.pretrained if entry else _timm_pretrained(name),
+            "description": entry.description if entry else "timm model",
+        }
+        if measure:
+            speed = None
+            if entry is None or entry.fit == "gradient":
+                shape = (name, img_size, in_chans)
+                speed = measured_speeds([shape], num_classes, refresh=True, pace=pace)[shape]
+            row["train_images_per_s"] = round(speed.train, 1) if speed else None
+            row["infer_images_per_s"] = round(speed.infer, 1) if speed else None
+        rows.append(row)
     return rows
+
+
+def _timm_pretrained(name: str) -> bool:
+    import timm
+
+    bare = name.removeprefix("timm:")
+    return bool(timm.list_pretrained(bare)) or bool(timm.list_pretrained(bare + ".*"))

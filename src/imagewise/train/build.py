@@ -26,16 +26,6 @@ from imagewise.train.optim import build_optimizer, build_scheduler
 log = logging.getLogger("imagewise")
 
 
-def choose_model(num_images: int, img_size: int) -> str:
-    """``--model auto``: a fast residual CNN for small images, ResNet-18 for photos.
-
-    On 2 CPU cores resnet9p_tiny trains Fashion-MNIST at about 29 s an epoch (BENCHMARKS.md).
-    """
-    if img_size <= 64:
-        return "resnet9p_tiny" if num_images < 200_000 else "resnet9p_slim"
-    return "resnet18"
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -47,8 +37,10 @@ def build_model(
 ) -> torch.nn.Module:
     from imagewise.models import create_model
 
-    if cfg.model.name == "auto":
-        cfg.model.name = choose_model(len(data.train), pre.img_size)
+    if cfg.model.name == "auto":  # train() chooses from the data first; this is for other callers
+        from imagewise.train.auto import default_model
+
+        cfg.model.name = default_model(len(data.train), pre.img_size)
     model = create_model(
         cfg.model.name,
         num_classes=len(data.classes),

@@ -29,6 +29,7 @@ from imagewise.runtime.logs import RankFilter
 from imagewise.runtime.meta import RunMeta
 from imagewise.runtime.runs import RunFolder, free_run_path
 from imagewise.runtime.threads import kept_threads
+from imagewise.train.auto import adapt_defaults, choose_auto_model
 from imagewise.train.build import (
     build_components,
     build_model,
@@ -231,7 +232,8 @@ def _train(
     amp_dtype = resolve_precision(t.precision, device)
     compile_model = wants_compile(t.compile, device)  # checked before any data is read
     seed_everything(t.seed)
-    data, pre = _prepare_data(cfg)
+    data, pre, choice = _prepare_data(cfg, world)
+    adapt_defaults(cfg, data, world)  # what the user left unset, from the data's size
     model = build_model(cfg, data, pre, device)
     if model_capabilities(cfg.model.name).fit == "one_pass":  # hog_svm: no loop, no epochs
         return _train_classical(cfg, folder, data, pre, model, device, world, resume)
@@ -248,6 +250,7 @@ def _train(
     parts = build_components(cfg, data, pre, model, device, rank, world, compile_model)
     precision = PRECISION_NAMES[settings.amp_dtype]
     meta = build_meta(cfg, data, pre, model, processes=world, precision=precision)
+    meta.choice = choice  # --model auto: what was picked and why
     writer = start_run_folder(folder, cfg, meta, data, parts, resume) if dist.is_main else None
     state = TrainState(epochs=t.epochs, tta=meta.tta)  # a resumed run keeps its own views
     if resume:
@@ -270,8 +273,11 @@ def _train(
     return TrainResult.of(folder, cfg, state, temperature)
 
 
-def _prepare_data(cfg: RunConfig) -> tuple[ImageData, Preprocessing]:
-    """The dataset, split and decoded, and the preprocessing it implies."""
+def _prepare_data(
+    cfg: RunConfig, world: int = 1
+) -> tuple[ImageData, Preprocessing, dict[str, Any] | None]:
+    """The dataset, split and decoded, the preprocessing it implies, and what ``--model auto``
+    chose from it (None when the model was named)."""
     d = cfg.data
     raw = resolve_source(d.source, d.val_fraction, d.test_fraction, d.split_seed)
     if len(raw.classes) < 2:
@@ -279,7 +285,8 @@ def _prepare_data(cfg: RunConfig) -> tuple[ImageData, Preprocessing]:
             f"'{d.source}' holds one class ({', '.join(raw.classes) or 'none'}); a "
             "classifier needs at least two: one folder (or label) per class"
         )
-    return prepare(raw, d)
+    choice = choose_auto_model(cfg, raw, world)  # before decoding: it may pick the size
+    return (*prepare(raw, d), choice)
 
 
 def _announce(
