@@ -16,12 +16,15 @@ from imagewise.config import RunConfig
 from imagewise.data.pipeline import make_loader
 from imagewise.data.sources import ImageData
 from imagewise.data.transforms import BatchAugment, Preprocessing
+from imagewise.errors import UserError
 from imagewise.runtime.device import measure_bf16_speedup
 from imagewise.train.compile import CompiledWithFallback
 from imagewise.train.distill import make_task
 from imagewise.train.distributed import broadcast_from_main
 from imagewise.train.loop import Components, TrainState
 from imagewise.train.optim import build_optimizer, build_scheduler
+from imagewise.train.task import ClassificationTask
+from imagewise.train.transfer import Freezer, lr_scales
 
 log = logging.getLogger("imagewise")
 
@@ -71,11 +74,17 @@ def restore(ckpt: dict[str, Any], parts: Components, state: TrainState) -> None:
 def build_components(
     cfg: RunConfig, data: ImageData, pre: Preprocessing, model: torch.nn.Module,
     device: torch.device, rank: int, world: int, compile_model: bool,
+    freezer: Freezer | None = None, cached: bool = False, show_progress: bool = True,
 ) -> Components:  # fmt: skip
     """Everything the loop needs, from the config: loaders (sharded by rank), optimizer and
     per-step schedule, augmentation (its own random stream per process), EMA, and the task
-    whose forward runs through DDP and torch.compile when they are on."""
+    whose forward runs through DDP and torch.compile when they are on.
+
+    ``freezer``: what trains (``imagewise.train.transfer``); ``cached``: train the classifier
+    on the frozen backbone's embeddings, computed here once (``wants_cached_features``)."""
     t = cfg.train
+    if cached:
+        return _cached_components(cfg, data, pre, model, device, freezer, show_progress)
     train_loader = make_loader(
         data.train, pre, t.batch_size, shuffle=True,
         drop_last=drop_last(len(data.train), t.batch_size * world), seed=t.seed,
@@ -85,7 +94,8 @@ def build_components(
         data.val, pre, max(256, t.batch_size), workers=cfg.data.workers, rank=rank,
         world_size=world,
     )  # fmt: skip
-    optimizer = build_optimizer(model, t, world)
+    scales = lr_scales(model, t.layer_lr_decay)
+    optimizer = build_optimizer(model, t, world, scales, include_frozen=cfg.model.unfreeze_at > 0)
     ema = None
     if t.ema_decay > 0:
         from timm.utils import ModelEmaV3
@@ -110,6 +120,69 @@ def build_components(
         preprocessing=pre,
         device=device,
         ema=ema,
+        freezer=freezer,
+    )
+
+
+def wants_cached_features(cfg: RunConfig, freezer: Freezer | None, world: int) -> bool:
+    """Whether the classifier trains on cached embeddings: a backbone frozen for the whole run,
+    one process, no teacher (it needs the images), and ``--cache-features`` not ``off``."""
+    choice = cfg.train.cache_features
+    frozen = freezer is not None and freezer.backbone
+    if choice == "off" or not frozen:
+        if choice == "on" and not frozen:
+            raise UserError("--cache-features on needs --freeze backbone without --unfreeze-at")
+        return False
+    why = "under torchrun" if world > 1 else "with a teacher" if cfg.train.teacher else ""
+    if why:
+        log.info("cached features are off %s: the frozen backbone runs every step", why)
+        return False
+    return True
+
+
+def _cached_components(
+    cfg: RunConfig, data: ImageData, pre: Preprocessing, model: torch.nn.Module,
+    device: torch.device, freezer: Freezer | None, show_progress: bool,
+) -> Components:  # fmt: skip
+    """The loop's parts for a frozen backbone: loaders of embeddings computed once, the
+    classifier as the task's network; the whole model is still what is saved."""
+    from imagewise.train.feature_cache import (
+        ClassifierOnly,
+        Embeddings,
+        PassThrough,
+        cached_loaders,
+    )
+
+    t, classes = cfg.train, len(data.classes)
+    augment = BatchAugment(pre, cfg.data.augment, classes, seed=t.seed)
+    if t.feature_views > 1 and (cfg.data.augment.mixup or cfg.data.augment.cutmix):
+        log.info("cached features: MixUp / CutMix are not applied to embeddings")
+        augment.mix = None
+    train_loader, val_loader = cached_loaders(
+        model, data.train, data.val, pre, augment, views=t.feature_views,
+        batch_size=t.batch_size, drop_last=drop_last(len(data.train), t.batch_size),
+        seed=t.seed, device=device, workers=cfg.data.workers, show_progress=show_progress,
+    )  # fmt: skip
+    optimizer = build_optimizer(model, t)  # frozen parameters left out: only the head learns
+    ema = None
+    if t.ema_decay > 0:
+        from timm.utils import ModelEmaV3
+
+        ema = ModelEmaV3(model, decay=t.ema_decay)
+    loss = getattr(model, "default_loss", "cross_entropy") if t.loss == "auto" else t.loss
+    return Components(
+        model=model,
+        task=ClassificationTask(ClassifierOnly(model), loss, classes, t.label_smoothing),
+        optimizer=optimizer,
+        scheduler=build_scheduler(optimizer, t, len(train_loader)),
+        augment=PassThrough(t.seed),  # type: ignore[arg-type]
+        train_loader=train_loader,
+        val_loader=val_loader,
+        preprocessing=Embeddings(pre.img_size, pre.channels, pre.mean, pre.std),
+        device=device,
+        ema=ema,
+        freezer=freezer,
+        feeds=ClassifierOnly,
     )
 
 

@@ -15,7 +15,7 @@ import copy
 import logging
 import math
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,11 +62,22 @@ class Components:
     preprocessing: Preprocessing
     device: torch.device
     ema: Any = None  # timm ModelEmaV3, whose weights are the ones validated and saved
+    # imagewise.train.transfer.Freezer: frozen parts keep eval-mode behaviour in training
+    freezer: Any = None
+    # Cached features: the loaders feed embeddings, so validation runs this part of the
+    # evaluated network (its classifier; imagewise.train.feature_cache.ClassifierOnly).
+    feeds: Callable[[nn.Module], nn.Module] | None = None
 
     @property
     def evaluated(self) -> nn.Module:
         """The network validation measures and the run saves: the EMA when it is on."""
         return self.ema.module if self.ema is not None else self.model
+
+    @property
+    def validated(self) -> nn.Module:
+        """What validation runs on the val loader's batches: the evaluated network, or the
+        part of it that takes cached embeddings."""
+        return self.feeds(self.evaluated) if self.feeds is not None else self.evaluated
 
 
 @dataclass(frozen=True)
@@ -137,6 +148,8 @@ def train_one_epoch(
     # waits for a collective or the device, so every 25 steps.
     check_every = 1 if device.type == "cpu" and not dist_enabled() else 25
     task.train()
+    if parts.freezer is not None:  # after train(): frozen BatchNorms keep their statistics
+        parts.freezer.set_modes()
     total_loss = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     finite = torch.ones((), device=device, dtype=torch.bool)
@@ -340,7 +353,7 @@ def _train_and_validate(
         raise NonFiniteLoss("the weights became non-finite")
     val = evaluate_loader(
         parts.task, parts.val_loader, parts.preprocessing, parts.device, settings.amp_dtype,
-        settings.channels_last, parts.evaluated,
+        settings.channels_last, parts.validated,
     )  # fmt: skip
     val = _reduce(val, parts.device)
     if val["images"] and not math.isfinite(val["loss"]):

@@ -36,6 +36,7 @@ from imagewise.train.build import (
     measured_cpu_precision,
     restore,
     seed_everything,
+    wants_cached_features,
 )
 from imagewise.train.classical import (
     fit_classical,
@@ -47,6 +48,7 @@ from imagewise.train.compile import wants_compile
 from imagewise.train.distributed import DistInfo, cleanup, init_distributed
 from imagewise.train.loop import EarlyStopping, FitSettings, TrainState, fit
 from imagewise.train.recipes import recipe_options
+from imagewise.train.transfer import start_transfer, weights_before_data
 from imagewise.train.writer import (
     PRECISION_NAMES,
     TrainingInterrupted,
@@ -232,32 +234,41 @@ def _train(
     amp_dtype = resolve_precision(t.precision, device)
     compile_model = wants_compile(t.compile, device)  # checked before any data is read
     seed_everything(t.seed)
+    source = weights_before_data(cfg)  # their input size decides the decoding
     data, pre, choice = _prepare_data(cfg, world)
     adapt_defaults(cfg, data, world)  # what the user left unset, from the data's size
     model = build_model(cfg, data, pre, device)
     if model_capabilities(cfg.model.name).fit == "one_pass":  # hog_svm: no loop, no epochs
         return _train_classical(cfg, folder, data, pre, model, device, world, resume)
+    start = start_transfer(cfg, model, list(data.classes), pre, source, show=dist.is_main)
+    pre, cached = start.preprocessing, wants_cached_features(cfg, start.freezer, world)
     if rank:  # dropout, RandAugment and MixUp draws differ per process
         seed_everything(t.seed + 7919 * rank)
-    channels_last = t.channels_last and device.type in ("cpu", "cuda")
+    channels_last = t.channels_last and device.type in ("cpu", "cuda") and not cached
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    if device.type == "cpu" and t.precision == "auto":  # measured: bf16 only where faster
+    if cached:  # one linear layer a step: nothing for bf16 to win
+        amp_dtype = None
+    elif device.type == "cpu" and t.precision == "auto":  # measured: bf16 only where faster
         amp_dtype = measured_cpu_precision(
             model, pre, t.batch_size, channels_last, amp_dtype is not None and rank == 0
         )
     settings = FitSettings(t, amp_dtype, channels_last, dist.is_main and show_progress)
-    parts = build_components(cfg, data, pre, model, device, rank, world, compile_model)
+    parts = build_components(
+        cfg, data, pre, model, device, rank, world, compile_model, start.freezer, cached,
+        settings.show_progress,
+    )  # fmt: skip
     precision = PRECISION_NAMES[settings.amp_dtype]
     meta = build_meta(cfg, data, pre, model, processes=world, precision=precision)
     meta.choice = choice  # --model auto: what was picked and why
+    meta.transfer = start.record
     writer = start_run_folder(folder, cfg, meta, data, parts, resume) if dist.is_main else None
     state = TrainState(epochs=t.epochs, tta=meta.tta)  # a resumed run keeps its own views
     if resume:
         restore(load_checkpoint(folder.last), parts, state)
         log.info("resuming %s at epoch %d of %d", folder.path, state.epoch, state.epochs)
     _announce(cfg, data, pre, device, world, meta)
-    hooks = [EarlyStopping(t.patience), *([writer] if writer else []), *hooks]
+    hooks = [EarlyStopping(t.patience), *([writer] if writer else []), start.freezer, *hooks]
     try:
         state = fit(parts, state, settings=settings, hooks=hooks)
         temperature = 1.0
