@@ -181,6 +181,9 @@ def test_one_pass_models_are_refused(
     code, _, err = run_cli(args, capsys)
     assert code == 2 and err.count("\n") == 1
     assert "the student 'hog_svm' is fitted in one pass" in err
+    # the same through train's --teacher flag (its one-pass path writes meta.json too)
+    code, _, err = run_cli(["train", "digits", "--model", "hog_svm", *args[2:4]], capsys)
+    assert code == 2 and "the student 'hog_svm' is fitted in one pass" in err
     with pytest.raises(UserError, match="fitted in one pass"):
         imagewise.distill("digits", teacher=digits_teacher, student="hog_svm", epochs=1)
     # a one-pass teacher: its metadata declares it (the registry's capabilities)
