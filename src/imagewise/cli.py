@@ -37,16 +37,21 @@ EXAMPLES = {
 
 # Help for the common train flags; the rest get a generic line naming their config section.
 FLAG_HELP = {
-    "model": "network name from 'imagewise models', any timm name, or auto (default)",
-    "epochs": "training epochs (default 10)",
-    "batch_size": "images per step (default 128)",
+    "model": "network name from 'imagewise models', any timm name, or auto (default: chosen "
+    "from the data; with --time-budget from speeds measured on this machine)",
+    "time_budget": "--model auto: training time to fit in, e.g. 90s, 5m, 1h",
+    "epochs": "training epochs (default: from the data's size, 10 to 40)",
+    "batch_size": "images per step (default: from the data's size, 32 to 128)",
     "lr": "learning rate (default: the optimizer's, scaled with the batch size)",
     "optimizer": "sgd, adam, adamw (default) or rmsprop",
     "weight_decay": "L2 weight decay (default: the optimizer's)",
-    "augment": "augmentation preset: none, light, standard (default), strong",
+    "augment": "augmentation preset: none, light, standard, strong or auto (default: light "
+    "for small sets and short runs, else standard)",
     "img_size": "square input size in pixels (default: from the data, 28..224)",
     "channels": "1 (grayscale) or 3 (RGB) (default: from the data)",
     "schedule": "onecycle (default), cosine, step or constant",
+    "warmup_steps": "warm-up in optimizer steps (default: onecycle 25%% of the run, cosine and "
+    "step 5%%, constant none)",
     "loss": "auto, cross_entropy, mse or margin",
     "label_smoothing": "cross-entropy label smoothing (default 0.1)",
     "patience": "early stopping after this many epochs without improvement (0 = off)",
@@ -64,6 +69,21 @@ FLAG_HELP = {
     "(default 4)",
     "tta": "answer with the mean over the views training taught (mirror if --augment flips, "
     "small shifts if it translates) in evaluate, predict, export and serve",
+    "pretrained": "start from the timm / torchvision hub's weights (their local cache when "
+    "offline); input size, mean and std follow them",
+    "weights": "start from a .safetensors file or a PyTorch state dict (loaded by name and "
+    "shape; a classifier for other classes starts new)",
+    "init_from": "start from an earlier run folder (its model, size and mean/std; its "
+    "classifier too when the classes are the same)",
+    "freeze": "backbone (train the classifier only: a linear probe), N (freeze the first N "
+    "stages) or none (default)",
+    "unfreeze_at": "from this epoch on everything trains (progressive fine-tuning)",
+    "freeze_bn": "BatchNorm layers keep their statistics and weights",
+    "layer_lr_decay": "each stage below the classifier learns this factor slower, e.g. 0.7 "
+    "(default 1: off)",
+    "cache_features": "with --freeze backbone, compute the backbone's outputs once and train "
+    "the classifier on them: auto (default), on or off",
+    "feature_views": "cached features: the plain image plus N-1 augmented views (default 1)",
 }
 
 
