@@ -85,6 +85,9 @@ def test_warmup_is_counted_in_steps() -> None:
     # warm-up in epochs still works, and never takes the whole run
     f = lr_factor(TrainConfig(epochs=1, schedule="cosine", warmup_epochs=3), steps_per_epoch=20)
     assert f(18) < 1.0 and f(19) == 1.0
+    # ...but not for one-cycle, whose quarter is its shape: old runs saved warmup_epochs 1.0
+    f = lr_factor(TrainConfig(epochs=8, schedule="onecycle", warmup_epochs=1), steps_per_epoch=25)
+    assert f(30) < 1.0 and f(50) == 1.0
 
 
 def test_time_budget_parsing_and_its_error_line(

@@ -85,7 +85,7 @@ class TrainConfig:
     nesterov: bool = False
     weight_decay: float | None = None  # None = the optimizer's default
     schedule: str = "onecycle"
-    warmup_epochs: float | None = None  # warm-up in epochs; warmup_steps wins when both set
+    warmup_epochs: float | None = None  # not onecycle; warmup_steps wins when both are set
     # None = a fraction of all steps: onecycle 25%, cosine / step 5%, constant none
     warmup_steps: int | None = None
     step_size: int = 0  # step schedule: epochs between decays (0 = a third of the run)

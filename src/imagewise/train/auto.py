@@ -91,7 +91,7 @@ def adapt_defaults(cfg: RunConfig, data: ImageData, world_size: int = 1) -> dict
     if t.warmup_steps is None:
         # Recorded in steps, so config.yaml says exactly what ran.
         t.warmup_steps = warmup_steps(t, per_epoch)
-        if t.warmup_epochs is None:
+        if t.warmup_epochs is None or t.schedule == "onecycle":  # else the user's, in epochs
             adapted["warmup_steps"] = t.warmup_steps
     if adapted:
         parts = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in adapted.items())

@@ -50,8 +50,10 @@ WARMUP_FRACTION = {"onecycle": 0.25, "cosine": 0.05, "step": 0.05, "constant": 0
 
 
 def warmup_steps(cfg: TrainConfig, steps_per_epoch: int) -> int:
-    """The warm-up in optimizer steps: ``warmup_steps`` if set, else ``warmup_epochs``, else
-    ``WARMUP_FRACTION`` of the run; always less than the whole run.
+    """The warm-up in optimizer steps: ``warmup_steps`` if set, else ``warmup_epochs`` (not for
+    one-cycle, whose warm-up is part of its shape: runs saved before ``warmup_steps`` existed
+    carry ``warmup_epochs: 1.0`` and resume as they ran), else ``WARMUP_FRACTION`` of the run;
+    always less than the whole run.
 
     Args:
         cfg: the training settings (``epochs`` resolved).
@@ -60,7 +62,7 @@ def warmup_steps(cfg: TrainConfig, steps_per_epoch: int) -> int:
     total = max(1, _epochs(cfg) * steps_per_epoch)
     if cfg.warmup_steps is not None:
         steps = cfg.warmup_steps
-    elif cfg.warmup_epochs is not None:
+    elif cfg.warmup_epochs is not None and cfg.schedule != "onecycle":
         steps = int(cfg.warmup_epochs * steps_per_epoch)
     else:
         steps = int(WARMUP_FRACTION.get(cfg.schedule, 0.0) * total)
