@@ -40,3 +40,44 @@ def test_two_processes_match_one(tmp_path: Path) -> None:
     assert h2[-1]["val_accuracy"] > 0.8
     assert json.loads((two / "meta.json").read_text())["processes"] == 2
     assert not list(two.glob(".*.tmp"))
+
+
+SYNC_SCRIPT = """
+import sys
+import torch
+import torch.distributed as dist
+import imagewise
+
+class SameWeights:
+    # after every epoch, every rank must hold the same weights
+    def on_epoch_end(self, state):
+        total = sum(float(p.detach().double().sum()) for p in state.parts.model.parameters())
+        sums = [None] * dist.get_world_size()
+        dist.all_gather_object(sums, total)
+        if rank == 0:
+            print(f"epoch {state.epoch} weight sums {sums}", flush=True)
+        assert max(sums) - min(sums) < 1e-6 * max(1.0, abs(sums[0])), sums
+
+rank = int(__import__("os").environ["RANK"])
+imagewise.train(
+    "digits", sys.argv[1], model="tutorial_cnn", epochs=3, augment="none", freeze="2",
+    unfreeze_at=2, batch_size=32, hooks=[SameWeights()], show_progress=False,
+)
+"""
+
+
+def test_progressive_unfreezing_under_torchrun(tmp_path: Path) -> None:
+    # DDP reduces the gradients of the parameters that trained when it was built; those that
+    # --unfreeze-at frees later must be among them, or the processes drift apart silently.
+    script, out = tmp_path / "sync.py", tmp_path / "prog"
+    script.write_text(SYNC_SCRIPT)
+    ddp = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         str(script), str(out)],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert ddp.returncode == 0, ddp.stderr[-2000:]
+    assert ddp.stdout.count("weight sums") == 3
+    assert len(RunFolder.of(out).read_history()) == 3
+    record = json.loads((out / "meta.json").read_text())["transfer"]
+    assert record["mode"] == "2" and record["unfreeze_at"] == 2

@@ -106,7 +106,16 @@ def build_components(
         from torch.nn.parallel import DistributedDataParallel
 
         ids = [device] if device.type == "cuda" else None
-        forward = DistributedDataParallel(model, device_ids=ids)
+        # DDP reduces the gradients of the parameters that train when it is built: parameters
+        # that --unfreeze-at will free later must be among them, and until then they have no
+        # gradient, which DDP has to be told to expect.
+        later = freezer is not None and freezer.unfreeze_at > 0
+        if later:
+            for param in model.parameters():
+                param.requires_grad_(True)
+        forward = DistributedDataParallel(model, device_ids=ids, find_unused_parameters=later)
+        if later:
+            freezer.apply()
     if compile_model:
         forward = CompiledWithFallback(forward)
     return Components(
