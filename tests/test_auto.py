@@ -50,6 +50,18 @@ def test_large_dataset_keeps_the_fashion_mnist_defaults() -> None:
     assert t.warmup_steps == int(0.25 * 10 * 422)
 
 
+def test_a_network_small_for_its_data_gets_no_augmentation() -> None:
+    # the tutorial CNN's 93,322 weights: 54,000 images are 0.58 per weight, 1,437 are 0.015
+    for images, params, preset in [
+        (54_000, 93_322, "none"),
+        (1_437, 93_322, "light"),
+        (54_000, 410_000, "standard"),  # resnet9p_tiny
+    ]:
+        cfg = RunConfig()
+        adapt_defaults(cfg, fake_data(images), parameters=params)
+        assert cfg.data.augment.preset == preset, (images, params)
+
+
 def test_a_short_run_on_a_large_dataset_augments_lightly() -> None:
     cfg = apply_options(RunConfig(), {"epochs": 5})
     adapt_defaults(cfg, fake_data(54_000))

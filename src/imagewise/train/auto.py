@@ -37,6 +37,7 @@ SIZE_TIERS: tuple[tuple[int, int, str], ...] = (
 MIN_STEPS = 2_000
 MIN_EPOCHS, MAX_EPOCHS = 10, 40
 SHORT_RUN_EPOCHS = 8  # fewer epochs than this: 'light' augmentation at most
+SMALL_NET_RATIO = 0.25  # training images per weight from which a network gets no augmentation
 
 
 def steps_per_epoch(images: int, batch_size: int, world_size: int = 1) -> int:
@@ -63,7 +64,24 @@ def epochs_for(images: int, batch_size: int, world_size: int = 1) -> int:
     return int(min(MAX_EPOCHS, max(MIN_EPOCHS, math.ceil(MIN_STEPS / steps))))
 
 
-def adapt_defaults(cfg: RunConfig, data: ImageData, world_size: int = 1) -> dict[str, Any]:
+def augment_for(images: int, epochs: int, parameters: int | None = None) -> str:
+    """The augmentation preset for ``images`` training images, ``epochs`` and a network of
+    ``parameters`` weights (None = unknown).
+
+    Augmentation is a regulariser: a network with fewer than ``1 / SMALL_NET_RATIO`` weights per
+    training image cannot overfit the set and only spends its capacity on the altered copies
+    (the tutorial CNN on Fashion-MNIST); flips, rotation and erasing pay off over many passes,
+    so a short run gets at most ``light`` (BENCHMARKS.md).
+    """
+    preset = size_tier(images)[1]
+    if parameters and images >= SMALL_NET_RATIO * parameters:
+        return "none"
+    return "light" if preset == "standard" and epochs < SHORT_RUN_EPOCHS else preset
+
+
+def adapt_defaults(
+    cfg: RunConfig, data: ImageData, world_size: int = 1, parameters: int | None = None
+) -> dict[str, Any]:
     """Fill the settings left unset (batch size, augmentation, epochs, warm-up) from the data.
 
     Settings the user gave (defaults < recipe < file < flags) are kept as they are. Logs one
@@ -73,20 +91,18 @@ def adapt_defaults(cfg: RunConfig, data: ImageData, world_size: int = 1) -> dict
         cfg: the resolved configuration; its ``None`` / ``"auto"`` fields are filled in place.
         data: the prepared dataset (its training split's size decides).
         world_size: processes sharing each step (the global batch is ``batch_size`` times it).
+        parameters: the network's weight count (None = unknown), for the augmentation.
     """
     t, aug = cfg.train, cfg.data.augment
     images = len(data.train)
-    batch, preset = size_tier(images)
+    batch = size_tier(images)[0]
     adapted: dict[str, Any] = {}
     if t.batch_size is None:
         t.batch_size = adapted["batch_size"] = max(1, batch // world_size)
     if t.epochs is None:
         t.epochs = adapted["epochs"] = epochs_for(images, t.batch_size, world_size)
     if aug.preset == "auto":
-        # flips, rotation and erasing pay off over many passes; a short run learns less from
-        # them than it loses (BENCHMARKS.md)
-        short = t.epochs < SHORT_RUN_EPOCHS
-        aug.preset = adapted["augment"] = "light" if short and preset == "standard" else preset
+        aug.preset = adapted["augment"] = augment_for(images, t.epochs, parameters)
     per_epoch = steps_per_epoch(images, t.batch_size, world_size)
     if t.warmup_steps is None:
         # Recorded in steps, so config.yaml says exactly what ran.

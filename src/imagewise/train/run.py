@@ -236,8 +236,9 @@ def _train(
     seed_everything(t.seed)
     source = weights_before_data(cfg)  # their input size decides the decoding
     data, pre, choice = _prepare_data(cfg, world)
-    adapt_defaults(cfg, data, world)  # what the user left unset, from the data's size
     model = build_model(cfg, data, pre, device)
+    # what the user left unset, from the data's size and the network's
+    adapt_defaults(cfg, data, world, sum(p.numel() for p in model.parameters()))
     if model_capabilities(cfg.model.name).fit == "one_pass":  # hog_svm: no loop, no epochs
         return _train_classical(cfg, folder, data, pre, model, device, world, resume)
     start = start_transfer(cfg, model, list(data.classes), pre, source, show=dist.is_main)
