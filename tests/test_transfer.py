@@ -16,7 +16,8 @@ from imagewise.models import create_model
 from imagewise.models import weights as weights_mod
 from imagewise.models.weights import file_weights, load_into
 from imagewise.train.transfer import Freezer, lr_scales, stages
-from tests.conftest import run_cli
+
+from conftest import run_cli
 
 FAST = {"model": "lenet5", "batch_size": 8, "img_size": 32, "augment": "none", "precision": "fp32"}
 
@@ -94,7 +95,7 @@ def test_vit_patch_and_position_grid_are_resampled(tmp_path: Path) -> None:
 
 def test_weights_of_another_architecture_are_refused(tmp_path: Path) -> None:
     path = _save(create_model("lenet5", 3, 1, 28).state_dict(), tmp_path / "w.safetensors")
-    with pytest.raises(UserError, match="none of the weights in .* fit this model"):
+    with pytest.raises(UserError, match=r"none of the weights in .* fit this model"):
         load_into(create_model("tutorial_cnn", 3, 1, 28), file_weights(path))
 
 
@@ -115,7 +116,7 @@ def test_offline_without_cached_weights_says_how_to_pass_a_file(
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
     monkeypatch.setattr(weights_mod, "_cached_path", lambda cfg: None)
     monkeypatch.setattr(weights_mod, "_reachable", lambda url, timeout=3.0: False)
-    code, out, err = run_cli(
+    code, _, err = run_cli(
         ["train", "digits", "--model", "resnet18", "--pretrained", "--out", str(tmp_path / "r")],
         capsys,
     )
@@ -175,7 +176,7 @@ def test_progressive_unfreezing_flips_requires_grad_at_the_stated_epoch(
         def __init__(self) -> None:
             self.trainable: list[int] = []
 
-        def on_epoch_end(self, state) -> None:  # noqa: ANN001
+        def on_epoch_end(self, state) -> None:
             params = state.parts.model.parameters()
             self.trainable.append(sum(p.numel() for p in params if p.requires_grad))
 
@@ -227,7 +228,7 @@ def test_init_from_a_run_with_other_classes_starts_a_new_head(
     )  # fmt: skip
     assert code == 0
     out = tmp_path / "shapes"
-    code, stdout, err = run_cli(
+    code, _, err = run_cli(
         ["train", str(folder_data), "--init-from", str(src), "--epochs", "1", "--channels", "1",
          "--batch-size", "8", "--out", str(out)], capsys,
     )  # fmt: skip
@@ -238,9 +239,10 @@ def test_init_from_a_run_with_other_classes_starts_a_new_head(
     assert meta["model"]["name"] == "lenet5"  # the run named the model
     assert meta["classes"] == ["circle", "square", "stripes"]
     assert meta["transfer"]["weights"]["new"] == ["fc.weight", "fc.bias"]
-    assert meta["preprocessing"]["mean"] == json.loads((src / "meta.json").read_text())[
-        "preprocessing"
-    ]["mean"]  # the weights' preprocessing, not the new data's
+    assert (
+        meta["preprocessing"]["mean"]
+        == json.loads((src / "meta.json").read_text())["preprocessing"]["mean"]
+    )  # the weights' preprocessing, not the new data's
 
 
 def test_bad_transfer_flags_are_one_line(

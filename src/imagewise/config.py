@@ -92,6 +92,11 @@ class TrainConfig:
     gamma: float = 0.1  # step schedule: decay factor
     loss: str = "auto"  # auto | cross_entropy | mse | margin
     label_smoothing: float = 0.1
+    class_weight: str = "none"  # none | auto (inverse class frequency in the loss)
+    sampler: str = "shuffle"  # shuffle | balanced (every class drawn equally often)
+    # what picks the best epoch: auto = macro F1 when the classes are imbalanced by more than
+    # 3x, else accuracy | accuracy | macro_f1
+    select_by: str = "auto"
     patience: int = 0  # early stopping: epochs without improvement (0 = off)
     ema_decay: float = 0.0  # exponential moving average of weights (0 = off)
     grad_clip: float = 0.0
@@ -362,6 +367,15 @@ def validate(config: RunConfig) -> None:
         raise UserError(f"--distill-alpha must be in [0, 1], not {t.distill_alpha}")
     if not t.distill_temperature > 0:
         raise UserError(f"--distill-temperature must be positive, not {t.distill_temperature}")
+    for flag, value, allowed in (
+        ("--class-weight", t.class_weight, ("none", "auto")),
+        ("--sampler", t.sampler, ("shuffle", "balanced")),
+        ("--select-by", t.select_by, ("auto", "accuracy", "macro_f1")),
+    ):
+        if value not in allowed:
+            raise UserError(
+                f"{flag} must be {', '.join(allowed[:-1])} or {allowed[-1]}, not {value!r}"
+            )
     _validate_transfer(config)
 
 

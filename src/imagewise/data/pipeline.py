@@ -213,18 +213,22 @@ class TensorBatches:
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
+        balanced: bool = False,
     ) -> None:
         assert split.images is not None
         self.images, self.labels = split.images, torch.from_numpy(split.labels)
         self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
         self.seed, self.rank, self.world_size, self.epoch = seed, rank, world_size, 0
+        self.balanced = balanced and shuffle
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def _indices(self) -> torch.Tensor:
         n = len(self.labels)
-        if self.shuffle:
+        if self.balanced:
+            order = balanced_draw(self.labels, self.seed, self.epoch)
+        elif self.shuffle:
             g = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
             order = torch.randperm(n, generator=g)
         else:
@@ -249,6 +253,37 @@ class TensorBatches:
         for b in range(len(self)):
             idx = order[b * self.batch_size : (b + 1) * self.batch_size]
             yield self.images[idx], self.labels[idx]
+
+
+def balanced_draw(labels: torch.Tensor | np.ndarray, seed: int, epoch: int) -> torch.Tensor:
+    """``--sampler balanced``: as many indices as there are images, drawn with replacement so
+    that every class is equally likely (each image with probability 1 / (classes x its class's
+    count)); the same draw in every process (seeded by the run seed and the epoch)."""
+    labels = torch.as_tensor(labels)
+    counts = torch.bincount(labels).double()
+    present = int((counts > 0).sum())
+    weights = 1.0 / (counts[labels] * present)
+    g = torch.Generator().manual_seed(seed * 100003 + epoch + 7)
+    return torch.multinomial(weights, len(labels), replacement=True, generator=g)
+
+
+class BalancedSampler(torch.utils.data.Sampler):
+    """``balanced_draw`` for streamed file datasets, sharded by rank like DistributedSampler."""
+
+    def __init__(self, labels: np.ndarray, seed: int, rank: int = 0, world_size: int = 1):
+        self.labels, self.seed, self.rank, self.world_size = labels, seed, rank, world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.labels) / self.world_size)
+
+    def __iter__(self) -> Iterator[int]:
+        order = balanced_draw(self.labels, self.seed, self.epoch)
+        order = torch.cat([order, order[: len(self) * self.world_size - len(order)]])
+        return iter(order[self.rank :: self.world_size].tolist())
 
 
 class FileImages(torch.utils.data.Dataset):
@@ -287,14 +322,21 @@ def make_loader(
     workers: int = -1,
     rank: int = 0,
     world_size: int = 1,
+    balanced: bool = False,
 ) -> TensorBatches | torch.utils.data.DataLoader:
-    """An iterable of (uint8 images, labels) batches with ``len()`` and ``set_epoch(epoch)``."""
+    """An iterable of (uint8 images, labels) batches with ``len()`` and ``set_epoch(epoch)``.
+    ``balanced`` (training): classes drawn equally often (``balanced_draw``)."""
     if split.in_memory:
-        return TensorBatches(split, batch_size, shuffle, drop_last, seed, rank, world_size)
+        return TensorBatches(
+            split, batch_size, shuffle, drop_last, seed, rank, world_size, balanced
+        )
     from torch.utils.data import DataLoader, DistributedSampler, Subset
 
     dataset = FileImages(split, pre.channels, pre.img_size)
-    if shuffle:  # padded so every rank runs the same number of steps
+    sampler: torch.utils.data.Sampler
+    if shuffle and balanced:
+        sampler = BalancedSampler(split.labels, seed, rank, world_size)
+    elif shuffle:  # padded so every rank runs the same number of steps
         sampler = DistributedSampler(
             dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed
         )

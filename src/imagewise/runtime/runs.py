@@ -112,7 +112,9 @@ class RunFolder:
         if not rows:
             return
         buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+        # every column any row has, in order: a resumed older run gains new columns
+        fields = list(dict.fromkeys(key for row in rows for key in row))
+        writer = csv.DictWriter(buf, fieldnames=fields, restval="")
         writer.writeheader()
         for row in rows:
             writer.writerow(
@@ -124,4 +126,7 @@ class RunFolder:
         if not self.history.is_file():
             return []
         with open(self.history, newline="") as f:
-            return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+            return [
+                {k: float(v) for k, v in row.items() if v not in ("", None)}
+                for row in csv.DictReader(f)
+            ]

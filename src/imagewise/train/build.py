@@ -23,7 +23,7 @@ from imagewise.train.distill import make_task
 from imagewise.train.distributed import broadcast_from_main
 from imagewise.train.loop import Components, TrainState
 from imagewise.train.optim import build_optimizer, build_scheduler
-from imagewise.train.task import ClassificationTask
+from imagewise.train.task import ClassificationTask, class_weights
 from imagewise.train.transfer import Freezer, lr_scales
 
 log = logging.getLogger("imagewise")
@@ -88,7 +88,7 @@ def build_components(
     train_loader = make_loader(
         data.train, pre, t.batch_size, shuffle=True,
         drop_last=drop_last(len(data.train), t.batch_size * world), seed=t.seed,
-        workers=cfg.data.workers, rank=rank, world_size=world,
+        workers=cfg.data.workers, rank=rank, world_size=world, balanced=t.sampler == "balanced",
     )  # fmt: skip
     val_loader = make_loader(
         data.val, pre, max(256, t.batch_size), workers=cfg.data.workers, rank=rank,
@@ -120,7 +120,7 @@ def build_components(
         forward = CompiledWithFallback(forward)
     return Components(
         model=model,
-        task=make_task(cfg, forward, data, pre, device),
+        task=_weighted(make_task(cfg, forward, data, pre, device), cfg, data, device),
         optimizer=optimizer,
         scheduler=build_scheduler(optimizer, t, len(train_loader)),
         augment=BatchAugment(pre, cfg.data.augment, len(data.classes), seed=t.seed + 7919 * rank),
@@ -131,6 +131,36 @@ def build_components(
         ema=ema,
         freezer=freezer,
     )
+
+
+def selection_metric(cfg: RunConfig, data: ImageData) -> str:
+    """The history column that picks the best epoch: ``--select-by``, or with ``auto`` macro F1
+    when the largest training class outnumbers the smallest more than 3x, else accuracy."""
+    choice = cfg.train.select_by
+    if choice == "auto":
+        counts = np.bincount(data.train.labels, minlength=len(data.classes))
+        ratio = counts.max() / max(1, counts.min())
+        choice = "macro_f1" if ratio > 3 else "accuracy"
+        if choice == "macro_f1":
+            log.info(
+                "classes imbalanced %.1fx (largest / smallest): the best epoch is picked by "
+                "validation macro F1 (--select-by accuracy to change)", ratio,
+            )  # fmt: skip
+    return f"val_{choice}"
+
+
+def _weighted(
+    task: ClassificationTask, cfg: RunConfig, data: ImageData, device: torch.device
+) -> ClassificationTask:
+    """``--class-weight auto``: the loss weighs each class by its inverse frequency."""
+    if cfg.train.class_weight == "auto":
+        weights = class_weights(data.train.labels, len(data.classes))
+        task.class_weight = weights.to(device)
+        shown = ", ".join(
+            f"{c} {w:.2f}" for c, w in zip(data.classes, weights.tolist(), strict=True)
+        )
+        log.info("class weights: %s", shown if len(data.classes) <= 12 else "inverse frequency")
+    return task
 
 
 def wants_cached_features(cfg: RunConfig, freezer: Freezer | None, world: int) -> bool:
@@ -171,6 +201,7 @@ def _cached_components(
         model, data.train, data.val, pre, augment, views=t.feature_views,
         batch_size=t.batch_size, drop_last=drop_last(len(data.train), t.batch_size),
         seed=t.seed, device=device, workers=cfg.data.workers, show_progress=show_progress,
+        balanced=t.sampler == "balanced",
     )  # fmt: skip
     optimizer = build_optimizer(model, t)  # frozen parameters left out: only the head learns
     ema = None
@@ -181,7 +212,12 @@ def _cached_components(
     loss = getattr(model, "default_loss", "cross_entropy") if t.loss == "auto" else t.loss
     return Components(
         model=model,
-        task=ClassificationTask(ClassifierOnly(model), loss, classes, t.label_smoothing),
+        task=_weighted(
+            ClassificationTask(ClassifierOnly(model), loss, classes, t.label_smoothing),
+            cfg,
+            data,
+            device,
+        ),
         optimizer=optimizer,
         scheduler=build_scheduler(optimizer, t, len(train_loader)),
         augment=PassThrough(t.seed),  # type: ignore[arg-type]

@@ -123,6 +123,7 @@ def cached_loaders(
     device: torch.device,
     workers: int = -1,
     show_progress: bool = True,
+    balanced: bool = False,
 ) -> tuple[TensorBatches, TensorBatches]:
     """Train and validation loaders of embeddings, computed once with the frozen backbone:
     view 1 is the plain image, views 2.. are random augmentations of it."""
@@ -142,8 +143,12 @@ def cached_loaders(
         time.perf_counter() - start,
     )  # fmt: skip
     if views == 1:
-        loader = TensorBatches(Split(labels, train_views[0]), batch_size, True, drop_last, seed)
+        loader = TensorBatches(
+            Split(labels, train_views[0]), batch_size, True, drop_last, seed, balanced=balanced
+        )
     else:
         stacked = torch.stack(train_views)
-        loader = ViewBatches(stacked, labels, batch_size, drop_last=drop_last, seed=seed)
+        loader = ViewBatches(
+            stacked, labels, batch_size, drop_last=drop_last, seed=seed, balanced=balanced
+        )
     return loader, TensorBatches(Split(val_y, val_x), max(256, batch_size))

@@ -102,6 +102,9 @@ class TrainState:
     # What picks the best epoch: validation accuracy, or minus the training loss when the
     # validation split is empty.
     metric: str = "val_accuracy"
+    # The validation metric that picks the best epoch: val_accuracy or val_macro_f1
+    # (imagewise.train.build.selection_metric).
+    select_by: str = "val_accuracy"
     best_epoch: int = 0
     improved: bool = False
     stop: bool = False
@@ -267,21 +270,43 @@ def evaluate_loader(
     )
     if len(labels) == 0:
         return {"loss": float("nan"), "accuracy": float("nan"), "images": 0}
+    pred, classes = logits.argmax(1), logits.shape[1]
     return {
         "loss": float(task.loss(logits, labels)),
-        "accuracy": float((logits.argmax(1) == labels).float().mean()),
+        "accuracy": float((pred == labels).float().mean()),
         "images": len(labels),
+        # per class: right, predicted, true; summed over processes before macro F1
+        "counts": [
+            *torch.bincount(labels[pred == labels], minlength=classes).tolist(),
+            *torch.bincount(pred, minlength=classes).tolist(),
+            *torch.bincount(labels, minlength=classes).tolist(),
+        ],
     }
+
+
+def macro_f1(counts: Sequence[float]) -> float:
+    """Macro-averaged F1 from per-class (right, predicted, true) counts laid end to end, over
+    the classes that occur in the labels or the predictions (as scikit-learn's ``f1_score``)."""
+    k = len(counts) // 3
+    right, predicted, true = counts[:k], counts[k : 2 * k], counts[2 * k :]
+    scores = [2 * r / (p + t) for r, p, t in zip(right, predicted, true, strict=True) if p + t]
+    return sum(scores) / len(scores) if scores else float("nan")
 
 
 def _reduce(stats: dict[str, float], device: torch.device) -> dict[str, float]:
     """Average loss and accuracy over all processes, weighted by their image counts."""
     n = stats["images"]
     loss, acc = (stats["loss"], stats["accuracy"]) if n else (0.0, 0.0)
-    loss_sum, correct, total = all_reduce_sum([loss * n, acc * n, float(n)], device)
+    counts = [float(c) for c in stats.get("counts", [])]  # validation only
+    loss_sum, correct, total, *counts = all_reduce_sum(
+        [loss * n, acc * n, float(n), *counts], device
+    )
     if total == 0:
         return {"loss": float("nan"), "accuracy": float("nan"), "images": 0}
-    return {"loss": loss_sum / total, "accuracy": correct / total, "images": total}
+    out = {"loss": loss_sum / total, "accuracy": correct / total, "images": total}
+    if counts:
+        out["macro_f1"] = macro_f1(counts)
+    return out
 
 
 def fit(
@@ -376,13 +401,14 @@ def _record(
             "train_accuracy": train["accuracy"],
             "val_loss": val["loss"],
             "val_accuracy": val["accuracy"],
+            "val_macro_f1": val.get("macro_f1", float("nan")),
             "epoch_seconds": seconds,
             "images_per_second": train["images"] / max(seconds, 1e-9),
         }
     )
     has_val = val["images"] > 0
-    state.metric = "val_accuracy" if has_val else "train_loss"
-    metric = val["accuracy"] if has_val else -train["loss"]
+    state.metric = state.select_by if has_val else "train_loss"
+    metric = state.history[-1][state.select_by] if has_val else -train["loss"]
     state.improved = math.isfinite(metric) and metric > state.best_metric
     if state.improved:
         state.best_metric, state.best_epoch = metric, epoch

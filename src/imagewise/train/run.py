@@ -36,6 +36,7 @@ from imagewise.train.build import (
     measured_cpu_precision,
     restore,
     seed_everything,
+    selection_metric,
     wants_cached_features,
 )
 from imagewise.train.classical import (
@@ -74,18 +75,21 @@ class TrainResult:
     train_seconds: float
     stop_reason: str
     temperature: float = 1.0  # fitted on the validation split after training
+    selected_by: str = "val_accuracy"  # or val_macro_f1 (imbalanced classes), train_loss
 
     @classmethod
     def of(
         cls, folder: RunFolder, cfg: RunConfig, state: TrainState, temperature: float
     ) -> TrainResult:
-        by_val = state.metric == "val_accuracy"
+        best = next((h for h in state.history if h["epoch"] == state.best_epoch), {})
+        by_val = state.metric != "train_loss"
         return cls(
             run=folder.path,
             model=cfg.model.name,
             epochs=state.epoch,
             best_epoch=state.best_epoch,
-            best_val_accuracy=state.best_metric if by_val else float("nan"),
+            best_val_accuracy=best.get("val_accuracy", float("nan")) if by_val else float("nan"),
+            selected_by=state.metric,
             train_seconds=state.train_seconds,
             stop_reason=state.stop_reason,
             temperature=temperature,
@@ -265,6 +269,7 @@ def _train(
     meta.transfer = start.record
     writer = start_run_folder(folder, cfg, meta, data, parts, resume) if dist.is_main else None
     state = TrainState(epochs=t.epochs, tta=meta.tta)  # a resumed run keeps its own views
+    state.select_by = selection_metric(cfg, data)
     if resume:
         restore(load_checkpoint(folder.last), parts, state)
         log.info("resuming %s at epoch %d of %d", folder.path, state.epoch, state.epochs)

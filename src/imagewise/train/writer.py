@@ -153,14 +153,16 @@ class RunWriter:
         from imagewise.train.curves import plot_curves
 
         plot_curves(state.history, self.folder.curves)
+        f1 = f" f1 {row['val_macro_f1']:.4f}" if state.select_by == "val_macro_f1" else ""
         log.info(
-            "epoch %d/%d  train loss %.4f acc %.4f  val loss %.4f acc %.4f  %.1fs%s",
+            "epoch %d/%d  train loss %.4f acc %.4f  val loss %.4f acc %.4f%s  %.1fs%s",
             state.epoch,
             state.epochs,
             row["train_loss"],
             row["train_accuracy"],
             row["val_loss"],
             row["val_accuracy"],
+            f1,
             row["epoch_seconds"],
             "  *best*" if state.improved else "",
         )
@@ -181,7 +183,8 @@ class RunWriter:
             "epochs_run": state.epoch,
             "epochs_planned": state.epochs,
             "best_epoch": state.best_epoch,
-            "best_val_accuracy": state.best_metric if state.metric == "val_accuracy" else None,
+            "best_val_accuracy": _best(state, "val_accuracy"),
+            "best_val_macro_f1": _best(state, "val_macro_f1"),
             "selected_by": state.metric,
             "train_seconds": round(state.train_seconds, 3),
             "stop_reason": state.stop_reason,
@@ -283,3 +286,12 @@ def kept_in(folder: RunFolder) -> str:
         f"{folder.last} keeps epoch {epoch} whole; free some space, then continue with: "
         f"imagewise train --resume --out {folder.path}"
     )
+
+
+def _best(state: TrainState, column: str) -> float | None:
+    """``column`` of the best epoch's history row; None without validation."""
+    if state.metric == "train_loss":
+        return None
+    row = next((h for h in state.history if h["epoch"] == state.best_epoch), {})
+    value = row.get(column)
+    return None if value is None or value != value else float(value)
