@@ -128,8 +128,18 @@ def test_offline_without_cached_weights_says_how_to_pass_a_file(
 def test_pretrained_weights_come_from_the_local_cache(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    cached = _save(timm.create_model("resnet18").state_dict(), tmp_path / "model.safetensors")
-    monkeypatch.setattr(weights_mod, "_cached_path", lambda cfg: cached)
+    # the Hugging Face hub cache's own layout: refs/main names the snapshot holding the file
+    import huggingface_hub.constants
+
+    repo = tmp_path / "hub" / "models--timm--resnet18.a1_in1k"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0" * 40)
+    (repo / "snapshots" / ("0" * 40)).mkdir(parents=True)
+    _save(
+        timm.create_model("resnet18").state_dict(),
+        repo / "snapshots" / ("0" * 40) / "model.safetensors",
+    )
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setattr(weights_mod, "_reachable", lambda url, timeout=3.0: False)
     assert weights_mod.has_pretrained("resnet18") and not weights_mod.has_pretrained("lenet5")
     model = create_model("resnet18", 3, in_chans=1, img_size=96, pretrained=True)
