@@ -48,6 +48,7 @@ from imagewise.train.classical import (
 from imagewise.train.compile import wants_compile
 from imagewise.train.distributed import DistInfo, cleanup, init_distributed
 from imagewise.train.loop import EarlyStopping, FitSettings, TrainState, fit
+from imagewise.train.prepared import PreparedData, data_key
 from imagewise.train.recipes import recipe_options
 from imagewise.train.transfer import start_transfer, weights_before_data
 from imagewise.train.writer import (
@@ -192,6 +193,7 @@ def train(
     resume: bool = False,
     hooks: Sequence[object] = (),
     show_progress: bool = True,
+    prepared: PreparedData | None = None,
     **options: Any,
 ) -> TrainResult:
     """Train a classifier and write a run folder.
@@ -207,6 +209,8 @@ def train(
         resume: continue the run in ``out`` from its ``last.ckpt`` to the planned epochs.
         hooks: objects with ``on_train_start`` / ``on_epoch_end`` / ``on_train_end(state)``.
         show_progress: show a progress bar per epoch.
+        prepared: data made once by ``prepare_data`` for many runs (``imagewise tune``);
+            the run's data settings must match it.
         **options: flat settings over the file, e.g. ``model="resnet18", epochs=5, lr=1e-3``
             (see ``imagewise.config.OPTIONS``).
 
@@ -224,14 +228,14 @@ def train(
         # before rank 0 writes anything.
         dist, device = init_distributed(resolve_device(cfg.train.device))
         try:
-            return _train(cfg, folder, dist, device, resume, hooks, show_progress)
+            return _train(cfg, folder, dist, device, resume, hooks, show_progress, prepared)
         finally:
             cleanup()
 
 
 def _train(
     cfg: RunConfig, folder: RunFolder, dist: DistInfo, device: torch.device, resume: bool,
-    hooks: Sequence[object], show_progress: bool,
+    hooks: Sequence[object], show_progress: bool, prepared: PreparedData | None = None,
 ) -> TrainResult:  # fmt: skip
     """The steps of a run: data, model, parts, the run folder, fit, calibration."""
     t, rank, world = cfg.train, dist.rank, dist.world_size
@@ -239,7 +243,7 @@ def _train(
     compile_model = wants_compile(t.compile, device)  # checked before any data is read
     seed_everything(t.seed)
     source = weights_before_data(cfg)  # their input size decides the decoding
-    data, pre, choice = _prepare_data(cfg, world)
+    data, pre, choice = prepared.take(cfg) if prepared else _prepare_data(cfg, world)
     model = build_model(cfg, data, pre, device)
     # what the user left unset, from the data's size and the network's
     adapt_defaults(cfg, data, world, sum(p.numel() for p in model.parameters()))
@@ -288,6 +292,19 @@ def _train(
         if writer is not None:
             writer.close()
     return TrainResult.of(folder, cfg, state, temperature)
+
+
+def prepare_data(cfg: RunConfig) -> PreparedData:
+    """Read, split, decode and measure the data of ``cfg`` once, for several
+    ``train(prepared=...)`` calls; fills ``cfg`` as a run would (``--model auto``'s pick, the
+    starting weights' input size).
+
+    Args:
+        cfg: a resolved configuration with ``data.source`` set.
+    """
+    weights_before_data(cfg)
+    data, pre, choice = _prepare_data(cfg)
+    return PreparedData(data, pre, data_key(cfg), choice)
 
 
 def _prepare_data(
