@@ -21,7 +21,8 @@ test: $(STAMP)
 install: $(STAMP)
 
 # Debian packages, best effort (needs root and apt): dataset-fashion-mnist gives real data
-# offline; chromium lets the tests open the HTML report and the web page headless.
+# offline; chromium lets the tests open the HTML report and the web page headless; postgresql
+# gives the tune tests a real server to share a study in (each test starts its own cluster).
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
@@ -29,6 +30,7 @@ $(STAMP): pyproject.toml
 	-@missing=""; \
 	[ -d /usr/share/datasets/fashion-mnist ] || missing="dataset-fashion-mnist"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	if [ -n "$$missing" ] && command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing) >/dev/null 2>&1 \
 	  || echo "note: could not install $$missing with apt-get; the tests that need them are skipped"; fi

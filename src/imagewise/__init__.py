@@ -3,6 +3,7 @@ explained, exported and served.
 
     >>> import imagewise
     >>> result = imagewise.train("digits", "runs/digits", epochs=5)  # doctest: +SKIP
+    >>> imagewise.tune("digits", "runs/tune", trials=20).best_params  # doctest: +SKIP
     >>> imagewise.evaluate("runs/digits").accuracy  # doctest: +SKIP
     >>> imagewise.predict("runs/digits", ["some/digit.png"])[0].label  # doctest: +SKIP
     >>> imagewise.export("runs/digits", format="onnx").path  # doctest: +SKIP
@@ -27,12 +28,14 @@ from imagewise import export as _export_stage  # noqa: F401
 from imagewise import predict as _predict_stage  # noqa: F401
 from imagewise import serve as _serve_stage  # noqa: F401
 from imagewise import train as _train_stage  # noqa: F401
+from imagewise import tune as _tune_stage  # noqa: F401
 from imagewise.version import __version__
 
-_STAGES = ("train", "evaluate", "predict", "explain", "export", "serve")
+_STAGES = ("train", "tune", "evaluate", "predict", "explain", "export", "serve")
 _FUNCTIONS = {
     "train": "imagewise.train.run",
     "distill": "imagewise.train.distill",
+    "tune": "imagewise.tune.search",
     "evaluate": "imagewise.evaluate.evaluation",
     "predict": "imagewise.predict.prediction",
     "load": "imagewise.predict.predictor",
@@ -72,9 +75,11 @@ if TYPE_CHECKING:  # what type checkers and editors see: the functions themselve
     from imagewise.serve.serving import serve
     from imagewise.train.distill import distill
     from imagewise.train.run import train
+    from imagewise.tune.search import tune
 else:
     train = _on_first_call("train")
     distill = _on_first_call("distill")
+    tune = _on_first_call("tune")
     evaluate = _on_first_call("evaluate")
     predict = _on_first_call("predict")
     load = _on_first_call("load")
@@ -98,4 +103,5 @@ __all__ = [
     "predict",
     "serve",
     "train",
+    "tune",
 ]

@@ -26,6 +26,9 @@ EXAMPLES = {
     "train": "imagewise train fashion-mnist --model resnet9_slim --epochs 10 --out runs/fm",
     "distill": "imagewise distill fashion-mnist --teacher runs/fm --student tutorial_cnn "
     "--epochs 10 --out runs/fm-small",
+    "tune": "imagewise tune fashion-mnist --model tutorial_cnn --epochs 4 --trials 20 "
+    "--subset 10000 --out runs/fm-tune   # then: imagewise train fashion-mnist --config "
+    "runs/fm-tune/best.yaml",
     "evaluate": "imagewise evaluate runs/fm   # then open runs/fm/eval/report.html",
     "compare": "imagewise compare runs/fm runs/fm-hog --out compare.html",
     "predict": "imagewise predict runs/fm photos/ 'more/*.png' --top-k 3 --format csv",
@@ -143,6 +146,7 @@ def _parser() -> argparse.ArgumentParser:
         _add_models,
         _add_train,
         _add_distill,
+        _add_tune,
         _add_evaluate,
         _add_compare,
         _add_predict,
@@ -577,6 +581,71 @@ def cmd_serve(args: argparse.Namespace) -> int:
         device=args.device,
         access_log=not args.quiet,
     )
+    return 0
+
+
+def _add_tune(verbs: Any, sub: Callable[..., Any]) -> None:
+    from imagewise.config import OPTIONS, option_type
+
+    p = sub(verbs, "tune", "search training settings (grid, random or TPE on Optuna)")
+    p.add_argument("data", help="folder, CSV manifest, digits or fashion-mnist")
+    p.add_argument(
+        "--space",
+        help="YAML search space (default: lr, weight decay, batch size, "
+        "label smoothing, augmentation, optimizer; syntax in README.md)",
+    )
+    p.add_argument(
+        "--trials",
+        type=int,
+        default=20,
+        help="finished trials the study should hold; a rerun adds what is missing (default 20)",
+    )
+    p.add_argument("--sampler", default="tpe", choices=("tpe", "random", "grid"))
+    p.add_argument("--pruner", default="median", choices=("median", "hyperband", "none"))
+    p.add_argument("--timeout", help="start no trial after this long, e.g. 30m, 2h")
+    p.add_argument(
+        "--storage",
+        help="SQLAlchemy URL (postgresql://user:pw@host/db) or SQLite "
+        "file shared by several workers (default OUT/study.db)",
+    )
+    p.add_argument("--study", default="imagewise", help="study name (default imagewise)")
+    p.add_argument("--out", help="output folder (default runs/tune-DATA)")
+    p.add_argument("--subset", type=int, help="search on a stratified sample of N training images")
+    p.add_argument(
+        "--retrain-best",
+        action="store_true",
+        help="train the best settings on all training images at the end (OUT/final)",
+    )
+    p.add_argument("--keep-runs", action="store_true", help="keep every trial's run folder")
+    p.add_argument("--config", help="YAML file with sections data / model / train")
+    for name in OPTIONS:  # the fixed training settings; train's --sampler is a config-file key
+        if name == "sampler":
+            continue
+        flag, kind = "--" + name.replace("_", "-"), option_type(name)
+        if kind.startswith("bool"):
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
+        else:
+            convert = {"int": int, "float": float}.get(kind.split("|")[0].strip(), str)
+            p.add_argument(flag, type=convert, default=None, help=FLAG_HELP.get(name))
+    p.set_defaults(func=cmd_tune)
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from imagewise.config import OPTIONS
+    from imagewise.tune import tune
+
+    _tune_process()
+    options = {name: getattr(args, name) for name in OPTIONS if name != "sampler"}
+    result = tune(
+        args.data, args.out, trials=args.trials, space=args.space, sampler=args.sampler,
+        pruner=args.pruner, timeout=args.timeout, storage=args.storage, study=args.study,
+        subset=args.subset, retrain_best=args.retrain_best, keep_runs=args.keep_runs,
+        config_file=args.config, **options,
+    )  # fmt: skip
+    print("\n".join(result.summary))
+    print(f"wrote {', '.join(str(p) for p in result.files.values())}")
+    if "best" in result.files:
+        print(f"next: imagewise train {args.data} --config {result.files['best']}")
     return 0
 
 

@@ -11,6 +11,7 @@ from imagewise.evaluate import Evaluation
 from imagewise.export import ExportResult
 from imagewise.predict import BaseClassifier, Prediction
 from imagewise.train import TrainResult
+from imagewise.tune import TuneResult
 
 
 def tour(run: Path) -> None:
@@ -19,6 +20,10 @@ def tour(run: Path) -> None:
     small: TrainResult = imagewise.distill(
         "digits", teacher=run, student="tutorial_cnn", out=run / "small", epochs=1
     )
+    study: TuneResult = imagewise.tune(
+        "digits", run / "tune", trials=4, sampler="random", model="lenet5", epochs=1
+    )
+    best: dict[str, object] = study.best_params
     ev: Evaluation = imagewise.evaluate(run, split="test", report=False)
     worst: list[dict[str, object]] = ev.top_losses(3)
     predictions: list[Prediction] = imagewise.predict(run, ["seven.png"], top_k=3)
@@ -30,4 +35,4 @@ def tour(run: Path) -> None:
     rows: list[dict[str, object]] = imagewise.compare([run], latency=False)
     models: list[str] = imagewise.list_models()
     imagewise.serve(run, port=0)
-    print(accuracy, small.run, worst, label, names, maps, exported.path, rows, models)
+    print(accuracy, small.run, best, worst, label, names, maps, exported.path, rows, models)

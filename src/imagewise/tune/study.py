@@ -1,0 +1,155 @@
+"""The Optuna study: where it is stored, how it samples and prunes, and how it survives a
+killed worker.
+
+Storage is SQLite in the output folder by default, or any SQLAlchemy URL
+(``postgresql://user:password@host/db``) that several workers on several machines open with the
+same ``--study`` name. Every trial records its host and process id and beats a heartbeat into
+the storage. A trial left RUNNING by a worker that died is failed and its settings queued
+again, once: at once when the dead worker was on this machine (its process id no longer
+exists), otherwise when its heartbeat is ``GRACE_SECONDS`` old. A trial stopped by Ctrl-C is
+failed on the spot and queued again when the study is next run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+from imagewise.errors import UserError
+
+log = logging.getLogger("imagewise")
+
+HEARTBEAT_SECONDS, GRACE_SECONDS = 20, 120
+SAMPLERS, PRUNERS = ("tpe", "random", "grid"), ("median", "hyperband", "none")
+HOST = socket.gethostname()
+
+
+def storage_url(storage: str | None, out: Path) -> str:
+    """The study's storage: ``storage`` as given, else a SQLite file in ``out``."""
+    if storage:
+        return storage if "://" in storage else f"sqlite:///{Path(storage).resolve()}"
+    return f"sqlite:///{(out / 'study.db').resolve()}"
+
+
+def shown_url(url: str) -> str:
+    """``url`` with its password hidden, for messages and files."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a URL SQLAlchemy reads: say it as given
+        return url
+
+
+def open_storage(url: str) -> Any:
+    """An Optuna ``RDBStorage`` with heartbeats; one line when it cannot be opened."""
+    import optuna
+    import sqlalchemy.exc
+
+    # SQLite: several local workers take turns writing; wait for the lock instead of failing.
+    engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+    try:
+        return optuna.storages.RDBStorage(
+            url,
+            engine_kwargs=engine,
+            heartbeat_interval=HEARTBEAT_SECONDS,
+            grace_period=GRACE_SECONDS,
+            heartbeat_stale_trial_callback=requeue,
+        )
+    except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"cannot open the study storage {shown_url(url)}: {reason}") from None
+
+
+def make_sampler(name: str, seed: int, grid: dict[str, list[Any]] | None) -> Any:
+    """Optuna's sampler for ``tpe`` (Bayesian), ``random`` or ``grid``, seeded."""
+    import optuna
+
+    if name == "grid":
+        assert grid is not None
+        return optuna.samplers.GridSampler(grid, seed=seed)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed)
+    raise UserError(f"--sampler must be {', '.join(SAMPLERS[:-1])} or {SAMPLERS[-1]}, not {name!r}")
+
+
+def make_pruner(name: str, trials: int, epochs: int | None) -> Any:
+    """Optuna's pruner: ``median`` (stop a trial below the median of earlier trials at the
+    same epoch, once a fifth of the trials, 1 to 5, have finished), ``hyperband`` or ``none``.
+    """
+    import optuna
+
+    if name == "median":
+        startup = max(1, min(5, trials // 5))
+        return optuna.pruners.MedianPruner(n_startup_trials=startup, n_warmup_steps=0)
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs or "auto")
+    if name == "none":
+        return optuna.pruners.NopPruner()
+    raise UserError(f"--pruner must be {', '.join(PRUNERS[:-1])} or {PRUNERS[-1]}, not {name!r}")
+
+
+def open_study(storage: Any, name: str, sampler: Any, pruner: Any) -> Any:
+    """The study ``name`` in ``storage``, created (maximizing) or joined."""
+    import optuna
+
+    study = optuna.create_study(
+        storage=storage, study_name=name, sampler=sampler, pruner=pruner,
+        direction="maximize", load_if_exists=True,
+    )  # fmt: skip
+    if study.direction != optuna.study.StudyDirection.MAXIMIZE:
+        raise UserError(f"study '{name}' minimizes; imagewise tune maximizes accuracy: new --study")
+    return study
+
+
+def requeue(study: Any, trial: Any) -> None:
+    """Queue the settings of a failed (killed or interrupted) trial again, once."""
+    if trial.user_attrs.get("retry_of") is not None:
+        return  # already a retry: a setting that kills its worker twice is left failed
+    retried = {t.user_attrs.get("retry_of") for t in study.get_trials(deepcopy=False)}
+    if trial.number in retried:
+        return
+    study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+    log.info("trial %d did not finish; its settings are queued again", trial.number)
+
+
+def recover(study: Any) -> list[int]:
+    """Fail the trials a dead worker on this machine left RUNNING, and queue again the settings
+    of those (and of trials stopped by Ctrl-C) not queued yet; returns their numbers."""
+    from optuna.exceptions import UpdateFinishedTrialError
+    from optuna.trial import TrialState
+
+    storage, found = study._storage, []
+    for trial in study.get_trials(deepcopy=False):
+        attrs = trial.user_attrs
+        dead = (
+            trial.state == TrialState.RUNNING
+            and attrs.get("host") == HOST
+            and not _alive(int(attrs.get("pid", 0)))
+        )
+        if dead:
+            try:
+                storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+            except UpdateFinishedTrialError:  # another worker got there first
+                continue
+        if dead or (trial.state == TrialState.FAIL and attrs.get("interrupted")):
+            requeue(study, trial)
+            found.append(trial.number)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True

@@ -1,0 +1,141 @@
+"""One trial: an ordinary ``imagewise.train`` run on the prepared data, reporting validation
+accuracy to the pruner after every epoch, and the line that says how it went."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from imagewise.config import RunConfig
+from imagewise.train.prepared import PreparedData
+from imagewise.tune.space import Space
+from imagewise.tune.study import HOST
+
+log = logging.getLogger("imagewise")
+
+
+class ReportToPruner:
+    """Hook: report each epoch's validation accuracy to the trial and stop the run when the
+    pruner says so; also times the trial's setup (its start to the first training step)."""
+
+    def __init__(self, trial: Any, started: float) -> None:
+        self.trial, self.started = trial, started
+        self.setup_seconds = float("nan")
+        self.pruned_at = 0
+
+    def on_train_start(self, state: Any) -> None:
+        self.setup_seconds = time.perf_counter() - self.started
+
+    def on_epoch_end(self, state: Any) -> None:
+        self.trial.report(state.history[-1]["val_accuracy"], state.epoch)
+        if state.epoch < state.epochs and self.trial.should_prune():
+            state.stop = True
+            state.stop_reason = f"pruned by the study after epoch {state.epoch}"
+            self.pruned_at = state.epoch
+
+
+@dataclass
+class Objective:
+    """Optuna's objective: the best validation accuracy of a run with the trial's settings.
+
+    The data is the prepared one for every trial (never read or decoded again). With
+    ``precision`` left at auto on a CPU, the bf16-or-fp32 timing of the first trial of each
+    model is reused by the later ones (it costs more than an epoch of a small model).
+    """
+
+    base: RunConfig
+    space: Space
+    prepared: PreparedData
+    runs: Path  # trial run folders: runs / STUDY-NNNN
+    study_name: str
+    grid: bool = False
+    show_progress: bool = False
+    precision: dict[str, str] = field(default_factory=dict)  # model -> measured choice
+
+    def __call__(self, trial: Any) -> float:
+        import optuna
+
+        from imagewise.runtime.runs import RunFolder
+        from imagewise.train.run import train
+
+        started = time.perf_counter()
+        params = self.space.suggest(trial, grid=self.grid)
+        run = self.runs / f"{self.study_name}-{trial.number:04d}"
+        for key, value in (("host", HOST), ("pid", os.getpid()), ("run", str(run.resolve()))):
+            trial.set_user_attr(key, value)
+        hook = ReportToPruner(trial, started)
+        cfg = copy.deepcopy(self.base)
+        options = dict(params)
+        model = str(params.get("model", cfg.model.name))
+        if cfg.train.precision == "auto" and model in self.precision:
+            options.setdefault("precision", self.precision[model])
+        try:
+            result = train(
+                config=cfg, out=run, prepared=self.prepared, hooks=[hook],
+                show_progress=self.show_progress, **options,
+            )  # fmt: skip
+        except KeyboardInterrupt as exc:  # Ctrl-C / SIGTERM: failed now, queued on the rerun
+            trial.set_user_attr("interrupted", True)
+            raise KeyboardInterrupt(
+                f"stopped in trial {trial.number}; run the same command again to continue the "
+                "study (the trial's settings are tried again)"
+            ) from exc
+        history = [row["epoch_seconds"] for row in _history(run)]
+        trial.set_user_attr("epochs", result.epochs)
+        trial.set_user_attr("planned_epochs", cfg.train.epochs or result.epochs)
+        trial.set_user_attr("setup_seconds", hook.setup_seconds)
+        if history:
+            trial.set_user_attr("epoch_seconds", sum(history) / len(history))
+        if cfg.train.precision == "auto" and model not in self.precision:
+            measured = RunFolder.of(run).read_meta().precision
+            if measured:
+                self.precision[model] = measured
+        if hook.pruned_at:
+            raise optuna.TrialPruned(f"pruned after epoch {hook.pruned_at}")
+        return result.best_val_accuracy
+
+
+def _history(run: Path) -> list[dict[str, float]]:
+    """The run's history.csv rows (epoch_seconds) as numbers."""
+    import csv
+
+    path = run / "history.csv"
+    if not path.is_file():
+        return []
+    with path.open() as f:
+        rows = list(csv.DictReader(f))
+    return [{"epoch_seconds": float(r["epoch_seconds"])} for r in rows if r.get("epoch_seconds")]
+
+
+def progress_line(study: Any, trial: Any) -> str:
+    """``trial 3  complete  0.9512  best 0.9612 (trial 1)  lr=0.0012 ...  14s``."""
+    state = trial.state.name.lower()
+    steps = trial.intermediate_values
+    if state == "pruned" and steps:
+        value = f"{steps[max(steps)]:.4f} at epoch {max(steps)}"
+    elif trial.value is not None:
+        value = f"{trial.value:.4f}"
+    else:  # failed: Optuna keeps the reason
+        value = (str(trial.system_attrs.get("fail_reason", "")).splitlines() or [""])[0][:100]
+    best = best_trial(study)
+    best_text = f"best {best.value:.4f} (trial {best.number})" if best else "best -"
+    params = " ".join(f"{k}={_short(v)}" for k, v in trial.params.items())
+    seconds = f"{trial.duration.total_seconds():.0f}s" if trial.duration else ""
+    return f"trial {trial.number:>3}  {state:<8} {value}  {best_text}  {params}  {seconds}"
+
+
+def _short(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def best_trial(study: Any) -> Any:
+    """The best complete trial, or None before the first one."""
+    try:
+        return study.best_trial
+    except ValueError:
+        return None
