@@ -272,3 +272,18 @@ def test_bad_transfer_flags_are_one_line(
         code, _, err = run_cli(args, capsys)
         assert code == 2 and message in err, (flags, err)
         assert len(err.strip().splitlines()) == 1
+
+
+def test_a_new_classifier_on_loaded_weights_learns_faster(tmp_path: Path) -> None:
+    from imagewise.train.transfer import NEW_HEAD_LR, head_lr_scale
+
+    src = create_model("resnet9p_tiny", 7, 1, 28)
+    path = _save(src.state_dict(), tmp_path / "w.safetensors")
+    model = create_model("resnet9p_tiny", 5, 1, 28)
+    report = load_into(model, file_weights(path))
+    assert head_lr_scale(model, report) == NEW_HEAD_LR / model.logit_scale == 80.0
+    assert head_lr_scale(model, None) == 1.0  # from scratch: every layer alike
+    same = create_model("resnet9p_tiny", 7, 1, 28)
+    assert head_lr_scale(same, load_into(same, file_weights(path), keep_head=True)) == 1.0
+    scales = lr_scales(model, 1.0, 80.0)
+    assert scales == {"fc.weight": 80.0, "fc.bias": 80.0}

@@ -94,7 +94,7 @@ def build_components(
         data.val, pre, max(256, t.batch_size), workers=cfg.data.workers, rank=rank,
         world_size=world,
     )  # fmt: skip
-    scales = lr_scales(model, t.layer_lr_decay)
+    scales = lr_scales(model, t.layer_lr_decay, freezer.head_lr_scale if freezer else 1.0)
     optimizer = build_optimizer(model, t, world, scales, include_frozen=cfg.model.unfreeze_at > 0)
     ema = None
     if t.ema_decay > 0:
@@ -203,7 +203,9 @@ def _cached_components(
         seed=t.seed, device=device, workers=cfg.data.workers, show_progress=show_progress,
         balanced=t.sampler == "balanced",
     )  # fmt: skip
-    optimizer = build_optimizer(model, t)  # frozen parameters left out: only the head learns
+    # frozen parameters left out: only the head learns
+    head = freezer.head_lr_scale if freezer is not None else 1.0
+    optimizer = build_optimizer(model, t, lr_scales=lr_scales(model, 1.0, head))
     ema = None
     if t.ema_decay > 0:
         from timm.utils import ModelEmaV3
