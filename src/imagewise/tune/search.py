@@ -126,9 +126,10 @@ def tune(
             _say(f"trials {', '.join(map(str, retried))} did not finish; queued again")
         objective = Objective(base, space, searched, out / "trials", study, grid, show_progress)
         _optimize(study_obj, objective, trials, seconds, keep_runs, out)
-        result = _results(study_obj, base, out, url, keep_runs)
+        fixed_base = apply_options(copy.deepcopy(base), space.fixed)  # the space's fixed values
+        result = _results(study_obj, fixed_base, out, url, keep_runs)
         if retrain_best and result.best_trial is not None:
-            _retrain(result, base, prepared, show_progress)
+            _retrain(result, fixed_base, prepared, show_progress)
     return result
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -44,24 +45,35 @@ def shown_url(url: str) -> str:
         return url
 
 
-def open_storage(url: str) -> Any:
-    """An Optuna ``RDBStorage`` with heartbeats; one line when it cannot be opened."""
+def open_storage(url: str, tries: int = 5) -> Any:
+    """An Optuna ``RDBStorage`` with heartbeats; one line when it cannot be opened.
+
+    Workers started together on an empty database race to create its tables; the loser's
+    error (a duplicate key or table) is answered by opening again once the winner is done.
+    """
     import optuna
     import sqlalchemy.exc
 
     # SQLite: several local workers take turns writing; wait for the lock instead of failing.
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
-    try:
-        return optuna.storages.RDBStorage(
-            url,
-            engine_kwargs=engine,
-            heartbeat_interval=HEARTBEAT_SECONDS,
-            grace_period=GRACE_SECONDS,
-            heartbeat_stale_trial_callback=requeue,
-        )
-    except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"cannot open the study storage {shown_url(url)}: {reason}") from None
+    for attempt in range(tries):
+        try:
+            return optuna.storages.RDBStorage(
+                url,
+                engine_kwargs=engine,
+                heartbeat_interval=HEARTBEAT_SECONDS,
+                grace_period=GRACE_SECONDS,
+                heartbeat_stale_trial_callback=requeue,
+            )
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+            if attempt == tries - 1:
+                raise
+            time.sleep(0.5 + attempt)
+        except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as exc:
+            text = str(exc).strip()
+            reason = text.splitlines()[0] if text else type(exc).__name__
+            raise UserError(f"cannot open the study storage {shown_url(url)}: {reason}") from None
+    raise AssertionError("unreachable")
 
 
 def make_sampler(name: str, seed: int, grid: dict[str, list[Any]] | None) -> Any:
