@@ -180,7 +180,11 @@ def test_model_auto_stays_within_its_budget_on_a_tiny_dataset(
     # This machine's speed table, written slower than any CPU runs these models so the test
     # does not hang on the load of a shared machine: big models cannot fit, tutorial_cnn can.
     slow = {"resnet9p_slim": 2.0, "resnet9p_tiny": 5.0, "tutorial_cnn": 100.0}
-    table = {f"{m}|3x32": {"train": v, "infer": 4 * v} for m, v in slow.items()}
+    table = {
+        f"{m}|3x32{half}": {"train": v, "infer": 4 * v}
+        for m, v in slow.items()
+        for half in ("", "|bf16")  # the bf16 entries are read on CPUs with native bf16
+    }
     cache_path().parent.mkdir(parents=True)
     cache_path().write_text(json.dumps({"speeds": table}))
     result = imagewise.train(
@@ -213,3 +217,22 @@ def test_models_measure_prints_speeds_and_the_pretrained_column(
         assert float(rows[name][5].replace(",", "")) > 0
         assert float(rows[name][6].replace(",", "")) > 0
     assert rows["hog_svm"][5:7] == ["-", "-"]  # fitted in one pass: no training step
+
+
+def test_speed_table_keeps_the_faster_precision_when_bf16_is_tried(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import imagewise.models.speed as speed
+
+    def fake(name, size, channels, num_classes, pace=None, bf16=False):
+        return Speed(train=200.0 if bf16 else 100.0, infer=50.0)
+
+    monkeypatch.setattr(speed, "measure_speed", fake)
+    shape = ("tutorial_cnn", 28, 1)
+    path = tmp_path / "speed.json"
+    assert measured_speeds([shape], 10, cache=path)[shape].train == 100.0
+    assert measured_speeds([shape], 10, cache=path, bf16=True)[shape].train == 200.0
+    assert set(json.loads(path.read_text())["speeds"]) == {
+        "tutorial_cnn|1x28",
+        "tutorial_cnn|1x28|bf16",
+    }

@@ -12,6 +12,7 @@ table measured on this machine (``imagewise.models.speed``) so that training fit
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Callable
@@ -194,10 +195,10 @@ def candidates(native: int, fixed_size: int, channels: int) -> list[Candidate]:
 SpeedFn = Callable[[list[tuple[str, int, int]], int], dict[tuple[str, int, int], Any]]
 
 
-def _measured(shapes: list[tuple[str, int, int]], num_classes: int) -> dict:
+def _measured(shapes: list[tuple[str, int, int]], num_classes: int, bf16: bool = False) -> dict:
     """This machine's cached speeds; missing ones timed with the thread count training would
     use beside the other work on the machine (two threads fighting a neighbour for two cores
-    measured 18x slower than one thread)."""
+    measured 18x slower than one thread), and with ``bf16`` at the faster precision."""
     import time
 
     from imagewise.models.speed import measured_speeds
@@ -207,7 +208,7 @@ def _measured(shapes: list[tuple[str, int, int]], num_classes: int) -> dict:
         governor = ThreadGovernor(interval=0.2)
         time.sleep(0.25)  # one look at the machine before the first timed step
         governor.tick()
-        return measured_speeds(shapes, num_classes, pace=governor.tick)
+        return measured_speeds(shapes, num_classes, pace=governor.tick, bf16=bf16)
 
 
 def pick_within_budget(
@@ -254,7 +255,7 @@ def pick_within_budget(
 
 
 def choose_auto_model(
-    cfg: RunConfig, raw: ImageData, world_size: int = 1, speeds: SpeedFn = _measured
+    cfg: RunConfig, raw: ImageData, world_size: int = 1, speeds: SpeedFn | None = None
 ) -> Choice | None:
     """``--model auto``: pick model, input size and (when unset) epochs from the data, and with
     ``--time-budget`` from speeds measured on this machine; print the choice and why.
@@ -266,7 +267,8 @@ def choose_auto_model(
         cfg: the resolved configuration.
         raw: the dataset as read (not yet decoded): counts, classes, a sample of image sizes.
         world_size: processes; each measures nothing itself, so several agree.
-        speeds: ``(shapes, num_classes) -> {shape: Speed}``; default measured here, cached.
+        speeds: ``(shapes, num_classes) -> {shape: Speed}``; default measured here (at the
+            faster of float32 and bf16 where ``--precision auto`` would try bf16), cached.
     """
     from imagewise.data.pipeline import infer_shape
 
@@ -281,6 +283,7 @@ def choose_auto_model(
         choice = _unbudgeted(native, n_train, channels, bool(m.weights or m.init_from))
     else:
         budget = parse_time_budget(m.time_budget)
+        speeds = speeds or functools.partial(_measured, bf16=_may_train_in_bf16(t.precision))
         wanted = epochs_for(n_train, t.batch_size or size_tier(n_train)[0])
         options = candidates(native, d.img_size, channels)
         if m.weights or m.init_from or m.pretrained:  # starting weights given: no hub transfer
@@ -294,6 +297,12 @@ def choose_auto_model(
         t.epochs = choice.epochs
     _announce_choice(choice, n_train, native, channels, len(raw.classes))
     return choice.as_dict()
+
+
+def _may_train_in_bf16(precision: str) -> bool:
+    from imagewise.runtime.device import cpu_has_native_bf16
+
+    return precision == "bf16" or (precision == "auto" and cpu_has_native_bf16())
 
 
 def _unbudgeted(native: int, n_train: int, channels: int, own_weights: bool) -> Choice:
@@ -317,11 +326,11 @@ def _announce_choice(
         return
     tried = "; ".join(
         f"{c['model']}@{c['img_size']} {c['train_images_per_s']:,.0f} img/s, "
-        f"{c['epochs_that_fit']} epochs fit"
+        f"{c['epochs_that_fit']} epoch(s) fit"
         for c in choice.considered
     )
     log.info(
-        "model auto: %s, %d epochs, about %.0f s of the %.0f s budget: %s\n"
+        "model auto: %s, %d epoch(s), about %.0f s of the %.0f s budget: %s\n"
         "  data: %s training images, %d px, %d channel%s, %d classes\n"
         "  measured on this machine: %s",
         what, choice.epochs, choice.estimate_seconds, choice.budget_seconds, choice.reason,
