@@ -8,6 +8,7 @@ explained, exported and served.
     >>> imagewise.predict("runs/digits", ["some/digit.png"])[0].label  # doctest: +SKIP
     >>> imagewise.export("runs/digits", format="onnx").path  # doctest: +SKIP
     >>> imagewise.serve("runs/digits", port=8000)  # HTTP API and page  # doctest: +SKIP
+    >>> imagewise.check_data("photos/").summary()  # before training  # doctest: +SKIP
 
 The public API is plain functions. The heavy parts (torch, timm) load on first use, so
 ``import imagewise`` stays quick.
@@ -43,14 +44,17 @@ _FUNCTIONS = {
     "export": "imagewise.export.exporter",
     "serve": "imagewise.serve.serving",
     "compare": "imagewise.evaluate.compare",  # as compare_runs
+    "check_data": "imagewise.audit.checker",  # as check
     "create_model": "imagewise.models",
     "list_models": "imagewise.models",
 }
 
+_TARGETS = {"compare": "compare_runs", "check_data": "check"}  # names that differ in the module
+
 
 def _on_first_call(name: str) -> Callable[..., Any]:
     """A plain function that imports its implementation on the first call, with its docs."""
-    module, target = _FUNCTIONS[name], "compare_runs" if name == "compare" else name
+    module, target = _FUNCTIONS[name], _TARGETS.get(name, name)
 
     def call(*args: Any, **kwargs: Any) -> Any:
         return getattr(importlib.import_module(module), target)(*args, **kwargs)
@@ -65,6 +69,7 @@ def _on_first_call(name: str) -> Callable[..., Any]:
 
 
 if TYPE_CHECKING:  # what type checkers and editors see: the functions themselves
+    from imagewise.audit.checker import check as check_data
     from imagewise.evaluate.compare import compare_runs as compare
     from imagewise.evaluate.evaluation import evaluate
     from imagewise.explain.explanation import explain
@@ -87,11 +92,13 @@ else:
     export = _on_first_call("export")
     serve = _on_first_call("serve")
     compare = _on_first_call("compare")
+    check_data = _on_first_call("check_data")
     create_model = _on_first_call("create_model")
     list_models = _on_first_call("list_models")
 
 __all__ = [
     "__version__",
+    "check_data",
     "compare",
     "create_model",
     "distill",

@@ -22,6 +22,8 @@ log = logging.getLogger("imagewise")
 EXAMPLES = {
     "demo": "imagewise demo",
     "data fetch": "imagewise data fetch fashion-mnist",
+    "data check": "imagewise data check photos/ --json audit.json --html audit.html "
+    "--write-clean clean.csv   # then: imagewise train clean.csv",
     "models": "imagewise models --img-size 28 --channels 1",
     "train": "imagewise train fashion-mnist --model resnet9_slim --epochs 10 --out runs/fm",
     "distill": "imagewise distill fashion-mnist --teacher runs/fm --student tutorial_cnn "
@@ -171,6 +173,24 @@ def _add_data(verbs: Any, sub: Callable[..., Any]) -> None:
     q = sub(data_verbs, "fetch", "make a built-in dataset available offline", "data fetch")
     q.add_argument("name", help="digits or fashion-mnist")
     q.set_defaults(func=cmd_data_fetch)
+    c = sub(
+        data_verbs,
+        "check",
+        "find unreadable, tiny and odd images, class imbalance, exact and near duplicates "
+        "within and across splits, and likely label errors; never changes your files",
+        "data check",
+    )
+    c.add_argument("data", help="folder, CSV manifest, IDX folder, digits or fashion-mnist")
+    c.add_argument("--json", help="write the findings as JSON to this file")
+    c.add_argument("--html", help="write a page with thumbnails to this file")
+    c.add_argument(
+        "--write-clean", metavar="MANIFEST", help="write a CSV manifest without the flagged images"
+    )
+    c.add_argument(
+        "--no-label-check", action="store_true", help="skip the label-error check (the slowest)"
+    )
+    c.add_argument("--workers", type=int, default=None, help="processes (default: CPU cores)")
+    c.set_defaults(func=cmd_data_check)
 
 
 def _add_models(verbs: Any, sub: Callable[..., Any]) -> None:
@@ -334,6 +354,28 @@ def cmd_data_fetch(args: argparse.Namespace) -> int:
     from imagewise.data.builtin import fetch
 
     print(f"{args.name} is available in {fetch(args.name)}")
+    return 0
+
+
+def cmd_data_check(args: argparse.Namespace) -> int:
+    from imagewise.audit import check
+
+    if args.workers is not None and args.workers < 1:
+        raise UserError(f"--workers must be at least 1, not {args.workers}")
+    result = check(
+        args.data,
+        json_path=args.json,
+        html_path=args.html,
+        clean_manifest=args.write_clean,
+        find_label_issues=not args.no_label_check,
+        workers=args.workers,
+        show_progress=not args.quiet,
+    )
+    print(result.summary())
+    written = (args.json, "findings"), (args.html, "page"), (args.write_clean, "clean manifest")
+    for path, what in written:
+        if path:
+            print(f"{what}: {path}")
     return 0
 
 

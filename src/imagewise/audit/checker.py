@@ -1,0 +1,253 @@
+"""``check(data)``: every audit over a dataset, as one ``AuditResult``.
+
+Nothing here writes to the user's data: files are opened read-only, and the only files written
+are the ones asked for (JSON, HTML, clean manifest), atomically.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from imagewise.audit import duplicates, labels
+from imagewise.audit.findings import file_findings, split_counts
+from imagewise.audit.scan import Scan, read_all
+from imagewise.data.sources import SPLITS, ImageData, resolve_source
+from imagewise.errors import UserError
+from imagewise.io import atomic_write, atomic_write_json, check_output_file
+
+log = logging.getLogger("imagewise")
+
+KINDS = (
+    "unreadable",
+    "format_mismatch",
+    "tiny",
+    "size_outliers",
+    "modes",
+    "class_counts",
+    "exact_duplicates",
+    "near_duplicates",
+    "label_issues",
+)
+
+
+@dataclass
+class AuditResult:
+    """What ``check`` found: one list per kind of finding (see ``KINDS``), each entry naming its
+    files by path (or ``SOURCE:SPLIT/INDEX`` for built-in and IDX images)."""
+
+    source: str
+    kind: str
+    images: int
+    splits: dict[str, int]
+    findings: dict[str, list[dict[str, Any]]]
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    scan: Scan | None = field(default=None, repr=False)
+    data: ImageData | None = field(default=None, repr=False)
+    flagged: set[int] = field(
+        default_factory=set, repr=False
+    )  # scan indices left out of a clean manifest
+
+    def __getitem__(self, kind: str) -> list[dict[str, Any]]:
+        return self.findings[kind]
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON report: the dataset, counts, notes and the lists of findings."""
+        return {
+            "source": self.source,
+            "kind": self.kind,
+            "images": self.images,
+            "splits": self.splits,
+            "seconds": round(self.seconds, 1),
+            "notes": self.notes,
+            **self.findings,
+        }
+
+    def summary(self) -> str:
+        """A few lines for the console: the count of each kind of finding."""
+        from imagewise.audit.findings import summary_lines
+
+        return "\n".join(summary_lines(self))
+
+    def write_clean(self, path: str | Path) -> int:
+        """Write a CSV manifest (``path,label[,split]``) of the images nothing flagged; returns
+        the number of rows. ``imagewise train`` reads it."""
+        import csv
+        import io
+
+        if self.scan is None or self.scan.in_memory:
+            raise UserError(
+                f"--write-clean needs a dataset of files; '{self.source}' is held in memory "
+                "(its images have no paths to list)"
+            )
+        scan = self.scan
+        with_split = any(s != "train" for s in scan.splits)
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(["path", "label", "split"] if with_split else ["path", "label"])
+        rows = 0
+        for i, name in enumerate(scan.names):
+            if i in self.flagged:
+                continue
+            row = [str(Path(name).resolve()), scan.classes[scan.labels[i]]]
+            writer.writerow([*row, scan.splits[i]] if with_split else row)
+            rows += 1
+        atomic_write(path, lambda tmp: Path(tmp).write_text(buffer.getvalue(), encoding="utf-8"))
+        return rows
+
+
+def _duplicate_entry(scan: Scan, members: list[int], **extra: Any) -> dict[str, Any]:
+    names = [scan.classes[scan.labels[i]] for i in members]
+    splits = [str(scan.splits[i]) for i in members]
+    return {
+        "paths": [scan.names[i] for i in members],
+        "splits": splits,
+        "labels": names,
+        "cross_split": len(set(splits)) > 1,
+        "conflicting_labels": len(set(names)) > 1,
+        **extra,
+    }
+
+
+def _drop_copies(members: list[int], conflicting: bool) -> list[int]:
+    """Which copies a clean manifest leaves out: all when the labels disagree (which one is
+    right is unknown), else all but the first in split order (the training copy is kept, so
+    a copy in val / test stops leaking)."""
+    return list(members) if conflicting else sorted(members)[1:]
+
+
+def _duplicates(scan: Scan, readable: np.ndarray, flagged: set[int]) -> dict[str, list[Any]]:
+    prints = scan.prints(readable)
+    groups = duplicates.exact_groups(readable, prints)
+    exact = []
+    for members in groups:
+        entry = _duplicate_entry(scan, sorted(members))
+        flagged.update(_drop_copies(members, entry["conflicting_labels"]))
+        exact.append(entry)
+    # One image per exact group takes part in the near search, so a pair is reported once.
+    copies = {i for members in groups for i in sorted(members)[1:]}
+    keep = np.array([i not in copies for i in readable.tolist()], dtype=bool)
+    near_index = readable[keep]
+    near_prints = [p for p, k in zip(prints, keep, strict=True) if k]
+    log.info("near duplicates: comparing %d images", len(near_index))
+    near = []
+    for pair in duplicates.near_pairs(near_index, near_prints, groups):
+        entry = _duplicate_entry(scan, [pair.a, pair.b], hash_bits=pair.bits, psnr_db=pair.psnr)
+        flagged.update(_drop_copies([pair.a, pair.b], entry["conflicting_labels"]))
+        near.append(entry)
+    return {"exact_duplicates": exact, "near_duplicates": near}
+
+
+def _label_issues(
+    scan: Scan, readable: np.ndarray, flagged: set[int], notes: list[str], seed: int
+) -> list[dict[str, Any]]:
+    issues, skipped = labels.find_issues(
+        readable, scan.prints(readable), scan.labels[readable], seed
+    )
+    if skipped:
+        notes.append(f"label check skipped: {skipped}")
+    out = []
+    for issue in issues:
+        flagged.add(issue.index)
+        out.append(
+            {
+                "path": scan.names[issue.index],
+                "split": str(scan.splits[issue.index]),
+                "given": scan.classes[issue.given],
+                "suggested": scan.classes[issue.suggested],
+                "given_probability": issue.given_probability,
+                "suggested_probability": issue.suggested_probability,
+            }
+        )
+    return out
+
+
+def check(
+    data: str | ImageData,
+    *,
+    json_path: str | Path | None = None,
+    html_path: str | Path | None = None,
+    clean_manifest: str | Path | None = None,
+    find_label_issues: bool = True,
+    workers: int | None = None,
+    show_progress: bool = True,
+    seed: int = 0,
+) -> AuditResult:
+    """Check a dataset before training: unreadable and odd files, class balance, exact and near
+    duplicates within and across splits, likely label errors.
+
+    Args:
+        data: a folder, CSV manifest, IDX folder or built-in name (as ``train`` takes), or an
+            ``ImageData``. Splits are the ones the data gives; none is carved out.
+        json_path: write the findings as JSON here.
+        html_path: write a self-contained HTML page with thumbnails here.
+        clean_manifest: write a CSV manifest without the flagged images here.
+        find_label_issues: run the out-of-fold label check (the slowest part).
+        workers: processes for reading and hashing (default: the usable CPU cores).
+        show_progress: progress bars on stderr.
+        seed: seed of the label check's folds.
+
+    Example:
+        >>> result = imagewise.check_data("photos/", json_path="audit.json")  # doctest: +SKIP
+        >>> [d["paths"] for d in result["exact_duplicates"] if d["cross_split"]]  # doctest: +SKIP
+    """
+    for target, flag in (
+        (json_path, "--json"),
+        (html_path, "--html"),
+        (clean_manifest, "--write-clean"),
+    ):
+        if target is not None:
+            check_output_file(target, flag)
+    start = time.perf_counter()
+    if isinstance(data, ImageData):
+        dataset = data
+    else:
+        dataset = resolve_source(data, val_fraction=0.0, test_fraction=0.0)
+    if clean_manifest is not None and any(dataset.split(s).in_memory for s in SPLITS):
+        raise UserError(
+            f"--write-clean needs a dataset of files; '{dataset.source}' is held in memory "
+            "(its images have no paths to list)"
+        )
+    scan = read_all(dataset, workers, show_progress)
+    readable = scan.readable()
+    flagged: set[int] = set()
+    notes: list[str] = []
+    findings: dict[str, list[Any]] = file_findings(scan, flagged)
+    tiny = flagged - {i for i, f in enumerate(scan.infos) if f.error is not None}
+    findings["class_counts"] = split_counts(scan)
+    findings.update(_duplicates(scan, readable, flagged))
+    # Tiny images are already flagged, and their few pixels would only confuse the model.
+    judged = readable[~np.isin(readable, sorted(tiny))]
+    findings["label_issues"] = (
+        _label_issues(scan, judged, flagged, notes, seed) if find_label_issues else []
+    )
+    if not find_label_issues:
+        notes.append("label check not run")
+    result = AuditResult(
+        source=dataset.source,
+        kind=dataset.kind,
+        images=len(scan),
+        splits=dict(Counter(str(s) for s in scan.splits)),
+        findings={kind: findings[kind] for kind in KINDS},
+        notes=notes,
+        scan=scan,
+        data=dataset,
+        flagged=flagged,
+    )
+    result.seconds = time.perf_counter() - start
+    if json_path is not None:
+        atomic_write_json(json_path, result.to_json())
+    if html_path is not None:
+        from imagewise.audit.report import write_html
+
+        write_html(result, html_path)
+    if clean_manifest is not None:
+        result.write_clean(clean_manifest)
+    return result
