@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import itertools
+import logging
 import os
 import shutil
 import signal
@@ -51,10 +52,17 @@ def test_sampler_completes_and_writes_every_output(
 ) -> None:
     out = tmp_path / "study"
     retrain, trials = sampler == "tpe", 3 if sampler == "tpe" else 2
+    filters, verbosity = (
+        list(logging.getLogger("imagewise").filters),
+        optuna.logging.get_verbosity(),
+    )
     result = imagewise.tune(
         "digits", out, trials=trials, sampler=sampler, pruner="none", subset=300,
         retrain_best=retrain, **FAST,
     )  # fmt: skip
+    # the process as it was: no logging filter or Optuna verbosity left behind
+    assert logging.getLogger("imagewise").filters == filters
+    assert optuna.logging.get_verbosity() == verbosity
     table = rows(out)
     assert [r["state"] for r in table] == ["complete"] * trials
     assert {"lr", "weight_decay", "batch_size", "label_smoothing", "augment", "optimizer"} <= set(
