@@ -51,6 +51,16 @@ def study(sampler: str, seed: int, args: argparse.Namespace) -> dict[str, object
     }  # fmt: skip
 
 
+def rest_of_trial(out: Path) -> float:
+    """Median seconds of a trial spent outside its training epochs: setup, validation after
+    every epoch, the run folder's files (curves.png each epoch, checkpoints), calibration."""
+    with (out / "trials.csv").open() as f:
+        rows = [r for r in csv.DictReader(f) if r["state"] in ("complete", "pruned")]
+    return statistics.median(
+        float(r["seconds"]) - int(r["epochs"]) * float(r["epoch_seconds"]) for r in rows
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -70,14 +80,17 @@ def main() -> None:
                 continue
             done.append(study(sampler, seed, args))
             results_path.write_text(json.dumps(done, indent=2))
-    print("| sampler | seed | best val acc | test acc (best trial) | complete / pruned | "
-          "epochs run / planned | setup s (1st, median) | epoch s (median) | wall s |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|---|")
+    print(
+        "| sampler | seed | best val acc | test acc (best trial) | complete / pruned | "
+        "epochs run / planned | setup s (1st, median) | epoch s | rest s/trial | wall s |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in sorted(done, key=lambda r: (r["sampler"], r["seed"])):
+        rest = rest_of_trial(ROOT / f"{r['sampler']}-seed{r['seed']}")
         print(f"| {r['sampler']} | {r['seed']} | {r['best_val']:.4f} | {r['test']:.4f} | "
               f"{r['complete']} / {r['pruned']} | {r['epochs_run']} / {r['epochs_planned']} | "
               f"{r['setup_first']:.1f}, {r['setup_median']:.2f} | {r['epoch_median']:.2f} | "
-              f"{r['wall_seconds']:.0f} |")  # fmt: skip
+              f"{rest:.1f} | {r['wall_seconds']:.0f} |")  # fmt: skip
     for sampler in args.samplers:
         mine = [r for r in done if r["sampler"] == sampler]
         if mine:
