@@ -112,10 +112,11 @@ def build_optimizer(
         if param.requires_grad or include_frozen:
             key = (scales.get(name, 1.0), param.ndim > 1)
             groups.setdefault(key, []).append(param)
+    # The base rate's groups first (history.csv's lr column, and older checkpoints' order).
     param_groups = [
         {"params": params, "weight_decay": wd if decays else 0.0, "lr": lr * scale}
         for (scale, decays), params in sorted(
-            groups.items(), key=lambda kv: (-kv[0][0], not kv[0][1])
+            groups.items(), key=lambda kv: (kv[0][0] != 1.0, -kv[0][0], not kv[0][1])
         )
     ]
     everything = [p for g in param_groups for p in g["params"]]
