@@ -199,6 +199,11 @@ def test_model_auto_stays_within_its_budget_on_a_tiny_dataset(
     config = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     assert config["model"]["name"] == "tutorial_cnn"
     assert config["train"]["epochs"] == result.epochs
+    # a resumed run keeps the record of what was chosen
+    imagewise.train(
+        out=tmp_path / "run", resume=True, epochs=result.epochs + 1, show_progress=False
+    )
+    assert json.loads((tmp_path / "run" / "meta.json").read_text())["choice"] == choice
 
 
 def test_models_measure_prints_speeds_and_the_pretrained_column(

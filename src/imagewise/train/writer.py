@@ -227,6 +227,7 @@ def start_run_folder(
         meta.created = old.created or meta.created
         # the views it was started with (runs from before views wrote `true`: the mirror alone)
         meta.tta = old.tta
+        meta.choice = meta.choice or old.choice  # --model auto chose when the run started
     if data.skipped:
         lines = "".join(f"{p}\t{reason}\n" for p, reason in data.skipped)
         atomic_write_text(folder.path / "skipped.txt", lines)
