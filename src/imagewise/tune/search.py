@@ -106,6 +106,8 @@ def tune(
 
     if trials < 1:
         raise UserError(f"--trials must be at least 1, not {trials}")
+    if subset is not None and subset < 1:
+        raise UserError(f"--subset must be at least 1 image, not {subset}")
     seconds = _timeout(timeout)
     base, given = _base_config(data, config_file, options)
     out = check_output_dir(out or Path("runs") / f"tune-{Path(base.data.source).name or 'data'}")
