@@ -118,14 +118,14 @@ def tune(
     out.mkdir(parents=True, exist_ok=True)
     url = storage_url(storage, out)
     with _quiet_trials(), _optuna_quiet():
+        study_obj = open_study(open_storage(url), study, sampler_obj, pruner_obj)  # fails fast
+        retried = recover(study_obj)
+        if retried:
+            _say(f"trials {', '.join(map(str, retried))} did not finish; queued again")
         prepared = prepare_data(base)
         if not len(prepared.data.val):
             raise UserError("tuning needs validation images; set --val-fraction above 0")
         searched = prepared.subset(subset, base.train.seed) if subset else prepared
-        study_obj = open_study(open_storage(url), study, sampler_obj, pruner_obj)
-        retried = recover(study_obj)
-        if retried:
-            _say(f"trials {', '.join(map(str, retried))} did not finish; queued again")
         objective = Objective(base, space, searched, out / "trials", study, grid, show_progress)
         _optimize(study_obj, objective, trials, seconds, keep_runs, out)
         fixed_base = apply_options(copy.deepcopy(base), space.fixed)  # the space's fixed values
