@@ -116,6 +116,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", default=",".join(STEPS), help=f"some of {','.join(STEPS)}")
     parser.add_argument("--repeats", type=int, default=7, help="latency turns per model (7)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")  # the epochs, as the CLI
     work = Path(args.work)
@@ -126,6 +127,7 @@ def main() -> None:
     }
     steps = args.steps.split(",")
     results: dict[str, Any] = {"machine": machine(), "date": time.strftime("%Y-%m-%d")}
+    results["threads"] = torch.get_num_threads() if not args.threads else args.threads
     if "teacher" in steps:
         train_teacher(runs["teacher"], args.seed, args.teacher_epochs)
     for step in ("plain", "distilled"):
@@ -138,6 +140,8 @@ def main() -> None:
                 f"{name:<10} {row['model']:<14} {row['parameters']:>9,} params  "
                 f"test {row['test_accuracy']:.2%}  {row['train_seconds']:.0f}s"
             )
+    if args.threads:  # on a busy machine, fewer threads than cores wait less on each other
+        torch.set_num_threads(args.threads)
     if "latency" in steps:
         results["latency"] = latency(runs, args.repeats, 0.3)
         for name, row in results["latency"].items():
