@@ -93,7 +93,7 @@ def test_teacher_is_frozen_in_eval_mode_and_sees_the_same_mixed_batch() -> None:
     t_logits = teacher(images)
     hard = -(soft * F.log_softmax(student.logits.expand(4, -1), 1)).sum(1).mean()
     want = 0.5 * distillation_loss(student.logits.expand(4, -1), t_logits, 3.0) + 0.5 * hard
-    assert float(loss) == pytest.approx(float(want), abs=1e-5)
+    assert float(loss.detach()) == pytest.approx(float(want.detach()), abs=1e-5)
 
 
 def test_gray_student_batch_is_converted_for_an_rgb_teacher_of_another_size() -> None:
