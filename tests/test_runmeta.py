@@ -155,6 +155,20 @@ def test_round_trip_without_optional_entries_leaves_them_out() -> None:
     assert RunMeta.from_json(values) == m
 
 
+def test_transfer_teacher_and_choice_records_round_trip_and_are_objects() -> None:
+    m = sample()
+    m.transfer = {"mode": "backbone", "trainable_parameters": 650, "head_lr_scale": 80.0}
+    m.teacher = {"run": "runs/big", "model": "resnet9p_tiny", "alpha": 0.5}
+    m.choice = {"model": "tutorial_cnn", "why": "fits 3m"}
+    values = json.loads(json.dumps(m.to_json()))
+    assert values["transfer"]["mode"] == "backbone" and RunMeta.from_json(values) == m
+    assert "transfer" not in sample().to_json()  # absent when not recorded
+    for key in ("transfer", "teacher", "choice"):
+        bad = {**values, key: "yes"}
+        with pytest.raises(UserError, match=f"{key}.*it must be an object or absent"):
+            RunMeta.from_json(bad)
+
+
 def test_keys_and_order_are_todays_plus_capabilities() -> None:
     v1 = json.loads(LENET5_V1)
     values = RunMeta.from_json(v1).to_json()
