@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import imagewise
+from imagewise.audit import AuditResult
 from imagewise.evaluate import Evaluation
 from imagewise.export import ExportResult
 from imagewise.predict import BaseClassifier, Prediction
@@ -35,4 +36,7 @@ def tour(run: Path) -> None:
     rows: list[dict[str, object]] = imagewise.compare([run], latency=False)
     models: list[str] = imagewise.list_models()
     imagewise.serve(run, port=0)
+    audit: AuditResult = imagewise.check_data("photos/", json_path=run / "audit.json")
+    leaks: list[dict[str, object]] = [d for d in audit["exact_duplicates"] if d["cross_split"]]
+    print(audit.summary(), leaks, audit.write_clean(run / "clean.csv"))
     print(accuracy, small.run, best, worst, label, names, maps, exported.path, rows, models)

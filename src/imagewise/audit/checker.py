@@ -17,7 +17,7 @@ import numpy as np
 
 from imagewise.audit import duplicates, labels
 from imagewise.audit.findings import file_findings, split_counts
-from imagewise.audit.scan import Scan, read_all
+from imagewise.audit.scan import SERIAL_BELOW, Scan, read_all, usable_cores
 from imagewise.data.sources import SPLITS, ImageData, resolve_source
 from imagewise.errors import UserError
 from imagewise.io import atomic_write, atomic_write_json, check_output_file
@@ -123,7 +123,9 @@ def _drop_copies(members: list[int], conflicting: bool) -> list[int]:
     return list(members) if conflicting else sorted(members)[1:]
 
 
-def _duplicates(scan: Scan, readable: np.ndarray, flagged: set[int]) -> dict[str, list[Any]]:
+def _duplicates(
+    scan: Scan, readable: np.ndarray, flagged: set[int], workers: int
+) -> dict[str, list[Any]]:
     prints = scan.prints(readable)
     groups = duplicates.exact_groups(readable, prints)
     exact = []
@@ -136,9 +138,9 @@ def _duplicates(scan: Scan, readable: np.ndarray, flagged: set[int]) -> dict[str
     keep = np.array([i not in copies for i in readable.tolist()], dtype=bool)
     near_index = readable[keep]
     near_prints = [p for p, k in zip(prints, keep, strict=True) if k]
-    log.info("near duplicates: comparing %d images", len(near_index))
+    log.debug("near duplicates: comparing %d images", len(near_index))
     near = []
-    for pair in duplicates.near_pairs(near_index, near_prints, groups):
+    for pair in duplicates.near_pairs(near_index, near_prints, groups, workers):
         entry = _duplicate_entry(scan, [pair.a, pair.b], hash_bits=pair.bits, psnr_db=pair.psnr)
         flagged.update(_drop_copies([pair.a, pair.b], entry["conflicting_labels"]))
         near.append(entry)
@@ -215,14 +217,15 @@ def check(
             f"--write-clean needs a dataset of files; '{dataset.source}' is held in memory "
             "(its images have no paths to list)"
         )
-    scan = read_all(dataset, workers, show_progress)
+    scan = read_all(dataset, workers, show_progress, with_features=find_label_issues)
     readable = scan.readable()
     flagged: set[int] = set()
     notes: list[str] = []
     findings: dict[str, list[Any]] = file_findings(scan, flagged)
     tiny = flagged - {i for i, f in enumerate(scan.infos) if f.error is not None}
     findings["class_counts"] = split_counts(scan)
-    findings.update(_duplicates(scan, readable, flagged))
+    pool = workers or (1 if len(scan) < SERIAL_BELOW else usable_cores())
+    findings.update(_duplicates(scan, readable, flagged, pool))
     # Tiny images are already flagged, and their few pixels would only confuse the model.
     judged = readable[~np.isin(readable, sorted(tiny))]
     findings["label_issues"] = (

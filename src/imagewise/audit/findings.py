@@ -131,7 +131,7 @@ def summary_lines(result: AuditResult) -> list[str]:
     f = result.findings
     splits = ", ".join(f"{s} {n:,}" for s, n in result.splits.items())
     reasons = Counter(e["reason"] for e in f["unreadable"])
-    why = ", ".join(f"{n} {r}" for r, n in reasons.most_common())
+    why = "; ".join(f"{r}: {n}" for r, n in reasons.most_common())
     balance = ", ".join(f"{c['split']} {c['imbalance_ratio']:g}x" for c in f["class_counts"])
     modes = ", ".join(f"{m['mode']} {m['count']:,}" for m in f["modes"])
     lines = [

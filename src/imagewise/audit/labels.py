@@ -1,7 +1,7 @@
 """Likely label errors by confident learning: out-of-fold predicted probabilities of a quick
 model, given to ``cleanlab.filter.find_label_issues``.
 
-The quick model is HOG features of the 32x32 grey view plus an 8x8 colour thumbnail, then a
+The quick model is HOG features and small thumbnails (``features``), reduced by PCA, then a
 multinomial logistic regression, over k stratified folds. It was chosen by measured recall of
 planted label flips on Fashion-MNIST (BENCHMARKS.md, "Data audit"): it is calibrated enough for
 confident learning, and its folds take seconds where a CNN's take minutes on two cores.
@@ -15,17 +15,22 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from imagewise.audit.fingerprint import Fingerprint
+from imagewise.audit.fingerprint import Fingerprint, label_features
 
 log = logging.getLogger("imagewise")
 
 FOLDS = 5
 PCA_DIMS = 64
 DECAY = 1e-3
-# cleanlab's candidates are kept when the model gives the given label at most this probability:
-# on Fashion-MNIST (85% accurate quick model) cleanlab alone flags 4-5x more images than were
-# flipped, mostly shirts / tops / pullovers the model confuses; this cut keeps the flips.
+# cleanlab's candidates (prune_by_class) are kept when the model gives the given label at most
+# this probability: on Fashion-MNIST (an 85% accurate quick model) cleanlab alone flagged 4-5x
+# more images than were flipped, mostly shirts / tops / pullovers the model confuses; with this
+# cut and RULED_OUT, 80% of planted flips at 67% precision (prune_by_noise_rate: 67% at 63%;
+# BENCHMARKS.md).
 GIVEN_MAX = 0.02
+# cleanlab's per-class counts can leave out an image the model all but rules out for its label;
+# at or below this probability it is flagged anyway (one more planted flip found, no false one).
+RULED_OUT = 0.01
 MIN_PER_CLASS = 3  # below this many images in a class, out-of-fold predictions mean nothing
 
 
@@ -41,13 +46,12 @@ class LabelIssue:
 
 
 def features(prints: list[Fingerprint]) -> np.ndarray:
-    """The quick model's input: HOG of the grey view and the coarse colour, (N, D) float32."""
-    from imagewise.models.hog_svm import hog_features, hog_settings
-
-    gray = np.stack([p.gray for p in prints]).astype(np.float32)[:, None] / 255.0
-    hog = hog_features(gray, hog_settings(gray.shape[-1]))
-    colour = np.stack([p.colour for p in prints]).reshape(len(prints), -1) / 255.0
-    return np.concatenate([hog, colour.astype(np.float32)], axis=1)
+    """The quick model's input (N, D) float32 (``fingerprint.label_features``, computed while
+    reading where it was asked for)."""
+    rows = [
+        p.features if p.features is not None else label_features(p.gray, p.colour) for p in prints
+    ]
+    return np.stack(rows).astype(np.float32)
 
 
 def _reduce(x: np.ndarray, dims: int = PCA_DIMS, seed: int = 0) -> np.ndarray:
@@ -135,13 +139,11 @@ def find_issues(
         folds, len(dense),
     )  # fmt: skip
     probs = out_of_fold(_reduce(features(prints), seed=seed), dense, folds, seed)
-    ranked = find_label_issues(
-        dense, probs, filter_by="prune_by_noise_rate", return_indices_ranked_by="self_confidence"
-    )
+    given = probs[np.arange(len(dense)), dense]
+    doubted = find_label_issues(dense, probs, filter_by="prune_by_class")
+    flagged = (doubted & (given <= GIVEN_MAX)) | (given <= RULED_OUT)
     issues = []
-    for r in ranked.tolist():
-        if probs[r, dense[r]] > GIVEN_MAX:
-            continue
+    for r in np.flatnonzero(flagged)[np.argsort(given[flagged], kind="stable")].tolist():
         best = int(probs[r].argmax())
         issues.append(
             LabelIssue(

@@ -61,15 +61,16 @@ class Scan:
         return [p for p in prints if p is not None]
 
 
-def describe_file(path: str) -> FileInfo:
-    """Open ``path`` read-only and describe it; a file that does not decode gets the reason."""
+def describe_file(path: str, with_features: bool = False) -> FileInfo:
+    """Open ``path`` read-only and describe it; a file that does not decode gets the reason.
+    ``with_features``: also the label model's features (``labels.image_features``)."""
     try:
         with Image.open(path) as img:
             info = FileInfo(format=img.format, mode=img.mode)
             img.load()
             img = ImageOps.exif_transpose(img) or img
             info.width, info.height = img.size
-            info.fp = fingerprint(img)
+            info.fp = fingerprint(img, with_features)
         return info
     except Exception as exc:  # any failure to decode is a finding, not a crash
         return FileInfo(error=_reason(path, exc))
@@ -88,20 +89,21 @@ def _reason(path: str, exc: Exception) -> str:
     return f"cannot be decoded ({type(exc).__name__})"
 
 
-def describe_array(image: np.ndarray) -> FileInfo:
+def describe_array(image: np.ndarray, with_features: bool = False) -> FileInfo:
     """Describe one in-memory image, uint8 (C, H, W) with C = 1 or 3."""
     arr = image[0] if image.shape[0] == 1 else image.transpose(1, 2, 0)
     img = Image.fromarray(np.ascontiguousarray(arr))
     height, width = arr.shape[:2]
-    return FileInfo(format=None, mode=img.mode, width=width, height=height, fp=fingerprint(img))
+    fp = fingerprint(img, with_features)
+    return FileInfo(format=None, mode=img.mode, width=width, height=height, fp=fp)
 
 
-def _files_task(paths: list[str]) -> list[FileInfo]:
-    return [describe_file(p) for p in paths]
+def _files_task(paths: list[str], with_features: bool) -> list[FileInfo]:
+    return [describe_file(p, with_features) for p in paths]
 
 
-def _arrays_task(images: np.ndarray) -> list[FileInfo]:
-    return [describe_array(img) for img in images]
+def _arrays_task(images: np.ndarray, with_features: bool) -> list[FileInfo]:
+    return [describe_array(img, with_features) for img in images]
 
 
 def list_images(data: ImageData) -> Scan:
@@ -128,22 +130,25 @@ def list_images(data: ImageData) -> Scan:
     )
 
 
-def _chunks(data: ImageData) -> Iterator[tuple[Callable[..., list[FileInfo]], object, int]]:
-    """(task, argument, count) per chunk of CHUNK images, in split order."""
+def _chunks(data: ImageData) -> Iterator[tuple[Callable[..., list[FileInfo]], object]]:
+    """(task, argument) per chunk of CHUNK images, in split order."""
     for split_name in SPLITS:
         split = data.split(split_name)
-        n = len(split)
-        for start in range(0, n, CHUNK):
-            stop = min(n, start + CHUNK)
+        for start in range(0, len(split), CHUNK):
             if split.in_memory:
                 assert split.images is not None
-                yield _arrays_task, split.images[start:stop].numpy(), stop - start
+                yield _arrays_task, split.images[start : start + CHUNK].numpy()
             else:
                 assert split.paths is not None
-                yield _files_task, split.paths[start:stop], stop - start
+                yield _files_task, split.paths[start : start + CHUNK]
 
 
-def read_all(data: ImageData, workers: int | None = None, show_progress: bool = True) -> Scan:
+def read_all(
+    data: ImageData,
+    workers: int | None = None,
+    show_progress: bool = True,
+    with_features: bool = True,
+) -> Scan:
     """Read and fingerprint every image of ``data``, over ``workers`` processes.
 
     Args:
@@ -151,37 +156,51 @@ def read_all(data: ImageData, workers: int | None = None, show_progress: bool = 
         workers: processes (default: the CPU cores this process may use, or 1 below
             SERIAL_BELOW images; 1 = no pool).
         show_progress: a tqdm bar on stderr.
+        with_features: also compute the label model's features (in the same pass, in parallel).
     """
     from tqdm.auto import tqdm
 
     scan = list_images(data)
     if workers is None:
-        workers = 1 if len(scan) < SERIAL_BELOW else len(os.sched_getaffinity(0))
+        workers = 1 if len(scan) < SERIAL_BELOW else usable_cores()
     bar = tqdm(total=len(scan), desc="reading", unit="img", disable=not show_progress)
     with bar:
-        for infos in _run(_chunks(data), workers):
+        for infos in _run(_chunks(data), workers, with_features):
             scan.infos.extend(infos)
             bar.update(len(infos))
     return scan
 
 
+def pool_context() -> multiprocessing.context.BaseContext:
+    """Fork where the system has it, else spawn (see ``_run``)."""
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    return multiprocessing.get_context(method)
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def _run(
-    chunks: Iterable[tuple[Callable[..., list[FileInfo]], object, int]], workers: int
+    chunks: Iterable[tuple[Callable[..., list[FileInfo]], object]], workers: int, flag: bool
 ) -> Iterator[list[FileInfo]]:
     """Each chunk's result, in order; a process pool when ``workers`` > 1.
 
-    The pool uses spawn: this process may hold torch's threads, and a forked child of a
-    threaded process can hang on a lock one of those threads held.
+    The pool forks where the system can: a spawned worker imports imagewise (and torch) again,
+    2 s on a quiet machine and 50 s on a busy one. Forking a process that holds torch's
+    threads is safe here because the workers only run PIL, NumPy, SciPy and scikit-image,
+    none of which use OpenMP (the library that cannot run in a forked child of a process that
+    used it); where fork is missing (macOS, Windows), spawn.
     """
     if workers <= 1:
-        for task, arg, _ in chunks:
-            yield task(arg)
+        for task, arg in chunks:
+            yield task(arg, flag)
         return
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=context) as pool:
+    with ProcessPoolExecutor(workers, mp_context=pool_context()) as pool:
         pending = []
-        for task, arg, _ in chunks:
-            pending.append(pool.submit(task, arg))
+        for task, arg in chunks:
+            pending.append(pool.submit(task, arg, flag))
             # Keep a bounded number of chunks in flight so results stream to the bar and
             # memory does not hold every chunk's pixels at once.
             while len(pending) > 4 * workers:
