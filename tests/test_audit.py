@@ -72,6 +72,7 @@ def plant(root: Path) -> dict[str, list[str]]:
         "cmyk": tr / "blob" / "cmyk.jpg",
         "sixteen": tr / "ring" / "sixteen.png",
         "tiny": tr / "bars" / "tiny.png",
+        "huge": tr / "ring" / "huge.png",
     }.items()}  # fmt: skip
     Path(p["corrupt"]).write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg at all")
     Path(p["empty"]).write_bytes(b"")
@@ -84,6 +85,7 @@ def plant(root: Path) -> dict[str, list[str]]:
     arr16 = np.asarray(picture("ring", rng), dtype=np.uint16) * 257
     Image.fromarray(arr16).save(p["sixteen"])
     picture("bars", rng, size=8).save(p["tiny"])
+    picture("ring", rng, size=32).resize((160, 160)).save(p["huge"])  # 25x the median's pixels
     # Exact duplicates: lossless re-saves (other bytes, same pixels), within and across splits,
     # and a copy filed under another class.
     src = {name: tr / name.split("/")[0] / name.split("/")[1] for name in
@@ -110,6 +112,7 @@ def plant(root: Path) -> dict[str, list[str]]:
         "unreadable": [p["corrupt"], p["empty"], p["trunc_png"], p["trunc_jpg"]],
         "format_mismatch": [p["fake_png"]],
         "tiny": [p["tiny"]],
+        "outliers": [p["huge"]],
         "modes": [p["cmyk"], p["sixteen"]],
         "exact": [
             sorted([str(src["blob/001.png"]), str(tr / "blob" / "copy_001.png")]),
@@ -166,6 +169,7 @@ def test_unreadable_and_odd_files_are_named(audited: tuple) -> None:
     assert [e["path"] for e in report["format_mismatch"]] == expected["format_mismatch"]
     assert report["format_mismatch"][0]["format"] == "JPEG"
     assert [e["path"] for e in report["tiny"]] == expected["tiny"]
+    assert [e["path"] for e in report["size_outliers"]] == expected["outliers"]
     modes = {m["mode"]: m for m in report["modes"]}
     assert modes["grayscale"]["paths"] == []  # the common mode is counted, not listed
     assert modes["CMYK"]["paths"] == [expected["modes"][0]]
@@ -260,6 +264,33 @@ def test_builtin_images_are_named_by_split_and_index(capsys: pytest.CaptureFixtu
     assert "label check not run" in result.summary()
 
 
+def test_csv_manifest_and_idx_folder(tmp_path: Path) -> None:
+    root = make_dataset(tmp_path / "data", per_class=(8, 0))
+    manifest = tmp_path / "list.csv"
+    files = sorted(root.rglob("*.png"))
+    manifest.write_text("path,label\n" + "".join(f"{f},{f.parent.name}\n" for f in files))
+    Image.open(files[0]).save(tmp_path / "again.png", compress_level=0)
+    with manifest.open("a") as f:
+        f.write(f"{tmp_path / 'again.png'},{files[0].parent.name}\n")
+    result = check(str(manifest), find_label_issues=False, show_progress=False)
+    assert result.kind == "csv" and result.images == 25
+    assert [sorted(g["paths"]) for g in result["exact_duplicates"]] == [
+        sorted([str(files[0]), str(tmp_path / "again.png")])
+    ]
+    idx = tmp_path / "idx"
+    idx.mkdir()
+    images = np.stack([np.asarray(Image.open(f)) for f in files])
+    images[3] = images[0]
+    header = bytes([0, 0, 8, 3]) + np.array(images.shape, ">i4").tobytes()
+    (idx / "train-images-idx3-ubyte").write_bytes(header + images.tobytes())
+    labels = np.array([KINDS.index(f.parent.name) for f in files], np.uint8)
+    header = bytes([0, 0, 8, 1]) + np.array([len(labels)], ">i4").tobytes()
+    (idx / "train-labels-idx1-ubyte").write_bytes(header + labels.tobytes())
+    result = check(str(idx), find_label_issues=False, show_progress=False)
+    assert result.kind == "idx"
+    assert result["exact_duplicates"][0]["paths"] == [f"{idx}:train/0", f"{idx}:train/3"]
+
+
 @pytest.mark.parametrize(
     ("args", "words"),
     [
@@ -267,11 +298,20 @@ def test_builtin_images_are_named_by_split_and_index(capsys: pytest.CaptureFixtu
         (["data", "check", "digits", "--write-clean", "x.csv", "--no-label-check"], "in memory"),
         (["data", "check", "digits", "--workers", "0"], "--workers"),
         (["data", "check", "digits", "--json", "."], "is a folder"),
+        (["data", "check", "MANIFEST", "--write-clean", "MANIFEST"], "part of the dataset"),
     ],
 )
 def test_bad_input_is_one_line(
-    args: list[str], words: str, capsys: pytest.CaptureFixture[str]
+    args: list[str], words: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
+    if "MANIFEST" in args:  # a manifest given as its own clean output: refused, unchanged
+        root = make_dataset(tmp_path / "data", per_class=(4, 0))
+        manifest = tmp_path / "list.csv"
+        rows = "".join(f"{f},{f.parent.name}\n" for f in sorted(root.rglob("*.png")))
+        manifest.write_text("path,label\n" + rows)
+        args = [str(manifest) if a == "MANIFEST" else a for a in args]
+    before = snapshot(tmp_path)
     code, _, err = run_cli(args, capsys)
+    assert snapshot(tmp_path) == before
     assert code == 2
     assert err.count("\n") == 1 and words in err and "Traceback" not in err

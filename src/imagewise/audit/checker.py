@@ -7,6 +7,7 @@ are the ones asked for (JSON, HTML, clean manifest), atomically.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -171,6 +172,23 @@ def _label_issues(
     return out
 
 
+def _refuse_overwriting_data(dataset: ImageData, outputs: dict[str, str | Path | None]) -> None:
+    """An output that names the manifest or an image being checked is refused: the check never
+    writes a user's data file, even when asked to."""
+    existing = {flag: os.path.realpath(p) for flag, p in outputs.items() if p and Path(p).exists()}
+    if not existing:
+        return
+    data_files = {os.path.realpath(dataset.source)}
+    for split in SPLITS:
+        data_files.update(os.path.realpath(p) for p in dataset.split(split).paths or [])
+    for flag, path in existing.items():
+        if path in data_files:
+            raise UserError(
+                f"{flag} '{outputs[flag]}' is part of the dataset being checked; "
+                "name a new file (the check never writes over your data)"
+            )
+
+
 def check(
     data: str | ImageData,
     *,
@@ -212,6 +230,8 @@ def check(
         dataset = data
     else:
         dataset = resolve_source(data, val_fraction=0.0, test_fraction=0.0)
+    _refuse_overwriting_data(dataset, {"--json": json_path, "--html": html_path,
+                                       "--write-clean": clean_manifest})  # fmt: skip
     if clean_manifest is not None and any(dataset.split(s).in_memory for s in SPLITS):
         raise UserError(
             f"--write-clean needs a dataset of files; '{dataset.source}' is held in memory "

@@ -27,7 +27,7 @@ table{border-collapse:collapse} td,th{padding:4px 8px;border-bottom:1px solid #e
 text-align:left;vertical-align:top} .pair{display:flex;gap:12px;margin:8px 0;
 align-items:flex-start} figure{margin:0;font-size:12px;max-width:220px;word-break:break-all}
 img{image-rendering:pixelated;border:1px solid #ccc;width:96px;height:96px;object-fit:contain}
-.bad{color:#b00} pre{background:#f6f6f6;padding:1em}
+.bad{color:#b00} pre{background:#f6f6f6;padding:1em;white-space:pre-wrap}
 """
 
 
