@@ -89,6 +89,10 @@ FLAG_HELP = {
     "cache_features": "with --freeze backbone, compute the backbone's outputs once and train "
     "the classifier on them: auto (default), on or off",
     "feature_views": "cached features: the plain image plus N-1 augmented views (default 1)",
+    "class_weight": "auto: weigh each class in the loss by its inverse frequency; none (default)",
+    "sampler": "balanced: draw every class equally often each epoch; shuffle (default)",
+    "select_by": "what picks the best epoch: auto (macro F1 when the classes are imbalanced "
+    "more than 3x, else accuracy), accuracy or macro_f1",
 }
 
 
@@ -442,7 +446,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 speaks for all
         return 0
     best = (
-        f"best validation accuracy {result.best_val_accuracy:.2%} (epoch {result.best_epoch})"
+        f"best validation accuracy {result.best_val_accuracy:.2%} (epoch {result.best_epoch}"
+        + (", picked by macro F1)" if result.selected_by == "val_macro_f1" else ")")
         if result.best_val_accuracy == result.best_val_accuracy
         else f"no validation split: kept epoch {result.best_epoch} (lowest training loss)"
     )
