@@ -18,7 +18,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 import imagewise
-from imagewise.config import MAX_CONFIG_BYTES, load_config_file
+from imagewise.config import MAX_CONFIG_BYTES, RunConfig, load_config_file
 from imagewise.errors import UserError
 from imagewise.io import DiskFull, atomic_write
 from imagewise.runtime.calibration import calibrate
@@ -206,7 +206,11 @@ def test_a_real_full_disk_through_the_cli(folder_data: Path, tmp_path: Path) -> 
         last = proc.stderr.strip().splitlines()[-1]  # after the warning about broken.jpg
         assert last.startswith("error: no space left on the device for '"), proc.stderr
         assert "Traceback" not in proc.stderr
-        assert (out / "config.yaml").read_text().endswith("tta: false\n")  # whole, as written
+        import yaml  # whole, as written: every section, down to the last training setting
+
+        written = yaml.safe_load((out / "config.yaml").read_text())
+        assert set(written) == {"recipe", "data", "model", "train"}
+        assert list(written["train"])[-1] == list(RunConfig().to_dict()["train"])[-1]
         assert not list(out.glob(".*.tmp"))
     finally:
         subprocess.run(["umount", str(disk)])
@@ -284,6 +288,7 @@ INTERRUPTED = textwrap.dedent(
     """
     import os, signal, sys
     import imagewise.cli
+from imagewise.config import RunConfig
     from imagewise.train import loop
 
     real_call = loop._call
