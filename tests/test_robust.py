@@ -288,7 +288,6 @@ INTERRUPTED = textwrap.dedent(
     """
     import os, signal, sys
     import imagewise.cli
-from imagewise.config import RunConfig
     from imagewise.train import loop
 
     real_call = loop._call
