@@ -46,7 +46,8 @@ def test_large_dataset_keeps_the_fashion_mnist_defaults() -> None:
     adapt_defaults(cfg, fake_data(54_000))
     t = cfg.train
     # 54,000 / 128 -> 422 steps an epoch: the 10-epoch floor already gives more than 2,000
-    assert (t.batch_size, t.epochs, cfg.data.augment.preset) == (128, 10, "standard")
+    # and 10 epochs is a short run: 'light' augmentation
+    assert (t.batch_size, t.epochs, cfg.data.augment.preset) == (128, 10, "light")
     assert t.warmup_steps == int(0.25 * 10 * 422)
 
 
@@ -56,7 +57,7 @@ def test_a_network_small_for_its_data_gets_no_augmentation() -> None:
         (54_000, 93_322, "none"),
         (4_500, 93_322, "none"),
         (1_437, 93_322, "light"),
-        (54_000, 410_000, "standard"),  # resnet9p_tiny
+        (54_000, 410_000, "light"),  # resnet9p_tiny, 10 epochs: a short run
     ]:
         cfg = RunConfig()
         adapt_defaults(cfg, fake_data(images), parameters=params)
@@ -242,3 +243,10 @@ def test_speed_table_keeps_the_faster_precision_when_bf16_is_tried(
         "tutorial_cnn|1x28",
         "tutorial_cnn|1x28|bf16",
     }
+
+
+def test_long_runs_on_large_sets_get_standard_augmentation() -> None:
+    from imagewise.train.auto import SHORT_RUN_EPOCHS, augment_for
+
+    assert augment_for(54_000, SHORT_RUN_EPOCHS, 410_000) == "standard"
+    assert augment_for(54_000, SHORT_RUN_EPOCHS - 1, 410_000) == "light"
