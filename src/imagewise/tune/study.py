@@ -69,6 +69,14 @@ def open_storage(url: str, tries: int = 5) -> Any:
             if attempt == tries - 1:
                 raise
             time.sleep(0.5 + attempt)
+        except sqlalchemy.exc.OperationalError as exc:
+            # SQLite says the same race as "table ... already exists"
+            if "already exists" not in str(exc) or attempt == tries - 1:
+                raise UserError(
+                    f"cannot open the study storage {shown_url(url)}: "
+                    + (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                ) from None
+            time.sleep(0.5 + attempt)
         except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as exc:
             text = str(exc).strip()
             reason = text.splitlines()[0] if text else type(exc).__name__
