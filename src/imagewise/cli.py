@@ -443,8 +443,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         show_progress=not args.quiet,
         **options,
     )
+    _print_trained(result, f"trained {result.model}")
+    return 0
+
+
+def _print_trained(result: Any, what: str) -> None:
+    """The two lines a finished training run prints (rank 0 only under torchrun)."""
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 speaks for all
-        return 0
+        return
     best = (
         f"best validation accuracy {result.best_val_accuracy:.2%} (epoch {result.best_epoch}"
         + (", picked by macro F1)" if result.selected_by == "val_macro_f1" else ")")
@@ -452,9 +458,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         else f"no validation split: kept epoch {result.best_epoch} (lowest training loss)"
     )
     epochs = f"{result.epochs} epoch" + ("" if result.epochs == 1 else "s")
-    print(f"trained {result.model} for {epochs} in {result.train_seconds:.0f}s; " + best)
+    print(f"{what} for {epochs} in {result.train_seconds:.0f}s; " + best)
     print(f"run folder: {result.run}   next: imagewise evaluate {result.run}")
-    return 0
 
 
 def cmd_distill(args: argparse.Namespace) -> int:
@@ -471,14 +476,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
         args.data, teacher=args.teacher, student=args.student, out=args.out,
         config_file=args.config, recipe=args.recipe, show_progress=not args.quiet, **options,
     )  # fmt: skip
-    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 speaks for all
-        return 0
-    epochs = f"{result.epochs} epoch" + ("" if result.epochs == 1 else "s")
-    best = result.best_val_accuracy
-    score = f"best validation accuracy {best:.2%}" if best == best else "no validation split"
-    print(f"distilled {args.teacher} into {result.model} for {epochs} in "
-          f"{result.train_seconds:.0f}s; {score} (epoch {result.best_epoch})")  # fmt: skip
-    print(f"run folder: {result.run}   next: imagewise evaluate {result.run}")
+    _print_trained(result, f"distilled {args.teacher} into {result.model}")
     return 0
 
 
