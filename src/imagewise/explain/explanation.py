@@ -90,7 +90,7 @@ def explain(
         >>> imagewise.explain("runs/digits", ["seven.png"], method="gradcam++")  # doctest: +SKIP
         [PosixPath('runs/digits/explain/seven.gradcam++.png')]
     """
-    from imagewise.io import atomic_write, atomic_write_json, check_output_dir
+    from imagewise.io import atomic_write_json, check_output_dir
     from imagewise.predict import expand_inputs, load_run
 
     check_method(method)
@@ -113,6 +113,31 @@ def explain(
         layer_name = named_target_layer(clf.model, layer)[0]
     else:
         layer_name = find_target_layer(clf.model, first.to(clf.device))[0]
+
+    written, records = _write_overlays(
+        clf, paths, tensors, folder, names, target_index, method, layer, layer_name,
+        batch_size,
+    )  # fmt: skip
+    atomic_write_json(
+        folder / "explain.json",
+        {
+            "run": str(run),
+            "model": clf.name,
+            "method": method,
+            "layer": layer_name,
+            "images": records,
+        },
+    )
+    return written
+
+
+def _write_overlays(
+    clf: Any, paths: list[str], tensors: list[torch.Tensor], folder: Path, names: list[str],
+    target_index: int | None, method: str, layer: str | None, layer_name: str, batch_size: int,
+) -> tuple[list[Path], list[dict[str, Any]]]:  # fmt: skip
+    """Heat maps over the images, batch by batch, written into ``folder``:
+    the PNG files and one record per image for ``explain.json``."""
+    from imagewise.io import atomic_write
 
     written: list[Path] = []
     records: list[dict[str, Any]] = []
@@ -140,17 +165,7 @@ def explain(
                     "layer": layer_name,
                 }
             )
-    atomic_write_json(
-        folder / "explain.json",
-        {
-            "run": str(run),
-            "model": clf.name,
-            "method": method,
-            "layer": layer_name,
-            "images": records,
-        },
-    )
-    return written
+    return written, records
 
 
 __all__ = [
