@@ -1,119 +1,42 @@
-"""Image decoding: any common format and mode to a uint8 tensor of the wanted channels and size.
+"""Image decoding to uint8 tensors: what ``imagewise.edge.images`` decodes (any format and mode,
+EXIF orientation, JPEG draft decoding, the one resize), as PyTorch tensors (C, H, W).
 
-JPEG, PNG, BMP, TIFF, WebP and GIF (first frame); grayscale, RGB, RGBA / LA / transparent
-palette (composited on white), CMYK, YCbCr, 1-bit, 16-bit and 32-bit integer and float images;
-EXIF orientation respected. JPEGs are decoded at reduced size when the target is smaller
-(PIL ``draft``), which is several times faster for large photos.
+The decoding itself lives in the edge layer so that an exported model predicts without PyTorch;
+its names are re-exported here for the stages that use tensors.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
-IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".jfif", ".pgm", ".ppm"}
+from imagewise.edge.images import (
+    IMAGE_EXTENSIONS,
+    UnreadableImageError,
+    find_images,
+    image_array,
+    is_image_file,
+    load_image,
+    normalize_mode,
+    probe_image,
+    resize_image,
 )
 
-
-class UnreadableImageError(Exception):
-    """The file is not an image we can decode (missing, truncated, corrupt or another format)."""
-
-    def __init__(self, path: str | Path, reason: str) -> None:
-        super().__init__(f"{path}: {reason}")
-        self.path = str(path)
-        self.reason = reason
-
-
-def is_image_file(path: str | Path) -> bool:
-    """True when the file name has an image extension we decode (case-insensitive)."""
-    name = Path(path).name
-    return not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS
-
-
-def find_images(folder: Path) -> list[str]:
-    """Image files under ``folder``, sorted, skipping hidden files and folders (.ipynb_checkpoints
-    holds copies that would otherwise leak between splits)."""
-    return sorted(
-        str(p)
-        for p in folder.rglob("*")
-        if p.is_file()
-        and is_image_file(p)
-        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
-    )
-
-
-def _to_8bit(img: Image.Image) -> Image.Image:
-    """High bit-depth and float images to 8-bit grayscale, keeping the full range visible."""
-    arr = np.asarray(img)
-    if img.mode.startswith("I;16") or arr.dtype == np.uint16:
-        arr = (arr.astype(np.uint32) // 257).astype(np.uint8)
-    elif img.mode == "I":
-        hi = max(int(arr.max()), 1)
-        scale = 255.0 / (65535 if hi > 255 else 255)
-        arr = np.clip(arr * scale, 0, 255).astype(np.uint8)
-    else:  # "F": floats of any range
-        lo, hi = float(arr.min()), float(arr.max())
-        arr = ((arr - lo) / ((hi - lo) or 1.0) * 255).astype(np.uint8)
-    return Image.fromarray(arr, mode="L")
-
-
-def normalize_mode(img: Image.Image, channels: int) -> Image.Image:
-    """Any PIL mode to ``L`` (channels=1) or ``RGB`` (channels=3); alpha composited on white."""
-    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        img = _to_8bit(img)
-    if img.mode == "P":
-        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
-    if img.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
-        rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        img = Image.alpha_composite(background, rgba).convert("RGB")
-    target = "L" if channels == 1 else "RGB"
-    return img if img.mode == target else img.convert(target)
-
-
-def _reason(path: str | Path, exc: Exception) -> str:
-    """A short, stable reason for an unreadable file (PIL's own texts vary between versions)."""
-    if isinstance(exc, Image.DecompressionBombError):
-        return "too many pixels"
-    if Path(path).is_file() and Path(path).stat().st_size == 0:
-        return "the file is empty"
-    if isinstance(exc, UnidentifiedImageError):
-        return "not an image, or a format imagewise cannot read"
-    if "truncated" in str(exc).lower():
-        return "the file is truncated"
-    return "the image data is corrupt"
-
-
-def load_image(path: str | Path, channels: int = 3, size: int | None = None) -> Image.Image:
-    """Decode an image file to a PIL image with ``channels`` (1 or 3), resized to ``size`` square.
-
-    Raises:
-        UnreadableImageError: the file is missing, truncated, corrupt or not an image.
-    """
-    try:
-        with Image.open(path) as img:
-            if size and img.format == "JPEG":
-                # Decode at 1/2, 1/4 or 1/8 scale when that still covers the target size.
-                img.draft("L" if channels == 1 else "RGB", (size, size))
-            img.load()
-            img = ImageOps.exif_transpose(img) or img
-            img = normalize_mode(img, channels)
-    except FileNotFoundError:
-        raise UnreadableImageError(path, "no such file") from None
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise UnreadableImageError(path, _reason(path, exc)) from exc
-    return resize_image(img, size) if size else img
-
-
-def resize_image(img: Image.Image, size: int) -> Image.Image:
-    """The one resize every stage uses: squash to ``size`` x ``size``, bilinear, antialiased."""
-    if img.size == (size, size):
-        return img
-    return img.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=3.0)
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "UnreadableImageError",
+    "find_images",
+    "is_image_file",
+    "load_image",
+    "normalize_mode",
+    "pil_to_tensor",
+    "probe_image",
+    "read_image",
+    "resize_image",
+    "resize_tensor_images",
+]
 
 
 def resize_tensor_images(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -130,26 +53,9 @@ def resize_tensor_images(images: torch.Tensor, size: int) -> torch.Tensor:
 
 def pil_to_tensor(img: Image.Image) -> torch.Tensor:
     """A PIL image (L or RGB) as a uint8 tensor of shape (C, H, W)."""
-    arr = np.array(img, dtype=np.uint8)
-    arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
-    return torch.from_numpy(np.ascontiguousarray(arr))
+    return torch.from_numpy(image_array(img))
 
 
 def read_image(path: str | Path, channels: int = 3, size: int | None = None) -> torch.Tensor:
     """Decode an image file to a uint8 tensor (C, H, W); see :func:`load_image`."""
     return pil_to_tensor(load_image(path, channels, size))
-
-
-def probe_image(path: str | Path) -> tuple[int, int, bool]:
-    """Width, height and whether the image is grayscale, read from the header only."""
-    with Image.open(path) as img:
-        gray = img.mode in ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
-        if img.mode == "P":
-            palette = img.getpalette() or []
-            rgb = np.array(palette[: 3 * 256]).reshape(-1, 3)
-            gray = bool((rgb[:, 0] == rgb[:, 1]).all() and (rgb[:, 1] == rgb[:, 2]).all())
-        width, height = img.size
-        orientation = img.getexif().get(0x0112, 1) if hasattr(img, "getexif") else 1
-    if orientation in (5, 6, 7, 8):
-        width, height = height, width
-    return width, height, gray

@@ -8,61 +8,35 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 
-from imagewise.data.decode import (
-    UnreadableImageError,
-    load_image,
-    normalize_mode,
-    pil_to_tensor,
-    resize_image,
-)
 from imagewise.data.transforms import Preprocessing
+from imagewise.edge.model import ImageModel
+from imagewise.edge.results import Prediction
 from imagewise.errors import UserError
 from imagewise.runtime.meta import Capabilities, RunMeta
 
 log = logging.getLogger("imagewise")
 
-
-@dataclass
-class Prediction:
-    """The top-k classes of one image, best first."""
-
-    source: str
-    classes: list[str]
-    probabilities: list[float]
-
-    @property
-    def label(self) -> str:
-        return self.classes[0]
-
-    @property
-    def confidence(self) -> float:
-        return self.probabilities[0]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "source": self.source,
-            "top_k": [
-                {"class": c, "probability": round(p, 6)}
-                for c, p in zip(self.classes, self.probabilities, strict=True)
-            ],
-        }
+__all__ = ["BaseClassifier", "Classifier", "Prediction"]
 
 
-class BaseClassifier:
-    """What every classifier shares: reading images, preprocessing, top-k with class names.
+class BaseClassifier(ImageModel):
+    """What every PyTorch-facing classifier shares: ``ImageModel``'s reading, top-k and batched
+    prediction, plus the tensor calls evaluation, export checks and Grad-CAM use.
 
     Subclasses say how a normalized batch becomes ``logits``: ``Classifier`` runs a PyTorch
     module, ``OnnxClassifier`` (``imagewise.predict.exported``) an ONNX Runtime session. Both are
     built by ``load``, from a run folder or from an exported file.
     """
+
+    preprocessing: Preprocessing
 
     def __init__(
         self,
@@ -71,11 +45,7 @@ class BaseClassifier:
         temperature: float = 1.0,
         meta: RunMeta | Mapping[str, Any] | None = None,
     ) -> None:
-        self.preprocessing = preprocessing
-        self.classes = classes
-        self.temperature = temperature
-        # A run folder's RunMeta, or an exported file's metadata map (``predict.file_meta``).
-        self.meta = meta
+        super().__init__(preprocessing, classes, temperature, meta)
 
     @property
     def name(self) -> str:
@@ -105,16 +75,7 @@ class BaseClassifier:
         return Capabilities(onnx_export=False, gradcam=False)
 
     def _read(self, img: Image.Image | str | Path) -> torch.Tensor:
-        pre = self.preprocessing
-        if isinstance(img, Image.Image):
-            return pil_to_tensor(resize_image(normalize_mode(img, pre.channels), pre.img_size))
-        try:
-            return pil_to_tensor(load_image(img, pre.channels, pre.img_size))
-        except UnreadableImageError as exc:
-            raise UserError(
-                f"cannot read image '{exc.path}' ({exc.reason}); give a JPEG, PNG, BMP, "
-                "TIFF, WebP or GIF file"
-            ) from exc
+        return torch.from_numpy(self.read(img))
 
     def preprocess(self, images: Sequence[Image.Image | str | Path]) -> torch.Tensor:
         """Files or PIL images -> a normalized float batch (N, C, H, W)."""
@@ -132,6 +93,12 @@ class BaseClassifier:
         """Calibrated class probabilities of uint8 images (N, C, H, W) at the model's size."""
         return self.probabilities(self.preprocessing.normalize(images))
 
+    def scores(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Logits and calibrated probabilities of uint8 images (N, C, H, W), as arrays."""
+        logits = self.logits(self.preprocessing.normalize(torch.from_numpy(images)))
+        probs = torch.softmax(logits / self.temperature, dim=1)
+        return logits.numpy(), probs.numpy()
+
     def postprocess(
         self, probs: torch.Tensor, sources: Sequence[str], top_k: int = 5
     ) -> list[Prediction]:
@@ -142,41 +109,6 @@ class BaseClassifier:
             Prediction(src, [self.classes[i] for i in idx.tolist()], val.tolist())
             for src, val, idx in zip(sources, values, indices, strict=True)
         ]
-
-    def predict(
-        self,
-        images: Iterable[Image.Image | str | Path],
-        top_k: int = 5,
-        batch_size: int = 64,
-        skippable: Callable[[str], bool] | None = None,
-    ) -> list[Prediction]:
-        """Top-k predictions for image files or PIL images, in order.
-
-        Args:
-            images: file paths or PIL images.
-            top_k: classes per image.
-            batch_size: images per forward pass.
-            skippable: for files this returns True for, an unreadable file is skipped with a
-                warning instead of failing the call (used for files found in folders).
-        """
-        items = [images] if isinstance(images, str | Path | Image.Image) else list(images)
-        out: list[Prediction] = []
-        for start in range(0, len(items), batch_size):
-            tensors, names = [], []
-            for i, item in enumerate(items[start : start + batch_size]):
-                name = f"<image {start + i}>" if isinstance(item, Image.Image) else str(item)
-                try:
-                    tensors.append(self._read(item))
-                except UserError as exc:
-                    if skippable is None or not skippable(name):
-                        raise
-                    log.warning("skipped: %s", str(exc).split(";")[0])
-                    continue
-                names.append(name)
-            if tensors:
-                probs = self.image_probabilities(torch.stack(tensors))
-                out.extend(self.postprocess(probs, names, top_k))
-        return out
 
 
 class Classifier(BaseClassifier):

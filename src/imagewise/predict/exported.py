@@ -86,6 +86,16 @@ class OnnxClassifier(BaseClassifier):
         """Calibrated class probabilities of a preprocessed batch (the graph's softmax)."""
         return self._run(self._feed(batch))[1]
 
+    def scores(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Logits and calibrated probabilities of uint8 images (N, C, H, W), as arrays."""
+        pixels = torch.from_numpy(images)
+        if self.raw_input:
+            feed = self._pixels(pixels)
+        else:
+            feed = self._feed(self.preprocessing.normalize(pixels))
+        logits, probs = self._run(feed)
+        return logits.numpy(), probs.numpy()
+
     def image_probabilities(self, images: torch.Tensor) -> torch.Tensor:
         """Calibrated class probabilities of uint8 images (N, C, H, W) at the model's size."""
         if self.raw_input:

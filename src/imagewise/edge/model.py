@@ -1,0 +1,173 @@
+"""What every classifier is, without PyTorch: images in, top-k class names out.
+
+``ImageModel`` reads images to uint8 arrays (the model's channels and size), asks its subclass
+for scores (``scores``: logits and calibrated probabilities of a uint8 batch), and turns them
+into ``Prediction``s. PyTorch classifiers (``imagewise.predict.base.BaseClassifier``) and ONNX
+Runtime sessions (``imagewise.edge.onnx``) are both ``ImageModel``s, so prediction over files,
+folders, videos and the server treat them alike.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from PIL import Image
+
+from imagewise.edge.images import (
+    UnreadableImageError,
+    image_array,
+    load_image,
+    normalize_mode,
+    resize_image,
+)
+from imagewise.edge.results import Prediction
+from imagewise.errors import UserError
+
+log = logging.getLogger("imagewise")
+
+ImageInput = Image.Image | str | Path
+
+
+class InputSpec(Protocol):
+    """What a model expects of its input (``imagewise.data.Preprocessing`` is one)."""
+
+    img_size: int
+    channels: int
+    mean: list[float]
+    std: list[float]
+
+
+def unreadable(exc: UnreadableImageError) -> UserError:
+    """The one line for an image that cannot be read."""
+    return UserError(
+        f"cannot read image '{exc.path}' ({exc.reason}); give a JPEG, PNG, BMP, "
+        "TIFF, WebP or GIF file"
+    )
+
+
+def top_k_of(probs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k largest probabilities of each row and their class indices, best first."""
+    k = max(1, min(k, probs.shape[1]))
+    indices = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(probs, indices, axis=1), indices
+
+
+class ImageModel:
+    """A classifier's shared part: reading images, top-k with class names, batched prediction.
+
+    Subclasses implement ``scores``. Built by ``imagewise.load`` (a run folder or an exported
+    file) or ``imagewise.edge.load_model`` (an exported ONNX file, without PyTorch).
+    """
+
+    def __init__(
+        self,
+        preprocessing: InputSpec,
+        classes: list[str],
+        temperature: float = 1.0,
+        meta: Any = None,
+    ) -> None:
+        self.preprocessing = preprocessing
+        self.classes = classes
+        self.temperature = temperature
+        # A run folder's RunMeta, or an exported file's metadata map (``predict.file_meta``).
+        self.meta = meta
+
+    @property
+    def name(self) -> str:
+        """The model's name (``resnet9p_tiny``), as its exported file records it."""
+        if isinstance(self.meta, Mapping) and isinstance(self.meta.get("model"), str):
+            return self.meta["model"]
+        return type(self).__name__
+
+    def read(self, img: ImageInput) -> np.ndarray:
+        """An image file or PIL image -> uint8 (C, H, W) at the model's channels and size."""
+        pre = self.preprocessing
+        if isinstance(img, Image.Image):
+            return image_array(resize_image(normalize_mode(img, pre.channels), pre.img_size))
+        try:
+            return image_array(load_image(img, pre.channels, pre.img_size))
+        except UnreadableImageError as exc:
+            raise unreadable(exc) from exc
+
+    def scores(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Logits and calibrated probabilities (float32, (N, classes)) of uint8 images
+        (N, C, H, W) at the model's size."""
+        raise NotImplementedError
+
+    def answers(
+        self,
+        logits: np.ndarray,
+        probs: np.ndarray,
+        sources: Sequence[str],
+        top_k: int = 5,
+        min_confidence: float | None = None,
+    ) -> list[Prediction]:
+        """Scores -> top-k predictions with class names (``unknown`` below ``min_confidence``)."""
+        values, indices = top_k_of(probs, top_k)
+        out = []
+        for src, val, idx in zip(sources, values.tolist(), indices.tolist(), strict=True):
+            unknown = None if min_confidence is None else val[0] < min_confidence
+            out.append(Prediction(src, [self.classes[i] for i in idx], val, unknown))
+        return out
+
+    def predict_iter(
+        self,
+        images: Iterable[ImageInput],
+        top_k: int = 5,
+        batch_size: int = 64,
+        skippable: Callable[[str], bool] | None = None,
+        min_confidence: float | None = None,
+    ) -> Iterator[Prediction]:
+        """Top-k predictions for image files or PIL images, in order, batch by batch.
+
+        Args:
+            images: file paths or PIL images.
+            top_k: classes per image.
+            batch_size: images per forward pass.
+            skippable: for files this returns True for, an unreadable file is skipped with a
+                warning instead of failing the call (used for files found in folders).
+            min_confidence: below this top probability the answer is ``unknown``.
+        """
+        items = [images] if isinstance(images, str | Path | Image.Image) else images
+        batch: list[np.ndarray] = []
+        names: list[str] = []
+        for i, item in enumerate(items):
+            name = f"<image {i}>" if isinstance(item, Image.Image) else str(item)
+            try:
+                batch.append(self.read(item))
+            except UserError as exc:
+                if skippable is None or not skippable(name):
+                    raise
+                log.warning("skipped: %s", str(exc).split(";")[0])
+                continue
+            names.append(name)
+            if len(batch) == batch_size:
+                yield from self._answer_batch(batch, names, top_k, min_confidence)
+                batch, names = [], []
+        if batch:
+            yield from self._answer_batch(batch, names, top_k, min_confidence)
+
+    def _answer_batch(
+        self,
+        batch: list[np.ndarray],
+        names: list[str],
+        top_k: int,
+        min_confidence: float | None,
+    ) -> list[Prediction]:
+        logits, probs = self.scores(np.stack(batch))
+        return self.answers(logits, probs, names, top_k, min_confidence)
+
+    def predict(
+        self,
+        images: Iterable[ImageInput],
+        top_k: int = 5,
+        batch_size: int = 64,
+        skippable: Callable[[str], bool] | None = None,
+        min_confidence: float | None = None,
+    ) -> list[Prediction]:
+        """Top-k predictions for image files or PIL images, in order (see ``predict_iter``)."""
+        return list(self.predict_iter(images, top_k, batch_size, skippable, min_confidence))

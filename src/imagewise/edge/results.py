@@ -1,0 +1,114 @@
+"""What prediction answers, and how it is written: a table for people, CSV and JSON for programs.
+
+Torch-free (edge layer): PyTorch classifiers and ONNX Runtime sessions answer with the same
+``Prediction``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from imagewise.errors import UserError
+
+FORMATS = ("table", "csv", "json")
+UNKNOWN = "unknown"  # the answer below --min-confidence
+
+
+@dataclass
+class Prediction:
+    """The top-k classes of one image, best first.
+
+    Attributes:
+        source: the file (or ``<image N>``, or ``clip.mp4#frame=120`` for a video frame).
+        classes: the top-k class names, best first.
+        probabilities: their calibrated probabilities.
+        unknown: True when the top probability is below the confidence asked for (the answer is
+            then ``unknown``); None when no threshold was asked for.
+        ood_score: how unlike the training data the image is (higher: more unusual); None when
+            not computed.
+    """
+
+    source: str
+    classes: list[str]
+    probabilities: list[float]
+    unknown: bool | None = None
+    ood_score: float | None = None
+
+    @property
+    def label(self) -> str:
+        return self.classes[0]
+
+    @property
+    def confidence(self) -> float:
+        return self.probabilities[0]
+
+    @property
+    def answer(self) -> str:
+        """The label, or ``unknown`` when the model is not confident enough."""
+        return UNKNOWN if self.unknown else self.label
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"source": self.source}
+        if self.unknown is not None:
+            out["answer"] = self.answer
+        if self.ood_score is not None:
+            out["ood_score"] = round(self.ood_score, 6)
+        out["top_k"] = [
+            {"class": c, "probability": round(p, 6)}
+            for c, p in zip(self.classes, self.probabilities, strict=True)
+        ]
+        return out
+
+
+def csv_header(predictions: Sequence[Prediction]) -> list[str]:
+    """The CSV columns: ``answer`` and ``ood_score`` only when the predictions carry them."""
+    extra = []
+    if any(p.unknown is not None for p in predictions):
+        extra.append("answer")
+    if any(p.ood_score is not None for p in predictions):
+        extra.append("ood_score")
+    return ["source", "rank", "class", "probability", *extra]
+
+
+def csv_rows(predictions: Sequence[Prediction], header: Sequence[str]) -> list[list[str]]:
+    """One row per (image, rank), in the columns of ``header``."""
+    rows = []
+    for p in predictions:
+        for rank, (c, prob) in enumerate(zip(p.classes, p.probabilities, strict=True), 1):
+            row = [p.source, str(rank), c, f"{prob:.6f}"]
+            if "answer" in header:
+                row.append(p.answer)
+            if "ood_score" in header:
+                row.append("" if p.ood_score is None else f"{p.ood_score:.6f}")
+            rows.append(row)
+    return rows
+
+
+def format_predictions(predictions: Sequence[Prediction], fmt: str = "table") -> str:
+    """Render predictions: ``table`` for people, ``csv`` and ``json`` for programs."""
+    if fmt == "json":
+        return json.dumps([p.to_dict() for p in predictions], indent=2, ensure_ascii=False)
+    if fmt == "csv":
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        header = csv_header(predictions)
+        writer.writerow(header)
+        writer.writerows(csv_rows(predictions, header))
+        return buf.getvalue().rstrip("\n")
+    if fmt != "table":
+        raise UserError(f"unknown format '{fmt}'; choose one of {', '.join(FORMATS)}")
+    width = max([len("image")] + [len(p.source) for p in predictions])
+    lines = [f"{'image':<{width}}  top classes (probability)"]
+    for p in predictions:
+        tops = "  ".join(
+            f"{c} ({prob:.1%})" for c, prob in zip(p.classes, p.probabilities, strict=True)
+        )
+        answer = f"{UNKNOWN}   " if p.unknown else ""
+        ood = f"   ood {p.ood_score:.3g}" if p.ood_score is not None else ""
+        lines.append(f"{p.source:<{width}}  {answer}{tops}{ood}")
+    return "\n".join(lines)
