@@ -9,6 +9,8 @@ explained, exported and served.
     >>> imagewise.export("runs/digits", format="onnx").path  # doctest: +SKIP
     >>> imagewise.serve("runs/digits", port=8000)  # HTTP API and page  # doctest: +SKIP
     >>> imagewise.check_data("photos/").summary()  # before training  # doctest: +SKIP
+    >>> imagewise.features("runs/digits", "digits", out="digits.npz").features  # doctest: +SKIP
+    >>> imagewise.similar("runs/digits", ["a.png"], "photos/", k=5)  # doctest: +SKIP
 
 The public API is plain functions. The heavy parts (torch, timm) load on first use, so
 ``import imagewise`` stays quick.
@@ -26,13 +28,14 @@ from typing import TYPE_CHECKING, Any
 from imagewise import evaluate as _evaluate_stage  # noqa: F401
 from imagewise import explain as _explain_stage  # noqa: F401
 from imagewise import export as _export_stage  # noqa: F401
+from imagewise import features as _features_stage  # noqa: F401
 from imagewise import predict as _predict_stage  # noqa: F401
 from imagewise import serve as _serve_stage  # noqa: F401
 from imagewise import train as _train_stage  # noqa: F401
 from imagewise import tune as _tune_stage  # noqa: F401
 from imagewise.version import __version__
 
-_STAGES = ("train", "tune", "evaluate", "predict", "explain", "export", "serve")
+_STAGES = ("train", "tune", "evaluate", "predict", "explain", "export", "serve", "features")
 _FUNCTIONS = {
     "train": "imagewise.train.run",
     "distill": "imagewise.train.distill",
@@ -45,6 +48,8 @@ _FUNCTIONS = {
     "serve": "imagewise.serve.serving",
     "compare": "imagewise.evaluate.compare",  # as compare_runs
     "check_data": "imagewise.audit.checker",  # as check
+    "features": "imagewise.features.extraction",
+    "similar": "imagewise.features.similarity",
     "create_model": "imagewise.models",
     "list_models": "imagewise.models",
 }
@@ -74,6 +79,8 @@ if TYPE_CHECKING:  # what type checkers and editors see: the functions themselve
     from imagewise.evaluate.evaluation import evaluate
     from imagewise.explain.explanation import explain
     from imagewise.export.exporter import export
+    from imagewise.features.extraction import features
+    from imagewise.features.similarity import similar
     from imagewise.models import create_model, list_models
     from imagewise.predict.prediction import predict
     from imagewise.predict.predictor import load
@@ -93,6 +100,8 @@ else:
     serve = _on_first_call("serve")
     compare = _on_first_call("compare")
     check_data = _on_first_call("check_data")
+    features = _on_first_call("features")
+    similar = _on_first_call("similar")
     create_model = _on_first_call("create_model")
     list_models = _on_first_call("list_models")
 
@@ -105,10 +114,12 @@ __all__ = [
     "evaluate",
     "explain",
     "export",
+    "features",
     "list_models",
     "load",
     "predict",
     "serve",
+    "similar",
     "train",
     "tune",
 ]

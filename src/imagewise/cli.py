@@ -38,6 +38,10 @@ EXAMPLES = {
     "export": "imagewise export runs/fm --int8   # then: imagewise predict "
     "runs/fm/export/model.int8.onnx photos/",
     "serve": "imagewise serve runs/fm --port 8000   # then open http://127.0.0.1:8000/",
+    "features": "imagewise features runs/fm fashion-mnist --split test --out fm-test.npz "
+    "--map fm-test.png",
+    "similar": "imagewise similar runs/fm shoe.png --index photos/ --k 10 --format html "
+    "--out similar.html",
 }
 
 # Help for the common train flags; the rest get a generic line naming their config section.
@@ -159,6 +163,8 @@ def _parser() -> argparse.ArgumentParser:
         _add_export,
         _add_explain,
         _add_serve,
+        _add_features,
+        _add_similar,
     ):
         add(verbs, sub)
     return parser
@@ -691,6 +697,134 @@ def cmd_tune(args: argparse.Namespace) -> int:
     print(f"wrote {', '.join(str(p) for p in result.files.values())}")
     if "best" in result.files:
         print(f"next: imagewise train {args.data} --config {result.files['best']}")
+    return 0
+
+
+def _add_features(verbs: Any, sub: Callable[..., Any]) -> None:
+    p = sub(
+        verbs,
+        "features",
+        "embeddings (penultimate or a named layer) or HOG features of images, as .npz or "
+        ".parquet; optionally a 2-D map",
+    )
+    p.add_argument("run", help="run folder")
+    p.add_argument(
+        "data",
+        nargs="+",
+        metavar="DATA",
+        help="a dataset train accepts (class folders, CSV manifest, digits, fashion-mnist), or "
+        "unlabelled image files, folders and globs",
+    )
+    p.add_argument("--out", required=True, help="features file: .npz (NumPy) or .parquet")
+    p.add_argument(
+        "--layer",
+        help="a module's dotted name instead of the penultimate layer (the classifier's input); "
+        "4-D outputs are global-average-pooled, tokens averaged",
+    )
+    p.add_argument(
+        "--hog",
+        action="store_true",
+        help="HOG features (scikit-image) instead: the run's settings for a hog_svm run, else "
+        "9 orientations, 2x2-cell blocks, 7 cells across (14 from 112 px)",
+    )
+    p.add_argument(
+        "--split",
+        choices=("train", "val", "test", "all"),
+        help="of a dataset (default: test for digits and fashion-mnist, all the files given for "
+        "folders and manifests)",
+    )
+    p.add_argument("--map", metavar="PNG", help="also draw a 2-D map of the features, by class")
+    p.add_argument(
+        "--map-method",
+        default="pca",
+        choices=("pca", "tsne"),
+        help="pca (default) or tsne (on a random 10,000 above that many images)",
+    )
+    p.add_argument("--batch-size", type=int, default=256, help="images per batch (default 256)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    p.set_defaults(func=cmd_features)
+
+
+def _add_similar(verbs: Any, sub: Callable[..., Any]) -> None:
+    p = sub(
+        verbs,
+        "similar",
+        "find the images most similar to each query (cosine similarity of the run's embeddings); "
+        "the index of the collection is built once, saved and reused",
+    )
+    p.add_argument("run", help="run folder")
+    p.add_argument("queries", nargs="+", metavar="QUERY", help="image files, folders or globs")
+    p.add_argument(
+        "--index",
+        required=True,
+        metavar="DATA|INDEX_DIR",
+        help="an index folder, or the data to search (a dataset, a folder of images or a quoted "
+        "glob; its index is saved in RUN/index/ and rebuilt when the files or the weights change)",
+    )
+    p.add_argument("--k", type=int, default=10, help="matches per query (default 10)")
+    p.add_argument(
+        "--format",
+        choices=("table", "json", "html"),
+        help="table, json or html (a contact sheet of thumbnails); default: from --out's "
+        "extension (.html, .json), else table",
+    )
+    p.add_argument("--out", help="write the result to this file instead of printing")
+    p.add_argument("--save-index", metavar="DIR", help="where to save the index built from DATA")
+    p.add_argument("--split", choices=("train", "val", "test", "all"), help="as in features")
+    p.add_argument("--layer", help="a named layer instead of the penultimate one")
+    p.add_argument(
+        "--backend",
+        default="auto",
+        choices=("auto", "numpy", "faiss"),
+        help="auto: exact NumPy search below 200k images, FAISS above when installed",
+    )
+    p.add_argument("--batch-size", type=int, default=256, help="images per batch (default 256)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    p.set_defaults(func=cmd_similar)
+
+
+def cmd_features(args: argparse.Namespace) -> int:
+    from imagewise.features import features
+
+    data = args.data[0] if len(args.data) == 1 else args.data
+    result = features(
+        args.run, data, out=args.out, layer=args.layer, hog=args.hog, split=args.split,
+        batch_size=args.batch_size, device=args.device, map_path=args.map,
+        map_method=args.map_method, show_progress=not args.quiet,
+    )  # fmt: skip
+    skipped = f" ({len(result.skipped)} unreadable skipped)" if result.skipped else ""
+    print(
+        f"wrote {result.files['features']}: {len(result)} images x {result.dim} features "
+        f"({result.layer}, {result.model}) in {result.seconds:.1f}s{skipped}"
+    )
+    if "map" in result.files:
+        print(f"map: {result.files['map']}")
+    return 0
+
+
+def cmd_similar(args: argparse.Namespace) -> int:
+    from imagewise.features import similar
+
+    if args.out:
+        from imagewise.features.extraction import check_output
+
+        check_output(args.out, None, "--out")
+    suffix = os.path.splitext(args.out or "")[1].lower()
+    fmt = args.format or {".html": "html", ".htm": "html", ".json": "json"}.get(suffix, "table")
+    result = similar(
+        args.run, args.queries, args.index, k=args.k, save_index=args.save_index, split=args.split,
+        layer=args.layer, backend=args.backend, batch_size=args.batch_size, device=args.device,
+        show_progress=not args.quiet,
+    )  # fmt: skip
+    info = result.index_info
+    how = f"built in {result.build_seconds:.1f}s" if result.built else "reused"
+    log.info("index %s: %d images, %s, %s", result.index, info["count"], info["backend"], how)
+    if args.out:
+        result.write(args.out, fmt)
+        n = len(result.queries)
+        print(f"wrote {n} quer{'y' if n == 1 else 'ies'} x {args.k} matches to {args.out}")
+    else:
+        print(result.format(fmt))
     return 0
 
 

@@ -10,6 +10,7 @@ import imagewise
 from imagewise.audit import AuditResult
 from imagewise.evaluate import Evaluation
 from imagewise.export import ExportResult
+from imagewise.features import Features, SimilarResult
 from imagewise.predict import BaseClassifier, Prediction
 from imagewise.train import TrainResult
 from imagewise.tune import TuneResult
@@ -39,4 +40,9 @@ def tour(run: Path) -> None:
     audit: AuditResult = imagewise.check_data("photos/", json_path=run / "audit.json")
     leaks: list[dict[str, object]] = [d for d in audit["exact_duplicates"] if d["cross_split"]]
     print(audit.summary(), leaks, audit.write_clean(run / "clean.csv"))
+    feats: Features = imagewise.features(run, "digits", out=run / "digits.npz", split="test")
+    dim: int = feats.dim
+    found: SimilarResult = imagewise.similar(run, ["seven.png"], "digits", k=5)
+    nearest: str = found.queries[0].matches[0].path
+    print(dim, nearest, found.format("json"), feats.labels[:3])
     print(accuracy, small.run, best, worst, label, names, maps, exported.path, rows, models)

@@ -1,5 +1,5 @@
 """Features: embeddings (penultimate or a named layer) and HOG features of images, their 2-D
-map, and similar-image search over an index of a collection.
+map, and similar-image search over a saved index of a collection.
 
 The package is light: its contents load on first use (``import imagewise`` stays quick).
 """
@@ -10,14 +10,39 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from imagewise.features.extract import embed
+    from imagewise.features.extraction import Features, features
+    from imagewise.features.index import Index, load_index
+    from imagewise.features.similarity import Match, QueryMatches, SimilarResult, similar
+
+_MODULES = {
+    "embed": "extract",
+    "Features": "extraction",
+    "features": "extraction",
+    "Index": "index",
+    "load_index": "index",
+    "Match": "similarity",
+    "QueryMatches": "similarity",
+    "SimilarResult": "similarity",
+    "similar": "similarity",
+}
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("embed",):
-        from imagewise.features import extract
+    if name in _MODULES:
+        import importlib
 
-        return getattr(extract, name)
+        return getattr(importlib.import_module(f"imagewise.features.{_MODULES[name]}"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["embed"]
+__all__ = [
+    "Features",
+    "Index",
+    "Match",
+    "QueryMatches",
+    "SimilarResult",
+    "embed",
+    "features",
+    "load_index",
+    "similar",
+]

@@ -1,0 +1,264 @@
+"""``similar(run, queries, index)``: the images of a collection nearest to each query.
+
+Cosine similarity of L2-normalized embeddings (the run's penultimate layer, or ``layer``). Given
+data, the index is built once and saved (``RUN/index/<data>-<split>-<hash>/`` or ``save_index``)
+and reused while the run's weights and the data's files (names, sizes, mtimes) are unchanged;
+given an index folder, it is used as it is.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from imagewise.errors import UserError
+from imagewise.features.index import Index
+
+FORMATS = ("table", "json", "html")
+
+
+@dataclass
+class Match:
+    rank: int
+    similarity: float
+    path: str
+    label: str
+
+
+@dataclass
+class QueryMatches:
+    query: str
+    matches: list[Match]
+
+
+@dataclass
+class SimilarResult:
+    """The nearest images of each query, best first, and the index they came from.
+
+    Attributes:
+        queries: one entry per query image, with its ``k`` matches.
+        index: the index's folder; ``index_info`` its ``index.json``.
+        built: True when the index was built by this call, False when a saved one was reused.
+        build_seconds: time to embed the collection and write the index (0 when reused).
+        search_seconds: time to embed the queries and search.
+    """
+
+    queries: list[QueryMatches]
+    index: Path
+    index_info: dict[str, Any]
+    built: bool
+    build_seconds: float = 0.0
+    search_seconds: float = 0.0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        info = self.index_info
+        return {
+            "index": str(self.index),
+            "model": info.get("model"),
+            "layer": info.get("layer"),
+            "backend": info.get("backend"),
+            "count": info.get("count"),
+            "queries": [
+                {
+                    "query": q.query,
+                    "matches": [
+                        {
+                            "rank": m.rank,
+                            "similarity": round(m.similarity, 6),
+                            "path": m.path,
+                            "label": m.label,
+                        }
+                        for m in q.matches
+                    ],
+                }
+                for q in self.queries
+            ],
+        }
+
+    def write(self, path: str | Path, fmt: str = "table") -> Path:
+        """Write the result as ``fmt`` to ``path``, atomically."""
+        from imagewise.io import atomic_write_text
+
+        try:
+            return atomic_write_text(path, self.format(fmt) + "\n")
+        except OSError as exc:
+            raise UserError(f"cannot write '{path}': {exc.strerror or exc}") from exc
+
+    def format(self, fmt: str = "table") -> str:
+        """The result as a text table, JSON, or a self-contained HTML contact sheet."""
+        if fmt not in FORMATS:
+            raise UserError(f"unknown format '{fmt}'; choose {', '.join(FORMATS)}")
+        if fmt == "json":
+            return json.dumps(self.to_dict(), indent=2, ensure_ascii=False)
+        if fmt == "html":
+            from imagewise.features.sheet import contact_sheet
+
+            return contact_sheet(self)
+        lines = []
+        for q in self.queries:
+            lines += [f"query: {q.query}", f"{'rank':>4}  {'similarity':>10}  {'label':<16}  path"]
+            lines += [
+                f"{m.rank:>4}  {m.similarity:>10.4f}  {m.label or '-':<16}  {m.path}"
+                for m in q.matches
+            ]
+            lines.append("")
+        return "\n".join(lines).rstrip("\n")
+
+
+def similar(
+    run: str | Path,
+    queries: str | Sequence[str],
+    index: str | Sequence[str],
+    k: int = 10,
+    *,
+    save_index: str | Path | None = None,
+    split: str | None = None,
+    layer: str | None = None,
+    backend: str = "auto",
+    batch_size: int = 256,
+    device: str = "cpu",
+    show_progress: bool = False,
+) -> SimilarResult:
+    """The ``k`` images of ``index`` most similar to each query image (cosine similarity).
+
+    Args:
+        run: the run folder whose network embeds the images.
+        queries: image files, folders or globs.
+        index: an index folder written before, or data (a dataset ``train`` accepts, or image
+            files, folders and globs) to index; the index is saved and reused next time.
+        k: matches per query.
+        save_index: where to save an index built from data (default
+            ``RUN/index/<data>-<split>-<hash>/``).
+        split: of a dataset: ``train``, ``val``, ``test`` or ``all`` (as ``features``).
+        layer: a named layer instead of the penultimate one.
+        backend: ``auto`` (NumPy, exact, below 200k images; FAISS above when installed),
+            ``numpy`` or ``faiss``.
+        batch_size: images per forward pass.
+        device: ``cpu``, ``cuda`` or ``auto``.
+        show_progress: progress bars on stderr.
+
+    Example:
+        >>> r = imagewise.similar("runs/fm", ["shoe.png"], "photos/", k=5)  # doctest: +SKIP
+        >>> r.queries[0].matches[0].path  # doctest: +SKIP
+        'photos/shoe-copy.png'
+    """
+    from imagewise.features.collection import resolve_collection
+    from imagewise.features.extraction import extract
+    from imagewise.features.index import normalize
+    from imagewise.features.search import choose_backend, top_k
+    from imagewise.predict.predictor import load_run
+
+    if k < 1:
+        raise UserError(f"--k must be at least 1, not {k}")
+    choose_backend(backend, 0)  # an unknown name fails before any work
+    classifier = load_run(run, device)
+    start = time.perf_counter()
+    found, built = _index_for(classifier, run, index, save_index, split, layer, backend,
+                              batch_size, show_progress)  # fmt: skip
+    build_seconds = time.perf_counter() - start if built else 0.0
+    start = time.perf_counter()
+    asked = resolve_collection([queries] if isinstance(queries, str | Path) else queries)
+    embedded = extract(classifier, asked, layer, False, batch_size, show_progress=False)
+    sims, rows = top_k(normalize(embedded.features), found.embeddings, k, found.searcher)
+    answers = [
+        QueryMatches(query, [
+            Match(rank + 1, float(s), found.paths[r], found.labels[r])
+            for rank, (s, r) in enumerate(zip(sim_row, row, strict=True)) if r >= 0
+        ])
+        for query, sim_row, row in zip(embedded.paths, sims, rows, strict=True)
+    ]  # fmt: skip
+    assert found.folder is not None
+    return SimilarResult(answers, found.folder, found.info, built, build_seconds,
+                         time.perf_counter() - start, embedded.skipped)  # fmt: skip
+
+
+def _index_for(
+    classifier: Any,
+    run: str | Path,
+    index: str | Sequence[str],
+    save_index: str | Path | None,
+    split: str | None,
+    layer: str | None,
+    backend: str,
+    batch_size: int,
+    show_progress: bool,
+) -> tuple[Index, bool]:
+    """The index to search and whether it was built now: a saved index folder as it is, or
+    the saved index of the data when still current, else one built and saved."""
+    from imagewise.features.collection import resolve_collection
+    from imagewise.features.extract import network_of, penultimate_name
+    from imagewise.features.index import (
+        default_dir,
+        file_sha256,
+        index_key,
+        is_index_dir,
+        load_index,
+    )
+    from imagewise.runtime.runs import RunFolder
+
+    weights = file_sha256(RunFolder.of(run).weights)
+    layer_name = layer or penultimate_name(network_of(classifier))
+    items = [index] if isinstance(index, str | Path) else list(index)
+    if len(items) == 1 and is_index_dir(items[0]) and save_index is None:
+        found = load_index(items[0])
+        if found.info.get("weights_sha256") != weights or found.info.get("layer") != layer_name:
+            raise UserError(
+                f"the index '{items[0]}' was built with other weights or another layer "
+                f"({found.info.get('run')}, {found.info.get('layer')}); give the data with "
+                "--index DATA to build one for this run"
+            )
+        return found, False
+    if save_index is not None:
+        from imagewise.io import check_output_dir
+
+        check_output_dir(save_index, "--save-index")
+    collection = resolve_collection([str(i) for i in items], split)
+    key = index_key(weights, layer_name, collection.fingerprint())
+    folder = Path(save_index or default_dir(run, collection.source, collection.split, layer_name))
+    if is_index_dir(folder):
+        try:
+            saved = load_index(folder)
+        except UserError:
+            saved = None  # unreadable: built again below
+        if saved is not None and saved.info.get("key") == key:
+            return saved, False
+    found = _build(classifier, run, collection, layer, layer_name, weights, key, backend,
+                   batch_size, show_progress)  # fmt: skip
+    found.save(folder)
+    return found, True
+
+
+def _build(
+    classifier: Any,
+    run: str | Path,
+    collection: Any,
+    layer: str | None,
+    layer_name: str,
+    weights: str,
+    key: str,
+    backend: str,
+    batch_size: int,
+    show_progress: bool,
+) -> Index:
+    """Embed ``collection`` and make its index (unsaved), with the backend for its size."""
+    from imagewise.features.extraction import extract
+    from imagewise.features.index import new_info, normalize
+    from imagewise.features.search import build_searcher, choose_backend
+
+    embedded = extract(classifier, collection, layer, False, batch_size, show_progress)
+    embeddings = normalize(embedded.features)
+    chosen = choose_backend(backend, len(embeddings))
+    info = new_info(
+        model=classifier.name, run=str(run), weights_sha256=weights, layer=layer_name,
+        dim=int(embeddings.shape[1]), count=len(embeddings), backend=chosen,
+        data=collection.source, split=collection.split, classes=collection.classes, key=key,
+        skipped=len(embedded.skipped),
+    )  # fmt: skip
+    found = Index(embeddings, embedded.paths, embedded.labels, info)
+    found.searcher = build_searcher(embeddings, chosen)
+    return found

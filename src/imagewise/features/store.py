@@ -1,0 +1,77 @@
+"""Feature files: ``.npz`` (NumPy, no pickles) and ``.parquet`` (pyarrow), written atomically.
+
+``.npz`` holds ``features`` (float32 N x D), ``paths``, ``labels``, ``splits`` and ``classes``
+(unicode arrays) and ``layer``, ``model``, ``run``, ``dim`` (0-d arrays). ``.parquet`` holds
+one row per image (``path``, ``label``, ``split``, ``features`` as a fixed-size float32 list),
+with ``classes``, ``layer``, ``model``, ``run`` and ``dim`` in the schema's metadata.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from imagewise.errors import UserError
+from imagewise.io import atomic_write
+
+if TYPE_CHECKING:
+    from imagewise.features.extraction import Features
+
+
+def _strings(values: list[str]) -> np.ndarray:
+    return np.array(values, dtype=str) if values else np.zeros(0, dtype="<U1")
+
+
+def _write_npz(result: Features, tmp: str) -> None:
+    with open(tmp, "wb") as f:
+        np.savez(
+            f,
+            features=result.features,
+            paths=_strings(result.paths),
+            labels=_strings(result.labels),
+            splits=_strings(result.splits),
+            classes=_strings(result.classes),
+            layer=np.array(result.layer),
+            model=np.array(result.model),
+            run=np.array(result.run),
+            dim=np.array(result.dim, dtype=np.int64),
+        )
+
+
+def _write_parquet(result: Features, tmp: str) -> None:
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError as exc:
+        raise UserError(
+            "writing .parquet needs pyarrow: pip install pyarrow (or use .npz)"
+        ) from exc
+    flat = pa.array(result.features.reshape(-1), type=pa.float32())
+    meta = {
+        "classes": json.dumps(result.classes),
+        "layer": result.layer,
+        "model": result.model,
+        "run": result.run,
+        "dim": str(result.dim),
+    }
+    table = pa.table(
+        {
+            "path": pa.array(result.paths, type=pa.string()),
+            "label": pa.array(result.labels, type=pa.string()),
+            "split": pa.array(result.splits, type=pa.string()),
+            "features": pa.FixedSizeListArray.from_arrays(flat, result.dim),
+        }
+    ).replace_schema_metadata({f"imagewise.{k}": v for k, v in meta.items()})
+    pq.write_table(table, tmp)
+
+
+def save_features(result: Features, path: str | Path) -> Path:
+    """Write ``result`` to ``path`` (``.npz`` or ``.parquet``) atomically."""
+    suffix = Path(path).suffix.lower()
+    writers = {".npz": _write_npz, ".parquet": _write_parquet}
+    if suffix not in writers:
+        raise UserError(f"--out '{path}': unknown file type '{suffix}'; use .npz or .parquet")
+    return atomic_write(path, lambda tmp: writers[suffix](result, tmp))
