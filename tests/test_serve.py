@@ -19,14 +19,13 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 import imagewise
 from imagewise.data.transforms import Preprocessing
+from imagewise.edge.model import ImageModel
 from imagewise.errors import UserError
-from imagewise.predict import Classifier
 from imagewise.serve import ServeSettings, create_app
 from imagewise.serve.images import safe_name
 
@@ -259,29 +258,22 @@ def test_gradcam_returns_a_png_overlay_per_image(client: httpx.Client, images: l
 # --- the app over a stand-in classifier, in this process ------------------------------------
 
 
-class SlowClassifier:
+class SlowClassifier(ImageModel):
     """Stands in for a model without PyTorch weights (as an ONNX one): slow, counting batches."""
 
+    name = "slow"  # type: ignore[assignment]
+
     def __init__(self, seconds: float) -> None:
-        self.classes = ["yes", "no"]
-        self.preprocessing = Preprocessing(img_size=8, channels=1, mean=[0.5], std=[0.5])
-        self.temperature = 1.0
-        self.name = "slow"
+        pre = Preprocessing(img_size=8, channels=1, mean=[0.5], std=[0.5])
+        super().__init__(pre, ["yes", "no"])
         self.seconds = seconds
         self.batches: list[int] = []
 
-    def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
-        return torch.stack(
-            [torch.from_numpy(np.asarray(i, dtype=np.float32))[None] for i in images]
-        )
-
-    def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
+    def scores(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         time.sleep(self.seconds)
-        self.batches.append(len(batch))
-        return torch.tensor([[0.75, 0.25]]).repeat(len(batch), 1)
-
-    def postprocess(self, probs: torch.Tensor, sources: list[str], top_k: int = 5) -> list:
-        return Classifier.postprocess(self, probs, sources, top_k)  # type: ignore[arg-type]
+        self.batches.append(len(images))
+        probs = np.tile(np.array([[0.75, 0.25]], np.float32), (len(images), 1))
+        return np.log(probs), probs
 
 
 @contextmanager
@@ -562,8 +554,9 @@ def test_openapi_asks_for_at_least_one_file(client: httpx.Client) -> None:
 class NaNClassifier(SlowClassifier):
     """A model that loaded fine but answers NaN for the images it is sent."""
 
-    def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
-        return torch.full((len(batch), 2), float("nan"))
+    def scores(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        nan = np.full((len(images), 2), np.nan, np.float32)
+        return nan, nan
 
 
 def test_outputs_that_are_not_finite_get_a_json_500_not_null_probabilities() -> None:

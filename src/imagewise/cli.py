@@ -345,7 +345,12 @@ def _add_serve(verbs: Any, sub: Callable[..., Any]) -> None:
         "--max-megapixels", type=float, default=50.0, help="largest image (50 megapixels)"
     )
     p.add_argument("--top-k", type=int, default=5, help="default classes per image (5)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="compute threads (default: torch's; ONNX files: the CPUs this process may use)",
+    )
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto (run folders)")
     p.set_defaults(func=cmd_serve)
 
@@ -848,6 +853,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(args, debug, main_rank, stopped_by)
 
 
+# Top-level modules that only `pip install "imagewise[all]"` brings, and those that the
+# `imagewise[runtime]` extra brings (predict with and serve an ONNX file, without PyTorch).
+FULL_INSTALL_MODULES = frozenset(
+    {
+        "torch", "torchvision", "timm", "sklearn", "yaml", "safetensors", "matplotlib", "tqdm",
+        "tensorboard", "pytorch_grad_cam", "skimage", "onnx", "onnxscript", "optuna",
+        "psycopg", "cleanlab", "pyarrow", "av", "scipy",
+    }
+)  # fmt: skip
+RUNTIME_MODULES = frozenset(
+    {
+        "onnxruntime", "fastapi", "fastapi_offline", "uvicorn", "multipart", "python_multipart",
+        "prometheus_client", "starlette", "pydantic",
+    }
+)  # fmt: skip
+
+
+def _missing_install(exc: ModuleNotFoundError, args: argparse.Namespace) -> str | None:
+    """The one line for a verb whose packages this install lacks, or None (a real bug)."""
+    module = (exc.name or "").partition(".")[0]
+    words = (getattr(args, "verb", None), getattr(args, "data_verb", None))
+    verb = " ".join(["imagewise", *(w for w in words if w)])
+    if module in RUNTIME_MODULES:
+        return f"'{verb}' needs the runtime extra: pip install \"imagewise[runtime]\""
+    if module in FULL_INSTALL_MODULES:
+        return f"'{verb}' needs the full install: pip install \"imagewise[all]\""
+    return None
+
+
 def _run(args: argparse.Namespace, debug: bool, main_rank: bool, stopped_by: dict[str, int]) -> int:
     try:
         return int(args.func(args) or 0)
@@ -858,6 +892,15 @@ def _run(args: argparse.Namespace, debug: bool, main_rank: bool, stopped_by: dic
         # N interleaved copies.
         if main_rank:
             print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:
+        # A verb run on the small install (numpy, Pillow, maybe the runtime extra): one line
+        # naming the install it needs, here for every verb rather than in each of them.
+        message = _missing_install(exc, args)
+        if debug or message is None:
+            raise
+        if main_rank:
+            print(f"error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
         if debug:

@@ -8,7 +8,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from imagewise.predict.base import BaseClassifier, Classifier, Prediction
+    from imagewise.edge.results import Prediction
+    from imagewise.predict.base import BaseClassifier, Classifier
     from imagewise.predict.inputs import expand_inputs
     from imagewise.predict.output import FORMATS, format_predictions
     from imagewise.predict.prediction import predict
@@ -20,7 +21,11 @@ def __getattr__(name: str) -> Any:
         from imagewise.predict import prediction
 
         return getattr(prediction, name)
-    if name in ("BaseClassifier", "Classifier", "Prediction"):
+    if name in ("Prediction",):  # torch-free: the edge layer's
+        from imagewise.edge import results
+
+        return results.Prediction
+    if name in ("BaseClassifier", "Classifier"):
         from imagewise.predict import base
 
         return getattr(base, name)

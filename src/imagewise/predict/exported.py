@@ -12,24 +12,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from imagewise.edge.onnx import OnnxFile, check_cpu_device, existing_model_file, nhwc
 from imagewise.errors import UserError
 from imagewise.predict.base import BaseClassifier, Classifier
-from imagewise.predict.file_meta import (
-    LAYOUT_RAW,
-    load_torchscript,
-    parse_metadata,
-    preprocessing_of,
-)
+from imagewise.predict.file_meta import load_torchscript, parse_metadata, preprocessing_of
 
 
 class OnnxClassifier(BaseClassifier):
-    """An exported ONNX model run by ONNX Runtime on the CPU.
+    """An exported ONNX model run by ONNX Runtime on the CPU, with the PyTorch API.
 
     ``logits`` and ``probabilities`` take the same normalized float batch (N, C, H, W) as
-    ``Classifier``'s, so code written for one serves the other. A raw-input model (exported
-    with ``--raw-input``, input uint8 NHWC) gets that batch turned back into its pixels
-    (``round((x * std + mean) * 255)``, exact for batches made by ``preprocess``) before the
-    session runs; ``predict`` and ``image_probabilities`` hand it the decoded pixels directly.
+    ``Classifier``'s, so code written for one serves the other (evaluation, export checks). A
+    raw-input model (exported with ``--raw-input``, input uint8 NHWC) gets that batch turned back
+    into its pixels (``round((x * std + mean) * 255)``, exact for batches made by ``preprocess``)
+    before the session runs; ``predict``, ``scores`` and ``image_probabilities`` hand it the
+    decoded pixels directly. The session and metadata are the edge layer's ``OnnxFile``, which
+    ``imagewise.edge.onnx.OnnxModel`` (the same file without PyTorch) uses too.
 
     Args:
         path: the ``.onnx`` file.
@@ -42,26 +40,17 @@ class OnnxClassifier(BaseClassifier):
     """
 
     def __init__(self, path: str | Path, threads: int | None = None) -> None:
-        import onnxruntime as ort
-
-        self.path = Path(path)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or torch.get_num_threads()
-        try:
-            self.session = ort.InferenceSession(
-                str(self.path), options, providers=["CPUExecutionProvider"]
-            )
-        except Exception as exc:  # onnxruntime raises its own Fail / InvalidGraph types
-            raise UserError(f"cannot load ONNX model '{path}': {str(exc).splitlines()[0]}") from exc
-        props = self.session.get_modelmeta().custom_metadata_map
-        meta = parse_metadata(props, str(path))
+        self.file = OnnxFile(path, threads or torch.get_num_threads())
+        meta = self.file.meta
         super().__init__(preprocessing_of(meta), list(meta["classes"]), meta["temperature"], meta)
-        self.raw_input = meta["input_layout"] == LAYOUT_RAW
-        self.input_name = self.session.get_inputs()[0].name
+        self.path = self.file.path
+        self.session = self.file.session
+        self.raw_input = self.file.raw_input
+        self.input_name = self.file.input_name
         self.device = torch.device("cpu")
 
     def _run(self, feed: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        logits, probs = self.session.run(["logits", "probabilities"], {self.input_name: feed})
+        logits, probs = self.file.run(feed)
         return torch.from_numpy(logits), torch.from_numpy(probs)
 
     def _feed(self, batch: torch.Tensor) -> np.ndarray:
@@ -76,7 +65,7 @@ class OnnxClassifier(BaseClassifier):
 
     @staticmethod
     def _pixels(images: torch.Tensor) -> np.ndarray:
-        return images.permute(0, 2, 3, 1).contiguous().numpy()
+        return nhwc(images.numpy())
 
     def logits(self, batch: torch.Tensor) -> torch.Tensor:
         """Raw scores of a preprocessed batch (before temperature)."""
@@ -88,13 +77,7 @@ class OnnxClassifier(BaseClassifier):
 
     def scores(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Logits and calibrated probabilities of uint8 images (N, C, H, W), as arrays."""
-        pixels = torch.from_numpy(images)
-        if self.raw_input:
-            feed = self._pixels(pixels)
-        else:
-            feed = self._feed(self.preprocessing.normalize(pixels))
-        logits, probs = self._run(feed)
-        return logits.numpy(), probs.numpy()
+        return self.file.scores(images)
 
     def image_probabilities(self, images: torch.Tensor) -> torch.Tensor:
         """Calibrated class probabilities of uint8 images (N, C, H, W) at the model's size."""
@@ -107,13 +90,9 @@ def load_exported(path: Path, device: str = "cpu") -> BaseClassifier:
     """An ``OnnxClassifier`` for ``.onnx`` files, a ``Classifier`` for TorchScript ``.pt``."""
     from imagewise.runtime.device import resolve_device
 
-    if not path.is_file():
-        raise UserError(f"model file '{path}' does not exist; check the path")
+    path = existing_model_file(path)
     if path.suffix.lower() == ".onnx":
-        if device not in ("cpu", "auto"):
-            raise UserError(
-                f"ONNX models run on the CPU here (ONNX Runtime's CPU provider), not '{device}'"
-            )
+        check_cpu_device(device)
         return OnnxClassifier(path)
     dev = resolve_device(device)
     try:

@@ -4,7 +4,8 @@ Training with too high a learning rate can leave NaN or inf in the weights; such
 answers every image with NaN probabilities (``8 (nan%)``), which looks like a result. Two cheap
 checks at load find it: the weights themselves (a run folder's tensors, an ONNX file's
 initializers), then one forward pass of a plain grey image through the classifier's own
-preprocessing, for models whose weights are finite but whose outputs overflow.
+preprocessing, for models whose weights are finite but whose outputs overflow (the edge layer's
+``imagewise.edge.finite``, which ONNX files loaded without PyTorch get alone).
 """
 
 from __future__ import annotations
@@ -14,9 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image
 
-ADVICE = "retrain it, e.g. with a lower --lr"
+from imagewise.edge.finite import outputs_problem, unusable_message
 
 
 def _weights_problem(classifier: Any) -> str | None:
@@ -45,21 +45,6 @@ def _onnx_initializers_problem(path: Path) -> str | None:
     return None
 
 
-def _outputs_problem(classifier: Any) -> str | None:
-    """Whether a plain grey image, preprocessed as the model expects, gets finite outputs."""
-    pre = classifier.preprocessing
-    mode = "L" if pre.channels == 1 else "RGB"
-    grey = Image.new(mode, (pre.img_size, pre.img_size), 128)
-    batch = classifier.preprocess([grey])
-    for name, values in (
-        ("scores", classifier.logits(batch)),
-        ("probabilities", classifier.probabilities(batch)),
-    ):
-        if not bool(torch.isfinite(values).all()):
-            return f"its {name} for a plain grey image are not finite (NaN or inf)"
-    return None
-
-
 def unusable_reason(classifier: Any, source: str | Path) -> str | None:
     """One line saying why the classifier loaded from ``source`` must not be used, or None.
 
@@ -71,7 +56,5 @@ def unusable_reason(classifier: Any, source: str | Path) -> str | None:
         >>> unusable_reason(imagewise.load("runs/nan", check=False), "runs/nan")  # doctest: +SKIP
         "model 'runs/nan' gives no usable answers: its weights hold NaN or inf (...); retrain..."
     """
-    problem = _weights_problem(classifier) or _outputs_problem(classifier)
-    if problem is None:
-        return None
-    return f"model '{source}' gives no usable answers: {problem}; {ADVICE}"
+    problem = _weights_problem(classifier) or outputs_problem(classifier)
+    return None if problem is None else unusable_message(source, problem)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import glob
 from pathlib import Path
 
-from imagewise.data.decode import find_images, is_image_file
+from imagewise.edge.images import find_images, is_image_file
 from imagewise.errors import UserError
 
 

@@ -4,9 +4,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from imagewise.predict.base import Prediction
+from imagewise.edge.model import ImageModel
+from imagewise.edge.results import Prediction
 from imagewise.predict.inputs import expand_inputs
-from imagewise.predict.predictor import load
+
+
+def open_model(run: str | Path, device: str = "cpu") -> ImageModel:
+    """The model that answers: an ONNX file without PyTorch (``imagewise.edge.onnx``), a run
+    folder or TorchScript file through ``imagewise.load``."""
+    if Path(run).suffix.lower() == ".onnx":
+        from imagewise.edge.onnx import load_model
+
+        return load_model(run, device=device)
+    from imagewise.predict.predictor import load
+
+    return load(run, device=device)
 
 
 def predict(
@@ -29,4 +41,4 @@ def predict(
     paths = expand_inputs(inputs)
     # Files named one by one must be readable; files found in folders or globs may be skipped.
     named = {str(Path(i).expanduser()) for i in inputs if Path(i).expanduser().is_file()}
-    return load(run, device=device).predict(paths, top_k=top_k, skippable=lambda p: p not in named)
+    return open_model(run, device).predict(paths, top_k=top_k, skippable=lambda p: p not in named)

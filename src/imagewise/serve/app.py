@@ -1,4 +1,8 @@
-"""The app factory: one classifier, one inference worker, JSON errors, metrics and guards."""
+"""The app factory: one classifier, one inference worker, JSON errors, metrics and guards.
+
+The app runs any ``ImageModel`` (``imagewise.edge.model``): a run folder's PyTorch classifier
+or an ONNX file's ``OnnxModel``, which serves without PyTorch ever being imported.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ from contextlib import asynccontextmanager
 from importlib.resources import files
 from typing import Any
 
-import torch
+import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -35,13 +39,30 @@ DOCS_ASSETS = "/docs/assets"  # Swagger UI's script, style sheet and icon
 OPEN_PATHS = ("/", "/healthz")  # no token needed: liveness and the page (it asks for the token)
 
 
+def backend_of(classifier: Any) -> str:
+    """``pytorch``, ``torchscript`` or ``onnx`` (any model without a PyTorch module)."""
+    model = getattr(classifier, "model", None)
+    if model is None:
+        return "onnx"
+    import torch  # a PyTorch module is loaded, so torch is imported already
+
+    if isinstance(model, torch.jit.ScriptModule):
+        return "torchscript"  # no hooks on a compiled graph, so no Grad-CAM
+    return "pytorch" if isinstance(model, torch.nn.Module) else "onnx"
+
+
+def torch_threads() -> Any:
+    """The inference worker's ``ThreadGovernor`` (PyTorch models only; imported here so that an
+    ONNX server never imports torch)."""
+    from imagewise.runtime.threads import ThreadGovernor
+
+    return ThreadGovernor()
+
+
 def describe(classifier: Any, settings: ServeSettings) -> InfoResponse:
     """What the page and clients need to know about the model and the limits."""
     model = getattr(classifier, "model", None)
-    if isinstance(model, torch.jit.ScriptModule):
-        backend = "torchscript"  # no hooks on a compiled graph, so no Grad-CAM
-    else:
-        backend = "pytorch" if isinstance(model, torch.nn.Module) else "onnx"
+    backend = backend_of(classifier)
     pre = classifier.preprocessing
     capabilities = getattr(classifier, "capabilities", None)
     return InfoResponse(
@@ -97,8 +118,9 @@ def create_app(
     """The HTTP API and web page over a loaded classifier.
 
     Args:
-        classifier: what ``imagewise.load`` returns: a ``Classifier`` (run folder) or an
-            ONNX classifier with the same ``preprocess`` / ``probabilities`` / ``postprocess``.
+        classifier: an ``ImageModel``: what ``imagewise.load`` returns (a run folder's
+            ``Classifier``) or ``imagewise.edge.load_model`` (an ONNX file, no PyTorch); the app
+            calls its ``scores`` on uint8 batches and its ``answers``.
         settings: address, token, batching and limits (defaults: ``ServeSettings()``).
         unusable: why the model must not answer (``imagewise.predict.finite.unusable_reason``);
             the server then stays up, so the reason can be read, but ``/readyz`` and
@@ -113,10 +135,12 @@ def create_app(
     metrics = ServeMetrics()
     model_lock = threading.Lock()
 
-    def infer(batch: torch.Tensor) -> torch.Tensor:
+    def infer(images: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
         with model_lock:
-            return classifier.probabilities(batch)
+            logits, probs = classifier.scores(images)
+        return list(zip(logits, probs, strict=True))
 
+    info = describe(classifier, settings)
     batcher = MicroBatcher(
         infer,
         max_batch=settings.batch_limit,
@@ -124,6 +148,7 @@ def create_app(
         queue_size=settings.queue_size,
         on_batch=metrics.observe_batch,
         on_depth=metrics.queue_depth.set,
+        governor=None if info.backend == "onnx" else torch_threads,
     )
 
     @asynccontextmanager
@@ -144,7 +169,6 @@ def create_app(
         swagger_ui_parameters={"validatorUrl": None},  # no badge fetched from swagger.io
     )
     page = files("imagewise.serve").joinpath("page.html").read_text(encoding="utf-8")
-    info = describe(classifier, settings)
     app.state.serve = ServeState(
         classifier, settings, batcher, metrics, model_lock, info, page, unusable
     )

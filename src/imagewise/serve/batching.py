@@ -7,6 +7,9 @@ through its event loop (``call_soon_threadsafe``). Images that waited while the 
 join the next call at once, so under load batches fill up without any extra wait; that is why
 the default wait is 0 (measured in BENCHMARKS.md: a 5 ms wait cost a lone client 40% of its
 requests/s and bought nothing at concurrency 32).
+
+Images are uint8 numpy arrays and the model any ``infer`` callable, so serving an ONNX file needs
+no PyTorch; a PyTorch model's worker also gets a ``ThreadGovernor`` (``governor``).
 """
 
 from __future__ import annotations
@@ -17,10 +20,11 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any, Protocol
 
-import torch
+import numpy as np
 
 log = logging.getLogger("imagewise")
 
@@ -33,16 +37,24 @@ class WorkerStopped(Exception):
     """The server is shutting down and takes no new work."""
 
 
+class Governor(Protocol):
+    """Tunes the worker thread's compute threads (``imagewise.runtime.threads.ThreadGovernor``)."""
+
+    def tick(self) -> int: ...
+
+    def close(self) -> None: ...
+
+
 @dataclass
 class _Item:
-    image: torch.Tensor  # one preprocessed image (1, C, H, W)
-    future: asyncio.Future[torch.Tensor]
+    image: np.ndarray  # one image as the model reads it: uint8 (C, H, W)
+    future: asyncio.Future[Any]
     loop: asyncio.AbstractEventLoop
     arrived: float
     deadline: float
 
 
-def _resolve(results: list[tuple[asyncio.Future, torch.Tensor | BaseException]]) -> None:
+def _resolve(results: list[tuple[asyncio.Future, Any]]) -> None:
     """Runs on the event loop: settle futures whose requests still wait for them."""
     for future, result in results:
         if future.done():  # the request timed out or went away
@@ -57,24 +69,29 @@ class MicroBatcher:
     """A bounded queue of images and the one thread that runs the model on them.
 
     Args:
-        infer: a normalized batch (N, C, H, W) -> probabilities (N, K); called on the worker.
+        infer: uint8 images (N, C, H, W) -> one result per image (e.g. its logits and
+            probabilities); called on the worker.
         max_batch: the most images per call (1 turns batching off).
         max_wait_ms: how long the oldest waiting image holds the call open for others.
         queue_size: the most images waiting; ``submit`` raises ``QueueFull`` beyond it.
         on_batch: called with each batch's size and seconds (for metrics).
         on_depth: called with the number of waiting images whenever it changes.
+        governor: made on the worker thread, ticked before each model call and closed when
+            the worker ends (PyTorch models: thread counts that leave busy cores alone).
     """
 
     def __init__(
         self,
-        infer: Callable[[torch.Tensor], torch.Tensor],
+        infer: Callable[[np.ndarray], Sequence[Any]],
         max_batch: int = 32,
         max_wait_ms: float = 0.0,
         queue_size: int = 256,
         on_batch: Callable[[int, float], None] | None = None,
         on_depth: Callable[[int], None] | None = None,
+        governor: Callable[[], Governor] | None = None,
     ) -> None:
         self.infer = infer
+        self.governor = governor
         self.max_batch = max_batch
         self.max_wait = max_wait_ms / 1000
         self.queue_size = queue_size
@@ -106,8 +123,8 @@ class MicroBatcher:
         if self._thread is not None:
             self._thread.join(timeout)
 
-    async def predict(self, batch: torch.Tensor, timeout: float) -> torch.Tensor:
-        """Probabilities of a preprocessed batch, computed together with other requests' images.
+    async def predict(self, batch: np.ndarray, timeout: float) -> list[Any]:
+        """The results of a batch of images, computed together with other requests' images.
 
         Raises:
             QueueFull: no room for ``len(batch)`` more images.
@@ -117,7 +134,7 @@ class MicroBatcher:
         loop = asyncio.get_running_loop()
         now = time.monotonic()
         items = [
-            _Item(batch[i : i + 1], loop.create_future(), loop, now, now + timeout)
+            _Item(batch[i], loop.create_future(), loop, now, now + timeout)
             for i in range(len(batch))
         ]
         with self._cond:
@@ -135,7 +152,7 @@ class MicroBatcher:
         finally:
             for future in futures:
                 future.cancel()  # a no-op when settled; tells the worker to skip the others
-        return torch.stack(rows)
+        return list(rows)
 
     def _take(self) -> list[_Item] | None:
         """Wait for work, then up to ``max_batch`` items; None when stopped and drained."""
@@ -156,15 +173,16 @@ class MicroBatcher:
         return taken
 
     def _run(self) -> None:
-        from imagewise.runtime.threads import ThreadGovernor
-
-        governor = ThreadGovernor()  # in this thread: OpenMP thread counts are per thread
+        # Made in this thread: OpenMP thread counts are per thread.
+        governor = self.governor() if self.governor else None
         try:
             while (taken := self._take()) is not None:
-                governor.tick()
+                if governor:
+                    governor.tick()
                 self._answer(taken)
         finally:
-            governor.close()
+            if governor:
+                governor.close()
 
     def _answer(self, taken: list[_Item]) -> None:
         """Run the model on the items still awaited, and settle their futures."""
@@ -174,8 +192,7 @@ class MicroBatcher:
             return
         start = time.perf_counter()
         try:
-            probs = self.infer(torch.cat([i.image for i in items]))
-            results: list[torch.Tensor | BaseException] = list(probs)
+            results: list[Any] = list(self.infer(np.stack([i.image for i in items])))
         except Exception as exc:  # the requests get a 500; the worker carries on
             log.exception("inference failed on a batch of %d images", len(items))
             results = [exc] * len(items)

@@ -3,7 +3,7 @@
 The format is decided by the content (PIL identifies it from the magic bytes), never by the
 file name or the content type. The size is read from the header and checked before any pixel
 is decoded, so a small file that declares a huge image costs nothing. Decoding then follows
-``data.decode.load_image`` step by step (JPEG draft, EXIF orientation, mode, the one resize), so
+``edge.images.load_image`` step by step (JPEG draft, EXIF orientation, mode, the one resize), so
 the server sees an image exactly as ``imagewise predict`` does.
 """
 
@@ -14,7 +14,7 @@ import re
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from imagewise.data.decode import normalize_mode, resize_image
+from imagewise.edge.images import normalize_mode, resize_image
 
 # PIL format ids; camera JPEGs with several pictures open as MPO.
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")

@@ -1,7 +1,8 @@
 """The endpoints: predict, labels, info, health, readiness, metrics and the web page.
 
-Each request's images are decoded and preprocessed in the thread pool, never on the event
-loop; the model call itself happens on the micro-batching worker.
+Each request's images are decoded in the thread pool, never on the event loop; the model call
+itself (``ImageModel.scores`` on uint8 arrays) happens on the micro-batching worker. Nothing
+here imports PyTorch unless Grad-CAM is asked of a run folder's model.
 """
 
 from __future__ import annotations
@@ -13,13 +14,14 @@ import threading
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-import torch
+import numpy as np
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, Response
 from PIL import Image
 from starlette.datastructures import UploadFile
 
+from imagewise.edge.images import image_array
 from imagewise.serve.batching import MicroBatcher, QueueFull, WorkerStopped
 from imagewise.serve.guards import ServeError
 from imagewise.serve.images import ImageRejected, decode_image, safe_name
@@ -123,8 +125,8 @@ async def read_uploads(request: Request, settings: ServeSettings) -> list[tuple[
 
 def prepare(
     classifier: Any, uploads: list[tuple[str, bytes]], max_pixels: int
-) -> tuple[list[Image.Image], torch.Tensor]:
-    """Decode every upload to the model's view and preprocess them into one batch."""
+) -> tuple[list[Image.Image], np.ndarray]:
+    """Decode every upload to the model's view; the views as one uint8 (N, C, H, W) batch."""
     pre = classifier.preprocessing
     views = []
     for i, (name, data) in enumerate(uploads, 1):
@@ -133,17 +135,17 @@ def prepare(
         except ImageRejected as exc:
             which = f"image {i} ({name})" if len(uploads) > 1 else name
             raise ServeError(exc.status, f"{which}: {exc.message}") from None
-    return views, classifier.preprocess(views)
+    return views, np.stack([image_array(view) for view in views])
 
 
-def gradcam_pngs(
-    s: ServeState, batch: torch.Tensor, views: list[Image.Image], targets: list[int]
-) -> list[str]:
-    """Base64 PNGs of the Grad-CAM heat map for each image's target class, over the image."""
+def gradcam_pngs(s: ServeState, views: list[Image.Image], targets: list[int]) -> list[str]:
+    """Base64 PNGs of the Grad-CAM heat map for each image's target class, over the image
+    (PyTorch models only, so PyTorch is imported here and not before)."""
     from imagewise.data.decode import pil_to_tensor
     from imagewise.explain.cam import cam_maps, overlay
 
     model = s.classifier.model
+    batch = s.classifier.preprocess(views)
     with s.model_lock:
         maps = cam_maps(model, batch.to(s.classifier.device), targets)
     pngs = []
@@ -177,22 +179,23 @@ async def predict(
     uploads = await read_uploads(request, s.settings)
     views, batch = await run_in_threadpool(prepare, s.classifier, uploads, s.settings.max_pixels)
     try:
-        probs = await s.batcher.predict(batch, s.settings.timeout_s)
+        rows = await s.batcher.predict(batch, s.settings.timeout_s)
     except QueueFull:
         raise ServeError(503, "the server is busy; try again", {"Retry-After": "1"}) from None
     except WorkerStopped:
         raise ServeError(503, "the server is shutting down", {"Retry-After": "5"}) from None
     except TimeoutError:
         raise ServeError(504, f"no answer within {s.settings.timeout_s:g} s") from None
-    if not bool(torch.isfinite(probs).all()):
+    logits, probs = np.stack([r[0] for r in rows]), np.stack([r[1] for r in rows])
+    if not np.isfinite(probs).all():
         log.error("the model's outputs for a request are not finite (NaN or inf)")
         raise ServeError(500, "the model's outputs for these images are not finite (NaN or inf)")
     names = [name for name, _ in uploads]
-    predictions = s.classifier.postprocess(probs, names, top_k or s.info.top_k)
+    predictions = s.classifier.answers(logits, probs, names, top_k or s.info.top_k)
     cams: list[str | None] = [None] * len(predictions)
     if gradcam:
         targets = probs.argmax(1).tolist()
-        cams = list(await run_in_threadpool(gradcam_pngs, s, batch, views, targets))
+        cams = list(await run_in_threadpool(gradcam_pngs, s, views, targets))
     answer = PredictResponse(
         model=s.info.model,
         predictions=[

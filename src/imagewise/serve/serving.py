@@ -1,7 +1,8 @@
 """Serving: an HTTP API and a web page over a trained classifier (FastAPI + uvicorn).
 
 ``create_app(classifier, settings)`` builds the app; ``serve(path, **settings)`` loads a run
-folder or an ONNX file with ``imagewise.load`` and runs it with uvicorn until stopped.
+folder (``imagewise.load``) or an ONNX file (``imagewise.edge.load_model``, without PyTorch) and
+runs it with uvicorn until stopped.
 """
 
 from __future__ import annotations
@@ -45,9 +46,10 @@ def serve(path: str | Path, **settings: Any) -> None:
     """
     options = ServeSettings(**settings)
     sock = listen_socket(options.host, options.port)
-    with _server_process_settings(options):
+    onnx = Path(path).suffix.lower() == ".onnx"
+    with _server_process_settings(options, torch_threads=not onnx):
         try:
-            app = _load_app(path, options)
+            app = _load_app(path, options, onnx)
             if warning := options.exposure_warning():
                 log.warning(warning)
             # At warning level so that -q shows it too: with port 0 it is where to find it.
@@ -58,32 +60,45 @@ def serve(path: str | Path, **settings: Any) -> None:
 
 
 @contextlib.contextmanager
-def _server_process_settings(options: ServeSettings) -> Iterator[None]:
-    """For the server's lifetime: torch's thread count as asked, and PIL's own guard against
-    decompression bombs at the server's pixel limit; both as they were once it stops."""
-    import torch
+def _server_process_settings(options: ServeSettings, torch_threads: bool) -> Iterator[None]:
+    """For the server's lifetime: PIL's own guard against decompression bombs at the server's
+    pixel limit, and (PyTorch models) torch's thread count as asked; as they were once it
+    stops. An ONNX model's threads are its session's own (``_load_app``)."""
     from PIL import Image
 
-    threads, pixels = torch.get_num_threads(), Image.MAX_IMAGE_PIXELS
-    if options.threads:
-        torch.set_num_threads(options.threads)
+    pixels, threads = Image.MAX_IMAGE_PIXELS, None
+    if torch_threads:
+        import torch
+
+        threads = torch.get_num_threads()
+        if options.threads:
+            torch.set_num_threads(options.threads)
     Image.MAX_IMAGE_PIXELS = options.max_pixels
     try:
         yield
     finally:
-        torch.set_num_threads(threads)
+        if threads is not None:
+            torch.set_num_threads(threads)
         Image.MAX_IMAGE_PIXELS = pixels
 
 
-def _load_app(path: str | Path, options: ServeSettings) -> Any:
+def _load_app(path: str | Path, options: ServeSettings, onnx: bool) -> Any:
     """The model loaded and checked (the reason logged once if unusable), in its app."""
-    from imagewise.predict import load
-    from imagewise.predict.finite import unusable_reason
+    if onnx:  # ONNX Runtime only: no PyTorch in the server's process
+        from imagewise.edge.finite import unusable_reason as edge_reason
+        from imagewise.edge.onnx import load_model
 
-    classifier = load(path, device=options.device, check=False)
-    if unusable := unusable_reason(classifier, path):
+        model = load_model(path, device=options.device, threads=options.threads, check=False)
+        unusable = edge_reason(model, path)
+    else:
+        from imagewise.predict.finite import unusable_reason
+        from imagewise.predict.predictor import load
+
+        model = load(path, device=options.device, check=False)
+        unusable = unusable_reason(model, path)
+    if unusable:
         log.error("not ready: %s", unusable)
-    return create_app(classifier, options, unusable)
+    return create_app(model, options, unusable)
 
 
 __all__ = ["ServeSettings", "create_app", "serve"]

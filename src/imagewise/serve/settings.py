@@ -31,7 +31,8 @@ class ServeSettings:
         max_pixels: the largest image (width x height), checked from the header before decoding.
         top_k: classes per image when the request does not say.
         device: ``cpu``, ``cuda`` or ``auto`` (for run folders).
-        threads: torch threads for the model (None: torch's default).
+        threads: compute threads for the model: torch's for a run folder (None: torch's
+            default), ONNX Runtime's for an ONNX file (None: the CPUs this process may use).
         access_log: log one line per request.
     """
 

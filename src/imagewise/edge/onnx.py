@@ -1,0 +1,148 @@
+"""Exported ONNX files run by ONNX Runtime on the CPU, without PyTorch.
+
+``OnnxFile`` opens a file written by ``imagewise export`` (session, metadata, input layout) and
+turns uint8 images into scores; ``OnnxModel`` is the ``ImageModel`` over it, which
+``imagewise predict model.onnx`` and ``imagewise serve model.onnx`` use; the PyTorch-facing
+``imagewise.predict.exported.OnnxClassifier`` wraps the same ``OnnxFile``.
+
+Example:
+    >>> model = load_model("runs/fm/export/model.int8.onnx")  # doctest: +SKIP
+    >>> model.predict(["shoe.png"], top_k=1)[0].label  # doctest: +SKIP
+    'Sneaker'
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from imagewise.edge.finite import unusable_reason
+from imagewise.edge.metadata import LAYOUT_RAW, InputFormat, parse_metadata
+from imagewise.edge.model import ImageModel
+from imagewise.errors import UserError
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask, e.g. under taskset or a container's
+    cpuset), which is what ONNX Runtime's threads should match."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def existing_model_file(path: str | Path) -> Path:
+    """``path`` with ``~`` expanded; one line when it is not a file."""
+    found = Path(path).expanduser()
+    if not found.is_file():
+        raise UserError(f"model file '{path}' does not exist; check the path")
+    return found
+
+
+def check_cpu_device(device: str) -> None:
+    """ONNX files run on ONNX Runtime's CPU provider; any other device asked for is an error."""
+    if device not in ("cpu", "auto"):
+        raise UserError(
+            f"ONNX models run on the CPU here (ONNX Runtime's CPU provider), not '{device}'"
+        )
+
+
+def nhwc(images: np.ndarray) -> np.ndarray:
+    """uint8 (N, C, H, W) -> the contiguous (N, H, W, C) a raw-input graph takes."""
+    return np.ascontiguousarray(images.transpose(0, 2, 3, 1))
+
+
+class OnnxFile:
+    """An ONNX file written by ``imagewise export``: its session, metadata and input layout.
+
+    Args:
+        path: the ``.onnx`` file.
+        threads: ONNX Runtime's intra-op threads (default: the CPUs this process may use).
+
+    Raises:
+        UserError: the file is not an ONNX model ONNX Runtime can load, or has no imagewise
+            metadata.
+    """
+
+    def __init__(self, path: str | Path, threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or usable_cpus()
+        try:
+            self.session = ort.InferenceSession(
+                str(self.path), options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # onnxruntime raises its own Fail / InvalidGraph types
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise UserError(f"cannot load ONNX model '{path}': {first}") from exc
+        props = self.session.get_modelmeta().custom_metadata_map
+        self.meta = parse_metadata(props, str(path))
+        self.input = InputFormat.of(self.meta)
+        self.raw_input = self.meta["input_layout"] == LAYOUT_RAW
+        self.input_name = self.session.get_inputs()[0].name
+
+    def run(self, feed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The graph's logits and calibrated probabilities for its own input layout."""
+        logits, probs = self.session.run(["logits", "probabilities"], {self.input_name: feed})
+        return logits, probs
+
+    def scores(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Logits and calibrated probabilities of uint8 images (N, C, H, W) at the model's size:
+        raw-input graphs take the pixels (NHWC), the others the normalized floats."""
+        return self.run(nhwc(images) if self.raw_input else self.input.normalize(images))
+
+
+class OnnxModel(ImageModel):
+    """An exported ONNX model as an ``ImageModel``: ``predict``, ``predict_iter``, ``scores``.
+
+    Args:
+        path: the ``.onnx`` file.
+        threads: ONNX Runtime's intra-op threads (default: the CPUs this process may use).
+    """
+
+    preprocessing: InputFormat
+
+    def __init__(self, path: str | Path, threads: int | None = None) -> None:
+        self.file = OnnxFile(path, threads)
+        meta = self.file.meta
+        super().__init__(self.file.input, list(meta["classes"]), meta["temperature"], meta)
+
+    @property
+    def path(self) -> Path:
+        return self.file.path
+
+    @property
+    def raw_input(self) -> bool:
+        """True for graphs exported with ``--raw-input`` (uint8 NHWC in)."""
+        return self.file.raw_input
+
+    def scores(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Logits and calibrated probabilities (float32, (N, classes)) of uint8 images
+        (N, C, H, W) at the model's size."""
+        return self.file.scores(images)
+
+
+def load_model(
+    path: str | Path, *, device: str = "cpu", threads: int | None = None, check: bool = True
+) -> OnnxModel:
+    """An exported ONNX file, ready to predict, without PyTorch.
+
+    Args:
+        path: a ``.onnx`` file written by ``imagewise export``.
+        device: ``cpu`` or ``auto`` (ONNX Runtime's CPU provider).
+        threads: ONNX Runtime's intra-op threads (default: the CPUs this process may use).
+        check: refuse a model whose outputs for a plain grey image are not finite (NaN or inf).
+
+    Raises:
+        UserError: in one line: the file is missing, is not ONNX, has no imagewise metadata,
+            or (with ``check``) gives no finite outputs.
+    """
+    check_cpu_device(device)
+    model = OnnxModel(existing_model_file(path), threads)
+    if check and (reason := unusable_reason(model, path)):
+        raise UserError(reason)
+    return model
