@@ -17,7 +17,7 @@ import imagewise
 from imagewise.data.decode import find_images, read_image
 from imagewise.errors import UserError
 from imagewise.features import Features, embed, load_index
-from imagewise.features.search import top_k_numpy
+from imagewise.features.search import top_k_exact
 from imagewise.models.hog_svm import hog_settings
 
 from conftest import CLASSES, run_cli
@@ -145,7 +145,7 @@ def test_top_k_merges_chunks_exactly(monkeypatch: pytest.MonkeyPatch) -> None:
     rng = np.random.default_rng(0)
     rows = rng.normal(size=(50, 8)).astype(np.float32)
     queries = rng.normal(size=(10, 8)).astype(np.float32)
-    sims, idx = top_k_numpy(queries, rows, 5)
+    sims, idx = top_k_exact(queries, rows, 5)
     full = queries @ rows.T
     expected = np.argsort(-full, axis=1, kind="stable")[:, :5]
     assert np.array_equal(idx, expected)
@@ -184,7 +184,7 @@ def test_similar_finds_the_planted_copy_and_reuses_the_index(
     assert [m.rank for m in first.queries[0].matches] == [1, 2, 3, 4, 5]
     assert first.built and first.index.parent == run_copy / "index"
     info = json.loads((first.index / "index.json").read_text())
-    assert info["count"] == 24 and info["dim"] == WIDTH and info["backend"] == "numpy"
+    assert info["count"] == 24 and info["dim"] == WIDTH and info["backend"] == "exact"
     assert info["model"] == "resnet9_tiny" and len(info["weights_sha256"]) == 64
     stamp = (first.index / "embeddings.npy").stat().st_mtime_ns
 

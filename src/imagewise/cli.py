@@ -780,8 +780,8 @@ def _add_similar(verbs: Any, sub: Callable[..., Any]) -> None:
     p.add_argument(
         "--backend",
         default="auto",
-        choices=("auto", "numpy", "faiss"),
-        help="auto: exact NumPy search below 200k images, FAISS above when installed",
+        choices=("auto", "exact", "faiss"),
+        help="auto (default): exact search below 200k images, FAISS above when installed",
     )
     p.add_argument("--batch-size", type=int, default=256, help="images per batch (default 256)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")

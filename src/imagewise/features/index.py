@@ -80,7 +80,7 @@ class Index:
 
     @property
     def backend(self) -> str:
-        return str(self.info.get("backend", "numpy"))
+        return str(self.info.get("backend", "exact"))
 
     def save(self, folder: str | Path) -> Path:
         """Write the index to ``folder`` (index.json last, so a half-written index is stale)."""
@@ -135,7 +135,7 @@ def load_index(folder: str | Path) -> Index:
 
         faiss = faiss_module()
         if faiss is None:
-            info = {**info, "backend": "numpy"}  # same answers (exact), without FAISS
+            info = {**info, "backend": "exact"}  # without FAISS: exact search (IVF was approximate)
         else:
             searcher = faiss.read_index(str(folder / "faiss.index"))
     return Index(embeddings, paths, labels, info, folder, searcher)

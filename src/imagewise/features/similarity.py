@@ -136,8 +136,8 @@ def similar(
             ``RUN/index/<data>-<split>-<hash>/``).
         split: of a dataset: ``train``, ``val``, ``test`` or ``all`` (as ``features``).
         layer: a named layer instead of the penultimate one.
-        backend: ``auto`` (NumPy, exact, below 200k images; FAISS above when installed),
-            ``numpy`` or ``faiss``.
+        backend: ``auto`` (exact below 200k images; FAISS above when installed),
+            ``exact`` or ``faiss``.
         batch_size: images per forward pass.
         device: ``cpu``, ``cuda`` or ``auto``.
         show_progress: progress bars on stderr.
