@@ -26,7 +26,7 @@ import os
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -98,7 +98,8 @@ def read_ahead(
         threads: reader threads (None: ``reader_threads()``; 0: read in the calling thread,
             one batch at a time, no threads at all).
         ahead: ready batches held for the consumer at most (memory: about
-            ``(ahead + 2) * batch_size`` decoded images).
+            ``(ahead + 2) * batch_size`` decoded images, and at most two batches of items
+            not yet read).
 
     Example:
         >>> for batch in read_ahead(model.read, paths, 64, key=lambda i, p: p):  # doctest: +SKIP
@@ -189,6 +190,7 @@ def _threaded(
         return False
 
     def feed() -> None:
+        previous: list[Future[np.ndarray]] = []
         try:
             for index, pairs in chunks:
                 if stop.is_set():
@@ -196,6 +198,9 @@ def _threaded(
                 pending = [(k, pool.submit(read, item)) for k, item in pairs]
                 if not put((index, pending)):
                     return
+                # At most two batches of items not yet read (a video's full-size frames).
+                wait(previous)
+                previous = [f for _, f in pending]
             put(_END)
         except BaseException as exc:  # handed to the consumer, raised there
             put(exc)

@@ -1,0 +1,409 @@
+"""Sorting a folder of images into one folder per class: ``predict RUN FOLDER --sort-into OUT``.
+
+Each image is copied (moved with ``move=True``) to ``OUT/<class>/``, or to ``OUT/_unsure/``
+when the model is not confident enough (``Prediction.unknown``); ``OUT/predictions.csv``
+(source, destination, answer, class, probability) lists every image placed.
+
+The user's files come first:
+
+- **Never overwrites.** A file is placed with ``os.link`` (which fails rather than replace),
+  from a complete, fsynced copy beside it; a name already taken gets ``name-1.ext``,
+  ``name-2.ext``, ...
+- **Never loses one.** A move links the source into place (or copies it, fsynced, across file
+  systems) and removes the source only once the placement is recorded on disk.
+- **Resumable.** ``predictions.csv`` is also the journal: appended and fsynced after every
+  batch, so a rerun after an interruption skips the images it lists. An image placed but not
+  yet recorded (a kill between the two) is found again (its copy's temporary name is still
+  linked to it; a moved file shares its source's inode) and recorded, not placed twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import errno
+import hashlib
+import io
+import logging
+import os
+import shutil
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from imagewise.edge.model import ImageModel
+from imagewise.edge.results import Prediction
+from imagewise.errors import UserError
+from imagewise.io import check_output_dir
+
+log = logging.getLogger("imagewise")
+
+UNSURE = "_unsure"
+DEFAULT_MIN_CONFIDENCE = 0.5  # when the user gives none: below an even chance -> _unsure
+CSV_NAME = "predictions.csv"
+COLUMNS = ["source", "destination", "answer", "class", "probability"]
+PART_PREFIX = ".imagewise-"  # a copy being placed: .imagewise-<token>.part
+PART_SUFFIX = ".part"
+_NO_LINKS = (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS)
+
+
+@dataclass
+class SortResult:
+    """What a sort did.
+
+    Attributes:
+        out: the output folder.
+        csv: ``OUT/predictions.csv``, every image placed so far (this call and earlier ones).
+        counts: images placed by this call, per folder name (``_unsure`` included).
+        earlier: images an earlier (interrupted) call had placed already, skipped now.
+        unreadable: files left where they are because they could not be read.
+        min_confidence: the threshold below which an image went to ``_unsure``.
+        moved: whether the sources were moved (else copied).
+    """
+
+    out: Path
+    csv: Path
+    counts: dict[str, int] = field(default_factory=dict)
+    earlier: int = 0
+    unreadable: int = 0
+    min_confidence: float = DEFAULT_MIN_CONFIDENCE
+    moved: bool = False
+
+    @property
+    def placed(self) -> int:
+        return sum(self.counts.values())
+
+
+def sort_images(
+    run: str | Path,
+    inputs: list[str] | str,
+    out: str | Path,
+    move: bool = False,
+    min_confidence: float | str | None = None,
+    target_precision: float | None = None,
+    batch_size: int = 64,
+    device: str = "cpu",
+    hooks: Sequence[Any] = (),
+) -> SortResult:
+    """Copy (or move) images into ``out/<class>/`` by the model's answer; unsure ones into
+    ``out/_unsure/``. Rerun it after an interruption: it carries on where it stopped.
+
+    Args:
+        run: a run folder or an exported model file.
+        inputs: image files, folders (searched recursively) or glob patterns.
+        out: the output folder (created); not inside an input folder.
+        move: move the images instead of copying them.
+        min_confidence: below this top probability an image goes to ``_unsure``; ``auto`` as
+            in ``imagewise.predict``; default 0.5.
+        target_precision: for ``min_confidence="auto"``.
+        batch_size: images per forward pass, and per journal write.
+        device: ``cpu``, ``cuda`` or ``auto``.
+        hooks: objects with ``on_batch_placed(paths)`` (placed, not yet recorded) and/or
+            ``on_batch_done(count)`` (recorded; images placed by this call so far).
+
+    Example:
+        >>> from imagewise.predict.sorting import sort_images
+        >>> r = sort_images("runs/fm", "inbox/", "sorted/")  # doctest: +SKIP
+        >>> r.counts  # doctest: +SKIP
+        {'Sneaker': 12, 'Bag': 3, '_unsure': 1}
+    """
+    from imagewise.predict.inputs import expand_inputs
+    from imagewise.predict.prediction import open_model
+    from imagewise.predict.unknown import resolve_min_confidence
+
+    inputs = [inputs] if isinstance(inputs, str) else [str(i) for i in inputs]
+    out = check_sort_target(out, inputs)
+    paths = expand_inputs(inputs)
+    named = {str(Path(i).expanduser()) for i in inputs if Path(i).expanduser().is_file()}
+    model = open_model(run, device)
+    threshold = resolve_min_confidence(model, run, min_confidence, target_precision)
+    return sort_into(
+        model, paths, out, move=move, skippable=lambda p: p not in named,
+        min_confidence=DEFAULT_MIN_CONFIDENCE if threshold is None else threshold,
+        batch_size=batch_size, hooks=hooks,
+    )  # fmt: skip
+
+
+def check_sort_target(out: str | Path, inputs: Iterable[str]) -> Path:
+    """Refuse, before any work, an output folder that is a file or lies inside an input folder
+    (a rerun would find the sorted copies among the inputs)."""
+    out = check_output_dir(out, "--sort-into")
+    where = out.resolve()
+    for item in inputs:
+        folder = Path(item).expanduser()
+        if folder.is_dir() and where.is_relative_to(folder.resolve()):
+            raise UserError(
+                f"--sort-into '{out}' is inside the input folder '{item}'; choose a folder "
+                "outside it"
+            )
+    return out
+
+
+def folder_names(classes: Sequence[str]) -> dict[str, str]:
+    """A safe, distinct folder name for each class: no separators, control or reserved
+    characters, no leading dot, not ``_unsure``, distinct even on case-insensitive disks."""
+    names: dict[str, str] = {}
+    taken = {UNSURE.lower()}
+    for cls in classes:
+        name = "".join("_" if c in '/\\<>:"|?*' or ord(c) < 32 else c for c in cls)
+        name = name.strip().rstrip(".")[:100] or "_"
+        if name.startswith(".") or name.lower() == UNSURE:
+            name = "_" + name
+        base, n = name, 1
+        while name.lower() in taken:
+            n += 1
+            name = f"{base}-{n}"
+        taken.add(name.lower())
+        names[cls] = name
+    return names
+
+
+def sort_into(
+    model: ImageModel,
+    paths: Sequence[str],
+    out: Path,
+    *,
+    move: bool = False,
+    min_confidence: float = DEFAULT_MIN_CONFIDENCE,
+    skippable: Any = None,
+    batch_size: int = 64,
+    hooks: Sequence[Any] = (),
+) -> SortResult:
+    """``sort_images`` for a loaded model and a list of image files (see there)."""
+    out.mkdir(parents=True, exist_ok=True)
+    journal = Journal(out / CSV_NAME)
+    done = journal.read()
+    if move:
+        _finish_moves(out, done)
+    todo = [p for p in paths if os.path.abspath(p) not in done]
+    placer = Placer(out, move, folder_names(model.classes), done)
+    result = SortResult(out, journal.path, earlier=len(paths) - len(todo),
+                        min_confidence=min_confidence, moved=move)  # fmt: skip
+    seen = 0
+    batches = model.predict_batches(todo, top_k=1, batch_size=batch_size, skippable=skippable,
+                                    min_confidence=min_confidence)  # fmt: skip
+    for _, predictions in batches:
+        seen += len(predictions)
+        rows: list[list[str]] = []
+        try:
+            for p in predictions:
+                rows.append(placer.place(p))
+                folder = Path(rows[-1][1]).parts[0]
+                result.counts[folder] = result.counts.get(folder, 0) + 1
+            for hook in hooks:
+                if hasattr(hook, "on_batch_placed"):
+                    hook.on_batch_placed([out / r[1] for r in rows])
+        finally:
+            # Whatever stopped the batch, what was placed is recorded before anything is
+            # removed: the copies' temporary names, then (moves) the sources.
+            placer.sync_folders()
+            journal.append(rows)
+            placer.settle([r[0] for r in rows])
+        for hook in hooks:
+            if hasattr(hook, "on_batch_done"):
+                hook.on_batch_done(result.placed)
+    result.unreadable = len(todo) - seen
+    return result
+
+
+class Journal:
+    """``predictions.csv``: the images placed, appended and fsynced batch by batch."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def read(self) -> dict[str, str]:
+        """Source (absolute) -> destination (relative to OUT) of every image recorded; a last
+        line cut short by an interruption is dropped from the file."""
+        if not self.path.exists():
+            return {}
+        data = self.path.read_bytes()
+        if data and not data.endswith(b"\n"):
+            data = data[: data.rfind(b"\n") + 1]
+            with open(self.path, "r+b") as f:
+                f.truncate(len(data))
+        rows = list(csv.reader(io.StringIO(data.decode("utf-8"))))
+        if data and (not rows or rows[0] != COLUMNS):
+            raise UserError(
+                f"'{self.path}' exists and was not written by --sort-into; move it away or "
+                "choose another folder"
+            )
+        return {row[0]: row[1] for row in rows[1:] if len(row) == len(COLUMNS)}
+
+    def append(self, rows: list[list[str]]) -> None:
+        if not rows and self.path.exists():
+            return
+        with open(self.path, "a", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f, lineterminator="\n")
+            if f.tell() == 0:
+                writer.writerow(COLUMNS)
+            writer.writerows(rows)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def _token(source: str) -> str:
+    return hashlib.sha1(source.encode("utf-8", "surrogateescape")).hexdigest()[:20]
+
+
+def _part_name(source: str) -> str:
+    return f"{PART_PREFIX}{_token(source)}{PART_SUFFIX}"
+
+
+def _fsync_dir(folder: Path) -> None:
+    with contextlib.suppress(OSError):  # not every file system lets a folder be fsynced
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Same bytes (a move's source against its recorded destination)."""
+    try:
+        if os.path.samefile(a, b):
+            return True
+        if a.stat().st_size != b.stat().st_size:
+            return False
+    except OSError:
+        return False
+    import filecmp
+
+    return filecmp.cmp(a, b, shallow=False)
+
+
+def _finish_moves(out: Path, done: dict[str, str]) -> None:
+    """Sources an interrupted move recorded but did not remove yet: removed now, when their
+    placed copy holds the same bytes."""
+    for source, destination in done.items():
+        src = Path(source)
+        if src.exists() and _same_file(src, out / destination):
+            src.unlink()
+
+
+class Placer:
+    """Places files without overwriting, and finds the placements an interruption left
+    unrecorded."""
+
+    def __init__(self, out: Path, move: bool, folders: dict[str, str], done: dict[str, str]):
+        self.out, self.move, self.folders = out, move, folders
+        self.touched: set[Path] = set()
+        self.parts: dict[str, Path] = {}  # source -> its copy's temporary name, until recorded
+        self.found = self._unrecorded(set(map(_part_name, done)))
+
+    def _unrecorded(self, recorded_parts: set[str]) -> dict[str, Path]:
+        """Placements of an interrupted call that the journal lacks, by part name (copies)
+        and by inode (moves), from one look at OUT's folders. Leftover parts are removed."""
+        found: dict[str, Path] = {}
+        by_inode: dict[tuple[int, int], Path] = {}
+        parts: list[tuple[Path, os.stat_result]] = []
+        for folder in (d for d in self.out.iterdir() if d.is_dir()):
+            for entry in os.scandir(folder):
+                if not entry.is_file(follow_symlinks=False):
+                    continue
+                st = entry.stat(follow_symlinks=False)
+                if entry.name.startswith(PART_PREFIX) and entry.name.endswith(PART_SUFFIX):
+                    parts.append((Path(entry.path), st))
+                elif st.st_nlink > 1:
+                    by_inode[(st.st_dev, st.st_ino)] = Path(entry.path)
+        for part, st in parts:
+            twin = by_inode.get((st.st_dev, st.st_ino))
+            if twin is not None and part.name not in recorded_parts:
+                found[part.name] = twin
+            part.unlink()  # placed (the twin holds it), recorded, or never finished
+        self.inodes = by_inode
+        return found
+
+    def _earlier(self, source: str) -> Path | None:
+        if (twin := self.found.get(_part_name(source))) is not None:
+            return twin
+        if self.move and self.inodes:
+            with contextlib.suppress(OSError):
+                st = os.stat(source)
+                if st.st_nlink > 1:
+                    return self.inodes.get((st.st_dev, st.st_ino))
+        return None
+
+    def place(self, p: Prediction) -> list[str]:
+        """Place one image; its journal row."""
+        source = os.path.abspath(p.source)
+        folder = self.out / (UNSURE if p.unknown else self.folders[p.label])
+        dest = self._earlier(source) or self._new_place(source, folder)
+        self.touched.add(dest.parent)
+        relative = dest.relative_to(self.out).as_posix()
+        return [source, relative, p.answer, p.label, f"{p.confidence:.6f}"]
+
+    def _new_place(self, source: str, folder: Path) -> Path:
+        folder.mkdir(exist_ok=True)
+        if self.move:
+            try:
+                return _link_free(Path(source), folder, Path(source).name)
+            except OSError as exc:
+                if exc.errno not in (errno.EXDEV, *_NO_LINKS):
+                    raise
+        part = folder / _part_name(source)
+        with open(source, "rb") as src, open(part, "xb") as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+            dst.flush()
+            os.fsync(dst.fileno())
+        shutil.copystat(source, part)
+        try:
+            dest = _link_free(part, folder, Path(source).name)
+        except OSError as exc:
+            if exc.errno not in _NO_LINKS:
+                raise
+            dest = _rename_free(part, folder, Path(source).name)  # no hard links here
+        if part.exists():
+            self.parts[source] = part
+        return dest
+
+    def sync_folders(self) -> None:
+        """The batch's new names on disk before the journal records them."""
+        for folder in self.touched:
+            _fsync_dir(folder)
+        self.touched.clear()
+
+    def settle(self, sources: list[str]) -> None:
+        """After the journal holds ``sources``: temporary names go, and (moves) the sources."""
+        for source in sources:
+            if (part := self.parts.pop(source, None)) is not None:
+                part.unlink(missing_ok=True)
+            if self.move and os.path.lexists(source):
+                os.unlink(source)
+
+
+def _free_names(name: str) -> Iterable[str]:
+    stem, suffix = os.path.splitext(name)
+    yield name
+    n = 1
+    while True:
+        yield f"{stem}-{n}{suffix}"
+        n += 1
+
+
+def _link_free(source: Path, folder: Path, name: str) -> Path:
+    """``os.link`` to the first free name (``name``, ``name-1``, ...): never replaces a file."""
+    for candidate in _free_names(name):
+        dest = folder / candidate
+        try:
+            os.link(source, dest)
+            return dest
+        except FileExistsError:
+            continue
+    raise AssertionError("unreachable")
+
+
+def _rename_free(part: Path, folder: Path, name: str) -> Path:
+    """Where hard links are not supported: reserve a free name with O_EXCL, then rename the
+    complete copy onto the (empty) reservation."""
+    for candidate in _free_names(name):
+        dest = folder / candidate
+        try:
+            os.close(os.open(dest, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            continue
+        os.replace(part, dest)
+        return dest
+    raise AssertionError("unreachable")
