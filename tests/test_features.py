@@ -230,7 +230,9 @@ def test_json_and_html_outputs(run_copy: Path, collection: Path, tmp_path: Path)
     assert "circle" in page and "square" in page and "<script" not in page
 
 
-def test_faiss_backend_agrees_with_numpy(run_copy: Path, collection: Path, tmp_path: Path) -> None:
+def test_faiss_backend_agrees_with_exact_search(
+    run_copy: Path, collection: Path, tmp_path: Path
+) -> None:
     pytest.importorskip("faiss")
     query = find_images(collection / "square")[2]
     exact = imagewise.similar(run_copy, [query], str(collection), k=5, save_index=tmp_path / "a")
