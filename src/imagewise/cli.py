@@ -271,6 +271,28 @@ def _add_predict(verbs: Any, sub: Callable[..., Any]) -> None:
     p.add_argument("--format", default="table", choices=("table", "csv", "json"))
     p.add_argument("--out", help="write the predictions to this file instead of printing")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    p.add_argument(
+        "--min-confidence",
+        metavar="P|auto",
+        help="answer 'unknown' when the top (calibrated) probability is below P; auto: the "
+        "lowest threshold reaching --target-precision on the run's validation images (fitted "
+        "once, kept in RUN/unknown.json), or the one an exported file carries",
+    )
+    p.add_argument(
+        "--target-precision",
+        type=float,
+        metavar="T",
+        help="with --min-confidence auto: the precision the answers kept must reach (default 0.95)",
+    )
+    p.add_argument(
+        "--ood",
+        default="auto",
+        choices=("auto", "energy", "knn", "none"),
+        help="out-of-distribution score per image, higher for unusual images: energy (from "
+        "the logits), knn (distance to the training embeddings; run folders: made once, kept "
+        "in RUN/knn_reference.npz) or none; default: knn when the run has a reference, else "
+        "energy",
+    )
     p.set_defaults(func=cmd_predict)
 
 
@@ -560,7 +582,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
         from imagewise.io import check_output_file
 
         check_output_file(args.out)
-    preds = predict(args.run, args.inputs, top_k=args.top_k, device=args.device)
+    preds = predict(
+        args.run, args.inputs, top_k=args.top_k, device=args.device,
+        min_confidence=args.min_confidence, target_precision=args.target_precision, ood=args.ood,
+    )  # fmt: skip
     text = format_predictions(preds, args.format)
     if args.out:
         from imagewise.io import atomic_write_text

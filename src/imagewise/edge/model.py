@@ -25,6 +25,7 @@ from imagewise.edge.images import (
     resize_image,
 )
 from imagewise.edge.results import Prediction
+from imagewise.edge.unknown import OodScorer, edge_scorer
 from imagewise.errors import UserError
 
 log = logging.getLogger("imagewise")
@@ -105,13 +106,18 @@ class ImageModel:
         sources: Sequence[str],
         top_k: int = 5,
         min_confidence: float | None = None,
+        ood_scores: np.ndarray | None = None,
     ) -> list[Prediction]:
-        """Scores -> top-k predictions with class names (``unknown`` below ``min_confidence``)."""
+        """Scores -> top-k predictions with class names (``unknown`` below ``min_confidence``),
+        with each image's out-of-distribution score when ``ood_scores`` are given."""
         values, indices = top_k_of(probs, top_k)
+        ood = [None] * len(sources) if ood_scores is None else np.asarray(ood_scores).tolist()
         out = []
-        for src, val, idx in zip(sources, values.tolist(), indices.tolist(), strict=True):
+        for src, val, idx, score in zip(
+            sources, values.tolist(), indices.tolist(), ood, strict=True
+        ):
             unknown = None if min_confidence is None else val[0] < min_confidence
-            out.append(Prediction(src, [self.classes[i] for i in idx], val, unknown))
+            out.append(Prediction(src, [self.classes[i] for i in idx], val, unknown, score))
         return out
 
     def predict_iter(
@@ -121,6 +127,7 @@ class ImageModel:
         batch_size: int = 64,
         skippable: Callable[[str], bool] | None = None,
         min_confidence: float | None = None,
+        ood: str | OodScorer | None = None,
     ) -> Iterator[Prediction]:
         """Top-k predictions for image files or PIL images, in order, batch by batch.
 
@@ -131,7 +138,10 @@ class ImageModel:
             skippable: for files this returns True for, an unreadable file is skipped with a
                 warning instead of failing the call (used for files found in folders).
             min_confidence: below this top probability the answer is ``unknown``.
+            ood: an out-of-distribution score for each image: ``energy``, a scorer
+                (``imagewise.edge.unknown``), or None.
         """
+        scorer = edge_scorer(ood)
         items = [images] if isinstance(images, str | Path | Image.Image) else images
         batch: list[np.ndarray] = []
         names: list[str] = []
@@ -146,10 +156,10 @@ class ImageModel:
                 continue
             names.append(name)
             if len(batch) == batch_size:
-                yield from self._answer_batch(batch, names, top_k, min_confidence)
+                yield from self._answer_batch(batch, names, top_k, min_confidence, scorer)
                 batch, names = [], []
         if batch:
-            yield from self._answer_batch(batch, names, top_k, min_confidence)
+            yield from self._answer_batch(batch, names, top_k, min_confidence, scorer)
 
     def _answer_batch(
         self,
@@ -157,9 +167,12 @@ class ImageModel:
         names: list[str],
         top_k: int,
         min_confidence: float | None,
+        ood: OodScorer | None = None,
     ) -> list[Prediction]:
-        logits, probs = self.scores(np.stack(batch))
-        return self.answers(logits, probs, names, top_k, min_confidence)
+        images = np.stack(batch)
+        logits, probs = self.scores(images)
+        ood_scores = None if ood is None else ood(images, logits)
+        return self.answers(logits, probs, names, top_k, min_confidence, ood_scores)
 
     def predict(
         self,
@@ -168,6 +181,7 @@ class ImageModel:
         batch_size: int = 64,
         skippable: Callable[[str], bool] | None = None,
         min_confidence: float | None = None,
+        ood: str | OodScorer | None = None,
     ) -> list[Prediction]:
         """Top-k predictions for image files or PIL images, in order (see ``predict_iter``)."""
-        return list(self.predict_iter(images, top_k, batch_size, skippable, min_confidence))
+        return list(self.predict_iter(images, top_k, batch_size, skippable, min_confidence, ood))

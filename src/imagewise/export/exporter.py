@@ -129,6 +129,7 @@ def export(
     from imagewise.export.quantize import PORTABLE
     from imagewise.export.verify import VERIFY_IMAGES, run_images
     from imagewise.predict.predictor import load_run
+    from imagewise.predict.unknown import fitted_unknown
 
     format = format.lower()
     _check_request(format, int8, raw_input, out)
@@ -150,7 +151,7 @@ def export(
     quantization = PORTABLE.describe() if int8 else None
     metadata = build_metadata(
         reference.name, reference.classes, reference.preprocessing, reference.temperature,
-        reference.tta, raw_input, int8, quantization,
+        reference.tta, raw_input, int8, quantization, fitted_unknown(folder.path),
     )  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="imagewise-export-") as tmp:
         candidate = Path(tmp) / target.name

@@ -11,6 +11,8 @@ plain strings, so any ONNX consumer can read them::
     test_time_augmentation  none | mirror mean (in the graph) | mean of 10 views: mirror, ...
     quantization_settings  INT8 files only: {"weight_bits": 7, "reduce_range": true, ...,
                            "safe_on": "every CPU: ..."}  (``Int8Settings.describe()``)
+    unknown  runs with a fitted --min-confidence auto only: {"target_precision": 0.95,
+             "min_confidence": 0.61, "precision": 0.95, "coverage": 0.96, ...}
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from imagewise.data.transforms import Preprocessing
+from imagewise.edge.unknown import METADATA_KEY
 from imagewise.predict.file_meta import (
     INT8_QUANTIZATION,
     JSON_KEYS,
@@ -38,13 +41,15 @@ def build_metadata(
     raw_input: bool,
     int8: bool,
     quantization: Mapping[str, Any] | None = None,
+    unknown: Mapping[str, Any] | None = None,
 ) -> dict[str, str]:
     """The string map written into an exported model: what a user of the file needs.
 
     ``tta``: the run's test-time views (already averaged inside the graph; recorded so the file
     says so). ``quantization`` (INT8: ``Int8Settings.describe()``) says how the weights were made
     and on which CPUs they compute exactly, so a file met later still tells whether it suits a
-    machine.
+    machine. ``unknown``: the run's fitted ``--min-confidence auto`` threshold
+    (``imagewise.predict.unknown.fitted_unknown``), so ``auto`` works on the file too.
     """
     from imagewise.runtime.tta import describe
     from imagewise.version import __version__
@@ -66,7 +71,9 @@ def build_metadata(
     if int8 and quantization is not None:
         values["quantization"] = _describe_int8(quantization)
         values["quantization_settings"] = dict(quantization)
-    json_keys = (*JSON_KEYS, *OPTIONAL_JSON_KEYS)
+    if unknown is not None:
+        values[METADATA_KEY] = dict(unknown)
+    json_keys = (*JSON_KEYS, *OPTIONAL_JSON_KEYS, METADATA_KEY)
     return {
         k: json.dumps(v, ensure_ascii=False) if k in json_keys else v for k, v in values.items()
     }

@@ -22,7 +22,13 @@ def open_model(run: str | Path, device: str = "cpu") -> ImageModel:
 
 
 def predict(
-    run: str | Path, inputs: list[str] | str, top_k: int = 5, device: str = "cpu"
+    run: str | Path,
+    inputs: list[str] | str,
+    top_k: int = 5,
+    device: str = "cpu",
+    min_confidence: float | str | None = None,
+    target_precision: float | None = None,
+    ood: str | None = "auto",
 ) -> list[Prediction]:
     """Top-k predictions for image files, folders or glob patterns.
 
@@ -32,13 +38,32 @@ def predict(
         inputs: image paths, folders (searched recursively) or glob patterns.
         top_k: how many classes to report per image, best first.
         device: ``cpu``, ``cuda`` or ``auto``.
+        min_confidence: below this top (calibrated) probability the answer is ``unknown``;
+            ``auto``: the lowest threshold reaching ``target_precision`` on the run's
+            validation split (fitted once, kept in ``RUN/unknown.json``), or the one an
+            exported file carries.
+        target_precision: for ``min_confidence="auto"`` (default 0.95).
+        ood: the out-of-distribution score of each image (higher: more unusual): ``energy``,
+            ``knn`` (distance to the training embeddings; run folders; the reference is made
+            once, kept in ``RUN/knn_reference.npz``), ``none``, or ``auto``: knn when the run
+            has a reference, else energy.
 
     Example:
         >>> imagewise.predict("runs/digits", ["img/seven.png"], top_k=3)[0].label  # doctest: +SKIP
         '7'
+        >>> p = imagewise.predict("runs/fm", "photos/", min_confidence="auto")  # doctest: +SKIP
+        >>> [x.answer for x in p], [x.ood_score for x in p]  # doctest: +SKIP
     """
+    from imagewise.predict.unknown import resolve_min_confidence, resolve_ood
+
     inputs = [inputs] if isinstance(inputs, str) else [str(i) for i in inputs]
     paths = expand_inputs(inputs)
     # Files named one by one must be readable; files found in folders or globs may be skipped.
     named = {str(Path(i).expanduser()) for i in inputs if Path(i).expanduser().is_file()}
-    return open_model(run, device).predict(paths, top_k=top_k, skippable=lambda p: p not in named)
+    model = open_model(run, device)
+    threshold = resolve_min_confidence(model, run, min_confidence, target_precision)
+    scorer = resolve_ood(model, run, ood)
+    return model.predict(
+        paths, top_k=top_k, skippable=lambda p: p not in named, min_confidence=threshold,
+        ood=scorer,
+    )  # fmt: skip
