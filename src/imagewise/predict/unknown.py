@@ -225,6 +225,8 @@ def knn_reference(
         images: the most training images it holds (a seeded sample).
     """
     path = Path(run) / REFERENCE_FILE
+    if not fit and not path.is_file():
+        return None  # without hashing the weights: the usual case of --ood auto
     digest = weights_sha256(run)
     if path.is_file():
         reference = KnnReference.load(path)
