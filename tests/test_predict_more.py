@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import fcntl
 import hashlib
 import os
 import shutil
@@ -93,7 +94,8 @@ def inbox(folder_data: Path, tmp_path: Path) -> Path:
 
 
 def placed_files(out: Path) -> list[Path]:
-    return sorted(p for p in out.rglob("*") if p.is_file() and p.name != "predictions.csv")
+    """Files in OUT's class folders (OUT itself holds predictions.csv and a lock file)."""
+    return sorted(p for p in out.rglob("*") if p.is_file() and p.parent != out)
 
 
 def journal(out: Path) -> list[dict[str, str]]:
@@ -211,6 +213,13 @@ def test_sort_into_one_line_errors(trained_run, inbox, tmp_path, capsys, monkeyp
         code, out, err = run_cli(["predict", str(trained_run), str(inbox), *flags], capsys)
         assert (code, out) == (2, "") and err.count("\n") == 1 and message in err, err
     assert not (inbox / "sorted").exists()
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    with open(busy / ".imagewise-sort.lock", "a") as held:  # another sort is running
+        fcntl.flock(held, fcntl.LOCK_EX)
+        code, _, err = run_cli(["predict", str(trained_run), str(inbox), "--sort-into",
+                                str(busy)], capsys)  # fmt: skip
+    assert code == 2 and "another imagewise is sorting" in err
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "0")
     code, _, err = run_cli(["predict", str(trained_run), str(inbox), "--sort-into", "o"], capsys)

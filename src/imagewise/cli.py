@@ -264,9 +264,12 @@ def _add_compare(verbs: Any, sub: Callable[..., Any]) -> None:
 
 
 def _add_predict(verbs: Any, sub: Callable[..., Any]) -> None:
-    p = sub(verbs, "predict", "classify images, folders and globs")
+    p = sub(verbs, "predict", "classify images, folders, globs and videos")
     p.add_argument("run", metavar="RUN|MODEL", help="run folder, or .onnx / .pt file from export")
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or globs")
+    p.add_argument(
+        "inputs", nargs="+", metavar="INPUT",
+        help="image files, folders or globs; or video files (.mp4 .mov .avi .mkv .webm)",
+    )  # fmt: skip
     p.add_argument("--top-k", type=int, default=5, help="classes per image (default 5)")
     p.add_argument("--format", default="table", choices=("table", "csv", "json"))
     p.add_argument("--out", help="write the predictions to this file instead of printing")
@@ -292,6 +295,20 @@ def _add_predict(verbs: Any, sub: Callable[..., Any]) -> None:
         "the logits), knn (distance to the training embeddings; run folders: made once, kept "
         "in RUN/knn_reference.npz) or none; default: knn when the run has a reference, else "
         "energy",
+    )
+    p.add_argument("--batch-size", type=int, help="images per forward pass (default 64; videos 32)")
+    p.add_argument(
+        "--sort-into", metavar="OUT",
+        help="copy each image into OUT/<class>/, unsure ones (below --min-confidence, default "
+        "0.5 here) into OUT/_unsure/, with OUT/predictions.csv; never overwrites; rerun to "
+        "resume after an interruption",
+    )  # fmt: skip
+    p.add_argument("--move", action="store_true", help="with --sort-into: move, not copy")
+    p.add_argument(
+        "--stride", type=int, default=1, metavar="N", help="videos: every N-th frame (default 1)"
+    )
+    p.add_argument(
+        "--annotate", metavar="VIDEO", help="videos: write a copy with each frame's answer drawn"
     )
     p.set_defaults(func=cmd_predict)
 
@@ -575,18 +592,36 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from imagewise.predict import format_predictions, predict
+    from imagewise.predict.sharding import is_main_process
+    from imagewise.predict.video import format_frames, is_video, predict_videos
 
     if args.top_k < 1:
         raise UserError(f"--top-k must be at least 1, not {args.top_k}")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, not {args.batch_size}")
+    if args.move and not args.sort_into:
+        raise UserError("--move goes with --sort-into OUT (it moves the images into OUT)")
+    if args.sort_into:
+        return _sort_into(args)
     if args.out:
         from imagewise.io import check_output_file
 
         check_output_file(args.out)
-    preds = predict(
-        args.run, args.inputs, top_k=args.top_k, device=args.device,
-        min_confidence=args.min_confidence, target_precision=args.target_precision, ood=args.ood,
+    common = dict(
+        top_k=args.top_k, device=args.device, min_confidence=args.min_confidence,
+        target_precision=args.target_precision, ood=args.ood,
     )  # fmt: skip
-    text = format_predictions(preds, args.format)
+    if any(is_video(i) for i in args.inputs):
+        frames = predict_videos(args.run, args.inputs, stride=args.stride, annotate=args.annotate,
+                                batch_size=args.batch_size or 32, **common)  # fmt: skip
+        text, preds = format_frames(frames, args.format), frames
+    elif args.annotate or args.stride != 1:
+        raise UserError("--stride and --annotate are for videos (.mp4 .mov .avi .mkv .webm)")
+    else:
+        preds = predict(args.run, args.inputs, batch_size=args.batch_size or 64, **common)
+        if not is_main_process():  # under torchrun, rank 0 prints and writes for all
+            return 0
+        text = format_predictions(preds, args.format)
     if args.out:
         from imagewise.io import atomic_write_text
 
@@ -594,6 +629,30 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print(f"wrote {len(preds)} predictions to {args.out}")
     else:
         print(text)
+    if args.annotate:
+        print(f"wrote {args.annotate}", file=sys.stderr)
+    return 0
+
+
+def _sort_into(args: argparse.Namespace) -> int:
+    from imagewise.predict.sharding import refuse_under_torchrun
+    from imagewise.predict.sorting import sort_images
+
+    refuse_under_torchrun("--sort-into")
+    r = sort_images(
+        args.run, args.inputs, args.sort_into, move=args.move, device=args.device,
+        min_confidence=args.min_confidence, target_precision=args.target_precision,
+        batch_size=args.batch_size or 64,
+    )  # fmt: skip
+    counts = ", ".join(f"{k} {v}" for k, v in sorted(r.counts.items())) or "nothing new"
+    print(f"{'moved' if r.moved else 'copied'} {r.placed} images into {r.out}: {counts}")
+    if r.counts.get("_unsure"):
+        print(f"_unsure: top probability below {r.min_confidence:.0%}; review them by hand")
+    if r.earlier:
+        print(f"{r.earlier} images were sorted by an earlier run and left as they are")
+    if r.unreadable:
+        print(f"{r.unreadable} unreadable files left where they are")
+    print(f"list: {r.csv}")
     return 0
 
 

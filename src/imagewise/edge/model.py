@@ -25,6 +25,7 @@ from imagewise.edge.images import (
     resize_image,
 )
 from imagewise.edge.results import Prediction
+from imagewise.edge.stream import read_ahead
 from imagewise.edge.unknown import OodScorer, edge_scorer
 from imagewise.errors import UserError
 
@@ -129,7 +130,8 @@ class ImageModel:
         min_confidence: float | None = None,
         ood: str | OodScorer | None = None,
     ) -> Iterator[Prediction]:
-        """Top-k predictions for image files or PIL images, in order, batch by batch.
+        """Top-k predictions for image files or PIL images, in order, batch by batch; the next
+        batches are decoded in threads while one runs (``imagewise.edge.stream``).
 
         Args:
             images: file paths or PIL images.
@@ -141,35 +143,49 @@ class ImageModel:
             ood: an out-of-distribution score for each image: ``energy``, a scorer
                 (``imagewise.edge.unknown``), or None.
         """
+        for _, predictions in self.predict_batches(
+            images, top_k, batch_size, skippable, min_confidence, ood=ood
+        ):
+            yield from predictions
+
+    def predict_batches(
+        self,
+        images: Iterable[ImageInput],
+        top_k: int = 5,
+        batch_size: int = 64,
+        skippable: Callable[[str], bool] | None = None,
+        min_confidence: float | None = None,
+        select: Callable[[int], bool] | None = None,
+        ood: str | OodScorer | None = None,
+        read: Callable[[Any], np.ndarray] | None = None,
+    ) -> Iterator[tuple[int, list[Prediction]]]:
+        """``predict_iter``'s answers batch by batch, as (batch index, predictions): batch ``i``
+        holds inputs ``i*batch_size`` to ``i*batch_size + batch_size - 1`` (less the skipped).
+
+        Args:
+            select: which batch indices to predict (None: all); a torchrun process takes its
+                share this way (``imagewise.predict.sharding``).
+            ood: as in ``predict_iter``.
+            read: how an item becomes uint8 (C, H, W) (default ``self.read``; a video's frames
+                are converted in the reader threads this way); the item's ``str`` names it.
+        """
         scorer = edge_scorer(ood)
         items = [images] if isinstance(images, str | Path | Image.Image) else images
-        batch: list[np.ndarray] = []
-        names: list[str] = []
-        for i, item in enumerate(items):
-            name = f"<image {i}>" if isinstance(item, Image.Image) else str(item)
-            try:
-                batch.append(self.read(item))
-            except UserError as exc:
-                if skippable is None or not skippable(name):
-                    raise
-                log.warning("skipped: %s", str(exc).split(";")[0])
-                continue
-            names.append(name)
-            if len(batch) == batch_size:
-                yield from self._answer_batch(batch, names, top_k, min_confidence, scorer)
-                batch, names = [], []
-        if batch:
-            yield from self._answer_batch(batch, names, top_k, min_confidence, scorer)
+        batches = read_ahead(
+            read or self.read, items, batch_size, key=_name, skippable=skippable, select=select
+        )
+        for batch in batches:
+            answers = self._answer_batch(batch.images, batch.keys, top_k, min_confidence, scorer)
+            yield batch.index, answers
 
     def _answer_batch(
         self,
-        batch: list[np.ndarray],
+        images: np.ndarray,
         names: list[str],
         top_k: int,
         min_confidence: float | None,
         ood: OodScorer | None = None,
     ) -> list[Prediction]:
-        images = np.stack(batch)
         logits, probs = self.scores(images)
         ood_scores = None if ood is None else ood(images, logits)
         return self.answers(logits, probs, names, top_k, min_confidence, ood_scores)
@@ -185,3 +201,8 @@ class ImageModel:
     ) -> list[Prediction]:
         """Top-k predictions for image files or PIL images, in order (see ``predict_iter``)."""
         return list(self.predict_iter(images, top_k, batch_size, skippable, min_confidence, ood))
+
+
+def _name(position: int, item: ImageInput) -> str:
+    """What a prediction calls its image: the file, or ``<image N>`` for a PIL image."""
+    return f"<image {position}>" if isinstance(item, Image.Image) else str(item)

@@ -29,8 +29,11 @@ def predict(
     min_confidence: float | str | None = None,
     target_precision: float | None = None,
     ood: str | None = "auto",
+    batch_size: int = 64,
 ) -> list[Prediction]:
-    """Top-k predictions for image files, folders or glob patterns.
+    """Top-k predictions for image files, folders or glob patterns. Under ``torchrun`` the
+    batches are spread over the processes; rank 0 gets all the answers, in the same order,
+    and the others an empty list (``imagewise.predict.sharding``).
 
     Args:
         run: a run folder written by ``imagewise train``, or a model file written by
@@ -47,6 +50,7 @@ def predict(
             ``knn`` (distance to the training embeddings; run folders; the reference is made
             once, kept in ``RUN/knn_reference.npz``), ``none``, or ``auto``: knn when the run
             has a reference, else energy.
+        batch_size: images per forward pass (decoded in threads while the previous one runs).
 
     Example:
         >>> imagewise.predict("runs/digits", ["img/seven.png"], top_k=3)[0].label  # doctest: +SKIP
@@ -54,16 +58,17 @@ def predict(
         >>> p = imagewise.predict("runs/fm", "photos/", min_confidence="auto")  # doctest: +SKIP
         >>> [x.answer for x in p], [x.ood_score for x in p]  # doctest: +SKIP
     """
+    from imagewise.predict.sharding import predict_all, shard_device
     from imagewise.predict.unknown import resolve_min_confidence, resolve_ood
 
     inputs = [inputs] if isinstance(inputs, str) else [str(i) for i in inputs]
     paths = expand_inputs(inputs)
     # Files named one by one must be readable; files found in folders or globs may be skipped.
     named = {str(Path(i).expanduser()) for i in inputs if Path(i).expanduser().is_file()}
-    model = open_model(run, device)
+    model = open_model(run, shard_device(device))
     threshold = resolve_min_confidence(model, run, min_confidence, target_precision)
     scorer = resolve_ood(model, run, ood)
-    return model.predict(
-        paths, top_k=top_k, skippable=lambda p: p not in named, min_confidence=threshold,
-        ood=scorer,
+    return predict_all(
+        model, paths, top_k=top_k, batch_size=batch_size, skippable=lambda p: p not in named,
+        min_confidence=threshold, ood=scorer,
     )  # fmt: skip

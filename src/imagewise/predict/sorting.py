@@ -27,7 +27,7 @@ import io
 import logging
 import os
 import shutil
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +42,7 @@ log = logging.getLogger("imagewise")
 UNSURE = "_unsure"
 DEFAULT_MIN_CONFIDENCE = 0.5  # when the user gives none: below an even chance -> _unsure
 CSV_NAME = "predictions.csv"
+LOCK_NAME = ".imagewise-sort.lock"
 COLUMNS = ["source", "destination", "answer", "class", "probability"]
 PART_PREFIX = ".imagewise-"  # a copy being placed: .imagewise-<token>.part
 PART_SUFFIX = ".part"
@@ -166,12 +167,44 @@ def sort_into(
     *,
     move: bool = False,
     min_confidence: float = DEFAULT_MIN_CONFIDENCE,
-    skippable: Any = None,
+    skippable: Callable[[str], bool] | None = None,
     batch_size: int = 64,
     hooks: Sequence[Any] = (),
 ) -> SortResult:
     """``sort_images`` for a loaded model and a list of image files (see there)."""
     out.mkdir(parents=True, exist_ok=True)
+    with _only_sorter(out):
+        return _sort(model, paths, out, move, min_confidence, skippable, batch_size, hooks)
+
+
+@contextlib.contextmanager
+def _only_sorter(out: Path) -> Iterator[None]:
+    """One sort into ``out`` at a time (two would both place the images they have not seen)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks here
+        yield
+        return
+    with open(out / LOCK_NAME, "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise UserError(
+                f"another imagewise is sorting into '{out}' now; wait for it to finish"
+            ) from None
+        yield
+
+
+def _sort(
+    model: ImageModel,
+    paths: Sequence[str],
+    out: Path,
+    move: bool,
+    min_confidence: float,
+    skippable: Callable[[str], bool] | None,
+    batch_size: int,
+    hooks: Sequence[Any],
+) -> SortResult:
     journal = Journal(out / CSV_NAME)
     done = journal.read()
     if move:
