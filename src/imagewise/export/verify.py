@@ -15,7 +15,6 @@ import numpy as np
 import torch
 
 from imagewise.data.transforms import Preprocessing
-from imagewise.errors import UserError
 
 if TYPE_CHECKING:
     from imagewise.predict.base import BaseClassifier
@@ -34,32 +33,11 @@ def run_images(
     Returns uint8 images (N, C, img_size, img_size), labels in the run's class order, the
     split's name and the data source.
     """
-    from imagewise.config import DataConfig, load_config_file
-    from imagewise.data.pipeline import materialize
-    from imagewise.data.sources import ImageData, Split, resolve_source
+    from imagewise.runtime.run_data import decode_split, run_split
 
-    cfg = load_config_file(run_dir / "config.yaml").data
-    try:
-        raw = resolve_source(cfg.source, cfg.val_fraction, cfg.test_fraction, cfg.split_seed)
-    except UserError as exc:
-        raise UserError(f"cannot re-open the run's data to check the export: {exc}") from exc
-    unknown = sorted(set(raw.classes) - set(classes))
-    if unknown:
-        raise UserError(f"'{cfg.source}' now has classes the model was not trained on: {unknown}")
-    name = next((s for s in splits if len(raw.split(s))), None)
-    if name is None:
-        raise UserError(f"'{cfg.source}' has no {' or '.join(splits)} images to check with")
-    chosen = raw.split(name)
-    if len(chosen) > limit:  # sample before decoding: a file dataset decodes only these
-        pick = np.random.default_rng(0).choice(len(chosen), size=limit, replace=False)
-        chosen = chosen.subset(np.sort(pick))
-    mapping = np.array([classes.index(c) for c in raw.classes])
-    chosen = Split(mapping[chosen.labels], chosen.images, chosen.paths)
-    empty = chosen.subset(np.array([], dtype=np.int64))
-    holder = ImageData(classes, chosen, empty, empty, raw.source, raw.kind)
-    holder = materialize(holder, DataConfig(cache="ram"), pre.img_size, pre.channels)
-    assert holder.train.images is not None
-    return holder.train.images, holder.train.labels, name, cfg.source
+    part = run_split(run_dir, classes, splits, limit, "check the export")
+    images, labels = decode_split(part, classes, pre.img_size, pre.channels)
+    return images, labels, part.name, part.source
 
 
 def parity(

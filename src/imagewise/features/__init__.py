@@ -9,13 +9,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from imagewise.features.extract import embed
     from imagewise.features.extraction import Features, features
     from imagewise.features.index import Index, load_index
     from imagewise.features.similarity import Match, QueryMatches, SimilarResult, similar
+    from imagewise.runtime.embedding import embed
 
 _MODULES = {
-    "embed": "extract",
+    "embed": "imagewise.runtime.embedding",
     "Features": "extraction",
     "features": "extraction",
     "Index": "index",
@@ -31,7 +31,9 @@ def __getattr__(name: str) -> Any:
     if name in _MODULES:
         import importlib
 
-        return getattr(importlib.import_module(f"imagewise.features.{_MODULES[name]}"), name)
+        module = _MODULES[name]
+        module = module if "." in module else f"imagewise.features.{module}"
+        return getattr(importlib.import_module(module), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

@@ -164,8 +164,8 @@ def extract(
     """Features of a resolved collection with a loaded classifier, streamed in batches."""
     from tqdm import tqdm
 
-    from imagewise.features import extract as net
     from imagewise.features import hog as hog_features
+    from imagewise.runtime import embedding as net
 
     pre = classifier.preprocessing
     model = net.network_of(classifier)

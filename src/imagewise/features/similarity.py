@@ -191,7 +191,6 @@ def _index_for(
     """The index to search and whether it was built now: a saved index folder as it is, or
     the saved index of the data when still current, else one built and saved."""
     from imagewise.features.collection import resolve_collection
-    from imagewise.features.extract import network_of, penultimate_name
     from imagewise.features.index import (
         default_dir,
         file_sha256,
@@ -199,6 +198,7 @@ def _index_for(
         is_index_dir,
         load_index,
     )
+    from imagewise.runtime.embedding import network_of, penultimate_name
     from imagewise.runtime.runs import RunFolder
 
     weights = file_sha256(RunFolder.of(run).weights)

@@ -15,7 +15,7 @@ import logging
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -34,6 +34,9 @@ from imagewise.edge.unknown import (
 )
 from imagewise.errors import UserError
 from imagewise.io import atomic_write_json, read_json
+
+if TYPE_CHECKING:
+    from imagewise.runtime.run_data import RunSplit
 
 log = logging.getLogger("imagewise")
 
@@ -55,47 +58,27 @@ def weights_sha256(run: str | Path) -> str:
     return digest.hexdigest()
 
 
-def _run_split(run: Path, classes: list[str], name: str, limit: int | None = None) -> Any:
-    """The ``name`` split of the run's data as training made it (labels in the run's class
-    order; a seeded sample of ``limit`` images when larger), not yet decoded."""
-    from imagewise.config import load_config_file
-    from imagewise.data.sources import Split, resolve_source
+def _run_split(run: Path, classes: list[str], name: str) -> RunSplit:
+    """The ``name`` split of the run's data as training made it, not yet decoded."""
+    from imagewise.runtime.run_data import run_split
 
-    cfg = load_config_file(run / "config.yaml").data
-    try:
-        raw = resolve_source(cfg.source, cfg.val_fraction, cfg.test_fraction, cfg.split_seed)
-    except UserError as exc:
-        raise UserError(f"cannot re-open the run's data to fit on: {exc}") from exc
-    extra = sorted(set(raw.classes) - set(classes))
-    if extra:
-        raise UserError(f"'{cfg.source}' now has classes the model was not trained on: {extra}")
-    chosen = raw.split(name)
-    if limit is not None and len(chosen) > limit:
-        pick = np.random.default_rng(0).choice(len(chosen), size=limit, replace=False)
-        chosen = chosen.subset(np.sort(pick))
-    mapping = np.array([classes.index(c) for c in raw.classes], dtype=np.int64)
-    return Split(mapping[chosen.labels], chosen.images, chosen.paths), raw.source, raw.kind
+    purpose = "fit --min-confidence auto on" if name == "val" else "build the kNN reference from"
+    return run_split(run, classes, (name,), None, purpose)
 
 
-def _decoded_chunks(
-    model: ImageModel, split: Any, source: str, kind: str
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def _decoded_chunks(model: ImageModel, part: RunSplit) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """uint8 images (N, C, H, W) at the model's size and their labels, ``CHUNK`` at a time
     (unreadable files skipped)."""
-    from imagewise.config import DataConfig
-    from imagewise.data.pipeline import materialize
-    from imagewise.data.sources import ImageData
+    from imagewise.runtime.run_data import decode_split
 
     pre = model.preprocessing
-    for start in range(0, len(split), CHUNK):
-        part = split.subset(np.arange(start, min(start + CHUNK, len(split))))
-        empty = part.subset(np.array([], dtype=np.int64))
-        holder = ImageData(model.classes, part, empty, empty, source, kind)
+    for start in range(0, len(part.split), CHUNK):
+        chunk = part.subset(np.arange(start, min(start + CHUNK, len(part.split))))
         try:
-            decoded = materialize(holder, DataConfig(cache="ram"), pre.img_size, pre.channels)
+            images, labels = decode_split(chunk, list(model.classes), pre.img_size, pre.channels)
         except UserError:  # every file of this chunk unreadable
             continue
-        yield decoded.train.images.numpy(), np.asarray(decoded.train.labels)
+        yield images.numpy(), labels
 
 
 def _fitted(path: Path, digest: str) -> dict[str, Any] | None:
@@ -136,9 +119,9 @@ def run_min_confidence(
         fit = ThresholdFit.from_json(stored)
         log.info("min confidence %s, fitted before (%s)", fit.describe(), path)
         return fit
-    split, source, kind = _run_split(Path(run), list(model.classes), "val")
+    part = _run_split(Path(run), list(model.classes), "val")
     confidence, correct = [], []
-    for images, labels in _decoded_chunks(model, split, source, kind):
+    for images, labels in _decoded_chunks(model, part):
         _, probs = model.scores(images)
         confidence.append(probs.max(axis=1))
         correct.append(probs.argmax(axis=1) == labels)
@@ -235,15 +218,15 @@ def knn_reference(
         log.info("the kNN reference in %s was made with other weights", path)
     if not fit:
         return None
-    split, source, kind = _run_split(Path(run), list(model.classes), "train")
-    total = len(split)
-    if len(split) > images:
-        split = split.subset(np.sort(np.random.default_rng(0).choice(total, images, False)))
-    log.info("embedding %d of %d training images for the kNN reference", len(split), total)
+    part = _run_split(Path(run), list(model.classes), "train")
+    total = len(part.split)
+    if total > images:
+        part = part.subset(np.sort(np.random.default_rng(0).choice(total, images, False)))
+    log.info("embedding %d of %d training images for the kNN reference", len(part.split), total)
     embed = penultimate(model)
-    parts = [embed(chunk) for chunk, _ in _decoded_chunks(model, split, source, kind)]
+    parts = [embed(chunk) for chunk, _ in _decoded_chunks(model, part)]
     if not parts:
-        raise UserError(f"no readable training images in '{source}' for the kNN reference")
+        raise UserError(f"no readable training images in '{part.resolved}' for the kNN reference")
     from imagewise.edge.unknown import l2_normalized
 
     embeddings = l2_normalized(np.concatenate(parts)).astype(np.float16)
@@ -254,32 +237,22 @@ def knn_reference(
 
 
 def penultimate(model: ImageModel) -> Callable[[np.ndarray], np.ndarray]:
-    """uint8 images (N, C, H, W) -> the run network's penultimate features (N, D), float32:
-    ``forward_head(forward_features(x), pre_logits=True)``, the interface every model has
-    (``imagewise.features.embed`` computes the same, with more layers to choose from; it sits
-    above prediction).
+    """uint8 images (N, C, H, W) -> the run network's penultimate features (N, D), float32, as
+    ``imagewise.features.embed`` computes them.
 
     Raises:
-        UserError: the model is not a run folder's network with that interface.
+        UserError: the model is not a run folder's network.
     """
     import torch
 
-    net = getattr(model, "model", None)
-    features, head = getattr(net, "forward_features", None), getattr(net, "forward_head", None)
-    if not isinstance(net, torch.nn.Module) or not callable(features) or not callable(head):
+    from imagewise.runtime.embedding import embed
+
+    if not isinstance(getattr(model, "model", None), torch.nn.Module):
         raise UserError(
             f"--ood knn needs a run folder's network with penultimate features, which "
             f"{model.name} does not give; use --ood energy"
         )
-    device = next(net.parameters(), torch.empty(0)).device
-
-    @torch.no_grad()
-    def embed(images: np.ndarray) -> np.ndarray:
-        x = model.preprocessing.normalize(torch.from_numpy(np.ascontiguousarray(images)))
-        x = x.to(device).contiguous(memory_format=torch.channels_last)
-        return head(features(x), pre_logits=True).float().cpu().numpy()
-
-    return embed
+    return lambda images: embed(model, torch.from_numpy(np.ascontiguousarray(images)))
 
 
 def resolve_ood(model: ImageModel, run: str | Path, ood: str | None) -> OodScorer | None:

@@ -8,6 +8,10 @@ read with a forward hook, and the forward stops there: a 4-D map is global-avera
 
 The network is the run's bare model (no test-time views), in eval mode, fed channels-last
 float32 batches, so that the same images give the same bytes.
+
+It sits in the runtime layer because two stages use it: feature extraction and similar-image
+search (``imagewise.features``), and the nearest-neighbour out-of-distribution score of
+prediction (``imagewise.predict.unknown``).
 """
 
 from __future__ import annotations
