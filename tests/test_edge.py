@@ -167,6 +167,24 @@ def test_edge_threads_default_to_the_cpus_this_process_may_use(
     assert threads(load_model(exports["float"], threads=1)) == 1
 
 
+@pytest.mark.parametrize("kind", ["float", "int8"])
+def test_a_handful_of_images_gets_a_lighter_session_with_the_same_answers(
+    kind: str, exports: dict[str, Path], images: list[str]
+) -> None:
+    import onnxruntime as ort
+
+    def level(model: OnnxModel) -> ort.GraphOptimizationLevel:
+        return model.file.session.get_session_options().graph_optimization_level
+
+    light, full = load_model(exports[kind], few_images=True), load_model(exports[kind])
+    assert level(full) == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Float graphs skip the blocked-layout weight copies; INT8 keeps its fused integer kernels.
+    expected = "ORT_ENABLE_BASIC" if kind == "float" else "ORT_ENABLE_ALL"
+    assert level(light) == getattr(ort.GraphOptimizationLevel, expected)
+    batch = np.stack([full.read(f) for f in images])
+    assert np.abs(light.scores(batch)[1] - full.scores(batch)[1]).max() <= 1e-5
+
+
 def test_bad_files_are_one_line_errors(
     exports: dict[str, Path],
     images: list[str],

@@ -8,14 +8,19 @@ from imagewise.edge.model import ImageModel
 from imagewise.edge.results import Prediction
 from imagewise.predict.inputs import expand_inputs
 
+# Up to this many images, an ONNX session is made for a small job (``OnnxFile``'s few_images).
+FEW_IMAGES = 8
 
-def open_model(run: str | Path, device: str = "cpu") -> ImageModel:
+
+def open_model(run: str | Path, device: str = "cpu", images: int | None = None) -> ImageModel:
     """The model that answers: an ONNX file without PyTorch (``imagewise.edge.onnx``), a run
-    folder or TorchScript file through ``imagewise.load``."""
+    folder or TorchScript file through ``imagewise.load``. ``images``: how many it will answer,
+    when known (a handful gets a lighter ONNX session)."""
     if Path(run).suffix.lower() == ".onnx":
         from imagewise.edge.onnx import load_model
 
-        return load_model(run, device=device)
+        few = images is not None and images <= FEW_IMAGES
+        return load_model(run, device=device, few_images=few)
     from imagewise.predict.predictor import load
 
     return load(run, device=device)
@@ -65,7 +70,7 @@ def predict(
     paths = expand_inputs(inputs)
     # Files named one by one must be readable; files found in folders or globs may be skipped.
     named = {str(Path(i).expanduser()) for i in inputs if Path(i).expanduser().is_file()}
-    model = open_model(run, shard_device(device))
+    model = open_model(run, shard_device(device), len(paths))
     threshold = resolve_min_confidence(model, run, min_confidence, target_precision)
     scorer = resolve_ood(model, run, ood)
     return predict_all(
