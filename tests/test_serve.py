@@ -10,6 +10,8 @@ import math
 import re
 import select
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -85,11 +87,12 @@ def test_one_image_gives_top_k_classes_and_labels_lists_them(
     assert pred["source"] == images[0].name
     probs = [c["probability"] for c in pred["top_k"]]
     assert len(probs) == 3 and probs == sorted(probs, reverse=True) and 0.99 < sum(probs) <= 1.0001
-    assert "gradcam_png" not in pred
+    assert not {"gradcam_png", "answer", "ood_score"} & set(pred)  # none asked for
     classes = imagewise.load(trained_run).classes
     assert client.get("/v1/labels").json() == {"classes": classes}
     info = client.get("/v1/info").json()
     assert info["classes"] == classes and info["gradcam"] is True and info["backend"] == "pytorch"
+    assert not {"min_confidence", "ood_score"} & set(info)
 
 
 def test_several_images_keep_their_order_and_match_predict(
@@ -402,6 +405,64 @@ def test_an_onnx_export_is_served_like_its_run_without_gradcam(
         assert [c["class"] for c in got["top_k"]] == e.classes
         assert [c["probability"] for c in got["top_k"]] == pytest.approx(e.probabilities, abs=1e-4)
     assert "runs an ONNX model" in assert_json_error(cam, 400)
+
+
+# --- unknown answers and out-of-distribution scores -----------------------------------------
+
+
+def test_answers_below_min_confidence_are_unknown_with_the_energy_of_predict(
+    trained_run: Path, images: list[Path], tmp_path: Path
+) -> None:
+    run = served_copy(trained_run, tmp_path)
+    expected = imagewise.predict(run, [str(p) for p in images], top_k=2, ood="energy")
+    confidences = sorted(e.confidence for e in expected)
+    assert confidences[-1] - confidences[0] > 1e-3, confidences  # some above P, some below
+    threshold = round((confidences[0] + confidences[-1]) / 2, 6)
+    flags = ("--min-confidence", str(threshold), "--ood", "energy", "-q")
+    with serve_process(run, tmp_path / "server.log", *flags) as url:
+        info = httpx.get(url + "/v1/info").json()
+        files = [("file", (p.name, p.read_bytes())) for p in images]
+        r = httpx.post(url + "/v1/predict", files=files, params={"top_k": 2}, timeout=30)
+    assert info["min_confidence"] == threshold and info["ood_score"] == "energy"
+    assert r.status_code == 200, r.text
+    got = r.json()["predictions"]
+    answers = [e.label if e.confidence >= threshold else "unknown" for e in expected]
+    assert [p["answer"] for p in got] == answers and "unknown" in answers
+    assert any(a != "unknown" for a in answers)
+    for p, e in zip(got, expected, strict=True):
+        assert p["ood_score"] == pytest.approx(e.ood_score, abs=1e-5)
+        assert [c["class"] for c in p["top_k"]] == e.classes  # the top-k stay as they were
+
+
+def test_a_bad_min_confidence_is_one_line_and_exit_2(
+    trained_run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["serve", str(trained_run), "--port", "0", "--min-confidence", "1.5"]
+    code, out, err = run_cli(args, capsys)
+    assert (code, out) == (2, "")
+    assert len(err.strip().splitlines()) == 1 and "--min-confidence" in err and "1.5" in err
+
+
+def test_an_onnx_server_with_unknown_answers_and_energy_imports_no_torch(
+    trained_run: Path, tmp_path: Path, images: list[Path]
+) -> None:
+    from imagewise.edge import load_model
+    from test_edge import HEAVY, SERVE_ONE_REQUEST
+
+    onnx = imagewise.export(served_copy(trained_run, tmp_path)).path
+    flags = '"--threads", "1", "--min-confidence", "0.5", "--ood", "energy"]'
+    script = SERVE_ONE_REQUEST.replace('"--threads", "1"]', flags)
+    assert script != SERVE_ONE_REQUEST
+    image, out = next(str(p) for p in images if p.suffix == ".png"), tmp_path / "served.json"
+    cmd = [sys.executable, "-c", script, str(onnx), image, str(out), *HEAVY]
+    subprocess.run(cmd, capture_output=True, timeout=120)
+    served = json.loads(out.read_text())
+    assert served["heavy"] == []
+    assert served["info"]["min_confidence"] == 0.5 and served["info"]["ood_score"] == "energy"
+    (got,) = served["answer"]["predictions"]
+    (expected,) = load_model(onnx).predict([image], top_k=2, min_confidence=0.5, ood="energy")
+    assert got["answer"] == expected.answer
+    assert got["ood_score"] == pytest.approx(expected.ood_score, abs=1e-5)
 
 
 # --- the address, slow and malformed requests, the docs -------------------------------------

@@ -391,6 +391,25 @@ def _add_serve(verbs: Any, sub: Callable[..., Any]) -> None:
         help="compute threads (default: torch's; ONNX files: the CPUs this process may use)",
     )
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto (run folders)")
+    p.add_argument(
+        "--min-confidence",
+        metavar="P|auto",
+        help="answer 'unknown' when the top probability is below P; auto: the run's fitted "
+        "threshold (as imagewise predict fits it), or the one an exported file carries",
+    )
+    p.add_argument(
+        "--target-precision",
+        type=float,
+        metavar="T",
+        help="with --min-confidence auto: the precision the answers kept must reach (default 0.95)",
+    )
+    p.add_argument(
+        "--ood",
+        default="none",
+        choices=("auto", "energy", "knn", "none"),
+        help="an out-of-distribution score per answer, higher for unusual images: energy, knn "
+        "(run folders), auto (knn when the run has a reference, else energy); default none",
+    )
     p.set_defaults(func=cmd_serve)
 
 
@@ -720,6 +739,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         threads=args.threads,
         device=args.device,
         access_log=not args.quiet,
+        min_confidence=args.min_confidence,
+        target_precision=args.target_precision,
+        ood=args.ood,
     )
     return 0
 

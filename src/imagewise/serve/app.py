@@ -21,6 +21,7 @@ from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException
 
+from imagewise.edge.unknown import OodScorer, edge_scorer
 from imagewise.serve.batching import MicroBatcher
 from imagewise.serve.guards import GuardMiddleware, ServeError
 from imagewise.serve.metrics import MetricsMiddleware, ServeMetrics
@@ -59,8 +60,13 @@ def torch_threads() -> Any:
     return ThreadGovernor()
 
 
-def describe(classifier: Any, settings: ServeSettings) -> InfoResponse:
-    """What the page and clients need to know about the model and the limits."""
+def describe(
+    classifier: Any,
+    settings: ServeSettings,
+    min_confidence: float | None = None,
+    ood: OodScorer | None = None,
+) -> InfoResponse:
+    """What the page and clients need to know about the model, its answers and the limits."""
     model = getattr(classifier, "model", None)
     backend = backend_of(classifier)
     pre = classifier.preprocessing
@@ -78,6 +84,8 @@ def describe(classifier: Any, settings: ServeSettings) -> InfoResponse:
         max_body_bytes=settings.max_body_bytes,
         max_pixels=settings.max_pixels,
         max_batch=settings.batch_limit,
+        min_confidence=min_confidence,
+        ood_score=None if ood is None else str(getattr(ood, "name", "custom")),
     )
 
 
@@ -113,7 +121,11 @@ async def _on_crash(request: Request, exc: Exception) -> JSONResponse:
 
 
 def create_app(
-    classifier: Any, settings: ServeSettings | None = None, unusable: str | None = None
+    classifier: Any,
+    settings: ServeSettings | None = None,
+    unusable: str | None = None,
+    min_confidence: float | None = None,
+    ood: str | OodScorer | None = None,
 ) -> FastAPI:
     """The HTTP API and web page over a loaded classifier.
 
@@ -125,6 +137,10 @@ def create_app(
         unusable: why the model must not answer (``imagewise.predict.finite.unusable_reason``);
             the server then stays up, so the reason can be read, but ``/readyz`` and
             ``/v1/predict`` answer 503 with it.
+        min_confidence: below this top probability an answer is ``unknown`` (a number; ``auto``
+            is resolved by ``serve``: ``imagewise.predict.unknown.resolve_min_confidence``).
+        ood: each answer's out-of-distribution score: ``energy``, or a scorer
+            (``imagewise.predict.unknown.resolve_ood``); computed with each model call.
 
     Example:
         >>> clf = imagewise.load("runs/fm")  # doctest: +SKIP
@@ -134,13 +150,15 @@ def create_app(
     settings = settings or ServeSettings()
     metrics = ServeMetrics()
     model_lock = threading.Lock()
+    scorer = edge_scorer(ood)
 
-    def infer(images: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
-        with model_lock:
+    def infer(images: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, float | None]]:
+        with model_lock:  # a kNN scorer runs the network too
             logits, probs = classifier.scores(images)
-        return list(zip(logits, probs, strict=True))
+            scores = [None] * len(images) if scorer is None else scorer(images, logits).tolist()
+        return list(zip(logits, probs, scores, strict=True))
 
-    info = describe(classifier, settings)
+    info = describe(classifier, settings, min_confidence, scorer)
     batcher = MicroBatcher(
         infer,
         max_batch=settings.batch_limit,

@@ -191,7 +191,10 @@ async def predict(
         log.error("the model's outputs for a request are not finite (NaN or inf)")
         raise ServeError(500, "the model's outputs for these images are not finite (NaN or inf)")
     names = [name for name, _ in uploads]
-    predictions = s.classifier.answers(logits, probs, names, top_k or s.info.top_k)
+    ood = np.array([r[2] for r in rows], np.float32) if s.info.ood_score else None
+    predictions = s.classifier.answers(
+        logits, probs, names, top_k or s.info.top_k, s.info.min_confidence, ood
+    )
     cams: list[str | None] = [None] * len(predictions)
     if gradcam:
         targets = probs.argmax(1).tolist()
@@ -201,6 +204,8 @@ async def predict(
         predictions=[
             ImagePrediction(
                 source=p.source,
+                answer=None if p.unknown is None else p.answer,
+                ood_score=None if p.ood_score is None else round(p.ood_score, 6),
                 top_k=[
                     ClassScore(name=c, probability=round(prob, 6))
                     for c, prob in zip(p.classes, p.probabilities, strict=True)
@@ -221,9 +226,12 @@ async def labels(s: State) -> LabelsResponse:
     return LabelsResponse(classes=list(s.info.classes))
 
 
-@router.get("/v1/info", response_model=InfoResponse, responses=ERRORS)
+@router.get(
+    "/v1/info", response_model=InfoResponse, response_model_exclude_none=True, responses=ERRORS
+)
 async def info(s: State) -> InfoResponse:
-    """The model, its input, whether Grad-CAM is available, and the server's limits."""
+    """The model, its input, whether Grad-CAM is available, the threshold below which answers
+    are unknown and the out-of-distribution score (when set), and the server's limits."""
     return s.info
 
 

@@ -14,6 +14,12 @@ class ClassScore(BaseModel):
 
 class ImagePrediction(BaseModel):
     source: str = Field(description="the uploaded file name without folders, or <body>")
+    answer: str | None = Field(
+        None, description="with a --min-confidence: the top class, or unknown below it"
+    )
+    ood_score: float | None = Field(
+        None, description="with --ood: how unlike the training images it is (higher: more)"
+    )
     top_k: list[ClassScore] = Field(description="the best classes, best first")
     gradcam_png: str | None = Field(
         None, description="with gradcam=true: a base64 PNG of the Grad-CAM heat map over the image"
@@ -42,6 +48,12 @@ class InfoResponse(BaseModel):
     max_body_bytes: int
     max_pixels: int
     max_batch: int = Field(description="images per model call (1: batching off)")
+    min_confidence: float | None = Field(
+        None, description="the threshold below which answers are unknown, when set"
+    )
+    ood_score: str | None = Field(
+        None, description="the out-of-distribution score each answer carries (energy, knn)"
+    )
 
 
 class StatusResponse(BaseModel):

@@ -22,7 +22,13 @@ from imagewise.serve.settings import ServeSettings
 log = logging.getLogger("imagewise")
 
 
-def serve(path: str | Path, **settings: Any) -> None:
+def serve(
+    path: str | Path,
+    min_confidence: float | str | None = None,
+    target_precision: float | None = None,
+    ood: str | None = "none",
+    **settings: Any,
+) -> None:
     """Load a classifier and answer HTTP requests until interrupted (Ctrl-C or SIGTERM).
 
     The address is taken first, before the model loads, so a busy port or a wrong host fails
@@ -34,12 +40,19 @@ def serve(path: str | Path, **settings: Any) -> None:
     Args:
         path: a run folder written by ``imagewise train`` or an ``.onnx`` file from
             ``imagewise export``.
+        min_confidence: below this top probability an answer is ``unknown``; ``auto``: the
+            run's fitted threshold (``imagewise predict``'s), or the one an ONNX file carries.
+        target_precision: for ``min_confidence="auto"`` (default 0.95).
+        ood: each answer's out-of-distribution score: ``energy``, ``knn`` (run folders),
+            ``auto`` (knn when the run has a reference, else energy) or ``none``.
         **settings: fields of :class:`ServeSettings` (host, port, token, max_batch, ...);
             port 0 takes a free port, logged with the address.
 
+    Both are resolved once, when the model has loaded, and apply to every request.
+
     Raises:
         UserError: a bad setting, an address that cannot be listened on, a model that
-            cannot be loaded.
+            cannot be loaded, a threshold that cannot be had.
 
     Example:
         >>> imagewise.serve("runs/fm", port=8080, token="s3cret")  # doctest: +SKIP
@@ -49,7 +62,7 @@ def serve(path: str | Path, **settings: Any) -> None:
     onnx = Path(path).suffix.lower() == ".onnx"
     with _server_process_settings(options, torch_threads=not onnx):
         try:
-            app = _load_app(path, options, onnx)
+            app = _load_app(path, options, onnx, (min_confidence, target_precision, ood))
             if warning := options.exposure_warning():
                 log.warning(warning)
             # At warning level so that -q shows it too: with port 0 it is where to find it.
@@ -82,8 +95,16 @@ def _server_process_settings(options: ServeSettings, torch_threads: bool) -> Ite
         Image.MAX_IMAGE_PIXELS = pixels
 
 
-def _load_app(path: str | Path, options: ServeSettings, onnx: bool) -> Any:
-    """The model loaded and checked (the reason logged once if unusable), in its app."""
+def _load_app(
+    path: str | Path,
+    options: ServeSettings,
+    onnx: bool,
+    unknown: tuple[float | str | None, float | None, str | None],
+) -> Any:
+    """The model loaded and checked (the reason logged once if unusable), with its threshold
+    and out-of-distribution scorer resolved, in its app."""
+    from imagewise.predict.unknown import resolve_min_confidence, resolve_ood
+
     if onnx:  # ONNX Runtime only: no PyTorch in the server's process
         from imagewise.edge.finite import unusable_reason as edge_reason
         from imagewise.edge.onnx import load_model
@@ -96,9 +117,12 @@ def _load_app(path: str | Path, options: ServeSettings, onnx: bool) -> Any:
 
         model = load(path, device=options.device, check=False)
         unusable = unusable_reason(model, path)
+    min_confidence, target_precision, ood = unknown
+    threshold = resolve_min_confidence(model, path, min_confidence, target_precision)
+    scorer = resolve_ood(model, path, ood)
     if unusable:
         log.error("not ready: %s", unusable)
-    return create_app(model, options, unusable)
+    return create_app(model, options, unusable, threshold, scorer)
 
 
 __all__ = ["ServeSettings", "create_app", "serve"]
