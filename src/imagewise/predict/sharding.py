@@ -18,47 +18,20 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from imagewise.edge.model import ImageModel
 from imagewise.edge.results import Prediction
 from imagewise.errors import UserError
+from imagewise.runtime.world import DistInfo, from_env
 
 log = logging.getLogger("imagewise")
 
 
-@dataclass(frozen=True)
-class Shard:
-    """This process's place in the job (a single process is rank 0 of 1)."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    local_world_size: int = 1
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
-    def owns(self, batch: int) -> bool:
-        """Whether this process predicts batch ``batch``."""
-        return batch % self.world_size == self.rank
-
-
-def this_shard() -> Shard:
+def this_shard() -> DistInfo:
     """Where torchrun (``RANK``, ``WORLD_SIZE``, ...) put this process."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return Shard()
-    return Shard(
-        rank=int(os.environ.get("RANK", "0")),
-        world_size=world,
-        local_rank=int(os.environ.get("LOCAL_RANK", "0")),
-        local_world_size=int(os.environ.get("LOCAL_WORLD_SIZE", "1")),
-    )
+    return from_env()
 
 
 def is_main_process() -> bool:
@@ -84,7 +57,7 @@ def shard_device(device: str) -> str:
 
 
 @contextlib.contextmanager
-def _process_group(shard: Shard) -> Iterator[None]:
+def _process_group(shard: DistInfo) -> Iterator[None]:
     """Join torchrun's gloo group (objects are gathered on the CPU), with this process's share
     of the machine's cores for PyTorch; leave both as they were afterwards."""
     import torch
@@ -94,8 +67,7 @@ def _process_group(shard: Shard) -> Iterator[None]:
 
     joined = not dist.is_initialized()
     with kept_threads():
-        # torchrun sets OMP_NUM_THREADS=1; share the cores between the machine's processes.
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // shard.local_world_size))
+        torch.set_num_threads(shard.cpu_threads())
         if joined:
             dist.init_process_group(backend="gloo")
         try:
@@ -129,7 +101,7 @@ def predict_all(
 
 
 def _gathered(
-    shard: Shard, batches: Callable[[], Iterator[tuple[int, list[Prediction]]]]
+    shard: DistInfo, batches: Callable[[], Iterator[tuple[int, list[Prediction]]]]
 ) -> list[Prediction]:
     import torch.distributed as dist
 

@@ -11,51 +11,26 @@ per process; the default learning rate scales with the global batch.
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
 from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 
+from imagewise.runtime.world import DistInfo, from_env
+
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class DistInfo:
-    """Where this process stands in the job (a single process is rank 0 of 1)."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    local_world_size: int = 1
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
 
 
 def init_distributed(device: torch.device) -> tuple[DistInfo, torch.device]:
     """Join the torchrun process group if there is one; return this process's place and device."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return DistInfo(), device
-    info = DistInfo(
-        rank=int(os.environ["RANK"]),
-        world_size=world,
-        local_rank=int(os.environ.get("LOCAL_RANK", "0")),
-        local_world_size=int(os.environ.get("LOCAL_WORLD_SIZE", "1")),
-    )
+    info = from_env()
+    if not info.enabled:
+        return info, device
     if device.type == "cuda":
         device = torch.device("cuda", info.local_rank)
         torch.cuda.set_device(device)
     else:
-        # torchrun sets OMP_NUM_THREADS=1; share the machine's cores between its processes.
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // info.local_world_size))
+        torch.set_num_threads(info.cpu_threads())
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     return info, device

@@ -29,6 +29,7 @@ from imagewise.runtime.logs import RankFilter
 from imagewise.runtime.meta import RunMeta
 from imagewise.runtime.runs import RunFolder, free_run_path
 from imagewise.runtime.threads import kept_threads
+from imagewise.runtime.world import DistInfo
 from imagewise.train.auto import adapt_defaults, choose_auto_model
 from imagewise.train.build import (
     build_components,
@@ -46,7 +47,7 @@ from imagewise.train.classical import (
     write_classical_run,
 )
 from imagewise.train.compile import wants_compile
-from imagewise.train.distributed import DistInfo, cleanup, init_distributed
+from imagewise.train.distributed import cleanup, init_distributed
 from imagewise.train.loop import EarlyStopping, FitSettings, TrainState, fit
 from imagewise.train.prepared import PreparedData, data_key
 from imagewise.train.recipes import recipe_options
