@@ -263,17 +263,8 @@ def _add_compare(verbs: Any, sub: Callable[..., Any]) -> None:
     p.set_defaults(func=cmd_compare)
 
 
-def _add_predict(verbs: Any, sub: Callable[..., Any]) -> None:
-    p = sub(verbs, "predict", "classify images, folders, globs and videos")
-    p.add_argument("run", metavar="RUN|MODEL", help="run folder, or .onnx / .pt file from export")
-    p.add_argument(
-        "inputs", nargs="+", metavar="INPUT",
-        help="image files, folders or globs; or video files (.mp4 .mov .avi .mkv .webm)",
-    )  # fmt: skip
-    p.add_argument("--top-k", type=int, default=5, help="classes per image (default 5)")
-    p.add_argument("--format", default="table", choices=("table", "csv", "json"))
-    p.add_argument("--out", help="write the predictions to this file instead of printing")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+def _add_unknown_options(p: argparse.ArgumentParser, ood_default: str) -> None:
+    """--min-confidence, --target-precision and --ood, for predict and serve alike."""
     p.add_argument(
         "--min-confidence",
         metavar="P|auto",
@@ -289,13 +280,27 @@ def _add_predict(verbs: Any, sub: Callable[..., Any]) -> None:
     )
     p.add_argument(
         "--ood",
-        default="auto",
+        default=ood_default,
         choices=("auto", "energy", "knn", "none"),
         help="out-of-distribution score per image, higher for unusual images: energy (from "
         "the logits), knn (distance to the training embeddings; run folders: made once, kept "
-        "in RUN/knn_reference.npz) or none; default: knn when the run has a reference, else "
-        "energy",
+        "in RUN/knn_reference.npz), none, or auto: knn when the run has a reference, else "
+        f"energy (default {ood_default})",
     )
+
+
+def _add_predict(verbs: Any, sub: Callable[..., Any]) -> None:
+    p = sub(verbs, "predict", "classify images, folders, globs and videos")
+    p.add_argument("run", metavar="RUN|MODEL", help="run folder, or .onnx / .pt file from export")
+    p.add_argument(
+        "inputs", nargs="+", metavar="INPUT",
+        help="image files, folders or globs; or video files (.mp4 .mov .avi .mkv .webm)",
+    )  # fmt: skip
+    p.add_argument("--top-k", type=int, default=5, help="classes per image (default 5)")
+    p.add_argument("--format", default="table", choices=("table", "csv", "json"))
+    p.add_argument("--out", help="write the predictions to this file instead of printing")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    _add_unknown_options(p, ood_default="auto")
     p.add_argument("--batch-size", type=int, help="images per forward pass (default 64; videos 32)")
     p.add_argument(
         "--sort-into", metavar="OUT",
@@ -391,25 +396,7 @@ def _add_serve(verbs: Any, sub: Callable[..., Any]) -> None:
         help="compute threads (default: torch's; ONNX files: the CPUs this process may use)",
     )
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto (run folders)")
-    p.add_argument(
-        "--min-confidence",
-        metavar="P|auto",
-        help="answer 'unknown' when the top probability is below P; auto: the run's fitted "
-        "threshold (as imagewise predict fits it), or the one an exported file carries",
-    )
-    p.add_argument(
-        "--target-precision",
-        type=float,
-        metavar="T",
-        help="with --min-confidence auto: the precision the answers kept must reach (default 0.95)",
-    )
-    p.add_argument(
-        "--ood",
-        default="none",
-        choices=("auto", "energy", "knn", "none"),
-        help="an out-of-distribution score per answer, higher for unusual images: energy, knn "
-        "(run folders), auto (knn when the run has a reference, else energy); default none",
-    )
+    _add_unknown_options(p, ood_default="none")  # existing clients see no new fields
     p.set_defaults(func=cmd_serve)
 
 
