@@ -254,10 +254,13 @@ def test_rerun_continues_a_killed_study(tmp_path: Path) -> None:
     while time.monotonic() < deadline:  # kill it mid-trial once one trial has finished
         time.sleep(0.5)
         try:
-            states = [t.state.name for t in load(out).trials]
+            trials = load(out).trials
         except Exception:  # not created yet
             continue
-        if "COMPLETE" in states and states[-1] == "RUNNING":
+        states = [t.state.name for t in trials]
+        # A new trial is RUNNING a moment before it records its host and process id; killed in
+        # that moment, nothing says it was this machine's, and only the heartbeat finds it.
+        if "COMPLETE" in states and states[-1] == "RUNNING" and trials[-1].user_attrs.get("pid"):
             break
     proc.send_signal(signal.SIGKILL)
     proc.wait()
