@@ -181,7 +181,7 @@ def _add_data(verbs: Any, sub: Callable[..., Any]) -> None:
     p = sub(verbs, "data", "dataset tools", "data fetch")
     data_verbs = p.add_subparsers(dest="data_verb", metavar="ACTION", required=True)
     q = sub(data_verbs, "fetch", "make a built-in dataset available offline", "data fetch")
-    q.add_argument("name", help="digits or fashion-mnist")
+    q.add_argument("name", help="digits, fashion-mnist or photos")
     q.set_defaults(func=cmd_data_fetch)
     c = sub(
         data_verbs,
@@ -190,7 +190,7 @@ def _add_data(verbs: Any, sub: Callable[..., Any]) -> None:
         "within and across splits, and likely label errors; never changes your files",
         "data check",
     )
-    c.add_argument("data", help="folder, CSV manifest, IDX folder, digits or fashion-mnist")
+    c.add_argument("data", help="folder, CSV manifest, IDX folder, digits, fashion-mnist or photos")
     c.add_argument("--json", help="write the findings as JSON to this file")
     c.add_argument("--html", help="write a page with thumbnails to this file")
     c.add_argument(
@@ -215,13 +215,23 @@ def _add_models(verbs: Any, sub: Callable[..., Any]) -> None:
         help="also time training and inference images/s on this machine (a few steps each; "
         "refreshes the speed table --model auto uses)",
     )
+    p.add_argument(
+        "--check",
+        metavar="NAME",
+        help="classify scikit-image's photographs with NAME's ImageNet weights and their "
+        "1000-class head, print the top-5 and exit 1 unless each is right: proves a mapping "
+        "and its preprocessing (e.g. --check tf_efficientnet_lite0)",
+    )
+    p.add_argument("--weights", help="with --check: a weights file to check (any layout)")
     p.add_argument("--format", choices=("table", "json"), default="table")
     p.set_defaults(func=cmd_models)
 
 
 def _add_train(verbs: Any, sub: Callable[..., Any]) -> None:
     p = sub(verbs, "train", "train a classifier and write a run folder")
-    p.add_argument("data", nargs="?", help="folder, CSV manifest, digits or fashion-mnist")
+    p.add_argument(
+        "data", nargs="?", help="folder, CSV manifest, or a built-in: digits, fashion-mnist, photos"
+    )
     p.add_argument("--out", help="run folder (default runs/DATA-MODEL)")
     p.add_argument("--config", help="YAML file with sections data / model / train")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
@@ -232,7 +242,9 @@ def _add_train(verbs: Any, sub: Callable[..., Any]) -> None:
 
 def _add_distill(verbs: Any, sub: Callable[..., Any]) -> None:
     p = sub(verbs, "distill", "train a student model on a teacher run's soft targets and labels")
-    p.add_argument("data", help="folder, CSV manifest, digits or fashion-mnist")
+    p.add_argument(
+        "data", help="folder, CSV manifest, or a built-in: digits, fashion-mnist, photos"
+    )
     p.add_argument("--student", required=True, help="the student's network name (any --model)")
     p.add_argument("--out", help="run folder (default runs/DATA-STUDENT)")
     p.add_argument("--config", help="YAML file with sections data / model / train")
@@ -445,6 +457,8 @@ def cmd_models(args: argparse.Namespace) -> int:
     from imagewise.models import describe_models
     from imagewise.runtime.threads import ThreadGovernor, kept_threads
 
+    if args.check:
+        return _check_weights(args)
     with kept_threads():  # timed with the threads training would get beside other work
         pace = ThreadGovernor(interval=0.2).tick if args.measure else None
         rows = describe_models(
@@ -464,15 +478,32 @@ def cmd_models(args: argparse.Namespace) -> int:
                 f" {r[k]:>8,.0f}" if r[k] is not None else f" {'-':>8}"
                 for k in ("train_images_per_s", "infer_images_per_s")
             )
+        weights = "here" if r["pretrained_here"] else ("hub" if r["pretrained"] else "-")
         print(
             f"{r['name']:<16} {r['family']:<12} {params:>10} {r['flops'] / 1e9:>9.3f} "
-            f"{'yes' if r['pretrained'] else '-':>10}{speed}  {r['description']}"
+            f"{weights:>10}{speed}  {r['description']}"
         )
     if args.measure:
         print("\ntrain/s, infer/s: images per second measured just now on this machine "
               f"({args.channels}x{args.img_size}x{args.img_size}).")  # fmt: skip
-    print("\nAny timm model name works too, e.g. --model convnext_nano.")
+    print("\npretrained: here = ImageNet weights on this machine (an installed weight package or "
+          "the hub cache; --pretrained works offline), hub = downloaded on first use.")  # fmt: skip
+    print("Any timm model name works too, e.g. --model convnext_nano.")
     return 0
+
+
+def _check_weights(args: argparse.Namespace) -> int:
+    from imagewise.models.check import check_pretrained
+
+    result = check_pretrained(args.check, weights=args.weights or "")
+    if args.format == "json":
+        import json
+        from dataclasses import asdict
+
+        print(json.dumps({**asdict(result), "passed": result.passed}, indent=2))
+    else:
+        print("\n".join(result.lines()))
+    return 0 if result.passed else 1
 
 
 def _tune_process() -> None:
@@ -737,7 +768,9 @@ def _add_tune(verbs: Any, sub: Callable[..., Any]) -> None:
     from imagewise.config import OPTIONS, option_type
 
     p = sub(verbs, "tune", "search training settings (grid, random or TPE on Optuna)")
-    p.add_argument("data", help="folder, CSV manifest, digits or fashion-mnist")
+    p.add_argument(
+        "data", help="folder, CSV manifest, or a built-in: digits, fashion-mnist, photos"
+    )
     p.add_argument(
         "--space",
         help="YAML search space (default: lr, weight decay, batch size, "

@@ -1,4 +1,5 @@
-"""Built-in datasets: ``digits`` (ships with scikit-learn) and ``fashion-mnist``.
+"""Built-in datasets: ``digits`` (ships with scikit-learn), ``fashion-mnist`` and ``photos``
+(crops of scikit-image's photographs, ``imagewise.data.photos``).
 
 Fashion-MNIST is read from the files the Debian package ``dataset-fashion-mnist`` installs, or
 from imagewise's cache, or downloaded from the dataset's official address (checked by MD5).
@@ -36,7 +37,7 @@ FASHION_FILES = {
     "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
 }
 DEBIAN_FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
-BUILTIN_NAMES = ("digits", "fashion-mnist")
+BUILTIN_NAMES = ("digits", "fashion-mnist", "photos")
 
 
 def cache_dir() -> Path:
@@ -110,6 +111,10 @@ def fetch(name: str) -> Path:
         return Path(sklearn.__file__).parent / "datasets" / "data"
     if key == "fashion-mnist":
         return find_fashion_mnist() or download_fashion_mnist()
+    if key == "photos":
+        from imagewise.data.photos import find_or_build_photos
+
+        return find_or_build_photos(cache_dir())
     raise UserError(f"unknown built-in dataset '{name}'; choose one of {', '.join(BUILTIN_NAMES)}")
 
 

@@ -223,6 +223,10 @@ def _from_builtin(name: str, val_frac: float, test_frac: float, seed: int) -> Im
         pool = Split(labels=labels, images=torch.from_numpy(images))
         train, val, test = _carve(pool, None, None, val_frac, test_frac, seed)
         return ImageData(classes, train, val, test, "digits", "builtin")
+    if name == "photos":
+        data = _from_folder(builtin.fetch("photos"), val_frac, test_frac, seed)
+        data.source, data.kind = "photos", "builtin"
+        return data
     folder = builtin.find_fashion_mnist()
     if folder is None:
         raise UserError(
@@ -246,7 +250,9 @@ def resolve_source(
         split_seed: seed of the stratified split, so the same images land in the same split.
     """
     if not source:
-        raise UserError("no dataset given; name a folder, a CSV manifest, digits or fashion-mnist")
+        raise UserError(
+            "no dataset given; name a folder, a CSV manifest, digits, fashion-mnist or photos"
+        )
     name = builtin.canonical_name(source)
     if name and not Path(source).exists():
         return _from_builtin(name, val_fraction, test_fraction, split_seed)

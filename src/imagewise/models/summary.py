@@ -62,9 +62,11 @@ def describe_models(
     ``names`` defaults to all registered models; timm names work too (family "timm"). Each model
     is built (without pretrained weights) to count its parameters and FLOPs at the given size.
     ``pretrained`` says whether known pretrained weights exist (the registry entry's flag, or
-    timm's for other names). Measuring times a few training and inference steps per model
-    (``imagewise.models.speed``, which also refreshes this machine's cached speed table); models
-    fitted in one pass (HOG + SVM) have no training step and get None.
+    timm's for other names), ``pretrained_here`` whether they are on this machine now (an
+    installed weight package or the hub cache); the architectures of installed weight packages
+    are listed after the registry's models. Measuring times a few training and inference steps
+    per model (``imagewise.models.speed``, which also refreshes this machine's cached speed
+    table); models fitted in one pass (HOG + SVM) have no training step and get None.
 
     Args:
         names: models to describe (default: the registry).
@@ -73,9 +75,12 @@ def describe_models(
         pace: called before each timed step (see ``imagewise.models.speed.measure_speed``).
     """
     from imagewise.models.speed import measured_speeds
+    from imagewise.models.weights import WEIGHT_PACKAGES, has_pretrained, package_weights
 
+    if names is None:  # the registry, and the architectures whose weight packages are here
+        names = list_models() + [a for a in WEIGHT_PACKAGES if package_weights(a) is not None]
     rows = []
-    for name in list_models() if names is None else names:
+    for name in names:
         model = create_model(name, num_classes=num_classes, in_chans=in_chans, img_size=img_size)
         entry = get_entry(name)
         row = {
@@ -84,6 +89,7 @@ def describe_models(
             "params": count_parameters(model),
             "flops": count_flops(model, in_chans, img_size),
             "pretrained": entry.pretrained if entry else _timm_pretrained(name),
+            "pretrained_here": has_pretrained(name),
             "description": entry.description if entry else "timm model",
         }
         if measure:

@@ -43,6 +43,7 @@ def _unstride_stem(model: nn.Module) -> None:
         stem.stride = (1, 1)
     else:  # e.g. "same"-padded TF ports: replace the conv
         model.conv_stem = _small_stem(stem)
+        model.replaced_for_small_input = ["conv_stem.weight"]
 
 
 def _resnet(timm_name: str, num_classes: int, in_chans: int, img_size: int, pretrained: bool, **kw):
@@ -50,6 +51,7 @@ def _resnet(timm_name: str, num_classes: int, in_chans: int, img_size: int, pret
     model = _timm(timm_name, num_classes, in_chans, pretrained, **kw)
     if img_size < SMALL:
         model.conv1 = _small_stem(model.conv1)
+        model.replaced_for_small_input = ["conv1.weight"]
         model.maxpool = nn.Identity()
     model.gradcam_layer = "layer4"
     return model
@@ -87,6 +89,7 @@ def densenet121(
     model = _timm("densenet121", num_classes, in_chans, pretrained, **kwargs)
     if img_size < SMALL:
         model.features.conv0 = _small_stem(model.features.conv0)
+        model.replaced_for_small_input = ["features.conv0.weight"]
         model.features.pool0 = nn.Identity()
     model.gradcam_layer = "features.norm5"
     return model

