@@ -14,8 +14,10 @@ Targets:
 
 Methods (imagewise's defaults otherwise; 10% of the N per class hold out for validation):
 
-  scratch      resnet9p_tiny from random weights, 30 epochs (imagewise's small-data network;
-               photos at 128 px, Fashion-MNIST at its own 28 px)
+  scratch      resnet9p_tiny from random weights, 30 epochs (imagewise's small-data network,
+               the strongest from scratch here; photos at 128 px, Fashion-MNIST at its own 28 px)
+  scratch-same tf_efficientnet_lite0 from random weights, 20 epochs, at the transfer runs' size:
+               the control that differs from them only in the starting weights
   probe        --pretrained --freeze backbone, 30 epochs on cached features
   finetune     --pretrained, 8 epochs
   progressive  --pretrained --freeze backbone --unfreeze-at 3, 8 epochs
@@ -55,6 +57,7 @@ def methods(dataset: str) -> dict[str, dict]:
         "probe": {**pre, "freeze": "backbone", "epochs": 30},
         "finetune": {**pre, "epochs": 8},
         "progressive": {**pre, "freeze": "backbone", "unfreeze_at": 3, "epochs": 8},
+        "scratch-same": {"model": MODEL, "img_size": size, "epochs": 20},
     }
 
 

@@ -238,3 +238,20 @@ def test_a_safetensors_file_of_other_names_is_refused_not_paired_by_order(tmp_pa
         load_into(
             create_model("resnet18", 4, img_size=96), file_weights(tmp_path / "w.safetensors")
         )
+
+
+@needs_lite0
+def test_model_auto_starts_photos_from_the_offline_imagenet_weights(
+    offline: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = make_folder_dataset(tmp_path / "data", per_class=6, size=72, corrupt=False)
+    out = tmp_path / "run"
+    code, _, err = run_cli(["train", str(data), "--model", "auto", "--out", str(out)], capsys)
+    assert code == 0, err
+    meta = json.loads((out / "meta.json").read_text())
+    choice = meta["choice"]
+    assert (choice["model"], choice["pretrained"], choice["img_size"]) == ("tf_efficientnet_lite0", True, 72)
+    assert choice["recipe"] == {"freeze": "backbone", "unfreeze_at": 3, "epochs": 8}
+    assert meta["transfer"]["mode"] == "backbone" and meta["transfer"]["unfreeze_at"] == 3
+    assert meta["preprocessing"]["mean"] == [0.5, 0.5, 0.5]  # the weights', not the data's
+    assert meta["training"]["epochs_planned"] == 8

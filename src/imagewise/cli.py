@@ -468,9 +468,10 @@ def cmd_models(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2))
         return 0
     speed = f" {'train/s':>8} {'infer/s':>8}" if args.measure else ""
-    print(f"{'model':<16} {'family':<12} {'params':>10} {'GFLOPs':>9} {'pretrained':>10}{speed}  "
+    w = max(16, *(len(r["name"]) for r in rows))
+    print(f"{'model':<{w}} {'family':<12} {'params':>10} {'GFLOPs':>9} {'pretrained':>10}{speed}  "
           "description")  # fmt: skip
-    print(f"{'':<16} {'':<12} {'':>10} {f'@{args.img_size}px':>9}")
+    print(f"{'':<{w}} {'':<12} {'':>10} {f'@{args.img_size}px':>9}")
     for r in rows:
         params = f"{r['params'] / 1e6:.2f}M"
         if args.measure:
@@ -480,7 +481,7 @@ def cmd_models(args: argparse.Namespace) -> int:
             )
         weights = "here" if r["pretrained_here"] else ("hub" if r["pretrained"] else "-")
         print(
-            f"{r['name']:<16} {r['family']:<12} {params:>10} {r['flops'] / 1e9:>9.3f} "
+            f"{r['name']:<{w}} {r['family']:<12} {params:>10} {r['flops'] / 1e9:>9.3f} "
             f"{weights:>10}{speed}  {r['description']}"
         )
     if args.measure:

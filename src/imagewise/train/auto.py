@@ -153,9 +153,22 @@ class Choice:
     budget_seconds: float | None = None
     estimate_seconds: float | None = None
     considered: list[dict[str, Any]] = field(default_factory=list)
+    # transfer settings applied where the user left them at their defaults (TRANSFER_RECIPE)
+    recipe: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if v is not None}
+        return {k: v for k, v in self.__dict__.items() if v is not None and v != {}}
+
+
+# Pretrained networks --model auto starts photos from, best suited to a CPU first, when their
+# ImageNet weights are on this machine (an installed weight package or the hub cache).
+PRETRAINED_PICKS = ("tf_efficientnet_lite0", "resnet18", "efficientnet_b0", "mobilenetv3")
+# How --model auto trains a pretrained pick: the classifier alone on cached features for two
+# epochs, then everything (progressive fine-tuning), 8 epochs in all. On the photos task at 20
+# and 100 images per class this was the most accurate of linear probe, fine-tune and
+# progressive (BENCHMARKS.md, "ImageNet weights"); a fine-tune needs a few epochs, not the
+# 2,000 steps a network from scratch gets.
+TRANSFER_RECIPE: dict[str, Any] = {"freeze": "backbone", "unfreeze_at": 3, "epochs": 8}
 
 
 def default_model(num_images: int, img_size: int) -> str:
@@ -188,7 +201,7 @@ def candidates(native: int, fixed_size: int, channels: int) -> list[Candidate]:
     sizes = sizes or [native]
     transfer = [
         Candidate(name, s, 3, pretrained=True)
-        for name in ("resnet18", "efficientnet_b0", "mobilenetv3")
+        for name in PRETRAINED_PICKS
         if has_pretrained(name)
         for s in sizes
     ]
@@ -299,6 +312,8 @@ def choose_auto_model(
     m.pretrained = m.pretrained or choice.pretrained
     if t.epochs is None and choice.budget_seconds is not None:
         t.epochs = choice.epochs
+    if choice.pretrained:
+        choice.recipe = _apply_recipe(cfg)
     _announce_choice(choice, n_train, native, channels, len(raw.classes))
     return choice.as_dict()
 
@@ -309,13 +324,27 @@ def _may_train_in_bf16(precision: str) -> bool:
     return precision == "bf16" or (precision == "auto" and cpu_has_native_bf16())
 
 
-def _unbudgeted(native: int, n_train: int, channels: int, own_weights: bool) -> Choice:
-    from imagewise.models.weights import has_pretrained
+def _apply_recipe(cfg: RunConfig) -> dict[str, Any]:
+    """``TRANSFER_RECIPE`` where the user left each setting at its default; what was set."""
+    m, t = cfg.model, cfg.train
+    applied: dict[str, Any] = {}
+    if m.freeze == "none" and not m.unfreeze_at:
+        m.freeze, m.unfreeze_at = TRANSFER_RECIPE["freeze"], TRANSFER_RECIPE["unfreeze_at"]
+        applied.update(freeze=m.freeze, unfreeze_at=m.unfreeze_at)
+    if t.epochs is None:
+        t.epochs = applied["epochs"] = TRANSFER_RECIPE["epochs"]
+    return applied
 
-    size = min(native, 224)
-    if native > SMALL_IMAGE and not own_weights and has_pretrained("resnet18"):
-        why = "photos, and pretrained ResNet-18 weights are on this machine: transfer"
-        return Choice("resnet18", size, None, True, why)
+
+def _unbudgeted(native: int, n_train: int, channels: int, own_weights: bool) -> Choice:
+    from imagewise.models.weights import has_pretrained, weights_preprocessing
+
+    if native > SMALL_IMAGE and not own_weights:
+        for name in PRETRAINED_PICKS:
+            if has_pretrained(name):
+                size = min(native, int(weights_preprocessing(name).get("img_size", 224)))
+                why = f"photos, and ImageNet weights for {name} are on this machine: transfer"
+                return Choice(name, size, None, True, why)
     name = default_model(n_train, native)
     why = "small images: a fast residual CNN" if native <= SMALL_IMAGE else "photos"
     return Choice(name, size, None, False, why + " (add --time-budget to measure and fit one)")
@@ -325,6 +354,8 @@ def _announce_choice(
     choice: Choice, n_train: int, native: int, channels: int, classes: int
 ) -> None:
     what = f"{choice.model}{' (pretrained)' if choice.pretrained else ''} at {choice.img_size} px"
+    if choice.recipe:
+        what += " (" + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in choice.recipe.items()) + ")"
     if choice.budget_seconds is None:
         log.info("model auto: %s: %s", what, choice.reason)
         return
