@@ -250,7 +250,11 @@ def test_model_auto_starts_photos_from_the_offline_imagenet_weights(
     assert code == 0, err
     meta = json.loads((out / "meta.json").read_text())
     choice = meta["choice"]
-    assert (choice["model"], choice["pretrained"], choice["img_size"]) == ("tf_efficientnet_lite0", True, 72)
+    assert (choice["model"], choice["pretrained"], choice["img_size"]) == (
+        "tf_efficientnet_lite0",
+        True,
+        72,
+    )
     assert choice["recipe"] == {"freeze": "backbone", "unfreeze_at": 3, "epochs": 8}
     assert meta["transfer"]["mode"] == "backbone" and meta["transfer"]["unfreeze_at"] == 3
     assert meta["preprocessing"]["mean"] == [0.5, 0.5, 0.5]  # the weights', not the data's

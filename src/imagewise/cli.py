@@ -58,6 +58,8 @@ FLAG_HELP = {
     "for small sets and short runs, else standard)",
     "img_size": "square input size in pixels (default: from the data, 28..224)",
     "channels": "1 (grayscale) or 3 (RGB) (default: from the data)",
+    "interpolation": "resize with bilinear, bicubic or nearest (default: the starting "
+    "weights', else bilinear)",
     "schedule": "onecycle (default), cosine, step or constant",
     "warmup_steps": "warm-up in optimizer steps (default: onecycle 25%% of the run, cosine and "
     "step 5%%, constant none)",

@@ -47,6 +47,8 @@ class DataConfig:
     source: str = ""
     img_size: int = 0  # 0 = from the data (clipped to 28..224)
     channels: int = 0  # 0 = from the data (1 if every sampled image is grayscale, else 3)
+    # the resize's: bilinear | bicubic | nearest ("" = the starting weights', else bilinear)
+    interpolation: str = ""
     val_fraction: float = 0.1
     test_fraction: float = 0.1
     split_seed: int = 0
@@ -151,6 +153,7 @@ OPTIONS: dict[str, tuple[str, str]] = {
     },
     "img_size": ("data", "img_size"),
     "channels": ("data", "channels"),
+    "interpolation": ("data", "interpolation"),
     "val_fraction": ("data", "val_fraction"),
     "test_fraction": ("data", "test_fraction"),
     "split_seed": ("data", "split_seed"),
@@ -353,6 +356,10 @@ def validate(config: RunConfig) -> None:
         raise UserError(f"--channels must be 1 or 3, not {d.channels}")
     if d.img_size and not 8 <= d.img_size <= 1024:
         raise UserError(f"--img-size must be between 8 and 1024, not {d.img_size}")
+    if d.interpolation not in ("", "bilinear", "bicubic", "nearest"):
+        raise UserError(
+            f"--interpolation must be bilinear, bicubic or nearest, not {d.interpolation!r}"
+        )
     if not (0 <= d.val_fraction < 1 and 0 <= d.test_fraction < 1):
         raise UserError("--val-fraction and --test-fraction must be between 0 and 1")
     if d.val_fraction + d.test_fraction >= 0.9:

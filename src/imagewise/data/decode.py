@@ -39,7 +39,9 @@ __all__ = [
 ]
 
 
-def resize_tensor_images(images: torch.Tensor, size: int) -> torch.Tensor:
+def resize_tensor_images(
+    images: torch.Tensor, size: int, interpolation: str = "bilinear"
+) -> torch.Tensor:
     """Resize a uint8 batch (N, C, H, W) with :func:`resize_image`, image by image."""
     if images.shape[-2:] == (size, size):
         return images
@@ -47,7 +49,7 @@ def resize_tensor_images(images: torch.Tensor, size: int) -> torch.Tensor:
     for i, img in enumerate(images):
         arr = img.numpy()
         pil = Image.fromarray(arr[0] if arr.shape[0] == 1 else arr.transpose(1, 2, 0))
-        out[i] = pil_to_tensor(resize_image(pil, size))
+        out[i] = pil_to_tensor(resize_image(pil, size, interpolation))
     return out
 
 
@@ -56,6 +58,8 @@ def pil_to_tensor(img: Image.Image) -> torch.Tensor:
     return torch.from_numpy(image_array(img))
 
 
-def read_image(path: str | Path, channels: int = 3, size: int | None = None) -> torch.Tensor:
+def read_image(
+    path: str | Path, channels: int = 3, size: int | None = None, interpolation: str = "bilinear"
+) -> torch.Tensor:
     """Decode an image file to a uint8 tensor (C, H, W); see :func:`load_image`."""
-    return pil_to_tensor(load_image(path, channels, size))
+    return pil_to_tensor(load_image(path, channels, size, interpolation))

@@ -63,8 +63,9 @@ def infer_shape(data: ImageData, cfg: DataConfig) -> tuple[int, int]:
 
 
 def _decode_all(
-    paths: list[str], channels: int, size: int, strict: bool, desc: str
-) -> tuple[torch.Tensor, np.ndarray, list[tuple[str, str]]]:
+    paths: list[str], channels: int, size: int, strict: bool, desc: str,
+    interpolation: str = "bilinear",
+) -> tuple[torch.Tensor, np.ndarray, list[tuple[str, str]]]:  # fmt: skip
     """Decode files in threads (PIL releases the GIL while decoding and resizing)."""
     from tqdm import tqdm
 
@@ -74,7 +75,7 @@ def _decode_all(
 
     def work(i: int) -> None:
         try:
-            out[i] = read_image(paths[i], channels, size)
+            out[i] = read_image(paths[i], channels, size, interpolation)
         except UnreadableImageError as exc:
             if strict:
                 raise UserError(
@@ -113,7 +114,7 @@ def materialize(data: ImageData, cfg: DataConfig, size: int, channels: int) -> I
     skipped = list(data.skipped)
     for name, split in splits.items():
         if split.in_memory and split.images is not None:
-            images = resize_tensor_images(split.images, size)
+            images = resize_tensor_images(split.images, size, cfg.interpolation or "bilinear")
             splits[name] = Split(split.labels, images, split.paths)
             continue
         if not len(split):
@@ -121,8 +122,9 @@ def materialize(data: ImageData, cfg: DataConfig, size: int, channels: int) -> I
         assert split.paths is not None
         if cache:
             images, ok, bad = _decode_all(
-                split.paths, channels, size, cfg.strict, f"decoding {name}"
-            )
+                split.paths, channels, size, cfg.strict, f"decoding {name}",
+                cfg.interpolation or "bilinear",
+            )  # fmt: skip
             kept = split.subset(np.flatnonzero(ok))
             splits[name] = Split(labels=kept.labels, images=images, paths=kept.paths)
         else:
@@ -149,7 +151,9 @@ def materialize(data: ImageData, cfg: DataConfig, size: int, channels: int) -> I
     return _match_channels(result, channels)
 
 
-def compute_mean_std(split: Split, channels: int, size: int) -> tuple[list[float], list[float]]:
+def compute_mean_std(
+    split: Split, channels: int, size: int, interpolation: str = "bilinear"
+) -> tuple[list[float], list[float]]:
     """Per-channel mean and std of the training images (a sample of 2000 at most)."""
     n = len(split)
     index = np.random.default_rng(0).permutation(n)[: min(n, 2000)]
@@ -158,7 +162,9 @@ def compute_mean_std(split: Split, channels: int, size: int) -> tuple[list[float
         x = split.images[torch.from_numpy(index)].float().div_(255)
     else:
         assert split.paths is not None
-        x = torch.stack([read_image(split.paths[i], channels, size) for i in index[:500]])
+        x = torch.stack(
+            [read_image(split.paths[i], channels, size, interpolation) for i in index[:500]]
+        )
         x = x.float().div_(255)
     mean = x.mean(dim=(0, 2, 3))
     std = x.std(dim=(0, 2, 3)).clamp_min(1e-3)
@@ -168,9 +174,10 @@ def compute_mean_std(split: Split, channels: int, size: int) -> tuple[list[float
 def prepare(data: ImageData, cfg: DataConfig) -> tuple[ImageData, Preprocessing]:
     """Decide size and channels, decode or check the files, and measure mean/std."""
     size, channels = infer_shape(data, cfg)
+    interpolation = cfg.interpolation or "bilinear"
     data = materialize(data, cfg, size, channels)
-    mean, std = compute_mean_std(data.train, channels, size)
-    return data, Preprocessing(img_size=size, channels=channels, mean=mean, std=std)
+    mean, std = compute_mean_std(data.train, channels, size, interpolation)
+    return data, Preprocessing(size, channels, mean, std, interpolation)
 
 
 def _match_channels(data: ImageData, channels: int) -> ImageData:
@@ -289,17 +296,20 @@ class BalancedSampler(torch.utils.data.Sampler):
 class FileImages(torch.utils.data.Dataset):
     """Decodes one file per item to uint8 (C, size, size); an unreadable file yields None."""
 
-    def __init__(self, split: Split, channels: int, size: int) -> None:
+    def __init__(
+        self, split: Split, channels: int, size: int, interpolation: str = "bilinear"
+    ) -> None:
         assert split.paths is not None
         self.paths, self.labels = split.paths, split.labels
-        self.channels, self.size = channels, size
+        self.channels, self.size, self.interpolation = channels, size, interpolation
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int] | None:
         try:
-            return read_image(self.paths[i], self.channels, self.size), int(self.labels[i])
+            image = read_image(self.paths[i], self.channels, self.size, self.interpolation)
+            return image, int(self.labels[i])
         except UnreadableImageError as exc:
             log.warning("skipped unreadable image %s (%s)", exc.path, exc.reason)
             return None
@@ -332,7 +342,7 @@ def make_loader(
         )
     from torch.utils.data import DataLoader, DistributedSampler, Subset
 
-    dataset = FileImages(split, pre.channels, pre.img_size)
+    dataset = FileImages(split, pre.channels, pre.img_size, pre.interpolation)
     sampler: torch.utils.data.Sampler
     if shuffle and balanced:
         sampler = BalancedSampler(split.labels, seed, rank, world_size)

@@ -91,8 +91,11 @@ def _reason(path: str | Path, exc: Exception) -> str:
     return "the image data is corrupt"
 
 
-def load_image(path: str | Path, channels: int = 3, size: int | None = None) -> Image.Image:
-    """Decode an image file to a PIL image with ``channels`` (1 or 3), resized to ``size`` square.
+def load_image(
+    path: str | Path, channels: int = 3, size: int | None = None, interpolation: str = "bilinear"
+) -> Image.Image:
+    """Decode an image file to a PIL image with ``channels`` (1 or 3), resized to ``size`` square
+    with ``interpolation`` (see :func:`resize_image`).
 
     Raises:
         UnreadableImageError: the file is missing, truncated, corrupt or not an image.
@@ -109,14 +112,23 @@ def load_image(path: str | Path, channels: int = 3, size: int | None = None) -> 
         raise UnreadableImageError(path, "no such file") from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise UnreadableImageError(path, _reason(path, exc)) from exc
-    return resize_image(img, size) if size else img
+    return resize_image(img, size, interpolation) if size else img
 
 
-def resize_image(img: Image.Image, size: int) -> Image.Image:
-    """The one resize every stage uses: squash to ``size`` x ``size``, bilinear, antialiased."""
+# The interpolations a model's preprocessing may name (timm's pretrained configs use these).
+RESAMPLING = {
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "nearest": Image.Resampling.NEAREST,
+}
+
+
+def resize_image(img: Image.Image, size: int, interpolation: str = "bilinear") -> Image.Image:
+    """The one resize every stage uses: squash to ``size`` x ``size``, antialiased, with the
+    model's interpolation (bilinear unless its weights were trained with another)."""
     if img.size == (size, size):
         return img
-    return img.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=3.0)
+    return img.resize((size, size), RESAMPLING[interpolation], reducing_gap=3.0)
 
 
 def probe_image(path: str | Path) -> tuple[int, int, bool]:

@@ -41,6 +41,7 @@ class InputSpec(Protocol):
     channels: int
     mean: list[float]
     std: list[float]
+    interpolation: str
 
 
 def unreadable(exc: UnreadableImageError) -> UserError:
@@ -89,9 +90,10 @@ class ImageModel:
         """An image file or PIL image -> uint8 (C, H, W) at the model's channels and size."""
         pre = self.preprocessing
         if isinstance(img, Image.Image):
-            return image_array(resize_image(normalize_mode(img, pre.channels), pre.img_size))
+            img = normalize_mode(img, pre.channels)
+            return image_array(resize_image(img, pre.img_size, pre.interpolation))
         try:
-            return image_array(load_image(img, pre.channels, pre.img_size))
+            return image_array(load_image(img, pre.channels, pre.img_size, pre.interpolation))
         except UnreadableImageError as exc:
             raise unreadable(exc) from exc
 

@@ -188,13 +188,17 @@ def _confused(ev: Evaluation) -> str:
     )
 
 
-def _split_images(split: Any, indices: list[int], channels: int, size: int) -> torch.Tensor:
+def _split_images(
+    split: Any, indices: list[int], channels: int, size: int, interpolation: str
+) -> torch.Tensor:
     """uint8 (N, C, H, W) images of ``split`` at the model size, from memory or from files."""
     from imagewise.data.decode import load_image, pil_to_tensor
 
     if split.images is not None:
         return split.images[torch.as_tensor(indices, dtype=torch.long)]
-    return torch.stack([pil_to_tensor(load_image(split.paths[i], channels, size)) for i in indices])
+    return torch.stack(
+        [pil_to_tensor(load_image(split.paths[i], channels, size, interpolation)) for i in indices]
+    )
 
 
 def _error_gallery(ev: Evaluation, clf: Classifier, n: int) -> str:
@@ -205,7 +209,8 @@ def _error_gallery(ev: Evaluation, clf: Classifier, n: int) -> str:
     if not worst or ev.images is None:
         return head + "<p>No misclassified images.</p></section>"
     pre = clf.preprocessing
-    images = _split_images(ev.images, [e["index"] for e in worst], pre.channels, pre.img_size)
+    worst_index = [e["index"] for e in worst]
+    images = _split_images(ev.images, worst_index, pre.channels, pre.img_size, pre.interpolation)
     predicted = [clf.classes.index(e["predicted"]) for e in worst]
     cams, note = None, "Grad-CAM of the predicted class: where the model looked."
     if not clf.capabilities.gradcam:

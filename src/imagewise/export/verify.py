@@ -36,7 +36,7 @@ def run_images(
     from imagewise.runtime.run_data import decode_split, run_split
 
     part = run_split(run_dir, classes, splits, limit, "check the export")
-    images, labels = decode_split(part, classes, pre.img_size, pre.channels)
+    images, labels = decode_split(part, classes, pre.img_size, pre.channels, pre.interpolation)
     return images, labels, part.name, part.source
 
 

@@ -180,7 +180,9 @@ def extract(
     kept: list[int] = []
     parts: list[np.ndarray] = []
     with tqdm(total=len(collection), desc="features", unit="img", disable=not show_progress) as bar:
-        for index, images in collection.batches(pre.channels, pre.img_size, batch_size):
+        for index, images in collection.batches(
+            pre.channels, pre.img_size, batch_size, pre.interpolation
+        ):
             if hog:
                 parts.append(hog_features.hog_batch(images, settings))
             else:

@@ -75,7 +75,9 @@ def _decoded_chunks(model: ImageModel, part: RunSplit) -> Iterator[tuple[np.ndar
     for start in range(0, len(part.split), CHUNK):
         chunk = part.subset(np.arange(start, min(start + CHUNK, len(part.split))))
         try:
-            images, labels = decode_split(chunk, list(model.classes), pre.img_size, pre.channels)
+            images, labels = decode_split(
+                chunk, list(model.classes), pre.img_size, pre.channels, pre.interpolation
+            )
         except UserError:  # every file of this chunk unreadable
             continue
         yield images.numpy(), labels

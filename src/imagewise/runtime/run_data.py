@@ -76,8 +76,9 @@ def run_split(
 
 
 def decode_split(
-    part: RunSplit, classes: list[str], img_size: int, channels: int
-) -> tuple[torch.Tensor, np.ndarray]:
+    part: RunSplit, classes: list[str], img_size: int, channels: int,
+    interpolation: str = "bilinear",
+) -> tuple[torch.Tensor, np.ndarray]:  # fmt: skip
     """uint8 images (N, C, img_size, img_size) and labels of a split from ``run_split``;
     unreadable files are skipped.
 
@@ -90,6 +91,7 @@ def decode_split(
 
     empty = part.split.subset(np.array([], dtype=np.int64))
     holder: Any = ImageData(classes, part.split, empty, empty, part.resolved, part.kind)
-    holder = materialize(holder, DataConfig(cache="ram"), img_size, channels)
+    data_cfg = DataConfig(cache="ram", interpolation=interpolation)
+    holder = materialize(holder, data_cfg, img_size, channels)
     assert holder.train.images is not None
     return holder.train.images, np.asarray(holder.train.labels)

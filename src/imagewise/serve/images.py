@@ -66,7 +66,9 @@ def open_image(data: bytes, max_pixels: int) -> Image.Image:
     return img
 
 
-def decode_image(data: bytes, channels: int, size: int, max_pixels: int) -> Image.Image:
+def decode_image(
+    data: bytes, channels: int, size: int, max_pixels: int, interpolation: str = "bilinear"
+) -> Image.Image:
     """Uploaded bytes -> an ``L`` or ``RGB`` image of ``size`` x ``size``, as the model sees it.
 
     Raises:
@@ -79,7 +81,7 @@ def decode_image(data: bytes, channels: int, size: int, max_pixels: int) -> Imag
                 img.draft("L" if channels == 1 else "RGB", (size, size))
             img.load()
             img = ImageOps.exif_transpose(img) or img
-            return resize_image(normalize_mode(img, channels), size)
+            return resize_image(normalize_mode(img, channels), size, interpolation)
     except MemoryError:
         raise
     except Exception as exc:  # decoders of untrusted data fail in many ways; all mean "bad file"

@@ -325,9 +325,16 @@ def _may_train_in_bf16(precision: str) -> bool:
 
 
 def _apply_recipe(cfg: RunConfig) -> dict[str, Any]:
-    """``TRANSFER_RECIPE`` where the user left each setting at its default; what was set."""
+    """``TRANSFER_RECIPE`` where the user left each setting at its default, and the weights'
+    interpolation for decoding; what was set."""
+    from imagewise.edge.images import RESAMPLING
+    from imagewise.models.weights import weights_preprocessing
+
     m, t = cfg.model, cfg.train
     applied: dict[str, Any] = {}
+    wanted = str(weights_preprocessing(m.name).get("interpolation") or "")
+    if not cfg.data.interpolation and wanted in RESAMPLING:
+        cfg.data.interpolation = wanted
     if m.freeze == "none" and not m.unfreeze_at:
         m.freeze, m.unfreeze_at = TRANSFER_RECIPE["freeze"], TRANSFER_RECIPE["unfreeze_at"]
         applied.update(freeze=m.freeze, unfreeze_at=m.unfreeze_at)
@@ -355,7 +362,9 @@ def _announce_choice(
 ) -> None:
     what = f"{choice.model}{' (pretrained)' if choice.pretrained else ''} at {choice.img_size} px"
     if choice.recipe:
-        what += " (" + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in choice.recipe.items()) + ")"
+        what += (
+            " (" + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in choice.recipe.items()) + ")"
+        )
     if choice.budget_seconds is None:
         log.info("model auto: %s: %s", what, choice.reason)
         return

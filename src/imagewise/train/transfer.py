@@ -297,7 +297,17 @@ def weights_before_data(cfg: RunConfig) -> WeightsSource | None:
             "input size %d px from the starting weights (--img-size overrides)",
             cfg.data.img_size,
         )
+    if source is not None and not cfg.data.interpolation:
+        cfg.data.interpolation = _interpolation(source.preprocessing)
     return source
+
+
+def _interpolation(pre: dict[str, Any]) -> str:
+    """The weights' resize interpolation where imagewise's decoding has it, else bilinear."""
+    from imagewise.edge.images import RESAMPLING
+
+    wanted = str(pre.get("interpolation") or "bilinear")
+    return wanted if wanted in RESAMPLING else "bilinear"
 
 
 @dataclass
@@ -366,9 +376,15 @@ def _followed(cfg: RunConfig, source: WeightsSource | None, pre: Preprocessing) 
         size += f" (--img-size; the weights' {theirs['img_size']})"
     mean = ", ".join(f"{v:.3g}" for v in pre.mean)
     std = ", ".join(f"{v:.3g}" for v in pre.std)
-    line = f"{size}, mean [{mean}], std [{std}] from {source.preprocessing_from or source.kind}"
+    line = f"{size}, {pre.interpolation}, mean [{mean}], std [{std}] from "
+    line += source.preprocessing_from or source.kind
     if len(theirs["mean"]) != pre.channels:
         line += f" (their {len(theirs['mean'])} channels averaged to the data's {pre.channels})"
+    if float(theirs.get("crop_pct") or 1.0) < 1.0:
+        line += (
+            f"; the whole image is resized (the weights were evaluated on a "
+            f"{float(theirs['crop_pct']):g} centre crop)"
+        )
     return line
 
 
@@ -385,7 +401,5 @@ def follow_weights(pre: Preprocessing, theirs: dict[str, Any]) -> Preprocessing:
             return values
         return [sum(values) / len(values)] * pre.channels
 
-    interpolation = str(theirs.get("interpolation") or pre.interpolation)
-    return replace(
-        pre, mean=fit(theirs["mean"]), std=fit(theirs["std"]), interpolation=interpolation
-    )
+    # the interpolation is the one the images were decoded with (weights_before_data chose it)
+    return replace(pre, mean=fit(theirs["mean"]), std=fit(theirs["std"]))
