@@ -144,27 +144,35 @@ def main() -> None:
     parser.add_argument("--finetune-epochs", type=int, default=8)
     parser.add_argument("--probe-epochs", type=int, default=30)
     parser.add_argument("--skip-accuracy", action="store_true")
+    parser.add_argument("--skip-speed", action="store_true", help="accuracy only (any load)")
+    parser.add_argument("--parts", nargs="+", default=["features", "finetune"])
     args = parser.parse_args()
     data = fetch("photos")
     classes = len(list((data / "train").iterdir()))
-    results: dict = {"threads": torch.get_num_threads()}
+    path = ROOT / "results.json"
+    results: dict = json.loads(path.read_text()) if path.is_file() else {}
+    results["threads"] = torch.get_num_threads()
     for size in args.sizes:
         x, y = decoded(data, size)
         rows: dict[str, list[float]] = {}
-        for r in range(args.rounds):  # interleaved: imagewise, timm, imagewise, timm, ...
-            rate, _ = imagewise_features(data, size, ROOT / f"speed-probe-{size}")
-            rows.setdefault("features_imagewise", []).append(rate)
-            rows.setdefault("features_timm", []).append(timm_features(x, classes))
-            rate, _ = imagewise_finetune(
-                data, size, ROOT / f"speed-ft-{size}", args.speed_epochs, "none"
-            )
-            rows.setdefault("finetune_imagewise", []).append(rate)
-            rows.setdefault("finetune_timm", []).append(
-                timm_finetune(x, y, classes, args.speed_epochs)
-            )
+        # interleaved: imagewise, timm, imagewise, timm, ...
+        for r in range(0 if args.skip_speed else args.rounds):
+            if "features" in args.parts:
+                rate, _ = imagewise_features(data, size, ROOT / f"speed-probe-{size}")
+                rows.setdefault("features_imagewise", []).append(rate)
+                rows.setdefault("features_timm", []).append(timm_features(x, classes))
+            if "finetune" in args.parts:
+                rate, _ = imagewise_finetune(
+                    data, size, ROOT / f"speed-ft-{size}", args.speed_epochs, "none"
+                )
+                rows.setdefault("finetune_imagewise", []).append(rate)
+                rows.setdefault("finetune_timm", []).append(
+                    timm_finetune(x, y, classes, args.speed_epochs)
+                )
             print(f"{size} px round {r + 1}: " + ", ".join(
                 f"{k} {v[-1]:.1f}" for k, v in rows.items()), flush=True)  # fmt: skip
-        row = {k: statistics.median(v) for k, v in rows.items()}
+        row = results.get(str(size), {})
+        row.update({k: statistics.median(v) for k, v in rows.items()})
         if not args.skip_accuracy:
             _, row["probe_accuracy"] = imagewise_features(
                 data, size, ROOT / f"probe-{size}", args.probe_epochs
@@ -175,7 +183,7 @@ def main() -> None:
         results[str(size)] = row
         print(f"{size} px: {json.dumps(row)}", flush=True)
         ROOT.mkdir(parents=True, exist_ok=True)
-        (ROOT / "results.json").write_text(json.dumps(results, indent=2))
+        path.write_text(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":

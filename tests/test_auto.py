@@ -197,7 +197,9 @@ def test_model_auto_stays_within_its_budget_on_a_tiny_dataset(
     assert result.model == choice["model"] == "tutorial_cnn"
     assert choice["estimate_seconds"] <= choice["budget_seconds"] == 4
     assert 1 <= result.epochs == choice["epochs"] < 40  # unbudgeted, these 57 images get 40
-    assert result.train_seconds <= 4
+    # the epochs chosen are those the measured speed fits in the budget (never a wall-clock
+    # assertion: a shared machine's load decides how long they really take)
+    assert choice["epochs"] <= choice["considered"][-1]["epochs_that_fit"]
     config = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     assert config["model"]["name"] == "tutorial_cnn"
     assert config["train"]["epochs"] == result.epochs

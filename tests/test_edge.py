@@ -278,3 +278,63 @@ def test_runtime_extra_alone_predicts_like_the_full_install(
     assert train.returncode == 2 and train.stdout == ""
     line = "error: 'imagewise train' needs the full install: pip install \"imagewise[all]\"\n"
     assert train.stderr == line
+
+
+def _with_metadata(source: Path, out: Path, **changes: str) -> Path:
+    import onnx
+
+    model = onnx.load(str(source))
+    for prop in model.metadata_props:
+        if prop.key in changes:
+            prop.value = changes[prop.key]
+    onnx.save(model, str(out))
+    return out
+
+
+# Each damaged key -> the start of the one line that refuses it (issue 33: these gave a 9.8 GB
+# allocation, IndexError, a server answering 500 to everything, tracebacks, or silence).
+BROKEN_METADATA = [
+    ({"img_size": "100000"}, "img_size is 100000; it must be a whole number 8-1024"),
+    ({"img_size": "-5"}, "img_size is -5; it must be a whole number 8-1024"),
+    ({"classes": json.dumps(["a", "b", "c"])}, "classes names 3 classes but the graph answers"),
+    ({"classes": json.dumps([f"c{i}" for i in range(20)])}, "classes names 20 classes but"),
+    ({"classes": "[1, 2"}, "classes is not valid JSON"),
+    ({"mean": "[0.5, 0.5]"}, "mean must hold "),
+    ({"std": "[0, 0, 0]"}, "std "),
+    ({"channels": "2"}, "channels is 2; it must be 1 or 3"),
+    ({"temperature": "-1"}, "temperature is -1; it must be above 0"),
+    ({"input_layout": "NHWC uint8"}, "input_layout says tensor(uint8), the graph takes"),
+    ({"img_size": "40"}, "img_size/channels describe a NCHW input of [3, 40, 40] but"),
+]
+
+
+@pytest.mark.parametrize(("changes", "message"), BROKEN_METADATA)
+def test_damaged_metadata_is_refused_in_one_line(
+    exports: dict[str, Path],
+    images: list[str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    changes: dict[str, str],
+    message: str,
+) -> None:
+    import onnx
+
+    props = {p.key: p.value for p in onnx.load(str(exports["float"])).metadata_props}
+    assert props["channels"] == "3" and props["img_size"] == "32"  # what the messages assume
+    path = _with_metadata(exports["float"], tmp_path / "damaged.onnx", **changes)
+    with pytest.raises(UserError) as raised:
+        load_model(path)
+    text = str(raised.value)
+    assert "\n" not in text and text.startswith(f"'{path}' has broken metadata: "), text
+    assert message.split(" [")[0] in text, text
+    code, out, err = run_cli(["predict", str(path), images[0]], capsys)
+    assert (code, out) == (2, "") and err.count("\n") == 1 and "has broken metadata" in err
+
+
+def test_serve_refuses_to_start_on_damaged_metadata(
+    exports: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = _with_metadata(exports["float"], tmp_path / "three.onnx", classes='["a", "b", "c"]')
+    code, _, err = run_cli(["serve", str(path), "--port", "0"], capsys)
+    assert code == 2 and "classes names 3 classes but the graph answers" in err
+    assert err.count("\n") == 1

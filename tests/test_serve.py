@@ -357,7 +357,12 @@ def test_shutdown_lets_requests_in_flight_finish() -> None:
 
         async def load_then_stop() -> list[httpx.Response]:
             task = asyncio.ensure_future(_post_many(url, 4))
-            await asyncio.sleep(0.3)  # all sent, at most one answered
+            state = server.server_state  # type: ignore[attr-defined]
+            for _ in range(2000):  # until uvicorn has taken all four requests (bounded)
+                if state.total_requests >= 4:
+                    break
+                await asyncio.sleep(0.005)
+            assert state.total_requests == 4 and len(model.batches) < 4  # not all answered yet
             server.should_exit = True  # type: ignore[attr-defined]
             return await task
 

@@ -644,9 +644,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.sort_into:
         return _sort_into(args)
     if args.out:
-        from imagewise.io import check_output_file
+        from imagewise.io import check_output_file, refuse_overwriting
 
         check_output_file(args.out)
+        refuse_overwriting(args.out, [args.run, *_expanded(args.inputs)])
     common = dict(
         top_k=args.top_k, device=args.device, min_confidence=args.min_confidence,
         target_precision=args.target_precision, ood=args.ood,
@@ -936,13 +937,22 @@ def cmd_features(args: argparse.Namespace) -> int:
     return 0
 
 
+def _expanded(inputs: list[str]) -> list[str]:
+    """Inputs with their globs expanded (what an output must not overwrite)."""
+    import glob
+
+    return [found for given in inputs for found in (glob.glob(given) or [given])]
+
+
 def cmd_similar(args: argparse.Namespace) -> int:
     from imagewise.features import similar
 
     if args.out:
         from imagewise.features.extraction import check_output
+        from imagewise.io import refuse_overwriting
 
         check_output(args.out, None, "--out")
+        refuse_overwriting(args.out, [args.run, *_expanded(args.queries)])
     suffix = os.path.splitext(args.out or "")[1].lower()
     fmt = args.format or {".html": "html", ".htm": "html", ".json": "json"}.get(suffix, "table")
     result = similar(

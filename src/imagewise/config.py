@@ -285,16 +285,43 @@ def read_yaml_file(path: str | Path, what: str = "config file") -> Any:
             f"{what} '{path}' is {path.stat().st_size:,} bytes; a config file is at most "
             f"{MAX_CONFIG_BYTES:,}"
         )
+    text = path.read_bytes()
+    if _bracket_depth(text) > MAX_CONFIG_DEPTH:  # PyYAML's parser recurses per level
+        raise UserError(
+            f"{what} '{path}' nests more than {MAX_CONFIG_DEPTH} levels deep; a config file's "
+            "settings are a few levels at most"
+        )
     try:
-        values = yaml.safe_load(path.read_text())
+        values = yaml.safe_load(text.decode())
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise UserError(f"{what} '{path}' is not valid YAML: {exc}".splitlines()[0]) from exc
+    except RecursionError as exc:  # indentation nesting, which the bracket count does not see
+        raise UserError(
+            f"{what} '{path}' nests too deeply to read; a config file's settings are a few "
+            "levels at most"
+        ) from exc
     if _expanded_size(values, MAX_CONFIG_VALUES) > MAX_CONFIG_VALUES:
         raise UserError(
             f"{what} '{path}' expands to more than {MAX_CONFIG_VALUES:,} values (nested YAML "
             "aliases?); write the settings out plainly"
         )
     return values
+
+
+MAX_CONFIG_DEPTH = 64
+
+
+def _bracket_depth(text: bytes) -> int:
+    """The deepest nesting of YAML flow brackets (``[[[...]]]``, ``{{...}}``) in ``text``,
+    ignoring quoted strings and comments roughly (over-counting only refuses absurd files)."""
+    depth = deepest = 0
+    for byte in text:
+        if byte in b"[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif byte in b"]}":
+            depth = max(0, depth - 1)
+    return deepest
 
 
 def _expanded_size(value: Any, limit: int) -> int:
@@ -342,8 +369,15 @@ def validate(config: RunConfig) -> None:
         raise UserError(f"--epochs must be at least 1, not {t.epochs}")
     if t.batch_size is not None and t.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, not {t.batch_size}")
+    _refuse_non_finite(config)
     if t.lr is not None and t.lr <= 0:
         raise UserError(f"--lr must be positive, not {t.lr}")
+    if config.model.dropout is not None and not 0 <= config.model.dropout < 1:
+        raise UserError(f"--dropout must be in [0, 1), not {config.model.dropout}")
+    if t.weight_decay is not None and t.weight_decay < 0:
+        raise UserError(f"--weight-decay must be 0 or more, not {t.weight_decay}")
+    if not 0 <= t.momentum < 1:
+        raise UserError(f"--momentum must be in [0, 1), not {t.momentum}")
     if d.augment.preset not in (*AUGMENT_PRESETS, "auto"):
         raise UserError(
             f"unknown augmentation preset '{d.augment.preset}'; choose one of "
@@ -384,6 +418,18 @@ def validate(config: RunConfig) -> None:
                 f"{flag} must be {', '.join(allowed[:-1])} or {allowed[-1]}, not {value!r}"
             )
     _validate_transfer(config)
+
+
+def _refuse_non_finite(config: RunConfig) -> None:
+    """A NaN or infinite number anywhere in the settings (``--lr nan``, ``lr: .nan``) is one
+    line: every range check below would let NaN through (all its comparisons are false)."""
+    sections = [config.data, config.data.augment, config.model, config.train]
+    for section in sections:
+        for f in dataclasses.fields(section):
+            value = getattr(section, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                flag = "--" + f.name.replace("_", "-")
+                raise UserError(f"{flag} must be a finite number, not {value}")
 
 
 def _validate_transfer(config: RunConfig) -> None:

@@ -10,7 +10,7 @@ import errno
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +107,60 @@ def check_output_file(path: str | Path, flag: str = "--out") -> Path:
     if blocker := _file_in_the_way(path):
         raise UserError(f"{flag} '{path}' is inside '{blocker}', which is a file, not a folder")
     return path
+
+
+# A folder holding these is a run folder: its files are the run's, never an output's.
+_RUN_MARKERS = ("meta.json", "config.yaml")
+# What training, evaluation, export and the fitted extras write into a run folder; other files
+# there are the user's own outputs, which a rerun may replace.
+_RUN_FILES = {
+    "meta.json", "config.yaml", "model.safetensors", "last.ckpt", "history.csv", "curves.png",
+    "skipped.txt", "unknown.json", "knn_reference.npz", "events.out.tfevents",
+}  # fmt: skip
+_RUN_SUBFOLDERS = {"eval", "export", "index", "tensorboard", "trials"}
+_IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
+
+
+def _run_folder_of(path: Path) -> Path | None:
+    """The run folder ``path`` lies in (itself, or two folders up at most: eval/, export/)."""
+    for folder in list(path.parents)[:3]:
+        if all((folder / marker).is_file() for marker in _RUN_MARKERS):
+            return folder
+    return None
+
+
+def refuse_overwriting(path: str | Path, inputs: Sequence[str | Path], flag: str = "--out") -> None:
+    """Refuse, before any work, an output path that is one of ``inputs`` (a file given, or an
+    image inside a folder given), or an existing file of a run folder: a table written over the
+    image it describes, or a page over a run's meta.json, loses what the user owns.
+
+    Raises:
+        UserError: in one line naming the input or the run.
+    """
+    out = Path(path).expanduser()
+    if not out.is_file():
+        return  # a new file takes nothing's place; a folder is check_output_file's
+    for given in inputs:
+        source = Path(given).expanduser()
+        if source.is_file() and os.path.samefile(out, source):
+            raise UserError(f"{flag} '{path}' is one of the inputs; name another file to write")
+        if (
+            source.is_dir()
+            and out.suffix.lower() in _IMAGE_SUFFIXES
+            and out.resolve().is_relative_to(source.resolve())
+        ):
+            raise UserError(
+                f"{flag} '{path}' is an image inside the input folder '{given}'; "
+                "name a file outside it"
+            )
+    resolved = out.resolve()
+    run = _run_folder_of(resolved)
+    if run is not None:
+        inside = resolved.relative_to(run).parts
+        if inside[0] in _RUN_FILES or inside[0] in _RUN_SUBFOLDERS:
+            raise UserError(
+                f"{flag} '{path}' is a file of the run folder '{run}'; name a file outside it"
+            )
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:

@@ -21,7 +21,7 @@ from imagewise.audit.findings import file_findings, split_counts
 from imagewise.audit.scan import SERIAL_BELOW, Scan, read_all, usable_cores
 from imagewise.data.sources import SPLITS, ImageData, resolve_source
 from imagewise.errors import UserError
-from imagewise.io import atomic_write, atomic_write_json, check_output_file
+from imagewise.io import atomic_write, atomic_write_json, check_output_file, refuse_overwriting
 
 log = logging.getLogger("imagewise")
 
@@ -225,6 +225,7 @@ def check(
     ):
         if target is not None:
             check_output_file(target, flag)
+            refuse_overwriting(target, [], flag)  # a run's files (the data's: below)
     start = time.perf_counter()
     if isinstance(data, ImageData):
         dataset = data

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from imagewise.edge.finite import unusable_reason
-from imagewise.edge.metadata import LAYOUT_RAW, InputFormat, parse_metadata
+from imagewise.edge.metadata import LAYOUT_RAW, InputFormat, check_graph, parse_metadata
 from imagewise.edge.model import ImageModel
 from imagewise.errors import UserError
 
@@ -85,6 +85,9 @@ class OnnxFile:
             del self.session  # one session in memory at a time
             self.session = self._open(full=True)
         self.meta = parse_metadata(props, str(path))
+        inputs = [(i.name, i.type, list(i.shape)) for i in self.session.get_inputs()]
+        outputs = {o.name: list(o.shape) for o in self.session.get_outputs()}
+        check_graph(self.meta, inputs, outputs, str(path))
         self.input = InputFormat.of(self.meta)
         self.raw_input = self.meta["input_layout"] == LAYOUT_RAW
         self.input_name = self.session.get_inputs()[0].name

@@ -80,9 +80,10 @@ def check_output(path: str | Path | None, suffixes: Sequence[str] | None, flag: 
     """Refuse an output file that cannot be written or whose kind is unknown, before any work."""
     if path is None:
         return
-    from imagewise.io import check_output_file, existing_ancestor
+    from imagewise.io import check_output_file, existing_ancestor, refuse_overwriting
 
     target = check_output_file(path, flag)
+    refuse_overwriting(path, [], flag)  # a run's own files
     if not os.access(existing_ancestor(target.absolute()), os.W_OK):
         raise UserError(f"{flag} '{path}' cannot be written here (no write permission)")
     if suffixes is not None and Path(path).suffix.lower() not in suffixes:

@@ -8,6 +8,7 @@ exported model is used without its run folder, through the same calls as a run:
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -102,4 +103,24 @@ def load_exported(path: Path, device: str = "cpu") -> BaseClassifier:
         raise UserError(f"cannot load TorchScript model '{path}': {first}") from exc
     meta = parse_metadata(props, str(path))
     pre, classes = preprocessing_of(meta), list(meta["classes"])
+    _check_outputs(module, pre, len(classes), path, dev)
     return Classifier(module, pre, classes, meta["temperature"], meta, dev)
+
+
+def _check_outputs(module: Any, pre: Any, classes: int, path: Path, dev: Any) -> None:
+    """One forward pass of a blank image of the metadata's shape: the graph must take it and
+    answer one score per named class (a TorchScript file states no shapes to read)."""
+    try:
+        with torch.no_grad():
+            out = module(torch.zeros(1, pre.channels, pre.img_size, pre.img_size, device=dev))
+    except Exception as exc:  # TorchScript raises RuntimeError subclasses of many kinds
+        raise UserError(
+            f"'{path}' has broken metadata: the graph does not take the "
+            f"{pre.channels}x{pre.img_size}x{pre.img_size} input it describes; re-export it"
+        ) from exc
+    width = out.shape[-1] if isinstance(out, torch.Tensor) else None
+    if width != classes:
+        raise UserError(
+            f"'{path}' has broken metadata: classes names {classes} classes but the graph "
+            f"answers {width}; re-export it with 'imagewise export RUN'"
+        )

@@ -80,11 +80,12 @@ class ViewBatches(TensorBatches):
 
 def embedding_batch(img_size: int, channels: int = 3) -> int:
     """Images per forward pass when computing embeddings: 256 small images, fewer large ones,
-    so a batch's activations stay about the size of 32 images at 224 px (a batch of 256 at
-    224 px ran 2.9x slower on a 2-core Zen 3: its activations leave the caches and every
-    allocation is a fresh mmap; BENCHMARKS.md, 'ImageNet weights')."""
+    32 from 128 px up. Larger batches of large images are slower on CPU, not faster: on a
+    2-core Zen 3, EfficientNet-Lite0 embedded 224-px images 2.9x slower in batches of 256 than
+    of 32, and 128-px images 1.2x slower in batches of 98 (their activations leave the caches;
+    BENCHMARKS.md, "ImageNet weights")."""
     per_image = channels * img_size * img_size
-    return int(max(16, min(256, (32 * 3 * 224 * 224) // per_image)))
+    return int(max(32, min(256, (32 * 3 * 128 * 128) // per_image)))
 
 
 @torch.no_grad()
