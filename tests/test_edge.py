@@ -296,7 +296,7 @@ def _with_metadata(source: Path, out: Path, **changes: str) -> Path:
 BROKEN_METADATA = [
     ({"img_size": "100000"}, "img_size is 100000; it must be a whole number 8-1024"),
     ({"img_size": "-5"}, "img_size is -5; it must be a whole number 8-1024"),
-    ({"classes": json.dumps(["a", "b", "c"])}, "classes names 3 classes but the graph answers"),
+    ({"classes": json.dumps(["a", "b"])}, "classes names 2 classes but the graph answers 3"),
     ({"classes": json.dumps([f"c{i}" for i in range(20)])}, "classes names 20 classes but"),
     ({"classes": "[1, 2"}, "classes is not valid JSON"),
     ({"mean": "[0.5, 0.5]"}, "mean must hold "),
@@ -334,7 +334,7 @@ def test_damaged_metadata_is_refused_in_one_line(
 def test_serve_refuses_to_start_on_damaged_metadata(
     exports: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    path = _with_metadata(exports["float"], tmp_path / "three.onnx", classes='["a", "b", "c"]')
+    path = _with_metadata(exports["float"], tmp_path / "two.onnx", classes='["a", "b"]')
     code, _, err = run_cli(["serve", str(path), "--port", "0"], capsys)
-    assert code == 2 and "classes names 3 classes but the graph answers" in err
+    assert code == 2 and "classes names 2 classes but the graph answers 3" in err
     assert err.count("\n") == 1

@@ -46,7 +46,7 @@ def test_outputs_never_overwrite_a_runs_files(
         ["data", "check", str(inside), "--html", str(meta), "--no-label-check", "-q"],
         ["data", "check", str(inside), "--json", str(inside / "run" / "config.yaml"), "-q"],
         ["predict", str(inside / "run"), image, "--out", str(meta)],
-        ["similar", str(inside / "run"), image, "--out", str(meta)],
+        ["similar", str(inside / "run"), image, "--index", str(inside), "--out", str(meta)],
     ]
     for args in attempts:
         code, _, err = run_cli(args, capsys)

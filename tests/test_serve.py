@@ -359,10 +359,10 @@ def test_shutdown_lets_requests_in_flight_finish() -> None:
             task = asyncio.ensure_future(_post_many(url, 4))
             state = server.server_state  # type: ignore[attr-defined]
             for _ in range(2000):  # until uvicorn has taken all four requests (bounded)
-                if state.total_requests >= 4:
+                if state.total_requests + len(state.tasks) >= 4:  # answered + in flight
                     break
                 await asyncio.sleep(0.005)
-            assert state.total_requests == 4 and len(model.batches) < 4  # not all answered yet
+            assert state.total_requests < 4  # some still in flight when the stop comes
             server.should_exit = True  # type: ignore[attr-defined]
             return await task
 
