@@ -18,6 +18,7 @@ Methods (imagewise's defaults otherwise; 10% of the N per class hold out for val
                the strongest from scratch here; photos at 128 px, Fashion-MNIST at its own 28 px)
   scratch-same tf_efficientnet_lite0 from random weights, 20 epochs, at the transfer runs' size:
                the control that differs from them only in the starting weights
+  finetune-30  --pretrained, 30 epochs: as many optimizer steps as scratch gets
   probe        --pretrained --freeze backbone, 30 epochs on cached features
   finetune     --pretrained, 8 epochs
   progressive  --pretrained --freeze backbone --unfreeze-at 3, 8 epochs
@@ -58,6 +59,7 @@ def methods(dataset: str) -> dict[str, dict]:
         "finetune": {**pre, "epochs": 8},
         "progressive": {**pre, "freeze": "backbone", "unfreeze_at": 3, "epochs": 8},
         "scratch-same": {"model": MODEL, "img_size": size, "epochs": 20},
+        "finetune-30": {**pre, "epochs": 30},
     }
 
 
@@ -99,8 +101,18 @@ def fashion_subset(data: dict, per_class: int, seed: int) -> Path:
     return folder
 
 
+def finished(out: Path) -> bool:
+    """A run that trained to its end (a killed one keeps its best epoch's weights too)."""
+    if not (out / "meta.json").is_file():
+        return False
+    training = json.loads((out / "meta.json").read_text()).get("training") or {}
+    return training.get("epochs_run") == training.get("epochs_planned") or bool(
+        training.get("stop_reason")
+    )
+
+
 def run(data: Path, out: Path, seed: int, options: dict) -> float:
-    if not (out / "model.safetensors").is_file():
+    if not finished(out):
         shutil.rmtree(out, ignore_errors=True)
         imagewise.train(str(data), out, show_progress=False, seed=seed, **options)
     return float(imagewise.evaluate(out, write=False, report=False).metrics["accuracy"])
@@ -112,9 +124,10 @@ def main() -> None:
     parser.add_argument("--per-class", type=int, nargs="+", default=[20, 100])
     parser.add_argument("--datasets", nargs="+", default=["photos", "fashion-mnist"])
     parser.add_argument("--methods", nargs="+", default=list(methods("photos")))
+    parser.add_argument("--results", default="results.json", help="file name under ROOT")
     args = parser.parse_args()
     ROOT.mkdir(parents=True, exist_ok=True)
-    results_path = ROOT / "results.json"
+    results_path = ROOT / args.results
     results = json.loads(results_path.read_text()) if results_path.is_file() else {}
     fm = fashion_mnist() if "fashion-mnist" in args.datasets else None
     for seed in args.seeds:  # seed-major: every setting has a first result early

@@ -115,3 +115,63 @@ def test_a_tune_space_out_of_range_is_one_line_before_any_trial(
         )  # fmt: skip
         assert code == 2 and message in err and err.count("\n") == 1, err
         assert "Traceback" not in err and not (out / "trials").exists()
+
+
+def test_weights_with_nan_or_integers_are_refused_and_float64_is_reported(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import torch
+
+    from imagewise.models import create_model
+
+    state = create_model("lenet5", 10, 1, 28).state_dict()
+    nan = dict(state, **{"fc.weight": torch.full_like(state["fc.weight"], float("nan"))})
+    first = next(iter(state))
+    ints = dict(state, **{first: state[first].to(torch.int8)})
+    for name, bad, message in (
+        ("nan.pth", nan, "are not finite: fc.weight holds NaN or infinite values"),
+        ("int8.pth", ints, f"hold int8 values for {first}, where the network keeps floats"),
+    ):
+        torch.save(bad, tmp_path / name)
+        code, _, err = run_cli(
+            ["train", "digits", "--model", "lenet5", "--weights", str(tmp_path / name),
+             "--out", str(tmp_path / "r")], capsys,
+        )  # fmt: skip
+        assert code == 2 and message in err and err.count("\n") == 1, err
+        assert "lower --lr" not in err and not (tmp_path / "r").exists()
+    from imagewise.models.weights import file_weights, load_into
+
+    torch.save({k: v.double() if v.is_floating_point() else v for k, v in state.items()},
+               tmp_path / "f64.pth")  # fmt: skip
+    report = load_into(create_model("lenet5", 10, 1, 28), file_weights(tmp_path / "f64.pth"))
+    loaded = [k for k, v in state.items() if v.is_floating_point() and not k.startswith("fc.")]
+    assert report.cast == {"float64": len(loaded)}  # the new classifier is not loaded
+    assert any("converted to the network's float type" in line for line in report.lines())
+
+
+def test_a_class_with_only_unreadable_files_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from conftest import make_folder_dataset
+
+    data = make_folder_dataset(tmp_path / "data", per_class=10, corrupt=False)
+    for f in (data / CLASSES[1]).iterdir():
+        f.write_bytes(b"\\x89PNG\\r\\n\\x1a\\n truncated")
+    code, _, err = run_cli(["train", str(data), "--model", "lenet5", "--epochs", "1",
+                            "--out", str(tmp_path / "r")], capsys)  # fmt: skip
+    assert code == 2 and f"class '{CLASSES[1]}' has no readable training image" in err
+
+
+def test_a_run_no_better_than_guessing_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import imagewise
+
+    caplog.set_level("WARNING", logger="imagewise")
+    from conftest import make_folder_dataset
+
+    data = make_folder_dataset(tmp_path / "data", per_class=12, corrupt=False)
+    result = imagewise.train(str(data), tmp_path / "r", model="lenet5", epochs=2, lr=1e-9,
+                             show_progress=False)  # fmt: skip
+    assert result.best_val_accuracy <= 0.5
+    assert "is no better than guessing" in caplog.text

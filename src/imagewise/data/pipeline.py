@@ -139,6 +139,7 @@ def materialize(data: ImageData, cfg: DataConfig, size: int, channels: int) -> I
         )
     if not len(splits["train"]):
         raise UserError(f"no readable training images in '{data.source}'")
+    _refuse_emptied_classes(data, splits["train"].labels)
     result = ImageData(
         data.classes,
         splits["train"],
@@ -149,6 +150,19 @@ def materialize(data: ImageData, cfg: DataConfig, size: int, channels: int) -> I
         skipped,
     )
     return _match_channels(result, channels)
+
+
+def _refuse_emptied_classes(data: ImageData, kept: np.ndarray) -> None:
+    """A class whose training images were all skipped as unreadable would train as if it did
+    not exist (and its validation images would count against the rest): one line instead."""
+    before = set(np.unique(np.asarray(data.train.labels)).tolist())
+    emptied = sorted(before - set(np.unique(np.asarray(kept)).tolist()))
+    if emptied:
+        name = data.classes[emptied[0]]
+        raise UserError(
+            f"class '{name}' has no readable training image (every one was skipped as "
+            "unreadable; see the warning above); fix or remove its files, or its folder"
+        )
 
 
 def compute_mean_std(

@@ -59,6 +59,7 @@ class LoadReport:
     new: list[str] = field(default_factory=list)
     unused: list[str] = field(default_factory=list)  # in the source, not in the model
     mapping: str = "by name"  # how the file's names met the model's (imagewise.models.convert)
+    cast: dict[str, int] = field(default_factory=dict)  # source dtype -> tensors converted
 
     def lines(self) -> list[str]:
         """The short block ``train`` prints."""
@@ -67,6 +68,8 @@ class LoadReport:
             f"{len(self.adapted)} adapted, {len(self.new)} new, {len(self.unused)} unused",
             f"  mapping: {self.mapping}",
         ]
+        out += [f"  converted to the network's float type: {n} {dtype} tensor(s)"
+                for dtype, n in self.cast.items()]  # fmt: skip
         out += [f"  adapted {name}: {how}" for name, how in self.adapted.items()]
         if self.new:
             out.append(f"  new: {_names(self.new)}")
@@ -78,6 +81,7 @@ class LoadReport:
         return {
             "source": self.source,
             "mapping": self.mapping,
+            "cast": dict(self.cast),
             "loaded": len(self.loaded),
             "adapted": dict(self.adapted),
             "new": list(self.new),
@@ -394,6 +398,28 @@ def _placeable(model: nn.Module) -> Callable[[str, torch.Tensor, torch.Tensor], 
     return placeable
 
 
+def _refuse_unusable(state: Mapping[str, torch.Tensor], model: Mapping[str, torch.Tensor],
+                     where: str) -> None:  # fmt: skip
+    """Weights that cannot start a network: NaN or infinite values (else training "diverges"
+    at once and blames the learning rate), or integers and booleans where the network keeps
+    floats (quantized weights, a mask: casting them would load nonsense in silence)."""
+    for name, mine in model.items():
+        theirs = state.get(name)
+        if theirs is None or not mine.is_floating_point():
+            continue
+        if not theirs.is_floating_point():
+            raise UserError(
+                f"the weights in {where} hold {str(theirs.dtype).removeprefix('torch.')} values "
+                f"for {name}, where the network keeps floats (quantized weights?); give a float "
+                "checkpoint"
+            )
+        if not bool(torch.isfinite(theirs).all()):
+            raise UserError(
+                f"the weights in {where} are not finite: {name} holds NaN or infinite values; "
+                "give a checkpoint saved before its training diverged"
+            )
+
+
 def load_into(model: nn.Module, source: WeightsSource, *, keep_head: bool = False) -> LoadReport:
     """Copy ``source``'s tensors into ``model``; return what happened.
 
@@ -415,11 +441,16 @@ def load_into(model: nn.Module, source: WeightsSource, *, keep_head: bool = Fals
         )
     report = LoadReport(f"{source.kind} {source.where}", mapping=mapping.how)
     state = mapping.state
+    _refuse_unusable(state, merged, source.where)
     for name, mine in merged.items():
         theirs = state.get(name)
         if theirs is None or (name in head and not keep_head):
             report.new.append(name)
         elif theirs.shape == mine.shape:
+            if theirs.dtype != mine.dtype and mine.is_floating_point():
+                report.cast[str(theirs.dtype).removeprefix("torch.")] = (
+                    report.cast.get(str(theirs.dtype).removeprefix("torch."), 0) + 1
+                )
             merged[name] = theirs.to(mine.dtype)
             if mine.is_floating_point():
                 report.loaded.append(name)

@@ -294,7 +294,28 @@ def _train(
     finally:
         if writer is not None:
             writer.close()
-    return TrainResult.of(folder, cfg, state, temperature)
+    result = TrainResult.of(folder, cfg, state, temperature)
+    if dist.is_main:
+        _warn_if_guessing(result, data.val.labels)
+    return result
+
+
+def _warn_if_guessing(result: TrainResult, val_labels: Any) -> None:
+    """One warning when the best epoch is no better than always answering the validation
+    split's most common class: a run that ends there exits 0, and would otherwise look done."""
+    import numpy as np
+
+    labels = np.asarray(val_labels)
+    if not len(labels) or result.best_val_accuracy != result.best_val_accuracy:  # NaN
+        return
+    majority = float(np.bincount(labels).max() / len(labels))
+    if result.best_val_accuracy <= majority + 1e-6:  # accuracies are float32 sums
+        log.warning(
+            "the best validation accuracy, %.2f%%, is no better than guessing (always answering "
+            "the most common class scores %.2f%%); the model learned nothing: try a lower --lr, "
+            "more epochs or check the labels",
+            100 * result.best_val_accuracy, 100 * majority,
+        )  # fmt: skip
 
 
 def prepare_data(cfg: RunConfig) -> PreparedData:
