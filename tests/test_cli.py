@@ -131,7 +131,7 @@ def test_error_missing_dataset_path(capsys: pytest.CaptureFixture[str], tmp_path
     missing = tmp_path / "nope"
     assert _error_line(["train", str(missing)], capsys) == (
         f"error: dataset '{missing}' does not exist; give a folder of class folders, a CSV "
-        "manifest, or a built-in name (digits, fashion-mnist)"
+        "manifest, or a built-in name (digits, fashion-mnist, photos)"
     )
 
 

@@ -163,8 +163,10 @@ def test_vit_flops_include_attention() -> None:
 def test_describe_models() -> None:
     rows = describe_models(["lenet5", "tutorial_cnn"], in_chans=1, img_size=28, num_classes=10)
     assert [r["name"] for r in rows] == ["lenet5", "tutorial_cnn"]
-    assert set(rows[0]) == {"name", "family", "params", "flops", "description", "pretrained"}
-    assert rows[0]["pretrained"] is False
+    assert set(rows[0]) == {
+        "name", "family", "params", "flops", "description", "pretrained", "pretrained_here",
+    }  # fmt: skip
+    assert rows[0]["pretrained"] is False and rows[0]["pretrained_here"] is False
     assert rows[0]["family"] == "classic" and rows[0]["params"] == 61706
     assert rows[1]["params"] == 93322 and rows[1]["description"]
 

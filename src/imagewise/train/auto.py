@@ -163,7 +163,7 @@ class Choice:
 # Pretrained networks --model auto starts photos from, best suited to a CPU first, when their
 # ImageNet weights are on this machine (an installed weight package or the hub cache).
 PRETRAINED_PICKS = ("tf_efficientnet_lite0", "resnet18", "efficientnet_b0", "mobilenetv3")
-# How --model auto trains a pretrained pick: the classifier alone on cached features for two
+# How --model auto trains a pretrained pick: the classifier alone (backbone frozen) for two
 # epochs, then everything (progressive fine-tuning), 8 epochs in all. On the photos task at 20
 # and 100 images per class this was the most accurate of linear probe, fine-tune and
 # progressive (BENCHMARKS.md, "ImageNet weights"); a fine-tune needs a few epochs, not the
