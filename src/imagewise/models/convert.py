@@ -44,7 +44,7 @@ class Layout:
 
 
 @dataclass
-class Mapping_:
+class NameMapping:
     """The outcome of ``match``: the file renamed to the model's names, and how."""
 
     state: dict[str, torch.Tensor]
@@ -201,12 +201,12 @@ def _pairs_1x1(mine: torch.Tensor, theirs: torch.Tensor) -> bool:
     )
 
 
-def by_order(file: State, model: State, head: set[str], placeable: Placeable) -> Mapping_:
+def by_order(file: State, model: State, head: set[str], placeable: Placeable) -> NameMapping:
     """Pair the file's tensors with the model's by position; complete only when the counts are
     equal and every body pair has equal shapes (or a 1x1 conv / linear pair, or placeable)."""
     ours, theirs = _body(model), _body(file)
     if len(ours) != len(theirs):
-        return Mapping_({}, "by order and shape", False,
+        return NameMapping({}, "by order and shape", False,
                         f"the file holds {len(theirs)} tensors, the model {len(ours)}")  # fmt: skip
     out: dict[str, torch.Tensor] = {}
     for i, ((name, mine), (key, value)) in enumerate(zip(ours, theirs, strict=True)):
@@ -215,16 +215,16 @@ def by_order(file: State, model: State, head: set[str], placeable: Placeable) ->
         if value.shape == mine.shape or placeable(name, mine, value):
             out[name] = value
         elif name not in head:
-            return Mapping_({}, "by order and shape", False, (
+            return NameMapping({}, "by order and shape", False, (
                 f"tensor {i + 1} of {len(ours)}: the model's {name} {tuple(mine.shape)} "
                 f"against the file's {key} {tuple(value.shape)}"
             ))  # fmt: skip
-    return Mapping_(out, f"by order and shape ({len(out)} tensors paired)")
+    return NameMapping(out, f"by order and shape ({len(out)} tensors paired)")
 
 
 def match(
     file: State, model: State, head: set[str], placeable: Placeable, *, ordered: bool = True
-) -> Mapping_:
+) -> NameMapping:
     """The first complete mapping of ``file`` onto ``model`` (see the module's docstring), or
     an incomplete one whose ``problem`` says what is missing under each that was tried.
     ``ordered``: the file keeps the order its network saved the tensors in (a pickled state
@@ -232,20 +232,20 @@ def match(
     """
     problem = _coverage(file, model, head, placeable)
     if not problem:
-        return Mapping_(dict(file), "by name")
+        return NameMapping(dict(file), "by name")
     tried = [f"by name, {problem}"]
     for layout in LAYOUTS:
         if layout.detect(file):
             renamed = layout.convert(file, model)
             missing = _coverage(renamed, model, head, placeable)
             if not missing:
-                return Mapping_(renamed, f"layout {layout.name}, converted by name")
+                return NameMapping(renamed, f"layout {layout.name}, converted by name")
             tried.append(f"as {layout.name}, {missing}")
     if not ordered:
         tried.append("not by order (a .safetensors file keeps no order)")
-        return Mapping_(dict(file), "by name", False, "; ".join(tried))
+        return NameMapping(dict(file), "by name", False, "; ".join(tried))
     paired = by_order(file, model, head, placeable)
     if paired.complete:
         return paired
     tried.append(f"by order, {paired.problem}")
-    return Mapping_(dict(file), "by name", False, "; ".join(tried))
+    return NameMapping(dict(file), "by name", False, "; ".join(tried))

@@ -252,11 +252,12 @@ def pretrained_weights(name: str) -> WeightsSource:
     """The hub's pretrained weights for model ``name``: from the local cache when they are
     there, else downloaded when the hub answers, else a one-line ``UserError`` that says how
     to pass a file."""
-    cfg = _pretrained_cfg(name)
+    cfg = _pretrained_cfg(name)  # refuses a model without pretrained weights
+    arch = hub_name(name) or ""
     where = cfg.hf_hub_id or cfg.url
-    path = package_weights(hub_name(name) or "")
+    path = package_weights(arch)
     if path is not None:
-        where = f"{path} (package {WEIGHT_PACKAGES[hub_name(name) or ''].distribution})"
+        where = f"{path} (package {WEIGHT_PACKAGES[arch].distribution})"
     else:
         path = _cached_path(cfg)
     if path is None:
@@ -276,7 +277,7 @@ def pretrained_weights(name: str) -> WeightsSource:
     source = WeightsSource("pretrained", str(where), read_state_dict(path), model=name)
     source.ordered = path.suffix != ".safetensors"
     source.preprocessing = weights_preprocessing(name)
-    source.preprocessing_from = f"the weights' config ({hub_name(name)})"
+    source.preprocessing_from = f"the weights' config ({arch})"
     return source
 
 
@@ -448,9 +449,8 @@ def load_into(model: nn.Module, source: WeightsSource, *, keep_head: bool = Fals
             report.new.append(name)
         elif theirs.shape == mine.shape:
             if theirs.dtype != mine.dtype and mine.is_floating_point():
-                report.cast[str(theirs.dtype).removeprefix("torch.")] = (
-                    report.cast.get(str(theirs.dtype).removeprefix("torch."), 0) + 1
-                )
+                dtype = str(theirs.dtype).removeprefix("torch.")
+                report.cast[dtype] = report.cast.get(dtype, 0) + 1
             merged[name] = theirs.to(mine.dtype)
             if mine.is_floating_point():
                 report.loaded.append(name)
