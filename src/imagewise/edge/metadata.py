@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from imagewise.edge.images import RESAMPLING
 from imagewise.errors import UserError
 
 # The input the graph takes: the model's usual normalized batch, or raw pixels normalized inside.
@@ -35,7 +36,7 @@ OPTIONAL_JSON_KEYS = ("quantization_settings", "unknown")
 # them is a damaged or hostile file, not a model (img_size 100000 made predict allocate 9.8 GB).
 IMG_SIZE_RANGE = (8, 1024)
 MAX_CLASSES = 100_000
-INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
+INTERPOLATIONS = tuple(RESAMPLING)
 
 
 def parse_metadata(props: Mapping[str, str], source: str) -> dict[str, Any]:

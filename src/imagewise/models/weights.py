@@ -203,6 +203,14 @@ def has_pretrained(name: str) -> bool:
     return local_pretrained(name) is not None
 
 
+def decodable_interpolation(pre: Mapping[str, Any]) -> str:
+    """The weights' resize interpolation where imagewise's decoding has it, else bilinear."""
+    from imagewise.edge.images import RESAMPLING
+
+    wanted = str(pre.get("interpolation") or "bilinear")
+    return wanted if wanted in RESAMPLING else "bilinear"
+
+
 def weights_preprocessing(name: str) -> dict[str, Any]:
     """The preprocessing model ``name``'s pretrained weights were trained with, from timm's
     pretrained config of its architecture (empty when timm has none): input size, channels,

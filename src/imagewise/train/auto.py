@@ -327,14 +327,12 @@ def _may_train_in_bf16(precision: str) -> bool:
 def _apply_recipe(cfg: RunConfig) -> dict[str, Any]:
     """``TRANSFER_RECIPE`` where the user left each setting at its default, and the weights'
     interpolation for decoding; what was set."""
-    from imagewise.edge.images import RESAMPLING
-    from imagewise.models.weights import weights_preprocessing
+    from imagewise.models.weights import decodable_interpolation, weights_preprocessing
 
     m, t = cfg.model, cfg.train
     applied: dict[str, Any] = {}
-    wanted = str(weights_preprocessing(m.name).get("interpolation") or "")
-    if not cfg.data.interpolation and wanted in RESAMPLING:
-        cfg.data.interpolation = wanted
+    if not cfg.data.interpolation:
+        cfg.data.interpolation = decodable_interpolation(weights_preprocessing(m.name))
     if m.freeze == "none" and not m.unfreeze_at:
         m.freeze, m.unfreeze_at = TRANSFER_RECIPE["freeze"], TRANSFER_RECIPE["unfreeze_at"]
         applied.update(freeze=m.freeze, unfreeze_at=m.unfreeze_at)

@@ -26,6 +26,7 @@ from imagewise.models.weights import (
     LoadReport,
     WeightsSource,
     classifier_names,
+    decodable_interpolation,
     file_weights,
     load_into,
     pretrained_weights,
@@ -298,16 +299,8 @@ def weights_before_data(cfg: RunConfig) -> WeightsSource | None:
             cfg.data.img_size,
         )
     if source is not None and not cfg.data.interpolation:
-        cfg.data.interpolation = _interpolation(source.preprocessing)
+        cfg.data.interpolation = decodable_interpolation(source.preprocessing)
     return source
-
-
-def _interpolation(pre: dict[str, Any]) -> str:
-    """The weights' resize interpolation where imagewise's decoding has it, else bilinear."""
-    from imagewise.edge.images import RESAMPLING
-
-    wanted = str(pre.get("interpolation") or "bilinear")
-    return wanted if wanted in RESAMPLING else "bilinear"
 
 
 @dataclass
