@@ -45,7 +45,7 @@ def run(name: str, flags: list[str], work: Path, data: str) -> dict:
         "epochs": meta["training"]["epochs_run"],
         "train_seconds": meta["training"]["train_seconds"],
         "wall": wall,
-        "accuracy": float(ev.metrics["accuracy"]),
+        "accuracy": float(ev.accuracy),
         "choice": meta.get("choice"),
     }
 

@@ -72,7 +72,7 @@ def run_once(source: str, out: Path, options: dict[str, Any]) -> dict[str, Any]:
     ev = imagewise.evaluate(out, write=False, report=False)
     cfg = load_config_file(out / "config.yaml")
     return {
-        "accuracy": float(ev.metrics["accuracy"]),
+        "accuracy": float(ev.accuracy),
         "epochs": result.epochs,
         "train_seconds": result.train_seconds,
         "wall": wall,

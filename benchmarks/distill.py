@@ -77,7 +77,7 @@ def score(runs: dict[str, Path]) -> dict[str, dict[str, Any]]:
             "run": str(run),
             "model": meta["model"]["name"],
             "parameters": meta["model"]["parameters"],
-            "test_accuracy": ev.metrics["accuracy"],
+            "test_accuracy": ev.accuracy,
             "epochs": meta["training"]["epochs_run"],
             "train_seconds": meta["training"]["train_seconds"],
             "tta_views": bool(meta.get("tta")),

@@ -24,7 +24,11 @@ Methods (imagewise's defaults otherwise; 10% of the N per class hold out for val
   progressive  --pretrained --freeze backbone --unfreeze-at 3, 8 epochs
 
     .venv/bin/python benchmarks/imagenet_transfer.py [--seeds 0 1 2] [--per-class 20 100]
-        [--datasets photos fashion-mnist]
+        [--datasets photos fashion-mnist] [--crop whole|weights]
+
+``--crop``: how the pretrained methods decode their images: ``whole`` (the default; the image
+squashed to the square, ``--crop-pct 1``) or ``weights`` (the weights' own 0.875 centre crop,
+imagewise's default for pretrained weights; runs and results are named with ``-crop``).
 
 Runs are written under runs/imagenet-transfer/ (git-ignored) and reused when rerun; results.json
 there gathers every accuracy.
@@ -50,9 +54,11 @@ SIZES = {"photos": 128, "fashion-mnist": 96}
 SCRATCH_SIZES = {"photos": 128, "fashion-mnist": 28}
 
 
-def methods(dataset: str) -> dict[str, dict]:
+def methods(dataset: str, crop: str = "whole") -> dict[str, dict]:
     size = SIZES[dataset]
     pre = {"model": MODEL, "pretrained": True, "img_size": size}
+    if crop == "whole":
+        pre["crop_pct"] = 1.0  # else 0 (unset): the weights' centre crop
     return {
         "scratch": {"model": "resnet9p_tiny", "img_size": SCRATCH_SIZES[dataset], "epochs": 30},
         "probe": {**pre, "freeze": "backbone", "epochs": 30},
@@ -115,7 +121,7 @@ def run(data: Path, out: Path, seed: int, options: dict) -> float:
     if not finished(out):
         shutil.rmtree(out, ignore_errors=True)
         imagewise.train(str(data), out, show_progress=False, seed=seed, **options)
-    return float(imagewise.evaluate(out, write=False, report=False).metrics["accuracy"])
+    return float(imagewise.evaluate(out, write=False, report=False).accuracy)
 
 
 def main() -> None:
@@ -125,7 +131,9 @@ def main() -> None:
     parser.add_argument("--datasets", nargs="+", default=["photos", "fashion-mnist"])
     parser.add_argument("--methods", nargs="+", default=list(methods("photos")))
     parser.add_argument("--results", default="results.json", help="file name under ROOT")
+    parser.add_argument("--crop", choices=("whole", "weights"), default="whole")
     args = parser.parse_args()
+    suffix = "-crop" if args.crop == "weights" else ""
     ROOT.mkdir(parents=True, exist_ok=True)
     results_path = ROOT / args.results
     results = json.loads(results_path.read_text()) if results_path.is_file() else {}
@@ -136,9 +144,11 @@ def main() -> None:
                 data = (
                     photos_subset(n, seed) if dataset == "photos" else fashion_subset(fm, n, seed)
                 )
-                for name, options in methods(dataset).items():
+                for name, options in methods(dataset, args.crop).items():
                     if name not in args.methods:
                         continue
+                    if suffix and "pretrained" in options:
+                        name += suffix
                     acc = run(data, ROOT / f"{dataset}-{n}-{name}-s{seed}", seed, options)
                     results.setdefault(dataset, {}).setdefault(str(n), {}).setdefault(name, {})
                     results[dataset][str(n)][name][str(seed)] = acc

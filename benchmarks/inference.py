@@ -37,7 +37,8 @@ import torch
 from foundation import machine  # benchmarks/foundation.py: cores and CPU model
 
 import imagewise
-from imagewise.data.transforms import Preprocessing
+from imagewise.data.transforms import normalize
+from imagewise.edge.spec import InputContract
 from imagewise.export import calibration_batches
 from imagewise.export.metadata import build_metadata
 from imagewise.export.onnx import INPUT_NAME, set_metadata, to_onnx
@@ -120,12 +121,12 @@ def run_engines(
     return engines, files
 
 
-def resnet18_float32(work: Path, size: int = 224) -> tuple[torch.nn.Module, Preprocessing, Path]:
+def resnet18_float32(work: Path, size: int = 224) -> tuple[torch.nn.Module, InputContract, Path]:
     """timm resnet18 with random weights at ``size`` px, 1000 classes, and its float32 ONNX
     file in ``work`` (also used by roofline.py)."""
     torch.manual_seed(0)
     model = create_model("resnet18", num_classes=1000, in_chans=3, img_size=size).eval()
-    pre = Preprocessing(size, 3, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+    pre = InputContract(size, 3, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
     classes = [str(i) for i in range(1000)]
     metadata = build_metadata("resnet18", classes, pre, 1.0, {}, raw_input=False, int8=False)
     fp32 = work / "resnet18.onnx"
@@ -138,7 +139,7 @@ def resnet18_engines(work: Path, size: int = 224, compare_int8: bool = False) ->
     """timm resnet18 with random weights at ``size`` px, 1000 classes."""
     model, pre, fp32 = resnet18_float32(work, size)
     images = torch.randint(0, 256, (32, 3, size, size), dtype=torch.uint8)
-    batches = [pre.normalize(chunk).numpy() for chunk in images.split(8)]
+    batches = [normalize(pre, chunk).numpy() for chunk in images.split(8)]
     engines = {
         "PyTorch eager": eager(model),
         "ORT float32": onnx_runtime(fp32),

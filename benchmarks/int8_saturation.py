@@ -34,6 +34,7 @@ from onnx.reference import ReferenceEvaluator
 from onnx.reference.op_run import OpRun
 
 import imagewise
+from imagewise.data.transforms import normalize
 from imagewise.export import calibration_batches
 from imagewise.export.quantize import INT16_MAX, PORTABLE, VNNI_ONLY
 from imagewise.export.verify import run_images
@@ -193,7 +194,7 @@ def study(run: Path, work: Path, limit: int) -> list[str]:
     calib = calibration_batches(copy, reference, raw_input=False)
     images, labels, split, _ = run_images(copy, reference.preprocessing, reference.classes,
                                           ("test",), limit)  # fmt: skip
-    batches = [reference.preprocessing.normalize(c).numpy() for c in images.split(50)]
+    batches = [normalize(reference.preprocessing, c).numpy() for c in images.split(50)]
     torch_top = np.concatenate([reference.logits(torch.from_numpy(b)).argmax(1).numpy()
                                 for b in batches])  # fmt: skip
     rows = [f"{run.name}: {len(labels)} {split} images; PyTorch {np.mean(torch_top == labels):.2%}"]

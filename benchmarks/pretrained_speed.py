@@ -70,7 +70,7 @@ def imagewise_features(data: Path, size: int, out: Path, epochs: int = 1) -> tup
     m = re.search(r"(\d+) train image\(s\) x 1 view\(s\) and (\d+) val.* in ([\d.]+)s", line)
     assert m, line
     images = int(m.group(1)) + int(m.group(2))
-    acc = float(imagewise.evaluate(out, write=False, report=False).metrics["accuracy"])
+    acc = float(imagewise.evaluate(out, write=False, report=False).accuracy)
     return images / float(m.group(3)), acc
 
 
@@ -80,7 +80,7 @@ def imagewise_finetune(data: Path, size: int, out: Path, epochs: int, augment: s
     imagewise.train(str(data), out, model=MODEL, pretrained=True, img_size=size, epochs=epochs,
                     augment=augment, seed=0, show_progress=False)  # fmt: skip
     rates = [float(h["images_per_second"]) for h in RunFolder.of(out).read_history()]
-    acc = float(imagewise.evaluate(out, write=False, report=False).metrics["accuracy"])
+    acc = float(imagewise.evaluate(out, write=False, report=False).accuracy)
     return statistics.median(rates[1:] or rates), acc
 
 

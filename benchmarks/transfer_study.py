@@ -81,7 +81,7 @@ def subset(data, classes: list[int], folder: Path, per_class: int | None, seed: 
 
 
 def accuracy(run: Path) -> float:
-    return float(imagewise.evaluate(run, write=False, report=False).metrics["accuracy"])
+    return float(imagewise.evaluate(run, write=False, report=False).accuracy)
 
 
 def train(data: Path, out: Path, **options) -> tuple[Path, float]:

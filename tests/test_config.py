@@ -109,10 +109,10 @@ def test_auto_precision_follows_the_hardware(monkeypatch: pytest.MonkeyPatch) ->
 def test_auto_precision_on_a_cpu_keeps_bf16_only_when_measured_faster(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from imagewise.data.transforms import Preprocessing
+    from imagewise.edge.spec import InputContract
     from imagewise.train import build as run
 
-    pre = Preprocessing(img_size=28, channels=1, mean=[0.5], std=[0.5])
+    pre = InputContract(img_size=28, channels=1, mean=[0.5], std=[0.5])
     model = nn.Conv2d(1, 2, 3)
     monkeypatch.setattr(run, "measure_bf16_speedup", lambda *a: 1.3)
     assert run.measured_cpu_precision(model, pre, 64, True) is torch.bfloat16

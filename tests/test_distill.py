@@ -15,14 +15,15 @@ from torch import nn
 
 import imagewise
 import imagewise.cli
-from imagewise.data.transforms import Preprocessing
+from imagewise.data.transforms import normalize
+from imagewise.edge.spec import InputContract
 from imagewise.errors import UserError
 from imagewise.train.distill import DistillationTask, convert_for_teacher, distillation_loss
 from imagewise.train.task import ClassificationTask
 
 from conftest import make_folder_dataset, run_cli
 
-SAME = Preprocessing(img_size=4, channels=1, mean=[0.0], std=[1.0])
+SAME = InputContract(img_size=4, channels=1, mean=[0.0], std=[1.0])
 
 
 class Fixed(nn.Module):
@@ -99,14 +100,14 @@ def test_teacher_is_frozen_in_eval_mode_and_sees_the_same_mixed_batch() -> None:
 def test_gray_student_batch_is_converted_for_an_rgb_teacher_of_another_size() -> None:
     rng = np.random.default_rng(0)
     gray = torch.from_numpy(rng.integers(0, 256, (2, 1, 8, 8), dtype=np.uint8))
-    student = Preprocessing(img_size=8, channels=1, mean=[0.5], std=[0.25])
-    teacher = Preprocessing(img_size=16, channels=3, mean=[0.4, 0.5, 0.6], std=[0.2, 0.3, 0.4])
-    converted = convert_for_teacher(student.normalize(gray), student, teacher)
+    student = InputContract(img_size=8, channels=1, mean=[0.5], std=[0.25])
+    teacher = InputContract(img_size=16, channels=3, mean=[0.4, 0.5, 0.6], std=[0.2, 0.3, 0.4])
+    converted = convert_for_teacher(normalize(student, gray), student, teacher)
     # what the teacher's own preprocessing makes of the same picture read as RGB
-    expected = teacher.normalize(gray.expand(-1, 3, -1, -1))
+    expected = normalize(teacher, gray.expand(-1, 3, -1, -1))
     assert converted.shape == (2, 3, 16, 16)
     assert torch.allclose(converted, expected, atol=1e-5)
-    x = student.normalize(gray)
+    x = normalize(student, gray)
     assert convert_for_teacher(x, student, student) is x  # same preprocessing: untouched
 
 
@@ -114,11 +115,11 @@ def test_rgb_student_batch_is_converted_for_a_gray_teacher_as_pil_reads_gray() -
     rng = np.random.default_rng(1)
     rgb = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
     as_l = np.array(Image.fromarray(rgb, "RGB").convert("L"))  # how gray data is read
-    student = Preprocessing(img_size=16, channels=3, mean=[0.5, 0.4, 0.3], std=[0.2, 0.2, 0.3])
-    teacher = Preprocessing(img_size=8, channels=1, mean=[0.3], std=[0.35])
-    x = student.normalize(torch.from_numpy(rgb).permute(2, 0, 1)[None])
+    student = InputContract(img_size=16, channels=3, mean=[0.5, 0.4, 0.3], std=[0.2, 0.2, 0.3])
+    teacher = InputContract(img_size=8, channels=1, mean=[0.3], std=[0.35])
+    x = normalize(student, torch.from_numpy(rgb).permute(2, 0, 1)[None])
     converted = convert_for_teacher(x, student, teacher)
-    expected = teacher.normalize(torch.from_numpy(as_l)[None, None])
+    expected = normalize(teacher, torch.from_numpy(as_l)[None, None])
     assert converted.shape == (1, 1, 8, 8)
     # PIL rounds its gray to whole levels: within half a level, in standardized units
     assert torch.allclose(converted, expected, atol=0.51 / 255 / 0.35)

@@ -299,10 +299,13 @@ BROKEN_METADATA = [
     ({"classes": json.dumps(["a", "b"])}, "classes names 2 classes but the graph answers 3"),
     ({"classes": json.dumps([f"c{i}" for i in range(20)])}, "classes names 20 classes but"),
     ({"classes": "[1, 2"}, "classes is not valid JSON"),
-    ({"mean": "[0.5, 0.5]"}, "mean must hold "),
-    ({"std": "[0, 0, 0]"}, "std "),
+    ({"mean": "[0.5, 0.5]"}, "mean is [0.5, 0.5]; it must hold one number per channel (3)"),
+    ({"std": "[0, 0, 0]"}, "std[0] is 0; it must be a finite number above 0"),
     ({"channels": "2"}, "channels is 2; it must be 1 or 3"),
-    ({"temperature": "-1"}, "temperature is -1; it must be above 0"),
+    ({"temperature": "-1"}, "temperature is -1; it must be a finite number above 0"),
+    ({"crop_pct": "0.1"}, "crop_pct is 0.1; it must be a number 0.5-1.0"),
+    ({"capabilities": '{"fit": 1}'}, "capabilities must hold fit, onnx_export and gradcam"),
+    ({"model_format": "imagewise-model/9"}, 'model_format is "imagewise-model/9"; this'),
     ({"input_layout": "NHWC uint8"}, "input_layout says tensor(uint8), the graph takes"),
     ({"img_size": "40"}, "img_size/channels describe a NCHW input of [3, 40, 40] but"),
 ]
@@ -329,6 +332,31 @@ def test_damaged_metadata_is_refused_in_one_line(
     assert message.split(" [")[0] in text, text
     code, out, err = run_cli(["predict", str(path), images[0]], capsys)
     assert (code, out) == (2, "") and err.count("\n") == 1 and "has broken metadata" in err
+
+
+def test_an_export_of_the_previous_release_still_loads(
+    exports: dict[str, Path], images: list[str], tmp_path: Path
+) -> None:
+    """Files written before the model spec had no crop, capabilities or format key: they
+    read as the whole image resized, and answer as before."""
+    import onnx
+
+    model = onnx.load(str(exports["float"]))
+    props = {p.key: p.value for p in model.metadata_props}
+    assert props["crop_pct"] == "1.0" and props["model_format"] == "imagewise-model/1"
+    kept = [
+        p for p in model.metadata_props if p.key not in ("crop_pct", "capabilities", "model_format")
+    ]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    old = tmp_path / "old.onnx"
+    onnx.save(model, str(old))
+    now, before = load_model(exports["float"]), load_model(old)
+    assert before.spec.input == now.spec.input and before.spec.input.crop_pct == 1.0
+    assert before.spec.capabilities == now.spec.capabilities
+    assert [p.label for p in before.predict(images[:3])] == [
+        p.label for p in now.predict(images[:3])
+    ]
 
 
 def test_serve_refuses_to_start_on_damaged_metadata(

@@ -12,6 +12,7 @@ import torch
 
 import imagewise
 from imagewise.evaluate.metrics import classification_metrics, most_confused
+from imagewise.evaluate.scores import Metrics
 from imagewise.runtime.calibration import (
     calibrate,
     expected_calibration_error,
@@ -137,18 +138,19 @@ def evaluated(trained_run: Path) -> imagewise.evaluate.Evaluation:
 
 def test_evaluate_returns_metrics_confusion_and_top_losses(evaluated) -> None:
     ev = evaluated
-    assert ev.confusion_matrix.sum() == len(ev.labels) == ev.metrics["images"]
+    assert ev.confusion_matrix.sum() == len(ev.labels) == ev.metrics.images
     assert ev.accuracy == pytest.approx(float((ev.predictions == ev.labels).mean()))
     losses = ev.top_losses(5)
     assert [x["loss"] for x in losses] == sorted((x["loss"] for x in losses), reverse=True)
     i = losses[0]["index"]
     assert losses[0]["loss"] == pytest.approx(-np.log(ev.probabilities[i, ev.labels[i]]))
-    cal = ev.metrics["calibration"]
-    assert ev.ece == cal["ece_after"]
+    cal = ev.metrics.calibration
+    assert cal is not None and ev.ece == cal.ece_after
     p1 = torch.softmax(torch.from_numpy(ev.logits), 1).numpy()
-    assert cal["ece_before"] == pytest.approx(expected_calibration_error(p1, ev.labels))
+    assert cal.ece_before == pytest.approx(expected_calibration_error(p1, ev.labels))
     stored = json.loads((ev.files["metrics"]).read_text())
-    assert stored["calibration"]["temperature"] == pytest.approx(cal["temperature"])
+    assert stored["calibration"]["temperature"] == pytest.approx(cal.temperature)
+    assert Metrics.from_json(stored, "metrics.json", "") == ev.metrics  # the file, typed
     assert ev.files["reliability_png"].stat().st_size > 1000
 
 

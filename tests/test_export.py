@@ -17,7 +17,7 @@ import yaml
 import imagewise
 import imagewise.cli
 from imagewise.data.sources import resolve_source
-from imagewise.data.transforms import Preprocessing
+from imagewise.edge.spec import InputContract
 from imagewise.errors import UserError
 from imagewise.export import ExportResult
 from imagewise.export.onnx import ExportModule
@@ -103,7 +103,7 @@ def test_metadata_round_trip(exported: Path, trained_run: Path) -> None:
     run = imagewise.load(trained_run)
     assert isinstance(clf, OnnxClassifier) and isinstance(clf, BaseClassifier)
     assert clf.classes == run.classes and clf.temperature == run.temperature
-    assert clf.preprocessing == run.preprocessing == Preprocessing(**pre)
+    assert clf.preprocessing == run.preprocessing == InputContract(**pre)
     assert clf.meta["model"] == "resnet9_tiny"
     # The dynamic batch axis: 1 image and 5 images, same numbers as PyTorch.
     for n in (1, 5):

@@ -15,6 +15,7 @@ import torch
 
 import imagewise
 from imagewise.data.decode import find_images, read_image
+from imagewise.data.transforms import normalize
 from imagewise.errors import UserError
 from imagewise.features import Features, embed, load_index
 from imagewise.features.search import top_k_exact
@@ -72,7 +73,7 @@ def test_named_layer_is_pooled_and_a_wrong_name_lists_real_ones(
     seen = []
     handle = clf.model.layer2.register_forward_hook(lambda m, i, o: seen.append(o))
     with torch.no_grad():
-        clf.model(pre.normalize(batch).contiguous(memory_format=torch.channels_last))
+        clf.model(normalize(pre, batch).contiguous(memory_format=torch.channels_last))
     handle.remove()
     assert out.shape == (4, 4 * 16)
     np.testing.assert_allclose(out, seen[0].mean(dim=(2, 3)).numpy(), rtol=1e-5, atol=1e-6)

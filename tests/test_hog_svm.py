@@ -20,11 +20,12 @@ import imagewise.cli
 from imagewise.config import DataConfig
 from imagewise.data.pipeline import prepare
 from imagewise.data.sources import resolve_source
+from imagewise.data.transforms import normalize
 from imagewise.models import create_model, describe_models
 from imagewise.models.hog_svm import hog_settings
 from imagewise.models.registry import get_entry
 from imagewise.runtime.checkpoint import load_weights, save_weights
-from imagewise.train.classical import fit_classical
+from imagewise.train.classical import fit_one_pass
 
 from conftest import run_cli
 
@@ -129,8 +130,8 @@ def test_reloaded_weights_predict_like_the_fitted_model(
     raw = resolve_source(cfg.source, cfg.val_fraction, cfg.test_fraction, cfg.split_seed)
     data, pre = prepare(raw, cfg)
     model = create_model("hog_svm", num_classes=3, in_chans=pre.channels, img_size=pre.img_size)
-    fit = fit_classical(model, data.train, data.val, pre, seed=0)
-    x = pre.normalize(data.test.images)
+    fit = fit_one_pass("hog_svm", model, data.train, data.val, pre, seed=0)
+    x = normalize(pre, data.test.images)
     with torch.no_grad():
         fitted = model.eval()(x)
     save_weights(model, tmp_path / "w.safetensors")
@@ -148,7 +149,9 @@ def test_two_classes_use_one_hyperplane(folder_data: Path) -> None:
     data, pre = prepare(raw, DataConfig(source=str(folder_data)))
     keep = np.flatnonzero(data.train.labels < 2)
     model = create_model("hog_svm", num_classes=2, in_chans=pre.channels, img_size=pre.img_size)
-    fit = fit_classical(model, data.train.subset(keep), data.val.subset(np.array([])), pre)
+    fit = fit_one_pass(
+        "hog_svm", model, data.train.subset(keep), data.val.subset(np.array([])), pre
+    )
     assert fit["selected_by"] == "default C" and fit["train_accuracy"] == 1.0
     assert torch.allclose(model.fc.weight[0], -model.fc.weight[1])
 

@@ -26,7 +26,8 @@ def test_train_writes_typed_metadata_that_every_stage_reads(trained_run: Path) -
     assert meta.model.name == "resnet9_tiny" and meta.classes == ["circle", "square", "stripes"]
     clf = imagewise.load(trained_run)
     assert clf.name == "resnet9_tiny" and clf.capabilities == Capabilities()
-    assert clf.run_meta.preprocessing.to_preprocessing() == clf.preprocessing
+    # one object says what the model expects: the run's spec is the classifier's
+    assert clf.spec is clf.run_meta.spec and clf.preprocessing is clf.run_meta.spec.input
 
 
 def test_a_bad_metadata_field_is_one_line_naming_it(trained_run: Path, tmp_path: Path) -> None:
@@ -39,7 +40,7 @@ def test_a_bad_metadata_field_is_one_line_naming_it(trained_run: Path, tmp_path:
     with pytest.raises(UserError) as err:
         imagewise.load(run)
     assert str(err.value) == (
-        f"meta.json of '{run}': preprocessing.img_size is 100000; it must be between 8 and 4096"
+        f"meta.json of '{run}': preprocessing.img_size is 100000; it must be a whole number 8-4096"
     )
 
 
@@ -53,7 +54,7 @@ def test_a_one_pass_model_is_handled_by_its_declared_capabilities(
     run = tmp_path / "hog"
     imagewise.train(str(folder_data), run, model="hog_svm", show_progress=False)
     meta = RunFolder.of(run).read_meta()
-    assert meta.model.capabilities == Capabilities("one_pass", False, False)
+    assert meta.spec.capabilities == Capabilities("one_pass", False, False)
     clf = imagewise.load(run)
     with pytest.raises(UserError, match="'hog_svm' is a classical model"):
         imagewise.explain(run, [str(next((folder_data / "square").glob("*.png")))])
@@ -127,4 +128,4 @@ def test_resuming_a_finished_run_without_validation_keeps_its_selection(
     imagewise.train(str(folder_data), run, epochs=1, val_fraction=0.0, **opts)
     again = imagewise.train(out=run, resume=True, show_progress=False)  # no epochs left
     assert again.epochs == 1 and again.best_val_accuracy != again.best_val_accuracy  # NaN
-    assert RunFolder.of(run).read_meta().training["selected_by"] == "train_loss"
+    assert RunFolder.of(run).read_meta().training.selected_by == "train_loss"

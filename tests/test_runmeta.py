@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import subprocess
@@ -15,11 +16,17 @@ from imagewise.errors import UserError
 from imagewise.runtime.meta import (
     FORMAT,
     ONE_PASS,
+    AutoChoice,
+    Calibration,
     Capabilities,
     DataSummary,
+    InputContract,
     ModelSpec,
-    PreprocessingSpec,
+    NetworkSpec,
     RunMeta,
+    Teacher,
+    TrainingSummary,
+    TransferRecord,
     migrate,
     validate,
 )
@@ -34,6 +41,43 @@ LENET5_V1 = """{
   "created": "2026-11-30T21:01:53+00:00",
   "classes": ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"],
   "model": {"name": "lenet5", "kwargs": {}, "num_classes": 10, "parameters": 61706},
+  "preprocessing": {
+    "img_size": 28, "channels": 1, "mean": [0.305641], "std": [0.324722],
+    "interpolation": "bilinear"
+  },
+  "temperature": 0.178712,
+  "tta": {},
+  "data": {
+    "source": "digits", "kind": "builtin", "train_images": 1439, "val_images": 179,
+    "test_images": 179, "skipped_images": 0
+  },
+  "versions": {
+    "imagewise": "0.1.0", "torch": "2.14.1+cu130", "torchvision": "0.29.1+cu130",
+    "timm": "1.0.31"
+  },
+  "training": {
+    "epochs_run": 1, "epochs_planned": 1, "best_epoch": 1,
+    "best_val_accuracy": 0.6089385747909546, "selected_by": "val_accuracy",
+    "train_seconds": 1.372, "stop_reason": ""
+  },
+  "processes": 1,
+  "precision": "bf16",
+  "calibration": {
+    "temperature": 0.178712, "fitted_on": "val", "val_images": 179,
+    "val_nll_before": 1.788631, "val_nll_after": 1.098501, "val_ece_before": 0.426472,
+    "val_ece_after": 0.095789
+  }
+}"""
+
+# The same run as the previous release (imagewise-run/2) wrote it: capabilities, no crop.
+LENET5_V2 = """{
+  "format": "imagewise-run/2",
+  "created": "2026-11-30T21:01:53+00:00",
+  "classes": ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"],
+  "model": {
+    "name": "lenet5", "kwargs": {}, "num_classes": 10, "parameters": 61706,
+    "capabilities": {"fit": "gradient", "onnx_export": true, "gradcam": true}
+  },
   "preprocessing": {
     "img_size": 28, "channels": 1, "mean": [0.305641], "std": [0.324722],
     "interpolation": "bilinear"
@@ -123,18 +167,22 @@ VERY_OLD = {
 
 def sample() -> RunMeta:
     return RunMeta(
-        classes=["cat", "dog"],
-        model=ModelSpec("resnet9_tiny", {"dropout": 0.1}, 2, 1234, Capabilities()),
-        preprocessing=PreprocessingSpec(32, 3, (0.5, 0.4, 0.3), (0.2, 0.2, 0.2)),
+        spec=ModelSpec(
+            classes=("cat", "dog"),
+            input=InputContract(32, 3, (0.5, 0.4, 0.3), (0.2, 0.2, 0.2)),
+            temperature=1.25,
+            tta={"mirror": True, "shift": 1},
+            capabilities=Capabilities(),
+            model="resnet9_tiny",
+        ),
+        model=NetworkSpec("resnet9_tiny", {"dropout": 0.1}, 2, 1234),
         data=DataSummary("pets/", "folder", 10, 2, 2, 0),
         versions={"imagewise": "0.2.0", "torch": "2.5"},
         created="2026-11-30T21:00:00+00:00",
-        temperature=1.25,
-        tta={"mirror": True, "shift": 1},
-        training={"epochs_run": 3, "best_epoch": 2, "stop_reason": ""},
+        training=TrainingSummary(epochs_run=3, best_epoch=2, stop_reason=""),
         processes=2,
         precision="fp32",
-        calibration={"temperature": 1.25, "fitted_on": "val"},
+        calibration=Calibration(temperature=1.25, fitted_on="val"),
     )
 
 
@@ -157,9 +205,11 @@ def test_round_trip_without_optional_entries_leaves_them_out() -> None:
 
 def test_transfer_teacher_and_choice_records_round_trip_and_are_objects() -> None:
     m = sample()
-    m.transfer = {"mode": "backbone", "trainable_parameters": 650, "head_lr_scale": 80.0}
-    m.teacher = {"run": "runs/big", "model": "resnet9p_tiny", "alpha": 0.5}
-    m.choice = {"model": "tutorial_cnn", "why": "fits 3m"}
+    m.transfer = TransferRecord(
+        mode="backbone", trainable_parameters=650, frozen_parameters=10, head_lr_scale=80.0
+    )
+    m.teacher = Teacher("runs/big", "resnet9p_tiny", "match (2 classes)", 0.5, 4.0)
+    m.choice = AutoChoice("tutorial_cnn", 28, reason="fits 3m")
     values = json.loads(json.dumps(m.to_json()))
     assert values["transfer"]["mode"] == "backbone" and RunMeta.from_json(values) == m
     assert "transfer" not in sample().to_json()  # absent when not recorded
@@ -169,16 +219,42 @@ def test_transfer_teacher_and_choice_records_round_trip_and_are_objects() -> Non
             RunMeta.from_json(bad)
 
 
-def test_keys_and_order_are_todays_plus_capabilities() -> None:
+def test_keys_and_order_are_todays_plus_capabilities_and_crop() -> None:
     v1 = json.loads(LENET5_V1)
     values = RunMeta.from_json(v1).to_json()
     assert list(values) == list(v1)
     assert list(values["model"]) == [*v1["model"], "capabilities"]
-    for key in ("preprocessing", "data", "versions", "training", "calibration"):
+    assert values["preprocessing"] == {**v1["preprocessing"], "crop_pct": 1.0}
+    for key in ("data", "versions", "training", "calibration"):
         assert values[key] == v1[key]
-    assert {k: values[k] for k in v1 if k not in ("format", "model")} == {
-        k: v1[k] for k in v1 if k not in ("format", "model")
+    assert {k: values[k] for k in v1 if k not in ("format", "model", "preprocessing")} == {
+        k: v1[k] for k in v1 if k not in ("format", "model", "preprocessing")
     }
+
+
+def test_migrates_the_previous_release() -> None:
+    """imagewise-run/2 (capabilities, no crop) reads as the whole image resized."""
+    v2 = json.loads(LENET5_V2)
+    m = RunMeta.from_json(v2)
+    assert m.format == FORMAT == "imagewise-run/3"
+    assert m.preprocessing == InputContract(28, 1, (0.305641,), (0.324722,), "bilinear", 1.0)
+    assert m.spec.capabilities == Capabilities()
+    values = m.to_json()
+    assert values["preprocessing"] == {**v2["preprocessing"], "crop_pct": 1.0}
+    assert {k: values[k] for k in v2 if k not in ("format", "preprocessing")} == {
+        k: v2[k] for k in v2 if k not in ("format", "preprocessing")
+    }
+
+
+def test_the_spec_is_what_an_exported_file_carries() -> None:
+    """The run's spec written as a file's metadata and read back is the same spec."""
+    spec = sample().spec
+    props = spec.to_metadata()
+    assert props["crop_pct"] == "1.0" and props["model_format"] == "imagewise-model/1"
+    back = ModelSpec.from_metadata(props, "model.onnx")
+    assert back == ModelSpec(
+        spec.classes, spec.input, spec.temperature, {}, None, spec.capabilities, spec.model
+    )
 
 
 def test_unknown_top_level_keys_are_kept() -> None:
@@ -199,43 +275,45 @@ def test_from_json_leaves_its_input_alone() -> None:
 def test_migrates_current_release_deep_run() -> None:
     m = RunMeta.from_json(json.loads(LENET5_V1))
     assert m.format == FORMAT
-    assert m.model == ModelSpec("lenet5", {}, 10, 61706, Capabilities("gradient", True, True))
+    assert m.model == NetworkSpec("lenet5", {}, 10, 61706)
+    assert m.spec.capabilities == Capabilities("gradient", True, True)
     assert m.classes == [str(i) for i in range(10)]
-    assert m.preprocessing == PreprocessingSpec(28, 1, (0.305641,), (0.324722,), "bilinear")
+    assert m.preprocessing == InputContract(28, 1, (0.305641,), (0.324722,), "bilinear", 1.0)
     assert m.temperature == 0.178712 and m.tta == {}
     assert m.data == DataSummary("digits", "builtin", 1439, 179, 179, 0)
     assert m.precision == "bf16" and m.processes == 1
-    assert m.calibration is not None and m.calibration["fitted_on"] == "val"
-    assert m.training["best_epoch"] == 1
+    assert m.calibration is not None and m.calibration.fitted_on == "val"
+    assert m.training.best_epoch == 1
     assert m.created == "2026-11-30T21:01:53+00:00"
 
 
 def test_migrates_current_release_classical_run() -> None:
     m = RunMeta.from_json(json.loads(HOG_SVM_V1))
-    assert m.model.capabilities == ONE_PASS == Capabilities("one_pass", False, False)
+    assert m.spec.capabilities == ONE_PASS == Capabilities("one_pass", False, False)
     assert m.precision is None and "precision" not in m.to_json()
-    assert m.training["classical"]["feature_dim"] == 1296
-    assert m.training["stop_reason"] == "classical fit"
+    assert m.training.classical is not None and m.training.classical["feature_dim"] == 1296
+    assert m.training.stop_reason == "classical fit"
 
 
 def test_capabilities_derived_from_the_classical_entry_whatever_the_name() -> None:
     v1 = json.loads(HOG_SVM_V1)
     v1["model"]["name"] = "hog_svm_renamed"
-    assert RunMeta.from_json(v1).model.capabilities == ONE_PASS
+    assert RunMeta.from_json(v1).spec.capabilities == ONE_PASS
 
 
 def test_current_format_keeps_its_declared_capabilities() -> None:
-    """In /2 the file says what the model can do; the name means nothing."""
+    """From /2 on the file says what the model can do; the name means nothing."""
     values = sample().to_json()
     values["model"]["name"] = "hog_svm"
-    assert RunMeta.from_json(values).model.capabilities == Capabilities()
+    assert RunMeta.from_json(values).spec.capabilities == Capabilities()
 
 
 def test_migrates_very_old_run() -> None:
     m = RunMeta.from_json(VERY_OLD)
     assert m.tta == {} and m.temperature == 1.0 and m.processes == 1
     assert m.preprocessing.interpolation == "bilinear"
-    assert m.model == ModelSpec("resnet9_tiny", {}, 3, 0, Capabilities())
+    assert m.model == NetworkSpec("resnet9_tiny", {}, 3, 0)
+    assert m.spec.capabilities == Capabilities()
     assert m.precision is None and m.calibration is None
     assert RunMeta.from_json(m.to_json()) == m
 
@@ -283,12 +361,17 @@ def test_old_tta_entries_become_views(old: Any, views: dict[str, Any]) -> None:
     assert RunMeta.from_json(v1).tta == views
 
 
-def test_preprocessing_spec_and_preprocessing_agree() -> None:
-    spec = PreprocessingSpec(28, 1, [0.3], [0.3])  # lists, as Preprocessing holds them
-    assert spec.mean == (0.3,)
-    pre = spec.to_preprocessing()
-    assert (pre.img_size, pre.channels, pre.mean, pre.std) == (28, 1, [0.3], [0.3])
-    assert PreprocessingSpec.of(pre) == spec
+def test_input_contract_normalizes_alike_in_numpy_and_torch() -> None:
+    import numpy as np
+    import torch
+
+    from imagewise.data.transforms import normalize
+
+    pre = InputContract(8, 3, [0.5, 0.4, 0.3], [0.2, 0.25, 0.3])  # lists, as JSON holds them
+    assert pre.mean == (0.5, 0.4, 0.3) and hash(pre)
+    images = np.random.default_rng(0).integers(0, 256, (2, 3, 8, 8), dtype=np.uint8)
+    expected = normalize(pre, torch.from_numpy(images)).numpy()
+    np.testing.assert_allclose(pre.normalize(images), expected, rtol=0, atol=1e-6)
 
 
 def test_capabilities_of_a_declaration() -> None:
@@ -333,21 +416,23 @@ BAD = [
     (
         "preprocessing.img_size",
         100000,
-        "preprocessing.img_size is 100000; it must be between 8 and 4096",
+        "preprocessing.img_size is 100000; it must be a whole number 8-4096",
     ),
-    ("preprocessing.img_size", 4, "preprocessing.img_size is 4; it must be between 8 and 4096"),
+    ("preprocessing.img_size", 4, "preprocessing.img_size is 4; it must be a whole number 8-4096"),
     (
         "preprocessing.img_size",
         "32",
-        'preprocessing.img_size is "32"; it must be between 8 and 4096',
+        'preprocessing.img_size is "32"; it must be a whole number 8-4096',
     ),
     (
         "preprocessing.img_size",
         32.0,
-        "preprocessing.img_size is 32.0; it must be between 8 and 4096",
+        "preprocessing.img_size is 32.0; it must be a whole number 8-4096",
     ),
-    ("preprocessing.channels", 0, "preprocessing.channels is 0; it must be between 1 and 4"),
-    ("preprocessing.channels", 5, "preprocessing.channels is 5; it must be between 1 and 4"),
+    ("preprocessing.channels", 0, "preprocessing.channels is 0; it must be a whole number 1-4"),
+    ("preprocessing.channels", 5, "preprocessing.channels is 5; it must be a whole number 1-4"),
+    ("preprocessing.crop_pct", 0.2, "preprocessing.crop_pct is 0.2; it must be a number 0.5-1.0"),
+    ("preprocessing.crop_pct", DROP, "preprocessing.crop_pct is missing; rewrite it or retrain"),
     ("preprocessing.mean", [0.5, 0.5], f"preprocessing.mean is [0.5, 0.5]; {_PER_CHANNEL}"),
     ("preprocessing.std", [0.2] * 4, f"preprocessing.std is [0.2, 0.2, 0.2, 0.2]; {_PER_CHANNEL}"),
     ("preprocessing.mean", 0.5, f"preprocessing.mean is 0.5; {_PER_CHANNEL}"),
@@ -413,20 +498,31 @@ BAD = [
         'versions is {"torch": 2}; it must map package names to version strings',
     ),
     ("training", [], "training is []; it must be an object (the training summary)"),
+    ("training.epochs_run", -1, "training.epochs_run is -1; it must be a whole number, 0 or more"),
+    ("training.epochs_run", 2.5, "training.epochs_run is 2.5; it must be a whole number or null"),
+    (
+        "training.best_val_accuracy",
+        1.5,
+        "training.best_val_accuracy is 1.5; it must be a probability from 0 to 1",
+    ),
+    ("calibration.temperature", 0, f"calibration.temperature is 0.0; {_NUMBER} above 0"),
+    ("calibration.temperature", DROP, "calibration.temperature is missing; rewrite it or retrain"),
+    ("calibration.fitted_on", 3, "calibration.fitted_on is 3; it must be text or null"),
     ("calibration", 0.5, "calibration is 0.5; it must be an object or absent"),
     ("processes", 0, "processes is 0; it must be a whole number, 1 or more"),
     ("precision", "int4", 'precision is "int4"; it must be one of fp32, bf16, fp16'),
     ("created", 20261130, "created is 20261130; it must be a date string"),
     (
         "format",
-        "imagewise-run/3",
-        'format is "imagewise-run/3", written by a newer imagewise (this one reads up to '
-        '"imagewise-run/2"); upgrade imagewise to use this run',
+        "imagewise-run/4",
+        'format is "imagewise-run/4", written by a newer imagewise (this one reads up to '
+        '"imagewise-run/3"); upgrade imagewise to use this run',
     ),
     (
         "format",
         "keras/7",
-        'format is "keras/7"; it must be one of "imagewise-run/1", "imagewise-run/2"',
+        'format is "keras/7"; it must be one of "imagewise-run/1", "imagewise-run/2", '
+        '"imagewise-run/3"',
     ),
 ]
 
@@ -454,7 +550,7 @@ def test_not_an_object() -> None:
 def test_validate_catches_what_a_writer_builds_wrong() -> None:
     m = sample()
     validate(m)
-    m.classes = []
+    m.spec = dataclasses.replace(m.spec, classes=())
     with pytest.raises(UserError, match=r"^meta\.json: classes is \[\]"):
         validate(m)
 

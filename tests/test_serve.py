@@ -25,8 +25,8 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 import imagewise
-from imagewise.data.transforms import Preprocessing
 from imagewise.edge.model import ImageModel
+from imagewise.edge.spec import InputContract
 from imagewise.errors import UserError
 from imagewise.serve import ServeSettings, create_app
 from imagewise.serve.images import safe_name
@@ -267,7 +267,7 @@ class SlowClassifier(ImageModel):
     name = "slow"  # type: ignore[assignment]
 
     def __init__(self, seconds: float) -> None:
-        pre = Preprocessing(img_size=8, channels=1, mean=[0.5], std=[0.5])
+        pre = InputContract(img_size=8, channels=1, mean=[0.5], std=[0.5])
         super().__init__(pre, ["yes", "no"])
         self.seconds = seconds
         self.batches: list[int] = []

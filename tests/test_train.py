@@ -196,7 +196,7 @@ def test_data_folder_is_stored_as_an_absolute_path(
     saved = yaml.safe_load((result.run / "config.yaml").read_text())["data"]["source"]
     assert saved == str(folder_data.resolve())
     monkeypatch.chdir(tmp_path)
-    assert imagewise.evaluate(result.run).metrics["images"] > 0  # works from elsewhere
+    assert imagewise.evaluate(result.run).metrics.images > 0  # works from elsewhere
     assert imagewise.load(result.run).predict(str(next(folder_data.rglob("*.png"))))[0].label
 
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import torch
 
 from imagewise.config import AugmentConfig
-from imagewise.data.transforms import BatchAugment, Preprocessing, resolve_augment
+from imagewise.data.transforms import BatchAugment, normalize, resolve_augment
+from imagewise.edge.spec import InputContract
 
-PRE = Preprocessing(img_size=16, channels=1, mean=[0.5], std=[0.25])
+PRE = InputContract(img_size=16, channels=1, mean=[0.5], std=[0.25])
 
 
 def batch(n: int = 8) -> torch.Tensor:
@@ -27,7 +28,7 @@ def test_none_preset_is_exactly_the_preprocessing() -> None:
     aug = BatchAugment(PRE, AugmentConfig(preset="none"), num_classes=3)
     x, _ = aug(batch(), torch.zeros(8, dtype=torch.long))
     assert not aug.active
-    assert torch.allclose(x, PRE.normalize(batch()))
+    assert torch.allclose(x, normalize(PRE, batch()))
     assert x.min() == -2.0 and x.max() == 2.0  # (0-0.5)/0.25 and (1-0.5)/0.25
 
 
@@ -43,7 +44,7 @@ def test_each_image_gets_its_own_random_transform() -> None:
 def test_horizontal_flip_mirrors_some_images_exactly() -> None:
     aug = BatchAugment(PRE, AugmentConfig(preset="none", hflip=True), num_classes=3, seed=0)
     x, _ = aug(batch(32), torch.zeros(32, dtype=torch.long))
-    plain = PRE.normalize(batch(1))[0]
+    plain = normalize(PRE, batch(1))[0]
     mirrored = torch.flip(plain, dims=[2])
     same = sum(torch.allclose(img, plain, atol=1e-5) for img in x)
     flipped = sum(torch.allclose(img, mirrored, atol=1e-5) for img in x)
@@ -65,7 +66,7 @@ def test_mixup_gives_soft_targets_that_sum_to_one() -> None:
 
 
 def test_normalize_resizes_other_sizes() -> None:
-    x = PRE.normalize(torch.zeros(2, 1, 8, 8, dtype=torch.uint8))
+    x = normalize(PRE, torch.zeros(2, 1, 8, 8, dtype=torch.uint8))
     assert x.shape == (2, 1, 16, 16)
 
 
@@ -73,7 +74,7 @@ def test_colour_jitter_and_noise_without_geometry_stay_standardized() -> None:
     """Jitter and noise work on [0, 1] pixels; the output is standardized exactly once."""
     aug = BatchAugment(PRE, AugmentConfig(preset="none", color_jitter=0.01, noise=0.001), 3)
     x, _ = aug(batch(), torch.zeros(8, dtype=torch.long))
-    plain = PRE.normalize(batch())
+    plain = normalize(PRE, batch())
     assert (x - plain).abs().max() < 0.1  # tiny changes, same scale as the preprocessing
     assert x.min() < -1.5  # standardized black is -2, not clipped to [0, 1]
 

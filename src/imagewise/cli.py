@@ -60,6 +60,8 @@ FLAG_HELP = {
     "channels": "1 (grayscale) or 3 (RGB) (default: from the data)",
     "interpolation": "resize with bilinear, bicubic or nearest (default: the starting "
     "weights', else bilinear)",
+    "crop_pct": "keep the centre square after resizing the shorter side to img-size / "
+    "crop-pct, e.g. 0.875; 1 resizes the whole image (default: the starting weights', else 1)",
     "schedule": "onecycle (default), cosine, step or constant",
     "warmup_steps": "warm-up in optimizer steps (default: onecycle 25%% of the run, cosine and "
     "step 5%%, constant none)",
@@ -580,27 +582,24 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         report=not args.no_report, gallery=args.gallery,
     )  # fmt: skip
     m = ev.metrics
-    print(f"{m['images']} images ({m['split']} of {m['data']})")
+    print(f"{m.images} images ({m.split} of {m.data})")
     print(
-        f"accuracy {m['accuracy']:.2%}   macro F1 {m['macro']['f1']:.4f}   "
-        f"weighted F1 {m['weighted']['f1']:.4f}"
+        f"accuracy {m.accuracy:.2%}   macro F1 {m.macro.f1:.4f}   weighted F1 {m.weighted.f1:.4f}"
     )
-    for k, v in m["top_k_accuracy"].items():
+    for k, v in m.top_k_accuracy.items():
         if k != "1":
             print(f"top-{k} accuracy {v:.2%}")
     print(f"\n{'class':<20} {'precision':>9} {'recall':>7} {'f1':>7} {'support':>8}")
-    for name, c in m["per_class"].items():
-        print(
-            f"{name:<20} {c['precision']:>9.3f} {c['recall']:>7.3f} {c['f1']:>7.3f} "
-            f"{c['support']:>8d}"
-        )
-    if m["most_confused"]:
-        worst = m["most_confused"][0]
-        print(f"\nmost confused: {worst['true']} -> {worst['predicted']} ({worst['count']} images)")
-    cal = m["calibration"]
+    for name, c in m.per_class.items():
+        print(f"{name:<20} {c.precision:>9.3f} {c.recall:>7.3f} {c.f1:>7.3f} {c.support:>8d}")
+    if m.most_confused:
+        worst = m.most_confused[0]
+        print(f"\nmost confused: {worst.true} -> {worst.predicted} ({worst.count} images)")
+    cal = m.calibration
+    assert cal is not None
     print(
-        f"calibration: ECE {cal['ece_before']:.4f} before, {cal['ece_after']:.4f} after "
-        f"temperature scaling (T = {cal['temperature']:.3g})"
+        f"calibration: ECE {cal.ece_before:.4f} before, {cal.ece_after:.4f} after "
+        f"temperature scaling (T = {cal.temperature:.3g})"
     )
     print(f"wrote {', '.join(str(p) for p in ev.files.values())}")
     if "report" in ev.files:

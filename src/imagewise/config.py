@@ -49,6 +49,9 @@ class DataConfig:
     channels: int = 0  # 0 = from the data (1 if every sampled image is grayscale, else 3)
     # the resize's: bilinear | bicubic | nearest ("" = the starting weights', else bilinear)
     interpolation: str = ""
+    # centre crop: the square kept after the shorter side is resized to img_size / crop_pct;
+    # 1 squashes the whole image (0 = the starting weights', else 1)
+    crop_pct: float = 0.0
     val_fraction: float = 0.1
     test_fraction: float = 0.1
     split_seed: int = 0
@@ -154,6 +157,7 @@ OPTIONS: dict[str, tuple[str, str]] = {
     "img_size": ("data", "img_size"),
     "channels": ("data", "channels"),
     "interpolation": ("data", "interpolation"),
+    "crop_pct": ("data", "crop_pct"),
     "val_fraction": ("data", "val_fraction"),
     "test_fraction": ("data", "test_fraction"),
     "split_seed": ("data", "split_seed"),
@@ -393,6 +397,10 @@ def validate(config: RunConfig) -> None:
     if d.interpolation not in ("", "bilinear", "bicubic", "nearest"):
         raise UserError(
             f"--interpolation must be bilinear, bicubic or nearest, not {d.interpolation!r}"
+        )
+    if d.crop_pct and not 0.5 <= d.crop_pct <= 1:
+        raise UserError(
+            f"--crop-pct must be between 0.5 and 1 (1: the whole image), not {d.crop_pct:g}"
         )
     if not (0 <= d.val_fraction < 1 and 0 <= d.test_fraction < 1):
         raise UserError("--val-fraction and --test-fraction must be between 0 and 1")

@@ -41,8 +41,8 @@ def run_demo(
     result = train("digits", out, show_progress=show_progress, **settings)
     ev = evaluate(out)
     print(
-        f"test accuracy {ev.accuracy:.2%} on {ev.metrics['images']} held-out images "
-        f"(macro F1 {ev.metrics['macro']['f1']:.4f})"
+        f"test accuracy {ev.accuracy:.2%} on {ev.metrics.images} held-out images "
+        f"(macro F1 {ev.metrics.macro.f1:.4f})"
     )
 
     # A few held-out test images as PNG files, to show prediction on real files.

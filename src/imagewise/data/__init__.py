@@ -3,12 +3,13 @@
 from imagewise.data.decode import UnreadableImageError, load_image, read_image
 from imagewise.data.pipeline import make_loader, prepare
 from imagewise.data.sources import ImageData, Split, resolve_source
-from imagewise.data.transforms import BatchAugment, Preprocessing
+from imagewise.data.transforms import BatchAugment
+from imagewise.edge.spec import InputContract
 
 __all__ = [
     "BatchAugment",
     "ImageData",
-    "Preprocessing",
+    "InputContract",
     "Split",
     "UnreadableImageError",
     "load_image",

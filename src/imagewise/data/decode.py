@@ -16,6 +16,7 @@ from imagewise.edge.images import (
     IMAGE_EXTENSIONS,
     UnreadableImageError,
     find_images,
+    fit_image,
     image_array,
     is_image_file,
     load_image,
@@ -28,6 +29,7 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "UnreadableImageError",
     "find_images",
+    "fit_image",
     "is_image_file",
     "load_image",
     "normalize_mode",
@@ -40,16 +42,16 @@ __all__ = [
 
 
 def resize_tensor_images(
-    images: torch.Tensor, size: int, interpolation: str = "bilinear"
+    images: torch.Tensor, size: int, interpolation: str = "bilinear", crop_pct: float = 1.0
 ) -> torch.Tensor:
-    """Resize a uint8 batch (N, C, H, W) with :func:`resize_image`, image by image."""
-    if images.shape[-2:] == (size, size):
+    """Bring a uint8 batch (N, C, H, W) to ``size`` with :func:`fit_image`, image by image."""
+    if images.shape[-2:] == (size, size) and crop_pct >= 1.0:
         return images
     out = torch.empty((images.shape[0], images.shape[1], size, size), dtype=torch.uint8)
     for i, img in enumerate(images):
         arr = img.numpy()
         pil = Image.fromarray(arr[0] if arr.shape[0] == 1 else arr.transpose(1, 2, 0))
-        out[i] = pil_to_tensor(resize_image(pil, size, interpolation))
+        out[i] = pil_to_tensor(fit_image(pil, size, interpolation, crop_pct))
     return out
 
 
@@ -59,7 +61,11 @@ def pil_to_tensor(img: Image.Image) -> torch.Tensor:
 
 
 def read_image(
-    path: str | Path, channels: int = 3, size: int | None = None, interpolation: str = "bilinear"
+    path: str | Path,
+    channels: int = 3,
+    size: int | None = None,
+    interpolation: str = "bilinear",
+    crop_pct: float = 1.0,
 ) -> torch.Tensor:
     """Decode an image file to a uint8 tensor (C, H, W); see :func:`load_image`."""
-    return pil_to_tensor(load_image(path, channels, size, interpolation))
+    return pil_to_tensor(load_image(path, channels, size, interpolation, crop_pct))

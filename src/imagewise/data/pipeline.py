@@ -24,7 +24,8 @@ from imagewise.data.decode import (
     resize_tensor_images,
 )
 from imagewise.data.sources import ImageData, Split
-from imagewise.data.transforms import LUMA, Preprocessing
+from imagewise.data.transforms import LUMA
+from imagewise.edge.spec import InputContract
 from imagewise.errors import UserError
 
 log = logging.getLogger("imagewise")
@@ -64,7 +65,7 @@ def infer_shape(data: ImageData, cfg: DataConfig) -> tuple[int, int]:
 
 def _decode_all(
     paths: list[str], channels: int, size: int, strict: bool, desc: str,
-    interpolation: str = "bilinear",
+    interpolation: str = "bilinear", crop_pct: float = 1.0,
 ) -> tuple[torch.Tensor, np.ndarray, list[tuple[str, str]]]:  # fmt: skip
     """Decode files in threads (PIL releases the GIL while decoding and resizing)."""
     from tqdm import tqdm
@@ -75,7 +76,7 @@ def _decode_all(
 
     def work(i: int) -> None:
         try:
-            out[i] = read_image(paths[i], channels, size, interpolation)
+            out[i] = read_image(paths[i], channels, size, interpolation, crop_pct)
         except UnreadableImageError as exc:
             if strict:
                 raise UserError(
@@ -107,6 +108,7 @@ def _check_files(paths: list[str], channels: int, strict: bool) -> tuple[np.ndar
 
 def materialize(data: ImageData, cfg: DataConfig, size: int, channels: int) -> ImageData:
     """Decode file splits into memory when they fit, else check them; skip corrupt files."""
+    interpolation, crop_pct = cfg.interpolation or "bilinear", cfg.crop_pct or 1.0
     splits = {name: data.split(name) for name in ("train", "val", "test")}
     files = [s for s in splits.values() if not s.in_memory]
     total = sum(len(s) for s in files) * channels * size * size
@@ -114,7 +116,7 @@ def materialize(data: ImageData, cfg: DataConfig, size: int, channels: int) -> I
     skipped = list(data.skipped)
     for name, split in splits.items():
         if split.in_memory and split.images is not None:
-            images = resize_tensor_images(split.images, size, cfg.interpolation or "bilinear")
+            images = resize_tensor_images(split.images, size, interpolation, crop_pct)
             splits[name] = Split(split.labels, images, split.paths)
             continue
         if not len(split):
@@ -122,8 +124,8 @@ def materialize(data: ImageData, cfg: DataConfig, size: int, channels: int) -> I
         assert split.paths is not None
         if cache:
             images, ok, bad = _decode_all(
-                split.paths, channels, size, cfg.strict, f"decoding {name}",
-                cfg.interpolation or "bilinear",
+                split.paths, channels, size, cfg.strict, f"decoding {name}", interpolation,
+                crop_pct,
             )  # fmt: skip
             kept = split.subset(np.flatnonzero(ok))
             splits[name] = Split(labels=kept.labels, images=images, paths=kept.paths)
@@ -166,7 +168,7 @@ def _refuse_emptied_classes(data: ImageData, kept: np.ndarray) -> None:
 
 
 def compute_mean_std(
-    split: Split, channels: int, size: int, interpolation: str = "bilinear"
+    split: Split, channels: int, size: int, interpolation: str = "bilinear", crop_pct: float = 1.0
 ) -> tuple[list[float], list[float]]:
     """Per-channel mean and std of the training images (a sample of 2000 at most)."""
     n = len(split)
@@ -177,7 +179,10 @@ def compute_mean_std(
     else:
         assert split.paths is not None
         x = torch.stack(
-            [read_image(split.paths[i], channels, size, interpolation) for i in index[:500]]
+            [
+                read_image(split.paths[i], channels, size, interpolation, crop_pct)
+                for i in index[:500]
+            ]
         )
         x = x.float().div_(255)
     mean = x.mean(dim=(0, 2, 3))
@@ -185,13 +190,13 @@ def compute_mean_std(
     return [round(float(v), 6) for v in mean], [round(float(v), 6) for v in std]
 
 
-def prepare(data: ImageData, cfg: DataConfig) -> tuple[ImageData, Preprocessing]:
+def prepare(data: ImageData, cfg: DataConfig) -> tuple[ImageData, InputContract]:
     """Decide size and channels, decode or check the files, and measure mean/std."""
     size, channels = infer_shape(data, cfg)
-    interpolation = cfg.interpolation or "bilinear"
+    interpolation, crop_pct = cfg.interpolation or "bilinear", cfg.crop_pct or 1.0
     data = materialize(data, cfg, size, channels)
-    mean, std = compute_mean_std(data.train, channels, size, interpolation)
-    return data, Preprocessing(size, channels, mean, std, interpolation)
+    mean, std = compute_mean_std(data.train, channels, size, interpolation, crop_pct)
+    return data, InputContract(size, channels, mean, std, interpolation, crop_pct)
 
 
 def _match_channels(data: ImageData, channels: int) -> ImageData:
@@ -310,19 +315,19 @@ class BalancedSampler(torch.utils.data.Sampler):
 class FileImages(torch.utils.data.Dataset):
     """Decodes one file per item to uint8 (C, size, size); an unreadable file yields None."""
 
-    def __init__(
-        self, split: Split, channels: int, size: int, interpolation: str = "bilinear"
-    ) -> None:
+    def __init__(self, split: Split, pre: InputContract) -> None:
         assert split.paths is not None
-        self.paths, self.labels = split.paths, split.labels
-        self.channels, self.size, self.interpolation = channels, size, interpolation
+        self.paths, self.labels, self.pre = split.paths, split.labels, pre
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int] | None:
         try:
-            image = read_image(self.paths[i], self.channels, self.size, self.interpolation)
+            pre = self.pre
+            image = read_image(
+                self.paths[i], pre.channels, pre.img_size, pre.interpolation, pre.crop_pct
+            )
             return image, int(self.labels[i])
         except UnreadableImageError as exc:
             log.warning("skipped unreadable image %s (%s)", exc.path, exc.reason)
@@ -338,7 +343,7 @@ def _collate(items: list) -> tuple[torch.Tensor, torch.Tensor]:
 
 def make_loader(
     split: Split,
-    pre: Preprocessing,
+    pre: InputContract,
     batch_size: int,
     shuffle: bool = False,
     drop_last: bool = False,
@@ -356,7 +361,7 @@ def make_loader(
         )
     from torch.utils.data import DataLoader, DistributedSampler, Subset
 
-    dataset = FileImages(split, pre.channels, pre.img_size, pre.interpolation)
+    dataset = FileImages(split, pre)
     sampler: torch.utils.data.Sampler
     if shuffle and balanced:
         sampler = BalancedSampler(split.labels, seed, rank, world_size)

@@ -1,7 +1,8 @@
-"""Preprocessing and augmentation of uint8 image batches (N, C, H, W), on CPU or GPU.
+"""Input preprocessing and augmentation of uint8 image batches (N, C, H, W), on CPU or GPU.
 
-One ``Preprocessing`` (size, channels, mean/std) travels with the weights in ``meta.json`` and
-serves training, evaluation, prediction and export alike. Augmentation works on whole batches:
+One ``InputContract`` (``imagewise.edge.spec``: size, channels, mean/std, ...) travels with the
+weights in ``meta.json`` and serves training, evaluation, prediction and export alike; here are
+its torch operations (``normalize``). Augmentation works on whole batches:
 torchvision's v2 transforms draw one set of random parameters per call, so a batch would share
 one rotation; here each image gets its own affine matrix, flip, colour change and erasing box in
 a handful of tensor operations, which is what makes in-memory training fast. RandAugment, MixUp
@@ -11,13 +12,14 @@ and CutMix come from torchvision v2 as they are.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import torch
 import torch.nn.functional as F
 from torchvision.transforms import v2
 
 from imagewise.config import AugmentConfig
+from imagewise.edge.spec import LAYOUT_EMBEDDINGS, InputContract
 
 # ITU-R BT.601 luma weights, for RGB -> gray everywhere.
 LUMA = (0.299, 0.587, 0.114)
@@ -62,34 +64,30 @@ def resolve_augment(cfg: AugmentConfig) -> dict[str, float | bool]:
     return out
 
 
-@dataclass
-class Preprocessing:
-    """What a model expects of its input; saved in ``meta.json`` beside the weights."""
+def to_unit(pre: InputContract, images: torch.Tensor) -> torch.Tensor:
+    """uint8 (N, C, H, W) -> float in [0, 1], resized to ``pre.img_size`` if needed."""
+    x = images.to(torch.float32, copy=True).div_(255.0)  # never alter the caller's tensor
+    if x.shape[-2:] != (pre.img_size, pre.img_size):
+        size = (pre.img_size, pre.img_size)
+        x = F.interpolate(x, size=size, mode="bilinear", antialias=True)
+    return x
 
-    img_size: int
-    channels: int
-    mean: list[float]
-    std: list[float]
-    interpolation: str = "bilinear"
 
-    def to_unit(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 (N, C, H, W) -> float in [0, 1], resized to ``img_size`` if needed."""
-        x = images.to(torch.float32, copy=True).div_(255.0)  # never alter the caller's tensor
-        if x.shape[-2:] != (self.img_size, self.img_size):
-            size = (self.img_size, self.img_size)
-            x = F.interpolate(x, size=size, mode="bilinear", antialias=True)
-        return x
+def standardize(pre: InputContract, x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+    """[0, 1] floats -> (x - mean) / std per channel (in place when asked: no 4-byte copy of
+    the whole batch, which costs more than the arithmetic at 224 px)."""
+    mean = torch.tensor(pre.mean, device=x.device).view(1, -1, 1, 1)
+    std = torch.tensor(pre.std, device=x.device).view(1, -1, 1, 1)
+    return x.sub_(mean).div_(std) if inplace else (x - mean) / std
 
-    def standardize(self, x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
-        """[0, 1] floats -> (x - mean) / std per channel (in place when asked: no 4-byte copy
-        of the whole batch, which costs more than the arithmetic at 224 px)."""
-        mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
-        return x.sub_(mean).div_(std) if inplace else (x - mean) / std
 
-    def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 (N, C, H, W) -> the model's input: resized and standardized floats."""
-        return self.standardize(self.to_unit(images), inplace=True)
+def normalize(pre: InputContract, images: torch.Tensor) -> torch.Tensor:
+    """uint8 (N, C, H, W) -> the model's input: resized and standardized floats (the torch
+    twin of ``InputContract.normalize``, which does the same in numpy). Cached embeddings
+    (``LAYOUT_EMBEDDINGS``) pass through as floats."""
+    if pre.layout == LAYOUT_EMBEDDINGS:
+        return images.float()
+    return standardize(pre, to_unit(pre, images), inplace=True)
 
 
 def _affine_matrices(n: int, settings: dict, generator: torch.Generator) -> torch.Tensor:
@@ -150,7 +148,7 @@ class BatchAugment:
     """
 
     def __init__(
-        self, preprocessing: Preprocessing, augment: AugmentConfig, num_classes: int, seed: int = 0
+        self, preprocessing: InputContract, augment: AugmentConfig, num_classes: int, seed: int = 0
     ) -> None:
         self.pre = preprocessing
         self.settings = resolve_augment(augment)
@@ -179,7 +177,7 @@ class BatchAugment:
         s, n, dev = self.settings, images.shape[0], images.device
         if self.randaugment is not None:
             images = torch.stack([self.randaugment(img) for img in images])
-        x = self.pre.to_unit(images)
+        x = to_unit(self.pre, images)
         if self.geometric:
             theta = _affine_matrices(n, s, self.generator).to(dev)
             grid = affine_grid(theta, x.shape[-2], x.shape[-1])
@@ -189,7 +187,7 @@ class BatchAugment:
         if s["noise"]:
             noise = torch.randn(x.shape, generator=self.generator).to(dev) * float(s["noise"])
             x = (x + noise).clamp_(0, 1)
-        x = self.pre.standardize(x, inplace=True)
+        x = standardize(self.pre, x, inplace=True)
         if s["erasing"]:
             x = self._erase(x, float(s["erasing"]))
         if self.mix is not None:

@@ -12,6 +12,7 @@ predicts and serves on a device without PyTorch. ``imagewise.data.decode`` adds 
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -92,10 +93,14 @@ def _reason(path: str | Path, exc: Exception) -> str:
 
 
 def load_image(
-    path: str | Path, channels: int = 3, size: int | None = None, interpolation: str = "bilinear"
+    path: str | Path,
+    channels: int = 3,
+    size: int | None = None,
+    interpolation: str = "bilinear",
+    crop_pct: float = 1.0,
 ) -> Image.Image:
-    """Decode an image file to a PIL image with ``channels`` (1 or 3), resized to ``size`` square
-    with ``interpolation`` (see :func:`resize_image`).
+    """Decode an image file to a PIL image with ``channels`` (1 or 3), brought to ``size``
+    square with ``interpolation`` and ``crop_pct`` (see :func:`fit_image`).
 
     Raises:
         UnreadableImageError: the file is missing, truncated, corrupt or not an image.
@@ -104,7 +109,8 @@ def load_image(
         with Image.open(path) as img:
             if size and img.format == "JPEG":
                 # Decode at 1/2, 1/4 or 1/8 scale when that still covers the target size.
-                img.draft("L" if channels == 1 else "RGB", (size, size))
+                side = decoded_side(size, crop_pct)
+                img.draft("L" if channels == 1 else "RGB", (side, side))
             img.load()
             img = ImageOps.exif_transpose(img) or img
             img = normalize_mode(img, channels)
@@ -112,7 +118,7 @@ def load_image(
         raise UnreadableImageError(path, "no such file") from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise UnreadableImageError(path, _reason(path, exc)) from exc
-    return resize_image(img, size, interpolation) if size else img
+    return fit_image(img, size, interpolation, crop_pct) if size else img
 
 
 # The interpolations a model's preprocessing may name (timm's pretrained configs use these).
@@ -129,6 +135,31 @@ def resize_image(img: Image.Image, size: int, interpolation: str = "bilinear") -
     if img.size == (size, size):
         return img
     return img.resize((size, size), RESAMPLING[interpolation], reducing_gap=3.0)
+
+
+def fit_image(
+    img: Image.Image, size: int, interpolation: str = "bilinear", crop_pct: float = 1.0
+) -> Image.Image:
+    """The one resize every stage uses (training, evaluation, prediction, serving, export
+    checks): ``crop_pct`` 1 squashes the image to ``size`` x ``size``; below 1 the shorter side
+    goes to ``floor(size / crop_pct)`` and the centre ``size`` square is kept (timm's eval
+    transform, same rounding)."""
+    if crop_pct >= 1.0:
+        return resize_image(img, size, interpolation)
+    side = decoded_side(size, crop_pct)
+    w, h = img.size
+    scale = side / min(w, h)
+    new = (max(size, round(w * scale)), max(size, round(h * scale)))
+    if new != img.size:
+        img = img.resize(new, RESAMPLING[interpolation], reducing_gap=3.0)
+    left, top = (new[0] - size) // 2, (new[1] - size) // 2
+    return img.crop((left, top, left + size, top + size))
+
+
+def decoded_side(size: int, crop_pct: float = 1.0) -> int:
+    """The shorter side an image is resized to before its centre ``size`` crop (timm rounds
+    down the same way); ``size`` itself without a crop."""
+    return size if crop_pct >= 1.0 else math.floor(size / crop_pct)
 
 
 def probe_image(path: str | Path) -> tuple[int, int, bool]:

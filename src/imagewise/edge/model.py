@@ -10,21 +10,16 @@ folders, videos and the server treat them alike.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from imagewise.edge.images import (
-    UnreadableImageError,
-    image_array,
-    load_image,
-    normalize_mode,
-    resize_image,
-)
+from imagewise.edge.images import UnreadableImageError, image_array, load_image
 from imagewise.edge.results import Prediction
+from imagewise.edge.spec import InputContract, ModelSpec
 from imagewise.edge.stream import read_ahead
 from imagewise.edge.unknown import OodScorer, edge_scorer
 from imagewise.errors import UserError
@@ -32,16 +27,6 @@ from imagewise.errors import UserError
 log = logging.getLogger("imagewise")
 
 ImageInput = Image.Image | str | Path
-
-
-class InputSpec(Protocol):
-    """What a model expects of its input (``imagewise.data.Preprocessing`` is one)."""
-
-    img_size: int
-    channels: int
-    mean: list[float]
-    std: list[float]
-    interpolation: str
 
 
 def unreadable(exc: UnreadableImageError) -> UserError:
@@ -66,34 +51,37 @@ class ImageModel:
     file) or ``imagewise.edge.load_model`` (an exported ONNX file, without PyTorch).
     """
 
-    def __init__(
-        self,
-        preprocessing: InputSpec,
-        classes: list[str],
-        temperature: float = 1.0,
-        meta: Any = None,
-    ) -> None:
-        self.preprocessing = preprocessing
-        self.classes = classes
-        self.temperature = temperature
-        # A run folder's RunMeta, or an exported file's metadata map (``predict.file_meta``).
-        self.meta = meta
+    def __init__(self, spec: ModelSpec) -> None:
+        self.spec = spec
+
+    @property
+    def preprocessing(self) -> InputContract:
+        """What the model expects of its input (``spec.input``)."""
+        return self.spec.input
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.spec.classes)
+
+    @property
+    def temperature(self) -> float:
+        """The calibration temperature its probabilities are divided by."""
+        return self.spec.temperature
 
     @property
     def name(self) -> str:
-        """The model's name (``resnet9p_tiny``), as its exported file records it."""
-        if isinstance(self.meta, Mapping) and isinstance(self.meta.get("model"), str):
-            return self.meta["model"]
-        return type(self).__name__
+        """The model's name (``resnet9p_tiny``), as its spec records it."""
+        return self.spec.model or type(self).__name__
 
     def read(self, img: ImageInput) -> np.ndarray:
         """An image file or PIL image -> uint8 (C, H, W) at the model's channels and size."""
-        pre = self.preprocessing
+        pre = self.spec.input
         if isinstance(img, Image.Image):
-            img = normalize_mode(img, pre.channels)
-            return image_array(resize_image(img, pre.img_size, pre.interpolation))
+            return pre.array(img)
         try:
-            return image_array(load_image(img, pre.channels, pre.img_size, pre.interpolation))
+            return image_array(
+                load_image(img, pre.channels, pre.img_size, pre.interpolation, pre.crop_pct)
+            )
         except UnreadableImageError as exc:
             raise unreadable(exc) from exc
 
@@ -120,7 +108,7 @@ class ImageModel:
             sources, values.tolist(), indices.tolist(), ood, strict=True
         ):
             unknown = None if min_confidence is None else val[0] < min_confidence
-            out.append(Prediction(src, [self.classes[i] for i in idx], val, unknown, score))
+            out.append(Prediction(src, [self.spec.classes[i] for i in idx], val, unknown, score))
         return out
 
     def predict_iter(

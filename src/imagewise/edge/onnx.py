@@ -1,6 +1,6 @@
 """Exported ONNX files run by ONNX Runtime on the CPU, without PyTorch.
 
-``OnnxFile`` opens a file written by ``imagewise export`` (session, metadata, input layout) and
+``OnnxFile`` opens a file written by ``imagewise export`` (session, spec, input layout) and
 turns uint8 images into scores; ``OnnxModel`` is the ``ImageModel`` over it, which
 ``imagewise predict model.onnx`` and ``imagewise serve model.onnx`` use; the PyTorch-facing
 ``imagewise.predict.exported.OnnxClassifier`` wraps the same ``OnnxFile``.
@@ -20,8 +20,9 @@ from typing import Any
 import numpy as np
 
 from imagewise.edge.finite import unusable_reason
-from imagewise.edge.metadata import LAYOUT_RAW, InputFormat, check_graph, parse_metadata
+from imagewise.edge.metadata import check_graph
 from imagewise.edge.model import ImageModel
+from imagewise.edge.spec import LAYOUT_RAW, ModelSpec
 from imagewise.errors import UserError
 
 
@@ -56,7 +57,7 @@ def nhwc(images: np.ndarray) -> np.ndarray:
 
 
 class OnnxFile:
-    """An ONNX file written by ``imagewise export``: its session, metadata and input layout.
+    """An ONNX file written by ``imagewise export``: its session, spec and input layout.
 
     Args:
         path: the ``.onnx`` file.
@@ -84,12 +85,11 @@ class OnnxFile:
         if few_images and props.get("quantization", "none") != "none":
             del self.session  # one session in memory at a time
             self.session = self._open(full=True)
-        self.meta = parse_metadata(props, str(path))
+        self.spec = ModelSpec.from_metadata(props, str(path))
         inputs = [(i.name, i.type, list(i.shape)) for i in self.session.get_inputs()]
         outputs = {o.name: list(o.shape) for o in self.session.get_outputs()}
-        check_graph(self.meta, inputs, outputs, str(path))
-        self.input = InputFormat.of(self.meta)
-        self.raw_input = self.meta["input_layout"] == LAYOUT_RAW
+        check_graph(self.spec, inputs, outputs, str(path))
+        self.raw_input = self.spec.input.layout == LAYOUT_RAW
         self.input_name = self.session.get_inputs()[0].name
 
     def _open(self, full: bool) -> Any:
@@ -113,7 +113,7 @@ class OnnxFile:
     def scores(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Logits and calibrated probabilities of uint8 images (N, C, H, W) at the model's size:
         raw-input graphs take the pixels (NHWC), the others the normalized floats."""
-        return self.run(nhwc(images) if self.raw_input else self.input.normalize(images))
+        return self.run(nhwc(images) if self.raw_input else self.spec.input.normalize(images))
 
 
 class OnnxModel(ImageModel):
@@ -126,14 +126,11 @@ class OnnxModel(ImageModel):
             image.
     """
 
-    preprocessing: InputFormat
-
     def __init__(
         self, path: str | Path, threads: int | None = None, few_images: bool = False
     ) -> None:
         self.file = OnnxFile(path, threads, few_images)
-        meta = self.file.meta
-        super().__init__(self.file.input, list(meta["classes"]), meta["temperature"], meta)
+        super().__init__(self.file.spec)
 
     @property
     def path(self) -> Path:

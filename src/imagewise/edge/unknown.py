@@ -29,8 +29,6 @@ from imagewise.errors import UserError
 from imagewise.io import atomic_write
 
 OOD_SCORES = ("energy", "knn", "none")
-# The metadata key of an exported model that carries its run's fitted threshold.
-METADATA_KEY = "unknown"
 DEFAULT_TARGET_PRECISION = 0.95
 
 OodScorer = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -267,14 +265,14 @@ def fit_min_confidence(
 
 
 def exported_min_confidence(
-    meta: Mapping[str, Any] | None, source: str, target_precision: float | None
+    values: Mapping[str, Any] | None, source: str, target_precision: float | None
 ) -> ThresholdFit:
-    """The threshold an exported model carries (``imagewise export`` of a run that had one).
+    """The threshold an exported model carries (its spec's ``unknown``: ``imagewise export`` of
+    a run that had one fitted).
 
     Raises:
         UserError: the file carries none, or one fitted for another target precision.
     """
-    values = meta.get(METADATA_KEY) if isinstance(meta, Mapping) else None
     if not isinstance(values, Mapping):
         raise UserError(
             f"'{source}' carries no fitted --min-confidence; give a number (e.g. "

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from imagewise.errors import UserError
+from imagewise.evaluate.scores import Metrics
 from imagewise.io import atomic_write_text
 from imagewise.runtime.runs import RunFolder
 
@@ -56,16 +57,20 @@ def measure_latency(
     return 1000 * statistics.median(times) / batch
 
 
-def _metrics(run: Path, data: str | None) -> dict[str, Any]:
-    """The run's evaluation: the stored one when it is current, a fresh one otherwise."""
+def _metrics(run: Path, data: str | None) -> Metrics:
+    """The run's evaluation: the stored one when it is current (an older or damaged file is
+    evaluated again), a fresh one otherwise."""
     from imagewise.evaluate import evaluate
 
     stored = RunFolder.of(run).eval_dir / "metrics.json"
     if data is None and stored.is_file():
         import json
 
-        metrics = json.loads(stored.read_text())
-        if "calibration" in metrics:
+        try:
+            metrics = Metrics.from_json(json.loads(stored.read_text()), str(stored), "")
+        except (ValueError, UserError):
+            metrics = None
+        if metrics is not None and metrics.calibration is not None:
             return metrics
     log.info("evaluating %s", run)
     # Another dataset's figures must not replace the run's own eval/ files.
@@ -101,16 +106,16 @@ def compare_runs(
             "name": name if names.count(name) == 1 else str(run),
             "run": str(run),
             "model": meta.model.name,
-            "data": metrics.get("data"),
-            "split": metrics.get("split"),
-            "images": metrics["images"],
-            "accuracy": metrics["accuracy"],
-            "macro_f1": metrics["macro"]["f1"],
-            "ece": metrics["calibration"]["ece_after"],
+            "data": metrics.data,
+            "split": metrics.split,
+            "images": metrics.images,
+            "accuracy": metrics.accuracy,
+            "macro_f1": metrics.macro.f1,
+            "ece": metrics.calibration.ece_after if metrics.calibration else None,
             "params": sum(p.numel() for p in clf.model.parameters()),
             # FLOPs and latency of the network as it answers (a multiple of the model's with --tta)
             "flops": count_flops(clf.network, pre.channels, pre.img_size),
-            "train_seconds": meta.training.get("train_seconds"),
+            "train_seconds": meta.training.train_seconds,
         }
         if latency:
             for batch in (1, 64):

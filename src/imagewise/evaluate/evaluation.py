@@ -12,13 +12,14 @@ import numpy as np
 import torch
 
 from imagewise.errors import UserError
+from imagewise.evaluate.scores import Metrics
 
 
 @dataclass
 class Evaluation:
     """The result of ``imagewise.evaluate``: metrics plus what error analysis needs."""
 
-    metrics: dict[str, Any]
+    metrics: Metrics
     classes: list[str]
     labels: np.ndarray
     probabilities: np.ndarray
@@ -35,15 +36,16 @@ class Evaluation:
     @property
     def ece(self) -> float:
         """Expected calibration error of the (temperature-scaled) probabilities."""
-        return float(self.metrics["calibration"]["ece_after"])
+        assert self.metrics.calibration is not None
+        return float(self.metrics.calibration.ece_after)
 
     @property
     def accuracy(self) -> float:
-        return float(self.metrics["accuracy"])
+        return float(self.metrics.accuracy)
 
     @property
     def confusion_matrix(self) -> np.ndarray:
-        return np.array(self.metrics["confusion_matrix"])
+        return np.array(self.metrics.confusion_matrix)
 
     def top_losses(self, n: int = 16) -> list[dict[str, Any]]:
         """The ``n`` images with the highest loss: source, true and predicted class, confidence."""
@@ -139,12 +141,12 @@ def evaluate(
     logits, labels = predict_loader(clf.model, loader, pre, clf.device, tta=clf.tta)
     probs = torch.softmax(logits / clf.temperature, dim=1).numpy()
     y = labels.numpy()
-    metrics = classification_metrics(y, probs, clf.classes)
-    metrics["split"] = split if data is None else "all"
-    metrics["data"] = data or cfg.data.source
-    metrics["most_confused"] = most_confused(np.array(metrics["confusion_matrix"]), clf.classes)
+    values = classification_metrics(y, probs, clf.classes)
+    values["split"] = split if data is None else "all"
+    values["data"] = data or cfg.data.source
+    values["most_confused"] = most_confused(np.array(values["confusion_matrix"]), clf.classes)
     calibration = calibration_report(logits, labels, clf.temperature)
-    metrics["calibration"] = {
+    values["calibration"] = {
         "temperature": clf.temperature,
         "ece_before": calibration["before"]["ece"],
         "ece_after": calibration["after"]["ece"],
@@ -152,6 +154,7 @@ def evaluate(
         "nll_after": calibration["after"]["nll"],
         "bins": calibration["bins"],
     }
+    metrics = Metrics.from_json(values, "the evaluation", "")
     result = Evaluation(
         metrics, clf.classes, y, probs, chosen.paths or [], logits=logits.numpy(),
         calibration=calibration, images=chosen,
@@ -171,7 +174,7 @@ def write_evaluation(out: Path, result: Evaluation) -> dict[str, Path]:
     from imagewise.evaluate.plots import plot_confusion, plot_reliability
     from imagewise.io import atomic_write_json, atomic_write_text
 
-    files = {"metrics": atomic_write_json(out / "metrics.json", result.metrics)}
+    files = {"metrics": atomic_write_json(out / "metrics.json", result.metrics.to_json())}
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["true \\ predicted", *result.classes])

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from imagewise.data.transforms import normalize
+from imagewise.edge.spec import InputContract
 from imagewise.io import atomic_write_text
 from imagewise.runtime.meta import RunMeta
 from imagewise.runtime.runs import RunFolder
@@ -102,26 +104,31 @@ def _img(uri: str | None, alt: str, cls: str = "plot") -> str:
     return f'<img class="{cls}" src="{uri}" alt="{_esc(alt)}">'
 
 
+def _or_unknown(value: int | None) -> str:
+    return "?" if value is None else str(value)
+
+
 def _summary(ev: Evaluation, meta: RunMeta, run: Path) -> str:
     m, training = ev.metrics, meta.training
-    cal = m["calibration"]
+    cal = m.calibration
+    assert cal is not None
     cards = [
-        ("accuracy", _pct(m["accuracy"])),
-        *((f"top-{k}", _pct(v)) for k, v in m["top_k_accuracy"].items() if k != "1"),
-        ("macro F1", f"{m['macro']['f1']:.4f}"),
-        ("weighted F1", f"{m['weighted']['f1']:.4f}"),
-        ("log loss", f"{m['log_loss']:.4f}"),
-        ("ECE", f"{cal['ece_after']:.4f}"),
-        ("images", f"{m['images']:,}"),
+        ("accuracy", _pct(m.accuracy)),
+        *((f"top-{k}", _pct(v)) for k, v in m.top_k_accuracy.items() if k != "1"),
+        ("macro F1", f"{m.macro.f1:.4f}"),
+        ("weighted F1", f"{m.weighted.f1:.4f}"),
+        ("log loss", f"{m.log_loss:.4f}"),
+        ("ECE", f"{cal.ece_after:.4f}"),
+        ("images", f"{m.images:,}"),
     ]
     card_html = "".join(f'<div class="card"><b>{v}</b><span>{k}</span></div>' for k, v in cards)
-    seconds = training.get("train_seconds")
+    seconds = training.train_seconds
     facts = [
         ("run", str(run)),
         ("model", meta.model.name),
         ("parameters", f"{meta.model.parameters:,}"),
-        ("data", m["data"]),
-        ("evaluated on", f"{m['split']} split, {m['images']:,} images"),
+        ("data", m.data),
+        ("evaluated on", f"{m.split} split, {m.images:,} images"),
         (
             "training data",
             f"{meta.data.train_images} train / {meta.data.val_images} validation images",
@@ -133,11 +140,11 @@ def _summary(ev: Evaluation, meta: RunMeta, run: Path) -> str:
         ),
         (
             "epochs",
-            f"{training.get('epochs_run', '?')} of {training.get('epochs_planned', '?')}"
-            f" (best {training.get('best_epoch', '?')})",
+            f"{_or_unknown(training.epochs_run)} of {_or_unknown(training.epochs_planned)}"
+            f" (best {_or_unknown(training.best_epoch)})",
         ),
         ("training time", f"{seconds:.0f} s" if seconds is not None else "unknown"),
-        ("temperature", f"{cal['temperature']:.4g}"),
+        ("temperature", f"{cal.temperature:.4g}"),
         ("created", meta.created),
     ]
     dl = "".join(f"<dt>{_esc(k)}</dt><dd>{_esc(v)}</dd>" for k, v in facts)
@@ -149,19 +156,16 @@ def _summary(ev: Evaluation, meta: RunMeta, run: Path) -> str:
 
 def _per_class(ev: Evaluation) -> str:
     rows = []
-    for name, c in ev.metrics["per_class"].items():
-        cells = "".join(
-            f'<td data-value="{c[k]}">{c[k]:.3f}</td>' for k in ("precision", "recall", "f1")
-        )
+    for name, c in ev.metrics.per_class.items():
+        cells = "".join(f'<td data-value="{v}">{v:.3f}</td>' for v in (c.precision, c.recall, c.f1))
         rows.append(
-            f"<tr><td>{_esc(name)}</td>{cells}"
-            f'<td data-value="{c["support"]}">{c["support"]}</td></tr>'
+            f'<tr><td>{_esc(name)}</td>{cells}<td data-value="{c.support}">{c.support}</td></tr>'
         )
     foot = "".join(
-        f"<tr><td><i>{avg} average</i></td>"
-        + "".join(f"<td>{ev.metrics[avg][k]:.3f}</td>" for k in ("precision", "recall", "f1"))
-        + f"<td>{ev.metrics['images']}</td></tr>"
-        for avg in ("macro", "weighted")
+        f"<tr><td><i>{name} average</i></td>"
+        + "".join(f"<td>{v:.3f}</td>" for v in (avg.precision, avg.recall, avg.f1))
+        + f"<td>{ev.metrics.images}</td></tr>"
+        for name, avg in (("macro", ev.metrics.macro), ("weighted", ev.metrics.weighted))
     )
     return (
         '<section id="classes"><h2>Per class</h2><p class="muted">Click a column to sort.</p>'
@@ -172,13 +176,13 @@ def _per_class(ev: Evaluation) -> str:
 
 
 def _confused(ev: Evaluation) -> str:
-    pairs = ev.metrics["most_confused"]
+    pairs = ev.metrics.most_confused
     if not pairs:
         return '<section id="confused"><h2>Most confused pairs</h2><p>No errors.</p></section>'
-    support = {k: v["support"] for k, v in ev.metrics["per_class"].items()}
+    support = {k: v.support for k, v in ev.metrics.per_class.items()}
     rows = "".join(
-        f"<tr><td>{_esc(p['true'])}</td><td>{_esc(p['predicted'])}</td><td>{p['count']}</td>"
-        f"<td>{_pct(p['count'] / max(support[p['true']], 1))}</td></tr>"
+        f"<tr><td>{_esc(p.true)}</td><td>{_esc(p.predicted)}</td><td>{p.count}</td>"
+        f"<td>{_pct(p.count / max(support[p.true], 1))}</td></tr>"
         for p in pairs
     )
     return (
@@ -188,16 +192,17 @@ def _confused(ev: Evaluation) -> str:
     )
 
 
-def _split_images(
-    split: Any, indices: list[int], channels: int, size: int, interpolation: str
-) -> torch.Tensor:
-    """uint8 (N, C, H, W) images of ``split`` at the model size, from memory or from files."""
-    from imagewise.data.decode import load_image, pil_to_tensor
+def _split_images(split: Any, indices: list[int], pre: InputContract) -> torch.Tensor:
+    """uint8 (N, C, H, W) images of ``split`` as the model takes them, from memory or files."""
+    from imagewise.data.decode import read_image
 
     if split.images is not None:
         return split.images[torch.as_tensor(indices, dtype=torch.long)]
     return torch.stack(
-        [pil_to_tensor(load_image(split.paths[i], channels, size, interpolation)) for i in indices]
+        [
+            read_image(split.paths[i], pre.channels, pre.img_size, pre.interpolation, pre.crop_pct)
+            for i in indices
+        ]
     )
 
 
@@ -210,7 +215,7 @@ def _error_gallery(ev: Evaluation, clf: Classifier, n: int) -> str:
         return head + "<p>No misclassified images.</p></section>"
     pre = clf.preprocessing
     worst_index = [e["index"] for e in worst]
-    images = _split_images(ev.images, worst_index, pre.channels, pre.img_size, pre.interpolation)
+    images = _split_images(ev.images, worst_index, pre)
     predicted = [clf.classes.index(e["predicted"]) for e in worst]
     cams, note = None, "Grad-CAM of the predicted class: where the model looked."
     if not clf.capabilities.gradcam:
@@ -219,7 +224,7 @@ def _error_gallery(ev: Evaluation, clf: Classifier, n: int) -> str:
         try:
             from imagewise.explain import cam_maps
 
-            cams = cam_maps(clf.model, pre.normalize(images.to(clf.device)), predicted)
+            cams = cam_maps(clf.model, normalize(pre, images.to(clf.device)), predicted)
         except Exception as exc:  # a report without heat maps beats no report
             log.warning("Grad-CAM failed for the report: %s", exc)
             note = f"Grad-CAM not available: {exc}"
@@ -251,18 +256,18 @@ def _error_gallery(ev: Evaluation, clf: Classifier, n: int) -> str:
 
 
 def _calibration(ev: Evaluation, eval_dir: Path) -> str:
-    cal = ev.metrics["calibration"]
+    cal = ev.metrics.calibration
+    assert cal is not None
     rows = "".join(
-        f"<tr><td>{name}</td><td>{t:.4g}</td><td>{cal['ece_' + key]:.4f}</td>"
-        f"<td>{cal['nll_' + key]:.4f}</td></tr>"
-        for name, key, t in (
-            ("before temperature scaling", "before", 1.0),
-            ("after temperature scaling", "after", cal["temperature"]),
+        f"<tr><td>{name}</td><td>{t:.4g}</td><td>{ece:.4f}</td><td>{nll:.4f}</td></tr>"
+        for name, t, ece, nll in (
+            ("before temperature scaling", 1.0, cal.ece_before, cal.nll_before),
+            ("after temperature scaling", cal.temperature, cal.ece_after, cal.nll_after),
         )
     )
     return (
         '<section id="calibration"><h2>Calibration</h2><p class="muted">Expected calibration '
-        f"error over {cal['bins']} equal-width confidence bins. The temperature was fitted on the "
+        f"error over {cal.bins} equal-width confidence bins. The temperature was fitted on the "
         "validation split after training; predictions use it.</p>"
         "<table><thead><tr><th></th><th>temperature</th><th>ECE</th><th>NLL</th></tr></thead>"
         f"<tbody>{rows}</tbody></table>"
@@ -312,7 +317,7 @@ def render_report(ev: Evaluation, clf: Classifier, run: Path, gallery: int = 24)
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{_esc(title)}</title><style>{CSS}</style></head><body>"
         f"<header><h1>{_esc(title)}</h1><p>{_esc(clf.name)} on "
-        f"{_esc(ev.metrics['data'])} · accuracy {_pct(ev.accuracy)}</p></header>"
+        f"{_esc(ev.metrics.data)} · accuracy {_pct(ev.accuracy)}</p></header>"
         f"<nav>{nav}</nav><main>{''.join(sections)}</main>"
         f'<footer class="muted" style="padding:0 28px 20px">written by imagewise '
         f"{_esc(__version__)} at {written}</footer>"

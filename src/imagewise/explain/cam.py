@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from imagewise.edge.spec import Capabilities
 from imagewise.errors import UserError
 from imagewise.explain.layers import find_target_layer, named_target_layer, require_map
-from imagewise.runtime.meta import Capabilities
 
 if TYPE_CHECKING:
     from PIL import Image

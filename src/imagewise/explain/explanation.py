@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from imagewise.data.transforms import normalize
 from imagewise.errors import UserError
 from imagewise.explain.cam import METHODS, cam_maps, check_method, overlay, require_network
 from imagewise.explain.layers import find_target_layer, named_target_layer
@@ -108,7 +109,7 @@ def explain(
         raise UserError("none of the images could be read")
     folder = Path(out) if out is not None else Path(run) / "explain"
     names = output_names(paths, method)
-    first = clf.preprocessing.normalize(tensors[0][None])
+    first = normalize(clf.preprocessing, tensors[0][None])
     if layer:
         layer_name = named_target_layer(clf.model, layer)[0]
     else:
@@ -143,7 +144,7 @@ def _write_overlays(
     records: list[dict[str, Any]] = []
     for start in range(0, len(paths), batch_size):
         chunk = tensors[start : start + batch_size]
-        batch = clf.preprocessing.normalize(torch.stack(chunk))
+        batch = normalize(clf.preprocessing, torch.stack(chunk))
         probs = clf.probabilities(batch)
         predicted = probs.argmax(1).tolist()
         targets = predicted if target_index is None else [target_index] * len(chunk)

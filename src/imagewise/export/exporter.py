@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from imagewise.data.transforms import normalize
 from imagewise.errors import UserError
 from imagewise.io import atomic_write, atomic_write_json, existing_ancestor
 from imagewise.runtime.runs import RunFolder
@@ -125,7 +126,7 @@ def export(
         >>> result.path, result.parity["accuracy_drop"]  # doctest: +SKIP
         (PosixPath('runs/fm/export/model.int8.onnx'), 0.0015)
     """
-    from imagewise.export.metadata import build_metadata
+    from imagewise.export.metadata import build_metadata, file_spec
     from imagewise.export.quantize import PORTABLE
     from imagewise.export.verify import VERIFY_IMAGES, run_images
     from imagewise.predict.predictor import load_run
@@ -149,10 +150,8 @@ def export(
         VERIFY_IMAGES,
     )  # fmt: skip
     quantization = PORTABLE.describe() if int8 else None
-    metadata = build_metadata(
-        reference.name, reference.classes, reference.preprocessing, reference.temperature,
-        reference.tta, raw_input, int8, quantization, fitted_unknown(folder.path),
-    )  # fmt: skip
+    spec = file_spec(reference.spec, raw_input, fitted_unknown(folder.path))
+    metadata = build_metadata(spec, reference.tta, int8, quantization)
     with tempfile.TemporaryDirectory(prefix="imagewise-export-") as tmp:
         candidate = Path(tmp) / target.name
         model = load_run(run).network  # a copy of its own: exporters may touch the module
@@ -246,7 +245,7 @@ def calibration_batches(run_dir: Path, reference: Classifier, raw_input: bool) -
     images = run_images(run_dir, pre, reference.classes, ("train",), CALIBRATION_IMAGES)[0]
     batches = []
     for chunk in images.split(32):
-        x = chunk.permute(0, 2, 3, 1).contiguous() if raw_input else pre.normalize(chunk)
+        x = chunk.permute(0, 2, 3, 1).contiguous() if raw_input else normalize(pre, chunk)
         batches.append(x.numpy())
     return batches
 

@@ -1,13 +1,16 @@
 """What an exported model carries besides its graph: enough to use it without the run folder.
 
 ONNX files keep it in ``metadata_props`` (string keys and values), TorchScript files in an
-extra file ``imagewise.json`` holding the same string map. Numbers and lists are JSON, names are
-plain strings, so any ONNX consumer can read them::
+extra file ``imagewise.json`` holding the same string map. It is the run's ``ModelSpec``
+(``imagewise.edge.spec.ModelSpec.to_metadata``: numbers and lists as JSON, names as plain
+strings, so any ONNX consumer can read them) and a few facts about the file::
 
-    classes  ["T-shirt/top", ...]      img_size  28      channels  1
+    classes  ["T-shirt/top", ...]      img_size  28      channels  1     crop_pct  1.0
     mean     [0.2851]                  std       [0.353]  interpolation  bilinear
-    temperature  1.07                  model  resnet9_tiny   imagewise_version  0.1.0
+    temperature  1.07                  model  resnet9_tiny   model_format  imagewise-model/1
+    capabilities  {"fit": "gradient", "onnx_export": true, "gradcam": true}
     input_layout  NCHW float32 normalized | NHWC uint8      quantization  none | int8 ...
+    imagewise_version  0.1.0
     test_time_augmentation  none | mirror mean (in the graph) | mean of 10 views: mirror, ...
     quantization_settings  INT8 files only: {"weight_bits": 7, "reduce_range": true, ...,
                            "safe_on": "every CPU: ..."}  (``Int8Settings.describe()``)
@@ -18,65 +21,56 @@ plain strings, so any ONNX consumer can read them::
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
-from imagewise.data.transforms import Preprocessing
-from imagewise.edge.unknown import METADATA_KEY
-from imagewise.predict.file_meta import (
-    INT8_QUANTIZATION,
-    JSON_KEYS,
-    LAYOUT_NORMALIZED,
-    LAYOUT_RAW,
-    OPTIONAL_JSON_KEYS,
-)
+from imagewise.edge.metadata import INT8_QUANTIZATION
+from imagewise.edge.spec import LAYOUT_NORMALIZED, LAYOUT_RAW, ModelSpec
+
+
+def file_spec(
+    spec: ModelSpec, raw_input: bool, unknown: Mapping[str, Any] | None = None
+) -> ModelSpec:
+    """The spec an exported file carries: the run's, with the file's input layout, its fitted
+    ``unknown`` threshold (``imagewise.predict.unknown.fitted_unknown``), and no test-time
+    views left to apply (the graph averages them)."""
+    layout = LAYOUT_RAW if raw_input else LAYOUT_NORMALIZED
+    return replace(
+        spec,
+        input=replace(spec.input, layout=layout),
+        tta={},
+        unknown=None if unknown is None else dict(unknown),
+    )
 
 
 def build_metadata(
-    model: str,
-    classes: Sequence[str],
-    pre: Preprocessing,
-    temperature: float,
+    spec: ModelSpec,
     tta: Mapping[str, Any],
-    raw_input: bool,
     int8: bool,
     quantization: Mapping[str, Any] | None = None,
-    unknown: Mapping[str, Any] | None = None,
 ) -> dict[str, str]:
-    """The string map written into an exported model: what a user of the file needs.
+    """The string map written into an exported model: its spec (``file_spec``) and what a
+    user of the file needs to know about it.
 
     ``tta``: the run's test-time views (already averaged inside the graph; recorded so the file
     says so). ``quantization`` (INT8: ``Int8Settings.describe()``) says how the weights were made
     and on which CPUs they compute exactly, so a file met later still tells whether it suits a
-    machine. ``unknown``: the run's fitted ``--min-confidence auto`` threshold
-    (``imagewise.predict.unknown.fitted_unknown``), so ``auto`` works on the file too.
+    machine.
     """
     from imagewise.runtime.tta import describe
     from imagewise.version import __version__
 
-    values: dict[str, Any] = {
-        "classes": list(classes),
-        "img_size": int(pre.img_size),
-        "channels": int(pre.channels),
-        "mean": [float(v) for v in pre.mean],
-        "std": [float(v) for v in pre.std],
-        "temperature": float(temperature),
-        "interpolation": pre.interpolation,
-        "model": model,
-        "imagewise_version": __version__,
-        "input_layout": LAYOUT_RAW if raw_input else LAYOUT_NORMALIZED,
-        "quantization": INT8_QUANTIZATION if int8 else "none",
-        "test_time_augmentation": describe(dict(tta)),
-    }
+    values = spec.to_metadata()
+    values.update(
+        imagewise_version=__version__,
+        quantization=INT8_QUANTIZATION if int8 else "none",
+        test_time_augmentation=describe(dict(tta)),
+    )
     if int8 and quantization is not None:
         values["quantization"] = _describe_int8(quantization)
-        values["quantization_settings"] = dict(quantization)
-    if unknown is not None:
-        values[METADATA_KEY] = dict(unknown)
-    json_keys = (*JSON_KEYS, *OPTIONAL_JSON_KEYS, METADATA_KEY)
-    return {
-        k: json.dumps(v, ensure_ascii=False) if k in json_keys else v for k, v in values.items()
-    }
+        values["quantization_settings"] = json.dumps(dict(quantization), ensure_ascii=False)
+    return values
 
 
 def _describe_int8(settings: Mapping[str, Any]) -> str:

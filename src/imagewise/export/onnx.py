@@ -4,7 +4,7 @@ The graph has one input ``input`` with a dynamic batch axis and two outputs: ``l
 ``probabilities`` (``softmax(logits / temperature)``), so a consumer needs nothing but the file.
 With ``raw_input`` the input is uint8 NHWC pixels already at the model's size (what image
 libraries hand over), and the cast, ``/ 255``, ``(x - mean) / std`` and the transpose to NCHW
-happen inside the graph, with the same arithmetic as ``Preprocessing.normalize``.
+happen inside the graph, with the same arithmetic as ``InputContract.normalize``.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from imagewise.data.transforms import Preprocessing
+from imagewise.edge.spec import InputContract
 
 if TYPE_CHECKING:
     import onnx
@@ -35,7 +35,7 @@ class ExportModule(nn.Module):
     """The network as exported: (raw pixels ->) normalized batch -> (logits, probabilities)."""
 
     def __init__(
-        self, model: nn.Module, pre: Preprocessing, temperature: float, raw_input: bool
+        self, model: nn.Module, pre: InputContract, temperature: float, raw_input: bool
     ) -> None:
         super().__init__()
         self.model, self.raw_input, self.temperature = model, raw_input, float(temperature)
@@ -49,7 +49,7 @@ class ExportModule(nn.Module):
         return logits, torch.softmax(logits / self.temperature, dim=1)
 
 
-def example_input(pre: Preprocessing, raw_input: bool, batch: int = 2) -> torch.Tensor:
+def example_input(pre: InputContract, raw_input: bool, batch: int = 2) -> torch.Tensor:
     """A batch of the graph's input; batch 2, so the exporter does not specialize on 1."""
     s, c = pre.img_size, pre.channels
     if raw_input:
@@ -59,7 +59,7 @@ def example_input(pre: Preprocessing, raw_input: bool, batch: int = 2) -> torch.
 
 def to_onnx(
     model: nn.Module,
-    pre: Preprocessing,
+    pre: InputContract,
     temperature: float,
     raw_input: bool,
     metadata: Mapping[str, str],

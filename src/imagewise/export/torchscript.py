@@ -15,12 +15,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from imagewise.data.transforms import Preprocessing
+from imagewise.edge.spec import InputContract
 from imagewise.predict.file_meta import EXTRA_FILE
 
 
 def save_torchscript(
-    model: nn.Module, pre: Preprocessing, metadata: Mapping[str, str], path: str | Path
+    model: nn.Module, pre: InputContract, metadata: Mapping[str, str], path: str | Path
 ) -> None:
     """Trace ``model`` (eval mode, CPU) on a batch of 2 and save it with ``metadata``."""
     model = model.to(memory_format=torch.contiguous_format).eval()

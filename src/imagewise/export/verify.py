@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from imagewise.data.transforms import Preprocessing
+from imagewise.edge.spec import InputContract
 
 if TYPE_CHECKING:
     from imagewise.predict.base import BaseClassifier
@@ -26,7 +26,7 @@ CALIBRATION_IMAGES = 300
 
 
 def run_images(
-    run_dir: Path, pre: Preprocessing, classes: list[str], splits: tuple[str, ...], limit: int
+    run_dir: Path, pre: InputContract, classes: list[str], splits: tuple[str, ...], limit: int
 ) -> tuple[torch.Tensor, np.ndarray, str, str]:
     """Up to ``limit`` images of the first non-empty split among ``splits`` of the run's data.
 
@@ -36,7 +36,7 @@ def run_images(
     from imagewise.runtime.run_data import decode_split, run_split
 
     part = run_split(run_dir, classes, splits, limit, "check the export")
-    images, labels = decode_split(part, classes, pre.img_size, pre.channels, pre.interpolation)
+    images, labels = decode_split(part, classes, pre)
     return images, labels, part.name, part.source
 
 

@@ -66,7 +66,12 @@ class Collection:
         return h.hexdigest()
 
     def image(
-        self, i: int, channels: int, size: int | None, interpolation: str = "bilinear"
+        self,
+        i: int,
+        channels: int,
+        size: int | None,
+        interpolation: str = "bilinear",
+        crop_pct: float = 1.0,
     ) -> torch.Tensor:
         """Image ``i`` as uint8 (C, H, W) with ``channels``, resized to ``size`` when given.
 
@@ -74,19 +79,24 @@ class Collection:
             UnreadableImageError: a file that cannot be decoded.
         """
         if self.images is None:
-            return read_image(self.names[i], channels, size, interpolation)
+            return read_image(self.names[i], channels, size, interpolation, crop_pct)
         img = match_channels(self.images[i : i + 1], channels)
-        return (resize_tensor_images(img, size, interpolation) if size else img)[0]
+        return (resize_tensor_images(img, size, interpolation, crop_pct) if size else img)[0]
 
     def batches(
-        self, channels: int, size: int, batch_size: int, interpolation: str = "bilinear"
+        self,
+        channels: int,
+        size: int,
+        batch_size: int,
+        interpolation: str = "bilinear",
+        crop_pct: float = 1.0,
     ) -> Iterator[tuple[list[int], torch.Tensor]]:
         """(indices, uint8 batch) in order; unreadable files are skipped, logged and recorded
         in ``skipped``. Files decode on two threads, one batch ahead."""
 
         def load(i: int) -> torch.Tensor | None:
             try:
-                return self.image(i, channels, size, interpolation)
+                return self.image(i, channels, size, interpolation, crop_pct)
             except UnreadableImageError as exc:
                 log.warning("skipped unreadable image %s (%s)", exc.path, exc.reason)
                 self.skipped.append((exc.path, exc.reason))

@@ -182,7 +182,7 @@ def extract(
     parts: list[np.ndarray] = []
     with tqdm(total=len(collection), desc="features", unit="img", disable=not show_progress) as bar:
         for index, images in collection.batches(
-            pre.channels, pre.img_size, batch_size, pre.interpolation
+            pre.channels, pre.img_size, batch_size, pre.interpolation, pre.crop_pct
         ):
             if hog:
                 parts.append(hog_features.hog_batch(images, settings))

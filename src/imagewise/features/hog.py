@@ -17,13 +17,10 @@ from imagewise.models.hog_svm import HogSettings, hog_features, hog_settings
 
 
 def settings_for(classifier: Any) -> HogSettings:
-    """The HOG settings of a ``hog_svm`` run, else the defaults at the run's input size."""
-    from imagewise.models.hog_svm import HogSVM
-
-    model = getattr(classifier, "model", None)
-    if isinstance(model, HogSVM):
-        return model.hog_settings
-    return hog_settings(classifier.preprocessing.img_size)
+    """The HOG settings of a model that computes HOG itself (``hog_svm``: its weights'), else
+    the defaults at the run's input size."""
+    own = getattr(getattr(classifier, "model", None), "hog_settings", None)
+    return own if isinstance(own, HogSettings) else hog_settings(classifier.preprocessing.img_size)
 
 
 def describe(settings: HogSettings) -> str:

@@ -5,19 +5,26 @@ weights treat it like any deep model: ``forward`` computes the HOG descriptor of
 the CPU with ``skimage.feature.hog``, standardizes it, and applies a linear layer holding the
 SVM's ``coef_`` / ``intercept_``; the logits are the SVM decision values. Everything prediction
 needs is a buffer or a parameter (HOG settings, feature mean and scale, weights), nothing is
-pickled. The SVM is fitted in one pass by ``imagewise.train.classical.fit_classical``, not by
-gradient descent; gradients through the HOG step are not meaningful.
+pickled. The SVM is fitted in one pass by ``fit_hog_svm`` (the registry entry's ``fitter``), not
+by gradient descent; gradients through the HOG step are not meaningful.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from imagewise.models.registry import register_model, size_error
+from imagewise.errors import UserError
+from imagewise.models.registry import Batches, register_model, size_error
+
+log = logging.getLogger("imagewise")
 
 # skimage's block normalizations, in the order their index is stored in the weights.
 BLOCK_NORMS = ("L1", "L1-sqrt", "L2", "L2-Hys")
@@ -105,7 +112,7 @@ class HogSVM(nn.Module):
             raise size_error("hog_svm", img_size)
         self.in_chans, self.img_size = in_chans, img_size
         self.register_buffer("hog_config", settings.as_tensor())
-        # An unfitted model standardizes nothing and scores zero; fit_classical fills these.
+        # An unfitted model standardizes nothing and scores zero; fit_hog_svm fills these.
         self.register_buffer("feature_mean", torch.zeros(dim))
         self.register_buffer("feature_scale", torch.ones(dim))
         self.num_features = self.head_hidden_size = dim
@@ -150,14 +157,233 @@ class HogSVM(nn.Module):
         nn.init.zeros_(self.fc.bias)
 
 
+# ---------------------------------------------------------------- the one-pass fit
+
+
+# Candidate SVM costs, chosen by validation accuracy. On Fashion-MNIST HOG features validation
+# accuracy peaked at C=0.003, and liblinear's dual solver slows down as C grows (several times
+# slower at 0.01; BENCHMARKS.md "Classical baseline").
+C_VALUES = (0.0003, 0.001, 0.003)
+DEFAULT_C = 0.003  # used when there is no validation split to choose with
+SVM_TOLERANCE = 1e-3  # a tighter tolerance took much longer for the same accuracy
+SVM_MAX_ITER = 2000
+# Below this many images, worker processes cost more to start than they save.
+PARALLEL_MIN_IMAGES = 2000
+# Each parallel LinearSVC fit holds about 6x the float32 features (a float64 copy plus
+# liblinear's own problem); fit in parallel only while that fits in this budget.
+FIT_MEMORY_BUDGET = 4 * 1024**3
+
+
+def extract_features(
+    model: nn.Module, batches: Batches, jobs: int = -1
+) -> tuple[np.ndarray, np.ndarray]:
+    """HOG descriptors (N, D) float32 and labels (N,) of preprocessed batches.
+
+    Each chunk goes through ``hog_features`` in a pool of ``jobs`` processes (-1: all cores;
+    one process for small splits); results are written into one preallocated array.
+
+    Args:
+        model: a ``HogSVM`` (its ``hog_settings`` decide the descriptor).
+        batches: the split, preprocessed as at evaluation.
+        jobs: HOG processes.
+    """
+    from joblib import Parallel, delayed
+
+    settings = model.hog_settings
+    labels: list[np.ndarray] = []
+
+    def chunks() -> Iterator[np.ndarray]:
+        for x, y in batches:
+            labels.append(y)
+            yield x
+
+    out = np.empty((len(batches), settings.feature_dim(model.img_size)), dtype=np.float32)
+    n_jobs = 1 if len(batches) < PARALLEL_MIN_IMAGES else jobs
+    done = 0
+    # A generator keeps only a few chunks in flight, so memory holds the features, not pixels.
+    tasks = (delayed(hog_features)(x, settings) for x in chunks())
+    for feats in Parallel(n_jobs=n_jobs, return_as="generator")(tasks):
+        out[done : done + len(feats)] = feats
+        done += len(feats)
+    y = np.concatenate(labels) if labels else np.empty(0, dtype=np.int64)
+    return out[:done], y.astype(np.int64)
+
+
+def _fit_jobs(features: np.ndarray, candidates: int) -> int:
+    import joblib
+
+    by_memory = int(FIT_MEMORY_BUDGET // max(1, 6 * features.nbytes))
+    if len(features) < PARALLEL_MIN_IMAGES:
+        return 1
+    return max(1, min(candidates, joblib.cpu_count(), by_memory))
+
+
+def _accuracy(scores: np.ndarray, labels: np.ndarray) -> float:
+    return float((scores.argmax(1) == labels).mean()) if len(labels) else float("nan")
+
+
+def _cross_entropy(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Cross-entropy of the decision values taken as logits (temperature 1)."""
+    if not len(labels):
+        return float("nan")
+    logits = torch.from_numpy(np.ascontiguousarray(scores, dtype=np.float32))
+    return float(torch.nn.functional.cross_entropy(logits, torch.from_numpy(labels)))
+
+
+def _decision(svm: Any, features: np.ndarray, num_classes: int) -> np.ndarray:
+    """(N, num_classes) decision values; liblinear returns one column for two classes."""
+    coef, intercept = _coef(svm, num_classes)
+    return features @ coef.T + intercept
+
+
+def _coef(svm: Any, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """The SVM as a (num_classes, D) weight and (num_classes,) bias, binary case included.
+
+    For two classes liblinear fits one hyperplane w (positive = class 1); the logits
+    (-w/2, +w/2) give the same argmax and the same difference of scores.
+    """
+    coef = np.zeros((num_classes, svm.coef_.shape[1]), dtype=np.float32)
+    bias = np.zeros(num_classes, dtype=np.float32)
+    classes = svm.classes_.astype(np.int64)
+    if len(classes) == 2 and svm.coef_.shape[0] == 1:
+        coef[classes[1]], bias[classes[1]] = svm.coef_[0] / 2, svm.intercept_[0] / 2
+        coef[classes[0]], bias[classes[0]] = -svm.coef_[0] / 2, -svm.intercept_[0] / 2
+    else:
+        # A class absent from the training split keeps zero weights and bias.
+        coef[classes], bias[classes] = svm.coef_, svm.intercept_
+    return coef, bias
+
+
+def fit_hog_svm(
+    model: nn.Module,
+    train: Batches,
+    val: Batches,
+    *,
+    seed: int = 0,
+    c_values: Sequence[float] = C_VALUES,
+) -> dict[str, Any]:
+    """Fit a ``HogSVM`` in place: HOG features, ``StandardScaler``, then ``LinearSVC`` (the
+    registry's one-pass ``fitter`` of ``hog_svm``; ``imagewise.train.classical.fit_one_pass``
+    hands it the splits).
+
+    The SVM cost ``C`` is chosen among ``c_values`` by validation accuracy when the validation
+    split has images (the candidates are fitted in parallel processes), else ``DEFAULT_C`` is
+    used. The SVM is one-vs-rest with the squared hinge loss (scikit-learn's default), solved in
+    the dual (``dual=True``: with HOG's ~1,300 dense features liblinear's primal solver was
+    several times slower on Fashion-MNIST), seeded with ``seed``. The fitted model is the one
+    trained on the training split alone, so the validation split stays unseen for calibration.
+
+    Args:
+        model: a ``HogSVM``; its feature mean/scale buffers and ``fc`` layer are overwritten.
+        train: the training images, preprocessed as at evaluation (no augmentation).
+        val: the validation images (may be empty).
+        seed: seed of liblinear's coordinate-descent order.
+        c_values: the candidate costs.
+
+    Returns:
+        ``C``, ``candidates`` (C -> validation accuracy), ``feature_dim``, ``train_accuracy``,
+        ``train_loss``, ``val_accuracy``, ``val_loss`` (NaN without a validation split; losses
+        are the cross-entropy of the decision values), ``feature_seconds``, ``fit_seconds``,
+        ``train_seconds`` and the HOG settings.
+
+    Example:
+        >>> model = imagewise.create_model("hog_svm", num_classes=10, in_chans=1, img_size=28)
+        >>> fit_one_pass("hog_svm", model, data.train, data.val, pre)  # doctest: +SKIP
+        0.89
+    """
+    from sklearn.preprocessing import StandardScaler
+
+    start = time.perf_counter()
+    x_train, y_train = extract_features(model, train)
+    x_val, y_val = extract_features(model, val)
+    feature_seconds = time.perf_counter() - start
+    log.info(
+        "HOG features: %d train / %d val images x %d in %.1fs",
+        len(x_train), len(x_val), x_train.shape[1], feature_seconds,
+    )  # fmt: skip
+    if len(np.unique(y_train)) < 2:
+        raise UserError("hog_svm needs training images of at least two classes")
+
+    fit_start = time.perf_counter()
+    scaler = StandardScaler(copy=False).fit(x_train)
+    x_train = scaler.transform(x_train)  # in place: the features are the big array here
+    if len(x_val):
+        x_val = scaler.transform(x_val)
+    num_classes = int(model.num_classes)
+    candidates, svms, val_acc = _fit_candidates(
+        x_train, y_train, x_val, y_val, num_classes, c_values, seed
+    )
+    best = int(np.nanargmax(val_acc)) if len(x_val) else 0  # ties: the largest C
+    svm = svms[best]
+    fit_seconds = time.perf_counter() - fit_start
+    coef, bias = _coef(svm, num_classes)
+    _set_weights(model, scaler, coef, bias)
+    train_scores = x_train @ coef.T + bias
+    val_scores = x_val @ coef.T + bias
+    summary = {
+        "C": candidates[best],
+        "candidates": dict(zip(map(str, candidates), val_acc, strict=True)) if len(x_val) else {},
+        "selected_by": "val_accuracy" if len(x_val) else "default C",
+        "feature_dim": int(x_train.shape[1]),
+        "hog": asdict(model.hog_settings),
+        "svm_iterations": int(np.max(svm.n_iter_)),
+        "train_images": len(y_train),
+        "val_images": len(y_val),
+        "train_accuracy": _accuracy(train_scores, y_train),
+        "train_loss": _cross_entropy(train_scores, y_train),
+        "val_accuracy": _accuracy(val_scores, y_val),
+        "val_loss": _cross_entropy(val_scores, y_val),
+        "feature_seconds": round(feature_seconds, 3),
+        "fit_seconds": round(fit_seconds, 3),
+        "train_seconds": round(time.perf_counter() - start, 3),
+    }
+    log.info(
+        "fitted hog_svm: C %g, %d features, train accuracy %.4f, val accuracy %.4f, %.1fs",
+        summary["C"], summary["feature_dim"], summary["train_accuracy"],
+        summary["val_accuracy"], summary["train_seconds"],
+    )  # fmt: skip
+    return summary
+
+
+def _fit_candidates(
+    x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
+    num_classes: int, c_values: Sequence[float], seed: int,
+) -> tuple[list[float], list[Any], list[float]]:  # fmt: skip
+    """One ``LinearSVC`` per candidate C (``DEFAULT_C`` alone without validation images),
+    fitted in parallel processes; their validation accuracies."""
+    from joblib import Parallel, delayed
+    from sklearn.svm import LinearSVC
+
+    # Largest C first: the slowest fit starts at once and the others share the other cores.
+    candidates = sorted(c_values, reverse=True) if len(x_val) else [DEFAULT_C]
+    svms = [
+        LinearSVC(C=c, dual=True, tol=SVM_TOLERANCE, max_iter=SVM_MAX_ITER, random_state=seed)
+        for c in candidates
+    ]
+    jobs = _fit_jobs(x_train, len(svms))
+    svms = Parallel(n_jobs=jobs)(delayed(svm.fit)(x_train, y_train) for svm in svms)
+    val_acc = [_accuracy(_decision(s, x_val, num_classes), y_val) for s in svms]
+    return candidates, svms, val_acc
+
+
+def _set_weights(model: nn.Module, scaler: Any, coef: np.ndarray, bias: np.ndarray) -> None:
+    """The fitted standardization and hyperplanes into the ``HogSVM``'s buffers and layer."""
+    with torch.no_grad():
+        model.feature_mean.copy_(torch.from_numpy(scaler.mean_.astype(np.float32)))
+        model.feature_scale.copy_(torch.from_numpy(scaler.scale_.astype(np.float32)))
+        model.fc.weight.copy_(torch.from_numpy(coef))
+        model.fc.bias.copy_(torch.from_numpy(bias))
+
+
 @register_model(
     "hog_svm",
     family="classical",
     description="HOG + linear SVM (fitted in one pass; FLOPs count the SVM only)",
-    fit="one_pass",  # by imagewise.train.classical, not by the loop
+    fit="one_pass",  # by fit_hog_svm, not by the loop
+    fitter=fit_hog_svm,
     onnx_export=False,  # HOG runs in scikit-image, outside the graph
     gradcam=False,  # no spatial feature map to weigh
 )
 def hog_svm(num_classes: int, in_chans: int, img_size: int, pretrained: bool = False) -> nn.Module:
-    """Build the HOG + linear SVM baseline; ``imagewise train`` fits it with ``fit_classical``."""
+    """Build the HOG + linear SVM baseline; ``imagewise train`` fits it with ``fit_hog_svm``."""
     return HogSVM(num_classes, in_chans, img_size)

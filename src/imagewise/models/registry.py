@@ -9,10 +9,11 @@ Every model that comes out of ``create_model`` answers the same timm-style quest
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
+import numpy as np
 import timm
 import torch
 from torch import nn
@@ -20,6 +21,23 @@ from torch import nn
 from imagewise.errors import UserError
 
 Builder = Callable[..., nn.Module]
+
+
+class Batches(Protocol):
+    """A split as a one-pass fit reads it: its size, then (normalized float32 images
+    (N, C, H, W), int64 labels (N,)) chunks in order, as evaluation preprocesses them."""
+
+    def __len__(self) -> int: ...
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]: ...
+
+
+OnePassFit = Callable[..., dict[str, Any]]
+"""``fit(model, train: Batches, val: Batches, *, seed: int) -> summary``: fits ``model`` in
+place, without the training loop; the summary (JSON values) goes into meta.json's
+``training.classical`` and must hold ``train_accuracy``, ``train_loss``, ``val_accuracy``,
+``val_loss`` (NaN without validation images), ``train_images``, ``val_images`` and
+``train_seconds``."""
 
 TIMM_PREFIX = "timm:"
 
@@ -33,13 +51,14 @@ class ModelEntry:
     family: str
     description: str
     pretrained: bool
-    # What the model can do, carried into meta.json (imagewise.runtime.meta.Capabilities) so no
-    # stage tests a model's name: fitted by the loop ("gradient") or in one pass ("one_pass"),
-    # exportable to ONNX / TorchScript, differentiable for Grad-CAM.
+    # What the model can do, carried into meta.json (imagewise.edge.spec.Capabilities) so no
+    # stage tests a model's name: fitted by the loop ("gradient") or in one pass by its own
+    # ``fitter`` ("one_pass"), exportable to ONNX / TorchScript, differentiable for Grad-CAM.
     fit: str = "gradient"
     onnx_export: bool = True
     gradcam: bool = True
     hub: str = ""  # the timm architecture whose pretrained weights it starts from
+    fitter: OnePassFit | None = None  # how a one-pass model is fitted (``OnePassFit``)
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
@@ -55,6 +74,7 @@ def register_model(
     onnx_export: bool = True,
     gradcam: bool = True,
     hub: str = "",
+    fitter: OnePassFit | None = None,
 ) -> Callable[[Builder], Builder]:
     """Return a decorator that registers a builder under ``name``.
 
@@ -62,12 +82,15 @@ def register_model(
     **kwargs)`` and returns an ``nn.Module``. ``family`` defaults to the builder's module name;
     ``pretrained`` says whether pretrained weights exist, ``hub`` the timm architecture that
     holds them (``imagewise.models.weights``; default ``name``); ``fit``,
-    ``onnx_export`` and ``gradcam`` declare what the model can do (see ``ModelEntry``). A name
-    that is already registered is refused with ``ValueError``.
+    ``onnx_export`` and ``gradcam`` declare what the model can do (see ``ModelEntry``); a
+    ``one_pass`` model gives its ``fitter`` (``OnePassFit``). A name that is already registered
+    is refused with ``ValueError``.
     """
 
     if fit not in ("gradient", "one_pass"):
         raise ValueError(f"model '{name}': fit must be 'gradient' or 'one_pass', not {fit!r}")
+    if (fit == "one_pass") != (fitter is not None):
+        raise ValueError(f"model '{name}': a fitter goes with fit='one_pass', and only with it")
     if not (isinstance(onnx_export, bool) and isinstance(gradcam, bool)):
         raise ValueError(f"model '{name}': onnx_export and gradcam must be True or False")
     hub = (hub or name) if pretrained else ""
@@ -77,7 +100,7 @@ def register_model(
             raise ValueError(f"model '{name}' is already registered")
         fam = family or builder.__module__.rsplit(".", 1)[-1]
         _REGISTRY[name] = ModelEntry(
-            name, builder, fam, description, pretrained, fit, onnx_export, gradcam, hub
+            name, builder, fam, description, pretrained, fit, onnx_export, gradcam, hub, fitter
         )
         return builder
 

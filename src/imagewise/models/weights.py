@@ -24,6 +24,7 @@ import timm
 import torch
 from torch import nn
 
+from imagewise.config import DataConfig
 from imagewise.errors import UserError
 
 # Wrappers that training scripts put around a state dict, and prefixes DDP / compile add.
@@ -209,6 +210,15 @@ def decodable_interpolation(pre: Mapping[str, Any]) -> str:
 
     wanted = str(pre.get("interpolation") or "bilinear")
     return wanted if wanted in RESAMPLING else "bilinear"
+
+
+def decode_like_weights(data: DataConfig, pre: Mapping[str, Any]) -> None:
+    """How images are decoded, where the user left it unset: the weights' interpolation (where
+    imagewise's decoding has it) and their centre crop."""
+    if not data.interpolation:
+        data.interpolation = decodable_interpolation(pre)
+    if not data.crop_pct:
+        data.crop_pct = float(pre.get("crop_pct") or 1.0)
 
 
 def weights_preprocessing(name: str) -> dict[str, Any]:

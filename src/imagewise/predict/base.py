@@ -8,19 +8,20 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
-from imagewise.data.transforms import Preprocessing
+from imagewise.data.transforms import normalize
 from imagewise.edge.model import ImageModel
 from imagewise.edge.results import Prediction
+from imagewise.edge.spec import Capabilities, ModelSpec
 from imagewise.errors import UserError
-from imagewise.runtime.meta import Capabilities, RunMeta
+from imagewise.runtime.meta import RunMeta
 
 log = logging.getLogger("imagewise")
 
@@ -36,50 +37,37 @@ class BaseClassifier(ImageModel):
     built by ``load``, from a run folder or from an exported file.
     """
 
-    preprocessing: Preprocessing
-
-    def __init__(
-        self,
-        preprocessing: Preprocessing,
-        classes: list[str],
-        temperature: float = 1.0,
-        meta: RunMeta | Mapping[str, Any] | None = None,
-    ) -> None:
-        super().__init__(preprocessing, classes, temperature, meta)
+    def __init__(self, spec: ModelSpec, run_meta: RunMeta | None = None) -> None:
+        super().__init__(spec)
+        self._run_meta = run_meta
 
     @property
     def name(self) -> str:
         """The model's name (``resnet9p_tiny``), as its run or exported file records it."""
-        if isinstance(self.meta, RunMeta):
-            return self.meta.model.name
-        if isinstance(self.meta, Mapping) and isinstance(self.meta.get("model"), str):
-            return self.meta["model"]
-        return type(getattr(self, "model", self)).__name__
+        return self.spec.model or type(getattr(self, "model", self)).__name__
 
     @property
     def run_meta(self) -> RunMeta:
         """The run folder's metadata (classifiers loaded from a run folder only)."""
-        if not isinstance(self.meta, RunMeta):
+        if self._run_meta is None:
             raise UserError("this needs a model loaded from a run folder, not an exported file")
-        return self.meta
+        return self._run_meta
 
     @property
     def capabilities(self) -> Capabilities:
-        """What the model can do: its run's declaration; an exported graph (ONNX, TorchScript)
-        has no hooks for Grad-CAM and is exported already; a bare module can do everything."""
-        if isinstance(self.meta, RunMeta):
-            return self.meta.model.capabilities
+        """What the model can do: its spec's declaration, except that an exported graph (ONNX,
+        TorchScript) has no hooks for Grad-CAM and is exported already."""
         model = getattr(self, "model", None)
         if isinstance(model, torch.nn.Module) and not isinstance(model, torch.jit.ScriptModule):
-            return Capabilities()
-        return Capabilities(onnx_export=False, gradcam=False)
+            return self.spec.capabilities
+        return replace(self.spec.capabilities, onnx_export=False, gradcam=False)
 
     def _read(self, img: Image.Image | str | Path) -> torch.Tensor:
         return torch.from_numpy(self.read(img))
 
     def preprocess(self, images: Sequence[Image.Image | str | Path]) -> torch.Tensor:
         """Files or PIL images -> a normalized float batch (N, C, H, W)."""
-        return self.preprocessing.normalize(torch.stack([self._read(img) for img in images]))
+        return normalize(self.spec.input, torch.stack([self._read(img) for img in images]))
 
     def logits(self, batch: torch.Tensor) -> torch.Tensor:
         """Raw scores of a preprocessed batch (before temperature)."""
@@ -91,11 +79,11 @@ class BaseClassifier(ImageModel):
 
     def image_probabilities(self, images: torch.Tensor) -> torch.Tensor:
         """Calibrated class probabilities of uint8 images (N, C, H, W) at the model's size."""
-        return self.probabilities(self.preprocessing.normalize(images))
+        return self.probabilities(normalize(self.spec.input, images))
 
     def scores(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Logits and calibrated probabilities of uint8 images (N, C, H, W), as arrays."""
-        logits = self.logits(self.preprocessing.normalize(torch.from_numpy(images)))
+        logits = self.logits(normalize(self.spec.input, torch.from_numpy(images)))
         probs = torch.softmax(logits / self.temperature, dim=1)
         return logits.numpy(), probs.numpy()
 
@@ -106,7 +94,7 @@ class BaseClassifier(ImageModel):
         k = max(1, min(top_k, len(self.classes)))
         values, indices = probs.topk(k, dim=1)
         return [
-            Prediction(src, [self.classes[i] for i in idx.tolist()], val.tolist())
+            Prediction(src, [self.spec.classes[i] for i in idx.tolist()], val.tolist())
             for src, val, idx in zip(sources, values, indices, strict=True)
         ]
 
@@ -123,24 +111,21 @@ class Classifier(BaseClassifier):
     def __init__(
         self,
         model: torch.nn.Module,
-        preprocessing: Preprocessing,
-        classes: list[str],
-        temperature: float = 1.0,
-        meta: RunMeta | Mapping[str, Any] | None = None,
+        spec: ModelSpec,
         device: torch.device | None = None,
-        tta: object = None,
+        run_meta: RunMeta | None = None,
     ) -> None:
-        super().__init__(preprocessing, classes, temperature, meta)
+        super().__init__(spec, run_meta)
         self.device = device or torch.device("cpu")
         # not at import: ONNX-only use needs no timm
         from imagewise.runtime.tta import tta_views, with_tta
 
         self.model = model.to(self.device).eval()
-        self.tta = tta_views(tta)  # {"mirror": bool, "shift": px}, or {} without TTA
+        self.tta = tta_views(dict(spec.tta))  # {"mirror": bool, "shift": px}, or {} without TTA
         # The model as it answers (the mean over its test-time views when the run has them),
         # built once rather than per batch; ``model`` stays the bare network, for Grad-CAM
         # and features.
-        self.network = with_tta(self.model, self.tta, preprocessing)
+        self.network = with_tta(self.model, self.tta, spec.input)
 
     @torch.no_grad()
     def logits(self, batch: torch.Tensor) -> torch.Tensor:

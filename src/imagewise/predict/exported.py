@@ -14,9 +14,10 @@ import numpy as np
 import torch
 
 from imagewise.edge.onnx import OnnxFile, check_cpu_device, existing_model_file, nhwc
+from imagewise.edge.spec import ModelSpec
 from imagewise.errors import UserError
 from imagewise.predict.base import BaseClassifier, Classifier
-from imagewise.predict.file_meta import load_torchscript, parse_metadata, preprocessing_of
+from imagewise.predict.file_meta import load_torchscript
 
 
 class OnnxClassifier(BaseClassifier):
@@ -42,8 +43,7 @@ class OnnxClassifier(BaseClassifier):
 
     def __init__(self, path: str | Path, threads: int | None = None) -> None:
         self.file = OnnxFile(path, threads or torch.get_num_threads())
-        meta = self.file.meta
-        super().__init__(preprocessing_of(meta), list(meta["classes"]), meta["temperature"], meta)
+        super().__init__(self.file.spec)
         self.path = self.file.path
         self.session = self.file.session
         self.raw_input = self.file.raw_input
@@ -101,10 +101,9 @@ def load_exported(path: Path, device: str = "cpu") -> BaseClassifier:
     except RuntimeError as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise UserError(f"cannot load TorchScript model '{path}': {first}") from exc
-    meta = parse_metadata(props, str(path))
-    pre, classes = preprocessing_of(meta), list(meta["classes"])
-    _check_outputs(module, pre, len(classes), path, dev)
-    return Classifier(module, pre, classes, meta["temperature"], meta, dev)
+    spec = ModelSpec.from_metadata(props, str(path))
+    _check_outputs(module, spec.input, len(spec.classes), path, dev)
+    return Classifier(module, spec, dev)
 
 
 def _check_outputs(module: Any, pre: Any, classes: int, path: Path, dev: Any) -> None:

@@ -1,55 +1,22 @@
-"""How an exported model's file says what it is: the metadata keys ``imagewise export`` writes
-and ``imagewise.load`` reads back (ONNX ``metadata_props``; the TorchScript extra file).
+"""The TorchScript side of an exported model's file: the traced module and the string map it
+carries in an extra file, the same map an ONNX file keeps in ``metadata_props``.
 
-The keys and their reader are torch-free and live in the edge layer
-(``imagewise.edge.metadata``, re-exported here); this module adds the TorchScript file and the
-``Preprocessing`` of a file, so that loading a model file needs nothing from the export stage;
-``imagewise.export.metadata`` builds the same map from a run's metadata.
+The map is the model's ``ModelSpec`` (``imagewise.edge.spec``, torch-free), written by
+``imagewise export`` and read back with ``ModelSpec.from_metadata``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import warnings
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
-from imagewise.data.transforms import Preprocessing
-from imagewise.edge.metadata import (
-    INT8_QUANTIZATION,
-    JSON_KEYS,
-    LAYOUT_NORMALIZED,
-    LAYOUT_RAW,
-    OPTIONAL_JSON_KEYS,
-    TEXT_KEYS,
-    InputFormat,
-    parse_metadata,
-)
+EXTRA_FILE = "imagewise.json"  # the TorchScript extra file holding the map
 
-EXTRA_FILE = "imagewise.json"  # the TorchScript extra file holding the same map
-
-__all__ = [
-    "EXTRA_FILE",
-    "INT8_QUANTIZATION",
-    "JSON_KEYS",
-    "LAYOUT_NORMALIZED",
-    "LAYOUT_RAW",
-    "OPTIONAL_JSON_KEYS",
-    "TEXT_KEYS",
-    "load_torchscript",
-    "parse_metadata",
-    "preprocessing_of",
-]
-
-
-def preprocessing_of(values: Mapping[str, Any]) -> Preprocessing:
-    """The ``Preprocessing`` an exported model was trained with."""
-    return Preprocessing(**dataclasses.asdict(InputFormat.of(values)))
+__all__ = ["EXTRA_FILE", "load_torchscript"]
 
 
 def load_torchscript(path: str | Path, device: torch.device) -> tuple[nn.Module, dict[str, str]]:

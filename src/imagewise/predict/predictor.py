@@ -66,12 +66,4 @@ def load_run(run: str | Path, device: str = "cpu") -> Classifier:
         )
     folder = RunFolder.of(run)
     meta = folder.read_meta()
-    return Classifier(
-        load_network(folder, meta),
-        meta.preprocessing.to_preprocessing(),
-        list(meta.classes),
-        meta.temperature,
-        meta,
-        resolve_device(device),
-        tta=meta.tta,
-    )
+    return Classifier(load_network(folder, meta), meta.spec, resolve_device(device), meta)

@@ -75,9 +75,7 @@ def _decoded_chunks(model: ImageModel, part: RunSplit) -> Iterator[tuple[np.ndar
     for start in range(0, len(part.split), CHUNK):
         chunk = part.subset(np.arange(start, min(start + CHUNK, len(part.split))))
         try:
-            images, labels = decode_split(
-                chunk, list(model.classes), pre.img_size, pre.channels, pre.interpolation
-            )
+            images, labels = decode_split(chunk, list(model.classes), pre)
         except UserError:  # every file of this chunk unreadable
             continue
         yield images.numpy(), labels
@@ -188,7 +186,7 @@ def resolve_min_confidence(
         return run_min_confidence(
             model, run, DEFAULT_TARGET_PRECISION if target_precision is None else target_precision
         ).min_confidence
-    fit = exported_min_confidence(model.meta, str(run), target_precision)
+    fit = exported_min_confidence(model.spec.unknown, str(run), target_precision)
     log.info("min confidence %s, carried by %s", fit.describe(), run)
     return fit.min_confidence
 

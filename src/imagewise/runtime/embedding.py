@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from imagewise.data.transforms import normalize
 from imagewise.errors import UserError
 
 PENULTIMATE = "penultimate"
@@ -158,7 +159,7 @@ def embed(
     out = []
     try:
         for start in range(0, len(images), batch_size):
-            x = pre.normalize(images[start : start + batch_size]).to(device)
+            x = normalize(pre, images[start : start + batch_size]).to(device)
             x = x.contiguous(memory_format=torch.channels_last)
             y = _penultimate(model, x) if module is None else _hooked(model, module, x, False)
             out.append(pool(y).cpu().numpy())

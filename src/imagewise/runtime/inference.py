@@ -11,7 +11,8 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from imagewise.data.transforms import Preprocessing
+from imagewise.data.transforms import normalize
+from imagewise.edge.spec import InputContract
 from imagewise.runtime.device import autocast
 from imagewise.runtime.threads import ThreadGovernor
 from imagewise.runtime.tta import with_tta
@@ -26,7 +27,7 @@ def _to_device(images: torch.Tensor, device: torch.device, channels_last: bool) 
 def predict_loader(
     model: nn.Module,
     loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
-    pre: Preprocessing,
+    pre: InputContract,
     device: torch.device,
     amp_dtype: torch.dtype | None = None,
     channels_last: bool = True,
@@ -41,7 +42,7 @@ def predict_loader(
         if images.shape[0] == 0:
             continue
         governor.tick()
-        x = _to_device(pre.normalize(images.to(device)), device, channels_last)
+        x = _to_device(normalize(pre, images.to(device)), device, channels_last)
         with autocast(device, amp_dtype):
             logits = network(x).float()
         all_logits.append(logits.cpu())

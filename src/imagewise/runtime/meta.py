@@ -9,41 +9,67 @@ in one line naming the file and the field, instead of allocating terabytes or an
 What a model can do (``Capabilities``) travels here too, so no stage tests a model's name.
 (torchvision ``Weights.meta``; timm ``PretrainedCfg``.)
 
+What every user of the model needs (classes, input, temperature, test-time views,
+capabilities) is the run's ``ModelSpec`` (``imagewise.edge.spec``), the same object an exported
+file carries; the rest (how to rebuild the network, the data, the training summary) is the run's.
+The file keeps its layout: the spec's fields are written where they always were.
+
 This module imports nothing heavy: reading a run's metadata (``--resume`` checks, ``compare``,
-the CLI's messages) must not cost the seconds that importing torch and torchvision takes. That is
-why preprocessing is held as ``PreprocessingSpec`` (the same five fields as
-``imagewise.data.transforms.Preprocessing``, which imports torch) with ``to_preprocessing()``.
+the CLI's messages) must not cost the seconds that importing torch and torchvision takes.
 
 Example::
 
     meta = RunMeta.from_json(read_json(path), source=f"meta.json of '{folder}'")
-    pre = meta.preprocessing.to_preprocessing()
-    if meta.model.capabilities.onnx_export: ...
+    pre = meta.spec.input
+    if meta.spec.capabilities.onnx_export: ...
 """
 
 from __future__ import annotations
 
 import copy
 import json
-import math
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from dataclasses import dataclass, field, replace
+from typing import Any
 
+from imagewise.edge.records import Record
+from imagewise.edge.spec import ONE_PASS, Capabilities, InputContract, ModelSpec
 from imagewise.errors import UserError
+from imagewise.runtime.records import (
+    AutoChoice,
+    Calibration,
+    Teacher,
+    TrainingSummary,
+    TransferRecord,
+    WeightsLoad,
+)
 
-if TYPE_CHECKING:
-    from imagewise.data.transforms import Preprocessing
-
-FORMAT = "imagewise-run/2"  # /2: model.capabilities added
-OLDER_FORMATS = ("imagewise-run/1",)  # what migrate() reads; files with no format key are /1
+FORMAT = "imagewise-run/3"  # /2: model.capabilities added; /3: preprocessing.crop_pct
+OLDER_FORMATS = ("imagewise-run/1", "imagewise-run/2")  # what migrate() reads; no key: /1
 
 IMG_SIZE_RANGE = (8, 4096)  # training takes 8..1024; a run from elsewhere may be larger
 CHANNELS_RANGE = (1, 4)
-INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
 PRECISIONS = ("fp32", "bf16", "fp16")
-FITS = ("gradient", "one_pass")
+
+__all__ = [
+    "FORMAT",
+    "ONE_PASS",
+    "AutoChoice",
+    "Calibration",
+    "Capabilities",
+    "DataSummary",
+    "InputContract",
+    "ModelSpec",
+    "NetworkSpec",
+    "RunMeta",
+    "Teacher",
+    "TrainingSummary",
+    "TransferRecord",
+    "WeightsLoad",
+    "migrate",
+    "validate",
+]
 
 ConfigReader = Callable[[], "bool | dict[str, Any]"]
 """Reads ``train.tta`` from the run's config.yaml: asked only for runs whose meta.json predates
@@ -51,83 +77,13 @@ the ``tta`` entry."""
 
 
 @dataclass(frozen=True)
-class Capabilities:
-    """What a model supports, declared on its registry entry and carried in ``meta.json``.
-
-    ``fit``: ``gradient`` (the training loop) or ``one_pass`` (one fit, no epochs, no resume).
-    ``onnx_export``: its graph exports to ONNX / TorchScript. ``gradcam``: it is differentiable
-    down to a convolutional feature map, so Grad-CAM can explain it.
-    """
-
-    fit: Literal["gradient", "one_pass"] = "gradient"
-    onnx_export: bool = True
-    gradcam: bool = True
-
-    @classmethod
-    def of(cls, declared: object) -> Capabilities:
-        """The capabilities an object declares (a registry entry or a model), by its attributes
-        ``fit`` / ``onnx_export`` / ``gradcam``; a missing one keeps its default. Duck-typed so
-        this module needs no import of the model registry (and of torch)."""
-        default = cls()
-        return cls(
-            fit=getattr(declared, "fit", default.fit),
-            onnx_export=getattr(declared, "onnx_export", default.onnx_export),
-            gradcam=getattr(declared, "gradcam", default.gradcam),
-        )
-
-    def to_json(self) -> dict[str, Any]:
-        return {"fit": self.fit, "onnx_export": self.onnx_export, "gradcam": self.gradcam}
-
-
-ONE_PASS = Capabilities(fit="one_pass", onnx_export=False, gradcam=False)
-
-
-@dataclass(frozen=True)
-class ModelSpec:
+class NetworkSpec:
     """Enough to rebuild the network: ``create_model(name, num_classes, **kwargs)``."""
 
     name: str
     kwargs: dict[str, Any]
     num_classes: int
     parameters: int
-    capabilities: Capabilities = Capabilities()
-
-
-@dataclass(frozen=True)
-class PreprocessingSpec:
-    """What the model expects of its input; ``to_preprocessing()`` gives the torch-side object."""
-
-    img_size: int
-    channels: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    interpolation: str = "bilinear"
-
-    def __post_init__(self) -> None:
-        # lists (as Preprocessing and JSON hold them) become tuples: a frozen spec stays frozen
-        for name in ("mean", "std"):
-            if isinstance(getattr(self, name), list):
-                object.__setattr__(self, name, tuple(getattr(self, name)))
-
-    @classmethod
-    def of(cls, pre: Preprocessing) -> PreprocessingSpec:
-        return cls(pre.img_size, pre.channels, tuple(pre.mean), tuple(pre.std), pre.interpolation)
-
-    def to_preprocessing(self) -> Preprocessing:
-        from imagewise.data.transforms import Preprocessing
-
-        return Preprocessing(
-            self.img_size, self.channels, list(self.mean), list(self.std), self.interpolation
-        )
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "img_size": self.img_size,
-            "channels": self.channels,
-            "mean": list(self.mean),
-            "std": list(self.std),
-            "interpolation": self.interpolation,
-        }
 
 
 @dataclass(frozen=True)
@@ -156,38 +112,59 @@ class DataSummary:
 class RunMeta:
     """The contents of a run's ``meta.json``, typed.
 
-    Mutable on purpose: training fills ``training``, ``temperature`` and ``calibration`` in as it
-    goes and rewrites the file. ``training`` stays a free-form summary (``epochs_run``,
-    ``best_epoch``, ..., ``classical`` for a one-pass fit): it is reported, never acted on.
-    ``tta`` is ``{}`` or ``{"mirror": bool, "shift": pixels}`` (``imagewise.runtime.tta``).
-    ``precision`` and ``calibration`` are ``None`` when the run did not record them (a one-pass
-    fit has no precision; a run stopped before calibration has none) and are then left out of
-    the file, as today. ``extra`` keeps top-level keys this version does not know, so rewriting
-    a file keeps them.
+    ``spec`` is what every user of the model needs (``imagewise.edge.spec.ModelSpec``: classes,
+    input, temperature, test-time views, capabilities, the architecture's name); ``model`` how
+    to rebuild the network. Mutable on purpose: training fills ``training``, the temperature
+    (``with_temperature``) and ``calibration`` in as it goes and rewrites the file. The
+    records (``imagewise.runtime.records``) are typed too. ``precision`` and ``calibration`` are
+    ``None`` when the run did not record them (a one-pass fit has no precision; a run stopped
+    before calibration has none) and are then left out of the file, as today. ``extra`` keeps
+    top-level keys this version does not know, so rewriting a file keeps them.
     """
 
-    classes: list[str]
-    model: ModelSpec
-    preprocessing: PreprocessingSpec
+    spec: ModelSpec
+    model: NetworkSpec
     data: DataSummary
     versions: dict[str, str]
     created: str
-    temperature: float = 1.0
-    tta: dict[str, Any] = field(default_factory=dict)
-    training: dict[str, Any] = field(default_factory=dict)
+    training: TrainingSummary = field(default_factory=TrainingSummary)
     processes: int = 1
     precision: str | None = None
-    calibration: dict[str, Any] | None = None
-    # Where the run started from and what it trained (weights source, what was loaded, adapted
-    # and left new, freeze mode, trainable / frozen counts); None for a run from scratch with
+    calibration: Calibration | None = None
+    # Where the run started from and what it trained; None for a run from scratch with
     # everything trained.
-    transfer: dict[str, Any] | None = None
-    # Distillation: the teacher run (path, model, classes) and the loss weights; None without.
-    teacher: dict[str, Any] | None = None
-    # --model auto: what was chosen (model, size, epochs) and why; None when a model was named.
-    choice: dict[str, Any] | None = None
+    transfer: TransferRecord | None = None
+    # Distillation: the teacher run and the loss weights; None without.
+    teacher: Teacher | None = None
+    # --model auto: what was chosen and why; None when a model was named.
+    choice: AutoChoice | None = None
     format: str = FORMAT
     extra: dict[str, Any] = field(default_factory=dict)
+
+    # The spec's fields that every stage reads, by their short names.
+    @property
+    def classes(self) -> list[str]:
+        return list(self.spec.classes)
+
+    @property
+    def preprocessing(self) -> InputContract:
+        return self.spec.input
+
+    @property
+    def temperature(self) -> float:
+        return self.spec.temperature
+
+    @property
+    def tta(self) -> dict[str, Any]:
+        return dict(self.spec.tta)
+
+    def with_temperature(self, temperature: float) -> None:
+        """Record a fitted temperature (the spec is frozen: it is replaced)."""
+        self.spec = replace(self.spec, temperature=float(temperature))
+
+    def with_tta(self, views: dict[str, Any]) -> None:
+        """Record the test-time views (a resumed run keeps those it started with)."""
+        self.spec = replace(self.spec, tta=dict(views))
 
     @classmethod
     def from_json(
@@ -219,38 +196,34 @@ class RunMeta:
                 raise UserError(f"{source}: {prefix}{key} is missing; rewrite it or retrain")
             return section[key]
 
-        meta = cls(
-            classes=_as_list(take(v, "classes")),
-            model=ModelSpec(
-                name=take(model, "name", "model."),
-                kwargs=take(model, "kwargs", "model."),
-                num_classes=take(model, "num_classes", "model."),
-                parameters=take(model, "parameters", "model."),
-                capabilities=Capabilities(
-                    fit=take(caps, "fit", "model.capabilities."),
-                    onnx_export=take(caps, "onnx_export", "model.capabilities."),
-                    gradcam=take(caps, "gradcam", "model.capabilities."),
-                ),
-            ),
-            preprocessing=PreprocessingSpec(
-                img_size=take(pre, "img_size", "preprocessing."),
-                channels=take(pre, "channels", "preprocessing."),
+        classes = take(v, "classes")
+        _check_classes(classes, source)
+        spec = ModelSpec(
+            classes=tuple(classes),
+            input=InputContract(
+                **{k: take(pre, k, "preprocessing.") for k in ("img_size", "channels")},
                 mean=_as_floats(take(pre, "mean", "preprocessing.")),
                 std=_as_floats(take(pre, "std", "preprocessing.")),
                 interpolation=take(pre, "interpolation", "preprocessing."),
+                crop_pct=_as_float(take(pre, "crop_pct", "preprocessing.")),
             ),
+            temperature=_as_float(take(v, "temperature")),
+            tta=take(v, "tta"),
+            capabilities=Capabilities(
+                **{k: take(caps, k, "model.capabilities.") for k in _CAPABILITY_KEYS}
+            ),
+            model=take(model, "name", "model."),
+        )
+        meta = cls(
+            spec=spec,
+            model=NetworkSpec(**{k: take(model, k, "model.") for k in _NETWORK_KEYS}),
             data=DataSummary(**{k: take(data, k, "data.") for k in _DATA_KEYS}),
             versions=take(v, "versions"),
             created=take(v, "created"),
-            temperature=_as_float(take(v, "temperature")),
-            tta=take(v, "tta"),
-            training=take(v, "training"),
+            training=_record(TrainingSummary, take(v, "training"), source, "training"),
             processes=take(v, "processes"),
             precision=v.get("precision"),
-            calibration=v.get("calibration"),
-            transfer=v.get("transfer"),
-            teacher=v.get("teacher"),
-            choice=v.get("choice"),
+            **{key: _record(kind, v.get(key), source, key) for key, kind in _REPORTS.items()},
             format=v["format"],
             extra={k: x for k, x in v.items() if k not in _TOP_KEYS},
         )
@@ -263,31 +236,33 @@ class RunMeta:
         out: dict[str, Any] = {
             "format": self.format,
             "created": self.created,
-            "classes": list(self.classes),
+            "classes": list(self.spec.classes),
             "model": {
                 "name": self.model.name,
                 "kwargs": copy.deepcopy(self.model.kwargs),
                 "num_classes": self.model.num_classes,
                 "parameters": self.model.parameters,
-                "capabilities": self.model.capabilities.to_json(),
+                "capabilities": self.spec.capabilities.to_json(),
             },
-            "preprocessing": self.preprocessing.to_json(),
-            "temperature": self.temperature,
-            "tta": dict(self.tta),
+            "preprocessing": self.spec.input.to_json(),
+            "temperature": self.spec.temperature,
+            "tta": dict(self.spec.tta),
             "data": self.data.to_json(),
             "versions": dict(self.versions),
-            "training": copy.deepcopy(self.training),
+            "training": self.training.to_json(),
             "processes": self.processes,
         }
         if self.precision is not None:
             out["precision"] = self.precision
         for key in _REPORTS:
             if getattr(self, key) is not None:
-                out[key] = copy.deepcopy(getattr(self, key))
+                out[key] = getattr(self, key).to_json()
         out.update({k: copy.deepcopy(x) for k, x in self.extra.items() if k not in out})
         return out
 
 
+_NETWORK_KEYS = ("name", "kwargs", "num_classes", "parameters")
+_CAPABILITY_KEYS = ("fit", "onnx_export", "gradcam")
 _DATA_KEYS = ("source", "kind", "train_images", "val_images", "test_images", "skipped_images")
 _TOP_KEYS = (
     "format", "created", "classes", "model", "preprocessing", "temperature", "tta", "data",
@@ -295,7 +270,21 @@ _TOP_KEYS = (
     "choice",
 )  # fmt: skip
 # Optional objects written only when recorded, validated as JSON objects.
-_REPORTS = ("calibration", "transfer", "teacher", "choice")
+_REPORTS: dict[str, type[Record]] = {
+    "calibration": Calibration, "transfer": TransferRecord, "teacher": Teacher,
+    "choice": AutoChoice,
+}  # fmt: skip
+
+
+def _record(kind: type[Record], value: Any, source: str, key: str) -> Any:
+    """A record of the file (None where an optional one is absent), read and checked."""
+    if value is None and kind is not TrainingSummary:
+        return None
+    if not _is_str_map(value):
+        what = "the training summary" if kind is TrainingSummary else "or absent"
+        must = f"an object ({what})" if kind is TrainingSummary else f"an object {what}"
+        raise UserError(f"{source}: {key} is {_show(value)}; it must be {must}")
+    return kind.from_json(value, source, key)
 
 
 # ---------------------------------------------------------------- migration (older layouts)
@@ -363,8 +352,16 @@ def _one_to_two(v: dict[str, Any], config_reader: ConfigReader | None) -> None:
         model.setdefault("capabilities", (ONE_PASS if one_pass else Capabilities()).to_json())
 
 
+def _two_to_three(v: dict[str, Any], config_reader: ConfigReader | None) -> None:
+    """imagewise-run/2 -> /3: ``preprocessing.crop_pct`` added; every earlier run resized the
+    whole image (1)."""
+    if isinstance(v.get("preprocessing"), dict):
+        v["preprocessing"].setdefault("crop_pct", 1.0)
+
+
 _STEPS: dict[str, tuple[str, Callable[[dict[str, Any], ConfigReader | None], None]]] = {
     "imagewise-run/1": ("imagewise-run/2", _one_to_two),
+    "imagewise-run/2": ("imagewise-run/3", _two_to_three),
 }
 
 
@@ -411,12 +408,23 @@ def validate(meta: RunMeta, source: str = "meta.json") -> None:
     if meta.format != FORMAT:
         raise UserError(f"{source}: {_format_refusal(meta.format)}")
     _check_model(meta.model, bad)
-    _check_classes(meta.classes, meta.model.num_classes, source, bad)
-    _check_preprocessing(meta.preprocessing, bad)
-    t = meta.temperature
-    if not (_is_number(t) and math.isfinite(t) and t > 0):
-        raise bad("temperature", t, "it must be a finite number above 0")
-    _check_tta(meta.tta, meta.preprocessing.img_size, bad)
+    _check_classes(list(meta.spec.classes), source)
+    if len(meta.spec.classes) != meta.model.num_classes:
+        raise UserError(
+            f"{source}: classes has {len(meta.spec.classes)} names; it must have "
+            f"model.num_classes ({meta.model.num_classes})"
+        )
+    why = meta.spec.input.problem(IMG_SIZE_RANGE, CHANNELS_RANGE)
+    if why is not None:
+        raise UserError(f"{source}: preprocessing.{why}")
+    why = meta.spec.problem(IMG_SIZE_RANGE, CHANNELS_RANGE)
+    if why is not None:
+        raise UserError(f"{source}: {'model.' if why.startswith('capabilities') else ''}{why}")
+    if meta.spec.model != meta.model.name:
+        raise bad(
+            "model.name", meta.model.name, f"it must name the spec's model {meta.spec.model!r}"
+        )
+    _check_tta(meta.spec.tta, meta.spec.input.img_size, bad)
     d = meta.data
     for name in ("source", "kind"):
         if not isinstance(getattr(d, name), str):
@@ -428,12 +436,12 @@ def validate(meta: RunMeta, source: str = "meta.json") -> None:
         isinstance(x, str) for x in meta.versions.values()
     ):
         raise bad("versions", meta.versions, "it must map package names to version strings")
-    if not _is_str_map(meta.training):
-        raise bad("training", meta.training, "it must be an object (the training summary)")
-    for key in _REPORTS:
+    for key, kind in {"training": TrainingSummary, **_REPORTS}.items():
         value = getattr(meta, key)
-        if value is not None and not _is_str_map(value):
-            raise bad(key, value, "it must be an object or absent")
+        if value is not None and not isinstance(value, kind):
+            raise bad(key, value, f"it must be a {kind.__name__} record")
+        if value is not None:
+            value.validate(source, key)
     if not (_is_int(meta.processes) and meta.processes >= 1):
         raise bad("processes", meta.processes, "it must be a whole number, 1 or more")
     if meta.precision is not None and meta.precision not in PRECISIONS:
@@ -447,7 +455,7 @@ def validate(meta: RunMeta, source: str = "meta.json") -> None:
 _Bad = Callable[[str, Any, str], UserError]
 
 
-def _check_model(m: ModelSpec, bad: _Bad) -> None:
+def _check_model(m: NetworkSpec, bad: _Bad) -> None:
     if not (isinstance(m.name, str) and m.name):
         raise bad("model.name", m.name, "it must be a model name")
     if not _is_str_map(m.kwargs):
@@ -456,21 +464,17 @@ def _check_model(m: ModelSpec, bad: _Bad) -> None:
         raise bad("model.num_classes", m.num_classes, "it must be a whole number, 2 or more")
     if not (_is_int(m.parameters) and m.parameters >= 0):
         raise bad("model.parameters", m.parameters, "it must be a whole number, 0 or more")
-    c = m.capabilities
-    if c.fit not in FITS:
-        raise bad("model.capabilities.fit", c.fit, f"it must be one of {', '.join(FITS)}")
-    for name in ("onnx_export", "gradcam"):
-        if not isinstance(getattr(c, name), bool):
-            raise bad(f"model.capabilities.{name}", getattr(c, name), "it must be true or false")
 
 
-def _check_classes(classes: Any, num_classes: int, source: str, bad: _Bad) -> None:
+def _check_classes(classes: Any, source: str) -> None:
     must = "it must be a non-empty list of distinct class names"
     if not isinstance(classes, list) or not classes:
-        raise bad("classes", classes, must)
+        raise UserError(f"{source}: classes is {_show(classes)}; {must}")
     for i, name in enumerate(classes):
         if not (isinstance(name, str) and name):
-            raise bad(f"classes[{i}]", name, "it must be a non-empty class name")
+            raise UserError(
+                f"{source}: classes[{i}] is {_show(name)}; it must be a non-empty class name"
+            )
     seen: set[str] = set()
     for name in classes:
         if name in seen:
@@ -478,36 +482,6 @@ def _check_classes(classes: Any, num_classes: int, source: str, bad: _Bad) -> No
                 f"{source}: classes has {_show(name)} twice; class names must be distinct"
             )
         seen.add(name)
-    if len(classes) != num_classes:
-        raise UserError(
-            f"{source}: classes has {len(classes)} names; it must have model.num_classes "
-            f"({num_classes})"
-        )
-
-
-def _check_preprocessing(p: PreprocessingSpec, bad: _Bad) -> None:
-    lo, hi = IMG_SIZE_RANGE
-    if not (_is_int(p.img_size) and lo <= p.img_size <= hi):
-        raise bad("preprocessing.img_size", p.img_size, f"it must be between {lo} and {hi}")
-    lo, hi = CHANNELS_RANGE
-    if not (_is_int(p.channels) and lo <= p.channels <= hi):
-        raise bad("preprocessing.channels", p.channels, f"it must be between {lo} and {hi}")
-    for name in ("mean", "std"):
-        values = getattr(p, name)
-        if not isinstance(values, tuple) or len(values) != p.channels:
-            raise bad(
-                f"preprocessing.{name}", values,
-                f"it must hold one number per channel ({p.channels})",
-            )  # fmt: skip
-        for i, x in enumerate(values):
-            if not (_is_number(x) and math.isfinite(x)) or (name == "std" and x <= 0):
-                must = "it must be a finite number" + (" above 0" if name == "std" else "")
-                raise bad(f"preprocessing.{name}[{i}]", x, must)
-    if p.interpolation not in INTERPOLATIONS:
-        raise bad(
-            "preprocessing.interpolation", p.interpolation,
-            f"it must be one of {', '.join(INTERPOLATIONS)}",
-        )  # fmt: skip
 
 
 def _check_tta(views: Any, img_size: int, bad: _Bad) -> None:

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from imagewise.data.sources import Split
+from imagewise.edge.spec import InputContract
 from imagewise.errors import UserError
 
 
@@ -76,11 +77,10 @@ def run_split(
 
 
 def decode_split(
-    part: RunSplit, classes: list[str], img_size: int, channels: int,
-    interpolation: str = "bilinear",
-) -> tuple[torch.Tensor, np.ndarray]:  # fmt: skip
-    """uint8 images (N, C, img_size, img_size) and labels of a split from ``run_split``;
-    unreadable files are skipped.
+    part: RunSplit, classes: list[str], pre: InputContract
+) -> tuple[torch.Tensor, np.ndarray]:
+    """uint8 images (N, C, img_size, img_size) as the model ``pre`` takes them, and labels, of
+    a split from ``run_split``; unreadable files are skipped.
 
     Raises:
         UserError: no file of the split can be read.
@@ -91,7 +91,7 @@ def decode_split(
 
     empty = part.split.subset(np.array([], dtype=np.int64))
     holder: Any = ImageData(classes, part.split, empty, empty, part.resolved, part.kind)
-    data_cfg = DataConfig(cache="ram", interpolation=interpolation)
-    holder = materialize(holder, data_cfg, img_size, channels)
+    data_cfg = DataConfig(cache="ram", interpolation=pre.interpolation, crop_pct=pre.crop_pct)
+    holder = materialize(holder, data_cfg, pre.img_size, pre.channels)
     assert holder.train.images is not None
     return holder.train.images, np.asarray(holder.train.labels)

@@ -22,7 +22,7 @@ from torch import nn
 from imagewise.errors import UserError
 
 if TYPE_CHECKING:
-    from imagewise.data.transforms import Preprocessing
+    from imagewise.edge.spec import InputContract
 
 
 def tta_views(value: Any) -> dict[str, Any]:
@@ -117,7 +117,7 @@ class ViewMean(nn.Module):
         return total / count
 
 
-def with_tta(model: nn.Module, views: Any, pre: Preprocessing | None = None) -> nn.Module:
+def with_tta(model: nn.Module, views: Any, pre: InputContract | None = None) -> nn.Module:
     """``model`` as it answers at inference: wrapped in ``ViewMean`` when ``views`` has any
     (a ``tta_views`` dict, or a run's ``tta`` entry of any age); ``pre`` gives the value of a
     black pixel for the shifted views' gaps (0 without it)."""

@@ -14,7 +14,8 @@ import re
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from imagewise.edge.images import normalize_mode, resize_image
+from imagewise.edge.images import decoded_side, normalize_mode
+from imagewise.edge.spec import InputContract
 
 # PIL format ids; camera JPEGs with several pictures open as MPO.
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
@@ -66,9 +67,7 @@ def open_image(data: bytes, max_pixels: int) -> Image.Image:
     return img
 
 
-def decode_image(
-    data: bytes, channels: int, size: int, max_pixels: int, interpolation: str = "bilinear"
-) -> Image.Image:
+def decode_image(data: bytes, pre: InputContract, max_pixels: int) -> Image.Image:
     """Uploaded bytes -> an ``L`` or ``RGB`` image of ``size`` x ``size``, as the model sees it.
 
     Raises:
@@ -78,10 +77,11 @@ def decode_image(
     try:
         with img:
             if img.format == "JPEG":
-                img.draft("L" if channels == 1 else "RGB", (size, size))
+                side = decoded_side(pre.img_size, pre.crop_pct)
+                img.draft("L" if pre.channels == 1 else "RGB", (side, side))
             img.load()
             img = ImageOps.exif_transpose(img) or img
-            return resize_image(normalize_mode(img, channels), size, interpolation)
+            return pre.fit(normalize_mode(img, pre.channels))
     except MemoryError:
         raise
     except Exception as exc:  # decoders of untrusted data fail in many ways; all mean "bad file"

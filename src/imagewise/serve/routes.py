@@ -131,9 +131,7 @@ def prepare(
     views = []
     for i, (name, data) in enumerate(uploads, 1):
         try:
-            views.append(
-                decode_image(data, pre.channels, pre.img_size, max_pixels, pre.interpolation)
-            )
+            views.append(decode_image(data, pre, max_pixels))
         except ImageRejected as exc:
             which = f"image {i} ({name})" if len(uploads) > 1 else name
             raise ServeError(exc.status, f"{which}: {exc.message}") from None

@@ -16,11 +16,12 @@ import functools
 import logging
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from imagewise.config import RunConfig, parse_time_budget
 from imagewise.data.sources import ImageData
+from imagewise.runtime.records import AutoChoice
 from imagewise.train.optim import warmup_steps
 
 log = logging.getLogger("imagewise")
@@ -141,23 +142,8 @@ class Candidate:
     pretrained: bool = False
 
 
-@dataclass
-class Choice:
-    """What ``--model auto`` picked, why, and what it measured; goes into meta.json."""
-
-    model: str
-    img_size: int
-    epochs: int | None  # None: left to adapt_defaults
-    pretrained: bool
-    reason: str
-    budget_seconds: float | None = None
-    estimate_seconds: float | None = None
-    considered: list[dict[str, Any]] = field(default_factory=list)
-    # transfer settings applied where the user left them at their defaults (TRANSFER_RECIPE)
-    recipe: dict[str, Any] = field(default_factory=dict)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if v is not None and v != {}}
+# What --model auto picked, why and what it measured: the record meta.json keeps.
+Choice = AutoChoice
 
 
 # Pretrained networks --model auto starts photos from, best suited to a CPU first, when their
@@ -315,7 +301,7 @@ def choose_auto_model(
     if choice.pretrained:
         choice.recipe = _apply_recipe(cfg)
     _announce_choice(choice, n_train, native, channels, len(raw.classes))
-    return choice.as_dict()
+    return choice
 
 
 def _may_train_in_bf16(precision: str) -> bool:
@@ -326,13 +312,12 @@ def _may_train_in_bf16(precision: str) -> bool:
 
 def _apply_recipe(cfg: RunConfig) -> dict[str, Any]:
     """``TRANSFER_RECIPE`` where the user left each setting at its default, and the weights'
-    interpolation for decoding; what was set."""
-    from imagewise.models.weights import decodable_interpolation, weights_preprocessing
+    interpolation and crop for decoding; what was set."""
+    from imagewise.models.weights import decode_like_weights, weights_preprocessing
 
     m, t = cfg.model, cfg.train
     applied: dict[str, Any] = {}
-    if not cfg.data.interpolation:
-        cfg.data.interpolation = decodable_interpolation(weights_preprocessing(m.name))
+    decode_like_weights(cfg.data, weights_preprocessing(m.name))
     if m.freeze == "none" and not m.unfreeze_at:
         m.freeze, m.unfreeze_at = TRANSFER_RECIPE["freeze"], TRANSFER_RECIPE["unfreeze_at"]
         applied.update(freeze=m.freeze, unfreeze_at=m.unfreeze_at)

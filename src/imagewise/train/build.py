@@ -15,7 +15,8 @@ import torch
 from imagewise.config import RunConfig
 from imagewise.data.pipeline import make_loader
 from imagewise.data.sources import ImageData
-from imagewise.data.transforms import BatchAugment, Preprocessing
+from imagewise.data.transforms import BatchAugment
+from imagewise.edge.spec import InputContract
 from imagewise.errors import UserError
 from imagewise.runtime.device import measure_bf16_speedup
 from imagewise.train.compile import CompiledWithFallback
@@ -36,7 +37,7 @@ def seed_everything(seed: int) -> None:
 
 
 def build_model(
-    cfg: RunConfig, data: ImageData, pre: Preprocessing, device: torch.device
+    cfg: RunConfig, data: ImageData, pre: InputContract, device: torch.device
 ) -> torch.nn.Module:
     from imagewise.models import create_model
 
@@ -72,7 +73,7 @@ def restore(ckpt: dict[str, Any], parts: Components, state: TrainState) -> None:
 
 
 def build_components(
-    cfg: RunConfig, data: ImageData, pre: Preprocessing, model: torch.nn.Module,
+    cfg: RunConfig, data: ImageData, pre: InputContract, model: torch.nn.Module,
     device: torch.device, rank: int, world: int, compile_model: bool,
     freezer: Freezer | None = None, cached: bool = False, show_progress: bool = True,
 ) -> Components:  # fmt: skip
@@ -180,16 +181,16 @@ def wants_cached_features(cfg: RunConfig, freezer: Freezer | None, world: int) -
 
 
 def _cached_components(
-    cfg: RunConfig, data: ImageData, pre: Preprocessing, model: torch.nn.Module,
+    cfg: RunConfig, data: ImageData, pre: InputContract, model: torch.nn.Module,
     device: torch.device, freezer: Freezer | None, show_progress: bool,
 ) -> Components:  # fmt: skip
     """The loop's parts for a frozen backbone: loaders of embeddings computed once, the
     classifier as the task's network; the whole model is still what is saved."""
     from imagewise.train.feature_cache import (
         ClassifierOnly,
-        Embeddings,
         PassThrough,
         cached_loaders,
+        embeddings_contract,
     )
 
     t, classes = cfg.train, len(data.classes)
@@ -225,7 +226,7 @@ def _cached_components(
         augment=PassThrough(t.seed),  # type: ignore[arg-type]
         train_loader=train_loader,
         val_loader=val_loader,
-        preprocessing=Embeddings(pre.img_size, pre.channels, pre.mean, pre.std),
+        preprocessing=embeddings_contract(pre),
         device=device,
         ema=ema,
         freezer=freezer,
@@ -235,7 +236,7 @@ def _cached_components(
 
 def measured_cpu_precision(
     model: torch.nn.Module,
-    pre: Preprocessing,
+    pre: InputContract,
     batch_size: int,
     channels_last: bool,
     measure: bool = True,

@@ -20,9 +20,11 @@ from torch import nn
 
 from imagewise.config import RunConfig
 from imagewise.data.sources import ImageData
-from imagewise.data.transforms import Preprocessing
+from imagewise.data.transforms import standardize
+from imagewise.edge.spec import InputContract
 from imagewise.errors import UserError
 from imagewise.runtime.meta import RunMeta
+from imagewise.runtime.records import Teacher
 from imagewise.runtime.runs import RunFolder
 from imagewise.train.task import ClassificationTask
 
@@ -52,7 +54,7 @@ def distillation_loss(
 
 
 def convert_for_teacher(
-    x: torch.Tensor, student: Preprocessing, teacher: Preprocessing
+    x: torch.Tensor, student: InputContract, teacher: InputContract
 ) -> torch.Tensor:
     """The student's normalized batch as the teacher expects it: un-standardized with the
     student's mean/std, resized, channels converted (gray <-> RGB), standardized with the
@@ -80,7 +82,7 @@ def convert_for_teacher(
         unit = F.interpolate(unit, size=size, mode="bilinear", antialias=True)
     if student.channels == 1 and teacher.channels == 3:  # after resizing, for the same reason
         unit = unit.expand(-1, 3, -1, -1)
-    return teacher.standardize(unit)
+    return standardize(teacher, unit)
 
 
 class DistillationTask(ClassificationTask):
@@ -102,8 +104,8 @@ class DistillationTask(ClassificationTask):
     """
 
     def __init__(
-        self, model: nn.Module, teacher: nn.Module, student_pre: Preprocessing,
-        teacher_pre: Preprocessing, *, alpha: float, temperature: float, loss: str,
+        self, model: nn.Module, teacher: nn.Module, student_pre: InputContract,
+        teacher_pre: InputContract, *, alpha: float, temperature: float, loss: str,
         num_classes: int, label_smoothing: float = 0.0,
     ) -> None:  # fmt: skip
         super().__init__(model, loss, num_classes, label_smoothing)
@@ -150,7 +152,7 @@ def read_teacher(path: str, classes: list[str], student: str) -> tuple[RunFolder
             f"teacher run '{path}' does not exist; name a run folder of imagewise train"
         )
     meta = folder.read_meta()
-    if meta.model.capabilities.fit == "one_pass":
+    if meta.spec.capabilities.fit == "one_pass":
         raise UserError(
             f"the teacher '{path}' ({meta.model.name}) is a one-pass model with no logits to "
             "distill; choose a teacher run trained by gradient steps"
@@ -184,24 +186,24 @@ def _classes_difference(teacher: list[str], data: list[str]) -> str:
     return "; ".join(p for p in parts if p) or f"{len(teacher)} vs {len(data)} classes"
 
 
-def teacher_record(config: RunConfig, data: ImageData) -> dict[str, Any] | None:
+def teacher_record(config: RunConfig, data: ImageData) -> Teacher | None:
     """What ``meta.json`` says about the teacher (None without one): its run folder, model,
     the classes check, alpha and temperature."""
     t = config.train
     if not t.teacher:
         return None
     folder, meta = read_teacher(t.teacher, list(data.classes), config.model.name)
-    return {
-        "run": str(folder.path.resolve()),
-        "model": meta.model.name,
-        "classes": f"match ({len(meta.classes)} classes, same order)",
-        "alpha": t.distill_alpha,
-        "temperature": t.distill_temperature,
-    }
+    return Teacher(
+        run=str(folder.path.resolve()),
+        model=meta.model.name,
+        classes=f"match ({len(meta.classes)} classes, same order)",
+        alpha=float(t.distill_alpha),
+        temperature=float(t.distill_temperature),
+    )
 
 
 def make_task(
-    cfg: RunConfig, forward: nn.Module, data: ImageData, pre: Preprocessing, device: torch.device
+    cfg: RunConfig, forward: nn.Module, data: ImageData, pre: InputContract, device: torch.device
 ) -> ClassificationTask:
     """The run's task: a ``DistillationTask`` over the teacher run when ``train.teacher`` is
     set, else the plain ``ClassificationTask``.
@@ -221,7 +223,7 @@ def make_task(
     folder, meta = read_teacher(t.teacher, list(data.classes), cfg.model.name)
     teacher = load_network(folder, meta).to(device)
     return DistillationTask(
-        forward, teacher, pre, meta.preprocessing.to_preprocessing(),
+        forward, teacher, pre, meta.spec.input,
         alpha=t.distill_alpha, temperature=t.distill_temperature, loss=t.loss,
         num_classes=len(data.classes), label_smoothing=t.label_smoothing,
     )  # fmt: skip

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -22,7 +23,8 @@ from torch import nn
 
 from imagewise.data.pipeline import TensorBatches, make_loader
 from imagewise.data.sources import Split
-from imagewise.data.transforms import BatchAugment, Preprocessing
+from imagewise.data.transforms import BatchAugment, normalize
+from imagewise.edge.spec import LAYOUT_EMBEDDINGS, InputContract
 
 log = logging.getLogger("imagewise")
 
@@ -54,11 +56,9 @@ class PassThrough:
         return x, labels
 
 
-class Embeddings(Preprocessing):
+def embeddings_contract(pre: InputContract) -> InputContract:
     """The 'preprocessing' of cached embeddings: none (validation calls ``normalize``)."""
-
-    def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        return images.float()
+    return replace(pre, layout=LAYOUT_EMBEDDINGS)
 
 
 class ViewBatches(TensorBatches):
@@ -92,7 +92,7 @@ def embedding_batch(img_size: int, channels: int = 3) -> int:
 def embed(
     model: nn.Module,
     loader: Any,
-    pre: Preprocessing,
+    pre: InputContract,
     device: torch.device,
     augment: BatchAugment | None = None,
     desc: str = "features",
@@ -115,7 +115,7 @@ def embed(
         if images.shape[0] == 0:
             continue
         images = images.to(device)
-        x = augment(images, y)[0] if augment is not None else pre.normalize(images)
+        x = augment(images, y)[0] if augment is not None else normalize(pre, images)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         outs.append(model.forward_head(model.forward_features(x), pre_logits=True).float().cpu())
@@ -132,7 +132,7 @@ def cached_loaders(
     model: nn.Module,
     train: Split,
     val: Split,
-    pre: Preprocessing,
+    pre: InputContract,
     augment: BatchAugment,
     *,
     views: int,

@@ -23,7 +23,8 @@ import torch
 from torch import nn
 
 from imagewise.config import TrainConfig
-from imagewise.data.transforms import BatchAugment, Preprocessing
+from imagewise.data.transforms import BatchAugment
+from imagewise.edge.spec import InputContract
 from imagewise.errors import UserError
 from imagewise.runtime.device import autocast
 from imagewise.runtime.inference import predict_loader
@@ -59,7 +60,7 @@ class Components:
     augment: BatchAugment
     train_loader: Any
     val_loader: Any
-    preprocessing: Preprocessing
+    preprocessing: InputContract
     device: torch.device
     ema: Any = None  # timm ModelEmaV3, whose weights are the ones validated and saved
     # imagewise.train.transfer.Freezer: frozen parts keep eval-mode behaviour in training
@@ -258,7 +259,7 @@ class Rollback:
 def evaluate_loader(
     task: ClassificationTask,
     loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
-    pre: Preprocessing,
+    pre: InputContract,
     device: torch.device,
     amp_dtype: torch.dtype | None = None,
     channels_last: bool = True,

@@ -15,8 +15,9 @@ import numpy as np
 
 from imagewise.config import RunConfig
 from imagewise.data.sources import ImageData, stratified_split
-from imagewise.data.transforms import Preprocessing
+from imagewise.edge.spec import InputContract
 from imagewise.errors import UserError
+from imagewise.runtime.records import AutoChoice
 
 # The data settings that decide which images a run sees and how they are decoded.
 DATA_KEYS = (
@@ -38,11 +39,11 @@ class PreparedData:
     """
 
     data: ImageData
-    preprocessing: Preprocessing
+    preprocessing: InputContract
     key: dict[str, Any]
-    choice: dict[str, Any] | None = None
+    choice: AutoChoice | None = None
 
-    def take(self, cfg: RunConfig) -> tuple[ImageData, Preprocessing, dict[str, Any] | None]:
+    def take(self, cfg: RunConfig) -> tuple[ImageData, InputContract, AutoChoice | None]:
         """The data for a run configured by ``cfg``; refused when its data settings differ.
 
         Args:

@@ -20,7 +20,7 @@ from imagewise.config import (
 )
 from imagewise.data.pipeline import prepare
 from imagewise.data.sources import ImageData, resolve_source
-from imagewise.data.transforms import Preprocessing
+from imagewise.edge.spec import InputContract
 from imagewise.errors import UserError
 from imagewise.io import DiskFull, check_output_dir
 from imagewise.runtime.checkpoint import load_checkpoint
@@ -41,7 +41,7 @@ from imagewise.train.build import (
     wants_cached_features,
 )
 from imagewise.train.classical import (
-    fit_classical,
+    fit_one_pass,
     refuse_classical,
     refuse_classical_resume,
     write_classical_run,
@@ -157,7 +157,7 @@ def _resolve_config(
 
 
 def _train_classical(
-    cfg: RunConfig, folder: RunFolder, dataset: ImageData, pre: Preprocessing,
+    cfg: RunConfig, folder: RunFolder, dataset: ImageData, pre: InputContract,
     model: torch.nn.Module, device: torch.device, world: int, resume: bool,
 ) -> TrainResult:  # fmt: skip
     """A classical model: one fit instead of the loop; the same run folder, minus last.ckpt."""
@@ -166,9 +166,10 @@ def _train_classical(
     refuse_classical(cfg.model.name, world, resume)
     meta = build_meta(cfg, dataset, pre, model)
     start_run_folder(folder, cfg, meta, dataset, None, resume=False)
-    fit = fit_classical(
-        model, dataset.train, dataset.val, pre, seed=cfg.train.seed, workers=cfg.data.workers
-    )
+    fit = fit_one_pass(
+        cfg.model.name, model, dataset.train, dataset.val, pre,
+        seed=cfg.train.seed, workers=cfg.data.workers,
+    )  # fmt: skip
     write_classical_run(folder, meta, model, fit)
     temperature = calibrate_run(folder, meta, dataset.val, cfg, device)
     return TrainResult(
@@ -250,7 +251,7 @@ def _train(
     model = build_model(cfg, data, pre, device)
     # what the user left unset, from the data's size and the network's
     adapt_defaults(cfg, data, world, sum(p.numel() for p in model.parameters()))
-    if model_capabilities(cfg.model.name).fit == "one_pass":  # hog_svm: no loop, no epochs
+    if model_capabilities(cfg.model.name).fit == "one_pass":  # its own fitter: no loop, no epochs
         return _train_classical(cfg, folder, data, pre, model, device, world, resume)
     start = start_transfer(cfg, model, list(data.classes), pre, source, show=dist.is_main)
     pre, cached = start.preprocessing, wants_cached_features(cfg, start.freezer, world)
@@ -333,7 +334,7 @@ def prepare_data(cfg: RunConfig) -> PreparedData:
 
 def _prepare_data(
     cfg: RunConfig, world: int = 1
-) -> tuple[ImageData, Preprocessing, dict[str, Any] | None]:
+) -> tuple[ImageData, InputContract, dict[str, Any] | None]:
     """The dataset, split and decoded, the preprocessing it implies, and what ``--model auto``
     chose from it (None when the model was named)."""
     d = cfg.data
@@ -348,7 +349,7 @@ def _prepare_data(
 
 
 def _announce(
-    cfg: RunConfig, data: ImageData, pre: Preprocessing, device: torch.device, world: int,
+    cfg: RunConfig, data: ImageData, pre: InputContract, device: torch.device, world: int,
     meta: RunMeta,
 ) -> None:  # fmt: skip
     if cfg.train.tta and not meta.tta:

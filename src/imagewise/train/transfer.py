@@ -20,17 +20,18 @@ from typing import Any
 from torch import nn
 
 from imagewise.config import RunConfig
-from imagewise.data.transforms import Preprocessing
+from imagewise.edge.spec import InputContract
 from imagewise.errors import UserError
 from imagewise.models.weights import (
     LoadReport,
     WeightsSource,
     classifier_names,
-    decodable_interpolation,
+    decode_like_weights,
     file_weights,
     load_into,
     pretrained_weights,
 )
+from imagewise.runtime.records import TransferRecord
 from imagewise.runtime.runs import RunFolder
 
 log = logging.getLogger("imagewise")
@@ -59,7 +60,7 @@ def run_weights(path: str | Path) -> WeightsSource:
             "model.safetensors); give a run folder written by imagewise train"
         )
     meta = folder.read_meta()
-    if meta.model.capabilities.fit != "gradient":
+    if meta.spec.capabilities.fit != "gradient":
         raise UserError(f"--init-from: '{path}' holds a {meta.model.name} fit, not a network")
     source = file_weights(folder.weights)
     source.kind, source.where, source.model = "run", str(folder.path), meta.model.name
@@ -298,8 +299,8 @@ def weights_before_data(cfg: RunConfig) -> WeightsSource | None:
             "input size %d px from the starting weights (--img-size overrides)",
             cfg.data.img_size,
         )
-    if source is not None and not cfg.data.interpolation:
-        cfg.data.interpolation = decodable_interpolation(source.preprocessing)
+    if source is not None:
+        decode_like_weights(cfg.data, source.preprocessing)
     return source
 
 
@@ -307,16 +308,16 @@ def weights_before_data(cfg: RunConfig) -> WeightsSource | None:
 class TransferStart:
     """What ``start_transfer`` decided: the preprocessing, the freezer, the meta record."""
 
-    preprocessing: Preprocessing
+    preprocessing: InputContract
     freezer: Freezer
-    record: dict[str, Any] | None
+    record: TransferRecord | None
 
 
 def start_transfer(
     cfg: RunConfig,
     model: nn.Module,
     classes: list[str],
-    pre: Preprocessing,
+    pre: InputContract,
     source: WeightsSource | None,
     show: bool = True,
 ) -> TransferStart:
@@ -348,7 +349,7 @@ def start_transfer(
             log.info("%s", line)
     record = None
     if source is not None or freezer.active or cfg.train.layer_lr_decay < 1:
-        record = {
+        values = {
             "weights": report.to_json() if report is not None else None,
             "preprocessing_from": "weights" if source and source.preprocessing else "data",
             "preprocessing_source": source.preprocessing_from if source else "",
@@ -356,10 +357,11 @@ def start_transfer(
             "head_lr_scale": freezer.head_lr_scale,
             **freezer.to_json(),
         }
+        record = TransferRecord.from_json(values, "the transfer record", "transfer")
     return TransferStart(pre, freezer, record)
 
 
-def _followed(cfg: RunConfig, source: WeightsSource | None, pre: Preprocessing) -> str:
+def _followed(cfg: RunConfig, source: WeightsSource | None, pre: InputContract) -> str:
     """The load block's line on the input: what came from the weights' side, and from where."""
     if source is None or not source.preprocessing.get("mean"):
         return ""
@@ -373,16 +375,18 @@ def _followed(cfg: RunConfig, source: WeightsSource | None, pre: Preprocessing) 
     line += source.preprocessing_from or source.kind
     if len(theirs["mean"]) != pre.channels:
         line += f" (their {len(theirs['mean'])} channels averaged to the data's {pre.channels})"
-    if float(theirs.get("crop_pct") or 1.0) < 1.0:
-        line += (
-            f"; the whole image is resized (the weights were evaluated on a "
-            f"{float(theirs['crop_pct']):g} centre crop)"
-        )
+    theirs_crop = float(theirs.get("crop_pct") or 1.0)
+    if pre.crop_pct < 1.0:
+        line += f"; centre crop {pre.crop_pct:g}"
+        if theirs_crop != pre.crop_pct:
+            line += f" (--crop-pct; the weights' {theirs_crop:g})"
+    elif theirs_crop < 1.0:
+        line += f"; the whole image (--crop-pct 1; the weights' centre crop is {theirs_crop:g})"
     return line
 
 
-def follow_weights(pre: Preprocessing, theirs: dict[str, Any]) -> Preprocessing:
-    """``pre`` with the weights' mean / std / interpolation, converted to the data's channels
+def follow_weights(pre: InputContract, theirs: dict[str, Any]) -> InputContract:
+    """``pre`` with the weights' mean / std, converted to the data's channels
     (grayscale data on RGB weights: the mean of the three; RGB data on grayscale weights: the
     one value three times). The size stays the data's: ``weights_before_data`` set it."""
     if not theirs.get("mean") or not theirs.get("std"):
@@ -394,5 +398,6 @@ def follow_weights(pre: Preprocessing, theirs: dict[str, Any]) -> Preprocessing:
             return values
         return [sum(values) / len(values)] * pre.channels
 
-    # the interpolation is the one the images were decoded with (weights_before_data chose it)
+    # the interpolation and crop are those the images were decoded with (weights_before_data
+    # chose them)
     return replace(pre, mean=fit(theirs["mean"]), std=fit(theirs["std"]))

@@ -16,10 +16,11 @@ import torch
 from imagewise.config import RunConfig, save_config
 from imagewise.data.pipeline import make_loader
 from imagewise.data.sources import ImageData, Split
-from imagewise.data.transforms import Preprocessing
+from imagewise.edge.spec import Capabilities, InputContract, ModelSpec
 from imagewise.io import atomic_write_text
 from imagewise.runtime.checkpoint import load_checkpoint, save_checkpoint, save_weights
-from imagewise.runtime.meta import Capabilities, DataSummary, ModelSpec, PreprocessingSpec, RunMeta
+from imagewise.runtime.meta import DataSummary, NetworkSpec, RunMeta
+from imagewise.runtime.records import Calibration, TrainingSummary
 from imagewise.runtime.runs import RunFolder
 from imagewise.train.build import model_kwargs
 from imagewise.train.distill import teacher_record
@@ -45,7 +46,7 @@ def _versions() -> dict[str, str]:
 def build_meta(
     config: RunConfig,
     data: ImageData,
-    pre: Preprocessing,
+    pre: InputContract,
     model: torch.nn.Module,
     processes: int = 1,
     precision: str | None = None,
@@ -56,15 +57,19 @@ def build_meta(
     from imagewise.models import count_parameters
 
     return RunMeta(
-        classes=list(data.classes),
-        model=ModelSpec(
+        spec=ModelSpec(
+            classes=tuple(data.classes),
+            input=pre,
+            tta=tta_views_of(config, pre.img_size),
+            capabilities=model_capabilities(config.model.name),
+            model=config.model.name,
+        ),
+        model=NetworkSpec(
             name=config.model.name,
             kwargs=model_kwargs(config),
             num_classes=len(data.classes),
             parameters=count_parameters(model),
-            capabilities=model_capabilities(config.model.name),
         ),
-        preprocessing=PreprocessingSpec.of(pre),
         data=DataSummary(
             source=data.source,
             kind=data.kind,
@@ -75,7 +80,6 @@ def build_meta(
         ),
         versions=_versions(),
         created=datetime.now(UTC).isoformat(timespec="seconds"),
-        tta=tta_views_of(config, pre.img_size),
         processes=processes,
         precision=precision,
         teacher=teacher_record(config, data),  # None unless distilled
@@ -178,17 +182,17 @@ class RunWriter:
             self.writer.close()
             self.writer = None
 
-    def _training_summary(self, state: TrainState) -> dict[str, Any]:
-        return {
-            "epochs_run": state.epoch,
-            "epochs_planned": state.epochs,
-            "best_epoch": state.best_epoch,
-            "best_val_accuracy": _best(state, "val_accuracy"),
-            "best_val_macro_f1": _best(state, "val_macro_f1"),
-            "selected_by": state.metric,
-            "train_seconds": round(state.train_seconds, 3),
-            "stop_reason": state.stop_reason,
-        }
+    def _training_summary(self, state: TrainState) -> TrainingSummary:
+        return TrainingSummary(
+            epochs_run=state.epoch,
+            epochs_planned=state.epochs,
+            best_epoch=state.best_epoch,
+            best_val_accuracy=_best(state, "val_accuracy"),
+            best_val_macro_f1=_best(state, "val_macro_f1"),
+            selected_by=state.metric,
+            train_seconds=round(state.train_seconds, 3),
+            stop_reason=state.stop_reason,
+        )
 
     def _checkpoint(self, state: TrainState) -> dict[str, Any]:
         p = self.parts
@@ -226,7 +230,7 @@ def start_run_folder(
         old = folder.read_meta()
         meta.created = old.created or meta.created
         # the views it was started with (runs from before views wrote `true`: the mirror alone)
-        meta.tta = old.tta
+        meta.with_tta(old.tta)
         meta.choice = meta.choice or old.choice  # --model auto chose when the run started
     if data.skipped:
         lines = "".join(f"{p}\t{reason}\n" for p, reason in data.skipped)
@@ -243,11 +247,12 @@ def calibrate_run(
     from imagewise.runtime.network import load_network
 
     network = load_network(folder, meta).to(device)
-    pre = meta.preprocessing.to_preprocessing()
+    pre = meta.spec.input
     loader = make_loader(val, pre, 256, workers=cfg.data.workers)
     logits, labels = predict_loader(network, loader, pre, device, tta=meta.tta)
     summary = calibrate(logits, labels)
-    meta.temperature, meta.calibration = summary["temperature"], summary
+    meta.with_temperature(summary["temperature"])
+    meta.calibration = Calibration(**summary)
     folder.write_meta(meta)
     if summary.get("fitted_on"):
         log.info(
