@@ -104,7 +104,7 @@ def test_metadata_round_trip(exported: Path, trained_run: Path) -> None:
     assert isinstance(clf, OnnxClassifier) and isinstance(clf, BaseClassifier)
     assert clf.classes == run.classes and clf.temperature == run.temperature
     assert clf.preprocessing == run.preprocessing == InputContract(**pre)
-    assert clf.meta["model"] == "resnet9_tiny"
+    assert clf.spec.model == clf.name == "resnet9_tiny" and clf.spec == run.spec
     # The dynamic batch axis: 1 image and 5 images, same numbers as PyTorch.
     for n in (1, 5):
         batch = torch.randn(n, 3, 32, 32)
@@ -206,8 +206,8 @@ def test_int8_export_passes_its_gate(exported: Path, int8_export: ExportResult) 
     assert settings["weight_range"] == [-64, 64] and settings["pair_sum_bound"] == 32640
     assert settings["safe_on"].startswith("every CPU: x86-64 with or without VNNI")
     clf = imagewise.load(result.path)
-    assert clf.classes == list(CLASSES) and clf.meta["quantization"].startswith("int8")
-    assert clf.meta["quantization_settings"] == settings
+    assert clf.classes == list(CLASSES) and clf.file_metadata["quantization"].startswith("int8")
+    assert json.loads(clf.file_metadata["quantization_settings"]) == settings
     assert "quantization_settings" not in {
         p.key for p in onnx.load(str(exported / "export" / "model.onnx")).metadata_props
     }

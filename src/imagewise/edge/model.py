@@ -10,7 +10,7 @@ folders, videos and the server treat them alike.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,8 +51,11 @@ class ImageModel:
     file) or ``imagewise.edge.load_model`` (an exported ONNX file, without PyTorch).
     """
 
-    def __init__(self, spec: ModelSpec) -> None:
+    def __init__(self, spec: ModelSpec, file_metadata: Mapping[str, str] | None = None) -> None:
         self.spec = spec
+        # An exported file's metadata map as written (quantization, versions, ...): what the
+        # file says of itself beside the spec. Empty for a run folder.
+        self.file_metadata = dict(file_metadata or {})
 
     @property
     def preprocessing(self) -> InputContract:

@@ -64,9 +64,9 @@ class OnnxFile:
         threads: ONNX Runtime's intra-op threads (default: the CPUs this process may use).
         few_images: the session answers a handful of images and exits (``predict one.png``):
             float graphs then get ONNX Runtime's basic graph optimizations only, which skip
-            the blocked-layout copy of every convolution's weights. For a float ResNet-18 at
-            224 px that halves the peak memory (205 -> 112 MB) and the start (0.31 -> 0.19 s);
-            per image it is 1.6x slower, which a handful of images does not notice. INT8 graphs
+            the blocked-layout copy of every convolution's weights: about half the peak
+            memory and a faster start, slower per image, which a handful of images does not
+            notice (BENCHMARKS.md, "Edge runtime"). INT8 graphs
             keep the full level: their fused integer kernels come from it, and their answers
             must be those the export was verified with.
 
@@ -86,6 +86,7 @@ class OnnxFile:
             del self.session  # one session in memory at a time
             self.session = self._open(full=True)
         self.spec = ModelSpec.from_metadata(props, str(path))
+        self.metadata = dict(props)
         inputs = [(i.name, i.type, list(i.shape)) for i in self.session.get_inputs()]
         outputs = {o.name: list(o.shape) for o in self.session.get_outputs()}
         check_graph(self.spec, inputs, outputs, str(path))
@@ -130,7 +131,7 @@ class OnnxModel(ImageModel):
         self, path: str | Path, threads: int | None = None, few_images: bool = False
     ) -> None:
         self.file = OnnxFile(path, threads, few_images)
-        super().__init__(self.file.spec)
+        super().__init__(self.file.spec, self.file.metadata)
 
     @property
     def path(self) -> Path:

@@ -71,7 +71,7 @@ def hog_features(images: np.ndarray, settings: HogSettings) -> np.ndarray:
 
     Colour images are reduced to the mean of their channels first. skimage's ``channel_axis``
     (per pixel, the channel with the strongest gradient) was as accurate on colourized
-    Fashion-MNIST (86.8% vs 86.9%) and 10-30% slower.
+    Fashion-MNIST and slower (BENCHMARKS.md, "HOG + linear SVM").
 
     Args:
         images: float array (N, C, H, W), normalized or not: gradients ignore the mean, and the
@@ -162,10 +162,10 @@ class HogSVM(nn.Module):
 
 # Candidate SVM costs, chosen by validation accuracy. On Fashion-MNIST HOG features validation
 # accuracy peaked at C=0.003, and liblinear's dual solver slows down as C grows (several times
-# slower at 0.01; BENCHMARKS.md "Classical baseline").
+# slower at 0.01; BENCHMARKS.md "HOG + linear SVM").
 C_VALUES = (0.0003, 0.001, 0.003)
 DEFAULT_C = 0.003  # used when there is no validation split to choose with
-SVM_TOLERANCE = 1e-3  # a tighter tolerance took much longer for the same accuracy
+SVM_TOLERANCE = 1e-3  # a tighter one took longer for the same accuracy (BENCHMARKS.md)
 SVM_MAX_ITER = 2000
 # Below this many images, worker processes cost more to start than they save.
 PARALLEL_MIN_IMAGES = 2000
@@ -270,8 +270,9 @@ def fit_hog_svm(
     split has images (the candidates are fitted in parallel processes), else ``DEFAULT_C`` is
     used. The SVM is one-vs-rest with the squared hinge loss (scikit-learn's default), solved in
     the dual (``dual=True``: with HOG's ~1,300 dense features liblinear's primal solver was
-    several times slower on Fashion-MNIST), seeded with ``seed``. The fitted model is the one
-    trained on the training split alone, so the validation split stays unseen for calibration.
+    several times slower on Fashion-MNIST; BENCHMARKS.md), seeded with ``seed``. The fitted
+    model is the one trained on the training split alone, so the validation split stays unseen
+    for calibration.
 
     Args:
         model: a ``HogSVM``; its feature mean/scale buffers and ``fc`` layer are overwritten.

@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -37,8 +37,13 @@ class BaseClassifier(ImageModel):
     built by ``load``, from a run folder or from an exported file.
     """
 
-    def __init__(self, spec: ModelSpec, run_meta: RunMeta | None = None) -> None:
-        super().__init__(spec)
+    def __init__(
+        self,
+        spec: ModelSpec,
+        run_meta: RunMeta | None = None,
+        file_metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(spec, file_metadata)
         self._run_meta = run_meta
 
     @property
@@ -114,8 +119,9 @@ class Classifier(BaseClassifier):
         spec: ModelSpec,
         device: torch.device | None = None,
         run_meta: RunMeta | None = None,
+        file_metadata: Mapping[str, str] | None = None,
     ) -> None:
-        super().__init__(spec, run_meta)
+        super().__init__(spec, run_meta, file_metadata)
         self.device = device or torch.device("cpu")
         # not at import: ONNX-only use needs no timm
         from imagewise.runtime.tta import tta_views, with_tta

@@ -43,7 +43,7 @@ class OnnxClassifier(BaseClassifier):
 
     def __init__(self, path: str | Path, threads: int | None = None) -> None:
         self.file = OnnxFile(path, threads or torch.get_num_threads())
-        super().__init__(self.file.spec)
+        super().__init__(self.file.spec, file_metadata=self.file.metadata)
         self.path = self.file.path
         self.session = self.file.session
         self.raw_input = self.file.raw_input
@@ -103,7 +103,7 @@ def load_exported(path: Path, device: str = "cpu") -> BaseClassifier:
         raise UserError(f"cannot load TorchScript model '{path}': {first}") from exc
     spec = ModelSpec.from_metadata(props, str(path))
     _check_outputs(module, spec.input, len(spec.classes), path, dev)
-    return Classifier(module, spec, dev)
+    return Classifier(module, spec, dev, file_metadata=props)
 
 
 def _check_outputs(module: Any, pre: Any, classes: int, path: Path, dev: Any) -> None:
