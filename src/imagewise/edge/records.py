@@ -86,7 +86,10 @@ class Record:
                 if no_default or f.metadata.get("required"):
                     raise UserError(f"{source}: {name} is missing; rewrite it or retrain")
                 continue
-            kwargs[f.name] = read_value(hints[f.name], values[f.name], source, name)
+            # a wrong type says what the field must be; an optional one's says "or null" too
+            optional = type(None) in typing.get_args(hints[f.name])
+            why = "" if optional else f.metadata.get("why", "")
+            kwargs[f.name] = read_value(hints[f.name], values[f.name], source, name, why)
             _check(f, kwargs[f.name], source, name)
         if "extra" in known:
             kwargs["extra"] = {k: v for k, v in values.items() if k not in known}
@@ -122,9 +125,10 @@ def _check(f: Field[Any], value: Any, source: str, name: str) -> None:
         raise UserError(f"{source}: {name} is {show(value)}; it must be {f.metadata['why']}")
 
 
-def read_value(hint: Any, value: Any, source: str, name: str) -> Any:
+def read_value(hint: Any, value: Any, source: str, name: str, why: str = "") -> Any:
     """``value`` read as type ``hint`` (records, optionals, literals, numbers, text, flags,
-    lists and objects of them); a number where a float is wanted becomes a float."""
+    lists and objects of them); a number where a float is wanted becomes a float. A value of
+    the wrong type is one line saying it must be ``why`` (default: what ``hint`` describes)."""
     wanted = hint  # what a message names: ``X or null`` for an optional X
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (types.UnionType, typing.Union):
@@ -137,7 +141,8 @@ def read_value(hint: Any, value: Any, source: str, name: str) -> Any:
         return hint.from_json(value, source, name)
     ok, converted = _convert(hint, origin, args, value, source, name)
     if not ok:
-        raise UserError(f"{source}: {name} is {show(value)}; it must be {describe(wanted)}")
+        must = why or describe(wanted)
+        raise UserError(f"{source}: {name} is {show(value)}; it must be {must}")
     return converted
 
 

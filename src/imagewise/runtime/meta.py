@@ -33,7 +33,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from imagewise.edge.records import Record
+from imagewise.edge.records import Record, entry
 from imagewise.edge.spec import ONE_PASS, Capabilities, InputContract, ModelSpec
 from imagewise.errors import UserError
 from imagewise.runtime.records import (
@@ -76,36 +76,29 @@ ConfigReader = Callable[[], "bool | dict[str, Any]"]
 the ``tta`` entry."""
 
 
-@dataclass(frozen=True)
-class NetworkSpec:
+_COUNT = {"must": lambda n: n >= 0, "why": "a whole number, 0 or more"}
+
+
+@dataclass
+class NetworkSpec(Record):
     """Enough to rebuild the network: ``create_model(name, num_classes, **kwargs)``."""
 
-    name: str
-    kwargs: dict[str, Any]
-    num_classes: int
-    parameters: int
+    name: str = entry(must=bool, why="a model name")
+    kwargs: dict[str, Any] = entry(why="an object of keyword arguments")
+    num_classes: int = entry(must=lambda n: n >= 2, why="a whole number, 2 or more")
+    parameters: int = entry(**_COUNT)
 
 
-@dataclass(frozen=True)
-class DataSummary:
+@dataclass
+class DataSummary(Record):
     """Where the training data came from and how many images each split held."""
 
-    source: str
-    kind: str
-    train_images: int
-    val_images: int
-    test_images: int
-    skipped_images: int
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "source": self.source,
-            "kind": self.kind,
-            "train_images": self.train_images,
-            "val_images": self.val_images,
-            "test_images": self.test_images,
-            "skipped_images": self.skipped_images,
-        }
+    source: str = entry(why="a string")
+    kind: str = entry(why="a string")
+    train_images: int = entry(**_COUNT)
+    val_images: int = entry(**_COUNT)
+    test_images: int = entry(**_COUNT)
+    skipped_images: int = entry(**_COUNT)
 
 
 @dataclass
@@ -216,8 +209,8 @@ class RunMeta:
         )
         meta = cls(
             spec=spec,
-            model=NetworkSpec(**{k: take(model, k, "model.") for k in _NETWORK_KEYS}),
-            data=DataSummary(**{k: take(data, k, "data.") for k in _DATA_KEYS}),
+            model=NetworkSpec.from_json(model, source, "model"),
+            data=DataSummary.from_json(data, source, "data"),
             versions=take(v, "versions"),
             created=take(v, "created"),
             training=_record(TrainingSummary, take(v, "training"), source, "training"),
@@ -238,10 +231,7 @@ class RunMeta:
             "created": self.created,
             "classes": list(self.spec.classes),
             "model": {
-                "name": self.model.name,
-                "kwargs": copy.deepcopy(self.model.kwargs),
-                "num_classes": self.model.num_classes,
-                "parameters": self.model.parameters,
+                **copy.deepcopy(self.model.to_json()),
                 "capabilities": self.spec.capabilities.to_json(),
             },
             "preprocessing": self.spec.input.to_json(),
@@ -261,9 +251,7 @@ class RunMeta:
         return out
 
 
-_NETWORK_KEYS = ("name", "kwargs", "num_classes", "parameters")
 _CAPABILITY_KEYS = ("fit", "onnx_export", "gradcam")
-_DATA_KEYS = ("source", "kind", "train_images", "val_images", "test_images", "skipped_images")
 _TOP_KEYS = (
     "format", "created", "classes", "model", "preprocessing", "temperature", "tta", "data",
     "versions", "training", "processes", "precision", "calibration", "transfer", "teacher",
@@ -407,7 +395,11 @@ def validate(meta: RunMeta, source: str = "meta.json") -> None:
 
     if meta.format != FORMAT:
         raise UserError(f"{source}: {_format_refusal(meta.format)}")
-    _check_model(meta.model, bad)
+    for key in ("model", "data"):
+        record = getattr(meta, key)
+        if not isinstance(record, NetworkSpec if key == "model" else DataSummary):
+            raise bad(key, record, "it must be a record")
+        record.validate(source, key)
     _check_classes(list(meta.spec.classes), source)
     if len(meta.spec.classes) != meta.model.num_classes:
         raise UserError(
@@ -425,13 +417,6 @@ def validate(meta: RunMeta, source: str = "meta.json") -> None:
             "model.name", meta.model.name, f"it must name the spec's model {meta.spec.model!r}"
         )
     _check_tta(meta.spec.tta, meta.spec.input.img_size, bad)
-    d = meta.data
-    for name in ("source", "kind"):
-        if not isinstance(getattr(d, name), str):
-            raise bad(f"data.{name}", getattr(d, name), "it must be a string")
-    for name in _DATA_KEYS[2:]:
-        if not (_is_int(getattr(d, name)) and getattr(d, name) >= 0):
-            raise bad(f"data.{name}", getattr(d, name), "it must be a whole number, 0 or more")
     if not _is_str_map(meta.versions) or not all(
         isinstance(x, str) for x in meta.versions.values()
     ):
@@ -453,17 +438,6 @@ def validate(meta: RunMeta, source: str = "meta.json") -> None:
 
 
 _Bad = Callable[[str, Any, str], UserError]
-
-
-def _check_model(m: NetworkSpec, bad: _Bad) -> None:
-    if not (isinstance(m.name, str) and m.name):
-        raise bad("model.name", m.name, "it must be a model name")
-    if not _is_str_map(m.kwargs):
-        raise bad("model.kwargs", m.kwargs, "it must be an object of keyword arguments")
-    if not (_is_int(m.num_classes) and m.num_classes >= 2):
-        raise bad("model.num_classes", m.num_classes, "it must be a whole number, 2 or more")
-    if not (_is_int(m.parameters) and m.parameters >= 0):
-        raise bad("model.parameters", m.parameters, "it must be a whole number, 0 or more")
 
 
 def _check_classes(classes: Any, source: str) -> None:
