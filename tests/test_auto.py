@@ -253,3 +253,25 @@ def test_long_runs_on_large_sets_get_standard_augmentation() -> None:
 
     assert augment_for(54_000, SHORT_RUN_EPOCHS, 410_000) == "standard"
     assert augment_for(54_000, SHORT_RUN_EPOCHS - 1, 410_000) == "light"
+
+
+@pytest.mark.parametrize(("img_size", "model"), [(16, "resnet9p_tiny"), (96, "resnet18")])
+def test_model_auto_without_a_budget_or_weights_picks_by_image_size(
+    img_size: int, model: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the path every small-image `train DATA` takes when no ImageNet weights are here: it
+    # raised UnboundLocalError before the non-transfer pick kept the data's size
+    import imagewise.models.weights
+    from imagewise.train.auto import choose_auto_model
+
+    import imagewise.data.pipeline
+
+    monkeypatch.setattr(imagewise.models.weights, "has_pretrained", lambda name: False)
+    monkeypatch.setattr(imagewise.data.pipeline, "infer_shape", lambda raw, d: (img_size, 3))
+    cfg = RunConfig()
+    cfg.model.name = "auto"
+    choice = choose_auto_model(cfg, fake_data(300))
+    assert choice is not None and (choice.model, choice.img_size) == (model, img_size)
+    assert not choice.pretrained and choice.epochs is None
+    assert (cfg.model.name, cfg.data.img_size) == (model, img_size)
+    assert "add --time-budget" in choice.reason

@@ -337,7 +337,7 @@ def _unbudgeted(native: int, n_train: int, channels: int, own_weights: bool) -> 
                 return Choice(name, size, None, True, why)
     name = default_model(n_train, native)
     why = "small images: a fast residual CNN" if native <= SMALL_IMAGE else "photos"
-    return Choice(name, size, None, False, why + " (add --time-budget to measure and fit one)")
+    return Choice(name, native, None, False, why + " (add --time-budget to measure and fit one)")
 
 
 def _announce_choice(
