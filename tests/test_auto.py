@@ -261,10 +261,9 @@ def test_model_auto_without_a_budget_or_weights_picks_by_image_size(
 ) -> None:
     # the path every small-image `train DATA` takes when no ImageNet weights are here: it
     # raised UnboundLocalError before the non-transfer pick kept the data's size
+    import imagewise.data.pipeline
     import imagewise.models.weights
     from imagewise.train.auto import choose_auto_model
-
-    import imagewise.data.pipeline
 
     monkeypatch.setattr(imagewise.models.weights, "has_pretrained", lambda name: False)
     monkeypatch.setattr(imagewise.data.pipeline, "infer_shape", lambda raw, d: (img_size, 3))
