@@ -26,7 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import imagewise
 from imagewise.edge.model import ImageModel
-from imagewise.edge.spec import InputContract
+from imagewise.edge.spec import InputContract, ModelSpec
 from imagewise.errors import UserError
 from imagewise.serve import ServeSettings, create_app
 from imagewise.serve.images import safe_name
@@ -264,11 +264,9 @@ def test_gradcam_returns_a_png_overlay_per_image(client: httpx.Client, images: l
 class SlowClassifier(ImageModel):
     """Stands in for a model without PyTorch weights (as an ONNX one): slow, counting batches."""
 
-    name = "slow"  # type: ignore[assignment]
-
     def __init__(self, seconds: float) -> None:
         pre = InputContract(img_size=8, channels=1, mean=[0.5], std=[0.5])
-        super().__init__(pre, ["yes", "no"])
+        super().__init__(ModelSpec(classes=("yes", "no"), input=pre, model="slow"))
         self.seconds = seconds
         self.batches: list[int] = []
 
