@@ -208,7 +208,7 @@ class GuardedConnection:
         self._idle_since = time.monotonic()
         order = self.idle_order
         order.append((self._idle_since, self))
-        if len(order) > 4 * self.limits.max_connections:  # mostly stale entries: drop them
+        if len(order) > 2 * self.limits.max_connections + 64:  # stale ones pile up: drop them
             live = [(when, c) for when, c in order if c._idle_since == when and c._idle()]
             order.clear()
             order.extend(live)
