@@ -204,11 +204,12 @@ def search_rules(sampler: str, seed: int, pruner: str, trials: int) -> list[str]
         "judged from the first epoch after the trial's learning-rate warm-up "
         f"(epoch {FIRST_JUDGED_EPOCH} at the earliest)"
     )
+    startup = median_startup(trials)
+    completed = "1 trial has" if startup == 1 else f"{startup} trials have"
     rule = {
         "median": (
             "pruner: median: a trial stops when its validation accuracy is below the median "
-            f"of earlier trials at the same epoch, {after}, once {median_startup(trials)} "
-            "trials have completed"
+            f"of earlier trials at the same epoch, {after}, once {completed} completed"
         ),
         "hyperband": f"pruner: hyperband (successive halving over the epochs), {after}",
         "none": "pruner: none: every trial trains all its epochs",
