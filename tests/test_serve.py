@@ -278,15 +278,18 @@ class SlowClassifier(ImageModel):
 
 
 @contextmanager
-def running(app: object, http: type | None = None) -> Iterator[tuple[str, object]]:
+def running(
+    app: object, http: type | None = None, settings: ServeSettings | None = None
+) -> Iterator[tuple[str, object]]:
     """uvicorn serving ``app`` on a thread of this process, set up as ``imagewise serve`` sets
-    it up (its socket, its HTTP protocol; ``http`` to choose another)."""
+    it up (its socket, its HTTP protocol; ``http`` to choose another; ``settings``: the
+    connection limits, as the app's)."""
     import uvicorn
 
     from imagewise.serve.server import listen_socket, url_of, uvicorn_config
 
     sock = listen_socket("127.0.0.1", 0)
-    config = uvicorn_config(app, ServeSettings(access_log=False), http)
+    config = uvicorn_config(app, settings or ServeSettings(access_log=False), http)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()

@@ -119,23 +119,30 @@ def test_grid_enumerates_exactly_the_grid(
     assert config["train"]["optimizer"] == "sgd" and config["model"]["name"] == "lenet5"
 
 
-def test_median_pruner_stops_a_clearly_worse_trial(tmp_path: Path) -> None:
-    # lr 1e-7 learns nothing: once a working trial has finished, its first epoch is far
-    # below that trial's and the median pruner stops it there.
+def test_median_pruner_stops_a_clearly_worse_trial_after_its_warm_up(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # lr 1e-7 learns nothing: once a working trial has finished, its accuracy is far below
+    # that trial's at the same epoch, and the median pruner stops it at the first epoch it
+    # judges: the one after the warm-up (a quarter of 3 epochs: within the first), epoch 2.
     space = write_space(tmp_path / "s.yaml", "lr: [0.01, 1.0e-7]\nlabel_smoothing: [0.0, 0.1]\n")
     out = tmp_path / "pruned"
-    result = imagewise.tune(
-        "digits", out, trials=3, space=space, sampler="grid", pruner="median",
-        **{**FAST, "epochs": 2, "batch_size": 64},
-    )  # fmt: skip
+    with caplog.at_level(logging.INFO, logger="imagewise"):
+        result = imagewise.tune(
+            "digits", out, trials=3, space=space, sampler="grid", pruner="median",
+            **{**FAST, "epochs": 3, "batch_size": 64},
+        )  # fmt: skip
     table = rows(out)
     good = [r for r in table if float(r["lr"]) == 0.01]
-    assert good[0]["state"] == "complete" and good[0]["epochs"] == "2"
+    assert good[0]["state"] == "complete" and good[0]["epochs"] == "3"
     hopeless = [
         r for r in table if float(r["lr"]) < 0.01 and int(r["number"]) > int(good[0]["number"])
     ]
-    assert hopeless and all(r["state"] == "pruned" and r["epochs"] == "1" for r in hopeless)
-    assert result.epochs_run < result.epochs_planned == 6
+    assert hopeless and all(r["state"] == "pruned" and r["epochs"] == "2" for r in hopeless)
+    assert result.epochs_run < result.epochs_planned == 9
+    rule = next(m for m in caplog.messages if m.startswith("pruner: median"))
+    assert "first epoch after the trial's learning-rate warm-up (epoch 2 at the earliest)" in rule
+    assert {t.user_attrs["first_judged_epoch"] for t in load(out).trials} == {2}
 
 
 @pytest.mark.parametrize(
@@ -275,3 +282,87 @@ def test_rerun_continues_a_killed_study(tmp_path: Path) -> None:
     assert [t.number for t in after[: len(before)]] == [t.number for t in before]
     assert result.complete + result.pruned == len(before)  # the finished ones plus the retry
     assert not Path(killed.user_attrs["run"]).exists()  # the killed trial's folder is tidied
+
+
+# --- a study run again, by several workers, or beside another in one --out ------------------
+
+
+def _draws(study: optuna.Study, trials: int) -> list[float]:
+    """Run ``trials`` trials that only draw an lr (no training); the lrs drawn."""
+    study.optimize(lambda t: t.suggest_float("lr", 1e-4, 1e-1, log=True), n_trials=trials)
+    return [t.params["lr"] for t in study.trials]
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "random"])
+def test_a_continued_study_and_a_second_worker_draw_new_settings(sampler: str) -> None:
+    from imagewise.tune.study import make_sampler
+
+    storage = optuna.storages.InMemoryStorage()
+
+    def worker(seed: int = 0) -> optuna.Study:  # a process joining the study, as tune does
+        return optuna.create_study(
+            storage=storage, study_name="s", sampler=make_sampler(sampler, seed, None),
+            direction="maximize", load_if_exists=True,
+        )  # fmt: skip
+
+    first = _draws(worker(), 3)
+    again = _draws(worker(), 3)[3:]  # the same command run again with more trials
+    beside = _draws(worker(), 2)[6:]  # another worker with the same --seed
+    drawn = first + again + beside
+    assert len(set(drawn)) == len(drawn), drawn  # no setting drawn twice
+    # a new study with the same seed draws what the first one did; another seed does not
+    fresh = optuna.create_study(sampler=make_sampler(sampler, 0, None), direction="maximize")
+    assert _draws(fresh, 3) == first
+    other = optuna.create_study(sampler=make_sampler(sampler, 1, None), direction="maximize")
+    assert _draws(other, 3) != first
+
+
+def test_a_trial_folder_that_is_taken_is_never_trained_into(tmp_path: Path) -> None:
+    from imagewise.tune.trial import claim_run_folder
+
+    taken = tmp_path / "trials" / "imagewise-0000"
+    taken.mkdir(parents=True)
+    (taken / "meta.json").write_text("{}")  # another study's run
+    claimed = [claim_run_folder(tmp_path / "trials", "imagewise-0000") for _ in range(2)]
+    assert [p.name for p in claimed] == ["imagewise-0000-2", "imagewise-0000-3"]
+    assert all(p.is_dir() and not any(p.iterdir()) for p in claimed)
+    assert (taken / "meta.json").read_text() == "{}"
+
+
+def test_two_studies_sharing_one_out_keep_each_others_run_folders(tmp_path: Path) -> None:
+    out = tmp_path / "shared"
+    space = write_space(tmp_path / "s.yaml", "lr: {low: 0.001, high: 0.1, log: true}\n")
+    common = {"space": space, "sampler": "random", "pruner": "none", "subset": 200, **FAST}
+    # "imagewise-v2" first, keeping every run; then "imagewise" in its own storage, tidying:
+    # its folder names match the first study's pattern (imagewise-*) and their numbers
+    kept = imagewise.tune("digits", out, trials=2, study="imagewise-v2", keep_runs=True, **common)
+    imagewise.tune("digits", out, trials=2, storage=str(tmp_path / "b.db"), **common)
+    first = [Path(t.user_attrs["run"]) for t in load(out, "imagewise-v2").trials]
+    assert [p.name for p in first] == ["imagewise-v2-0000", "imagewise-v2-0001"]
+    assert all(RunFolder.of(p).weights.is_file() for p in first)  # untouched by the second
+    second = load(tmp_path, "imagewise", f"sqlite:///{tmp_path / 'b.db'}")
+    runs = {Path(t.user_attrs["run"]) for t in second.trials}
+    assert len(runs) == 2 and not runs & set(first)
+    best = Path(second.best_trial.user_attrs["run"])
+    assert RunFolder.of(best).weights.is_file() and not (runs - {best}).pop().exists()
+    assert kept.best_run in first
+
+
+def test_a_space_no_trial_can_train_with_is_one_line_before_any_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from imagewise.tune.space import Param, Space
+
+    space = Space((Param("dropout", "float", 0.5, 1.5),), {})
+    with pytest.raises(UserError, match=r"dropout: --dropout must be in \[0, 1\), not 1.5"):
+        imagewise.tune("digits", tmp_path / "api", space=space, **FAST)
+    assert not (tmp_path / "api" / "study.db").exists()
+    # a value only training can refuse: the study stops with its one line, no Optuna traceback
+    missing = write_space(tmp_path / "s.yaml", f"init_from: ['{tmp_path / 'no-run'}']\n")
+    code, stdout, err = run_cli(
+        ["tune", "digits", "--space", str(missing), "--subset", "100", "--out",
+         str(tmp_path / "o"), *FAST_FLAGS], capsys,
+    )  # fmt: skip
+    assert code == 2 and stdout == ""
+    assert len(err.strip().splitlines()) == 1 and "is not a finished imagewise run" in err
+    assert "Traceback" not in err and "Trial 0 failed" not in err

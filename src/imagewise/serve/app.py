@@ -23,6 +23,7 @@ from starlette.exceptions import HTTPException
 
 from imagewise.edge.unknown import OodScorer, edge_scorer
 from imagewise.serve.batching import MicroBatcher
+from imagewise.serve.decoding import DECODING_REQUESTS, DecodeBudget
 from imagewise.serve.guards import GuardMiddleware, ServeError
 from imagewise.serve.metrics import MetricsMiddleware, ServeMetrics
 from imagewise.serve.routes import ServeState, router
@@ -83,6 +84,7 @@ def describe(
         max_images=settings.max_images,
         max_body_bytes=settings.max_body_bytes,
         max_pixels=settings.max_pixels,
+        max_request_pixels=settings.request_pixel_limit,
         max_batch=settings.batch_limit,
         min_confidence=min_confidence,
         ood_score=None if ood is None else str(getattr(ood, "name", "custom")),
@@ -187,8 +189,9 @@ def create_app(
         swagger_ui_parameters={"validatorUrl": None},  # no badge fetched from swagger.io
     )
     page = files("imagewise.serve").joinpath("page.html").read_text(encoding="utf-8")
+    decoding = DecodeBudget(DECODING_REQUESTS * settings.request_pixel_limit)
     app.state.serve = ServeState(
-        classifier, settings, batcher, metrics, model_lock, info, page, unusable
+        classifier, settings, batcher, metrics, model_lock, info, page, decoding, unusable
     )
     app.include_router(router)
     app.add_exception_handler(ServeError, _on_serve_error)

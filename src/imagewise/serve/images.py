@@ -67,18 +67,25 @@ def open_image(data: bytes, max_pixels: int) -> Image.Image:
     return img
 
 
-def decode_image(data: bytes, pre: InputContract, max_pixels: int) -> Image.Image:
-    """Uploaded bytes -> an ``L`` or ``RGB`` image of ``size`` x ``size``, as the model sees it.
+def open_upload(data: bytes, pre: InputContract, max_pixels: int) -> Image.Image:
+    """:func:`open_image`, with a JPEG set to decode at the reduced size the model needs (its
+    ``size`` is then the size it decodes to: what decoding it costs)."""
+    img = open_image(data, max_pixels)
+    if img.format == "JPEG":
+        side = decoded_side(pre.img_size, pre.crop_pct)
+        img.draft("L" if pre.channels == 1 else "RGB", (side, side))
+    return img
+
+
+def decode_opened(img: Image.Image, pre: InputContract) -> Image.Image:
+    """An image from :func:`open_upload` -> an ``L`` or ``RGB`` image of ``size`` x ``size``, as
+    the model sees it; ``img`` is closed.
 
     Raises:
-        ImageRejected: as :func:`open_image`, or 400 when the data is truncated or corrupt.
+        ImageRejected: 400 when the data is truncated or corrupt.
     """
-    img = open_image(data, max_pixels)
     try:
         with img:
-            if img.format == "JPEG":
-                side = decoded_side(pre.img_size, pre.crop_pct)
-                img.draft("L" if pre.channels == 1 else "RGB", (side, side))
             img.load()
             img = ImageOps.exif_transpose(img) or img
             return pre.fit(normalize_mode(img, pre.channels))
@@ -87,3 +94,12 @@ def decode_image(data: bytes, pre: InputContract, max_pixels: int) -> Image.Imag
     except Exception as exc:  # decoders of untrusted data fail in many ways; all mean "bad file"
         reason = "truncated" if "truncated" in str(exc).lower() else "corrupt"
         raise ImageRejected(400, f"the image data is {reason}") from None
+
+
+def decode_image(data: bytes, pre: InputContract, max_pixels: int) -> Image.Image:
+    """Uploaded bytes -> an ``L`` or ``RGB`` image of ``size`` x ``size``, as the model sees it.
+
+    Raises:
+        ImageRejected: as :func:`open_image`, or 400 when the data is truncated or corrupt.
+    """
+    return decode_opened(open_upload(data, pre, max_pixels), pre)

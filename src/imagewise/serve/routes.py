@@ -1,6 +1,7 @@
 """The endpoints: predict, labels, info, health, readiness, metrics and the web page.
 
-Each request's images are decoded in the thread pool, never on the event loop; the model call
+Each request's images are decoded in the thread pool, never on the event loop, within its
+pixel budget and deadline (``imagewise.serve.decoding``); the model call
 itself (``ImageModel.scores`` on uint8 arrays) happens on the micro-batching worker. Nothing
 here imports PyTorch unless Grad-CAM is asked of a run folder's model.
 """
@@ -11,6 +12,7 @@ import base64
 import io
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -21,10 +23,10 @@ from fastapi.responses import HTMLResponse, Response
 from PIL import Image
 from starlette.datastructures import UploadFile
 
-from imagewise.edge.images import image_array
 from imagewise.serve.batching import MicroBatcher, QueueFull, WorkerStopped
+from imagewise.serve.decoding import DecodeBudget, decode_request
 from imagewise.serve.guards import ServeError
-from imagewise.serve.images import ImageRejected, decode_image, safe_name
+from imagewise.serve.images import safe_name
 from imagewise.serve.metrics import ServeMetrics
 from imagewise.serve.schemas import (
     ClassScore,
@@ -61,6 +63,7 @@ class ServeState:
     model_lock: threading.Lock  # Grad-CAM hooks the model: no batch may run meanwhile
     info: InfoResponse
     page: str
+    decoding: DecodeBudget  # the pixels all requests decode at once
     unusable: str | None = None  # why the model must not answer (its outputs are not finite)
 
 
@@ -123,21 +126,6 @@ async def read_uploads(request: Request, settings: ServeSettings) -> list[tuple[
     return uploads
 
 
-def prepare(
-    classifier: Any, uploads: list[tuple[str, bytes]], max_pixels: int
-) -> tuple[list[Image.Image], np.ndarray]:
-    """Decode every upload to the model's view; the views as one uint8 (N, C, H, W) batch."""
-    pre = classifier.preprocessing
-    views = []
-    for i, (name, data) in enumerate(uploads, 1):
-        try:
-            views.append(decode_image(data, pre, max_pixels))
-        except ImageRejected as exc:
-            which = f"image {i} ({name})" if len(uploads) > 1 else name
-            raise ServeError(exc.status, f"{which}: {exc.message}") from None
-    return views, np.stack([image_array(view) for view in views])
-
-
 def gradcam_pngs(s: ServeState, views: list[Image.Image], targets: list[int]) -> list[str]:
     """Base64 PNGs of the Grad-CAM heat map for each image's target class, over the image
     (PyTorch models only, so PyTorch is imported here and not before)."""
@@ -177,9 +165,12 @@ async def predict(
         runs = NO_GRADCAM.get(s.info.backend, "a classical model")
         raise ServeError(400, f"Grad-CAM needs a PyTorch network; this server runs {runs}")
     uploads = await read_uploads(request, s.settings)
-    views, batch = await run_in_threadpool(prepare, s.classifier, uploads, s.settings.max_pixels)
+    # The deadline covers decoding and the model: an expensive upload cannot outlast it.
+    deadline = time.monotonic() + s.settings.timeout_s
+    pre = s.classifier.preprocessing
+    views, batch = await decode_request(pre, uploads, s.settings, s.decoding, deadline)
     try:
-        rows = await s.batcher.predict(batch, s.settings.timeout_s)
+        rows = await s.batcher.predict(batch, max(deadline - time.monotonic(), 0.0))
     except QueueFull:
         raise ServeError(503, "the server is busy; try again", {"Retry-After": "1"}) from None
     except WorkerStopped:

@@ -47,6 +47,7 @@ class InfoResponse(BaseModel):
     max_images: int
     max_body_bytes: int
     max_pixels: int
+    max_request_pixels: int = Field(description="decoded pixels of one request's images in all")
     max_batch: int = Field(description="images per model call (1: batching off)")
     min_confidence: float | None = Field(
         None, description="the threshold below which answers are unknown, when set"

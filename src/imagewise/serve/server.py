@@ -18,6 +18,13 @@ import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from imagewise.errors import UserError
+from imagewise.serve.connections import (
+    ConnectionLimits,
+    GuardedConnection,
+    connection_cap,
+    error_response,
+    limited,
+)
 from imagewise.serve.settings import ServeSettings
 
 MALFORMED = "the request is not valid HTTP (malformed request line or headers)"
@@ -68,47 +75,45 @@ def url_of(sock: socket.socket) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-def _json_400() -> bytes:
-    return json.dumps({"error": MALFORMED}, separators=(",", ":")).encode()
-
-
 def _send_json_400(protocol: Any) -> None:
     """httptools' 400, as uvicorn writes it (its default headers, then close), but in JSON."""
-    body = _json_400()
-    head = [b"HTTP/1.1 400 Bad Request\r\n"]
-    head += [
-        name + b": " + value + b"\r\n" for name, value in protocol.server_state.default_headers
-    ]
-    head += [
-        b"content-type: application/json\r\n",
-        b"content-length: " + str(len(body)).encode() + b"\r\n",
-        b"connection: close\r\n\r\n",
-    ]
-    protocol.transport.write(b"".join(head) + body)
+    headers = protocol.server_state.default_headers
+    protocol.transport.write(error_response(400, "Bad Request", MALFORMED, headers))
     protocol.transport.close()
 
 
 def http_protocol() -> type[asyncio.Protocol]:
-    """uvicorn's faster HTTP/1.1 protocol (httptools, else h11), answering bad requests in JSON."""
+    """uvicorn's faster HTTP/1.1 protocol (httptools, else h11), answering bad requests in JSON
+    and holding each connection to ``ConnectionLimits`` (``imagewise.serve.connections``)."""
     try:
         from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
     except ImportError:  # httptools is optional in uvicorn (no wheel for some platforms)
         return JsonH11Protocol
 
-    class JsonHttpToolsProtocol(HttpToolsProtocol):
+    class JsonHttpToolsProtocol(GuardedConnection, HttpToolsProtocol):
         def send_400_response(self, msg: str) -> None:
             _send_json_400(self)
+
+        # httptools reports by callbacks where a request's head ends and the next one begins.
+        def on_headers_complete(self) -> None:
+            self._head_finished()
+            super().on_headers_complete()
+
+        def on_message_complete(self) -> None:
+            super().on_message_complete()
+            self._head_started()
 
     return JsonHttpToolsProtocol
 
 
-class JsonH11Protocol(H11Protocol):
-    """uvicorn's h11 protocol, answering requests it cannot parse with ``{"error": ...}``."""
+class JsonH11Protocol(GuardedConnection, H11Protocol):
+    """uvicorn's h11 protocol, answering requests it cannot parse with ``{"error": ...}`` and
+    holding each connection to ``ConnectionLimits``."""
 
     def send_400_response(self, msg: str) -> None:
         import h11
 
-        body = _json_400()
+        body = json.dumps({"error": MALFORMED}, separators=(",", ":")).encode()
         headers = [
             (b"content-type", b"application/json"),
             (b"content-length", str(len(body)).encode()),
@@ -119,13 +124,38 @@ class JsonH11Protocol(H11Protocol):
         self.transport.write(self.conn.send(h11.EndOfMessage()))
         self.transport.close()
 
+    def handle_events(self) -> None:
+        super().handle_events()
+        self._sync_head()
+
+    def _sync_head(self) -> None:
+        import h11
+
+        # h11 waits for a request's head exactly while the client's side is IDLE.
+        reading = self.conn.their_state is h11.IDLE
+        if reading and self._head_bytes is None:
+            self._head_started()
+        elif not reading and self._head_bytes is not None:
+            self._head_finished()
+
 
 def uvicorn_config(app: Any, settings: ServeSettings, http: type | None = None) -> uvicorn.Config:
-    """uvicorn's settings for ``app``: logging, graceful shutdown and the JSON-400 protocol."""
+    """uvicorn's settings for ``app``: logging, graceful shutdown, idle keep-alive connections
+    closed after ``keep_alive_s``, and the JSON-400 protocol holding every connection to the
+    header deadline, the header size limit and the connection cap (``http``: another
+    ``GuardedConnection`` protocol, as a test's ``JsonH11Protocol``)."""
+    limits = ConnectionLimits(
+        header_timeout_s=settings.header_timeout_s,
+        max_header_bytes=settings.max_header_bytes,
+        max_connections=connection_cap(settings.max_connections),
+    )
     return uvicorn.Config(
         app,
-        http=http or http_protocol(),
+        http=limited(http or http_protocol(), limits),
         access_log=settings.access_log,
         log_level="info" if settings.access_log else "warning",
         timeout_graceful_shutdown=int(settings.timeout_s) + 5,
+        timeout_keep_alive=settings.keep_alive_s,  # type: ignore[arg-type]  # a float works
+        # h11's own limit on a head it has not parsed yet; ours (counted before it) bites first
+        h11_max_incomplete_event_size=settings.max_header_bytes,
     )

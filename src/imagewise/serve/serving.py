@@ -46,7 +46,14 @@ def serve(
         ood: each answer's out-of-distribution score: ``energy``, ``knn`` (run folders),
             ``auto`` (knn when the run has a reference, else energy) or ``none``.
         **settings: fields of :class:`ServeSettings` (host, port, token, max_batch, ...);
-            port 0 takes a free port, logged with the address.
+            port 0 takes a free port, logged with the address. What a client may hold:
+            ``header_timeout_s`` (10: seconds to send a request's headers, then 408),
+            ``max_header_bytes`` (64 KiB, then 431), ``max_connections`` (1000: past it the
+            connection idle longest is closed), ``keep_alive_s`` (5: an idle keep-alive
+            connection is closed), ``body_timeout_s`` and ``max_body_bytes`` (the body), and
+            ``timeout_s`` (30: from the end of the body through decoding to the answer, then
+            504), ``max_pixels`` and ``max_request_pixels`` (one image, and all of a
+            request's images, checked before decoding: 413).
 
     Both are resolved once, when the model has loaded, and apply to every request.
 

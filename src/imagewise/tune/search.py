@@ -25,6 +25,7 @@ from imagewise.tune.study import (
     open_storage,
     open_study,
     recover,
+    search_rules,
     shown_url,
     storage_url,
 )
@@ -119,6 +120,8 @@ def tune(
     url = storage_url(storage, out)
     with _quiet_trials(), _optuna_quiet():
         study_obj = open_study(open_storage(url), study, sampler_obj, pruner_obj)  # fails fast
+        for line in search_rules(sampler, base.train.seed, pruner, trials):
+            _say(line)
         retried = recover(study_obj)
         if retried:
             _say(f"trials {', '.join(map(str, retried))} did not finish; queued again")
@@ -160,6 +163,7 @@ def _base_config(
 def _space(space: str | Path | Space | None, base: RunConfig, given: dict[str, Any],
            grid: bool) -> Space:  # fmt: skip
     if isinstance(space, Space):
+        space.validate()  # as a space file's values are: one line, before any work
         return space
     if space is not None:
         return read_space(space, given)
@@ -195,19 +199,21 @@ def _optimize(
 
 
 def _tidy(study: Any, out: Path) -> None:
-    """Delete the run folders of finished trials that are not the best (a running trial's,
-    perhaps another worker's, is left alone)."""
+    """Delete the run folders of this study's finished trials that are not the best: those its
+    trials recorded as made on this machine in ``out/trials`` (a running trial's, perhaps
+    another worker's, is left alone, and so is every folder the study did not make: another
+    study's of a similar name or in another storage, sharing ``out``)."""
     from optuna.trial import TrialState
 
     best = best_trial(study)
-    states = {t.number: t.state for t in study.get_trials(deepcopy=False)}
-    for folder in sorted((out / "trials").glob(f"{study.study_name}-*")):
-        number = folder.name.rsplit("-", 1)[-1]
-        if not number.isdigit() or int(number) not in states:
+    trials = (out / "trials").resolve()
+    for t in study.get_trials(deepcopy=False):
+        run = t.user_attrs.get("run")
+        if not run or t.user_attrs.get("host") != HOST or t.state == TrialState.RUNNING:
             continue
-        keep = states[int(number)] == TrialState.RUNNING or (best and best.number == int(number))
-        if not keep:
-            shutil.rmtree(folder, ignore_errors=True)
+        if (best and best.number == t.number) or Path(run).parent != trials:
+            continue
+        shutil.rmtree(run, ignore_errors=True)
 
 
 def _results(study: Any, base: RunConfig, out: Path, url: str, keep_runs: bool) -> TuneResult:
@@ -310,16 +316,30 @@ def _quiet_trials() -> Iterator[None]:
         log.removeFilter(quiet)
 
 
+class _NoFailedTrialLines(logging.Filter):
+    """Optuna logs a failed trial as two warnings, the first with the exception's traceback;
+    the study says it in the trial's own line instead, and an error that stops the study is
+    the command's one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (message.startswith("Trial ") and " failed with" in message)
+
+
 @contextlib.contextmanager
 def _optuna_quiet() -> Iterator[None]:
-    """Optuna's own per-trial lines and experimental-feature warnings off, then as they were."""
+    """Optuna's own per-trial lines, failed-trial tracebacks and experimental-feature warnings
+    off, then as they were."""
     import optuna
 
     level = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    failures, quiet = logging.getLogger("optuna.study._optimize"), _NoFailedTrialLines()
+    failures.addFilter(quiet)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             yield
     finally:
+        failures.removeFilter(quiet)
         optuna.logging.set_verbosity(level)

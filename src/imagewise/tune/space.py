@@ -85,6 +85,24 @@ class Space:
         """The grid: every searched option's values (for Optuna's ``GridSampler``)."""
         return {p.name: p.grid() for p in self.params}
 
+    def validate(self, where: str = "the search space") -> None:
+        """Refuse, in one line naming the option, a value that no trial could train with (a
+        ``Space`` built in Python; a space file is checked as it is read).
+
+        Raises:
+            UserError: an unknown option, or a bound, choice or fixed value it refuses.
+        """
+        for p in self.params:
+            if p.name not in OPTIONS:
+                raise UserError(f"{where}: '{p.name}' is not a training option")
+            values = p.choices if p.kind == "categorical" else (p.low, p.high)
+            for value in values:
+                _checked(p.name, int(value) if p.kind == "int" else value, where)
+        for name, value in self.fixed.items():
+            if name not in OPTIONS:
+                raise UserError(f"{where}: '{name}' is not a training option")
+            _checked(name, value, where)
+
     def describe(self) -> dict[str, Any]:
         """A plain description (stored with the study, shown in the report)."""
         out: dict[str, Any] = {}

@@ -16,6 +16,7 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -84,34 +85,136 @@ def open_storage(url: str, tries: int = 5) -> Any:
     raise AssertionError("unreachable")
 
 
+def trial_seed(seed: int, number: int) -> int:
+    """The seed of trial ``number``'s draws in a study seeded with ``seed``."""
+    import numpy as np
+
+    return int(np.random.SeedSequence([seed % 2**63, number]).generate_state(1)[0])
+
+
+class TrialSeeded:
+    """An Optuna sampler made again for every trial, seeded by the study's seed and the trial's
+    number (``trial_seed``).
+
+    A sampler seeded once draws the same sequence in every process that makes it: a study run
+    again with more trials, or continued after a killed worker, drew exactly the settings of its
+    first trials again, and workers started with one seed drew each other's. The storage gives
+    every trial of a study its own number, so seeding each trial by its number gives every new
+    trial new draws, in whichever process it runs; and a new study run by one process draws
+    the same settings for the same seed each time (trial 0, 1, 2... get the same seeds). TPE
+    also conditions on the finished trials, as before.
+
+    Args:
+        make: a seed -> the sampler (``optuna.samplers.TPESampler(seed=...)``).
+        seed: the study's seed (``--seed``).
+    """
+
+    def __init__(self, make: Callable[[int], Any], seed: int) -> None:
+        self.make, self.seed = make, seed
+        self.current = make(trial_seed(seed, 0))
+
+    def before_trial(self, study: Any, trial: Any) -> None:
+        self.current = self.make(trial_seed(self.seed, trial.number))
+        self.current.before_trial(study, trial)
+
+    def infer_relative_search_space(self, study: Any, trial: Any) -> Any:
+        return self.current.infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study: Any, trial: Any, search_space: Any) -> Any:
+        return self.current.sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study: Any, trial: Any, name: str, distribution: Any) -> Any:
+        return self.current.sample_independent(study, trial, name, distribution)
+
+    def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
+        self.current.after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        self.current.reseed_rng()
+
+
 def make_sampler(name: str, seed: int, grid: dict[str, list[Any]] | None) -> Any:
-    """Optuna's sampler for ``tpe`` (Bayesian), ``random`` or ``grid``, seeded."""
+    """Optuna's sampler for ``tpe`` (Bayesian), ``random`` or ``grid``, seeded.
+
+    TPE and random draw each trial's settings from a seed of the study's seed and the trial's
+    number (``TrialSeeded``). Grid search keeps one seed: it shuffles the grid once with it and
+    gives trial N the N-th point, so every trial number, in any worker, gets its own point.
+    """
     import optuna
 
     if name == "grid":
         assert grid is not None
         return optuna.samplers.GridSampler(grid, seed=seed)
     if name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
+        return _trial_seeded(lambda s: optuna.samplers.RandomSampler(seed=s), seed)
     if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed)
+        return _trial_seeded(lambda s: optuna.samplers.TPESampler(seed=s), seed)
     raise UserError(f"--sampler must be {', '.join(SAMPLERS[:-1])} or {SAMPLERS[-1]}, not {name!r}")
+
+
+def _trial_seeded(make: Callable[[int], Any], seed: int) -> Any:
+    """A ``TrialSeeded`` that is an Optuna ``BaseSampler`` (Optuna imported only here)."""
+    import optuna
+
+    class Sampler(TrialSeeded, optuna.samplers.BaseSampler):
+        pass
+
+    return Sampler(make, seed)
+
+
+FIRST_JUDGED_EPOCH = 2  # no trial is judged on its first epoch, whatever its warm-up
 
 
 def make_pruner(name: str, trials: int, epochs: int | None) -> Any:
     """Optuna's pruner: ``median`` (stop a trial below the median of earlier trials at the
     same epoch, once a fifth of the trials, 1 to 5, have finished), ``hyperband`` or ``none``.
+
+    Neither judges a trial before ``FIRST_JUDGED_EPOCH``; each trial is also not judged before
+    the first epoch after its own learning-rate warm-up (``imagewise.tune.trial``): before it
+    a trial's accuracy says more about its warm-up than about its settings.
     """
     import optuna
 
     if name == "median":
-        startup = max(1, min(5, trials // 5))
-        return optuna.pruners.MedianPruner(n_startup_trials=startup, n_warmup_steps=0)
+        return optuna.pruners.MedianPruner(
+            n_startup_trials=median_startup(trials), n_warmup_steps=FIRST_JUDGED_EPOCH
+        )
     if name == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs or "auto")
     if name == "none":
         return optuna.pruners.NopPruner()
     raise UserError(f"--pruner must be {', '.join(PRUNERS[:-1])} or {PRUNERS[-1]}, not {name!r}")
+
+
+def median_startup(trials: int) -> int:
+    """Completed trials the median pruner waits for: a fifth of the study, 1 to 5."""
+    return max(1, min(5, trials // 5))
+
+
+def search_rules(sampler: str, seed: int, pruner: str, trials: int) -> list[str]:
+    """How the study samples and prunes, in the words ``imagewise tune`` prints at its start."""
+    if sampler == "grid":
+        draws = f"sampler: grid, in an order shuffled by seed {seed}"
+    else:
+        draws = (
+            f"sampler: {sampler}, each trial's draws seeded by seed {seed} and the trial's "
+            "number (a rerun or another worker draws new settings)"
+        )
+    after = (
+        "judged from the first epoch after the trial's learning-rate warm-up "
+        f"(epoch {FIRST_JUDGED_EPOCH} at the earliest)"
+    )
+    startup = median_startup(trials)
+    completed = "1 trial has" if startup == 1 else f"{startup} trials have"
+    rule = {
+        "median": (
+            "pruner: median: a trial stops when its validation accuracy is below the median "
+            f"of earlier trials at the same epoch, {after}, once {completed} completed"
+        ),
+        "hyperband": f"pruner: hyperband (successive halving over the epochs), {after}",
+        "none": "pruner: none: every trial trains all its epochs",
+    }[pruner]
+    return [draws, rule]
 
 
 def open_study(storage: Any, name: str, sampler: Any, pruner: Any) -> Any:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -12,31 +13,71 @@ from pathlib import Path
 from typing import Any
 
 from imagewise.config import RunConfig
+from imagewise.errors import UserError
 from imagewise.train.prepared import PreparedData
 from imagewise.tune.space import Space
-from imagewise.tune.study import HOST
+from imagewise.tune.study import FIRST_JUDGED_EPOCH, HOST
 
 log = logging.getLogger("imagewise")
 
 
 class ReportToPruner:
     """Hook: report each epoch's validation accuracy to the trial and stop the run when the
-    pruner says so; also times the trial's setup (its start to the first training step)."""
+    pruner says so; also times the trial's setup (its start to the first training step).
 
-    def __init__(self, trial: Any, started: float) -> None:
-        self.trial, self.started = trial, started
+    The pruner is first asked after the epoch that ends the run's learning-rate warm-up
+    (``warmup_epochs``), and never after the first epoch (``FIRST_JUDGED_EPOCH``): during the
+    warm-up a trial's accuracy mostly says how far its ramp has gone.
+    """
+
+    def __init__(self, trial: Any, started: float, run: Path) -> None:
+        self.trial, self.started, self.run = trial, started, run
         self.setup_seconds = float("nan")
         self.pruned_at = 0
+        self.first_judged = FIRST_JUDGED_EPOCH
 
     def on_train_start(self, state: Any) -> None:
         self.setup_seconds = time.perf_counter() - self.started
+        steps = len(state.parts.train_loader) if state.parts is not None else 0
+        warmup = warmup_epochs(self.run, steps)
+        self.first_judged = max(FIRST_JUDGED_EPOCH, warmup + 1)
+        self.trial.set_user_attr("first_judged_epoch", self.first_judged)
 
     def on_epoch_end(self, state: Any) -> None:
         self.trial.report(state.history[-1]["val_accuracy"], state.epoch)
-        if state.epoch < state.epochs and self.trial.should_prune():
+        judged = self.first_judged <= state.epoch < state.epochs
+        if judged and self.trial.should_prune():
             state.stop = True
             state.stop_reason = f"pruned by the study after epoch {state.epoch}"
             self.pruned_at = state.epoch
+
+
+def warmup_epochs(run: Path, steps_per_epoch: int) -> int:
+    """The epochs the run's learning-rate warm-up takes (a part epoch counts whole), read from
+    the resolved config it wrote (``train.warmup_steps``, in optimizer steps)."""
+    from imagewise.config import load_config_file
+    from imagewise.runtime.runs import RunFolder
+
+    path = RunFolder.of(run).config
+    if steps_per_epoch < 1 or not path.is_file():
+        return 0
+    steps = load_config_file(path).train.warmup_steps or 0
+    return math.ceil(steps / steps_per_epoch)
+
+
+def claim_run_folder(runs: Path, name: str) -> Path:
+    """A new, empty folder ``runs/name`` (``name-2``, ``name-3``... when taken), made here, so
+    that no two trials ever train into one folder: not two workers, and not two studies of the
+    same name in other storages sharing ``--out``."""
+    runs.mkdir(parents=True, exist_ok=True)
+    for n in range(1, 10_000):
+        folder = runs / (name if n == 1 else f"{name}-{n}")
+        try:
+            folder.mkdir()
+        except FileExistsError:
+            continue
+        return folder
+    raise UserError(f"'{runs}' holds 10,000 folders named {name}-N; use another --out")
 
 
 @dataclass
@@ -51,7 +92,7 @@ class Objective:
     base: RunConfig
     space: Space
     prepared: PreparedData
-    runs: Path  # trial run folders: runs / STUDY-NNNN
+    runs: Path  # trial run folders: runs / STUDY-NNNN (claim_run_folder)
     study_name: str
     grid: bool = False
     show_progress: bool = False
@@ -65,10 +106,10 @@ class Objective:
 
         started = time.perf_counter()
         params = self.space.suggest(trial, grid=self.grid)
-        run = self.runs / f"{self.study_name}-{trial.number:04d}"
+        run = claim_run_folder(self.runs, f"{self.study_name}-{trial.number:04d}")
         for key, value in (("host", HOST), ("pid", os.getpid()), ("run", str(run.resolve()))):
             trial.set_user_attr(key, value)
-        hook = ReportToPruner(trial, started)
+        hook = ReportToPruner(trial, started, run)
         cfg = copy.deepcopy(self.base)
         options = dict(params)
         model = str(params.get("model", cfg.model.name))
@@ -85,6 +126,9 @@ class Objective:
                 f"stopped in trial {trial.number}; run the same command again to continue the "
                 "study (the trial's settings are tried again)"
             ) from exc
+        except Exception as exc:  # its one line, for the trial's line and trials.csv
+            trial.set_user_attr("error", (str(exc).splitlines() or [type(exc).__name__])[0])
+            raise
         history = [row["epoch_seconds"] for row in _history(run)]
         trial.set_user_attr("epochs", result.epochs)
         trial.set_user_attr("planned_epochs", cfg.train.epochs or result.epochs)
@@ -120,8 +164,8 @@ def progress_line(study: Any, trial: Any) -> str:
         value = f"{steps[max(steps)]:.4f} at epoch {max(steps)}"
     elif trial.value is not None:
         value = f"{trial.value:.4f}"
-    else:  # failed: Optuna keeps the reason
-        value = (str(trial.system_attrs.get("fail_reason", "")).splitlines() or [""])[0][:100]
+    else:  # failed: the reason the objective recorded
+        value = str(trial.user_attrs.get("error", ""))[:100]
     best = best_trial(study)
     best_text = f"best {best.value:.4f} (trial {best.number})" if best else "best -"
     params = " ".join(f"{k}={_short(v)}" for k, v in trial.params.items())
