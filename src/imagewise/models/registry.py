@@ -18,6 +18,7 @@ import timm
 import torch
 from torch import nn
 
+from imagewise.edge.spec import Capabilities
 from imagewise.errors import UserError
 
 Builder = Callable[..., nn.Module]
@@ -120,6 +121,11 @@ def is_registered(name: str) -> bool:
 def get_entry(name: str) -> ModelEntry | None:
     """Return the registry entry for ``name``, or ``None`` when it is not registered."""
     return _REGISTRY.get(name)
+
+
+def model_capabilities(name: str) -> Capabilities:
+    """What the registry declares model ``name`` can do (timm models: everything)."""
+    return Capabilities.of(get_entry(name))
 
 
 def size_error(name: str, img_size: int) -> UserError:

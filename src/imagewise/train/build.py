@@ -19,8 +19,9 @@ from imagewise.data.transforms import BatchAugment
 from imagewise.edge.spec import InputContract
 from imagewise.errors import UserError
 from imagewise.runtime.device import measure_bf16_speedup
+from imagewise.train.auto import default_model, drop_last
 from imagewise.train.compile import CompiledWithFallback
-from imagewise.train.distill import make_task
+from imagewise.train.distillation import make_task
 from imagewise.train.distributed import broadcast_from_main
 from imagewise.train.loop import Components, TrainState
 from imagewise.train.optim import build_optimizer, build_scheduler
@@ -42,8 +43,6 @@ def build_model(
     from imagewise.models import create_model
 
     if cfg.model.name == "auto":  # train() chooses from the data first; this is for other callers
-        from imagewise.train.auto import default_model
-
         cfg.model.name = default_model(len(data.train), pre.img_size)
     model = create_model(
         cfg.model.name,
@@ -268,12 +267,6 @@ def measured_cpu_precision(
         "faster" if speedup >= 1 else "slower",
     )
     return torch.bfloat16 if faster else None
-
-
-def drop_last(images: int, global_batch: int) -> bool:
-    """Drop the last batch only when it is a small remainder (noisy steps, BatchNorm of 1)."""
-    remainder = images % global_batch
-    return images > global_batch and 0 < remainder < max(2, global_batch // 4)
 
 
 def model_kwargs(config: RunConfig) -> dict[str, Any]:

@@ -16,14 +16,15 @@ import torch
 from imagewise.config import RunConfig, save_config
 from imagewise.data.pipeline import make_loader
 from imagewise.data.sources import ImageData, Split
-from imagewise.edge.spec import Capabilities, InputContract, ModelSpec
+from imagewise.edge.spec import InputContract, ModelSpec
 from imagewise.io import atomic_write_text
+from imagewise.models.registry import model_capabilities
 from imagewise.runtime.checkpoint import load_checkpoint, save_checkpoint, save_weights
 from imagewise.runtime.meta import DataSummary, NetworkSpec, RunMeta
 from imagewise.runtime.records import Calibration, TrainingSummary
 from imagewise.runtime.runs import RunFolder
 from imagewise.train.build import model_kwargs
-from imagewise.train.distill import teacher_record
+from imagewise.train.distillation import teacher_record
 from imagewise.train.loop import Components, TrainState
 
 log = logging.getLogger("imagewise")
@@ -88,13 +89,6 @@ def build_meta(
 
 # Training precision in meta.json, by autocast dtype (None: float32).
 PRECISION_NAMES = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
-
-
-def model_capabilities(name: str) -> Capabilities:
-    """What the registry declares the model can do (timm models: everything)."""
-    from imagewise.models.registry import get_entry
-
-    return Capabilities.of(get_entry(name))
 
 
 def tta_views_of(config: RunConfig, img_size: int) -> dict[str, Any]:
