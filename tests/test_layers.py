@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -129,3 +130,55 @@ def test_resuming_a_finished_run_without_validation_keeps_its_selection(
     again = imagewise.train(out=run, resume=True, show_progress=False)  # no epochs left
     assert again.epochs == 1 and again.best_val_accuracy != again.best_val_accuracy  # NaN
     assert RunFolder.of(run).read_meta().training.selected_by == "train_loss"
+
+
+def _import_graph(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """benchmarks/import_graph.py, loaded from its file (benchmarks is no package)."""
+    import importlib.util
+    import sys
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "import_graph.py"
+    spec = importlib.util.spec_from_file_location("import_graph", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "import_graph", module)  # dataclasses look it up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_no_package_imports_its_own_files_in_a_circle(monkeypatch: pytest.MonkeyPatch) -> None:
+    result = _import_graph(monkeypatch).report()
+    assert result["modules"] > 100 and result["imports_by_place"]["function"] > 0
+    assert result["cycles_by_package"] == {} and result["cycles"] == 0
+
+
+def test_the_import_graph_finds_a_planted_circle(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    graph = _import_graph(monkeypatch)
+    files = {
+        "pkg/__init__.py": "",
+        "pkg/low.py": "X = 1\n",
+        # a relative import inside a function, and "from package import module"
+        "pkg/sub/__init__.py": "",
+        "pkg/sub/run.py": "def go():\n    from . import result\n",
+        "pkg/sub/result.py": (
+            "from typing import TYPE_CHECKING\n"
+            "from pkg import low\n"
+            "if TYPE_CHECKING:\n    from pkg.sub.run import go\n"
+        ),
+        # through the package's __init__: a name imported from the package itself
+        "pkg/stage/__init__.py": "def __getattr__(name):\n    from pkg.stage import a\n",
+        "pkg/stage/a.py": "from pkg.stage import helper\n",
+    }
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    result = graph.report(tmp_path / "pkg")
+    found = {p: [c["modules"] for c in cs] for p, cs in result["cycles_by_package"].items()}
+    assert found == {
+        "pkg.stage": [["pkg.stage", "pkg.stage.a"]],
+        "pkg.sub": [["pkg.sub.result", "pkg.sub.run"]],
+    }
+    assert graph.main(["--root", str(tmp_path / "pkg"), "--fail-on-cycles"]) == 1
+    assert graph.main(["--root", str(tmp_path / "pkg"), "--json"]) == 0
