@@ -182,3 +182,28 @@ def test_the_import_graph_finds_a_planted_circle(
     }
     assert graph.main(["--root", str(tmp_path / "pkg"), "--fail-on-cycles"]) == 1
     assert graph.main(["--root", str(tmp_path / "pkg"), "--json"]) == 0
+
+
+TINY_RUN = {"epochs": 1, "model": "lenet5", "batch_size": 8, "augment": "none"}
+
+
+def test_training_leaves_the_global_random_streams_as_it_found_them(
+    folder_data: Path, tmp_path: Path
+) -> None:
+    import random
+
+    import numpy as np
+
+    def seed_the_callers_streams() -> None:
+        random.seed(11)
+        np.random.seed(11)
+        torch.manual_seed(11)
+
+    def draws() -> tuple[float, float, float]:
+        return random.random(), float(np.random.random()), float(torch.rand(1))
+
+    seed_the_callers_streams()
+    expected = draws()
+    seed_the_callers_streams()
+    imagewise.train(str(folder_data), tmp_path / "r", seed=3, show_progress=False, **TINY_RUN)
+    assert draws() == expected and torch.initial_seed() == 11

@@ -6,7 +6,6 @@ schedule, augmentation, EMA, and the forward wrapper (DDP, torch.compile); and p
 from __future__ import annotations
 
 import logging
-import random
 from typing import Any
 
 import numpy as np
@@ -29,12 +28,6 @@ from imagewise.train.task import ClassificationTask, class_weights
 from imagewise.train.transfer import Freezer, lr_scales
 
 log = logging.getLogger("imagewise")
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def build_model(

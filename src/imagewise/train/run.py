@@ -28,6 +28,7 @@ from imagewise.runtime.device import resolve_device, resolve_precision
 from imagewise.runtime.logs import RankFilter
 from imagewise.runtime.meta import RunMeta
 from imagewise.runtime.runs import RunFolder, free_run_path
+from imagewise.runtime.seeding import kept_random_state, seed_everything
 from imagewise.runtime.threads import kept_threads
 from imagewise.runtime.world import DistInfo
 from imagewise.train.auto import adapt_defaults, choose_auto_model
@@ -36,7 +37,6 @@ from imagewise.train.build import (
     build_model,
     measured_cpu_precision,
     restore,
-    seed_everything,
     selection_metric,
     wants_cached_features,
 )
@@ -194,7 +194,8 @@ def train(
     cfg, folder = _resolve_config(
         data, Path(out) if out else None, config, config_file, recipe, options, resume
     )
-    with kept_threads(), RankFilter.installed(log):
+    # the run seeds the global generators; the caller's streams go on as they were afterwards
+    with kept_random_state(), kept_threads(), RankFilter.installed(log):
         # Joining the process group is a rendezvous: every rank has passed the checks above
         # before rank 0 writes anything.
         dist, device = init_distributed(resolve_device(cfg.train.device))
