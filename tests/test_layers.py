@@ -207,3 +207,14 @@ def test_training_leaves_the_global_random_streams_as_it_found_them(
     seed_the_callers_streams()
     imagewise.train(str(folder_data), tmp_path / "r", seed=3, show_progress=False, **TINY_RUN)
     assert draws() == expected and torch.initial_seed() == 11
+
+
+def test_training_plants_no_stub_modules(folder_data: Path, tmp_path: Path) -> None:
+    import sys
+
+    before = set(sys.modules)
+    imagewise.train(str(folder_data), tmp_path / "r", show_progress=False, **TINY_RUN)
+    # a module the import system loaded has a spec; one made by hand and put there has none
+    planted = [name for name in set(sys.modules) - before if sys.modules[name].__spec__ is None]
+    assert planted == [] and "tensorboard.compat.notf" not in sys.modules
+    assert any((tmp_path / "r" / "tensorboard").glob("events.out.tfevents.*"))

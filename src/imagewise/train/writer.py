@@ -6,8 +6,6 @@ of the best weights when training ends.
 from __future__ import annotations
 
 import logging
-import sys
-import types
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,6 +23,7 @@ from imagewise.runtime.records import Calibration, TrainingSummary
 from imagewise.runtime.runs import RunFolder
 from imagewise.train.build import model_kwargs
 from imagewise.train.distillation import teacher_record
+from imagewise.train.events import ScalarEvents
 from imagewise.train.loop import Components, TrainState
 
 log = logging.getLogger("imagewise")
@@ -103,20 +102,6 @@ def tta_views_of(config: RunConfig, img_size: int) -> dict[str, Any]:
     return views_for_training(bool(parts["hflip"]), float(parts["translate"]), img_size)
 
 
-def _tensorboard_without_tensorflow() -> None:
-    """Keep TensorBoard's writer from importing TensorFlow when it is installed.
-
-    The writer needs only TensorBoard's own stub to write event files, but where TensorFlow is
-    installed it imports it: seconds of start-up and absl lines on stderr in every run.
-    ``tensorboard.compat.notf`` is TensorBoard's own switch to the stub (its ``no_tensorflow``
-    build target). A process that already imported TensorFlow keeps using it.
-    """
-    if "tensorflow" not in sys.modules:
-        sys.modules.setdefault(
-            "tensorboard.compat.notf", types.ModuleType("tensorboard.compat.notf")
-        )
-
-
 class RunWriter:
     """Hook that keeps the run folder current: history, curves, best weights, last checkpoint."""
 
@@ -124,14 +109,11 @@ class RunWriter:
         self, folder: RunFolder, meta: RunMeta, parts: Components, config: RunConfig
     ) -> None:
         self.folder, self.meta, self.parts, self.config = folder, meta, parts, config
-        self.writer: Any = None
+        self.writer: ScalarEvents | None = None
 
     def on_train_start(self, state: TrainState) -> None:
-        _tensorboard_without_tensorflow()
         try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(str(self.folder.tensorboard))
+            self.writer = ScalarEvents(self.folder.tensorboard)
         except ImportError:  # tensorboard is a dependency, but a broken install must not stop us
             log.warning("tensorboard is not installed; no TensorBoard logs")
 
@@ -171,7 +153,7 @@ class RunWriter:
         self.close()
 
     def close(self) -> None:
-        """Close the TensorBoard writer (its thread and file), also when training failed."""
+        """Close the TensorBoard event file, also when training failed."""
         if self.writer is not None:
             self.writer.close()
             self.writer = None
