@@ -218,3 +218,27 @@ def test_training_plants_no_stub_modules(folder_data: Path, tmp_path: Path) -> N
     planted = [name for name in set(sys.modules) - before if sys.modules[name].__spec__ is None]
     assert planted == [] and "tensorboard.compat.notf" not in sys.modules
     assert any((tmp_path / "r" / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_an_atomic_write_gives_open_s_mode_without_touching_the_umask(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    from imagewise.io import atomic_write_text
+
+    def no_umask(mask: int) -> int:
+        raise AssertionError("os.umask changes the umask of every thread")
+
+    for mask, mode in ((0o022, 0o644), (0o027, 0o640), (0o002, 0o664)):
+        old = os.umask(mask)
+        try:
+            with monkeypatch.context() as patch:
+                patch.setattr(os, "umask", no_umask)
+                path = atomic_write_text(tmp_path / f"{mask:o}.txt", "x")
+            with open(tmp_path / f"open-{mask:o}.txt", "w") as f:  # what open() gives
+                f.write("x")
+        finally:
+            os.umask(old)
+        assert path.stat().st_mode & 0o777 == mode
+        assert (tmp_path / f"open-{mask:o}.txt").stat().st_mode & 0o777 == mode
