@@ -121,8 +121,8 @@ def extract(
         name = hog_features.describe(settings)
     else:
         name = layer or net.penultimate_name(model)
-        if layer:
-            net.resolve_layer(model, layer)  # a wrong name fails before any image is read
+        # looked up once for every batch; a wrong layer name fails before any image is read
+        embedder = net.Embedder(classifier, layer)
     start = time.perf_counter()
     kept: list[int] = []
     parts: list[np.ndarray] = []
@@ -133,7 +133,7 @@ def extract(
             if hog:
                 parts.append(hog_features.hog_batch(images, settings))
             else:
-                parts.append(net.embed(classifier, images, layer, batch_size))
+                parts.append(embedder(images, batch_size))
             kept.extend(index)
             bar.update(index[-1] + 1 - bar.n)
         bar.update(len(collection) - bar.n)  # unreadable files at the end
