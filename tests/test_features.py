@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -59,6 +60,32 @@ def test_features_are_deterministic_and_embed_agrees(
     pre = clf.preprocessing
     batch = torch.stack([read_image(p, pre.channels, pre.img_size) for p in feats.paths[:16]])
     assert embed(clf, batch).tobytes() == feats.features[:16].tobytes()
+
+
+def test_features_decode_with_the_edge_stream_and_look_the_network_up_once(
+    feats: Features, trained_run: Path, folder_data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from imagewise.edge import stream
+    from imagewise.features import collection
+    from imagewise.runtime import embedding
+
+    streams, embedders = [], []
+    real_read_ahead, real_init = stream.read_ahead, embedding.Embedder.__init__
+
+    def read_ahead(*args: Any, **kwargs: Any) -> Any:
+        streams.append(args[2])
+        return real_read_ahead(*args, **kwargs)
+
+    def init(self: Any, *args: Any, **kwargs: Any) -> None:
+        embedders.append(args)
+        real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(collection, "read_ahead", read_ahead)
+    monkeypatch.setattr(embedding.Embedder, "__init__", init)
+    again = imagewise.features(trained_run, str(folder_data), batch_size=16)
+    assert len(again) > 3 * 16  # several batches
+    assert streams == [16] and len(embedders) == 1
+    assert again.features.tobytes() == feats.features.tobytes() and again.skipped == feats.skipped
 
 
 def test_named_layer_is_pooled_and_a_wrong_name_lists_real_ones(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -129,3 +130,115 @@ def test_resuming_a_finished_run_without_validation_keeps_its_selection(
     again = imagewise.train(out=run, resume=True, show_progress=False)  # no epochs left
     assert again.epochs == 1 and again.best_val_accuracy != again.best_val_accuracy  # NaN
     assert RunFolder.of(run).read_meta().training.selected_by == "train_loss"
+
+
+def _import_graph(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """benchmarks/import_graph.py, loaded from its file (benchmarks is no package)."""
+    import importlib.util
+    import sys
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "import_graph.py"
+    spec = importlib.util.spec_from_file_location("import_graph", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "import_graph", module)  # dataclasses look it up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_no_package_imports_its_own_files_in_a_circle(monkeypatch: pytest.MonkeyPatch) -> None:
+    result = _import_graph(monkeypatch).report()
+    assert result["modules"] > 100 and result["imports_by_place"]["function"] > 0
+    assert result["cycles_by_package"] == {} and result["cycles"] == 0
+
+
+def test_the_import_graph_finds_a_planted_circle(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    graph = _import_graph(monkeypatch)
+    files = {
+        "pkg/__init__.py": "",
+        "pkg/low.py": "X = 1\n",
+        # a relative import inside a function, and "from package import module"
+        "pkg/sub/__init__.py": "",
+        "pkg/sub/run.py": "def go():\n    from . import result\n",
+        "pkg/sub/result.py": (
+            "from typing import TYPE_CHECKING\n"
+            "from pkg import low\n"
+            "if TYPE_CHECKING:\n    from pkg.sub.run import go\n"
+        ),
+        # through the package's __init__: a name imported from the package itself
+        "pkg/stage/__init__.py": "def __getattr__(name):\n    from pkg.stage import a\n",
+        "pkg/stage/a.py": "from pkg.stage import helper\n",
+    }
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    result = graph.report(tmp_path / "pkg")
+    found = {p: [c["modules"] for c in cs] for p, cs in result["cycles_by_package"].items()}
+    assert found == {
+        "pkg.stage": [["pkg.stage", "pkg.stage.a"]],
+        "pkg.sub": [["pkg.sub.result", "pkg.sub.run"]],
+    }
+    assert graph.main(["--root", str(tmp_path / "pkg"), "--fail-on-cycles"]) == 1
+    assert graph.main(["--root", str(tmp_path / "pkg"), "--json"]) == 0
+
+
+TINY_RUN = {"epochs": 1, "model": "lenet5", "batch_size": 8, "augment": "none"}
+
+
+def test_training_leaves_the_global_random_streams_as_it_found_them(
+    folder_data: Path, tmp_path: Path
+) -> None:
+    import random
+
+    import numpy as np
+
+    def seed_the_callers_streams() -> None:
+        random.seed(11)
+        np.random.seed(11)
+        torch.manual_seed(11)
+
+    def draws() -> tuple[float, float, float]:
+        return random.random(), float(np.random.random()), float(torch.rand(1))
+
+    seed_the_callers_streams()
+    expected = draws()
+    seed_the_callers_streams()
+    imagewise.train(str(folder_data), tmp_path / "r", seed=3, show_progress=False, **TINY_RUN)
+    assert draws() == expected and torch.initial_seed() == 11
+
+
+def test_training_plants_no_stub_modules(folder_data: Path, tmp_path: Path) -> None:
+    import sys
+
+    before = set(sys.modules)
+    imagewise.train(str(folder_data), tmp_path / "r", show_progress=False, **TINY_RUN)
+    # a module the import system loaded has a spec; one made by hand and put there has none
+    planted = [name for name in set(sys.modules) - before if sys.modules[name].__spec__ is None]
+    assert planted == [] and "tensorboard.compat.notf" not in sys.modules
+    assert any((tmp_path / "r" / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_an_atomic_write_gives_open_s_mode_without_touching_the_umask(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    from imagewise.io import atomic_write_text
+
+    def no_umask(mask: int) -> int:
+        raise AssertionError("os.umask changes the umask of every thread")
+
+    for mask, mode in ((0o022, 0o644), (0o027, 0o640), (0o002, 0o664)):
+        old = os.umask(mask)
+        try:
+            with monkeypatch.context() as patch:
+                patch.setattr(os, "umask", no_umask)
+                path = atomic_write_text(tmp_path / f"{mask:o}.txt", "x")
+            with open(tmp_path / f"open-{mask:o}.txt", "w") as f:  # what open() gives
+                f.write("x")
+        finally:
+            os.umask(old)
+        assert path.stat().st_mode & 0o777 == mode
+        assert (tmp_path / f"open-{mask:o}.txt").stat().st_mode & 0o777 == mode

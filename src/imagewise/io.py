@@ -7,6 +7,7 @@ translation of a full disk into one line that names the file.
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import os
 import tempfile
@@ -33,7 +34,24 @@ class DiskFull(UserError):
 
 
 def _umask() -> int:
-    mask = os.umask(0)
+    """The process's umask, read without changing it: ``os.umask`` can only be read by setting
+    it, which would race with files other threads create meanwhile. Linux shows it in
+    ``/proc/self/status`` (read at each write, so a umask the program sets later counts)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return _umask_once()
+
+
+@functools.cache
+def _umask_once() -> int:
+    """Where /proc does not show it: set and put back once, on the first write (0o077 in the
+    meantime: a file another thread creates then is private, not open to all)."""
+    mask = os.umask(0o077)
     os.umask(mask)
     return mask
 

@@ -9,14 +9,19 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from imagewise.audit.checker import AuditResult, check
+    from imagewise.audit.checker import check
+    from imagewise.audit.result import AuditResult
 
 __all__ = ["AuditResult", "check"]
 
 
 def __getattr__(name: str) -> Any:
-    if name in __all__:
-        from imagewise.audit import checker as module
+    if name == "check":
+        from imagewise.audit import checker
 
-        return getattr(module, name)
+        return checker.check
+    if name == "AuditResult":
+        from imagewise.audit import result
+
+        return result.AuditResult
     raise AttributeError(f"module 'imagewise.audit' has no attribute {name!r}")

@@ -10,7 +10,6 @@ import logging
 import os
 import time
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,90 +17,13 @@ import numpy as np
 
 from imagewise.audit import duplicates, labels
 from imagewise.audit.findings import file_findings, split_counts
+from imagewise.audit.result import KINDS, AuditResult
 from imagewise.audit.scan import SERIAL_BELOW, Scan, read_all, usable_cores
 from imagewise.data.sources import SPLITS, ImageData, resolve_source
 from imagewise.errors import UserError
-from imagewise.io import atomic_write, atomic_write_json, check_output_file, refuse_overwriting
+from imagewise.io import atomic_write_json, check_output_file, refuse_overwriting
 
 log = logging.getLogger("imagewise")
-
-KINDS = (
-    "unreadable",
-    "format_mismatch",
-    "tiny",
-    "size_outliers",
-    "modes",
-    "class_counts",
-    "exact_duplicates",
-    "near_duplicates",
-    "label_issues",
-)
-
-
-@dataclass
-class AuditResult:
-    """What ``check`` found: one list per kind of finding (see ``KINDS``), each entry naming its
-    files by path (or ``SOURCE:SPLIT/INDEX`` for built-in and IDX images)."""
-
-    source: str
-    kind: str
-    images: int
-    splits: dict[str, int]
-    findings: dict[str, list[dict[str, Any]]]
-    notes: list[str] = field(default_factory=list)
-    seconds: float = 0.0
-    scan: Scan | None = field(default=None, repr=False)
-    data: ImageData | None = field(default=None, repr=False)
-    flagged: set[int] = field(
-        default_factory=set, repr=False
-    )  # scan indices left out of a clean manifest
-
-    def __getitem__(self, kind: str) -> list[dict[str, Any]]:
-        return self.findings[kind]
-
-    def to_json(self) -> dict[str, Any]:
-        """The JSON report: the dataset, counts, notes and the lists of findings."""
-        return {
-            "source": self.source,
-            "kind": self.kind,
-            "images": self.images,
-            "splits": self.splits,
-            "seconds": round(self.seconds, 1),
-            "notes": self.notes,
-            **self.findings,
-        }
-
-    def summary(self) -> str:
-        """A few lines for the console: the count of each kind of finding."""
-        from imagewise.audit.findings import summary_lines
-
-        return "\n".join(summary_lines(self))
-
-    def write_clean(self, path: str | Path) -> int:
-        """Write a CSV manifest (``path,label[,split]``) of the images nothing flagged; returns
-        the number of rows. ``imagewise train`` reads it."""
-        import csv
-        import io
-
-        if self.scan is None or self.scan.in_memory:
-            raise UserError(
-                f"--write-clean needs a dataset of files; '{self.source}' is held in memory "
-                "(its images have no paths to list)"
-            )
-        scan = self.scan
-        with_split = any(s != "train" for s in scan.splits)
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(["path", "label", "split"] if with_split else ["path", "label"])
-        rows = 0
-        for i, name in enumerate(scan.names):
-            if i in self.flagged:
-                continue
-            row = [str(Path(name).resolve()), scan.classes[scan.labels[i]]]
-            writer.writerow([*row, scan.splits[i]] if with_split else row)
-            rows += 1
-        atomic_write(path, lambda tmp: Path(tmp).write_text(buffer.getvalue(), encoding="utf-8"))
-        return rows
 
 
 def _duplicate_entry(scan: Scan, members: list[int], **extra: Any) -> dict[str, Any]:

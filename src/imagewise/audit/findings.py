@@ -1,20 +1,16 @@
-"""Per-file findings (unreadable, format vs extension, tiny, size outliers, colour modes), class
-counts, and the console summary."""
+"""Per-file findings (unreadable, format vs extension, tiny, size outliers, colour modes) and
+class counts."""
 
 from __future__ import annotations
 
-from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from imagewise.audit.fingerprint import mode_name
 from imagewise.audit.scan import Scan
 from imagewise.data.sources import SPLITS
-
-if TYPE_CHECKING:
-    from imagewise.audit.checker import AuditResult
 
 TINY = 16  # an image with a side under 16 px holds too little to learn from
 OUTLIER_FACTOR = 16.0  # a size outlier has 16x more or fewer pixels than the median (4x a side)
@@ -116,35 +112,3 @@ def split_counts(scan: Scan) -> list[dict[str, Any]]:
             }
         )
     return out
-
-
-def _pairs_line(entries: list[dict[str, Any]], unit: str) -> str:
-    cross = sum(e["cross_split"] for e in entries)
-    conflict = sum(e["conflicting_labels"] for e in entries)
-    return (
-        f"{len(entries):,} {unit} ({cross:,} across splits, {conflict:,} with conflicting labels)"
-    )
-
-
-def summary_lines(result: AuditResult) -> list[str]:
-    """The console summary: one line per kind of finding, with counts."""
-    f = result.findings
-    splits = ", ".join(f"{s} {n:,}" for s, n in result.splits.items())
-    reasons = Counter(e["reason"] for e in f["unreadable"])
-    why = "; ".join(f"{r}: {n}" for r, n in reasons.most_common())
-    balance = ", ".join(f"{c['split']} {c['imbalance_ratio']:g}x" for c in f["class_counts"])
-    modes = ", ".join(f"{m['mode']} {m['count']:,}" for m in f["modes"])
-    lines = [
-        f"checked {result.images:,} images ({splits}) of {result.source} in {result.seconds:.0f}s",
-        f"  unreadable        {len(f['unreadable']):,}" + (f" ({why})" if why else ""),
-        f"  format mismatch   {len(f['format_mismatch']):,} (extension differs from the content)",
-        f"  tiny (<{TINY} px)     {len(f['tiny']):,}; size outliers {len(f['size_outliers']):,}"
-        f" (over {OUTLIER_FACTOR:g}x more or fewer pixels than the median)",
-        f"  colour modes      {modes or '-'}",
-        f"  class imbalance   {balance or '-'} (largest class / smallest)",
-        f"  exact duplicates  {_pairs_line(f['exact_duplicates'], 'groups')}",
-        f"  near duplicates   {_pairs_line(f['near_duplicates'], 'pairs')}",
-        f"  label issues      {len(f['label_issues']):,} likely wrong labels",
-    ]
-    lines += [f"  note: {n}" for n in result.notes]
-    return lines

@@ -15,7 +15,7 @@ from PIL import Image
 from imagewise.io import atomic_write_text
 
 if TYPE_CHECKING:
-    from imagewise.audit.checker import AuditResult
+    from imagewise.audit.result import AuditResult
 
 THUMB = 96  # thumbnail side in pixels
 SHOWN = 200  # entries of one kind shown on the page (the JSON has them all)

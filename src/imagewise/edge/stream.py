@@ -72,6 +72,7 @@ def read_ahead(
     *,
     key: Callable[[int, T], K],
     skippable: Callable[[K], bool] | None = None,
+    on_skip: Callable[[K, UserError], None] | None = None,
     select: Callable[[int], bool] | None = None,
     threads: int | None = None,
     ahead: int = 2,
@@ -86,6 +87,8 @@ def read_ahead(
         key: (position in ``items``, item) -> the key the batch carries for it (its name).
         skippable: for the keys this returns True for, an unreadable item is skipped with a
             warning; others raise the ``UserError`` (in order, when the consumer reaches it).
+        on_skip: called with the key and the error of each skipped item, in order, in the
+            consumer's thread, instead of the warning (to word it, or to keep a list).
         select: which batch indices to decode (None: all); the others' items are not read.
         threads: reader threads (None: ``reader_threads()``; 0: read in the calling thread,
             one batch at a time, no threads at all).
@@ -103,10 +106,11 @@ def read_ahead(
     threads = reader_threads() if threads is None else threads
     if threads <= 0:
         for index, pairs in chunks:
-            if batch := _collect(index, [(k, _done(read, item)) for k, item in pairs], skippable):
+            pending = [(k, _done(read, item)) for k, item in pairs]
+            if batch := _collect(index, pending, skippable, on_skip):
                 yield batch
         return
-    yield from _threaded(read, chunks, skippable, threads, max(1, ahead))
+    yield from _threaded(read, chunks, skippable, on_skip, threads, max(1, ahead))
 
 
 def _chunks(
@@ -140,6 +144,7 @@ def _collect(
     index: int,
     pending: list[tuple[K, Future[np.ndarray]]],
     skippable: Callable[[K], bool] | None,
+    on_skip: Callable[[K, UserError], None] | None = None,
 ) -> Batch[K] | None:
     """Wait for one batch's reads; skip the unreadable items that may be skipped."""
     arrays, keys = [], []
@@ -149,7 +154,10 @@ def _collect(
         except UserError as exc:
             if skippable is None or not skippable(k):
                 raise
-            log.warning("skipped: %s", str(exc).split(";")[0])
+            if on_skip is None:
+                log.warning("skipped: %s", str(exc).split(";")[0])
+            else:
+                on_skip(k, exc)
             continue
         keys.append(k)
     return Batch(index, np.stack(arrays), keys) if arrays else None
@@ -162,6 +170,7 @@ def _threaded(
     read: Callable[[T], np.ndarray],
     chunks: Iterator[tuple[int, list[tuple[K, T]]]],
     skippable: Callable[[K], bool] | None,
+    on_skip: Callable[[K, UserError], None] | None,
     threads: int,
     ahead: int,
 ) -> Iterator[Batch[K]]:
@@ -211,7 +220,7 @@ def _threaded(
             if isinstance(entry, BaseException):
                 raise entry
             index, pending = entry  # type: ignore[misc]
-            if batch := _collect(index, pending, skippable):
+            if batch := _collect(index, pending, skippable, on_skip):
                 yield batch
     finally:
         stop.set()

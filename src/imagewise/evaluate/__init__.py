@@ -9,14 +9,19 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from imagewise.evaluate.compare import compare_runs
-    from imagewise.evaluate.evaluation import Evaluation, evaluate, write_evaluation
+    from imagewise.evaluate.evaluation import evaluate, write_evaluation
+    from imagewise.evaluate.result import Evaluation
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("Evaluation", "evaluate", "write_evaluation"):
+    if name in ("evaluate", "write_evaluation"):
         from imagewise.evaluate import evaluation
 
         return getattr(evaluation, name)
+    if name in ("Evaluation",):
+        from imagewise.evaluate import result
+
+        return result.Evaluation
     if name in ("compare_runs",):
         from imagewise.evaluate import compare
 

@@ -60,7 +60,7 @@ def measure_latency(
 def _metrics(run: Path, data: str | None) -> Metrics:
     """The run's evaluation: the stored one when it is current (an older or damaged file is
     evaluated again), a fresh one otherwise."""
-    from imagewise.evaluate import evaluate
+    from imagewise.evaluate.evaluation import evaluate
 
     stored = RunFolder.of(run).eval_dir / "metrics.json"
     if data is None and stored.is_file():

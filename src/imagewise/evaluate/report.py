@@ -25,7 +25,7 @@ from imagewise.runtime.meta import RunMeta
 from imagewise.runtime.runs import RunFolder
 
 if TYPE_CHECKING:
-    from imagewise.evaluate import Evaluation
+    from imagewise.evaluate.result import Evaluation
     from imagewise.predict.base import Classifier
 
 log = logging.getLogger("imagewise")

@@ -9,20 +9,21 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from imagewise.features.extraction import Features, features
+    from imagewise.features.extraction import features
     from imagewise.features.index import Index, load_index
-    from imagewise.features.similarity import Match, QueryMatches, SimilarResult, similar
+    from imagewise.features.result import Features, Match, QueryMatches, SimilarResult
+    from imagewise.features.similarity import similar
     from imagewise.runtime.embedding import embed
 
 _MODULES = {
     "embed": "imagewise.runtime.embedding",
-    "Features": "extraction",
+    "Features": "result",
     "features": "extraction",
     "Index": "index",
     "load_index": "index",
-    "Match": "similarity",
-    "QueryMatches": "similarity",
-    "SimilarResult": "similarity",
+    "Match": "result",
+    "QueryMatches": "result",
+    "SimilarResult": "result",
     "similar": "similarity",
 }
 

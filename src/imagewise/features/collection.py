@@ -3,7 +3,8 @@
 A built-in name, a folder of class folders, an IDX folder or a CSV manifest is read with
 ``imagewise.data.sources.resolve_source`` (labelled, in splits); a folder with images directly
 in it, image files and globs are unlabelled (label ''). Images are decoded a batch at a time,
-with the model's channels and size, the next batch decoding while the model runs this one.
+with the model's channels and size, in reader threads while the model runs the batch before
+(``imagewise.edge.stream.read_ahead``).
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import glob
 import hashlib
 import logging
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +25,7 @@ from imagewise.data.decode import (
     read_image,
     resize_tensor_images,
 )
+from imagewise.edge.stream import read_ahead
 from imagewise.errors import UserError
 
 log = logging.getLogger("imagewise")
@@ -92,33 +93,35 @@ class Collection:
         crop_pct: float = 1.0,
     ) -> Iterator[tuple[list[int], torch.Tensor]]:
         """(indices, uint8 batch) in order; unreadable files are skipped, logged and recorded
-        in ``skipped``. Files decode on two threads, one batch ahead."""
+        in ``skipped``. Files decode in reader threads ahead of the consumer
+        (``imagewise.edge.stream.read_ahead``, as prediction reads them)."""
 
-        def load(i: int) -> torch.Tensor | None:
+        def read(i: int) -> np.ndarray:
             try:
-                return self.image(i, channels, size, interpolation, crop_pct)
+                return self.image(i, channels, size, interpolation, crop_pct).numpy()
             except UnreadableImageError as exc:
-                log.warning("skipped unreadable image %s (%s)", exc.path, exc.reason)
-                self.skipped.append((exc.path, exc.reason))
-                return None
+                raise _Unreadable(exc) from exc
 
-        starts = range(0, len(self), batch_size)
-        with ThreadPoolExecutor(max_workers=2) as pool:
+        def skip(i: int, error: UserError) -> None:
+            if not isinstance(error, _Unreadable):
+                raise error  # only a file that cannot be decoded is skipped
+            log.warning("skipped unreadable image %s (%s)", error.path, error.reason)
+            self.skipped.append((error.path, error.reason))
 
-            def submit(start: int) -> list:
-                return [
-                    pool.submit(load, i) for i in range(start, min(start + batch_size, len(self)))
-                ]
+        batches = read_ahead(
+            read, range(len(self)), batch_size, key=lambda position, i: i,
+            skippable=lambda i: True, on_skip=skip,
+        )  # fmt: skip
+        for batch in batches:
+            yield batch.keys, torch.from_numpy(batch.images)
 
-            pending = submit(0) if len(self) else []
-            for start in starts:
-                futures = pending
-                pending = submit(start + batch_size) if start + batch_size < len(self) else []
-                images = [f.result() for f in futures]
-                kept = [i for i, img in enumerate(images) if img is not None]
-                if kept:
-                    batch = torch.stack([images[i] for i in kept])  # type: ignore[misc]
-                    yield [start + i for i in kept], batch
+
+class _Unreadable(UserError):
+    """An image ``batches`` skips (``read_ahead`` skips ``UserError``s), with its path and why."""
+
+    def __init__(self, exc: UnreadableImageError) -> None:
+        super().__init__(str(exc))
+        self.path, self.reason = exc.path, exc.reason
 
 
 def match_channels(images: torch.Tensor, channels: int) -> torch.Tensor:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,62 +17,9 @@ import numpy as np
 
 from imagewise.errors import UserError
 from imagewise.features.collection import Collection, resolve_collection
+from imagewise.features.result import Features
 
 OUTPUT_SUFFIXES = (".npz", ".parquet")
-
-
-@dataclass
-class Features:
-    """Features of a collection of images, one row per image that could be read.
-
-    Attributes:
-        features: float32 (N, D).
-        paths: file paths (or ``fashion-mnist:test/12`` for in-memory images).
-        labels: class names; '' for unlabelled images.
-        splits: the split each image came from (train / val / test; '' when unlabelled).
-        classes: the dataset's class names ([] when unlabelled).
-        layer: what the features are (``penultimate (input of fc)``, ``layer3``, ``hog (...)``).
-        model: the run's model name.
-        run: the run folder.
-        skipped: (path, reason) of unreadable files left out.
-        seconds: time taken to read and embed.
-    """
-
-    features: np.ndarray
-    paths: list[str]
-    labels: list[str]
-    splits: list[str]
-    classes: list[str]
-    layer: str
-    model: str
-    run: str
-    skipped: list[tuple[str, str]] = field(default_factory=list)
-    seconds: float = 0.0
-    files: dict[str, Path] = field(default_factory=dict)
-
-    @property
-    def dim(self) -> int:
-        return int(self.features.shape[1]) if self.features.ndim == 2 else 0
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def label_indices(self) -> np.ndarray:
-        """Class index of each row (-1 for unlabelled rows)."""
-        lookup = {c: i for i, c in enumerate(self.classes)}
-        return np.array([lookup.get(label, -1) for label in self.labels], dtype=np.int64)
-
-    def save(self, path: str | Path) -> Path:
-        """Write ``.npz`` or ``.parquet`` (by the suffix), atomically."""
-        from imagewise.features.store import save_features
-
-        return save_features(self, path)
-
-    def draw_map(self, path: str | Path, method: str = "pca") -> Path:
-        """A 2-D map of the features (``pca`` or ``tsne``), coloured by class, as PNG."""
-        from imagewise.features.projection import draw_map
-
-        return draw_map(self, path, method)
 
 
 def check_output(path: str | Path | None, suffixes: Sequence[str] | None, flag: str) -> None:
@@ -175,8 +121,8 @@ def extract(
         name = hog_features.describe(settings)
     else:
         name = layer or net.penultimate_name(model)
-        if layer:
-            net.resolve_layer(model, layer)  # a wrong name fails before any image is read
+        # looked up once for every batch; a wrong layer name fails before any image is read
+        embedder = net.Embedder(classifier, layer)
     start = time.perf_counter()
     kept: list[int] = []
     parts: list[np.ndarray] = []
@@ -187,7 +133,7 @@ def extract(
             if hog:
                 parts.append(hog_features.hog_batch(images, settings))
             else:
-                parts.append(net.embed(classifier, images, layer, batch_size))
+                parts.append(embedder(images, batch_size))
             kept.extend(index)
             bar.update(index[-1] + 1 - bar.n)
         bar.update(len(collection) - bar.n)  # unreadable files at the end

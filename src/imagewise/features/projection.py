@@ -6,15 +6,12 @@ seeded random sample of that many is drawn (and the title says so). Both are see
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from imagewise.errors import UserError
-
-if TYPE_CHECKING:
-    from imagewise.features.extraction import Features
 
 METHODS = ("pca", "tsne")
 TSNE_MAX_POINTS = 10_000
@@ -44,27 +41,32 @@ def project(x: np.ndarray, method: str = "pca", seed: int = 0) -> np.ndarray:
     return tsne.fit_transform(x)
 
 
-def draw_map(result: Features, path: str | Path, method: str = "pca") -> Path:
-    """Draw ``result``'s features in 2-D, coloured by class with a legend, to ``path`` (PNG)."""
+def draw_map(
+    features: np.ndarray, labels: Sequence[str], classes: Sequence[str], path: str | Path,
+    method: str = "pca", title: str = "",
+) -> Path:  # fmt: skip
+    """Draw ``features`` (N x D) in 2-D, coloured by ``labels`` ('' for unlabelled) with a
+    legend in the order of ``classes``, to ``path`` (PNG); ``title`` opens the figure's title
+    (``Features.draw_map``: the model and layer)."""
     from imagewise.figures import new_figure, save_figure
 
     check_method(method)
-    rows = np.arange(len(result))
+    rows = np.arange(len(labels))
     note = ""
     if method == "tsne" and len(rows) > TSNE_MAX_POINTS:
         rows = np.sort(np.random.default_rng(0).choice(rows, TSNE_MAX_POINTS, replace=False))
-        note = f", a random {TSNE_MAX_POINTS:,} of {len(result):,}"
-    points = project(result.features[rows], method)
-    labels = np.array(result.labels, dtype=object)[rows]
+        note = f", a random {TSNE_MAX_POINTS:,} of {len(labels):,}"
+    points = project(features[rows], method)
+    shown = np.array(labels, dtype=object)[rows]
     fig = new_figure(7.5, 6)
     ax = fig.add_subplot(1, 1, 1)
-    names = [c for c in result.classes if c in set(labels)] + (
-        ["(unlabelled)"] if (labels == "").any() else []
+    names = [c for c in classes if c in set(shown)] + (
+        ["(unlabelled)"] if (shown == "").any() else []
     )
     colours = _palette(len(names))
     size = max(2.0, min(20.0, 4000 / max(1, len(rows))))
     for name, colour in zip(names, colours, strict=True):
-        mask = labels == ("" if name == "(unlabelled)" else name)
+        mask = shown == ("" if name == "(unlabelled)" else name)
         ax.scatter(points[mask, 0], points[mask, 1], s=size, color=colour, label=name, alpha=0.7,
                    linewidths=0)  # fmt: skip
     if len(names) > 1 or names != ["(unlabelled)"]:
@@ -74,8 +76,7 @@ def draw_map(result: Features, path: str | Path, method: str = "pca") -> Path:
     ax.set_xlabel(f"{axis}1")
     ax.set_ylabel(f"{axis}2")
     ax.set_title(
-        f"{result.model}, {result.layer}: {method.upper() if method == 'pca' else 't-SNE'} of "
-        f"{len(rows):,} images{note}",
+        f"{title}: {method.upper() if method == 'pca' else 't-SNE'} of {len(rows):,} images{note}",
         fontsize=9,
     )
     return save_figure(fig, path)

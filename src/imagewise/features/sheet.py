@@ -11,15 +11,13 @@ import base64
 import html
 import io
 import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from PIL import Image, ImageOps
 
 from imagewise.data.decode import normalize_mode
-
-if TYPE_CHECKING:
-    from imagewise.features.similarity import SimilarResult
 
 THUMB = 112
 _IN_MEMORY = re.compile(r"^(?P<source>[^:]+):(?P<split>train|val|test)/(?P<index>\d+)$")
@@ -36,6 +34,24 @@ img { width: 112px; height: 112px; object-fit: contain; background: #f4f4f4;
 figcaption { word-break: break-all; } .sim { font-weight: 600; } .label { color: #0a5; }
 .missing { width: 112px; height: 112px; background: #fdd; display: grid; place-items: center; }
 """
+
+
+class MatchLike(Protocol):
+    """What the sheet shows of a match (``imagewise.features.Match``)."""
+
+    rank: int
+    similarity: float
+    path: str
+    label: str
+
+
+class QueryLike(Protocol):
+    """What the sheet shows of a query (``imagewise.features.QueryMatches``)."""
+
+    query: str
+
+    @property
+    def matches(self) -> Sequence[MatchLike]: ...
 
 
 class _Thumbnails:
@@ -99,12 +115,12 @@ def _figure(src: str | None, caption: str, title: str, css: str = "") -> str:
     return f'<figure class="{css}">{img}<figcaption>{caption}</figcaption></figure>'
 
 
-def contact_sheet(result: SimilarResult) -> str:
-    """The search result as one HTML page with inlined thumbnails."""
+def contact_sheet(queries: Sequence[QueryLike], info: Mapping[str, Any]) -> str:
+    """A search's ``queries`` with their matches as one HTML page with inlined thumbnails;
+    ``info``: the index's ``index.json`` (``SimilarResult.format("html")`` calls it)."""
     thumbs = _Thumbnails()
-    info = result.index_info
     rows = []
-    for q in result.queries:
+    for q in queries:
         cells = [_figure(thumbs(q.query), f"query<br>{html.escape(_short(q.query))}", q.query,
                          "query")]  # fmt: skip
         for m in q.matches:
@@ -116,7 +132,7 @@ def contact_sheet(result: SimilarResult) -> str:
             cells.append(_figure(thumbs(m.path), caption, m.path))
         rows.append(f'<div class="row">{"".join(cells)}</div>')
     meta = (
-        f"{len(result.queries)} queries, {len(result.queries[0].matches) if result.queries else 0}"
+        f"{len(queries)} queries, {len(queries[0].matches) if queries else 0}"
         f" matches each, cosine similarity of {html.escape(str(info.get('layer')))} of "
         f"{html.escape(str(info.get('model')))} ({html.escape(str(info.get('run')))}); index of "
         f"{info.get('count')} images from {html.escape(str(info.get('data')))}, "

@@ -8,106 +8,14 @@ given an index folder, it is used as it is.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from imagewise.errors import UserError
 from imagewise.features.index import Index
-
-FORMATS = ("table", "json", "html")
-
-
-@dataclass
-class Match:
-    rank: int
-    similarity: float
-    path: str
-    label: str
-
-
-@dataclass
-class QueryMatches:
-    query: str
-    matches: list[Match]
-
-
-@dataclass
-class SimilarResult:
-    """The nearest images of each query, best first, and the index they came from.
-
-    Attributes:
-        queries: one entry per query image, with its ``k`` matches.
-        index: the index's folder; ``index_info`` its ``index.json``.
-        built: True when the index was built by this call, False when a saved one was reused.
-        build_seconds: time to embed the collection and write the index (0 when reused).
-        search_seconds: time to embed the queries and search.
-    """
-
-    queries: list[QueryMatches]
-    index: Path
-    index_info: dict[str, Any]
-    built: bool
-    build_seconds: float = 0.0
-    search_seconds: float = 0.0
-    skipped: list[tuple[str, str]] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        info = self.index_info
-        return {
-            "index": str(self.index),
-            "model": info.get("model"),
-            "layer": info.get("layer"),
-            "backend": info.get("backend"),
-            "count": info.get("count"),
-            "queries": [
-                {
-                    "query": q.query,
-                    "matches": [
-                        {
-                            "rank": m.rank,
-                            "similarity": round(m.similarity, 6),
-                            "path": m.path,
-                            "label": m.label,
-                        }
-                        for m in q.matches
-                    ],
-                }
-                for q in self.queries
-            ],
-        }
-
-    def write(self, path: str | Path, fmt: str = "table") -> Path:
-        """Write the result as ``fmt`` to ``path``, atomically."""
-        from imagewise.io import atomic_write_text
-
-        try:
-            return atomic_write_text(path, self.format(fmt) + "\n")
-        except OSError as exc:
-            raise UserError(f"cannot write '{path}': {exc.strerror or exc}") from exc
-
-    def format(self, fmt: str = "table") -> str:
-        """The result as a text table, JSON, or a self-contained HTML contact sheet."""
-        if fmt not in FORMATS:
-            raise UserError(f"unknown format '{fmt}'; choose {', '.join(FORMATS)}")
-        if fmt == "json":
-            return json.dumps(self.to_dict(), indent=2, ensure_ascii=False)
-        if fmt == "html":
-            from imagewise.features.sheet import contact_sheet
-
-            return contact_sheet(self)
-        lines = []
-        for q in self.queries:
-            lines += [f"query: {q.query}", f"{'rank':>4}  {'similarity':>10}  {'label':<16}  path"]
-            lines += [
-                f"{m.rank:>4}  {m.similarity:>10.4f}  {m.label or '-':<16}  {m.path}"
-                for m in q.matches
-            ]
-            lines.append("")
-        return "\n".join(lines).rstrip("\n")
+from imagewise.features.result import Match, QueryMatches, SimilarResult
 
 
 def similar(

@@ -10,22 +10,36 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import NamedTuple
 
 import numpy as np
 
 from imagewise.errors import UserError
 from imagewise.io import atomic_write
 
-if TYPE_CHECKING:
-    from imagewise.features.extraction import Features
+
+class _Table(NamedTuple):
+    """What a feature file holds (``imagewise.features.Features``' fields)."""
+
+    features: np.ndarray
+    paths: list[str]
+    labels: list[str]
+    splits: list[str]
+    classes: list[str]
+    layer: str
+    model: str
+    run: str
+
+    @property
+    def dim(self) -> int:
+        return int(self.features.shape[1]) if self.features.ndim == 2 else 0
 
 
 def _strings(values: list[str]) -> np.ndarray:
     return np.array(values, dtype=str) if values else np.zeros(0, dtype="<U1")
 
 
-def _write_npz(result: Features, tmp: str) -> None:
+def _write_npz(result: _Table, tmp: str) -> None:
     with open(tmp, "wb") as f:
         np.savez(
             f,
@@ -41,7 +55,7 @@ def _write_npz(result: Features, tmp: str) -> None:
         )
 
 
-def _write_parquet(result: Features, tmp: str) -> None:
+def _write_parquet(result: _Table, tmp: str) -> None:
     try:
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -68,8 +82,13 @@ def _write_parquet(result: Features, tmp: str) -> None:
     pq.write_table(table, tmp)
 
 
-def save_features(result: Features, path: str | Path) -> Path:
-    """Write ``result`` to ``path`` (``.npz`` or ``.parquet``) atomically."""
+def save_features(
+    path: str | Path, features: np.ndarray, *, paths: list[str], labels: list[str],
+    splits: list[str], classes: list[str], layer: str, model: str, run: str,
+) -> Path:  # fmt: skip
+    """Write the features (float32 N x D) and what they are to ``path`` (``.npz`` or
+    ``.parquet``) atomically; ``Features.save`` calls it."""
+    result = _Table(features, paths, labels, splits, classes, layer, model, run)
     suffix = Path(path).suffix.lower()
     writers = {".npz": _write_npz, ".parquet": _write_parquet}
     if suffix not in writers:

@@ -11,7 +11,8 @@ from imagewise.models import (  # noqa: F401  (registers)
     resnet9,
     timm_family,
 )
-from imagewise.models.registry import create_model, is_registered, list_models, register_model
+from imagewise.models.factory import create_model
+from imagewise.models.registry import is_registered, list_models, register_model
 from imagewise.models.summary import count_flops, count_parameters, describe_models
 
 __all__ = [

@@ -111,7 +111,7 @@ def check_pretrained(
     """
     from timm.data import ImageNetInfo
 
-    from imagewise.models.registry import create_model
+    from imagewise.models.factory import create_model
     from imagewise.models.weights import (
         file_weights,
         load_into,

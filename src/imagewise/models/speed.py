@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from imagewise.errors import UserError
-from imagewise.models.registry import create_model
+from imagewise.models.factory import create_model
 
 
 @dataclass(frozen=True)

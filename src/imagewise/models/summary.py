@@ -9,7 +9,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-from imagewise.models.registry import create_model, get_entry, list_models
+from imagewise.models.factory import create_model
+from imagewise.models.registry import get_entry, list_models
 
 _aten = torch.ops.aten
 

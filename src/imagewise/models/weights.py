@@ -26,6 +26,7 @@ from torch import nn
 
 from imagewise.config import DataConfig
 from imagewise.errors import UserError
+from imagewise.models.registry import TIMM_PREFIX, get_entry
 
 # Wrappers that training scripts put around a state dict, and prefixes DDP / compile add.
 _NESTED = ("state_dict", "model", "model_state", "model_state_dict", "module")
@@ -145,8 +146,6 @@ def hub_name(name: str) -> str | None:
 
     Registry entries name it (``register_model(..., hub=...)``); other names are timm's own.
     """
-    from imagewise.models.registry import TIMM_PREFIX, get_entry
-
     entry = None if name.startswith(TIMM_PREFIX) else get_entry(name)
     if entry is not None:
         return entry.hub or None

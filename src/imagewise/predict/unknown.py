@@ -245,14 +245,15 @@ def penultimate(model: ImageModel) -> Callable[[np.ndarray], np.ndarray]:
     """
     import torch
 
-    from imagewise.runtime.embedding import embed
+    from imagewise.runtime.embedding import Embedder
 
     if not isinstance(getattr(model, "model", None), torch.nn.Module):
         raise UserError(
             f"--ood knn needs a run folder's network with penultimate features, which "
             f"{model.name} does not give; use --ood energy"
         )
-    return lambda images: embed(model, torch.from_numpy(np.ascontiguousarray(images)))
+    embedder = Embedder(model)  # the network looked up once, for every batch
+    return lambda images: embedder(torch.from_numpy(np.ascontiguousarray(images)))
 
 
 def resolve_ood(model: ImageModel, run: str | Path, ood: str | None) -> OodScorer | None:

@@ -124,7 +124,49 @@ def _hooked(model: nn.Module, module: nn.Module, x: torch.Tensor, inputs: bool) 
     return seen[0]
 
 
-@torch.no_grad()
+class Embedder:
+    """``embed`` for many batches of one classifier: the network, the layer and the device are
+    looked up once, when it is made (a wrong layer name fails then, before any image is read).
+
+    Args:
+        classifier: a classifier loaded from a run folder (``imagewise.load(run)``).
+        layer: ``None`` for the penultimate layer, or a module's dotted name (see ``embed``).
+    """
+
+    def __init__(self, classifier: Any, layer: str | None = None) -> None:
+        self.model = network_of(classifier)
+        self.preprocessing = classifier.preprocessing
+        self.module = resolve_layer(self.model, layer) if layer else None
+        self.device = next(self.model.parameters(), torch.empty(0)).device
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor, batch_size: int = 256) -> np.ndarray:
+        """float32 (N, D) features of uint8 images (N, C, H, W), ``batch_size`` a forward."""
+        model, pre = self.model, self.preprocessing
+        if images.ndim != 4 or images.shape[1] != pre.channels:
+            raise UserError(
+                f"expected uint8 images (N, {pre.channels}, H, W) for this model, "
+                f"got {tuple(images.shape)}"
+            )
+        was_training = model.training
+        model.eval()
+        out = []
+        try:
+            for start in range(0, len(images), batch_size):
+                x = normalize(pre, images[start : start + batch_size]).to(self.device)
+                x = x.contiguous(memory_format=torch.channels_last)
+                if self.module is None:
+                    y = _penultimate(model, x)
+                else:
+                    y = _hooked(model, self.module, x, False)
+                out.append(pool(y).cpu().numpy())
+        finally:
+            model.train(was_training)
+        if not out:
+            return np.zeros((0, 0), dtype=np.float32)
+        return np.ascontiguousarray(np.concatenate(out), dtype=np.float32)
+
+
 def embed(
     classifier: Any, images: torch.Tensor, layer: str | None = None, batch_size: int = 256
 ) -> np.ndarray:
@@ -144,27 +186,7 @@ def embed(
         >>> clf = imagewise.load("runs/fm")  # doctest: +SKIP
         >>> embed(clf, images).shape  # doctest: +SKIP
         (100, 128)
+
+    For many batches, ``Embedder(classifier, layer)`` looks the network and layer up once.
     """
-    model = network_of(classifier)
-    pre = classifier.preprocessing
-    if images.ndim != 4 or images.shape[1] != pre.channels:
-        raise UserError(
-            f"expected uint8 images (N, {pre.channels}, H, W) for this model, "
-            f"got {tuple(images.shape)}"
-        )
-    module = resolve_layer(model, layer) if layer else None
-    device = next(model.parameters(), torch.empty(0)).device
-    was_training = model.training
-    model.eval()
-    out = []
-    try:
-        for start in range(0, len(images), batch_size):
-            x = normalize(pre, images[start : start + batch_size]).to(device)
-            x = x.contiguous(memory_format=torch.channels_last)
-            y = _penultimate(model, x) if module is None else _hooked(model, module, x, False)
-            out.append(pool(y).cpu().numpy())
-    finally:
-        model.train(was_training)
-    if not out:
-        return np.zeros((0, 0), dtype=np.float32)
-    return np.ascontiguousarray(np.concatenate(out), dtype=np.float32)
+    return Embedder(classifier, layer)(images, batch_size)

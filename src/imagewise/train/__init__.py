@@ -17,15 +17,20 @@ if TYPE_CHECKING:
         fit,
         train_one_epoch,
     )
-    from imagewise.train.run import TrainResult, train
+    from imagewise.train.result import TrainResult
+    from imagewise.train.run import train
     from imagewise.train.task import ClassificationTask
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("TrainResult", "train"):
+    if name in ("train",):
         from imagewise.train import run
 
-        return getattr(run, name)
+        return run.train
+    if name in ("TrainResult",):
+        from imagewise.train import result
+
+        return result.TrainResult
     if name in (
         "Components",
         "EarlyStopping",

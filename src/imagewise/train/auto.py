@@ -46,10 +46,14 @@ SHORT_RUN_EPOCHS = 15
 SMALL_NET, SMALL_NET_IMAGES = 200_000, 2_000
 
 
+def drop_last(images: int, global_batch: int) -> bool:
+    """Drop the last batch only when it is a small remainder (noisy steps, BatchNorm of 1)."""
+    remainder = images % global_batch
+    return images > global_batch and 0 < remainder < max(2, global_batch // 4)
+
+
 def steps_per_epoch(images: int, batch_size: int, world_size: int = 1) -> int:
     """Optimizer steps in one epoch, as the training loader counts them (``drop_last``)."""
-    from imagewise.train.build import drop_last
-
     per_rank = math.ceil(images / world_size)
     if drop_last(images, batch_size * world_size):
         return max(1, per_rank // batch_size)

@@ -6,7 +6,6 @@ schedule, augmentation, EMA, and the forward wrapper (DDP, torch.compile); and p
 from __future__ import annotations
 
 import logging
-import random
 from typing import Any
 
 import numpy as np
@@ -19,8 +18,9 @@ from imagewise.data.transforms import BatchAugment
 from imagewise.edge.spec import InputContract
 from imagewise.errors import UserError
 from imagewise.runtime.device import measure_bf16_speedup
+from imagewise.train.auto import default_model, drop_last
 from imagewise.train.compile import CompiledWithFallback
-from imagewise.train.distill import make_task
+from imagewise.train.distillation import make_task
 from imagewise.train.distributed import broadcast_from_main
 from imagewise.train.loop import Components, TrainState
 from imagewise.train.optim import build_optimizer, build_scheduler
@@ -30,20 +30,12 @@ from imagewise.train.transfer import Freezer, lr_scales
 log = logging.getLogger("imagewise")
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
 def build_model(
     cfg: RunConfig, data: ImageData, pre: InputContract, device: torch.device
 ) -> torch.nn.Module:
     from imagewise.models import create_model
 
     if cfg.model.name == "auto":  # train() chooses from the data first; this is for other callers
-        from imagewise.train.auto import default_model
-
         cfg.model.name = default_model(len(data.train), pre.img_size)
     model = create_model(
         cfg.model.name,
@@ -268,12 +260,6 @@ def measured_cpu_precision(
         "faster" if speedup >= 1 else "slower",
     )
     return torch.bfloat16 if faster else None
-
-
-def drop_last(images: int, global_batch: int) -> bool:
-    """Drop the last batch only when it is a small remainder (noisy steps, BatchNorm of 1)."""
-    remainder = images % global_batch
-    return images > global_batch and 0 < remainder < max(2, global_batch // 4)
 
 
 def model_kwargs(config: RunConfig) -> dict[str, Any]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +22,13 @@ from imagewise.data.sources import ImageData, resolve_source
 from imagewise.edge.spec import InputContract
 from imagewise.errors import UserError
 from imagewise.io import DiskFull, check_output_dir
+from imagewise.models.registry import model_capabilities
 from imagewise.runtime.checkpoint import load_checkpoint
 from imagewise.runtime.device import resolve_device, resolve_precision
 from imagewise.runtime.logs import RankFilter
 from imagewise.runtime.meta import RunMeta
 from imagewise.runtime.runs import RunFolder, free_run_path
+from imagewise.runtime.seeding import kept_random_state, seed_everything
 from imagewise.runtime.threads import kept_threads
 from imagewise.runtime.world import DistInfo
 from imagewise.train.auto import adapt_defaults, choose_auto_model
@@ -36,7 +37,6 @@ from imagewise.train.build import (
     build_model,
     measured_cpu_precision,
     restore,
-    seed_everything,
     selection_metric,
     wants_cached_features,
 )
@@ -51,6 +51,7 @@ from imagewise.train.distributed import cleanup, init_distributed
 from imagewise.train.loop import EarlyStopping, FitSettings, TrainState, fit
 from imagewise.train.prepared import PreparedData, data_key
 from imagewise.train.recipes import recipe_options
+from imagewise.train.result import TrainResult
 from imagewise.train.transfer import start_transfer, weights_before_data
 from imagewise.train.writer import (
     PRECISION_NAMES,
@@ -58,44 +59,10 @@ from imagewise.train.writer import (
     build_meta,
     calibrate_run,
     kept_in,
-    model_capabilities,
     start_run_folder,
 )
 
 log = logging.getLogger("imagewise")
-
-
-@dataclass
-class TrainResult:
-    """What a finished run reports; the run folder holds the rest."""
-
-    run: Path
-    model: str
-    epochs: int
-    best_epoch: int
-    best_val_accuracy: float  # NaN when there was no validation split
-    train_seconds: float
-    stop_reason: str
-    temperature: float = 1.0  # fitted on the validation split after training
-    selected_by: str = "val_accuracy"  # or val_macro_f1 (imbalanced classes), train_loss
-
-    @classmethod
-    def of(
-        cls, folder: RunFolder, cfg: RunConfig, state: TrainState, temperature: float
-    ) -> TrainResult:
-        best = next((h for h in state.history if h["epoch"] == state.best_epoch), {})
-        by_val = state.metric != "train_loss"
-        return cls(
-            run=folder.path,
-            model=cfg.model.name,
-            epochs=state.epoch,
-            best_epoch=state.best_epoch,
-            best_val_accuracy=best.get("val_accuracy", float("nan")) if by_val else float("nan"),
-            selected_by=state.metric,
-            train_seconds=state.train_seconds,
-            stop_reason=state.stop_reason,
-            temperature=temperature,
-        )
 
 
 def _resolve_config(
@@ -227,7 +194,8 @@ def train(
     cfg, folder = _resolve_config(
         data, Path(out) if out else None, config, config_file, recipe, options, resume
     )
-    with kept_threads(), RankFilter.installed(log):
+    # the run seeds the global generators; the caller's streams go on as they were afterwards
+    with kept_random_state(), kept_threads(), RankFilter.installed(log):
         # Joining the process group is a rendezvous: every rank has passed the checks above
         # before rank 0 writes anything.
         dist, device = init_distributed(resolve_device(cfg.train.device))

@@ -6,8 +6,6 @@ of the best weights when training ends.
 from __future__ import annotations
 
 import logging
-import sys
-import types
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,14 +14,16 @@ import torch
 from imagewise.config import RunConfig, save_config
 from imagewise.data.pipeline import make_loader
 from imagewise.data.sources import ImageData, Split
-from imagewise.edge.spec import Capabilities, InputContract, ModelSpec
+from imagewise.edge.spec import InputContract, ModelSpec
 from imagewise.io import atomic_write_text
+from imagewise.models.registry import model_capabilities
 from imagewise.runtime.checkpoint import load_checkpoint, save_checkpoint, save_weights
 from imagewise.runtime.meta import DataSummary, NetworkSpec, RunMeta
 from imagewise.runtime.records import Calibration, TrainingSummary
 from imagewise.runtime.runs import RunFolder
 from imagewise.train.build import model_kwargs
-from imagewise.train.distill import teacher_record
+from imagewise.train.distillation import teacher_record
+from imagewise.train.events import ScalarEvents
 from imagewise.train.loop import Components, TrainState
 
 log = logging.getLogger("imagewise")
@@ -90,13 +90,6 @@ def build_meta(
 PRECISION_NAMES = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
-def model_capabilities(name: str) -> Capabilities:
-    """What the registry declares the model can do (timm models: everything)."""
-    from imagewise.models.registry import get_entry
-
-    return Capabilities.of(get_entry(name))
-
-
 def tta_views_of(config: RunConfig, img_size: int) -> dict[str, Any]:
     """The test-time views a run answers with: ``{}`` without ``tta``, else those its
     augmentation trained it for (``imagewise.runtime.tta.views_for_training``)."""
@@ -109,20 +102,6 @@ def tta_views_of(config: RunConfig, img_size: int) -> dict[str, Any]:
     return views_for_training(bool(parts["hflip"]), float(parts["translate"]), img_size)
 
 
-def _tensorboard_without_tensorflow() -> None:
-    """Keep TensorBoard's writer from importing TensorFlow when it is installed.
-
-    The writer needs only TensorBoard's own stub to write event files, but where TensorFlow is
-    installed it imports it: seconds of start-up and absl lines on stderr in every run.
-    ``tensorboard.compat.notf`` is TensorBoard's own switch to the stub (its ``no_tensorflow``
-    build target). A process that already imported TensorFlow keeps using it.
-    """
-    if "tensorflow" not in sys.modules:
-        sys.modules.setdefault(
-            "tensorboard.compat.notf", types.ModuleType("tensorboard.compat.notf")
-        )
-
-
 class RunWriter:
     """Hook that keeps the run folder current: history, curves, best weights, last checkpoint."""
 
@@ -130,14 +109,11 @@ class RunWriter:
         self, folder: RunFolder, meta: RunMeta, parts: Components, config: RunConfig
     ) -> None:
         self.folder, self.meta, self.parts, self.config = folder, meta, parts, config
-        self.writer: Any = None
+        self.writer: ScalarEvents | None = None
 
     def on_train_start(self, state: TrainState) -> None:
-        _tensorboard_without_tensorflow()
         try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(str(self.folder.tensorboard))
+            self.writer = ScalarEvents(self.folder.tensorboard)
         except ImportError:  # tensorboard is a dependency, but a broken install must not stop us
             log.warning("tensorboard is not installed; no TensorBoard logs")
 
@@ -177,7 +153,7 @@ class RunWriter:
         self.close()
 
     def close(self) -> None:
-        """Close the TensorBoard writer (its thread and file), also when training failed."""
+        """Close the TensorBoard event file, also when training failed."""
         if self.writer is not None:
             self.writer.close()
             self.writer = None

@@ -103,6 +103,7 @@ def tune(
         >>> result.best_params  # doctest: +SKIP
         {'lr': 0.0042, 'batch_size': 64, ...}
     """
+    from imagewise.runtime.seeding import kept_random_state
     from imagewise.train.run import prepare_data
 
     if trials < 1:
@@ -118,7 +119,7 @@ def tune(
     pruner_obj = make_pruner(pruner, trials, base.train.epochs)
     out.mkdir(parents=True, exist_ok=True)
     url = storage_url(storage, out)
-    with _quiet_trials(), _optuna_quiet():
+    with kept_random_state(), _quiet_trials(), _optuna_quiet():
         study_obj = open_study(open_storage(url), study, sampler_obj, pruner_obj)  # fails fast
         for line in search_rules(sampler, base.train.seed, pruner, trials):
             _say(line)

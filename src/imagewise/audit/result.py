@@ -1,0 +1,123 @@
+"""``AuditResult``: what ``check(data)`` found, its JSON, its console summary and the clean
+manifest it writes."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from imagewise.audit.findings import OUTLIER_FACTOR, TINY
+from imagewise.audit.scan import Scan
+from imagewise.data.sources import ImageData
+from imagewise.errors import UserError
+from imagewise.io import atomic_write
+
+KINDS = (
+    "unreadable",
+    "format_mismatch",
+    "tiny",
+    "size_outliers",
+    "modes",
+    "class_counts",
+    "exact_duplicates",
+    "near_duplicates",
+    "label_issues",
+)
+
+
+@dataclass
+class AuditResult:
+    """What ``check`` found: one list per kind of finding (see ``KINDS``), each entry naming its
+    files by path (or ``SOURCE:SPLIT/INDEX`` for built-in and IDX images)."""
+
+    source: str
+    kind: str
+    images: int
+    splits: dict[str, int]
+    findings: dict[str, list[dict[str, Any]]]
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    scan: Scan | None = field(default=None, repr=False)
+    data: ImageData | None = field(default=None, repr=False)
+    flagged: set[int] = field(
+        default_factory=set, repr=False
+    )  # scan indices left out of a clean manifest
+
+    def __getitem__(self, kind: str) -> list[dict[str, Any]]:
+        return self.findings[kind]
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON report: the dataset, counts, notes and the lists of findings."""
+        return {
+            "source": self.source,
+            "kind": self.kind,
+            "images": self.images,
+            "splits": self.splits,
+            "seconds": round(self.seconds, 1),
+            "notes": self.notes,
+            **self.findings,
+        }
+
+    def summary(self) -> str:
+        """A few lines for the console: the count of each kind of finding."""
+        return "\n".join(summary_lines(self))
+
+    def write_clean(self, path: str | Path) -> int:
+        """Write a CSV manifest (``path,label[,split]``) of the images nothing flagged; returns
+        the number of rows. ``imagewise train`` reads it."""
+        import csv
+        import io
+
+        if self.scan is None or self.scan.in_memory:
+            raise UserError(
+                f"--write-clean needs a dataset of files; '{self.source}' is held in memory "
+                "(its images have no paths to list)"
+            )
+        scan = self.scan
+        with_split = any(s != "train" for s in scan.splits)
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(["path", "label", "split"] if with_split else ["path", "label"])
+        rows = 0
+        for i, name in enumerate(scan.names):
+            if i in self.flagged:
+                continue
+            row = [str(Path(name).resolve()), scan.classes[scan.labels[i]]]
+            writer.writerow([*row, scan.splits[i]] if with_split else row)
+            rows += 1
+        atomic_write(path, lambda tmp: Path(tmp).write_text(buffer.getvalue(), encoding="utf-8"))
+        return rows
+
+
+def _pairs_line(entries: list[dict[str, Any]], unit: str) -> str:
+    cross = sum(e["cross_split"] for e in entries)
+    conflict = sum(e["conflicting_labels"] for e in entries)
+    return (
+        f"{len(entries):,} {unit} ({cross:,} across splits, {conflict:,} with conflicting labels)"
+    )
+
+
+def summary_lines(result: AuditResult) -> list[str]:
+    """The console summary: one line per kind of finding, with counts."""
+    f = result.findings
+    splits = ", ".join(f"{s} {n:,}" for s, n in result.splits.items())
+    reasons = Counter(e["reason"] for e in f["unreadable"])
+    why = "; ".join(f"{r}: {n}" for r, n in reasons.most_common())
+    balance = ", ".join(f"{c['split']} {c['imbalance_ratio']:g}x" for c in f["class_counts"])
+    modes = ", ".join(f"{m['mode']} {m['count']:,}" for m in f["modes"])
+    lines = [
+        f"checked {result.images:,} images ({splits}) of {result.source} in {result.seconds:.0f}s",
+        f"  unreadable        {len(f['unreadable']):,}" + (f" ({why})" if why else ""),
+        f"  format mismatch   {len(f['format_mismatch']):,} (extension differs from the content)",
+        f"  tiny (<{TINY} px)     {len(f['tiny']):,}; size outliers {len(f['size_outliers']):,}"
+        f" (over {OUTLIER_FACTOR:g}x more or fewer pixels than the median)",
+        f"  colour modes      {modes or '-'}",
+        f"  class imbalance   {balance or '-'} (largest class / smallest)",
+        f"  exact duplicates  {_pairs_line(f['exact_duplicates'], 'groups')}",
+        f"  near duplicates   {_pairs_line(f['near_duplicates'], 'pairs')}",
+        f"  label issues      {len(f['label_issues']):,} likely wrong labels",
+    ]
+    lines += [f"  note: {n}" for n in result.notes]
+    return lines

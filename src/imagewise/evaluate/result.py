@@ -1,0 +1,62 @@
+"""``Evaluation``: what ``imagewise.evaluate`` returns, metrics plus what error analysis needs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from imagewise.evaluate.scores import Metrics
+
+
+@dataclass
+class Evaluation:
+    """The result of ``imagewise.evaluate``: metrics plus what error analysis needs."""
+
+    metrics: Metrics
+    classes: list[str]
+    labels: np.ndarray
+    probabilities: np.ndarray
+    sources: list[str] = field(default_factory=list)
+    files: dict[str, Path] = field(default_factory=dict)
+    logits: np.ndarray | None = field(default=None, repr=False)
+    calibration: dict[str, Any] = field(default_factory=dict, repr=False)
+    images: Any = field(default=None, repr=False)  # the evaluated Split, for galleries
+
+    @property
+    def predictions(self) -> np.ndarray:
+        return self.probabilities.argmax(axis=1)
+
+    @property
+    def ece(self) -> float:
+        """Expected calibration error of the (temperature-scaled) probabilities."""
+        assert self.metrics.calibration is not None
+        return float(self.metrics.calibration.ece_after)
+
+    @property
+    def accuracy(self) -> float:
+        return float(self.metrics.accuracy)
+
+    @property
+    def confusion_matrix(self) -> np.ndarray:
+        return np.array(self.metrics.confusion_matrix)
+
+    def top_losses(self, n: int = 16) -> list[dict[str, Any]]:
+        """The ``n`` images with the highest loss: source, true and predicted class, confidence."""
+        p_true = self.probabilities[np.arange(len(self.labels)), self.labels]
+        losses = -np.log(np.clip(p_true, 1e-12, 1))
+        order = np.argsort(losses)[::-1][:n]
+        pred = self.probabilities.argmax(1)
+        return [
+            {
+                "index": int(i),
+                "source": self.sources[i] if self.sources else str(i),
+                "true": self.classes[self.labels[i]],
+                "predicted": self.classes[pred[i]],
+                "confidence": float(self.probabilities[i, pred[i]]),
+                "loss": float(losses[i]),
+            }
+            for i in order
+        ]

@@ -1,0 +1,46 @@
+"""``TrainResult``: what a finished run reports (``imagewise.train`` and ``imagewise.distill``
+return it); the run folder holds the rest."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from imagewise.config import RunConfig
+    from imagewise.runtime.runs import RunFolder
+    from imagewise.train.loop import TrainState
+
+
+@dataclass
+class TrainResult:
+    """What a finished run reports; the run folder holds the rest."""
+
+    run: Path
+    model: str
+    epochs: int
+    best_epoch: int
+    best_val_accuracy: float  # NaN when there was no validation split
+    train_seconds: float
+    stop_reason: str
+    temperature: float = 1.0  # fitted on the validation split after training
+    selected_by: str = "val_accuracy"  # or val_macro_f1 (imbalanced classes), train_loss
+
+    @classmethod
+    def of(
+        cls, folder: RunFolder, cfg: RunConfig, state: TrainState, temperature: float
+    ) -> TrainResult:
+        best = next((h for h in state.history if h["epoch"] == state.best_epoch), {})
+        by_val = state.metric != "train_loss"
+        return cls(
+            run=folder.path,
+            model=cfg.model.name,
+            epochs=state.epoch,
+            best_epoch=state.best_epoch,
+            best_val_accuracy=best.get("val_accuracy", float("nan")) if by_val else float("nan"),
+            selected_by=state.metric,
+            train_seconds=state.train_seconds,
+            stop_reason=state.stop_reason,
+            temperature=temperature,
+        )
