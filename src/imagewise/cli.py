@@ -459,6 +459,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     import json
 
     from imagewise.models import describe_models
+    from imagewise.models.summary import format_models
     from imagewise.runtime.threads import ThreadGovernor, kept_threads
 
     if args.check:
@@ -471,23 +472,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     if args.format == "json":
         print(json.dumps(rows, indent=2))
         return 0
-    speed = f" {'train/s':>8} {'infer/s':>8}" if args.measure else ""
-    w = max(16, *(len(r["name"]) for r in rows))
-    print(f"{'model':<{w}} {'family':<12} {'params':>10} {'GFLOPs':>9} {'pretrained':>10}{speed}  "
-          "description")  # fmt: skip
-    print(f"{'':<{w}} {'':<12} {'':>10} {f'@{args.img_size}px':>9}")
-    for r in rows:
-        params = f"{r['params'] / 1e6:.2f}M"
-        if args.measure:
-            speed = "".join(
-                f" {r[k]:>8,.0f}" if r[k] is not None else f" {'-':>8}"
-                for k in ("train_images_per_s", "infer_images_per_s")
-            )
-        weights = "here" if r["pretrained_here"] else ("hub" if r["pretrained"] else "-")
-        print(
-            f"{r['name']:<{w}} {r['family']:<12} {params:>10} {r['flops'] / 1e9:>9.3f} "
-            f"{weights:>10}{speed}  {r['description']}"
-        )
+    print(format_models(rows, args.img_size, measured=args.measure))
     if args.measure:
         print("\ntrain/s, infer/s: images per second measured just now on this machine "
               f"({args.channels}x{args.img_size}x{args.img_size}).")  # fmt: skip
@@ -535,23 +520,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         show_progress=not args.quiet,
         **options,
     )
-    _print_trained(result, f"trained {result.model}")
+    _print_trained(result)
     return 0
 
 
-def _print_trained(result: Any, what: str) -> None:
+def _print_trained(result: Any, what: str = "") -> None:
     """The two lines a finished training run prints (rank 0 only under torchrun)."""
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 speaks for all
         return
-    best = (
-        f"best validation accuracy {result.best_val_accuracy:.2%} (epoch {result.best_epoch}"
-        + (", picked by macro F1)" if result.selected_by == "val_macro_f1" else ")")
-        if result.best_val_accuracy == result.best_val_accuracy
-        else f"no validation split: kept epoch {result.best_epoch} (lowest training loss)"
-    )
-    epochs = f"{result.epochs} epoch" + ("" if result.epochs == 1 else "s")
-    print(f"{what} for {epochs} in {result.train_seconds:.0f}s; " + best)
-    print(f"run folder: {result.run}   next: imagewise evaluate {result.run}")
+    print(f"{result.summary(what)}   next: imagewise evaluate {result.run}")
 
 
 def cmd_distill(args: argparse.Namespace) -> int:
@@ -581,50 +558,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         args.run, args.data, split=args.split, batch_size=args.batch_size, device=args.device,
         report=not args.no_report, gallery=args.gallery,
     )  # fmt: skip
-    m = ev.metrics
-    print(f"{m.images} images ({m.split} of {m.data})")
-    print(
-        f"accuracy {m.accuracy:.2%}   macro F1 {m.macro.f1:.4f}   weighted F1 {m.weighted.f1:.4f}"
-    )
-    for k, v in m.top_k_accuracy.items():
-        if k != "1":
-            print(f"top-{k} accuracy {v:.2%}")
-    print(f"\n{'class':<20} {'precision':>9} {'recall':>7} {'f1':>7} {'support':>8}")
-    for name, c in m.per_class.items():
-        print(f"{name:<20} {c.precision:>9.3f} {c.recall:>7.3f} {c.f1:>7.3f} {c.support:>8d}")
-    if m.most_confused:
-        worst = m.most_confused[0]
-        print(f"\nmost confused: {worst.true} -> {worst.predicted} ({worst.count} images)")
-    cal = m.calibration
-    assert cal is not None
-    print(
-        f"calibration: ECE {cal.ece_before:.4f} before, {cal.ece_after:.4f} after "
-        f"temperature scaling (T = {cal.temperature:.3g})"
-    )
-    print(f"wrote {', '.join(str(p) for p in ev.files.values())}")
-    if "report" in ev.files:
-        print(f"report: {ev.files['report']}")
+    print(ev.summary())
     return 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    import csv
-    import io
-    import json
-
-    from imagewise.evaluate.compare import compare_runs, format_table, write_comparison
+    from imagewise.evaluate.compare import compare_runs, format_comparison, write_comparison
 
     rows = compare_runs(args.runs, args.data, latency=not args.no_latency)
-    if args.format == "json":
-        print(json.dumps(rows, indent=2))
-    elif args.format == "csv":
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-        print(buf.getvalue(), end="")
-    else:
-        print(format_table(rows))
+    print(format_comparison(rows, args.format))
     print(f"wrote {write_comparison(rows, args.out)}", file=sys.stderr)
     return 0
 
@@ -684,15 +626,7 @@ def _sort_into(args: argparse.Namespace) -> int:
         min_confidence=args.min_confidence, target_precision=args.target_precision,
         batch_size=args.batch_size or 64,
     )  # fmt: skip
-    counts = ", ".join(f"{k} {v}" for k, v in sorted(r.counts.items())) or "nothing new"
-    print(f"{'moved' if r.moved else 'copied'} {r.placed} images into {r.out}: {counts}")
-    if r.counts.get("_unsure"):
-        print(f"_unsure: top probability below {r.min_confidence:.0%}; review them by hand")
-    if r.earlier:
-        print(f"{r.earlier} images were sorted by an earlier run and left as they are")
-    if r.unreadable:
-        print(f"{r.unreadable} unreadable files left where they are")
-    print(f"list: {r.csv}")
+    print(r.summary())
     return 0
 
 
@@ -702,20 +636,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     result = export(
         args.run, format=args.format, int8=args.int8, raw_input=args.raw_input, out=args.out
     )
-    p = result.parity
-    kind = [
-        result.format,
-        *(["INT8"] if result.int8 else []),
-        *(["uint8 NHWC input"] if result.raw_input else []),
-    ]
-    print(f"wrote {result.path} ({p['bytes'] / 1e6:.2f} MB; {', '.join(kind)})")
-    print(
-        f"checked on {p['images']} {p['split']} images: top-1 agreement with PyTorch "
-        f"{p['top1_agreement']:.2%}, largest probability difference "
-        f"{p['max_abs_probability_difference']:.2g}"
-    )
-    print(f"accuracy {p['accuracy_exported']:.2%} (PyTorch {p['accuracy_pytorch']:.2%})")
-    print(f"figures: {result.parity_path}   next: imagewise predict {result.path} IMAGES")
+    print(f"{result.summary()}   next: imagewise predict {result.path} IMAGES")
     return 0
 
 
@@ -926,13 +847,7 @@ def cmd_features(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, device=args.device, map_path=args.map,
         map_method=args.map_method, show_progress=not args.quiet,
     )  # fmt: skip
-    skipped = f" ({len(result.skipped)} unreadable skipped)" if result.skipped else ""
-    print(
-        f"wrote {result.files['features']}: {len(result)} images x {result.dim} features "
-        f"({result.layer}, {result.model}) in {result.seconds:.1f}s{skipped}"
-    )
-    if "map" in result.files:
-        print(f"map: {result.files['map']}")
+    print(result.summary())
     return 0
 
 
