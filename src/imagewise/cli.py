@@ -498,7 +498,7 @@ def _check_weights(args: argparse.Namespace) -> int:
 
 def _tune_process() -> None:
     """Process-wide tuning the library leaves to its caller: glibc keeps freed activation
-    buffers for reuse (``keep_freed_memory``: 12.8 -> 9.4 ms per tutorial-CNN step)."""
+    buffers for reuse (``keep_freed_memory``; the step time it saves: see BENCHMARKS.md)."""
     from imagewise.runtime.device import keep_freed_memory
 
     keep_freed_memory()
