@@ -77,14 +77,36 @@ FLAG_HELP = {
 }
 
 
-def add_training_options(parser: argparse.ArgumentParser) -> None:
+def add_training_options(parser: argparse.ArgumentParser, skip: Sequence[str] = ()) -> None:
     """One flag per training setting (``imagewise.config.OPTIONS``): ``--epochs`` for
-    ``train.epochs``, ``--[no-]hflip`` for a boolean; each defaults to None (the config's)."""
+    ``train.epochs``, ``--[no-]hflip`` for a boolean; each defaults to None (the config's).
+    The one place train, distill and tune get their training flags from.
+
+    Call it after the verb's own arguments: a setting named like one of them (a flag or a
+    positional) is refused here, when the parser is built, naming both; ``skip`` leaves out
+    the settings whose name the verb uses for something else on purpose (tune's --sampler).
+
+    Raises:
+        ValueError: a setting's flag or name is one the verb declares itself.
+    """
     from imagewise.config import OPTIONS, option_type
 
+    # The verb's own arguments, by name and by flag (argparse lists them only in _actions).
+    declared = {action.dest: action for action in parser._actions}
+    declared |= {flag: action for action in parser._actions for flag in action.option_strings}
     for name, (section, attr) in OPTIONS.items():
-        kind = option_type(name)
+        if name in skip:
+            continue
         flag = "--" + name.replace("_", "-")
+        theirs = declared.get(flag) or declared.get(name)
+        if theirs is not None:
+            raise ValueError(
+                f"the config option {name} ({section}.{attr}) would add {flag} to "
+                f"'{parser.prog}', which declares {'/'.join(theirs.option_strings) or name} "
+                "itself; rename the config option, or skip it in that verb's "
+                "add_training_options call"
+            )
+        kind = option_type(name)
         help_text = FLAG_HELP.get(name, f"{section}.{attr} (see config.yaml)")
         if kind.startswith("bool"):
             parser.add_argument(

@@ -6,10 +6,10 @@ import argparse
 from typing import Any
 
 from imagewise.cli.options import (
-    FLAG_HELP,
     NewVerb,
     add_config,
     add_data,
+    add_training_options,
     training_options,
 )
 from imagewise.cli.process import tune_process
@@ -20,8 +20,6 @@ NOT_FLAGS = ("sampler",)
 
 
 def add_parser(verbs: Any, new_verb: NewVerb) -> argparse.ArgumentParser:
-    from imagewise.config import OPTIONS, option_type
-
     p = new_verb(verbs, "tune", "search training settings (grid, random or TPE on Optuna)")
     add_data(p)
     p.add_argument(
@@ -53,15 +51,7 @@ def add_parser(verbs: Any, new_verb: NewVerb) -> argparse.ArgumentParser:
     )
     p.add_argument("--keep-runs", action="store_true", help="keep every trial's run folder")
     add_config(p)
-    for name in OPTIONS:  # the fixed training settings
-        if name in NOT_FLAGS:
-            continue
-        flag, kind = "--" + name.replace("_", "-"), option_type(name)
-        if kind.startswith("bool"):
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
-        else:
-            convert = {"int": int, "float": float}.get(kind.split("|")[0].strip(), str)
-            p.add_argument(flag, type=convert, default=None, help=FLAG_HELP.get(name))
+    add_training_options(p, skip=NOT_FLAGS)  # the fixed training settings
     return p
 
 
