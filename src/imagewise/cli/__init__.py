@@ -34,6 +34,7 @@ from imagewise.cli import (
 from imagewise.cli.options import NewVerb
 from imagewise.cli.process import run_verb, stop_on_sigterm
 
+# Each verb's --help example, by verb (and action); imagewise --help lists them in this order.
 EXAMPLES = {
     "demo": "imagewise demo",
     "data fetch": "imagewise data fetch fashion-mnist",

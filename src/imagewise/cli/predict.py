@@ -71,19 +71,19 @@ def run(args: argparse.Namespace) -> int:
     if any(is_video(i) for i in args.inputs):
         frames = predict_videos(args.run, args.inputs, stride=args.stride, annotate=args.annotate,
                                 batch_size=args.batch_size or 32, **common)  # fmt: skip
-        text, preds = format_frames(frames, args.format), frames
+        text, count = format_frames(frames, args.format), len(frames)
     elif args.annotate or args.stride != 1:
         raise UserError("--stride and --annotate are for videos (.mp4 .mov .avi .mkv .webm)")
     else:
         preds = predict(args.run, args.inputs, batch_size=args.batch_size or 64, **common)
         if not is_main_process():  # under torchrun, rank 0 prints and writes for all
             return 0
-        text = format_predictions(preds, args.format)
+        text, count = format_predictions(preds, args.format), len(preds)
     if args.out:
         from imagewise.io import atomic_write_text
 
         atomic_write_text(args.out, text + "\n")
-        print(f"wrote {len(preds)} predictions to {args.out}")
+        print(f"wrote {count} predictions to {args.out}")
     else:
         print(text)
     if args.annotate:
