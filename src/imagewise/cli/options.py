@@ -128,9 +128,10 @@ def training_options(args: argparse.Namespace, leave_out: Sequence[str] = ()) ->
 def add_data(parser: argparse.ArgumentParser, nargs: str | None = None) -> None:
     """The dataset a training verb learns from."""
     parser.add_argument(
-        "data", nargs=nargs,
+        "data",
+        nargs=nargs,
         help="folder, CSV manifest, or a built-in: digits, fashion-mnist, photos",
-    )  # fmt: skip
+    )
 
 
 def add_run(parser: argparse.ArgumentParser) -> None:
@@ -139,10 +140,12 @@ def add_run(parser: argparse.ArgumentParser) -> None:
 
 
 def add_config(parser: argparse.ArgumentParser) -> None:
+    """The YAML file a training verb reads its settings from."""
     parser.add_argument("--config", help="YAML file with sections data / model / train")
 
 
 def add_recipe(parser: argparse.ArgumentParser) -> None:
+    """Named settings a training verb starts from."""
     parser.add_argument(
         "--recipe", help="named settings: default, fast or accurate (see BENCHMARKS.md)"
     )

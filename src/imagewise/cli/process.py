@@ -53,6 +53,8 @@ def missing_install(exc: ModuleNotFoundError, args: argparse.Namespace) -> str |
 def run_verb(
     args: argparse.Namespace, debug: bool, main_rank: bool, stopped_by: dict[str, int]
 ) -> int:
+    """Run the verb's handler: its exit code, or 2 with one line for bad input or a missing
+    install, or 128 + the signal number after an interruption."""
     try:
         return int(args.func(args) or 0)
     except UserError as exc:
