@@ -7,6 +7,9 @@ another in the same process, so the figures are comparable with each other.
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import logging
 import statistics
 import tempfile
@@ -159,6 +162,19 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         if n == 0:
             lines.append("  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def format_comparison(rows: list[dict[str, Any]], format: str = "table") -> str:
+    """The rows as an aligned text table (``format_table``), CSV with a header, or JSON."""
+    if format == "json":
+        return json.dumps(rows, indent=2)
+    if format == "csv":
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        return buf.getvalue().removesuffix("\n")
+    return format_table(rows)
 
 
 _LEFT = "#runs td:nth-child(2),#runs th:nth-child(2){text-align:left}"

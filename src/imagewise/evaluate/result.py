@@ -43,6 +43,13 @@ class Evaluation:
     def confusion_matrix(self) -> np.ndarray:
         return np.array(self.metrics.confusion_matrix)
 
+    def summary(self) -> str:
+        """The metrics' summary (``Metrics.summary``) and the files written."""
+        lines = [self.metrics.summary(), f"wrote {', '.join(str(p) for p in self.files.values())}"]
+        if "report" in self.files:
+            lines.append(f"report: {self.files['report']}")
+        return "\n".join(lines)
+
     def top_losses(self, n: int = 16) -> list[dict[str, Any]]:
         """The ``n`` images with the highest loss: source, true and predicted class, confidence."""
         p_true = self.probabilities[np.arange(len(self.labels)), self.labels]

@@ -70,3 +70,28 @@ class Metrics(Record):
     most_confused: list[Confusion] = entry(default_factory=list)
     calibration: CalibrationScores | None = entry(None, omit_none=True)
     extra: dict[str, Any] = entry(default_factory=dict)
+
+    def summary(self) -> str:
+        """The figures as text: accuracy and averaged F1, top-k, a per-class table, the most
+        confused pair and the calibration (what ``imagewise evaluate`` prints)."""
+        lines = [
+            f"{self.images} images ({self.split} of {self.data})",
+            f"accuracy {self.accuracy:.2%}   macro F1 {self.macro.f1:.4f}   "
+            f"weighted F1 {self.weighted.f1:.4f}",
+            *(f"top-{k} accuracy {v:.2%}" for k, v in self.top_k_accuracy.items() if k != "1"),
+            "",
+            f"{'class':<20} {'precision':>9} {'recall':>7} {'f1':>7} {'support':>8}",
+        ]
+        for name, c in self.per_class.items():
+            lines.append(
+                f"{name:<20} {c.precision:>9.3f} {c.recall:>7.3f} {c.f1:>7.3f} {c.support:>8d}"
+            )
+        if self.most_confused:
+            w = self.most_confused[0]
+            lines += ["", f"most confused: {w.true} -> {w.predicted} ({w.count} images)"]
+        if (cal := self.calibration) is not None:
+            lines.append(
+                f"calibration: ECE {cal.ece_before:.4f} before, {cal.ece_after:.4f} after "
+                f"temperature scaling (T = {cal.temperature:.3g})"
+            )
+        return "\n".join(lines)

@@ -55,6 +55,25 @@ class ExportResult:
     def passed(self) -> bool:
         return bool(self.parity["passed"])
 
+    def summary(self) -> str:
+        """Four lines: the file, its check against PyTorch, both accuracies, the figures' file."""
+        p = self.parity
+        kind = [
+            self.format,
+            *(["INT8"] if self.int8 else []),
+            *(["uint8 NHWC input"] if self.raw_input else []),
+        ]
+        return "\n".join(
+            [
+                f"wrote {self.path} ({p['bytes'] / 1e6:.2f} MB; {', '.join(kind)})",
+                f"checked on {p['images']} {p['split']} images: top-1 agreement with PyTorch "
+                f"{p['top1_agreement']:.2%}, largest probability difference "
+                f"{p['max_abs_probability_difference']:.2g}",
+                f"accuracy {p['accuracy_exported']:.2%} (PyTorch {p['accuracy_pytorch']:.2%})",
+                f"figures: {self.parity_path}",
+            ]
+        )
+
 
 def default_file_name(format: str, int8: bool = False) -> str:
     """``model.onnx``, ``model.int8.onnx`` or ``model.pt``."""

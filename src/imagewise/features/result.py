@@ -51,6 +51,19 @@ class Features:
     def __len__(self) -> int:
         return len(self.paths)
 
+    def summary(self) -> str:
+        """How many images and features, from what, in how long (after the file written, if
+        any); the map's file."""
+        skipped = f" ({len(self.skipped)} unreadable skipped)" if self.skipped else ""
+        wrote = f"wrote {self.files['features']}: " if "features" in self.files else ""
+        lines = [
+            f"{wrote}{len(self)} images x {self.dim} features "
+            f"({self.layer}, {self.model}) in {self.seconds:.1f}s{skipped}"
+        ]
+        if "map" in self.files:
+            lines.append(f"map: {self.files['map']}")
+        return "\n".join(lines)
+
     def label_indices(self) -> np.ndarray:
         """Class index of each row (-1 for unlabelled rows)."""
         lookup = {c: i for i, c in enumerate(self.classes)}

@@ -104,6 +104,31 @@ def describe_models(
     return rows
 
 
+def format_models(rows: list[dict], img_size: int, measured: bool = False) -> str:
+    """``describe_models``' rows as an aligned table: a header of two lines (FLOPs at
+    ``img_size``), then one line per model; ``measured`` adds the train/s and infer/s columns."""
+    speed = f" {'train/s':>8} {'infer/s':>8}" if measured else ""
+    w = max(16, *(len(r["name"]) for r in rows))
+    lines = [
+        f"{'model':<{w}} {'family':<12} {'params':>10} {'GFLOPs':>9} {'pretrained':>10}{speed}  "
+        "description",
+        f"{'':<{w}} {'':<12} {'':>10} {f'@{img_size}px':>9}",
+    ]
+    for r in rows:
+        params = f"{r['params'] / 1e6:.2f}M"
+        if measured:
+            speed = "".join(
+                f" {r[k]:>8,.0f}" if r[k] is not None else f" {'-':>8}"
+                for k in ("train_images_per_s", "infer_images_per_s")
+            )
+        weights = "here" if r["pretrained_here"] else ("hub" if r["pretrained"] else "-")
+        lines.append(
+            f"{r['name']:<{w}} {r['family']:<12} {params:>10} {r['flops'] / 1e9:>9.3f} "
+            f"{weights:>10}{speed}  {r['description']}"
+        )
+    return "\n".join(lines)
+
+
 def _timm_pretrained(name: str) -> bool:
     import timm
 

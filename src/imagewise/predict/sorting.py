@@ -75,6 +75,24 @@ class SortResult:
     def placed(self) -> int:
         return sum(self.counts.values())
 
+    def summary(self) -> str:
+        """What went where: the images placed per folder, those skipped, and the list's file."""
+        counts = ", ".join(f"{k} {v}" for k, v in sorted(self.counts.items())) or "nothing new"
+        verb = "moved" if self.moved else "copied"
+        lines = [f"{verb} {self.placed} images into {self.out}: {counts}"]
+        if self.counts.get("_unsure"):
+            lines.append(
+                f"_unsure: top probability below {self.min_confidence:.0%}; review them by hand"
+            )
+        if self.earlier:
+            lines.append(
+                f"{self.earlier} images were sorted by an earlier run and left as they are"
+            )
+        if self.unreadable:
+            lines.append(f"{self.unreadable} unreadable files left where they are")
+        lines.append(f"list: {self.csv}")
+        return "\n".join(lines)
+
 
 def sort_images(
     run: str | Path,

@@ -44,3 +44,20 @@ class TrainResult:
             stop_reason=state.stop_reason,
             temperature=temperature,
         )
+
+    def summary(self, what: str = "") -> str:
+        """Two lines: how long it trained and which epoch it kept, and the run folder.
+
+        Args:
+            what: the words the first line starts with (default ``trained MODEL``), e.g.
+                ``distilled runs/big into tutorial_cnn``.
+        """
+        best = (
+            f"best validation accuracy {self.best_val_accuracy:.2%} (epoch {self.best_epoch}"
+            + (", picked by macro F1)" if self.selected_by == "val_macro_f1" else ")")
+            if self.best_val_accuracy == self.best_val_accuracy  # NaN: no validation split
+            else f"no validation split: kept epoch {self.best_epoch} (lowest training loss)"
+        )
+        epochs = f"{self.epochs} epoch" + ("" if self.epochs == 1 else "s")
+        what = what or f"trained {self.model}"
+        return f"{what} for {epochs} in {self.train_seconds:.0f}s; {best}\nrun folder: {self.run}"

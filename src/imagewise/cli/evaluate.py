@@ -1,0 +1,34 @@
+"""``imagewise evaluate``: measure a run on held-out images; writes RUN/eval/."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from imagewise.cli.options import NewVerb, add_batch_size, add_device, add_run
+from imagewise.errors import UserError
+
+
+def add_parser(verbs: Any, new_verb: NewVerb) -> argparse.ArgumentParser:
+    p = new_verb(verbs, "evaluate", "measure a run on held-out images; writes RUN/eval/")
+    add_run(p)
+    p.add_argument("data", nargs="?", help="other data to evaluate on (default: the test split)")
+    p.add_argument("--split", default="test", choices=("test", "val", "train"))
+    add_batch_size(p, default=256)
+    add_device(p)
+    p.add_argument("--gallery", type=int, default=24, help="worst errors in the report (24)")
+    p.add_argument("--no-report", action="store_true", help="skip eval/report.html")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from imagewise.evaluate import evaluate
+
+    if args.gallery < 0:
+        raise UserError(f"--gallery must be 0 or more, not {args.gallery}")
+    ev = evaluate(
+        args.run, args.data, split=args.split, batch_size=args.batch_size, device=args.device,
+        report=not args.no_report, gallery=args.gallery,
+    )  # fmt: skip
+    print(ev.summary())
+    return 0

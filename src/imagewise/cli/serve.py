@@ -1,0 +1,82 @@
+"""``imagewise serve``: an HTTP API and web page over a run folder or an ONNX file."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+from imagewise.cli.options import NewVerb, add_device, add_unknown_options
+
+
+def add_parser(verbs: Any, new_verb: NewVerb) -> argparse.ArgumentParser:
+    p = new_verb(verbs, "serve", "HTTP API and web page over a run folder or an ONNX file")
+    p.add_argument("model", metavar="RUN|ONNX", help="run folder or .onnx file")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument(
+        "--port", type=int, default=8000, help="TCP port (default 8000; 0: any free port, printed)"
+    )
+    p.add_argument(
+        "--token",
+        default=os.environ.get("IMAGEWISE_TOKEN"),
+        help="require 'Authorization: Bearer TOKEN' (default: $IMAGEWISE_TOKEN; none)",
+    )
+    p.add_argument("--max-batch", type=int, default=32, help="images per model call (32)")
+    p.add_argument(
+        "--max-wait-ms",
+        type=float,
+        default=0.0,
+        help="how long a batch waits to fill (0: those that came while the model ran)",
+    )
+    p.add_argument("--no-batching", action="store_true", help="one image per model call")
+    p.add_argument("--queue-size", type=int, default=256, help="images waiting before 503 (256)")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds before 504 (30)")
+    p.add_argument(
+        "--body-timeout",
+        type=float,
+        default=10.0,
+        help="seconds to send a request body, plus 1 s per 500 bytes received (10); then 408",
+    )
+    p.add_argument("--max-body-mb", type=float, default=20.0, help="largest request (20 MB)")
+    p.add_argument("--max-images", type=int, default=32, help="images per request (32)")
+    p.add_argument(
+        "--max-megapixels", type=float, default=50.0, help="largest image (50 megapixels)"
+    )
+    p.add_argument("--top-k", type=int, default=5, help="default classes per image (5)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="compute threads (default: torch's; ONNX files: the CPUs this process may use)",
+    )
+    add_device(p, "cpu, cuda or auto (run folders)")
+    add_unknown_options(p, ood_default="none")  # existing clients see no new fields
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from imagewise.serve import serve
+
+    serve(
+        args.model,
+        host=args.host,
+        port=args.port,
+        token=args.token,
+        batching=not args.no_batching,
+        max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms,
+        queue_size=args.queue_size,
+        timeout_s=args.timeout,
+        body_timeout_s=args.body_timeout,
+        max_body_bytes=int(args.max_body_mb * 1024 * 1024),
+        max_images=args.max_images,
+        max_pixels=int(args.max_megapixels * 1_000_000),
+        top_k=args.top_k,
+        threads=args.threads,
+        device=args.device,
+        access_log=not args.quiet,
+        min_confidence=args.min_confidence,
+        target_precision=args.target_precision,
+        ood=args.ood,
+    )
+    return 0
