@@ -61,3 +61,26 @@ def test_a_config_option_named_like_a_positional_is_refused(
     monkeypatch.setitem(OPTIONS, "data", ("data", "source"))
     with pytest.raises(ValueError, match=r"would add --data to 'imagewise train', which declares"):
         build_parser()
+
+
+def test_serve_flags_reach_the_servers_connection_and_decoding_limits(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import sys
+
+    from imagewise.cli import serve as serve_verb
+
+    seen: dict[str, object] = {}
+    # the package module (``imagewise.serve`` is the function at the package's root)
+    monkeypatch.setattr(sys.modules["imagewise.serve"], "serve", lambda m, **kw: seen.update(kw))
+    args = build_parser().parse_args(
+        ["serve", "runs/x", "--header-timeout", "2.5", "--max-header-kb", "8",
+         "--max-connections", "40", "--keep-alive", "1", "--max-request-megapixels", "3"]
+    )  # fmt: skip
+    assert serve_verb.run(args) == 0
+    assert (seen["header_timeout_s"], seen["max_header_bytes"]) == (2.5, 8 * 1024)
+    assert (seen["max_connections"], seen["keep_alive_s"]) == (40, 1.0)
+    assert seen["max_request_pixels"] == 3_000_000
+    defaults = build_parser().parse_args(["serve", "runs/x"])
+    assert serve_verb.run(defaults) == 0 and seen["max_request_pixels"] is None
+    assert (seen["header_timeout_s"], seen["max_connections"]) == (10.0, 1000)

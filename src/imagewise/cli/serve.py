@@ -42,6 +42,30 @@ def add_parser(verbs: Any, new_verb: NewVerb) -> argparse.ArgumentParser:
     p.add_argument(
         "--max-megapixels", type=float, default=50.0, help="largest image (50 megapixels)"
     )
+    p.add_argument(
+        "--max-request-megapixels",
+        type=float,
+        default=None,
+        help="decoded pixels of one request's images in all (default: twice --max-megapixels)",
+    )
+    p.add_argument(
+        "--header-timeout",
+        type=float,
+        default=10.0,
+        help="seconds to send a request's headers (10); then 408 and the connection is closed",
+    )
+    p.add_argument(
+        "--max-header-kb", type=float, default=64.0, help="largest request head (64 KiB); then 431"
+    )
+    p.add_argument(
+        "--max-connections",
+        type=int,
+        default=1000,
+        help="open connections (1000); past it the one idle longest is closed",
+    )
+    p.add_argument(
+        "--keep-alive", type=float, default=5.0, help="seconds an idle connection stays open (5)"
+    )
     p.add_argument("--top-k", type=int, default=5, help="default classes per image (5)")
     p.add_argument(
         "--threads",
@@ -71,6 +95,15 @@ def run(args: argparse.Namespace) -> int:
         max_body_bytes=int(args.max_body_mb * 1024 * 1024),
         max_images=args.max_images,
         max_pixels=int(args.max_megapixels * 1_000_000),
+        max_request_pixels=(
+            None
+            if args.max_request_megapixels is None
+            else int(args.max_request_megapixels * 1_000_000)
+        ),
+        header_timeout_s=args.header_timeout,
+        max_header_bytes=int(args.max_header_kb * 1024),
+        max_connections=args.max_connections,
+        keep_alive_s=args.keep_alive,
         top_k=args.top_k,
         threads=args.threads,
         device=args.device,
