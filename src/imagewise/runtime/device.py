@@ -84,8 +84,9 @@ def keep_freed_memory() -> bool:
 
     PyTorch's CPU allocator is plain malloc. By default glibc serves each multi-megabyte
     activation from a fresh ``mmap`` (or trims the heap after freeing it), so every training
-    step page-faults its activations in again: measured 12.8 -> 9.4 ms per step of the
-    tutorial CNN (BENCHMARKS.md), the same gain as preloading tcmalloc, without a system library.
+    step page-faults its activations in again; keeping freed memory makes a tutorial-CNN step
+    markedly faster (BENCHMARKS.md, "Fast training"), the same gain as preloading tcmalloc,
+    without a system library.
     Raising the mmap and trim thresholds keeps at most the peak working set resident (so a
     notebook holds on to up to 1 GB of freed memory after training). Returns False (and changes
     nothing) off glibc, or when the environment sets ``IMAGEWISE_KEEP_FREED_MEMORY=0``.
