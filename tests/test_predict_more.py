@@ -293,6 +293,32 @@ def test_video_cli_csv_stride_and_annotated_copy(trained_run, clip, tmp_path, ca
     assert not list(tmp_path.glob(".*"))  # written atomically: no temporary file left
 
 
+def test_a_cut_off_video_says_how_many_of_its_frames_were_predicted(
+    model, tmp_path, caplog
+) -> None:
+    from imagewise.predict.video import predict_video
+
+    # a faststart MP4 declares its 40 frames up front; cut in half, FFmpeg stops quietly
+    path = tmp_path / "clip.mp4"
+    rng = np.random.default_rng(0)
+    with av.open(str(path), "w", options={"movflags": "faststart"}) as out:
+        stream = out.add_stream("mpeg4", rate=10)
+        stream.width = stream.height = 64
+        stream.pix_fmt = "yuv420p"
+        for _ in range(40):
+            img = Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8))
+            out.mux(stream.encode(av.VideoFrame.from_image(img)))
+        out.mux(stream.encode())
+    whole = list(predict_video(model, path, top_k=1))
+    assert len(whole) == 40 and "truncated" not in caplog.text
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with caplog.at_level("WARNING", logger="imagewise"):
+        got = list(predict_video(model, cut, top_k=1))
+    assert 0 < len(got) < 40
+    assert f"'{cut}' ended after {len(got)} of the 40 frames its header declares" in caplog.text
+
+
 def test_video_errors_are_one_line(trained_run, tmp_path, capsys, folder_data) -> None:
     bad = tmp_path / "bad.mp4"
     bad.write_bytes(b"not a video at all")

@@ -19,6 +19,7 @@ import bisect
 import contextlib
 import csv
 import io
+import logging
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from imagewise.errors import UserError
 
 VIDEO_EXTENSIONS = frozenset({".mp4", ".mov", ".avi", ".mkv", ".webm"})
 VIDEO_BATCH = 32  # frames per forward pass: full-size frames wait in the reading queue
+log = logging.getLogger("imagewise")
 _CODECS = {".webm": ("libvpx-vp9", "yuv420p"), ".avi": ("mpeg4", "yuv420p")}
 
 
@@ -104,15 +106,22 @@ def video_frames(path: str | Path, stride: int = 1) -> Iterator[_Frame]:
 
     with _opened(path) as (container, stream):
         fps = float(stream.average_rate or stream.guessed_rate or 25)
-        first = None
+        first, decoded = None, 0
         try:
             for index, frame in enumerate(container.decode(stream)):
+                decoded = index + 1
                 t = frame.time if frame.time is not None else index / fps
                 first = t if first is None else first
                 if index % stride == 0:
                     yield _Frame(str(path), index, round(t - first, 6), frame)
         except av.FFmpegError as exc:
             raise _unreadable(path, exc) from None
+        declared = int(stream.frames or 0)  # 0: the container does not say
+        if decoded < declared:  # FFmpeg stops quietly at the end of a cut-off file
+            log.warning(
+                "'%s' ended after %d of the %d frames its header declares (truncated or "
+                "damaged); the rest were not predicted", path, decoded, declared,
+            )  # fmt: skip
 
 
 def predict_video(
