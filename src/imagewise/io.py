@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from imagewise.errors import UserError
+from imagewise.names import TEXT_ERRORS, json_dumps
 
 # Below this many free bytes a failed write is taken as a full disk, whatever the writer raised:
 # torch.save and safetensors wrap the OS error in their own exception types.
@@ -164,15 +165,17 @@ def refuse_overwriting(path: str | Path, inputs: Sequence[str | Path], flag: str
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write text to ``path`` atomically."""
-    return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+    """Write text to ``path`` atomically (UTF-8; a file name's undecodable bytes as they are)."""
+    return atomic_write(
+        path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8", errors=TEXT_ERRORS)
+    )
 
 
 def atomic_write_json(path: str | Path, data: Any) -> Path:
-    """Write JSON (indented, UTF-8) to ``path`` atomically."""
-    return atomic_write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    """Write JSON (indented, UTF-8) to ``path`` atomically; names read back whole."""
+    return atomic_write_text(path, json_dumps(data) + "\n")
 
 
 def read_json(path: str | Path) -> Any:
     """Read a JSON file."""
-    return json.loads(Path(path).read_text())
+    return json.loads(Path(path).read_text(encoding="utf-8"))

@@ -8,7 +8,6 @@ given an index folder, it is used as it is.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ from typing import Any
 
 from imagewise.errors import UserError
 from imagewise.features.index import Index
+from imagewise.names import json_dumps, shown
 
 FORMATS = ("table", "json", "html")
 
@@ -94,16 +94,19 @@ class SimilarResult:
         if fmt not in FORMATS:
             raise UserError(f"unknown format '{fmt}'; choose {', '.join(FORMATS)}")
         if fmt == "json":
-            return json.dumps(self.to_dict(), indent=2, ensure_ascii=False)
+            return json_dumps(self.to_dict())  # names read back whole (imagewise.names)
         if fmt == "html":
             from imagewise.features.sheet import contact_sheet
 
             return contact_sheet(self)
         lines = []
         for q in self.queries:
-            lines += [f"query: {q.query}", f"{'rank':>4}  {'similarity':>10}  {'label':<16}  path"]
             lines += [
-                f"{m.rank:>4}  {m.similarity:>10.4f}  {m.label or '-':<16}  {m.path}"
+                f"query: {shown(q.query)}",
+                f"{'rank':>4}  {'similarity':>10}  {'label':<16}  path",
+            ]
+            lines += [
+                f"{m.rank:>4}  {m.similarity:>10.4f}  {m.label or '-':<16}  {shown(m.path)}"
                 for m in q.matches
             ]
             lines.append("")

@@ -36,6 +36,7 @@ from imagewise.edge.model import ImageModel
 from imagewise.edge.results import Prediction
 from imagewise.errors import UserError
 from imagewise.io import check_output_dir
+from imagewise.names import TEXT_ERRORS, CsvWriter
 
 log = logging.getLogger("imagewise")
 
@@ -256,7 +257,8 @@ class Journal:
             data = data[: data.rfind(b"\n") + 1]
             with open(self.path, "r+b") as f:
                 f.truncate(len(data))
-        rows = list(csv.reader(io.StringIO(data.decode("utf-8"))))
+        text = data.decode("utf-8", TEXT_ERRORS)  # names that are not UTF-8: their bytes
+        rows = list(csv.reader(io.StringIO(text, newline="")))
         if data and (not rows or rows[0] != COLUMNS):
             raise UserError(
                 f"'{self.path}' exists and was not written by --sort-into; move it away or "
@@ -267,8 +269,8 @@ class Journal:
     def append(self, rows: list[list[str]]) -> None:
         if not rows and self.path.exists():
             return
-        with open(self.path, "a", newline="", encoding="utf-8") as f:
-            writer = csv.writer(f, lineterminator="\n")
+        with open(self.path, "a", newline="", encoding="utf-8", errors=TEXT_ERRORS) as f:
+            writer = CsvWriter(f)
             if f.tell() == 0:
                 writer.writerow(COLUMNS)
             writer.writerows(rows)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import bisect
 import contextlib
-import csv
 import io
 import os
 from collections.abc import Iterator, Sequence
@@ -30,6 +29,7 @@ from PIL import Image, ImageDraw, ImageFont
 from imagewise.edge.model import ImageModel
 from imagewise.edge.results import Prediction, csv_header, csv_rows, format_predictions
 from imagewise.errors import UserError
+from imagewise.names import CsvWriter
 
 VIDEO_EXTENSIONS = frozenset({".mp4", ".mov", ".avi", ".mkv", ".webm"})
 VIDEO_BATCH = 32  # frames per forward pass: full-size frames wait in the reading queue
@@ -171,7 +171,7 @@ def format_frames(predictions: Sequence[FramePrediction], fmt: str = "table") ->
     if fmt == "csv":
         header = csv_header(predictions)
         buf = io.StringIO()
-        writer = csv.writer(buf, lineterminator="\n")
+        writer = CsvWriter(buf)  # a name's "\r" quoted
         writer.writerow([header[0], "frame", "time", *header[1:]])
         for p in predictions:
             for row in csv_rows([p], header):
