@@ -112,7 +112,8 @@ def test_a_full_disk_partway_is_one_line_and_a_rerun_places_each_image_once(
         monkeypatch.setattr(sorting.shutil, "copyfileobj", HalfCopy(shutil.copyfileobj, 11))
     else:  # a move links the source into place: the 12th link finds the folder full
         monkeypatch.setattr(sorting.os, "link", FullAfter(os.link, 11))
-    args = ["predict", str(trained_run), str(inbox), "--sort-into", str(out), "--batch-size", "8"]
+    args = ["predict", str(trained_run), str(inbox), "--sort-into", str(out), "--batch-size", "8",
+            "-q"]  # fmt: skip
     code, _, err = run_cli([*args, *(["--move"] if mode == "move" else [])], capsys)
     assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert err.startswith(f"error: no space left on the device for '{out}"), err
@@ -179,8 +180,8 @@ def test_inputs_inside_the_output_folder_are_refused(trained_run, inbox, tmp_pat
     sort_images(trained_run, [str(inbox)], out, batch_size=16)
     folder = next(p for p in out.iterdir() if p.is_dir())
     for given in (str(folder), str(out / "*" / "*.png"), str(next(folder.iterdir()))):
-        code, _, err = run_cli(["predict", str(trained_run), given, "--sort-into", str(out)],
-                               capsys)  # fmt: skip
+        code, _, err = run_cli(["predict", str(trained_run), given, "--sort-into", str(out),
+                                "-q"], capsys)  # fmt: skip
         assert code == 2 and len(err.strip().splitlines()) == 1, err
         assert f"is inside --sort-into '{out}'" in err
     with pytest.raises(UserError, match="is inside --sort-into"):

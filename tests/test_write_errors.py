@@ -16,7 +16,7 @@ from conftest import run_cli
 
 
 def one_line_error(args: list[str], capsys: pytest.CaptureFixture[str]) -> str:
-    code, _, err = run_cli(args, capsys)
+    code, _, err = run_cli([*args, "-q"], capsys)  # -q: no info lines beside the error
     assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     return err.strip()
 
@@ -119,7 +119,7 @@ def test_predict_out_and_data_check_json_refused_while_writing(
         for png in sorted((folder_data / cls).glob("*.png"))[:3]:
             (small / cls / png.name).write_bytes(png.read_bytes())
     report = tmp_path / "c.json"
-    line = one_line_error(["data", "check", str(small), "--json", str(report), "-q"], capsys)
+    line = one_line_error(["data", "check", str(small), "--json", str(report)], capsys)
     assert f"'{report}'" in line and not report.exists()
 
 
