@@ -112,6 +112,9 @@ def test_sort_summary_counts_each_folder() -> None:
         "3 images were sorted by an earlier run and left as they are",
         "list: o/p.csv",
     ]
+    result.gone = ["/in/a.png", "/in/b.png"]
+    gone = "2 images went away before they were placed; skipped"
+    assert result.summary().splitlines()[-2] == gone
 
 
 def test_features_summary_names_the_file_only_when_one_was_written() -> None:

@@ -1,7 +1,8 @@
 """Atomic writes: every file imagewise writes appears whole or not at all.
 
 Also the checks that an output path can be written, made before any expensive work, and the
-translation of a full disk into one line that names the file.
+translation of a full disk, a missing permission or a read-only disk into one line that names
+the file (:func:`write_error`, for writers that cannot go through :func:`atomic_write`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from imagewise.errors import UserError
+from imagewise.names import TEXT_ERRORS, json_dumps
 
 # Below this many free bytes a failed write is taken as a full disk, whatever the writer raised:
 # torch.save and safetensors wrap the OS error in their own exception types.
@@ -31,6 +33,38 @@ class DiskFull(UserError):
             f"before is unchanged); {kept or 'free some space and try again'}"
         )
         self.path = path
+
+
+class NotWritable(UserError):
+    """No permission to write a file, or its disk is mounted read-only."""
+
+    def __init__(self, path: str | Path, why: str) -> None:
+        super().__init__(f"cannot write '{path}': {why}")
+        self.path = Path(path)
+
+
+def write_error(path: str | Path, exc: BaseException, kept: str = "") -> UserError | None:
+    """The one-line error for ``exc``, raised while writing ``path``, when it is the disk's or
+    the folder's fault (full, no permission, read-only); None for anything else. ``kept``: what
+    a full disk leaves and what to do (``DiskFull``).
+
+    Example:
+        >>> try:  # doctest: +SKIP
+        ...     append_row(path)
+        ... except OSError as exc:
+        ...     if (error := write_error(path, exc)) is not None:
+        ...         raise error from exc
+        ...     raise
+    """
+    if not isinstance(exc, OSError):
+        return None
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return DiskFull(Path(path), kept)
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return NotWritable(path, "no permission to write there")
+    if exc.errno == errno.EROFS:
+        return NotWritable(path, "its disk is read-only")
+    return None
 
 
 def _umask() -> int:
@@ -67,8 +101,8 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise DiskFull(path) from exc
+        if (error := write_error(path, exc)) is not None:
+            raise error from exc
         raise
     os.close(fd)
     try:
@@ -80,6 +114,8 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
         Path(tmp).unlink(missing_ok=True)
         if full:
             raise DiskFull(path) from exc
+        if (error := write_error(path, exc)) is not None:
+            raise error from exc
         raise
     return path
 
@@ -107,23 +143,39 @@ def _file_in_the_way(path: Path) -> Path | None:
     return None if ancestor.is_dir() else ancestor
 
 
+def _refuse_unwritable(path: Path, folder: Path, flag: str) -> None:
+    """Refuse ``path`` when ``folder`` (where it would be written) takes no writes."""
+    if os.access(folder, os.W_OK | os.X_OK):
+        return
+    try:
+        read_only = bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except OSError:
+        read_only = False
+    why = f"'{folder}' is on a read-only disk" if read_only else f"no permission in '{folder}'"
+    raise UserError(f"{flag} '{path}' cannot be written: {why}")
+
+
 def check_output_dir(path: str | Path, flag: str = "--out") -> Path:
-    """Refuse, before any work, a folder path that cannot be one: a file, or under a file."""
+    """Refuse, before any work, a folder path that cannot be one: a file, under a file, or
+    where this process may not write."""
     path = Path(path).expanduser()
     if path.exists() and not path.is_dir():
         raise UserError(f"{flag} '{path}' is a file, not a folder; name a folder instead")
     if blocker := _file_in_the_way(path):
         raise UserError(f"{flag} '{path}' is inside '{blocker}', which is a file, not a folder")
+    _refuse_unwritable(path, path if path.is_dir() else existing_ancestor(path.absolute()), flag)
     return path
 
 
 def check_output_file(path: str | Path, flag: str = "--out") -> Path:
-    """Refuse, before any work, a file path that cannot be written: a folder, or under a file."""
+    """Refuse, before any work, a file path that cannot be written: a folder, under a file, or
+    where this process may not write."""
     path = Path(path).expanduser()
     if path.is_dir():
         raise UserError(f"{flag} '{path}' is a folder; name a file to write instead")
     if blocker := _file_in_the_way(path):
         raise UserError(f"{flag} '{path}' is inside '{blocker}', which is a file, not a folder")
+    _refuse_unwritable(path, existing_ancestor(path.absolute()), flag)
     return path
 
 
@@ -182,15 +234,17 @@ def refuse_overwriting(path: str | Path, inputs: Sequence[str | Path], flag: str
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write text to ``path`` atomically."""
-    return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+    """Write text to ``path`` atomically (UTF-8; a file name's undecodable bytes as they are)."""
+    return atomic_write(
+        path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8", errors=TEXT_ERRORS)
+    )
 
 
 def atomic_write_json(path: str | Path, data: Any) -> Path:
-    """Write JSON (indented, UTF-8) to ``path`` atomically."""
-    return atomic_write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    """Write JSON (indented, UTF-8) to ``path`` atomically; names read back whole."""
+    return atomic_write_text(path, json_dumps(data) + "\n")
 
 
 def read_json(path: str | Path) -> Any:
     """Read a JSON file."""
-    return json.loads(Path(path).read_text())
+    return json.loads(Path(path).read_text(encoding="utf-8"))

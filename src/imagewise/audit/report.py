@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image
 
 from imagewise.io import atomic_write_text
+from imagewise.names import valid_text
 
 if TYPE_CHECKING:
     from imagewise.audit.result import AuditResult
@@ -139,4 +140,4 @@ def write_html(result: AuditResult, path: str | Path) -> Path:
         + "\n".join(body)
         + "</body></html>\n"
     )
-    return atomic_write_text(path, page)
+    return atomic_write_text(path, valid_text(page))  # names that are not UTF-8: caf\xe9.png

@@ -67,8 +67,9 @@ class AuditResult:
     def write_clean(self, path: str | Path) -> int:
         """Write a CSV manifest (``path,label[,split]``) of the images nothing flagged; returns
         the number of rows. ``imagewise train`` reads it."""
-        import csv
         import io
+
+        from imagewise.names import TEXT_ERRORS, CsvWriter
 
         if self.scan is None or self.scan.in_memory:
             raise UserError(
@@ -78,7 +79,7 @@ class AuditResult:
         scan = self.scan
         with_split = any(s != "train" for s in scan.splits)
         buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
+        writer = CsvWriter(buffer)  # a name's "\r" quoted, not a line end
         writer.writerow(["path", "label", "split"] if with_split else ["path", "label"])
         rows = 0
         for i, name in enumerate(scan.names):
@@ -87,7 +88,8 @@ class AuditResult:
             row = [str(Path(name).resolve()), scan.classes[scan.labels[i]]]
             writer.writerow([*row, scan.splits[i]] if with_split else row)
             rows += 1
-        atomic_write(path, lambda tmp: Path(tmp).write_text(buffer.getvalue(), encoding="utf-8"))
+        text = buffer.getvalue()  # names that are not UTF-8 keep their bytes: they read back
+        atomic_write(path, lambda tmp: Path(tmp).write_text(text, "utf-8", TEXT_ERRORS, ""))
         return rows
 
 

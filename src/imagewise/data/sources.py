@@ -155,7 +155,8 @@ def _from_folder(root: Path, val_frac: float, test_frac: float, seed: int) -> Im
 
 def _from_csv(path: Path, val_frac: float, test_frac: float, seed: int) -> ImageData:
     try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
+        # errors=: a file name that is not UTF-8 is its own bytes (as --write-clean writes it)
+        with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
             rows = list(csv.DictReader(f))
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise UserError(f"cannot read CSV manifest '{path}': {exc}") from exc

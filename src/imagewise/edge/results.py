@@ -6,14 +6,13 @@ Torch-free (edge layer): PyTorch classifiers and ONNX Runtime sessions answer wi
 
 from __future__ import annotations
 
-import csv
 import io
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from imagewise.errors import UserError
+from imagewise.names import CsvWriter, json_dumps, shown
 
 FORMATS = ("table", "csv", "json")
 UNKNOWN = "unknown"  # the answer below --min-confidence
@@ -90,25 +89,30 @@ def csv_rows(predictions: Sequence[Prediction], header: Sequence[str]) -> list[l
 
 
 def format_predictions(predictions: Sequence[Prediction], fmt: str = "table") -> str:
-    """Render predictions: ``table`` for people, ``csv`` and ``json`` for programs."""
+    """Render predictions: ``table`` for people, ``csv`` and ``json`` for programs.
+
+    CSV and JSON keep each source as its file's name reads back (``imagewise.names``; write the
+    CSV text with ``errors="surrogateescape"``); the table shows names that are not UTF-8 or
+    hold control characters escaped (``caf\\xe9.png``)."""
     if fmt == "json":
-        return json.dumps([p.to_dict() for p in predictions], indent=2, ensure_ascii=False)
+        return json_dumps([p.to_dict() for p in predictions])
     if fmt == "csv":
         buf = io.StringIO()
-        writer = csv.writer(buf, lineterminator="\n")
+        writer = CsvWriter(buf)
         header = csv_header(predictions)
         writer.writerow(header)
         writer.writerows(csv_rows(predictions, header))
         return buf.getvalue().rstrip("\n")
     if fmt != "table":
         raise UserError(f"unknown format '{fmt}'; choose one of {', '.join(FORMATS)}")
-    width = max([len("image")] + [len(p.source) for p in predictions])
+    names = [shown(p.source) for p in predictions]
+    width = max([len("image")] + [len(name) for name in names])
     lines = [f"{'image':<{width}}  top classes (probability)"]
-    for p in predictions:
+    for name, p in zip(names, predictions, strict=True):
         tops = "  ".join(
             f"{c} ({prob:.1%})" for c, prob in zip(p.classes, p.probabilities, strict=True)
         )
         answer = f"{UNKNOWN}   " if p.unknown else ""
         ood = f"   ood {p.ood_score:.3g}" if p.ood_score is not None else ""
-        lines.append(f"{p.source:<{width}}  {answer}{tops}{ood}")
+        lines.append(f"{name:<{width}}  {answer}{tops}{ood}")
     return "\n".join(lines)

@@ -21,6 +21,7 @@ import torch
 from imagewise.data.transforms import normalize
 from imagewise.edge.spec import InputContract
 from imagewise.io import atomic_write_text
+from imagewise.names import valid_text
 from imagewise.runtime.meta import RunMeta
 from imagewise.runtime.runs import RunFolder
 
@@ -335,7 +336,8 @@ def write_report(run: str | Path, ev: Evaluation, clf: Classifier, gallery: int 
         gallery: how many of the worst errors to show.
     """
     page = render_report(ev, clf, Path(run), gallery)
-    return atomic_write_text(RunFolder.of(run).eval_dir / "report.html", page)
+    # valid_text: an image name that is not UTF-8 is shown as caf\xe9.png, as UTF-8
+    return atomic_write_text(RunFolder.of(run).eval_dir / "report.html", valid_text(page))
 
 
 __all__ = ["render_report", "write_report"]

@@ -54,7 +54,8 @@ class Collection:
         """sha256 of what the images are: paths with sizes and mtimes, or the pixels in memory.
         A changed, added or removed file changes it."""
         h = hashlib.sha256()
-        h.update("\0".join([self.source, self.split, *self.names, *self.labels]).encode())
+        text = "\0".join([self.source, self.split, *self.names, *self.labels])
+        h.update(text.encode("utf-8", "surrogateescape"))  # a name that is not UTF-8: its bytes
         if self.images is not None:
             h.update(self.images.contiguous().numpy().tobytes())
             return h.hexdigest()

@@ -7,7 +7,6 @@ The result holds the arrays with what they are (paths, labels, classes, layer, m
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,12 +25,10 @@ def check_output(path: str | Path | None, suffixes: Sequence[str] | None, flag: 
     """Refuse an output file that cannot be written or whose kind is unknown, before any work."""
     if path is None:
         return
-    from imagewise.io import check_output_file, existing_ancestor, refuse_overwriting
+    from imagewise.io import check_output_file, refuse_overwriting
 
-    target = check_output_file(path, flag)
+    check_output_file(path, flag)  # a folder, under a file, no permission, a read-only disk
     refuse_overwriting(path, [], flag)  # a run's own files
-    if not os.access(existing_ancestor(target.absolute()), os.W_OK):
-        raise UserError(f"{flag} '{path}' cannot be written here (no write permission)")
     if suffixes is not None and Path(path).suffix.lower() not in suffixes:
         raise UserError(
             f"{flag} '{path}': unknown file type '{Path(path).suffix}'; use "

@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from imagewise.errors import UserError
+from imagewise.names import json_dumps, shown
 
 
 @dataclass
@@ -162,16 +162,19 @@ class SimilarResult:
         if fmt not in FORMATS:
             raise UserError(f"unknown format '{fmt}'; choose {', '.join(FORMATS)}")
         if fmt == "json":
-            return json.dumps(self.to_dict(), indent=2, ensure_ascii=False)
+            return json_dumps(self.to_dict())  # names read back whole (imagewise.names)
         if fmt == "html":
             from imagewise.features.sheet import contact_sheet
 
             return contact_sheet(self.queries, self.index_info)
         lines = []
         for q in self.queries:
-            lines += [f"query: {q.query}", f"{'rank':>4}  {'similarity':>10}  {'label':<16}  path"]
             lines += [
-                f"{m.rank:>4}  {m.similarity:>10.4f}  {m.label or '-':<16}  {m.path}"
+                f"query: {shown(q.query)}",
+                f"{'rank':>4}  {'similarity':>10}  {'label':<16}  path",
+            ]
+            lines += [
+                f"{m.rank:>4}  {m.similarity:>10.4f}  {m.label or '-':<16}  {shown(m.path)}"
                 for m in q.matches
             ]
             lines.append("")

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 from PIL import Image, ImageOps
 
 from imagewise.data.decode import normalize_mode
+from imagewise.names import valid_text
 
 THUMB = 112
 _IN_MEMORY = re.compile(r"^(?P<source>[^:]+):(?P<split>train|val|test)/(?P<index>\d+)$")
@@ -138,11 +139,12 @@ def contact_sheet(queries: Sequence[QueryLike], info: Mapping[str, Any]) -> str:
         f"{info.get('count')} images from {html.escape(str(info.get('data')))}, "
         f"backend {html.escape(str(info.get('backend')))}"
     )
-    return (
+    page = (
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
         f"<title>imagewise similar</title><style>{_STYLE}</style></head><body>"
         f'<h1>Similar images</h1><div class="meta">{meta}</div>{"".join(rows)}</body></html>\n'
     )
+    return valid_text(page)  # names that are not UTF-8 shown as caf\xe9.png
 
 
 def _short(path: str, keep: int = 2) -> str:

@@ -2,13 +2,19 @@
 
 ``.npz`` holds ``features`` (float32 N x D), ``paths``, ``labels``, ``splits`` and ``classes``
 (unicode arrays) and ``layer``, ``model``, ``run``, ``dim`` (0-d arrays). ``.parquet`` holds
-one row per image (``path``, ``label``, ``split``, ``features`` as a fixed-size float32 list),
-with ``classes``, ``layer``, ``model``, ``run`` and ``dim`` in the schema's metadata.
+one row per image (``path``, ``label``, ``split``, ``features`` as a fixed-size float32 list,
+``path_bytes``), with ``classes``, ``layer``, ``model``, ``run`` and ``dim`` in the schema's
+metadata.
+
+Parquet text must be UTF-8: a file name that is not (``caf\\xe9.png``, written in Latin-1) is
+in ``path`` with its odd bytes shown as ``\\xNN``, and whole in ``path_bytes`` (the name's
+bytes, ``os.fsdecode`` turns them back into the path), as are all names.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import NamedTuple
 
@@ -16,6 +22,7 @@ import numpy as np
 
 from imagewise.errors import UserError
 from imagewise.io import atomic_write
+from imagewise.names import valid_text
 
 
 class _Table(NamedTuple):
@@ -73,10 +80,11 @@ def _write_parquet(result: _Table, tmp: str) -> None:
     }
     table = pa.table(
         {
-            "path": pa.array(result.paths, type=pa.string()),
-            "label": pa.array(result.labels, type=pa.string()),
+            "path": pa.array([valid_text(p) for p in result.paths], type=pa.string()),
+            "label": pa.array([valid_text(c) for c in result.labels], type=pa.string()),
             "split": pa.array(result.splits, type=pa.string()),
             "features": pa.FixedSizeListArray.from_arrays(flat, result.dim),
+            "path_bytes": pa.array([os.fsencode(p) for p in result.paths], type=pa.binary()),
         }
     ).replace_schema_metadata({f"imagewise.{k}": v for k, v in meta.items()})
     pq.write_table(table, tmp)

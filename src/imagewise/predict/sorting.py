@@ -15,6 +15,12 @@ The user's files come first:
   batch, so a rerun after an interruption skips the images it lists. An image placed but not
   yet recorded (a kill between the two) is found again (its copy's temporary name is still
   linked to it; a moved file shares its source's inode) and recorded, not placed twice.
+- **A failed write leaves nothing behind.** A full disk, a missing permission or a read-only
+  disk is one line naming the file. A half-made copy is removed; when the journal itself
+  cannot be written, the batch's placements are taken back (their sources are all still in
+  place) and a half-written row cut off, so a rerun places each image once.
+- **Sources only.** An input inside OUT is refused (it would be sorted again, beside itself);
+  a source that goes away before it is placed is skipped with a warning.
 """
 
 from __future__ import annotations
@@ -35,7 +41,8 @@ from typing import Any
 from imagewise.edge.model import ImageModel
 from imagewise.edge.results import Prediction
 from imagewise.errors import UserError
-from imagewise.io import check_output_dir
+from imagewise.io import check_output_dir, write_error
+from imagewise.names import TEXT_ERRORS, CsvWriter, shown
 
 log = logging.getLogger("imagewise")
 
@@ -47,6 +54,7 @@ COLUMNS = ["source", "destination", "answer", "class", "probability"]
 PART_PREFIX = ".imagewise-"  # a copy being placed: .imagewise-<token>.part
 PART_SUFFIX = ".part"
 _NO_LINKS = (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS)
+_RERUN = "free some space and run the same command again: it carries on where it stopped"
 
 
 @dataclass
@@ -61,6 +69,8 @@ class SortResult:
         unreadable: files left where they are because they could not be read.
         min_confidence: the threshold below which an image went to ``_unsure``.
         moved: whether the sources were moved (else copied).
+        gone: sources that went away (moved or deleted by someone else) before they could be
+            placed; skipped.
     """
 
     out: Path
@@ -70,6 +80,7 @@ class SortResult:
     unreadable: int = 0
     min_confidence: float = DEFAULT_MIN_CONFIDENCE
     moved: bool = False
+    gone: list[str] = field(default_factory=list)
 
     @property
     def placed(self) -> int:
@@ -90,6 +101,8 @@ class SortResult:
             )
         if self.unreadable:
             lines.append(f"{self.unreadable} unreadable files left where they are")
+        if self.gone:
+            lines.append(f"{len(self.gone)} images went away before they were placed; skipped")
         lines.append(f"list: {self.csv}")
         return "\n".join(lines)
 
@@ -134,6 +147,7 @@ def sort_images(
     inputs = [inputs] if isinstance(inputs, str) else [str(i) for i in inputs]
     out = check_sort_target(out, inputs)
     paths = expand_inputs(inputs)
+    refuse_sorted_inputs(out, paths)
     named = {str(Path(i).expanduser()) for i in inputs if Path(i).expanduser().is_file()}
     model = open_model(run, device)
     threshold = resolve_min_confidence(model, run, min_confidence, target_precision)
@@ -157,6 +171,36 @@ def check_sort_target(out: str | Path, inputs: Iterable[str]) -> Path:
                 "outside it"
             )
     return out
+
+
+def refuse_sorted_inputs(out: Path, paths: Sequence[str]) -> None:
+    """Refuse images that lie inside ``out`` (``predict RUN OUT/cat --sort-into OUT``): each
+    would be placed again beside itself, as ``img-1.png``, and listed twice."""
+    if not out.is_dir():
+        return
+    where = os.path.realpath(out) + os.sep
+    folders: dict[str, str] = {}  # one realpath per folder, not per image
+    for path in paths:
+        parent, name = os.path.split(os.path.abspath(path))
+        if parent not in folders:
+            folders[parent] = os.path.realpath(parent) + os.sep
+        if (folders[parent] + name).startswith(where):
+            raise UserError(
+                f"'{shown(path)}' is inside --sort-into '{out}', where sorted images go; give "
+                "the images to sort from outside it"
+            )
+
+
+@contextlib.contextmanager
+def _writing(path: Path) -> Iterator[None]:
+    """A full disk, a missing permission or a read-only disk while writing ``path``: one line."""
+    try:
+        yield
+    except OSError as exc:
+        error = write_error(shown(str(path)), exc, _RERUN)
+        if error is None:
+            raise
+        raise error from exc
 
 
 def folder_names(classes: Sequence[str]) -> dict[str, str]:
@@ -190,7 +234,8 @@ def sort_into(
     hooks: Sequence[Any] = (),
 ) -> SortResult:
     """``sort_images`` for a loaded model and a list of image files (see there)."""
-    out.mkdir(parents=True, exist_ok=True)
+    with _writing(out):
+        out.mkdir(parents=True, exist_ok=True)
     with _only_sorter(out):
         return _sort(model, paths, out, move, min_confidence, skippable, batch_size, hooks)
 
@@ -203,7 +248,9 @@ def _only_sorter(out: Path) -> Iterator[None]:
     except ImportError:  # Windows: no advisory locks here
         yield
         return
-    with open(out / LOCK_NAME, "a") as lock:
+    with _writing(out / LOCK_NAME):
+        lock = open(out / LOCK_NAME, "a")  # noqa: SIM115 (closed below)
+    with lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -239,18 +286,27 @@ def _sort(
         rows: list[list[str]] = []
         try:
             for p in predictions:
-                rows.append(placer.place(p))
-                folder = Path(rows[-1][1]).parts[0]
+                row = placer.place(p)
+                if row is None:  # the source went away
+                    result.gone.append(os.path.abspath(p.source))
+                    continue
+                rows.append(row)
+                folder = Path(row[1]).parts[0]
                 result.counts[folder] = result.counts.get(folder, 0) + 1
             for hook in hooks:
                 if hasattr(hook, "on_batch_placed"):
                     hook.on_batch_placed([out / r[1] for r in rows])
         finally:
             # Whatever stopped the batch, what was placed is recorded before anything is
-            # removed: the copies' temporary names, then (moves) the sources.
+            # removed: the copies' temporary names, then (moves) the sources. A journal that
+            # cannot be written (a full disk) takes the batch's placements back instead.
             placer.sync_folders()
-            journal.append(rows)
-            placer.settle([r[0] for r in rows])
+            try:
+                journal.append(rows)
+            except BaseException:
+                placer.undo(rows)
+                raise
+            placer.settle(rows)
         for hook in hooks:
             if hasattr(hook, "on_batch_done"):
                 hook.on_batch_done(result.placed)
@@ -272,9 +328,10 @@ class Journal:
         data = self.path.read_bytes()
         if data and not data.endswith(b"\n"):
             data = data[: data.rfind(b"\n") + 1]
-            with open(self.path, "r+b") as f:
+            with _writing(self.path), open(self.path, "r+b") as f:
                 f.truncate(len(data))
-        rows = list(csv.reader(io.StringIO(data.decode("utf-8"))))
+        text = data.decode("utf-8", TEXT_ERRORS)  # names that are not UTF-8: their bytes
+        rows = list(csv.reader(io.StringIO(text, newline="")))
         if data and (not rows or rows[0] != COLUMNS):
             raise UserError(
                 f"'{self.path}' exists and was not written by --sort-into; move it away or "
@@ -283,15 +340,26 @@ class Journal:
         return {row[0]: row[1] for row in rows[1:] if len(row) == len(COLUMNS)}
 
     def append(self, rows: list[list[str]]) -> None:
+        """Add ``rows``, on disk when this returns; on failure, none of them (a half-written
+        row is cut off)."""
         if not rows and self.path.exists():
             return
-        with open(self.path, "a", newline="", encoding="utf-8") as f:
-            writer = csv.writer(f, lineterminator="\n")
-            if f.tell() == 0:
-                writer.writerow(COLUMNS)
-            writer.writerows(rows)
-            f.flush()
-            os.fsync(f.fileno())
+        size = self.path.stat().st_size if self.path.exists() else 0
+        try:
+            with (
+                _writing(self.path),
+                open(self.path, "a", newline="", encoding="utf-8", errors=TEXT_ERRORS) as f,
+            ):
+                writer = CsvWriter(f)
+                if f.tell() == 0:
+                    writer.writerow(COLUMNS)
+                writer.writerows(rows)
+                f.flush()
+                os.fsync(f.fileno())
+        except BaseException:
+            with contextlib.suppress(OSError):  # shortening a file needs no space
+                os.truncate(self.path, size)
+            raise
 
 
 def _token(source: str) -> str:
@@ -329,9 +397,26 @@ def _finish_moves(out: Path, done: dict[str, str]) -> None:
     """Sources an interrupted move recorded but did not remove yet: removed now, when their
     placed copy holds the same bytes."""
     for source, destination in done.items():
-        src = Path(source)
-        if src.exists() and _same_file(src, out / destination):
-            src.unlink()
+        if os.path.exists(source) and _same_file(Path(source), out / destination):
+            _remove_source(source, out / destination)
+
+
+def _remove_source(source: str, dest: Path) -> None:
+    """A moved image's source, once its placement is recorded."""
+    try:
+        os.unlink(source)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise UserError(
+            f"cannot remove '{shown(source)}' after moving it to '{dest}' "
+            f"({(exc.strerror or str(exc)).lower()}); it is placed and listed, so sort the rest "
+            "without --move"
+        ) from exc
+
+
+def _gone(source: str) -> None:
+    log.warning("'%s' went away before it was placed (moved or deleted); skipped", shown(source))
 
 
 class Placer:
@@ -377,35 +462,53 @@ class Placer:
                     return self.inodes.get((st.st_dev, st.st_ino))
         return None
 
-    def place(self, p: Prediction) -> list[str]:
-        """Place one image; its journal row."""
+    def place(self, p: Prediction) -> list[str] | None:
+        """Place one image; its journal row, or None when its source went away."""
         source = os.path.abspath(p.source)
         folder = self.out / (UNSURE if p.unknown else self.folders[p.label])
         dest = self._earlier(source) or self._new_place(source, folder)
+        if dest is None:
+            return None
         self.touched.add(dest.parent)
         relative = dest.relative_to(self.out).as_posix()
         return [source, relative, p.answer, p.label, f"{p.confidence:.6f}"]
 
-    def _new_place(self, source: str, folder: Path) -> Path:
-        folder.mkdir(exist_ok=True)
-        if self.move:
-            try:
-                return _link_free(Path(source), folder, Path(source).name)
-            except OSError as exc:
-                if exc.errno not in (errno.EXDEV, *_NO_LINKS):
-                    raise
-        part = folder / _part_name(source)
-        with open(source, "rb") as src, open(part, "xb") as dst:
-            shutil.copyfileobj(src, dst, 1 << 20)
-            dst.flush()
-            os.fsync(dst.fileno())
-        shutil.copystat(source, part)
+    def _new_place(self, source: str, folder: Path) -> Path | None:
+        name = Path(source).name
+        with _writing(folder / name):
+            folder.mkdir(exist_ok=True)
+            if self.move:
+                try:
+                    return _link_free(Path(source), folder, name)
+                except OSError as exc:
+                    if not os.path.lexists(source):
+                        return _gone(source)
+                    if exc.errno not in (errno.EXDEV, *_NO_LINKS):
+                        raise
         try:
-            dest = _link_free(part, folder, Path(source).name)
-        except OSError as exc:
-            if exc.errno not in _NO_LINKS:
-                raise
-            dest = _rename_free(part, folder, Path(source).name)  # no hard links here
+            src = open(source, "rb")  # noqa: SIM115 (closed below)
+        except FileNotFoundError:
+            return _gone(source)
+        part = folder / _part_name(source)
+        try:
+            with src, _writing(folder / name):
+                with open(part, "xb") as dst:
+                    shutil.copyfileobj(src, dst, 1 << 20)
+                    dst.flush()
+                    os.fsync(dst.fileno())
+                with contextlib.suppress(FileNotFoundError):  # the source went away: it is copied
+                    shutil.copystat(source, part)
+                try:
+                    dest = _link_free(part, folder, name)
+                except OSError as exc:
+                    if exc.errno not in _NO_LINKS:
+                        raise
+                    dest = _rename_free(part, folder, name)  # no hard links here
+        except BaseException:
+            with contextlib.suppress(OSError):  # a half-made copy, or one never placed
+                if os.stat(part).st_nlink == 1:
+                    part.unlink()
+            raise
         if part.exists():
             self.parts[source] = part
         return dest
@@ -416,13 +519,24 @@ class Placer:
             _fsync_dir(folder)
         self.touched.clear()
 
-    def settle(self, sources: list[str]) -> None:
-        """After the journal holds ``sources``: temporary names go, and (moves) the sources."""
-        for source in sources:
+    def settle(self, rows: list[list[str]]) -> None:
+        """After the journal holds ``rows``: temporary names go, then (moves) the sources."""
+        for source, *_ in rows:
             if (part := self.parts.pop(source, None)) is not None:
                 part.unlink(missing_ok=True)
-            if self.move and os.path.lexists(source):
-                os.unlink(source)
+        if self.move:
+            for source, destination, *_ in rows:
+                _remove_source(source, self.out / destination)
+
+    def undo(self, rows: list[list[str]]) -> None:
+        """The journal could not record ``rows``: their placements go (each source is still in
+        place, so nothing is lost and a rerun places it once), with their temporary names."""
+        for source, destination, *_ in rows:
+            with contextlib.suppress(OSError):
+                if os.path.lexists(source):
+                    (self.out / destination).unlink()
+            if (part := self.parts.pop(source, None)) is not None:
+                part.unlink(missing_ok=True)
 
 
 def _free_names(name: str) -> Iterable[str]:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import bisect
 import contextlib
-import csv
 import io
 import logging
 import os
@@ -31,6 +30,8 @@ from PIL import Image, ImageDraw, ImageFont
 from imagewise.edge.model import ImageModel
 from imagewise.edge.results import Prediction, csv_header, csv_rows, format_predictions
 from imagewise.errors import UserError
+from imagewise.io import write_error
+from imagewise.names import CsvWriter
 
 VIDEO_EXTENSIONS = frozenset({".mp4", ".mov", ".avi", ".mkv", ".webm"})
 VIDEO_BATCH = 32  # frames per forward pass: full-size frames wait in the reading queue
@@ -180,7 +181,7 @@ def format_frames(predictions: Sequence[FramePrediction], fmt: str = "table") ->
     if fmt == "csv":
         header = csv_header(predictions)
         buf = io.StringIO()
-        writer = csv.writer(buf, lineterminator="\n")
+        writer = CsvWriter(buf)  # a name's "\r" quoted
         writer.writerow([header[0], "frame", "time", *header[1:]])
         for p in predictions:
             for row in csv_rows([p], header):
@@ -217,6 +218,10 @@ def annotate_video(
     try:
         frames = _write_annotated(path, tmp, lambda i: predictions[bisect.bisect(starts, i) - 1])
         os.replace(tmp, out)
+    except OSError as exc:  # a full disk, no permission, a read-only disk: one line
+        if (error := write_error(out, exc)) is None:
+            raise
+        raise error from exc
     finally:
         tmp.unlink(missing_ok=True)
     if not frames:
@@ -259,6 +264,8 @@ def _write_annotated(path: str | Path, tmp: Path, answer_of: Any) -> int:
                     image = _draw(frame.to_image(), answer_of(count - 1), font)
                     output.mux(encoder.encode(av.VideoFrame.from_image(image)))
             except av.FFmpegError as exc:
+                if write_error(tmp, exc) is not None:
+                    raise  # writing failed, not reading: annotate_video says so
                 raise _unreadable(path, exc) from None
             output.mux(encoder.encode())
     return count
