@@ -319,8 +319,6 @@ def fit_hog_svm(
     fit_seconds = time.perf_counter() - fit_start
     coef, bias = _coef(svm, num_classes)
     _set_weights(model, scaler, coef, bias)
-    train_scores = x_train @ coef.T + bias
-    val_scores = x_val @ coef.T + bias
     summary = {
         "C": candidates[best],
         "candidates": dict(zip(map(str, candidates), val_acc, strict=True)) if len(x_val) else {},
@@ -328,12 +326,7 @@ def fit_hog_svm(
         "feature_dim": int(x_train.shape[1]),
         "hog": asdict(model.hog_settings),
         "svm_iterations": int(np.max(svm.n_iter_)),
-        "train_images": len(y_train),
-        "val_images": len(y_val),
-        "train_accuracy": _accuracy(train_scores, y_train),
-        "train_loss": _cross_entropy(train_scores, y_train),
-        "val_accuracy": _accuracy(val_scores, y_val),
-        "val_loss": _cross_entropy(val_scores, y_val),
+        **_scores((x_train, y_train), (x_val, y_val), coef, bias),
         "feature_seconds": round(feature_seconds, 3),
         "fit_seconds": round(fit_seconds, 3),
         "train_seconds": round(time.perf_counter() - start, 3),
@@ -344,6 +337,23 @@ def fit_hog_svm(
         summary["val_accuracy"], summary["train_seconds"],
     )  # fmt: skip
     return summary
+
+
+def _scores(
+    train: tuple[np.ndarray, np.ndarray],
+    val: tuple[np.ndarray, np.ndarray],
+    coef: np.ndarray,
+    bias: np.ndarray,
+) -> dict[str, Any]:
+    """Image counts, accuracy and loss (cross-entropy of the decision values) of each split."""
+    out: dict[str, Any] = {
+        f"{name}_images": len(y) for name, (_, y) in (("train", train), ("val", val))
+    }
+    for name, (x, y) in (("train", train), ("val", val)):
+        scores = x @ coef.T + bias
+        out[f"{name}_accuracy"] = _accuracy(scores, y)
+        out[f"{name}_loss"] = _cross_entropy(scores, y)
+    return out
 
 
 def _fit_candidates(
