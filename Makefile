@@ -1,4 +1,4 @@
-# make run   installs on first use (.venv: the full install, imagewise[all,weights,dev]), then runs the
+# make run   installs on first use (.venv: the full install, imagewise[all,weights,deploy,dev]), then runs the
 #            main job end to end on built-in data
 # make test  installs on first use, then lint, format check, the import layers, the public
 #            API's types and the test suite
@@ -27,7 +27,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[all,weights,dev]'
+	$(BIN)/python -m pip install -q -e '.[all,weights,deploy,dev]'
 	-@missing=""; \
 	[ -d /usr/share/datasets/fashion-mnist ] || missing="dataset-fashion-mnist"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \

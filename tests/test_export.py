@@ -49,6 +49,13 @@ def val_images(folder_data: Path) -> list[str]:
     return [p for p in raw.val.paths if "broken" not in p]
 
 
+def parity_of(run: Path, name: str = "model.onnx") -> dict:
+    """parity.json's record of the file ``name`` of the run's export folder."""
+    record = json.loads((run / "export" / "parity.json").read_text())
+    assert record["format"] == "imagewise-parity/1"
+    return record["files"][name]
+
+
 def some_images(folder_data: Path) -> list[str]:
     """Two files per class: PNG and JPEG, RGB and grayscale."""
     return [str(folder_data / c / name) for c in CLASSES for name in ("000.jpg", "001.png")]
@@ -63,7 +70,7 @@ def exported(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
 
 
 def test_onnx_export_writes_the_model_and_parity(exported: Path, folder_data: Path) -> None:
-    parity = json.loads((exported / "export" / "parity.json").read_text())
+    parity = parity_of(exported)
     model_file = exported / "export" / "model.onnx"
     assert parity["file"] == str(model_file) and parity["bytes"] == model_file.stat().st_size
     assert (parity["format"], parity["int8"], parity["raw_input"]) == ("onnx", False, False)
@@ -74,7 +81,6 @@ def test_onnx_export_writes_the_model_and_parity(exported: Path, folder_data: Pa
     assert parity["accuracy_drop"] == 0.0
     assert parity["gates"] == {"min_top1_agreement": 0.999}
     assert parity["passed"] is True and parity["failure"] is None
-    assert not (exported / "export" / "model.rejected.onnx").exists()
 
     graph = onnx.load(str(model_file))
     onnx.checker.check_model(graph)
@@ -170,7 +176,7 @@ def test_raw_input_graph_takes_uint8_nhwc_and_agrees(
     pixels = torch.stack([raw._read(f) for f in files]).permute(0, 2, 3, 1).numpy()
     _, probs = raw.session.run(None, {"input": pixels})
     assert (probs.argmax(1) == fp32.probabilities(batch).argmax(1).numpy()).all()
-    assert json.loads((run / "export" / "parity.json").read_text())["file"] == str(result.path)
+    assert parity_of(run, result.path.name)["file"] == str(result.path)
 
 
 @pytest.fixture(scope="module")
@@ -182,7 +188,7 @@ def int8_export(exported: Path, tmp_path_factory: pytest.TempPathFactory) -> Exp
 def test_int8_export_passes_its_gate(exported: Path, int8_export: ExportResult) -> None:
     result, run = int8_export, int8_export.path.parent.parent
     assert result.path == run / "export" / "model.int8.onnx" and result.path.is_file()
-    parity = json.loads(result.parity_path.read_text())
+    parity = parity_of(run, "model.int8.onnx")
     assert parity == result.parity and parity["int8"] is True and parity["passed"] is True
     assert parity["gates"] == {"max_accuracy_drop": 0.01, "max_int16_pair_sum": 32767}
     assert parity["accuracy_drop"] <= 0.01 and parity["int16_pair_sum_max"] <= 32640
@@ -275,19 +281,17 @@ def test_failed_check_exits_2_and_keeps_no_model(
     export_dir = run / "export"
     assert line.startswith("error: the exported model failed its check on ")
     assert "val images: top-1 agreement with PyTorch is 0.00%, below 99.9%" in line
-    assert f"it was kept as {export_dir / 'model.rejected.onnx'} and not as model.onnx" in line
-    assert not (export_dir / "model.onnx").exists()
-    assert (export_dir / "model.rejected.onnx").is_file()
-    parity = json.loads((export_dir / "parity.json").read_text())
+    assert "; nothing was written in place of model.onnx" in line
+    assert sorted(p.name for p in export_dir.iterdir()) == ["parity.json"]  # nothing left behind
+    parity = parity_of(run)
     assert parity["passed"] is False and parity["top1_agreement"] == 0.0
     assert parity["failure"].startswith("top-1 agreement with PyTorch is 0.00%")
     assert parity["accuracy_exported"] < parity["accuracy_pytorch"]
-    # A later export that passes replaces the rejected file with the real one.
+    # A later export that passes writes the file and replaces the record.
     monkeypatch.setattr(ExportModule, "forward", forward)
     assert run_cli(["export", str(run), "-q"], capsys)[0] == 0
     assert (export_dir / "model.onnx").is_file()
-    assert not (export_dir / "model.rejected.onnx").exists()
-    assert json.loads((export_dir / "parity.json").read_text())["passed"] is True
+    assert parity_of(run)["passed"] is True
 
 
 def export_int8_with(
@@ -328,10 +332,10 @@ def test_int8_gate_refuses_a_quantizer_that_loses_accuracy(
     (line,) = err.strip().splitlines()
     assert line.startswith("error: the exported model failed its check on ")
     assert "points below PyTorch's" in line and "(allowed: 1)" in line
-    assert f"kept as {run / 'export' / 'model.int8.rejected.onnx'}" in line
+    assert "nothing was written in place of model.int8.onnx" in line
     assert earlier.read_bytes() == b"an INT8 file from an earlier export"
-    assert (run / "export" / "model.int8.rejected.onnx").is_file()
-    parity = json.loads((run / "export" / "parity.json").read_text())
+    assert sorted(p.name for p in earlier.parent.iterdir()) == ["model.int8.onnx", "parity.json"]
+    parity = parity_of(run, "model.int8.onnx")
     assert parity["passed"] is False and parity["accuracy_drop"] > 0.01
     assert parity["gates"] == {"max_accuracy_drop": 0.01, "max_int16_pair_sum": 32767}
     assert parity["quantization"]["reduce_range"] is True
@@ -353,7 +357,7 @@ def test_int8_gate_refuses_8_bit_weights_that_saturate_without_vnni(
     assert code == 2 and out == ""
     assert "saturate int16 on CPUs without VNNI (allowed: 64)" in err
     assert not (run / "export" / "model.int8.onnx").exists()
-    parity = json.loads((run / "export" / "parity.json").read_text())
+    parity = parity_of(run, "model.int8.onnx")
     assert parity["passed"] is False and parity["int16_pair_sum_max"] > 32767
 
 
@@ -415,7 +419,7 @@ def test_torchscript_round_trip(
     assert code == 0, err
     model_file = run / "export" / "model.pt"
     assert out.startswith(f"wrote {model_file} (") and "; torchscript)" in out
-    parity = json.loads((run / "export" / "parity.json").read_text())
+    parity = parity_of(run, "model.pt")
     assert parity["format"] == "torchscript" and parity["passed"] is True
     assert parity["top1_agreement"] == 1.0 and parity["max_abs_probability_difference"] < 1e-5
     extra = {"imagewise.json": ""}
@@ -522,8 +526,14 @@ def test_requests_that_cannot_be_met(
     exported: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     errors = {
-        ("--format", "torchscript", "--int8"): "error: --int8 and --raw-input are for ONNX "
-        "exports; leave them out with --format torchscript",
+        ("--format", "torchscript", "--int8"): "error: --int8 is not offered for --format "
+        "torchscript (it offers float32)",
+        ("--format", "torchscript", "--raw-input"): "error: --raw-input is for ONNX exports; "
+        "leave it out with --format torchscript",
+        ("--precision", "float16"): "error: --precision float16 is not offered for --format "
+        "onnx (it offers float32, int8)",
+        ("--int8", "--precision", "float16"): "error: --int8 and --precision float16 disagree; "
+        "give one of them",
         ("--out", str(tmp_path / "model.bin")): "error: --out must end in '.onnx' for --format "
         f"onnx, not '{tmp_path / 'model.bin'}'",
     }

@@ -62,13 +62,13 @@ def test_export_summary_reports_the_check() -> None:
     parity = {
         "bytes": 1_234_567, "images": 60, "split": "val", "top1_agreement": 59 / 60,
         "max_abs_probability_difference": 0.000123, "accuracy_exported": 0.9,
-        "accuracy_pytorch": 0.9167, "passed": True,
+        "accuracy_pytorch": 0.9167, "passed": True, "runtime": "ONNX Runtime",
     }  # fmt: skip
     result = ExportResult(Path("m.int8.onnx"), "onnx", True, False, parity, Path("parity.json"))
     assert result.summary().splitlines() == [
         "wrote m.int8.onnx (1.23 MB; onnx, INT8)",
-        "checked on 60 val images: top-1 agreement with PyTorch 98.33%, largest probability "
-        "difference 0.00012",
+        "checked on 60 val images by ONNX Runtime: top-1 agreement with PyTorch 98.33%, "
+        "largest probability difference 0.00012",
         "accuracy 90.00% (PyTorch 91.67%)",
         "figures: parity.json",
     ]

@@ -2,10 +2,11 @@
 
 Decoding (``images``), the answers and their formats (``results``), the shared classifier
 (``model``), the exported file's metadata (``metadata``), the finite-output check (``finite``)
-and ONNX Runtime sessions (``onnx``: ``load_model(path)`` -> ``OnnxModel``) import numpy, Pillow
-and onnxruntime only, never PyTorch, timm or matplotlib, so an ONNX file predicts and serves on
-a small device with ``pip install "imagewise[runtime]"``. An import-linter contract in
-``pyproject.toml`` keeps it so.
+and the runtimes of exported files (``runtimes``: ``load_model(path)`` picks ONNX Runtime,
+OpenVINO, LiteRT or ExecuTorch by the file's suffix) import numpy, Pillow and that one runtime
+only, never PyTorch, timm or matplotlib, so an exported file predicts and serves on a small
+device with ``pip install "imagewise[runtime]"`` (or ``[openvino]``, ``[litert]``,
+``[executorch]``). An import-linter contract in ``pyproject.toml`` keeps it so.
 """
 
 from __future__ import annotations
@@ -13,14 +14,19 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from imagewise.edge.onnx import OnnxModel, load_model
+    from imagewise.edge.onnx import OnnxModel
+    from imagewise.edge.runtimes import load_model
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("OnnxModel", "load_model"):  # onnx.py imports onnxruntime only when it opens one
+    if name == "OnnxModel":  # onnx.py imports onnxruntime only when it opens one
         from imagewise.edge import onnx
 
-        return getattr(onnx, name)
+        return onnx.OnnxModel
+    if name == "load_model":
+        from imagewise.edge import runtimes
+
+        return runtimes.load_model
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

@@ -13,7 +13,6 @@ Example:
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -22,33 +21,9 @@ import numpy as np
 from imagewise.edge.finite import unusable_reason
 from imagewise.edge.metadata import check_graph
 from imagewise.edge.model import ImageModel
+from imagewise.edge.runtimes import check_cpu_device, existing_model_file, usable_cpus
 from imagewise.edge.spec import LAYOUT_RAW, ModelSpec
 from imagewise.errors import UserError
-
-
-def usable_cpus() -> int:
-    """The CPUs this process may run on (its affinity mask, e.g. under taskset or a container's
-    cpuset), which is what ONNX Runtime's threads should match."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
-
-
-def existing_model_file(path: str | Path) -> Path:
-    """``path`` with ``~`` expanded; one line when it is not a file."""
-    found = Path(path).expanduser()
-    if not found.is_file():
-        raise UserError(f"model file '{path}' does not exist; check the path")
-    return found
-
-
-def check_cpu_device(device: str) -> None:
-    """ONNX files run on ONNX Runtime's CPU provider; any other device asked for is an error."""
-    if device not in ("cpu", "auto"):
-        raise UserError(
-            f"ONNX models run on the CPU here (ONNX Runtime's CPU provider), not '{device}'"
-        )
 
 
 def nhwc(images: np.ndarray) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""Export: a trained run as an ONNX or TorchScript file, checked against PyTorch.
+"""Export: a trained run as a model file for another runtime (ONNX, TorchScript, OpenVINO,
+LiteRT, ExecuTorch, Core ML, the browser), checked against PyTorch.
 
 The package is light: its contents load on first use (``import imagewise`` stays quick).
 """
@@ -15,20 +16,24 @@ if TYPE_CHECKING:
         check_target,
         default_file_name,
         export,
-        rejected_path,
+        export_many,
+        parity_record,
     )
+
+_NAMES = (
+    "ExportResult",
+    "FORMATS",
+    "calibration_batches",
+    "check_target",
+    "default_file_name",
+    "export",
+    "export_many",
+    "parity_record",
+)
 
 
 def __getattr__(name: str) -> Any:
-    if name in (
-        "ExportResult",
-        "FORMATS",
-        "calibration_batches",
-        "check_target",
-        "default_file_name",
-        "export",
-        "rejected_path",
-    ):
+    if name in _NAMES:
         from imagewise.export import exporter
 
         return getattr(exporter, name)
@@ -42,5 +47,6 @@ __all__ = [
     "check_target",
     "default_file_name",
     "export",
-    "rejected_path",
+    "export_many",
+    "parity_record",
 ]

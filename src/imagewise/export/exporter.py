@@ -1,24 +1,37 @@
-"""Export: a trained run as an ONNX or TorchScript file, checked against PyTorch before it lands.
+"""Export: a trained run as a model file for another runtime, checked against PyTorch before it
+lands.
 
-Every export is run on the run's own validation images (else test, else training) next to the
-PyTorch model; the figures go to ``RUN/export/parity.json``, and a model that answers
-differently (float: top-1 agreement below 99.9 %; INT8: more than 1 point of accuracy lost, or
-weights that would saturate the int16 pair sums of CPUs without VNNI) is refused: it is kept
-only as ``model.rejected.onnx`` for inspection and the call raises. A target that cannot be
-written (a directory, a path under a file) is refused before any work.
+The formats and what each writes are ``imagewise.export.targets``' table (ONNX, TorchScript,
+OpenVINO, LiteRT / TFLite, ExecuTorch, Core ML, the web page). Every export whose runtime runs
+on this OS is run on the run's own validation images (else test, else training) next to the
+PyTorch model; the figures go to ``RUN/export/parity.json`` (one record per file written), and a
+model that answers differently (float32: top-1 agreement below 99.9 %; float16 and INT8: more
+than 1 point of accuracy lost; ONNX INT8 also: weights that would saturate the int16 pair sums
+of CPUs without VNNI) is refused and leaves nothing behind: the call raises and parity.json
+says why. A format with no runtime here (Core ML on Linux) is converted and its file checked;
+its parity is recorded as "not run on this OS", never claimed. A target that cannot be written
+(a directory, a path under a file) or a converter that is not installed is refused before any
+work.
 
     RUN/export/model.onnx        float32, input NCHW normalized (or NHWC uint8 with raw_input)
     RUN/export/model.int8.onnx   INT8 static quantization (ONNX Runtime, QDQ, 7-bit weights)
     RUN/export/model.pt          TorchScript
-    RUN/export/parity.json       the check of the latest export
+    RUN/export/model.xml/.bin    OpenVINO IR (model.fp16.xml, model.int8.xml)
+    RUN/export/model.tflite      LiteRT (model.fp16.tflite, model.int8.tflite)
+    RUN/export/model.pte         ExecuTorch, XNNPACK (model.int8.pte)
+    RUN/export/model.mlpackage/  Core ML (model.fp16.mlpackage)
+    RUN/export/web/              a page that classifies in the browser (web.int8/)
+    RUN/export/parity.json       {"files": {file name: its check}}
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,7 +42,9 @@ import torch
 
 from imagewise.data.transforms import normalize
 from imagewise.errors import UserError
-from imagewise.io import atomic_write, atomic_write_json, existing_ancestor
+from imagewise.export.targets import FORMATS, NOT_RUN, PRECISIONS, ExportJob, Target
+from imagewise.export.targets import target as target_of
+from imagewise.io import atomic_write, atomic_write_json, existing_ancestor, read_json
 from imagewise.runtime.runs import RunFolder
 
 if TYPE_CHECKING:
@@ -37,12 +52,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("imagewise")
 
-FORMATS = ("onnx", "torchscript")
+PARITY_FORMAT = "imagewise-parity/1"
 
 
 @dataclass
 class ExportResult:
-    """What ``imagewise.export`` wrote: the model file and the parity figures."""
+    """What ``imagewise.export`` wrote: the model file (or folder) and its parity figures."""
 
     path: Path
     format: str
@@ -50,24 +65,40 @@ class ExportResult:
     raw_input: bool
     parity: dict[str, Any]
     parity_path: Path
+    precision: str = "float32"
+
+    def __post_init__(self) -> None:
+        if self.int8:
+            self.precision = "int8"
 
     @property
     def passed(self) -> bool:
         return bool(self.parity["passed"])
 
     def summary(self) -> str:
-        """Four lines: the file, its check against PyTorch, both accuracies, the figures' file."""
+        """Four lines: the file, its check against PyTorch, both accuracies, the figures' file
+        (two for a format whose runtime does not run here)."""
         p = self.parity
         kind = [
             self.format,
-            *(["INT8"] if self.int8 else []),
+            *([self.precision.replace("int8", "INT8")] if self.precision != "float32" else []),
             *(["uint8 NHWC input"] if self.raw_input else []),
         ]
+        by = f" by {p['runtime']}" if p.get("runtime") else ""
+        wrote = f"wrote {self.path} ({p['bytes'] / 1e6:.2f} MB; {', '.join(kind)})"
+        if p.get("runtime") == NOT_RUN:
+            return "\n".join(
+                [
+                    f"{wrote}; {p['checked']}",
+                    f"not run against PyTorch: its runtime is {NOT_RUN}; figures: "
+                    f"{self.parity_path}",
+                ]
+            )
         return "\n".join(
             [
-                f"wrote {self.path} ({p['bytes'] / 1e6:.2f} MB; {', '.join(kind)})",
-                f"checked on {p['images']} {p['split']} images: top-1 agreement with PyTorch "
-                f"{p['top1_agreement']:.2%}, largest probability difference "
+                wrote,
+                f"checked on {p['images']} {p['split']} images{by}: top-1 agreement "
+                f"with PyTorch {p['top1_agreement']:.2%}, largest probability difference "
                 f"{p['max_abs_probability_difference']:.2g}",
                 f"accuracy {p['accuracy_exported']:.2%} (PyTorch {p['accuracy_pytorch']:.2%})",
                 f"figures: {self.parity_path}",
@@ -75,41 +106,42 @@ class ExportResult:
         )
 
 
-def default_file_name(format: str, int8: bool = False) -> str:
-    """``model.onnx``, ``model.int8.onnx`` or ``model.pt``."""
-    if format == "torchscript":
-        return "model.pt"
-    return "model.int8.onnx" if int8 else "model.onnx"
+def default_file_name(format: str, int8: bool = False, precision: str | None = None) -> str:
+    """``model.onnx``, ``model.int8.onnx``, ``model.pt``, ``model.fp16.xml``, ``web``, ..."""
+    return target_of(format).file_name(precision or ("int8" if int8 else "float32"))
 
 
-def rejected_path(target: Path) -> Path:
-    """Where a model that failed its check is kept: ``model.rejected.onnx`` beside the target."""
-    return target.with_name(f"{target.stem}.rejected{target.suffix}")
-
-
-def _check_request(format: str, int8: bool, raw_input: bool, out: str | Path | None) -> None:
-    if format not in FORMATS:
-        raise UserError(f"unknown export format '{format}'; choose one of {', '.join(FORMATS)}")
-    if format == "torchscript" and (int8 or raw_input):
+def _check_request(fmt: Target, precision: str, raw_input: bool, out: str | Path | None) -> None:
+    if precision not in PRECISIONS:
+        raise UserError(f"unknown precision '{precision}'; choose one of {', '.join(PRECISIONS)}")
+    if precision not in fmt.precisions:
+        flag = "--int8" if precision == "int8" else f"--precision {precision}"
         raise UserError(
-            "--int8 and --raw-input are for ONNX exports; leave them out with --format torchscript"
+            f"{flag} is not offered for --format {fmt.name} (it offers {', '.join(fmt.precisions)})"
         )
-    suffix = ".pt" if format == "torchscript" else ".onnx"
-    if out is not None and Path(out).suffix.lower() != suffix:
-        raise UserError(f"--out must end in '{suffix}' for --format {format}, not '{out}'")
+    if raw_input and not fmt.raw_input:
+        raise UserError(f"--raw-input is for ONNX exports; leave it out with --format {fmt.name}")
+    if out is not None and fmt.suffix and Path(out).suffix.lower() != fmt.suffix:
+        raise UserError(f"--out must end in '{fmt.suffix}' for --format {fmt.name}, not '{out}'")
+    if problem := fmt.missing():
+        raise UserError(problem)
 
 
-def check_target(target: Path, file_name: str = "model.onnx") -> None:
+def check_target(target: Path, file_name: str = "model.onnx", folder: bool = False) -> None:
     """Refuse a model path that cannot be written, before minutes of export and checking.
 
     The file is written last (to a temporary name, then renamed); a directory in its place or a
-    file where a parent folder should be would only fail then, after all the work.
+    file where a parent folder should be would only fail then, after all the work. ``folder``:
+    the model is a folder (web, Core ML), which may replace an earlier export's folder but not
+    a file.
     """
-    if target.is_dir():
+    if target.is_dir() and not folder:
         raise UserError(
             f"cannot write the model to '{target}': it is a folder; give --out a file name, "
             f"e.g. --out {target / file_name}"
         )
+    if folder and target.exists() and not target.is_dir():
+        raise UserError(f"cannot write the model to '{target}': a file is in its place")
     parent = existing_ancestor(target)
     if not parent.is_dir():
         raise UserError(f"cannot write '{target}': '{parent}' is a file, not a folder")
@@ -123,27 +155,32 @@ def export(
     int8: bool = False,
     raw_input: bool = False,
     out: str | Path | None = None,
+    precision: str | None = None,
 ) -> ExportResult:
-    """Write the run's model as ONNX or TorchScript and check it against PyTorch.
+    """Write the run's model for another runtime and check it against PyTorch.
 
     Args:
         run: a run folder written by ``imagewise train``.
-        format: ``onnx`` (default) or ``torchscript``.
-        int8: ONNX only: INT8 static quantization calibrated on a few hundred training images.
+        format: ``onnx`` (default), ``torchscript``, ``openvino``, ``tflite``, ``executorch``,
+            ``coreml`` or ``web`` (``imagewise.export.targets``).
+        int8: INT8 quantization calibrated on a few hundred training images (the same as
+            ``precision="int8"``).
         raw_input: ONNX only: the graph takes uint8 NHWC images at the model's size and
             normalizes them itself (no resize inside).
-        out: the model file (default ``RUN/export/model.onnx``, ``model.int8.onnx`` or
-            ``model.pt``); ``parity.json`` always goes to ``RUN/export/``.
+        out: the model file or folder (default ``RUN/export/`` + ``default_file_name``);
+            ``parity.json`` always goes to ``RUN/export/``.
+        precision: ``float32`` (default), ``float16`` or ``int8``, where the format offers it.
 
     Raises:
-        UserError: for a classical (``hog_svm``) run, for a target that cannot be written
-            (before any work), or when the exported model fails its check; ``parity.json``
-            then says why (``"passed": false``).
+        UserError: for a classical (``hog_svm``) run, an unknown format or precision, a
+            converter that is not installed, a target that cannot be written (all before any
+            work), or when the exported model fails its check; ``parity.json`` then says why
+            (``"passed": false``) and no model file is left behind.
 
     Example:
-        >>> result = imagewise.export("runs/fm", int8=True)  # doctest: +SKIP
+        >>> result = imagewise.export("runs/fm", "openvino", precision="int8")  # doctest: +SKIP
         >>> result.path, result.parity["accuracy_drop"]  # doctest: +SKIP
-        (PosixPath('runs/fm/export/model.int8.onnx'), 0.0015)
+        (PosixPath('runs/fm/export/model.int8.xml'), 0.0015)
     """
     from imagewise.export.metadata import build_metadata, file_spec
     from imagewise.export.quantize import PORTABLE
@@ -151,12 +188,14 @@ def export(
     from imagewise.predict.predictor import load_run
     from imagewise.predict.unknown import fitted_unknown
 
-    format = format.lower()
-    _check_request(format, int8, raw_input, out)
+    fmt = target_of(format)
+    precision = (precision or ("int8" if int8 else "float32")).lower()
+    _check_request(fmt, precision, raw_input, out)
     folder = RunFolder.of(run)
     export_dir = folder.path / "export"
-    target = export_dir / default_file_name(format, int8) if out is None else Path(out).expanduser()
-    check_target(target, default_file_name(format, int8))  # before any work: answers at once
+    name = fmt.file_name(precision)
+    target = export_dir / name if out is None else Path(out).expanduser()
+    check_target(target, name, fmt.folder)  # before any work: answers at once
     reference = load_run(run)
     if not reference.capabilities.onnx_export:
         raise UserError(
@@ -168,105 +207,210 @@ def export(
         folder.path, reference.preprocessing, reference.classes, ("val", "test", "train"),
         VERIFY_IMAGES,
     )  # fmt: skip
+    int8 = precision == "int8"
     quantization = PORTABLE.describe() if int8 else None
     spec = file_spec(reference.spec, raw_input, fitted_unknown(folder.path))
     metadata = build_metadata(spec, reference.tta, int8, quantization)
     with tempfile.TemporaryDirectory(prefix="imagewise-export-") as tmp:
-        candidate = Path(tmp) / target.name
-        model = load_run(run).network  # a copy of its own: exporters may touch the module
-        if format == "onnx":
-            _write_onnx(model, reference, metadata, raw_input, int8, candidate, folder.path)
-        else:
-            from imagewise.export.torchscript import save_torchscript
-
-            log.info("tracing %s to TorchScript", metadata["model"])
-            save_torchscript(model, reference.preprocessing, metadata, candidate)
-        log.info("checking the export against PyTorch on %d %s images", len(labels), split)
-        record = _check(reference, candidate, images, labels, int8)
+        candidate = Path(tmp) / "out" / target.name
+        candidate.parent.mkdir()
+        job = ExportJob(
+            module=load_run(run).network,  # a copy of its own: writers may touch the module
+            reference=reference, spec=spec, metadata=metadata, precision=precision,
+            raw_input=raw_input, run_dir=folder.path, workdir=Path(tmp),
+            calibration_images=lambda: _training_images(folder.path, reference),
+            onnx_writer=_onnx_graph,
+        )  # fmt: skip
+        log.info("exporting %s as %s (%s)", metadata["model"], fmt.name, precision)
+        fmt.write(job, candidate)
+        record = _check(fmt, reference, candidate, images, labels, precision, split)
         record = {
-            "file": str(target), "format": format, "int8": int8, "raw_input": raw_input,
-            "data": source, "split": split, "quantization": quantization, **record,
-            "bytes": candidate.stat().st_size,
+            "file": str(target), "format": fmt.name, "precision": precision, "int8": int8,
+            "raw_input": raw_input, "data": source, "split": split,
+            "quantization": _settings(job.metadata) if int8 else None,
+            **record, "bytes": _size(fmt, candidate),
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
         }  # fmt: skip
-        parity_path = atomic_write_json(export_dir / "parity.json", record)
+        parity_path = _record_parity(export_dir / "parity.json", target.name, record)
         if not record["passed"]:
-            kept = atomic_write(rejected_path(target), lambda t: shutil.copyfile(candidate, t))
             raise UserError(
-                f"the exported model failed its check on {len(labels)} {split} images: "
-                f"{record['failure']}; it was kept as {kept} and not as {target.name} "
+                f"the exported model failed its check on {record['images']} {split} images: "
+                f"{record['failure']}; nothing was written in place of {target.name} "
                 f"(figures: {parity_path})"
             )
-        atomic_write(target, lambda t: shutil.copyfile(candidate, t))
-    rejected_path(target).unlink(missing_ok=True)  # from an earlier, failed attempt
-    return ExportResult(target, format, int8, raw_input, record, parity_path)
+        _move_into_place(fmt, candidate, target)
+    return ExportResult(target, fmt.name, int8, raw_input, record, parity_path, precision)
+
+
+def export_many(
+    run: str | Path,
+    formats: Sequence[str],
+    precision: str | None = None,
+    raw_input: bool = False,
+    out: str | Path | None = None,
+) -> list[ExportResult]:
+    """``export`` for several formats in turn (``imagewise export RUN --format onnx openvino``);
+    every format is checked for its precision and converter before the first is written, and
+    ``out`` (a folder here) holds them all."""
+    if out is not None and len(formats) > 1 and Path(out).suffix:
+        raise UserError(f"with several formats --out is a folder, not '{out}'")
+    chosen = [target_of(f) for f in dict.fromkeys(f.lower() for f in formats)]
+    for fmt in chosen:
+        _check_request(fmt, (precision or "float32").lower(), raw_input, None)
+    results = []
+    for fmt in chosen:
+        where = None
+        if out is not None:
+            where = Path(out) / fmt.file_name(precision or "float32") if len(chosen) > 1 else out
+        results.append(export(run, fmt.name, raw_input=raw_input, out=where, precision=precision))
+    return results
+
+
+def _settings(metadata: dict[str, str]) -> Any:
+    """How the INT8 weights were made, as the file's metadata says (its writer's settings)."""
+    text = metadata.get("quantization_settings")
+    return None if text is None else json.loads(text)
+
+
+def _size(fmt: Target, path: Path) -> int:
+    """Bytes of the model: its file and companions, or every file of its folder."""
+    if fmt.folder:
+        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    return sum(p.stat().st_size for p in fmt.parts(path) if p.exists())
 
 
 def _check(
-    reference: Classifier, candidate: Path, images: torch.Tensor, labels: np.ndarray, int8: bool
+    fmt: Target,
+    reference: Classifier,
+    candidate: Path,
+    images: torch.Tensor,
+    labels: np.ndarray,
+    precision: str,
+    split: str,
 ) -> dict[str, Any]:
-    """The parity figures of the exported file, the gates applied and whether it passed.
+    """The parity figures of the exported model, the gates applied and whether it passed.
 
-    An INT8 file is also read back for its largest weights: the accuracy measured here is this
-    CPU's, and only the int16 bound says the file computes the same on CPUs without VNNI.
+    An ONNX INT8 file is also read back for its largest weights: the accuracy measured here is
+    this CPU's, and only the int16 bound says the file computes the same on CPUs without VNNI.
     """
-    from imagewise.export.verify import MAX_INT8_ACCURACY_DROP, MIN_AGREEMENT, check_gates, parity
-    from imagewise.predict.predictor import load
+    from imagewise.export.verify import (
+        MAX_INT8_ACCURACY_DROP,
+        MIN_AGREEMENT,
+        check_gates,
+        parity,
+        runtime_name,
+    )
 
-    figures = parity(reference, load(candidate), images, labels)
-    reason = check_gates(figures, int8)
-    if int8:
+    if fmt.loader is None:
+        return {"runtime": NOT_RUN, "images": 0, "checked": _spec_check(fmt, candidate),
+                "passed": True, "failure": None}  # fmt: skip
+    log.info("checking the %s export against PyTorch on %d %s images", fmt.name, len(labels),
+             split)  # fmt: skip
+    exported = fmt.load(candidate)
+    figures = {"runtime": runtime_name(fmt.name), **parity(reference, exported, images, labels)}
+    del exported  # its session's memory, before the next export of a batch
+    approximate = precision != "float32"
+    reason = check_gates(figures, approximate)
+    gates: dict[str, Any]
+    if approximate:
+        gates = {"max_accuracy_drop": MAX_INT8_ACCURACY_DROP}
+    else:
+        gates = {"min_top1_agreement": MIN_AGREEMENT}
+    if precision == "int8" and fmt.name == "onnx":
         import onnx
 
         from imagewise.export.quantize import INT16_MAX, check_int16_pairs
 
         figures["int16_pair_sum_max"], portable = check_int16_pairs(onnx.load(str(candidate)))
         reason = reason or portable
-        gates = {"max_accuracy_drop": MAX_INT8_ACCURACY_DROP, "max_int16_pair_sum": INT16_MAX}
-    else:
-        gates = {"min_top1_agreement": MIN_AGREEMENT}
+        gates["max_int16_pair_sum"] = INT16_MAX
     return {**figures, "gates": gates, "passed": reason is None, "failure": reason}
 
 
-def _write_onnx(
-    model: torch.nn.Module, reference: Classifier, metadata: dict[str, str], raw_input: bool,
-    int8: bool, path: Path, run_dir: Path,
-) -> None:  # fmt: skip
-    """The float graph at ``path``, or its INT8 version calibrated on training images."""
-    import onnx
+def _spec_check(fmt: Target, candidate: Path) -> str:
+    """What was checked of a file no runtime here can run: its writer's own check, stored
+    beside it as ``check.txt`` in the temporary folder."""
+    note = candidate.parent / "check.txt"
+    return note.read_text() if note.exists() else "converted; its runtime is " + NOT_RUN
 
-    from imagewise.export.onnx import INPUT_NAME, OPSET, set_metadata, to_onnx
 
-    pre = reference.preprocessing
-    log.info("exporting %s to ONNX (opset %d)", metadata["model"], OPSET)
-    proto = to_onnx(model, pre, reference.temperature, raw_input, metadata)
-    if not int8:
-        onnx.save(proto, str(path))
+def _record_parity(path: Path, name: str, record: dict[str, Any]) -> Path:
+    """parity.json's record for ``name`` replaced; the others kept (an older flat file, of one
+    export, is kept as its file's record)."""
+    files: dict[str, Any] = {}
+    if path.is_file():
+        try:
+            old = read_json(path)
+        except (OSError, ValueError):
+            old = {}
+        if isinstance(old, dict) and isinstance(old.get("files"), dict):
+            files = old["files"]
+        elif isinstance(old, dict) and "file" in old:
+            files = {Path(str(old["file"])).name: old}
+    files[name] = record
+    return atomic_write_json(path, {"format": PARITY_FORMAT, "latest": name, "files": files})
+
+
+def parity_record(run: str | Path, name: str = "model.onnx") -> dict[str, Any]:
+    """The parity record of the file ``name`` exported from ``run`` (``RUN/export/parity.json``)."""
+    path = RunFolder.of(run).path / "export" / "parity.json"
+    if not path.is_file():
+        raise UserError(f"'{run}' has no export/parity.json; run imagewise export first")
+    files = read_json(path).get("files", {})
+    if name not in files:
+        raise UserError(f"'{path}' has no record of '{name}' (it has {', '.join(files)})")
+    return dict(files[name])
+
+
+def _move_into_place(fmt: Target, candidate: Path, target: Path) -> None:
+    """The checked model moved to ``target``: each file atomically (companions first, so the
+    file that names them is never there without them); a folder renamed in as a whole, an
+    earlier export's folder removed only once the new one is in place."""
+    if fmt.folder:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staged = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        shutil.copytree(candidate, staged / "new")
+        old = staged / "old"
+        if target.exists():
+            os.replace(target, old)
+        os.replace(staged / "new", target)
+        shutil.rmtree(staged)
         return
-    from imagewise.export.quantize import PORTABLE, quantize_int8
-
-    fp32 = path.with_name("float.onnx")
-    onnx.save(proto, str(fp32))
-    batches = calibration_batches(run_dir, reference, raw_input)
-    log.info("quantizing to INT8 (7-bit weights: exact on every CPU), calibrated on %d "
-             "training images", sum(len(b) for b in batches))  # fmt: skip
-    quantize_int8(fp32, path, batches, INPUT_NAME, PORTABLE)
-    quantized = onnx.load(str(path))
-    set_metadata(quantized, metadata)  # the quantizer does not promise to carry it over
-    onnx.save(quantized, str(path))
+    for part, dest in reversed(list(zip(fmt.parts(candidate), fmt.parts(target), strict=True))):
+        atomic_write(dest, lambda t, src=part: shutil.copyfile(src, t))
 
 
-def calibration_batches(run_dir: Path, reference: Classifier, raw_input: bool) -> list[np.ndarray]:
-    """A few hundred training images of the run, in the graph's input layout, for INT8."""
+def _training_images(run_dir: Path, reference: Classifier) -> np.ndarray:
     from imagewise.export.verify import CALIBRATION_IMAGES, run_images
 
     pre = reference.preprocessing
-    images = run_images(run_dir, pre, reference.classes, ("train",), CALIBRATION_IMAGES)[0]
+    return run_images(run_dir, pre, reference.classes, ("train",), CALIBRATION_IMAGES)[0].numpy()
+
+
+def _onnx_graph(job: ExportJob, precision: str) -> Path:
+    """The job's ONNX graph in its temporary folder, for writers that convert from ONNX."""
+    from imagewise.export.onnx import write_graph
+
+    path = job.workdir / f"graph.{precision}.onnx"
+    write_graph(job, path, precision)
+    return path
+
+
+def calibration_batches(job: ExportJob) -> list[np.ndarray]:
+    """A few hundred training images of the run, in the ONNX graph's input layout, for INT8."""
+    pre = job.reference.preprocessing
     batches = []
-    for chunk in images.split(32):
-        x = chunk.permute(0, 2, 3, 1).contiguous() if raw_input else normalize(pre, chunk)
+    for chunk in torch.from_numpy(job.calibration()).split(32):
+        x = chunk.permute(0, 2, 3, 1).contiguous() if job.raw_input else normalize(pre, chunk)
         batches.append(x.numpy())
     return batches
 
 
-__all__ = ["FORMATS", "ExportResult", "default_file_name", "export"]
+__all__ = [
+    "FORMATS",
+    "ExportResult",
+    "default_file_name",
+    "export",
+    "export_many",
+    "parity_record",
+]

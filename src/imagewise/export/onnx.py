@@ -22,7 +22,11 @@ from torch import nn
 from imagewise.edge.spec import InputContract
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import onnx
+
+    from imagewise.export.targets import ExportJob
 
 log = logging.getLogger("imagewise")
 
@@ -143,3 +147,34 @@ def _torchscript_export(module: nn.Module, x: torch.Tensor) -> onnx.ModelProto:
             input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES), dynamic_axes=axes,
         )  # fmt: skip
     return onnx.load_from_string(buf.getvalue())
+
+
+def write(job: ExportJob, path: Path) -> None:
+    """The ``onnx`` format's writer: the job's graph at ``path`` in its precision."""
+    write_graph(job, path, job.precision)
+
+
+def write_graph(job: ExportJob, path: Path, precision: str = "float32") -> None:
+    """The float graph at ``path``, or its INT8 version calibrated on training images (static
+    QDQ, 7-bit weights: exact on every CPU; ``imagewise.export.quantize``)."""
+    import onnx
+
+    pre, reference = job.reference.preprocessing, job.reference
+    log.info("exporting %s to ONNX (opset %d)", job.metadata["model"], OPSET)
+    proto = to_onnx(job.module, pre, reference.temperature, job.raw_input, job.metadata)
+    if precision != "int8":
+        onnx.save(proto, str(path))
+        return
+    from imagewise.export.exporter import calibration_batches
+    from imagewise.export.quantize import PORTABLE, quantize_int8
+
+    fp32 = path.with_name(f"{path.stem}.float.onnx")
+    onnx.save(proto, str(fp32))
+    batches = calibration_batches(job)
+    log.info("quantizing to INT8 (7-bit weights: exact on every CPU), calibrated on %d "
+             "training images", sum(len(b) for b in batches))  # fmt: skip
+    quantize_int8(fp32, path, batches, INPUT_NAME, PORTABLE)
+    fp32.unlink()
+    quantized = onnx.load(str(path))
+    set_metadata(quantized, job.metadata)  # the quantizer does not promise to carry it over
+    onnx.save(quantized, str(path))

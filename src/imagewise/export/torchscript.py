@@ -11,12 +11,17 @@ import json
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from imagewise.edge.spec import InputContract
 from imagewise.predict.file_meta import EXTRA_FILE
+
+if TYPE_CHECKING:
+    from imagewise.export.targets import ExportJob
+    from imagewise.predict.base import BaseClassifier
 
 
 def save_torchscript(
@@ -31,3 +36,15 @@ def save_torchscript(
         traced = torch.jit.trace(model, x)
         extra = {EXTRA_FILE: json.dumps(dict(metadata), ensure_ascii=False)}
         torch.jit.save(traced, str(path), _extra_files=extra)
+
+
+def write(job: ExportJob, path: Path) -> None:
+    """The ``torchscript`` format's writer."""
+    save_torchscript(job.module, job.reference.preprocessing, job.metadata, path)
+
+
+def load(path: Path, threads: int | None = None) -> BaseClassifier:
+    """A TorchScript file as a classifier (``imagewise.load``), for the export's check."""
+    from imagewise.predict.exported import load_exported
+
+    return load_exported(path)

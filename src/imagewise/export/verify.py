@@ -17,10 +17,11 @@ import torch
 from imagewise.edge.spec import InputContract
 
 if TYPE_CHECKING:
+    from imagewise.edge.model import ImageModel
     from imagewise.predict.base import BaseClassifier
 
 MIN_AGREEMENT = 0.999  # float exports: share of images whose top-1 class equals PyTorch's
-MAX_INT8_ACCURACY_DROP = 0.01  # INT8: accuracy lost against PyTorch (1 point)
+MAX_INT8_ACCURACY_DROP = 0.01  # INT8, float16: accuracy lost against PyTorch (1 point)
 VERIFY_IMAGES = 2000  # at most, a seeded sample of the split
 CALIBRATION_IMAGES = 300
 
@@ -42,7 +43,7 @@ def run_images(
 
 def parity(
     reference: BaseClassifier,
-    candidate: BaseClassifier,
+    candidate: ImageModel,
     images: torch.Tensor,
     labels: np.ndarray,
     batch_size: int = 256,
@@ -51,8 +52,9 @@ def parity(
 
     Args:
         reference: the PyTorch ``Classifier``.
-        candidate: the exported model, loaded (``OnnxClassifier`` or a TorchScript
-            ``Classifier``); both are fed the same uint8 images through ``image_probabilities``.
+        candidate: the exported model opened by its own runtime (any ``ImageModel``: ONNX
+            Runtime, OpenVINO, LiteRT, ExecuTorch, TorchScript, the browser); both are fed the
+            same uint8 images, the candidate through its ``scores``.
         images: uint8 (N, C, H, W) at the model's size.
         labels: the true classes.
     """
@@ -60,8 +62,8 @@ def parity(
     for start in range(0, len(images), batch_size):
         chunk = images[start : start + batch_size]
         ref.append(reference.image_probabilities(chunk))
-        cand.append(candidate.image_probabilities(chunk))
-    p_ref, p_cand = torch.cat(ref), torch.cat(cand)
+        cand.append(torch.from_numpy(np.asarray(candidate.scores(chunk.numpy())[1])))
+    p_ref, p_cand = torch.cat(ref), torch.cat(cand).float()
     y = torch.from_numpy(np.asarray(labels, dtype=np.int64))
     top_ref, top_cand = p_ref.argmax(1), p_cand.argmax(1)
     acc_ref = float((top_ref == y).float().mean())
@@ -76,13 +78,30 @@ def parity(
     }
 
 
-def check_gates(figures: dict[str, Any], int8: bool) -> str | None:
-    """``None`` when the export passes; else the reason, in words."""
-    if int8:
+RUNTIMES = {
+    "onnx": "ONNX Runtime",
+    "torchscript": "PyTorch (TorchScript)",
+    "openvino": "OpenVINO",
+    "tflite": "LiteRT",
+    "executorch": "ExecuTorch",
+    "web": "onnxruntime-web",
+}
+
+
+def runtime_name(fmt: str) -> str:
+    """The runtime that ran a format's check, as parity.json names it."""
+    return RUNTIMES.get(fmt, fmt)
+
+
+def check_gates(figures: dict[str, Any], approximate: bool) -> str | None:
+    """``None`` when the export passes; else the reason, in words. ``approximate`` (INT8,
+    float16): at most ``MAX_INT8_ACCURACY_DROP`` of accuracy lost; float32: top-1 agreement of
+    at least ``MIN_AGREEMENT``."""
+    if approximate:
         drop = figures["accuracy_drop"]
         if drop > MAX_INT8_ACCURACY_DROP + 1e-9:
             return (
-                f"INT8 accuracy {figures['accuracy_exported']:.2%} is {drop * 100:.2f} points "
+                f"accuracy {figures['accuracy_exported']:.2%} is {drop * 100:.2f} points "
                 f"below PyTorch's {figures['accuracy_pytorch']:.2%} (allowed: "
                 f"{MAX_INT8_ACCURACY_DROP * 100:g})"
             )

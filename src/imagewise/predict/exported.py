@@ -1,4 +1,5 @@
-"""Classifiers from files written by ``imagewise export``: ONNX (ONNX Runtime) and TorchScript.
+"""Classifiers from files written by ``imagewise export``: ONNX (ONNX Runtime), TorchScript, and
+OpenVINO, LiteRT and ExecuTorch files through their own runtimes.
 
 Everything comes from the file's own metadata (classes, preprocessing, temperature), so an
 exported model is used without its run folder, through the same calls as a run:
@@ -13,8 +14,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from imagewise.edge.onnx import OnnxFile, check_cpu_device, existing_model_file, nhwc
-from imagewise.edge.spec import ModelSpec
+from imagewise.edge.model import ImageModel
+from imagewise.edge.onnx import OnnxFile, nhwc
+from imagewise.edge.runtimes import check_cpu_device, existing_model_file
+from imagewise.edge.spec import InputContract, ModelSpec
 from imagewise.errors import UserError
 from imagewise.predict.base import BaseClassifier, Classifier
 from imagewise.predict.file_meta import load_torchscript
@@ -58,15 +61,7 @@ class OnnxClassifier(BaseClassifier):
         """A normalized batch -> the graph's input."""
         if not self.raw_input:
             return batch.detach().to("cpu", torch.float32).contiguous().numpy()
-        pre = self.preprocessing
-        mean = torch.tensor(pre.mean).view(1, -1, 1, 1)
-        std = torch.tensor(pre.std).view(1, -1, 1, 1)
-        pixels = ((batch.detach().cpu().float() * std + mean) * 255).round_().clamp_(0, 255)
-        return self._pixels(pixels.to(torch.uint8))
-
-    @staticmethod
-    def _pixels(images: torch.Tensor) -> np.ndarray:
-        return nhwc(images.numpy())
+        return nhwc(pixels_of(self.preprocessing, batch))
 
     def logits(self, batch: torch.Tensor) -> torch.Tensor:
         """Raw scores of a preprocessed batch (before temperature)."""
@@ -83,18 +78,66 @@ class OnnxClassifier(BaseClassifier):
     def image_probabilities(self, images: torch.Tensor) -> torch.Tensor:
         """Calibrated class probabilities of uint8 images (N, C, H, W) at the model's size."""
         if self.raw_input:
-            return self._run(self._pixels(images))[1]
+            return self._run(nhwc(images.numpy()))[1]
         return super().image_probabilities(images)
 
 
+def pixels_of(pre: InputContract, batch: torch.Tensor) -> np.ndarray:
+    """A normalized batch back to its uint8 pixels (N, C, H, W): ``round((x * std + mean) *
+    255)``, exact for batches made by ``preprocess``."""
+    mean = torch.tensor(pre.mean).view(1, -1, 1, 1)
+    std = torch.tensor(pre.std).view(1, -1, 1, 1)
+    pixels = ((batch.detach().cpu().float() * std + mean) * 255).round_().clamp_(0, 255)
+    return pixels.to(torch.uint8).numpy()
+
+
+class EdgeClassifier(BaseClassifier):
+    """An exported file run by its own runtime (OpenVINO, LiteRT, ExecuTorch: any
+    ``imagewise.edge`` model), with the PyTorch API, so evaluation and the export checks treat
+    it like a run. Normalized batches are turned back into their pixels (``pixels_of``) and
+    handed to the runtime's model, which does its own preprocessing.
+
+    Args:
+        model: the edge model (``imagewise.edge.runtimes.load_model``).
+    """
+
+    def __init__(self, model: ImageModel) -> None:
+        super().__init__(model.spec, file_metadata=model.file_metadata)
+        self.edge = model
+        self.path = getattr(model, "path", None)
+        self.device = torch.device("cpu")
+
+    def logits(self, batch: torch.Tensor) -> torch.Tensor:
+        """Raw scores of a preprocessed batch (before temperature)."""
+        return torch.from_numpy(self.edge.scores(pixels_of(self.preprocessing, batch))[0])
+
+    def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
+        """Calibrated class probabilities of a preprocessed batch (the file's own)."""
+        return torch.from_numpy(self.edge.scores(pixels_of(self.preprocessing, batch))[1])
+
+    def scores(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Logits and calibrated probabilities of uint8 images (N, C, H, W), as arrays."""
+        return self.edge.scores(images)
+
+    def image_probabilities(self, images: torch.Tensor) -> torch.Tensor:
+        """Calibrated class probabilities of uint8 images (N, C, H, W) at the model's size."""
+        return torch.from_numpy(self.edge.scores(images.numpy())[1])
+
+
 def load_exported(path: Path, device: str = "cpu") -> BaseClassifier:
-    """An ``OnnxClassifier`` for ``.onnx`` files, a ``Classifier`` for TorchScript ``.pt``."""
+    """An ``OnnxClassifier`` for ``.onnx`` files, a ``Classifier`` for TorchScript ``.pt``, an
+    ``EdgeClassifier`` over the runtime's own model for OpenVINO, LiteRT and ExecuTorch files
+    (``imagewise.edge.runtimes``)."""
+    from imagewise.edge.runtimes import load_model, runtime_of
     from imagewise.runtime.device import resolve_device
 
     path = existing_model_file(path)
-    if path.suffix.lower() == ".onnx":
+    suffix = path.suffix.lower()
+    if suffix == ".onnx":
         check_cpu_device(device)
         return OnnxClassifier(path)
+    if runtime_of(path) is not None:
+        return EdgeClassifier(load_model(path, device=device, check=False))
     dev = resolve_device(device)
     try:
         module, props = load_torchscript(path, dev)

@@ -13,11 +13,14 @@ FEW_IMAGES = 8
 
 
 def open_model(run: str | Path, device: str = "cpu", images: int | None = None) -> ImageModel:
-    """The model that answers: an ONNX file without PyTorch (``imagewise.edge.onnx``), a run
-    folder or TorchScript file through ``imagewise.load``. ``images``: how many it will answer,
-    when known (a handful gets a lighter ONNX session)."""
-    if Path(run).suffix.lower() == ".onnx":
-        from imagewise.edge.onnx import load_model
+    """The model that answers: an exported file by its own runtime, without PyTorch (ONNX,
+    OpenVINO, LiteRT, ExecuTorch: ``imagewise.edge.runtimes``), a run folder or TorchScript
+    file through ``imagewise.load``. ``images``: how many it will answer, when known (a handful
+    gets a lighter ONNX session)."""
+    from imagewise.edge.runtimes import is_edge_file
+
+    if is_edge_file(run):
+        from imagewise.edge.runtimes import load_model
 
         few = images is not None and images <= FEW_IMAGES
         return load_model(run, device=device, few_images=few)
@@ -42,7 +45,7 @@ def predict(
 
     Args:
         run: a run folder written by ``imagewise train``, or a model file written by
-            ``imagewise export`` (``.onnx``, ``.pt``).
+            ``imagewise export`` (``.onnx``, ``.xml``, ``.tflite``, ``.pte``, ``.pt``).
         inputs: image paths, folders (searched recursively) or glob patterns.
         top_k: how many classes to report per image, best first.
         device: ``cpu``, ``cuda`` or ``auto``.

@@ -47,7 +47,9 @@ def load(run: str | Path, device: str = "cpu", check: bool = True) -> BaseClassi
 
 
 def _is_exported(path: str | Path) -> bool:
-    return Path(path).suffix.lower() in (".onnx", ".pt")
+    from imagewise.edge.runtimes import is_edge_file
+
+    return is_edge_file(path) or Path(path).suffix.lower() == ".pt"
 
 
 def load_run(run: str | Path, device: str = "cpu") -> Classifier:

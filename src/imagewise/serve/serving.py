@@ -1,8 +1,8 @@
 """Serving: an HTTP API and a web page over a trained classifier (FastAPI + uvicorn).
 
 ``create_app(classifier, settings)`` builds the app; ``serve(path, **settings)`` loads a run
-folder (``imagewise.load``) or an ONNX file (``imagewise.edge.load_model``, without PyTorch) and
-runs it with uvicorn until stopped.
+folder (``imagewise.load``) or an exported file (``imagewise.edge.load_model``: ONNX, OpenVINO,
+LiteRT or ExecuTorch, without PyTorch) and runs it with uvicorn until stopped.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Any
 
 import uvicorn
 
+from imagewise.edge.runtimes import is_edge_file
 from imagewise.serve.app import create_app
 from imagewise.serve.server import listen_socket, url_of, uvicorn_config
 from imagewise.serve.settings import ServeSettings
@@ -38,8 +39,8 @@ def serve(
     worker then drains its queue.
 
     Args:
-        path: a run folder written by ``imagewise train`` or an ``.onnx`` file from
-            ``imagewise export``.
+        path: a run folder written by ``imagewise train`` or a ``.onnx``, ``.xml``,
+            ``.tflite`` or ``.pte`` file from ``imagewise export``.
         min_confidence: below this top probability an answer is ``unknown``; ``auto``: the
             run's fitted threshold (``imagewise predict``'s), or the one an ONNX file carries.
         target_precision: for ``min_confidence="auto"`` (default 0.95).
@@ -66,10 +67,10 @@ def serve(
     """
     options = ServeSettings(**settings)
     sock = listen_socket(options.host, options.port)
-    onnx = Path(path).suffix.lower() == ".onnx"
-    with _server_process_settings(options, torch_threads=not onnx):
+    edge = is_edge_file(path)
+    with _server_process_settings(options, torch_threads=not edge):
         try:
-            app = _load_app(path, options, onnx, (min_confidence, target_precision, ood))
+            app = _load_app(path, options, edge, (min_confidence, target_precision, ood))
             if warning := options.exposure_warning():
                 log.warning(warning)
             # At warning level so that -q shows it too: with port 0 it is where to find it.
@@ -83,7 +84,7 @@ def serve(
 def _server_process_settings(options: ServeSettings, torch_threads: bool) -> Iterator[None]:
     """For the server's lifetime: PIL's own guard against decompression bombs at the server's
     pixel limit, and (PyTorch models) torch's thread count as asked; as they were once it
-    stops. An ONNX model's threads are its session's own (``_load_app``)."""
+    stops. An exported file's threads are its runtime's own (``_load_app``)."""
     from PIL import Image
 
     pixels, threads = Image.MAX_IMAGE_PIXELS, None
@@ -105,16 +106,16 @@ def _server_process_settings(options: ServeSettings, torch_threads: bool) -> Ite
 def _load_app(
     path: str | Path,
     options: ServeSettings,
-    onnx: bool,
+    edge: bool,
     unknown: tuple[float | str | None, float | None, str | None],
 ) -> Any:
     """The model loaded and checked (the reason logged once if unusable), with its threshold
     and out-of-distribution scorer resolved, in its app."""
     from imagewise.predict.unknown import resolve_min_confidence, resolve_ood
 
-    if onnx:  # ONNX Runtime only: no PyTorch in the server's process
+    if edge:  # the file's own runtime only: no PyTorch in the server's process
         from imagewise.edge.finite import unusable_reason as edge_reason
-        from imagewise.edge.onnx import load_model
+        from imagewise.edge.runtimes import load_model
 
         model = load_model(path, device=options.device, threads=options.threads, check=False)
         unusable = edge_reason(model, path)
