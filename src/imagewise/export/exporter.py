@@ -40,7 +40,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from imagewise.data.transforms import normalize
 from imagewise.errors import UserError
 from imagewise.export.targets import FORMATS, NOT_RUN, PRECISIONS, ExportJob, Target
 from imagewise.export.targets import target as target_of
@@ -396,19 +395,18 @@ def _onnx_graph(job: ExportJob, precision: str) -> Path:
     return path
 
 
-def calibration_batches(job: ExportJob) -> list[np.ndarray]:
+def calibration_batches(run_dir: Path, reference: Classifier, raw_input: bool) -> list[np.ndarray]:
     """A few hundred training images of the run, in the ONNX graph's input layout, for INT8."""
-    pre = job.reference.preprocessing
-    batches = []
-    for chunk in torch.from_numpy(job.calibration()).split(32):
-        x = chunk.permute(0, 2, 3, 1).contiguous() if job.raw_input else normalize(pre, chunk)
-        batches.append(x.numpy())
-    return batches
+    from imagewise.export.graph import graph_batches
+
+    images = _training_images(run_dir, reference)
+    return graph_batches(reference.preprocessing, images, raw_input)
 
 
 __all__ = [
     "FORMATS",
     "ExportResult",
+    "calibration_batches",
     "default_file_name",
     "export",
     "export_many",

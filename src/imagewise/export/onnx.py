@@ -13,13 +13,15 @@ import contextlib
 import io
 import logging
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from imagewise.edge.spec import InputContract
+from imagewise.export.graph import ExportModule, example_input
+from imagewise.runtime.logs import quiet_loggers
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -33,32 +35,6 @@ log = logging.getLogger("imagewise")
 OPSET = 18
 INPUT_NAME = "input"
 OUTPUT_NAMES = ("logits", "probabilities")
-
-
-class ExportModule(nn.Module):
-    """The network as exported: (raw pixels ->) normalized batch -> (logits, probabilities)."""
-
-    def __init__(
-        self, model: nn.Module, pre: InputContract, temperature: float, raw_input: bool
-    ) -> None:
-        super().__init__()
-        self.model, self.raw_input, self.temperature = model, raw_input, float(temperature)
-        self.register_buffer("mean", torch.tensor(pre.mean).view(1, -1, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(pre.std).view(1, -1, 1, 1), persistent=False)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.raw_input:
-            x = (x.permute(0, 3, 1, 2).to(torch.float32) / 255.0 - self.mean) / self.std
-        logits = self.model(x)
-        return logits, torch.softmax(logits / self.temperature, dim=1)
-
-
-def example_input(pre: InputContract, raw_input: bool, batch: int = 2) -> torch.Tensor:
-    """A batch of the graph's input; batch 2, so the exporter does not specialize on 1."""
-    s, c = pre.img_size, pre.channels
-    if raw_input:
-        return torch.randint(0, 256, (batch, s, s, c), dtype=torch.uint8)
-    return torch.randn(batch, c, s, s)
 
 
 def to_onnx(
@@ -102,20 +78,6 @@ def set_metadata(proto: onnx.ModelProto, metadata: Mapping[str, str]) -> None:
     del proto.metadata_props[:]
     for key, value in metadata.items():
         proto.metadata_props.add(key=key, value=value)
-
-
-@contextlib.contextmanager
-def quiet_loggers(*names: str) -> Iterator[None]:
-    """Raise these libraries' loggers to WARNING (they log every pass at INFO), but for --debug."""
-    levels = {name: logging.getLogger(name).level for name in names}
-    if not log.isEnabledFor(logging.DEBUG):
-        for name in names:
-            logging.getLogger(name).setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        for name, level in levels.items():
-            logging.getLogger(name).setLevel(level)
 
 
 def _dynamo_export(module: nn.Module, x: torch.Tensor) -> onnx.ModelProto:
@@ -165,12 +127,11 @@ def write_graph(job: ExportJob, path: Path, precision: str = "float32") -> None:
     if precision != "int8":
         onnx.save(proto, str(path))
         return
-    from imagewise.export.exporter import calibration_batches
     from imagewise.export.quantize import PORTABLE, quantize_int8
 
     fp32 = path.with_name(f"{path.stem}.float.onnx")
     onnx.save(proto, str(fp32))
-    batches = calibration_batches(job)
+    batches = job.calibration_batches()
     log.info("quantizing to INT8 (7-bit weights: exact on every CPU), calibrated on %d "
              "training images", sum(len(b) for b in batches))  # fmt: skip
     quantize_int8(fp32, path, batches, INPUT_NAME, PORTABLE)

@@ -156,7 +156,7 @@ def quantize_int8(
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from imagewise.export.onnx import quiet_loggers
+    from imagewise.runtime.logs import quiet_loggers
 
     types = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
 

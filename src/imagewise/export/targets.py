@@ -214,20 +214,27 @@ class ExportJob:
     @cached_property
     def graph(self) -> torch.nn.Module:
         """The module every exported file computes: input -> (logits, probabilities)."""
-        from imagewise.export.onnx import ExportModule
+        from imagewise.export.graph import ExportModule
 
         pre = self.reference.preprocessing
         return ExportModule(self.module, pre, self.reference.temperature, self.raw_input).eval()
 
     def example_input(self, batch: int = 2) -> torch.Tensor:
         """A batch of the graph's input (normalized floats, or uint8 NHWC for raw input)."""
-        from imagewise.export.onnx import example_input
+        from imagewise.export.graph import example_input
 
         return example_input(self.reference.preprocessing, self.raw_input, batch)
 
     def calibration(self) -> np.ndarray:
         """A few hundred of the run's training images, uint8 (N, C, H, W) at the model's size."""
         return self.calibration_images()
+
+    def calibration_batches(self) -> list[np.ndarray]:
+        """The calibration images in the ONNX graph's input layout (normalized NCHW floats, or
+        uint8 NHWC for raw input), in batches of 32."""
+        from imagewise.export.graph import graph_batches
+
+        return graph_batches(self.reference.preprocessing, self.calibration(), self.raw_input)
 
     def onnx_file(self, precision: str = "float32") -> Path:
         """The run's ONNX graph (``float32`` or ``int8``, with the metadata), written once into

@@ -29,3 +29,18 @@ class RankFilter(logging.Filter):
             yield
         finally:
             logger.removeFilter(rank_filter)
+
+
+@contextlib.contextmanager
+def quiet_loggers(*names: str) -> Iterator[None]:
+    """Raise these libraries' loggers to WARNING (they log every pass at INFO), but for --debug
+    (imagewise's own logger at DEBUG)."""
+    levels = {name: logging.getLogger(name).level for name in names}
+    if not logging.getLogger("imagewise").isEnabledFor(logging.DEBUG):
+        for name in names:
+            logging.getLogger(name).setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
