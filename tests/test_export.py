@@ -581,3 +581,67 @@ def test_calibration_batches_are_made_even() -> None:
     assert {b.shape[0] for b in even} == {30} and len(even) == 10
     assert np.array_equal(np.concatenate(even), np.concatenate(batches))
     assert [b.shape[0] for b in even_batches([np.zeros((37, 3))])] == [1] * 37  # prime count
+
+
+def test_several_formats_at_once_each_with_its_record(
+    exported: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--format onnx torchscript``: both files written and checked, one parity record each,
+    and an earlier flat parity.json (before records per file) kept as its file's record."""
+    run = copy_run(exported, tmp_path / "run")
+    (run / "export").mkdir()
+    (run / "export" / "parity.json").write_text(json.dumps({"file": "x/model.int8.onnx", "a": 1}))
+    code, out, err = run_cli(["export", str(run), "--format", "onnx", "torchscript"], capsys)
+    assert code == 0, err
+    assert out.count("wrote ") == 2 and out.count("by ONNX Runtime") == 1
+    assert "by PyTorch (TorchScript)" in out
+    record = json.loads((run / "export" / "parity.json").read_text())
+    assert sorted(record["files"]) == ["model.int8.onnx", "model.onnx", "model.pt"]
+    assert record["files"]["model.int8.onnx"] == {"file": "x/model.int8.onnx", "a": 1}
+    assert record["latest"] == "model.pt"
+    assert parity_of(run, "model.pt")["runtime"] == "PyTorch (TorchScript)"
+    assert parity_of(run)["runtime"] == "ONNX Runtime"
+    code, _, err = run_cli(
+        ["export", str(run), "--format", "onnx", "torchscript", "--out", str(tmp_path / "a.onnx")],
+        capsys,
+    )
+    assert code == 2 and err.strip() == (
+        f"error: with several formats --out is a folder, not '{tmp_path / 'a.onnx'}'"
+    )
+
+
+def test_a_missing_converter_or_runtime_is_named_in_one_line(
+    exported: Path, folder_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """Each target's extra installs alone; without it, one line names it, before any work,
+    for export (the converter) and for predict (the runtime)."""
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    absent = {"openvino", "executorch", "coremltools", "ai_edge_litert"}
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name in absent else find_spec(name, *a),
+    )
+    run = copy_run(exported, tmp_path / "run")
+    for fmt, extra in (("openvino", "openvino"), ("executorch", "executorch"),
+                       ("coreml", "coreml")):  # fmt: skip
+        code, out, err = run_cli(["export", str(run), "--format", fmt], capsys)
+        assert code == 2 and out == ""
+        package = {"coreml": "coremltools"}.get(fmt, fmt)
+        assert err.strip() == (
+            f"error: --format {fmt} needs {package}, which is not installed: "
+            f'pip install "imagewise[{extra}]"'
+        )
+    assert not (run / "export").exists()  # refused before any work
+    for suffix, name, extra in ((".xml", "OpenVINO", "openvino"), (".pte", "ExecuTorch",
+                                "executorch"), (".tflite", "LiteRT", "litert")):  # fmt: skip
+        model = tmp_path / f"model{suffix}"
+        model.write_bytes(b"not looked at: the runtime is missing")
+        code, out, err = run_cli(["predict", str(model), some_images(folder_data)[0]], capsys)
+        assert code == 2 and err.strip() == (
+            f"error: {name} is not installed; it runs {suffix} files: "
+            f'pip install "imagewise[{extra}]"'
+        )
