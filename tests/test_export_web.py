@@ -26,6 +26,7 @@ from PIL import Image
 
 import imagewise
 import imagewise.cli
+from imagewise.edge.images import image_array, load_image
 from imagewise.edge.spec import InputContract
 from imagewise.errors import UserError
 from imagewise.export import onnxruntime_web as ortweb
@@ -134,6 +135,10 @@ def offline_page(browser: Any, allowed: str = "file:") -> Iterator[tuple[Any, li
         context.close()
 
 
+def encoded(file: Path) -> str:
+    return base64.b64encode(file.read_bytes()).decode()
+
+
 def files_of(folder: Path) -> set[str]:
     return {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
 
@@ -211,6 +216,7 @@ def test_page_from_disk_answers_as_python_and_says_unknown_below_the_threshold(
     folder = web_run / "export" / "web"
     python = python_answers(web_run, images)
     with offline_page(browser) as (page, problems):
+        page.set_viewport_size({"width": 375, "height": 800})
         page.goto((folder / "index.html").as_uri())
         page.set_input_files("#files", [str(f) for f in images])
         page.wait_for_function(
@@ -219,9 +225,18 @@ def test_page_from_disk_answers_as_python_and_says_unknown_below_the_threshold(
         )
         shown = {name: (label, probs) for name, label, probs in page.evaluate(RESULTS)}
         status = page.text_content("#status")
+        overflow = page.evaluate("document.documentElement.scrollWidth")
+        pixels = [
+            page.evaluate("(data) => window.imagewise.pixelsOfFile(data)", encoded(f))
+            for f in images
+        ]
     assert problems == []
     check_same(shown, python)
+    for file, got in zip(images, pixels, strict=True):  # the browser decodes as Pillow does
+        want = image_array(load_image(file, 3, 32))
+        assert np.array_equal(np.frombuffer(base64.b64decode(got), np.uint8), want.ravel()), file
     assert status is not None and status.startswith(f"{len(images)} of {len(images)} images")
+    assert overflow <= 375  # no sideways scrolling on a phone
     # The same folder with a fitted threshold in its metadata: "unknown" below it, as Python.
     threshold = float(np.median([max(p.values()) for _, p in python.values()]))
     strict = tmp_path / "strict"
@@ -250,7 +265,7 @@ def test_page_on_a_static_server_answers_dropped_images_as_python(
 ) -> None:
     images = page_images(folder_data, tmp_path)
     python = python_answers(web_run, images)
-    dropped = [{"name": f.name, "data": base64.b64encode(f.read_bytes()).decode()} for f in images]
+    dropped = [{"name": f.name, "data": encoded(f)} for f in images]
     with (
         static_server(web_run / "export" / "web") as url,
         offline_page(browser, url) as (page, problems),
@@ -329,9 +344,13 @@ def test_loader_runs_the_page_or_says_it_did_not(
 
 
 @needs_chromium
-def test_int8_web_folder_passes_its_gate(web_run: Path) -> None:
+def test_int8_web_folder_passes_its_gate(web_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert imagewise.cli.main(["export", str(web_run), "--format", "web", "--int8", "-q"]) == 0
     folder = web_run / "export" / "web.int8"
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(f"wrote {folder} (") and lines[0].endswith(" MB; web, INT8)")
+    assert lines[1].startswith(f"checked on 6 val images by onnxruntime-web {ortweb.VERSION} ")
+    assert lines[-1] == f"next: open {folder / 'index.html'} in a browser (or serve {folder})"
     assert files_of(folder) == FOLDER_FILES
     assert read_model(folder)["metadata"]["quantization"].startswith("int8 static QDQ")
     record = parity_of(web_run, "web.int8")

@@ -37,7 +37,10 @@ from imagewise.errors import UserError
 
 VERSION = "1.31.1"
 # dist.integrity of onnxruntime-web 1.31.1 as the registry published it: a download must match.
-INTEGRITY = "sha512-5GeH+bWQ+HxM10z7erGlsWqryrwMbSvm/1tkIsKTT48g0fI19VXVVC435t4t7VsPdSQeS7NmuZPXrQ73k82URw=="
+INTEGRITY = (
+    "sha512-5GeH+bWQ+HxM10z7erGlsWqryrwMbSvm/1tkIsKTT48g0f"
+    "I19VXVVC435t4t7VsPdSQeS7NmuZPXrQ73k82URw=="
+)
 REGISTRY = "https://registry.npmjs.org"
 LOADER = "ort.wasm.min.js"
 GLUE = "ort-wasm-simd-threaded.mjs"

@@ -14,7 +14,8 @@
  * gets here the pixels `imagewise predict` gives the model (see "Pillow's resize").
  *
  * window.imagewise is the page's interface for scripts (imagewise's own checks use it):
- * ready (a promise), scoresOfPixels(base64, n), preprocess(base64, width, height, contract).
+ * ready (a promise), scoresOfPixels(base64, n), preprocess(base64, width, height, contract),
+ * pixelsOfFile(base64).
  */
 "use strict";
 (() => {
@@ -446,7 +447,7 @@
       ["classes", CLASSES.join(", ")],
       ["input", `${imgSize}×${imgSize} ${mode}, ${interpolation} resize` +
         (cropPct < 1 ? `, centre crop ${cropPct}` : ", whole image")],
-      ["mean / std", `${JSON.stringify(CONTRACT.mean)} / ${JSON.stringify(CONTRACT.std)}`],
+      ["mean / std", [CONTRACT.mean, CONTRACT.std].map((v) => v.map((x) => x.toPrecision(4)).join(", ")).join(" / ")],
       ["temperature", METADATA.temperature],
       ["unknown below", THRESHOLD === null ? "no threshold fitted" : percent(THRESHOLD)],
       ["weights", METADATA.quantization || "none"],
@@ -530,6 +531,7 @@
     for (const file of files) {
       const el = $("#card").content.firstElementChild.cloneNode(true);
       const card = { file, url: URL.createObjectURL(file), el, probabilities: null };
+      el.querySelector(".photo").addEventListener("error", (event) => { event.target.hidden = true; });
       el.querySelector(".photo").src = card.url;
       el.querySelector(".photo").alt = file.name;
       el.querySelector(".name").textContent = file.name;
@@ -604,6 +606,12 @@
     const c = { ...CONTRACT, ...contract };
     const image = imageOf(bytesOf(base64), width, height, c.channels);
     return base64Of(fitImage(image, c.imgSize, c.interpolation, c.cropPct).data);
+  };
+  /** The model's pixels (base64 uint8 planes) of an image file given as base64: the browser's
+   * decoding, then the page's preprocessing (what the page classifies). */
+  api.pixelsOfFile = async (base64) => {
+    const image = await decode(new Blob([bytesOf(base64)]), CONTRACT.channels);
+    return base64Of(fitImage(image, CONTRACT.imgSize, CONTRACT.interpolation, CONTRACT.cropPct).data);
   };
   window.imagewise = api;
 
