@@ -4,6 +4,7 @@ records, and where onnxruntime-web's files come from."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import functools
 import hashlib
@@ -80,10 +81,9 @@ def web_run(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
     return run
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def browser(web_run: Path) -> Iterator[Any]:
-    """Headless Chromium for one test (the export's own check starts its own, which a second
-    Playwright in the same thread would prevent)."""
+    """Headless Chromium for the page tests (the export's own check runs beside it)."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
@@ -329,7 +329,11 @@ def test_loader_runs_the_page_or_says_it_did_not(
 ) -> None:
     folder = web_run / "export" / "web"
     images = np.random.default_rng(0).integers(0, 256, (5, 3, 32, 32), dtype=np.uint8)
-    page = load(folder)
+
+    async def in_a_loop() -> Any:  # as in a notebook or a server, whose thread runs asyncio
+        return load(folder)
+
+    page = asyncio.run(in_a_loop())
     assert isinstance(page, WebPageModel)
     logits, probs = page.scores(images)
     assert page.refused == [] and page.errors == []

@@ -91,7 +91,10 @@ def download(version: str, registry: str, dest: Path) -> Path:
     """The package's tarball from ``registry``, checked against its ``dist.integrity``, with
     ``FILES`` unpacked to ``dest`` (written beside it, then renamed into place)."""
     where = f"{registry}/onnxruntime-web/{version}"
-    meta = json.loads(_get(where, f"onnxruntime-web {version}'s metadata"))
+    try:
+        meta = json.loads(_get(where, f"onnxruntime-web {version}'s metadata"))
+    except ValueError:
+        raise UserError(f"{where} did not answer with the package's metadata (JSON)") from None
     dist = meta.get("dist") if isinstance(meta, dict) else None
     if not isinstance(dist, dict) or not str(dist.get("integrity", "")).startswith("sha512-"):
         raise UserError(f"{where} names no sha512 integrity for onnxruntime-web {version}")

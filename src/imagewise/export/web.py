@@ -24,10 +24,13 @@ so in parity.json's ``runtime``.
 from __future__ import annotations
 
 import base64
+import importlib.util
 import json
 import logging
 import os
 import shutil
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -125,7 +128,8 @@ class BrowserUnavailable(Exception):
 
 def load(path: Path, threads: int | None = None) -> ImageModel:
     """The page's folder opened for the parity check: in headless Chromium when Playwright and
-    Chromium are here (``WebPageModel``), else its model in ONNX Runtime (``FolderOnnxModel``)."""
+    Chromium are here (``WebPageModel``; the page runs one thread), else its model in ONNX
+    Runtime with ``threads`` (``FolderOnnxModel``)."""
     try:
         return WebPageModel(path)
     except BrowserUnavailable as why:
@@ -149,8 +153,7 @@ class WebPageModel(ImageModel):
     """The exported page in headless Chromium, as an ``ImageModel``: ``scores`` sends uint8
     pixels into the page (its ``imagewise.scoresOfPixels``), which normalizes them in JavaScript
     and runs its onnxruntime-web session. Network requests other than the folder's own files
-    are refused. Call ``close`` (or use it in a ``with``) to end the browser: dropping the
-    last reference is not enough, as Playwright keeps the frames of the calls made through it.
+    are refused. Call ``close`` (or use it in a ``with``) to end the browser.
 
     Raises:
         BrowserUnavailable: Playwright is not installed or Chromium does not start.
@@ -163,7 +166,6 @@ class WebPageModel(ImageModel):
         super().__init__(ModelSpec.from_metadata(model["metadata"], str(self.folder)),
                          model["metadata"])  # fmt: skip
         self._browser = _Browser(self.folder)
-        self.page = self._browser.page
         self.refused = self._browser.refused  # URLs the page asked for outside its folder
         self.errors = self._browser.errors
         self.runtime_name = f"{model['runtime']} (WebAssembly) in Chromium {self._browser.version}"
@@ -178,7 +180,7 @@ class WebPageModel(ImageModel):
         for start in range(0, len(images), BATCH):
             chunk = np.ascontiguousarray(images[start : start + BATCH], dtype=np.uint8)
             data = base64.b64encode(chunk.tobytes()).decode("ascii")
-            out = self.page.evaluate(
+            out = self._browser.evaluate(
                 "([data, n]) => window.imagewise.scoresOfPixels(data, n)", [data, len(chunk)]
             )
             logits.append(np.asarray(out["logits"], np.float32).reshape(len(chunk), -1))
@@ -197,18 +199,38 @@ class WebPageModel(ImageModel):
 
 
 class _Browser:
-    """Headless Chromium (through Playwright) showing a page's folder from disk, every other
-    request refused."""
+    """Headless Chromium (through Playwright's sync API) showing a page's folder from disk,
+    every other request refused. Playwright runs in a thread of its own: its sync API refuses a
+    thread with a running asyncio loop (a notebook, a server) or another Playwright, and it
+    keeps the frames of the calls made through it, which must not hold the caller's objects."""
 
     def __init__(self, folder: Path) -> None:
-        try:
-            from playwright.sync_api import sync_playwright
-        except ImportError as exc:
-            raise BrowserUnavailable(f"Playwright is not installed ({exc})") from None
+        if importlib.util.find_spec("playwright") is None:
+            raise BrowserUnavailable("Playwright is not installed")
         self.refused: list[str] = []
         self.errors: list[str] = []
         self._driver: Any = None
         self._chromium: Any = None
+        self._page: Any = None
+        self._thread: ThreadPoolExecutor | None = ThreadPoolExecutor(1, "imagewise-chromium")
+        try:
+            self.version = self._call(self._launch)
+            self._page = self._call(self._open, folder)
+        except BaseException:
+            self.close()
+            raise
+
+    def _call(self, function: Callable[..., Any], *args: Any) -> Any:
+        assert self._thread is not None, "the browser was closed"
+        return self._thread.submit(function, *args).result()
+
+    def evaluate(self, script: str, arg: Any = None) -> Any:
+        """``script`` evaluated in the page (awaited if it returns a promise)."""
+        return self._call(self._page.evaluate, script, arg)
+
+    def _launch(self) -> str:
+        from playwright.sync_api import sync_playwright
+
         try:
             self._driver = sync_playwright().start()
             # --no-sandbox: the page is this export's own files, with the network refused
@@ -216,15 +238,9 @@ class _Browser:
                 executable_path=chromium(), args=["--no-sandbox"]
             )
         except Exception as exc:  # Playwright raises its own Error for a missing browser
-            self.close()
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise BrowserUnavailable(f"Chromium did not start ({first})") from None
-        self.version = self._chromium.version
-        try:
-            self.page = self._open(folder)
-        except BaseException:
-            self.close()
-            raise
+        return str(self._chromium.version)
 
     def _open(self, folder: Path) -> Any:
         """The page, its model started."""
@@ -250,7 +266,7 @@ class _Browser:
             raise UserError(f"the web page in '{folder}' did not start its model: {why}")
         return page
 
-    def close(self) -> None:
+    def _stop(self) -> None:
         chromium, self._chromium = self._chromium, None
         driver, self._driver = self._driver, None
         try:
@@ -259,6 +275,15 @@ class _Browser:
         finally:
             if driver is not None:
                 driver.stop()
+
+    def close(self) -> None:
+        """Chromium, Playwright's driver and the thread ended."""
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            try:
+                thread.submit(self._stop).result()
+            finally:
+                thread.shutdown()
 
 
 class FolderOnnxModel(ImageModel):
