@@ -64,11 +64,7 @@
 
   /** A decoded file as the model's mode: RGB, or L (ITU-R 601-2 luma, rounded as Pillow does). */
   async function decode(file, channels) {
-    // colorSpaceConversion none: Pillow applies no gamma or ICC profile, so neither does this.
-    const bitmap = await createImageBitmap(file, {
-      colorSpaceConversion: "none",
-      imageOrientation: "from-image",
-    });
+    const bitmap = await bitmapOf(file);
     const { width, height } = bitmap;
     const canvas = document.createElement("canvas");
     canvas.width = width;
@@ -80,6 +76,23 @@
     context.drawImage(bitmap, 0, 0);
     bitmap.close();
     return imageOf(context.getImageData(0, 0, width, height).data, width, height, channels);
+  }
+
+  /** The decoded file: no gamma or ICC profile applied (Pillow applies none), EXIF orientation
+   * applied (as imagewise does); browsers that do not know these options decode it plainly. */
+  async function bitmapOf(file) {
+    const tries = [
+      { colorSpaceConversion: "none", imageOrientation: "from-image" },
+      { colorSpaceConversion: "none" },
+      undefined,
+    ];
+    for (const options of tries) {
+      try {
+        return await createImageBitmap(file, options);
+      } catch (error) {
+        if (!(error instanceof TypeError) || options === undefined) throw error;
+      }
+    }
   }
 
   /** RGBA bytes (white background) -> planes of the model's channels. */
