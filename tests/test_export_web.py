@@ -16,6 +16,7 @@ import shutil
 import tarfile
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -333,7 +334,8 @@ def test_loader_runs_the_page_or_says_it_did_not(
     async def in_a_loop() -> Any:  # as in a notebook or a server, whose thread runs asyncio
         return load(folder)
 
-    page = asyncio.run(in_a_loop())
+    with ThreadPoolExecutor(1) as thread:
+        page = thread.submit(asyncio.run, in_a_loop()).result()
     assert isinstance(page, WebPageModel)
     logits, probs = page.scores(images)
     assert page.refused == [] and page.errors == []
