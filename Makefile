@@ -24,6 +24,7 @@ install: $(STAMP)
 # Debian packages, best effort (needs root and apt): dataset-fashion-mnist gives real data
 # offline; chromium lets the tests open the HTML report and the web page headless; postgresql
 # gives the tune tests a real server to share a study in (each test starts its own cluster).
+# onnxruntime-web's files (npm, checked against their sha512) are cached for --format web.
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
@@ -35,6 +36,8 @@ $(STAMP): pyproject.toml
 	if [ -n "$$missing" ] && command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing) >/dev/null 2>&1 \
 	  || echo "note: could not install $$missing with apt-get; the tests that need them are skipped"; fi
+	-@$(BIN)/python -c "from imagewise.export.onnxruntime_web import onnxruntime_web as f; f()" \
+	  || echo "note: onnxruntime-web not cached; --format web will download it on first use"
 	touch $(STAMP)
 
 lint:

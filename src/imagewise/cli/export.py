@@ -56,5 +56,9 @@ def run(args: argparse.Namespace) -> int:
     )
     for result in results:
         print(result.summary())
-    print(f"next: imagewise predict {results[0].path} IMAGES")
+    first = results[0]
+    if first.format == "web":
+        print(f"next: open {first.path / 'index.html'} in a browser (or serve {first.path})")
+    else:
+        print(f"next: imagewise predict {first.path} IMAGES")
     return 0

@@ -306,7 +306,13 @@ def _check(
     log.info("checking the %s export against PyTorch on %d %s images", fmt.name, len(labels),
              split)  # fmt: skip
     exported = fmt.load(candidate)
-    figures = {"runtime": runtime_name(fmt.name), **parity(reference, exported, images, labels)}
+    # a loader may name the runtime it fell back to (the web page without Chromium)
+    runtime = getattr(exported, "runtime_name", None) or runtime_name(fmt.name)
+    try:
+        figures = {"runtime": runtime, **parity(reference, exported, images, labels)}
+    finally:
+        if hasattr(exported, "close"):  # a runtime in another process (the page's browser)
+            exported.close()
     del exported  # its session's memory, before the next export of a batch
     approximate = precision != "float32"
     reason = check_gates(figures, approximate)
