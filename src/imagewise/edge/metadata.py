@@ -15,6 +15,7 @@ from typing import Any
 
 from imagewise.edge.spec import (
     JSON_KEYS,
+    LAYOUT_NHWC,
     LAYOUT_NORMALIZED,
     LAYOUT_RAW,
     ModelSpec,
@@ -52,16 +53,17 @@ def check_graph(
         )
     _, kind, shape = inputs[0]
     raw = spec.input.layout == LAYOUT_RAW
+    channels_last = raw or spec.input.layout == LAYOUT_NHWC
     want_kind = "tensor(uint8)" if raw else "tensor(float)"
     if kind != want_kind:
         raise broken_metadata(source, "input_layout", f"says {want_kind}, the graph takes {kind}")
     size, channels = spec.input.img_size, spec.input.channels
-    want = [None, size, size, channels] if raw else [None, channels, size, size]
+    want = [None, size, size, channels] if channels_last else [None, channels, size, size]
     if len(shape) != 4 or any(
         isinstance(have, int) and w is not None and have != w
         for have, w in zip(shape, want, strict=True)
     ):
-        layout = "NHWC" if raw else "NCHW"
+        layout = "NHWC" if channels_last else "NCHW"
         raise broken_metadata(
             source, "img_size/channels",
             f"describe a {layout} input of {want[1:]} but the graph's input is {shape}",

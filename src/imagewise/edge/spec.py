@@ -35,7 +35,9 @@ SPEC_FORMAT = "imagewise-model/1"
 # The input the graph takes: the model's usual normalized batch, or raw pixels normalized inside.
 LAYOUT_NORMALIZED = "NCHW float32 normalized"
 LAYOUT_RAW = "NHWC uint8"
-LAYOUTS = (LAYOUT_NORMALIZED, LAYOUT_RAW)
+# The normalized batch channels-last, as TensorFlow Lite graphs take it (onnx2tf's conversion).
+LAYOUT_NHWC = "NHWC float32 normalized"
+LAYOUTS = (LAYOUT_NORMALIZED, LAYOUT_RAW, LAYOUT_NHWC)
 # In memory only, never in a file: the inputs are cached embeddings, which take no image
 # preprocessing (training a classifier on a frozen backbone's features).
 LAYOUT_EMBEDDINGS = "N D float32 embeddings"
@@ -52,7 +54,8 @@ class InputContract:
     centre ``img_size`` square (how ImageNet weights are evaluated: 0.875 for EfficientNet-Lite);
     1 squashes the whole image to the square, as every run without such weights does.
     ``layout`` is ``LAYOUT_NORMALIZED`` for a run and most exported files, ``LAYOUT_RAW`` for a
-    file that takes uint8 pixels and normalizes inside its graph.
+    file that takes uint8 pixels and normalizes inside its graph, ``LAYOUT_NHWC`` for a TFLite
+    file (the normalized batch, channels last).
     """
 
     img_size: int

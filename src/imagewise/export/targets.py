@@ -133,7 +133,7 @@ TARGETS: dict[str, Target] = {
             "tflite",
             ".tflite",
             ("float32", "float16", "int8"),
-            ("onnx2tf", "tensorflow", "ai_edge_litert"),
+            ("ai_edge_litert", "onnx"),  # onnx2tf runs in its own environment (export.tflite)
             "tflite",
             "imagewise.export.tflite:write",
             "imagewise.edge.litert:LiteRtModel",
