@@ -29,6 +29,10 @@ $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[all,weights,deploy,dev]'
+	@# onnx2tf + TensorFlow for --format tflite, in an environment of their own (about 2.2 GB;
+	@# imagewise.export.tflite): TensorFlow beside PyTorch crashes training
+	$(BIN)/python -c 'from imagewise.export.tflite import converter_python; converter_python()' \
+	  || echo "note: could not make the TFLite converter environment; the tflite tests are skipped"
 	-@missing=""; \
 	[ -d /usr/share/datasets/fashion-mnist ] || missing="dataset-fashion-mnist"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \

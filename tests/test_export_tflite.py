@@ -293,3 +293,16 @@ def test_converter_python_is_named_or_explained(
     )
     assert (home / "notes.txt").read_text() == "mine"
     shutil.rmtree(home)
+
+
+def test_quantized_input_and_output_are_converted_at_their_scale() -> None:
+    """A full-integer file (int8 input and outputs) is fed and read as floats."""
+    from imagewise.edge.litert import _dequantize, _quantize
+
+    detail = {"dtype": np.int8, "quantization": (0.5, -1)}
+    x = np.array([0.0, 1.0, -0.74, 100.0, -100.0], np.float32)
+    q = _quantize(x, detail)
+    assert q.dtype == np.int8 and q.tolist() == [-1, 1, -2, 127, -128]
+    assert _dequantize(q, detail).tolist() == [0.0, 1.0, -0.5, 64.0, -63.5]
+    plain = {"dtype": np.float32, "quantization": (0.0, 0)}
+    assert _quantize(x, plain) is x and _dequantize(x, plain).dtype == np.float32
