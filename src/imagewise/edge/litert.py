@@ -51,8 +51,9 @@ def read_metadata(path: str | Path) -> dict[str, str]:
     try:
         raw = _metadata_bytes(Path(path))
     except Exception as exc:  # a damaged flatbuffer fails anywhere: struct, index, type
+        why = str(exc).splitlines()[0] if str(exc) else ""
         raise UserError(f"cannot load LiteRT model '{path}': it is not a TFLite file "
-                        f"({type(exc).__name__}: {exc})") from None  # fmt: skip
+                        f"({type(exc).__name__}: {why})") from None  # fmt: skip
     if raw is None:
         return {}
     try:
@@ -112,11 +113,11 @@ class LiteRtModel(ImageModel):
         except (ValueError, RuntimeError) as exc:
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise UserError(f"cannot load LiteRT model '{path}': {first}") from None
-        self.input = self.interpreter.get_input_details()
+        inputs = self.interpreter.get_input_details()
         self.outputs = {d["name"]: d for d in self.interpreter.get_output_details()}
-        inputs = [(d["name"], _kind(d), _shape(d)) for d in self.input]
-        check_graph(spec, inputs, {k: _shape(d) for k, d in self.outputs.items()}, str(path))
-        self.input = self.input[0]
+        graph_inputs = [(d["name"], _kind(d), _shape(d)) for d in inputs]
+        check_graph(spec, graph_inputs, {k: _shape(d) for k, d in self.outputs.items()}, str(path))
+        self.input = inputs[0]
         self._batch = 0  # the batch size the interpreter's tensors are allocated for
         self._lock = threading.Lock()  # one interpreter runs one batch at a time
         super().__init__(spec, props)
