@@ -42,10 +42,15 @@ OPEN_PATHS = ("/", "/healthz")  # no token needed: liveness and the page (it ask
 
 
 def backend_of(classifier: Any) -> str:
-    """``pytorch``, ``torchscript`` or ``onnx`` (any model without a PyTorch module)."""
+    """``pytorch``, ``torchscript``, or the exported file's runtime: ``onnx``, ``openvino``,
+    ``litert``, ``executorch`` (a model without a PyTorch module; ``onnx`` when unnamed)."""
     model = getattr(classifier, "model", None)
     if model is None:
-        return "onnx"
+        from imagewise.edge.runtimes import runtime_of
+
+        path = getattr(classifier, "path", None)
+        runtime = None if path is None else runtime_of(path)
+        return "onnx" if runtime is None else runtime.kind.lower()
     import torch  # a PyTorch module is loaded, so torch is imported already
 
     if isinstance(model, torch.jit.ScriptModule):
