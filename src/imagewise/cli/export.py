@@ -56,5 +56,7 @@ def run(args: argparse.Namespace) -> int:
     )
     for result in results:
         print(result.summary())
-    print(f"next: imagewise predict {results[0].path} IMAGES")
+    # a folder (Core ML's package, the web page) is not something predict opens
+    if files := [r.path for r in results if not r.path.is_dir()]:
+        print(f"next: imagewise predict {files[0]} IMAGES")
     return 0

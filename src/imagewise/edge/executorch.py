@@ -8,14 +8,14 @@ model.pte`` and ``imagewise serve model.pte`` open it through
 ``imagewise.edge.runtimes.load_model``.
 
 PyTorch: on a phone the C++ runtime runs the file alone, but ExecuTorch's Python runtime is
-built on libtorch. ``executorch.runtime`` imports ``executorch.extension.pybindings.
-portable_lib``, which runs ``import torch`` before loading its extension ``_C`` (linked against
-libtorch.so and libtorch_python.so), and ``forward`` takes and returns ``torch.Tensor`` only (a
-numpy array is refused: "Unsupported python type"). So predicting with a ``.pte`` from Python
-imports torch whatever imagewise does; this module imports ``executorch.runtime`` only when a
-file is opened, and borrows ``torch.from_numpy`` then, from the torch that ExecuTorch's runtime
-has already imported (the import-linter contract names that one exception). Importing this
-module imports neither.
+its C++ extension ``executorch.extension.pybindings._C``, linked against libtorch, whose
+``forward`` takes and returns ``torch.Tensor`` only (a numpy array is refused: "Unsupported
+python type"). So running a ``.pte`` from Python needs torch, and this module imports it when
+a file is opened (the import-linter contract names this one exception); importing the module
+imports neither torch nor ExecuTorch. It loads the extension directly rather than through
+``executorch.runtime`` or ``portable_lib``: those import ``executorch.exir`` first (the
+compiler, with torchao and sympy: about 3,000 modules), which took 16-20 s against 5 s for
+torch and the extension alone, measured on a busy 2-core machine.
 
 Example:
     >>> model = load_model("runs/fm/export/model.int8.pte")  # doctest: +SKIP
@@ -47,24 +47,42 @@ def _first_line(exc: Exception) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def open_program(path: Path) -> Any:
-    """The ``.pte`` at ``path`` loaded by ExecuTorch's runtime; one line when it cannot be."""
-    from executorch.runtime import Runtime
+def runtime() -> Any:
+    """ExecuTorch's Python extension, with torch imported first as its own wrapper
+    (``portable_lib``) does: the extension converts ``torch.Tensor``s."""
+    import torch  # noqa: F401  (the extension's inputs and outputs are torch tensors)
 
     try:
-        return Runtime.get().load_program(path)
-    except (RuntimeError, ValueError) as exc:  # the pybindings raise RuntimeError
-        raise UserError(f"cannot load ExecuTorch program '{path}': {_first_line(exc)}") from exc
+        from executorch.extension.pybindings import _C as extension
+    except ImportError:  # a build that only ships the wrapper
+        from executorch.extension.pybindings import portable_lib as extension
+    return extension
+
+
+def open_program(path: Path) -> Any:
+    """The ``.pte`` at ``path`` loaded by ExecuTorch's runtime; one line when it cannot be."""
+    try:
+        return runtime()._load_program(str(path))
+    except RuntimeError as exc:  # the extension raises RuntimeError ("error: 0x:12")
+        raise UserError(
+            f"cannot load ExecuTorch program '{path}' ({_first_line(exc)}); give a .pte "
+            "written by 'imagewise export RUN --format executorch'"
+        ) from exc
+
+
+def method_names(program: Any) -> list[str]:
+    """The names of a loaded program's methods."""
+    return [program.get_method_name(i) for i in range(program.num_methods())]
 
 
 def read_metadata(program: Any, source: str) -> dict[str, str]:
     """The imagewise metadata map a program carries (its constant method's JSON)."""
-    if METADATA_METHOD not in program.method_names:
+    if METADATA_METHOD not in method_names(program):
         raise UserError(
             f"'{source}' has no imagewise metadata (no '{METADATA_METHOD}' method); give a "
             "model written by 'imagewise export RUN --format executorch'"
         )
-    (text,) = program.load_method(METADATA_METHOD).execute([])
+    (text,) = program.load_method(METADATA_METHOD)([])
     try:
         props = json.loads(text)
     except ValueError:
@@ -117,19 +135,17 @@ class ExecuTorchModel(ImageModel):
         program = open_program(self.path)
         props = read_metadata(program, str(path))
         spec = ModelSpec.from_metadata(props, str(path))
-        if "forward" not in program.method_names:
+        if "forward" not in method_names(program):
             raise UserError(f"cannot load ExecuTorch program '{path}': it has no forward method")
-        meta = program.metadata("forward")
+        meta = program.method_meta("forward")
         check_graph(spec, *graph_description(meta), str(path))
         super().__init__(spec, props)
         self.max_batch = int(meta.input_tensor_meta(0).sizes()[0])  # memory is planned for it
         if threads is not None:
-            from executorch.extension.pybindings import portable_lib
-
-            portable_lib._unsafe_reset_threadpool(threads)
+            runtime()._unsafe_reset_threadpool(threads)
         self.program = program  # the method's memory lives as long as its program
         self.forward = program.load_method("forward")
-        from torch import from_numpy  # already imported by executorch.runtime (see the module)
+        from torch import from_numpy  # imported with the runtime (see the module)
 
         self._tensor = from_numpy
 
@@ -143,7 +159,7 @@ class ExecuTorchModel(ImageModel):
             return empty, empty.copy()
         logits, probs = [], []
         for start in range(0, len(x), self.max_batch):
-            out = self.forward.execute([self._tensor(x[start : start + self.max_batch])])
+            out = self.forward([self._tensor(x[start : start + self.max_batch])])
             logits.append(out[0].numpy())
             probs.append(out[1].numpy())
         return np.concatenate(logits), np.concatenate(probs)

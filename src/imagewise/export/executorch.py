@@ -150,7 +150,8 @@ def _quantized(program: Any, calibration: list[torch.Tensor]) -> torch.nn.Module
     )
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    config = get_symmetric_quantization_config(is_per_channel=True)  # static: is_dynamic False
+    quantizer = XNNPACKQuantizer().set_global(config)
     prepared = prepare_pt2e(program.module(), quantizer)
     for batch in calibration:
         prepared(batch)
