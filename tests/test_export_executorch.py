@@ -83,7 +83,8 @@ def test_metadata_round_trip(pte_run: Path, trained_run: Path) -> None:
     assert model.spec == run.spec and model.max_batch == MAX_BATCH
     program = open_program(pte_run / "export" / "model.pte")
     assert sorted(method_names(program)) == ["forward", METADATA_METHOD]
-    assert json.loads(program.load_method(METADATA_METHOD)([])[0]) == props
+    (stored,) = program.load_method(METADATA_METHOD)([])  # the JSON's bytes, a uint8 tensor
+    assert stored.dtype == torch.uint8 and json.loads(stored.numpy().tobytes()) == props
 
     int8 = ExecuTorchModel(pte_run / "export" / "model.int8.pte").file_metadata
     assert {k: v for k, v in int8.items() if not k.startswith("quantization")} == {
@@ -159,14 +160,23 @@ def test_files_that_are_not_imagewise_programs(tmp_path: Path) -> None:
         f"cannot load ExecuTorch program '{garbage}' (Failed to load program, error: 0x:12); "
         "give a .pte written by 'imagewise export RUN --format executorch'"
     )
+    linear = torch.export.export(torch.nn.Linear(4, 3).eval(), (torch.randn(2, 4),))
     bare = tmp_path / "bare.pte"  # a real program, written without imagewise's metadata
-    program = torch.export.export(torch.nn.Linear(4, 3).eval(), (torch.randn(2, 4),))
-    bare.write_bytes(to_edge(program).to_executorch().buffer)
+    bare.write_bytes(to_edge(linear).to_executorch().buffer)
     with pytest.raises(UserError) as err:
         load_model(bare)
     assert str(err.value) == (
         f"'{bare}' has no imagewise metadata (no '{METADATA_METHOD}' method); give a model "
         "written by 'imagewise export RUN --format executorch'"
+    )
+    broken = tmp_path / "broken.pte"  # the method is there; its bytes are not JSON
+    not_json = {METADATA_METHOD: torch.tensor(list(b"classes"), dtype=torch.uint8)}
+    broken.write_bytes(to_edge(linear, constant_methods=not_json).to_executorch().buffer)
+    with pytest.raises(UserError) as err:
+        load_model(broken)
+    assert str(err.value) == (
+        f"'{broken}' has broken metadata: {METADATA_METHOD} is not a JSON object; re-export it "
+        "with 'imagewise export RUN'"
     )
 
 

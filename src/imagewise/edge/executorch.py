@@ -1,7 +1,8 @@
 """Exported ExecuTorch programs (``model.pte``, XNNPACK) run by ExecuTorch's runtime on the CPU.
 
 ``imagewise export RUN --format executorch`` writes the program with the model's metadata as
-the constant method ``imagewise_metadata`` (one JSON string; ``imagewise.export.executorch``);
+the constant method ``imagewise_metadata`` (its JSON's UTF-8 bytes as a uint8 tensor;
+``imagewise.export.executorch``);
 ``ExecuTorchModel`` reads it back into the model's spec, checks it against the ``forward``
 method's input and outputs, and turns uint8 images into scores. ``imagewise predict
 model.pte`` and ``imagewise serve model.pte`` open it through
@@ -36,7 +37,7 @@ from imagewise.edge.model import ImageModel
 from imagewise.edge.spec import ModelSpec
 from imagewise.errors import UserError
 
-METADATA_METHOD = "imagewise_metadata"  # the constant method holding the metadata's JSON
+METADATA_METHOD = "imagewise_metadata"  # the constant method returning the metadata (JSON bytes)
 # ExecuTorch's ScalarType codes (runtime/core/portable_type/scalar_type.h), as check_graph
 # names element types (ONNX Runtime's names).
 SCALAR_TYPES = {6: "tensor(float)", 0: "tensor(uint8)", 5: "tensor(float16)"}
@@ -82,10 +83,10 @@ def read_metadata(program: Any, source: str) -> dict[str, str]:
             f"'{source}' has no imagewise metadata (no '{METADATA_METHOD}' method); give a "
             "model written by 'imagewise export RUN --format executorch'"
         )
-    (text,) = program.load_method(METADATA_METHOD)([])
+    (value,) = program.load_method(METADATA_METHOD)([])
     try:
-        props = json.loads(text)
-    except ValueError:
+        props = json.loads(value.numpy().tobytes().decode())
+    except (AttributeError, TypeError, ValueError):  # not a tensor, not UTF-8, not JSON
         props = None
     if not isinstance(props, dict):
         raise UserError(

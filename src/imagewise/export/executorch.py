@@ -16,9 +16,12 @@ before multiplying on x86 without VNNI, so full 8-bit weights compute the same o
 (ONNX Runtime's u8 x s8 pair sums do not, hence its 7-bit weights: ``export.quantize``).
 
 The metadata (the job's string map: classes, input contract, temperature, ...) lives in the
-program itself: a constant method ``imagewise_metadata`` returns it as one JSON string, which
-any ExecuTorch runtime reads back (``Module::execute("imagewise_metadata")`` in C++, the Python
-runtime here) without running the network. No sidecar file can then be lost on the way.
+program itself: a constant method ``imagewise_metadata`` returns it as a uint8 tensor of its
+UTF-8 JSON, which an app reads without running the network (``Module::execute(
+"imagewise_metadata")`` in C++, ``module.execute(...)[0].toTensor()`` on Android, the Python
+runtime here). A tensor rather than a string constant: every ExecuTorch runtime returns
+tensors, and not all return strings (the torch-free executorch-numpy-runtime refuses them). No
+sidecar file can then be lost on the way.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("imagewise")
 
-METADATA_METHOD = "imagewise_metadata"  # the constant method that returns the metadata's JSON
+METADATA_METHOD = "imagewise_metadata"  # the constant method returning the metadata (JSON bytes)
 MAX_BATCH = 64  # the dynamic batch axis' upper bound, for which ExecuTorch plans memory
 INT8_QUANTIZATION = (
     "int8 static PT2E (ExecuTorch XNNPACKQuantizer), int8 activations, "
@@ -108,9 +111,15 @@ def to_pte(
             edge = to_edge_transform_and_lower(
                 program,
                 partitioner=[XnnpackPartitioner()],
-                constant_methods={METADATA_METHOD: json.dumps(dict(metadata), ensure_ascii=False)},
+                constant_methods={METADATA_METHOD: metadata_tensor(metadata)},
             )
             return bytes(edge.to_executorch().buffer)
+
+
+def metadata_tensor(metadata: Mapping[str, str]) -> torch.Tensor:
+    """``metadata`` as the program carries it: the UTF-8 bytes of its JSON, a uint8 tensor."""
+    text = json.dumps(dict(metadata), ensure_ascii=False).encode()
+    return torch.frombuffer(bytearray(text), dtype=torch.uint8)
 
 
 def _batch_kept(program: Any) -> Any:
