@@ -3,17 +3,19 @@ Linux devices.
 
 The job's graph (normalized NCHW float batch -> ``logits``, ``probabilities``) is captured with
 ``torch.export`` with a dynamic batch axis of 1 to ``MAX_BATCH`` images, lowered with
-``to_edge_transform_and_lower`` and the XNNPACK partitioner (every convolution, matrix product,
-pooling, addition and the softmax run in XNNPACK's kernels), and serialized with
-``to_executorch``. ExecuTorch plans the memory of a method for its largest input, so the
-batch's upper bound is what a device allocates: 64 images keeps a 224 px resnet18 within a few
-hundred MB; the runtime (``imagewise.edge.executorch``) splits larger batches.
+``to_edge_transform_and_lower`` and the XNNPACK partitioner (convolutions, matrix products,
+pooling, additions and the softmax run in XNNPACK's kernels; what XNNPACK lacks, such as
+resnet9's global max pool once decomposed to ``amax``, in ExecuTorch's portable kernels), and
+serialized with ``to_executorch``. ExecuTorch plans a method's memory for its largest input,
+so the batch's upper bound sets what a device allocates (a phone answers one image at a time;
+64 is for throughput); the runtime (``imagewise.edge.executorch``) splits larger batches.
 
 INT8: PT2E static quantization with ExecuTorch's own ``XNNPACKQuantizer`` (int8 activations
 with a zero point, int8 weights symmetric with one scale per output channel), calibrated on the
-run's training images, then lowered to XNNPACK's integer kernels. XNNPACK widens int8 to int16
-before multiplying on x86 without VNNI, so full 8-bit weights compute the same on every CPU
-(ONNX Runtime's u8 x s8 pair sums do not, hence its 7-bit weights: ``export.quantize``).
+run's training images, then lowered to XNNPACK's integer kernels. The weights keep all 8 bits:
+XNNPACK's x86 kernels sign-extend int8 to int16 before multiplying (or use VNNI), with no
+saturating u8 x s8 pair sums, which is why ONNX Runtime's files need 7-bit weights
+(``export.quantize``). The parity check measures it on the exporting CPU.
 
 The metadata (the job's string map: classes, input contract, temperature, ...) lives in the
 program itself: a constant method ``imagewise_metadata`` returns it as a uint8 tensor of its
@@ -56,7 +58,7 @@ INT8_SETTINGS = {
     "weight_bits": 8,
     "per_channel": True,
     "symmetric_weights": True,
-    "safe_on": "every CPU: XNNPACK widens int8 to int16 before multiplying where there is no VNNI",
+    "safe_on": "every CPU: XNNPACK's int8 kernels have no saturating int16 pair sums",
 }
 
 
