@@ -56,9 +56,9 @@ def run(args: argparse.Namespace) -> int:
     )
     for result in results:
         print(result.summary())
-    first = results[0]
-    if first.format == "web":
-        print(f"next: open {first.path / 'index.html'} in a browser (or serve {first.path})")
-    else:
-        print(f"next: imagewise predict {first.path} IMAGES")
+    # a folder (Core ML's package, the web page) is not something predict opens
+    if files := [r.path for r in results if not r.path.is_dir()]:
+        print(f"next: imagewise predict {files[0]} IMAGES")
+    if pages := [r.path for r in results if r.format == "web"]:
+        print(f"next: open {pages[0] / 'index.html'} in a browser (or serve {pages[0]})")
     return 0
