@@ -22,6 +22,10 @@ The model is compiled for the CPU with three settings, each measured or needed:
   threads, also runs on. On a busy 2-core machine pinning made resnet18 at 224 px about
   1.5 times slower at batch 1.
 
+``import openvino`` starts OpenVINO's usage telemetry (an anonymous "import" event, sent unless
+the user has opted out with ``opt_in_out --opt_out`` or ``CI=true`` is set): OpenVINO's choice,
+which a library has no business changing for its user.
+
 Example:
     >>> model = load_model("runs/fm/export/model.xml")  # doctest: +SKIP
     >>> model.predict(["shoe.png"], top_k=1)[0].label  # doctest: +SKIP
@@ -39,7 +43,7 @@ import numpy as np
 from imagewise.edge.metadata import check_graph
 from imagewise.edge.model import ImageModel
 from imagewise.edge.onnx import nhwc
-from imagewise.edge.runtimes import usable_cpus
+from imagewise.edge.runtimes import existing_model_file, usable_cpus
 from imagewise.edge.spec import LAYOUT_RAW, ModelSpec
 from imagewise.errors import UserError
 
@@ -92,6 +96,7 @@ def read_ir(core: ov.Core, path: Path) -> ov.Model:
     file that is not IR, print their own parse errors); one line when it cannot be read."""
     from openvino.frontend import FrontEndManager
 
+    existing_model_file(path)
     if not FrontEndManager().load_by_framework("ir").supported(str(path)):
         raise UserError(
             f"'{path}' is not an OpenVINO IR model; give a model.xml written by "
