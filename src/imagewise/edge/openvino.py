@@ -19,8 +19,8 @@ The model is compiled for the CPU with three settings, each measured or needed:
   batch 1 and at batch 64).
 - threads not pinned to cores (``ENABLE_CPU_PINNING`` off; ``LATENCY`` turns it on under
   Linux): pinned threads wait for a core that another process, or this one's image-decoding
-  threads, also runs on. On a busy 2-core machine pinning made resnet18 at 224 px about
-  1.5 times slower at batch 1.
+  threads, also runs on. On a 2-core machine shared with other jobs, a 32-pixel model's median
+  batch-1 latency was about 1 ms unpinned and 1.2 to 12 ms pinned.
 
 ``import openvino`` starts OpenVINO's usage telemetry (an anonymous "import" event, sent unless
 the user has opted out with ``opt_in_out --opt_out`` or ``CI=true`` is set): OpenVINO's choice,
@@ -162,9 +162,9 @@ class OpenVinoModel(ImageModel):
         """The graph's logits and calibrated probabilities for its own input layout."""
         import openvino as ov
 
-        # The request reads the array in place and its outputs are copied out once: a tenth
-        # of a millisecond a call less than infer()'s dict in and out, which is what OpenVINO
-        # lagged ONNX Runtime by on a 32-pixel model at batch 1.
+        # The request reads the array in place and its outputs are copied out once: on a
+        # 32-pixel model at batch 1 a call took 0.80 ms this way and 1.17 ms through infer()'s
+        # dict in and out, most of what OpenVINO lagged ONNX Runtime by (0.79 ms).
         feed = np.ascontiguousarray(feed)
         with self._lock:
             self._request.set_input_tensor(ov.Tensor(feed, shared_memory=True))
