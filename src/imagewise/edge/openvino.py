@@ -19,8 +19,9 @@ The model is compiled for the CPU with three settings, each measured or needed:
   batch 1 and at batch 64).
 - threads not pinned to cores (``ENABLE_CPU_PINNING`` off; ``LATENCY`` turns it on under
   Linux): pinned threads wait for a core that another process, or this one's image-decoding
-  threads, also runs on. On a 2-core machine shared with other jobs, a 32-pixel model's median
-  batch-1 latency was about 1 ms unpinned and 1.2 to 12 ms pinned.
+  threads, also runs on. On a 2-core machine shared with other jobs (median at batch 1, three
+  rounds): resnet18 at 224 px 56-91 ms unpinned, 94-96 ms pinned (ONNX Runtime 78-113 ms); a
+  32-pixel model 0.66-0.95 ms unpinned, 1.0-3.1 ms pinned.
 
 ``import openvino`` starts OpenVINO's usage telemetry (an anonymous "import" event, sent unless
 the user has opted out with ``opt_in_out --opt_out`` or ``CI=true`` is set): OpenVINO's choice,
