@@ -35,6 +35,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -115,6 +116,16 @@ def read_ir(core: ov.Core, path: Path) -> ov.Model:
         raise UserError(f"cannot load OpenVINO model '{path}': {_first_reason(exc)}") from exc
 
 
+@functools.cache
+def shared_core() -> Any:
+    """The process's one ``openvino.Core``: OpenVINO's advice, since every Core loads its own CPU
+    plugin with its own thread pools, and a long-lived process (a server, a notebook, a test
+    run) that opens several files should not hold one set per file."""
+    import openvino as ov
+
+    return ov.Core()
+
+
 class OpenVinoModel(ImageModel):
     """An exported OpenVINO IR model as an ``ImageModel``: ``predict``, ``predict_iter``,
     ``scores``.
@@ -133,11 +144,9 @@ class OpenVinoModel(ImageModel):
     def __init__(
         self, path: str | Path, threads: int | None = None, few_images: bool = False
     ) -> None:
-        import openvino as ov
-
         self.path = Path(path)
         self.threads = threads or usable_cpus()
-        core = ov.Core()
+        core = shared_core()
         model = read_ir(core, self.path)
         metadata = read_metadata(model)
         spec = ModelSpec.from_metadata(metadata, str(path))
