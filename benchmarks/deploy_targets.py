@@ -81,9 +81,18 @@ def worker(path: str, batches: list[int], seconds: float, threads: int) -> dict[
             model.scores(images)
             times.append(time.perf_counter() - t)
         out[f"batch{batch}_ms"] = statistics.median(times) * 1000
-    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out["peak_rss_mb"] = peak_rss_mb()
     out["torch_imported"] = "torch" in sys.modules
     return out
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory (VmHWM). Not ``ru_maxrss``: Linux carries that over
+    from the parent through fork and exec, so every worker would report the exporter's peak."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # not Linux
 
 
 def run_worker(path: Path, seconds: float, threads: int) -> dict[str, Any]:
@@ -162,7 +171,8 @@ def summarize(key: tuple[str, str], info: dict[str, Any], runs: list[dict[str, A
         if key[0] == "pytorch":
             size = (path / "model.safetensors").stat().st_size
     else:
-        size = sum(p.stat().st_size for p in (path, path.with_suffix(".bin")) if p.exists())
+        parts = [path, path.with_suffix(".bin")] if path.suffix == ".xml" else [path]
+        size = sum(p.stat().st_size for p in parts)
     b1 = statistics.median(r["batch1_ms"] for r in ok)
     b64 = statistics.median(r["batch64_ms"] for r in ok)
     parity = info.get("parity", {})
