@@ -181,11 +181,7 @@ def export(
         >>> result.path, result.parity["accuracy_drop"]  # doctest: +SKIP
         (PosixPath('runs/fm/export/model.int8.xml'), 0.0015)
     """
-    from imagewise.export.metadata import build_metadata, file_spec
-    from imagewise.export.quantize import PORTABLE
     from imagewise.export.verify import VERIFY_IMAGES, run_images
-    from imagewise.predict.predictor import load_run
-    from imagewise.predict.unknown import fitted_unknown
 
     fmt = target_of(format)
     precision = (precision or ("int8" if int8 else "float32")).lower()
@@ -195,32 +191,17 @@ def export(
     name = fmt.file_name(precision)
     target = export_dir / name if out is None else Path(out).expanduser()
     check_target(target, name, fmt.folder)  # before any work: answers at once
-    reference = load_run(run)
-    if not reference.capabilities.onnx_export:
-        raise UserError(
-            f"'{run}' holds a {reference.name} model, which declares no ONNX or TorchScript "
-            "graph (a classical model computes its features outside tensor operations); use "
-            "the run folder itself with imagewise predict or imagewise.load"
-        )
+    reference = _exportable(run)
     images, labels, split, source = run_images(
         folder.path, reference.preprocessing, reference.classes, ("val", "test", "train"),
         VERIFY_IMAGES,
     )  # fmt: skip
     int8 = precision == "int8"
-    quantization = PORTABLE.describe() if int8 else None
-    spec = file_spec(reference.spec, raw_input, fitted_unknown(folder.path))
-    metadata = build_metadata(spec, reference.tta, int8, quantization)
     with tempfile.TemporaryDirectory(prefix="imagewise-export-") as tmp:
         candidate = Path(tmp) / "out" / target.name
         candidate.parent.mkdir()
-        job = ExportJob(
-            module=load_run(run).network,  # a copy of its own: writers may touch the module
-            reference=reference, spec=spec, metadata=metadata, precision=precision,
-            raw_input=raw_input, run_dir=folder.path, workdir=Path(tmp),
-            calibration_images=lambda: _training_images(folder.path, reference),
-            onnx_writer=_onnx_graph,
-        )  # fmt: skip
-        log.info("exporting %s as %s (%s)", metadata["model"], fmt.name, precision)
+        job = _job(run, reference, precision, raw_input, Path(tmp))
+        log.info("exporting %s as %s (%s)", job.metadata["model"], fmt.name, precision)
         fmt.write(job, candidate)
         record = _check(fmt, reference, candidate, images, labels, precision, split)
         record = {
@@ -239,6 +220,43 @@ def export(
             )
         _move_into_place(fmt, candidate, target)
     return ExportResult(target, fmt.name, int8, raw_input, record, parity_path, precision)
+
+
+def _exportable(run: str | Path) -> Classifier:
+    """The run's PyTorch classifier, refused in one line when its model has no graph to
+    export (a classical model)."""
+    from imagewise.predict.predictor import load_run
+
+    reference = load_run(run)
+    if not reference.capabilities.onnx_export:
+        raise UserError(
+            f"'{run}' holds a {reference.name} model, which declares no ONNX or TorchScript "
+            "graph (a classical model computes its features outside tensor operations); use "
+            "the run folder itself with imagewise predict or imagewise.load"
+        )
+    return reference
+
+
+def _job(
+    run: str | Path, reference: Classifier, precision: str, raw_input: bool, workdir: Path
+) -> ExportJob:
+    """What a writer is handed: a copy of the network of its own (writers may touch it), the
+    spec and metadata the file carries, the run's training images for INT8."""
+    from imagewise.export.metadata import build_metadata, file_spec
+    from imagewise.export.quantize import PORTABLE
+    from imagewise.predict.predictor import load_run
+    from imagewise.predict.unknown import fitted_unknown
+
+    run_dir = RunFolder.of(run).path
+    int8 = precision == "int8"
+    spec = file_spec(reference.spec, raw_input, fitted_unknown(run_dir))
+    metadata = build_metadata(spec, reference.tta, int8, PORTABLE.describe() if int8 else None)
+    return ExportJob(
+        module=load_run(run).network, reference=reference, spec=spec, metadata=metadata,
+        precision=precision, raw_input=raw_input, run_dir=run_dir, workdir=workdir,
+        calibration_images=lambda: _training_images(run_dir, reference),
+        onnx_writer=_onnx_graph,
+    )  # fmt: skip
 
 
 def export_many(
