@@ -11,6 +11,7 @@ explained, exported and served.
     >>> imagewise.check_data("photos/").summary()  # before training  # doctest: +SKIP
     >>> imagewise.features("runs/digits", "digits", out="digits.npz").features  # doctest: +SKIP
     >>> imagewise.similar("runs/digits", ["a.png"], "photos/", k=5)  # doctest: +SKIP
+    >>> imagewise.card("runs/digits", intended_use="...").markdown_path  # doctest: +SKIP
 
 The public API is plain functions. The heavy parts (torch, timm) load on first use, so
 ``import imagewise`` stays quick.
@@ -25,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 # The stage packages are bound first, on purpose: Python sets a package's attribute to its
 # subpackage when that subpackage is first imported, which would replace the function of the
 # same name below at that moment. They are light: their contents load on first use.
+from imagewise import card as _card_stage  # noqa: F401
 from imagewise import evaluate as _evaluate_stage  # noqa: F401
 from imagewise import explain as _explain_stage  # noqa: F401
 from imagewise import export as _export_stage  # noqa: F401
@@ -35,7 +37,7 @@ from imagewise import train as _train_stage  # noqa: F401
 from imagewise import tune as _tune_stage  # noqa: F401
 from imagewise.version import __version__
 
-_STAGES = ("train", "tune", "evaluate", "predict", "explain", "export", "serve", "features")
+_STAGES = ("train", "tune", "evaluate", "predict", "explain", "export", "serve", "features", "card")
 _FUNCTIONS = {
     "train": "imagewise.train.run",
     "distill": "imagewise.train.distill",
@@ -50,6 +52,7 @@ _FUNCTIONS = {
     "check_data": "imagewise.audit.checker",  # as check
     "features": "imagewise.features.extraction",
     "similar": "imagewise.features.similarity",
+    "card": "imagewise.card.builder",
     "create_model": "imagewise.models",
     "list_models": "imagewise.models",
 }
@@ -75,6 +78,7 @@ def _on_first_call(name: str) -> Callable[..., Any]:
 
 if TYPE_CHECKING:  # what type checkers and editors see: the functions themselves
     from imagewise.audit.checker import check as check_data
+    from imagewise.card.builder import card
     from imagewise.evaluate.compare import compare_runs as compare
     from imagewise.evaluate.evaluation import evaluate
     from imagewise.explain.explanation import explain
@@ -102,11 +106,13 @@ else:
     check_data = _on_first_call("check_data")
     features = _on_first_call("features")
     similar = _on_first_call("similar")
+    card = _on_first_call("card")
     create_model = _on_first_call("create_model")
     list_models = _on_first_call("list_models")
 
 __all__ = [
     "__version__",
+    "card",
     "check_data",
     "compare",
     "create_model",

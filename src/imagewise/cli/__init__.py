@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple, NoReturn
 
 from imagewise.cli import (
+    card,
     compare,
     data,
     demo,
@@ -58,6 +59,8 @@ EXAMPLES = {
     "--map fm-test.png",
     "similar": "imagewise similar runs/fm shoe.png --index photos/ --k 10 --format html "
     "--out similar.html",
+    "card": "imagewise card runs/fm --intended-use 'sorting catalogue photos' --license "
+    "apache-2.0   # then open runs/fm/model_card.html",
 }
 
 
@@ -80,6 +83,7 @@ VERBS = (
     Verb(compare.add_parser, compare.run),
     Verb(predict.add_parser, predict.run),
     Verb(export.add_parser, export.run),
+    Verb(card.add_parser, card.run),
     Verb(explain.add_parser, explain.run),
     Verb(serve.add_parser, serve.run),
     Verb(features.add_parser, features.run),

@@ -3,6 +3,7 @@
 runs/NAME/
   config.yaml  meta.json  model.safetensors  last.ckpt  history.csv  curves.png
   tensorboard/  eval/metrics.json  eval/confusion_matrix.png  eval/confusion_matrix.csv
+  MODEL_CARD.md  model_card.html  (imagewise card)
 """
 
 from __future__ import annotations
@@ -70,6 +71,11 @@ class RunFolder:
     @property
     def eval_dir(self) -> Path:
         return self.path / "eval"
+
+    @property
+    def model_card(self) -> Path:
+        """MODEL_CARD.md (``imagewise card``), which exports carry in their metadata."""
+        return self.path / "MODEL_CARD.md"
 
     def holds_run(self) -> bool:
         return self.meta.exists() or self.last.exists() or self.weights.exists()

@@ -1,0 +1,180 @@
+"""What a model card is built from: the run folder's own files, read as their writers left them.
+
+Nothing is measured here. Each file is optional except ``meta.json`` and
+``eval/metrics.json``; a file that is there but not what its writer writes is refused in one
+line naming it. Files fitted with weights (``conformal.json``, ``unknown.json``,
+``knn_reference.npz``) are used only when their ``weights_sha256`` is the run's current one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from imagewise.errors import UserError
+from imagewise.evaluate.scores import Metrics
+from imagewise.io import read_json
+from imagewise.runtime.meta import RunMeta
+from imagewise.runtime.runs import RunFolder
+
+if TYPE_CHECKING:
+    from imagewise.config import RunConfig
+    from imagewise.edge.unknown import KnnReference
+
+# The files a card reads, relative to the run folder (the names each section cites).
+META = "meta.json"
+CONFIG = "config.yaml"
+METRICS = "eval/metrics.json"
+ROBUSTNESS = "eval/robustness.json"
+SLICES = "eval/slices.json"
+CONFORMAL = "conformal.json"
+UNKNOWN = "unknown.json"
+KNN = "knn_reference.npz"
+PARITY = "export/parity.json"
+
+# The format each optional JSON file must declare (its writer's contract).
+FORMATS = {
+    ROBUSTNESS: "imagewise-robustness/1",
+    SLICES: "imagewise-slices/1",
+    CONFORMAL: "imagewise-conformal/1",
+    UNKNOWN: "imagewise-unknown/1",
+    PARITY: "imagewise-parity/1",
+}
+
+
+@dataclass
+class Evidence:
+    """The run's recorded facts, one attribute per file (None: the file is not there, or was
+    fitted with other weights: see ``stale``)."""
+
+    run: Path
+    meta: RunMeta
+    config: RunConfig | None
+    metrics: Metrics
+    metrics_json: dict[str, Any]
+    weights_sha256: str
+    conformal: dict[str, Any] | None = None
+    unknown: dict[str, Any] | None = None
+    knn: KnnReference | None = None
+    robustness: dict[str, Any] | None = None
+    slices: dict[str, Any] | None = None
+    parity: dict[str, Any] | None = None
+    audit: dict[str, Any] | None = None
+    audit_file: str | None = None
+    stale: tuple[str, ...] = ()
+
+    @property
+    def conformal_metrics(self) -> dict[str, Any] | None:
+        """``metrics.json``'s "conformal" section (written by ``evaluate(..., coverage=c)``)."""
+        section = self.metrics_json.get("conformal")
+        return section if isinstance(section, dict) else None
+
+
+def missing_evaluation(run: str | Path) -> UserError:
+    return UserError(
+        f"'{run}' has no {METRICS}; run 'imagewise evaluate {run}' first "
+        "(or add --evaluate to imagewise card)"
+    )
+
+
+def read_evidence(run: str | Path, audit: str | Path | None = None) -> Evidence:
+    """The run's files for its card.
+
+    Args:
+        run: a trained run folder, evaluated (``eval/metrics.json``).
+        audit: the JSON written by ``imagewise data check DATA --json FILE``, if any.
+
+    Raises:
+        UserError: no run, no evaluation, or a file that is not what its writer writes.
+    """
+    from imagewise.predict.unknown import weights_sha256
+
+    folder = RunFolder.of(run)
+    meta = folder.read_meta()
+    path = folder.path / METRICS
+    if not path.is_file():
+        raise missing_evaluation(run)
+    metrics_json = _json_object(path, METRICS)
+    metrics = Metrics.from_json(metrics_json, f"{METRICS} of '{folder.path}'", "")
+    ev = Evidence(
+        folder.path, meta, _config(folder), metrics, metrics_json, weights_sha256(folder.path)
+    )
+    ev.robustness = _optional(folder.path, ROBUSTNESS)
+    ev.slices = _optional(folder.path, SLICES)
+    ev.parity = _optional(folder.path, PARITY)
+    ev.conformal = _fitted(ev, CONFORMAL)
+    ev.unknown = _fitted(ev, UNKNOWN)
+    ev.knn = _knn(ev)
+    if audit is not None:
+        ev.audit, ev.audit_file = _audit(Path(audit)), Path(audit).name
+    return ev
+
+
+def _json_object(path: Path, name: str) -> dict[str, Any]:
+    try:
+        values = read_json(path)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot read {name} of the run ('{path}'): {exc}") from exc
+    if not isinstance(values, dict):
+        raise UserError(f"'{path}' must hold a JSON object; write it again")
+    return values
+
+
+def _optional(run: Path, name: str) -> dict[str, Any] | None:
+    """An optional file of the run, checked for its writer's format; None when absent."""
+    path = run / name
+    if not path.is_file():
+        return None
+    values = _json_object(path, name)
+    if values.get("format") != FORMATS[name]:
+        raise UserError(
+            f"'{path}' has format {values.get('format')!r}, not {FORMATS[name]!r}; "
+            "write it again with this imagewise"
+        )
+    return values
+
+
+def _fitted(ev: Evidence, name: str) -> dict[str, Any] | None:
+    """A file fitted with weights, when fitted with the run's current ones."""
+    values = _optional(ev.run, name)
+    if values is not None and values.get("weights_sha256") != ev.weights_sha256:
+        ev.stale += (name,)
+        return None
+    return values
+
+
+def _knn(ev: Evidence) -> KnnReference | None:
+    if not (ev.run / KNN).is_file():
+        return None
+    from imagewise.edge.unknown import KnnReference
+
+    reference = KnnReference.load(ev.run / KNN)
+    if reference.weights_sha256 != ev.weights_sha256:
+        ev.stale += (KNN,)
+        return None
+    return reference
+
+
+def _config(folder: RunFolder) -> RunConfig | None:
+    from imagewise.config import load_config_file
+
+    return load_config_file(folder.config) if folder.config.is_file() else None
+
+
+def _audit(path: Path) -> dict[str, Any]:
+    """``imagewise data check --json``'s file: the counts and the lists of findings."""
+    if not path.is_file():
+        raise UserError(
+            f"--audit '{path}' does not exist; write it with imagewise data check DATA --json FILE"
+        )
+    values = _json_object(path, "the audit")
+    from imagewise.audit.result import KINDS
+
+    absent = [k for k in ("source", "images", "splits", *KINDS) if k not in values]
+    if absent:
+        raise UserError(
+            f"'{path}' is not imagewise data check's JSON ({', '.join(absent)} missing); "
+            "write it with imagewise data check DATA --json FILE"
+        )
+    return values
