@@ -22,6 +22,9 @@ work.
     RUN/export/model.mlpackage/  Core ML (model.fp16.mlpackage)
     RUN/export/web/              a page that classifies in the browser (web.int8/)
     RUN/export/parity.json       {"files": {file name: its check}}
+
+A run with a model card (``imagewise card``: RUN/MODEL_CARD.md) gives every file its text as
+the metadata entry ``model_card``; the web folder also gets a copy of MODEL_CARD.md.
 """
 
 from __future__ import annotations
@@ -250,7 +253,11 @@ def _job(
     run_dir = RunFolder.of(run).path
     int8 = precision == "int8"
     spec = file_spec(reference.spec, raw_input, fitted_unknown(run_dir))
-    metadata = build_metadata(spec, reference.tta, int8, PORTABLE.describe() if int8 else None)
+    card = RunFolder.of(run).model_card
+    metadata = build_metadata(
+        spec, reference.tta, int8, PORTABLE.describe() if int8 else None,
+        card.read_text(encoding="utf-8") if card.is_file() else None,
+    )  # fmt: skip
     return ExportJob(
         module=load_run(run).network, reference=reference, spec=spec, metadata=metadata,
         precision=precision, raw_input=raw_input, run_dir=run_dir, workdir=workdir,

@@ -16,6 +16,7 @@ strings, so any ONNX consumer can read them) and a few facts about the file::
                            "safe_on": "every CPU: ..."}  (``Int8Settings.describe()``)
     unknown  runs with a fitted --min-confidence auto only: {"target_precision": 0.95,
              "min_confidence": 0.61, "precision": 0.95, "coverage": 0.96, ...}
+    model_card  runs with a card only: the text of RUN/MODEL_CARD.md (``imagewise card``)
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ def build_metadata(
     tta: Mapping[str, Any],
     int8: bool,
     quantization: Mapping[str, Any] | None = None,
+    model_card: str | None = None,
 ) -> dict[str, str]:
     """The string map written into an exported model: its spec (``file_spec``) and what a
     user of the file needs to know about it.
@@ -56,7 +58,7 @@ def build_metadata(
     ``tta``: the run's test-time views (already averaged inside the graph; recorded so the file
     says so). ``quantization`` (INT8: ``Int8Settings.describe()``) says how the weights were made
     and on which CPUs they compute exactly, so a file met later still tells whether it suits a
-    machine.
+    machine. ``model_card``: the run's MODEL_CARD.md, so the file keeps its evidence with it.
     """
     from imagewise.runtime.tta import describe
     from imagewise.version import __version__
@@ -70,6 +72,8 @@ def build_metadata(
     if int8 and quantization is not None:
         values["quantization"] = _describe_int8(quantization)
         values["quantization_settings"] = json.dumps(dict(quantization), ensure_ascii=False)
+    if model_card is not None:
+        values["model_card"] = model_card
     return values
 
 

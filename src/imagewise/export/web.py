@@ -7,6 +7,7 @@
                                             resize, ported), onnxruntime-web, the answers
     web/model.js                            the ONNX model (base64) and its metadata
     web/metadata.json                       the same metadata, for tools
+    web/MODEL_CARD.md                       the run's model card, when it has one
     web/ort/ort.wasm.min.js                 onnxruntime-web (imagewise.export.onnxruntime_web)
     web/ort/ort-wasm-simd-threaded.mjs.js   its Emscripten glue, as a string
     web/ort/ort-wasm-simd-threaded.wasm.js  its WebAssembly binary, as base64
@@ -42,6 +43,7 @@ from imagewise.edge.model import ImageModel
 from imagewise.edge.spec import ModelSpec
 from imagewise.errors import UserError
 from imagewise.export.onnxruntime_web import GLUE, LOADER, WASM, onnxruntime_web, version_of
+from imagewise.runtime.runs import RunFolder
 
 if TYPE_CHECKING:
     from imagewise.export.targets import ExportJob
@@ -107,6 +109,8 @@ def write(job: ExportJob, path: Path) -> None:
     wasm = base64.b64encode((ort_dir / WASM).read_bytes()).decode("ascii")
     _script(ort / f"{WASM}.js", "IMAGEWISE_ORT_WASM", wasm)
     (ort / "LICENSE.txt").write_text(MIT_LICENSE.format(version=version))
+    if (card := RunFolder.of(job.run_dir).model_card).is_file():  # imagewise card's
+        shutil.copyfile(card, path / card.name)
 
 
 def _script(path: Path, name: str, value: Any) -> None:
