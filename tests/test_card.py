@@ -1,0 +1,321 @@
+"""The model card: every figure in MODEL_CARD.md equals the run's files, the Hugging Face header
+parses, the author's fields appear, missing evidence says what to run, the page opens in
+Chromium, and export carries the card."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+import imagewise
+import imagewise.cli
+from imagewise.card.header import header_values, render_header
+from imagewise.predict.unknown import weights_sha256
+
+from conftest import run_cli
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CLASSES = ["circle", "square", "stripes"]
+
+
+def _write(path: Path, values: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(values))
+
+
+def _add_trust_files(run: Path) -> None:
+    """Hand-written files in the formats the conformal, robustness and slices stages write."""
+    metrics = json.loads((run / "eval/metrics.json").read_text())
+    metrics["conformal"] = {
+        "coverage_target": 0.9, "score": "aps", "per_class": False, "coverage": 0.9123,
+        "mean_set_size": 1.4567, "calibration_images": 33,
+        "per_class_coverage": {"circle": 0.95, "square": 0.8421, "stripes": 0.9375},
+    }  # fmt: skip
+    _write(run / "eval/metrics.json", metrics)
+    digest = weights_sha256(run)
+    _write(run / "conformal.json", {"format": "imagewise-conformal/1", "weights_sha256": digest,
+                                    "thresholds": {"0.9": 0.87}})  # fmt: skip
+    corrupted = [
+        {"name": "gaussian_noise", "severity": 3, "accuracy": 0.5, "ece": 0.2512,
+         "per_class_accuracy": {"circle": 0.25, "square": 0.75, "stripes": 0.5}},
+        {"name": "jpeg", "severity": 1, "accuracy": 0.8333, "ece": 0.0712,
+         "per_class_accuracy": {"circle": 0.875, "square": 0.625, "stripes": 1.0}},
+    ]  # fmt: skip
+    _write(run / "eval/robustness.json", {
+        "format": "imagewise-robustness/1",
+        "clean": {"accuracy": 0.9583, "ece": 0.0421,
+                  "per_class_accuracy": {"circle": 1.0, "square": 0.875, "stripes": 1.0}},
+        "corruptions": corrupted,
+    })  # fmt: skip
+    _write(run / "eval/slices.json", {
+        "format": "imagewise-slices/1", "column": "site",
+        "slices": [
+            {"value": "north", "images": 9, "accuracy": 0.7778, "ece": 0.1234, "coverage": None},
+            {"value": "south", "images": 15, "accuracy": 0.9333, "ece": 0.0567, "coverage": 0.9333},
+        ],
+    })  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def evaluated_copy(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The shared tiny run, copied (the card writes into it) and evaluated."""
+    run = Path(shutil.copytree(trained_run, tmp_path_factory.mktemp("card") / "shapes"))
+    for folder in ("export", "eval"):  # what other tests may have added to the shared run
+        shutil.rmtree(run / folder, ignore_errors=True)
+    for name in ("MODEL_CARD.md", "model_card.html", "unknown.json", "knn_reference.npz"):
+        (run / name).unlink(missing_ok=True)
+    imagewise.evaluate(run, report=False)
+    return run
+
+
+@pytest.fixture(scope="module")
+def carded(evaluated_copy: Path, folder_data: Path, tmp_path_factory: pytest.TempPathFactory):
+    """The evaluated run with every kind of evidence: a fitted unknown threshold, the hand-written
+    trust files, a real audit; then its card written through the CLI with the author's fields."""
+    from imagewise.predict.unknown import run_min_confidence
+
+    run = Path(shutil.copytree(evaluated_copy, evaluated_copy.parent / "full"))
+    run_min_confidence(imagewise.load(run), run, 0.9)
+    _add_trust_files(run)
+    audit = tmp_path_factory.mktemp("audit") / "audit.json"
+    imagewise.check_data(str(folder_data), json_path=audit, find_label_issues=False,
+                         workers=1, show_progress=False)  # fmt: skip
+    args = ["card", str(run), "--audit", str(audit), "--intended-use", "Sorting test shapes.",
+            "--license", "mit", "--author", "Shape team", "--author", "QA", "-q"]  # fmt: skip
+    assert imagewise.cli.main(args) == 0
+    return run, json.loads(audit.read_text())
+
+
+def _sections(text: str) -> dict[str, str]:
+    body = text.split("\n---\n", 1)[1]
+    parts = re.split(r"^## (.+)$", body, flags=re.MULTILINE)
+    return dict(zip(parts[1::2], parts[2::2], strict=True))
+
+
+def _facts(section: str) -> dict[str, str]:
+    return dict(re.findall(r"^- \*\*(.+?)\*\*: (.+)$", section, flags=re.MULTILINE))
+
+
+def _table(section: str, first_header: str) -> dict[str, list[str]]:
+    """A Markdown table of the section (the one whose first header is given), by row name."""
+    lines = [ln for ln in section.splitlines() if ln.startswith("|")]
+    start = next(i for i, ln in enumerate(lines) if ln.split("|")[1].strip() == first_header)
+    rows = {}
+    for line in lines[start + 2 :]:
+        if line.startswith("|---"):
+            break
+        cells = [c.strip() for c in line.strip("|").split(" | ")]
+        if cells[0] in rows or cells[0] == first_header:
+            break
+        rows[cells[0]] = cells[1:]
+    return rows
+
+
+def _pct(text: str) -> float:
+    assert text.endswith("%"), text
+    return float(text[:-1]) / 100
+
+
+def test_the_card_numbers_equal_the_run_files(carded) -> None:
+    run, audit = carded
+    md = _sections((run / "MODEL_CARD.md").read_text())
+    metrics = json.loads((run / "eval/metrics.json").read_text())
+    meta = json.loads((run / "meta.json").read_text())
+    ev = _facts(md["Evaluation"])
+    assert _pct(ev["accuracy"]) == pytest.approx(metrics["accuracy"], abs=5e-5)
+    assert float(ev["macro F1"]) == pytest.approx(metrics["macro"]["f1"], abs=5e-5)
+    assert float(ev["log loss"]) == pytest.approx(metrics["log_loss"], abs=5e-5)
+    per_class = _table(md["Evaluation"], "class")
+    assert list(per_class) == CLASSES
+    for name, (p, r, f1, n) in per_class.items():
+        stored = metrics["per_class"][name]
+        assert [float(p), float(r), float(f1)] == pytest.approx(
+            [stored["precision"], stored["recall"], stored["f1"]], abs=5e-5
+        )
+        assert int(n) == stored["support"]
+    cal = _table(md["Calibration"], "")
+    assert float(cal["after temperature scaling"][0]) == pytest.approx(
+        metrics["calibration"]["ece_after"], abs=5e-5
+    )
+    assert float(_facts(md["Calibration"])["temperature"]) == pytest.approx(
+        meta["calibration"]["temperature"], rel=1e-3
+    )
+    data = _facts(md["Training data"])
+    assert int(data["training images"].replace(",", "")) == meta["data"]["train_images"]
+    assert int(data["test images"].replace(",", "")) == meta["data"]["test_images"]
+    assert int(_facts(md["Data audit"])["label issues"]) == len(audit["label_issues"])
+    unknown = json.loads((run / "unknown.json").read_text())
+    facts = _facts(md["Unknown answers and out-of-distribution inputs"])
+    assert float(facts["min confidence (auto)"]) == pytest.approx(
+        unknown["min_confidence"], abs=5e-5
+    )
+    assert _pct(facts["answers kept (coverage)"]) == pytest.approx(unknown["coverage"], abs=5e-5)
+
+
+def test_the_trust_sections_equal_their_files(carded) -> None:
+    run, _ = carded
+    md = _sections((run / "MODEL_CARD.md").read_text())
+    conformal = _facts(md["Prediction sets (conformal coverage)"])
+    assert _pct(conformal["measured coverage"]) == 0.9123
+    assert float(conformal["mean set size"]) == 1.457
+    coverage = _table(md["Prediction sets (conformal coverage)"], "class")
+    assert {k: _pct(v[0]) for k, v in coverage.items()} == pytest.approx(
+        {"circle": 0.95, "square": 0.8421, "stripes": 0.9375}
+    )
+    assert "Smallest class coverage: square, 84.21%." in md["Prediction sets (conformal coverage)"]
+    rob = _table(md["Robustness to corruptions"], "corruption")
+    assert rob == {
+        "clean": ["-", "95.83%", "0.0421", "square (87.50%)"],
+        "gaussian_noise": ["3", "50.00%", "0.2512", "circle (25.00%)"],
+        "jpeg": ["1", "83.33%", "0.0712", "square (62.50%)"],
+    }
+    slices = _table(md["Slices"], "site")
+    assert slices == {  # worst first, as slices.json has them
+        "north": ["9", "77.78%", "0.1234", "-"],
+        "south": ["15", "93.33%", "0.0567", "93.33%"],
+    }
+
+
+def test_every_section_names_its_files_or_what_to_run(carded, evaluated_copy: Path) -> None:
+    run, _ = carded
+    for folder in (run, evaluated_copy):
+        if not (folder / "MODEL_CARD.md").exists():
+            imagewise.card(folder)
+        for title, body in _sections((folder / "MODEL_CARD.md").read_text()).items():
+            source = re.search(r"^Source: (.+)$", body, flags=re.MULTILINE)
+            if source is None:  # no evidence: one line saying what to run instead
+                assert re.fullmatch(r"\s*_(Not|No) [^\n]+ imagewise [^\n]+_\s*", body), title
+                continue
+            for name in re.findall(r"`([^`]+)`", source.group(1)):
+                assert (folder / name).is_file() or name == "audit.json", (title, name)
+    bare = _sections((evaluated_copy / "MODEL_CARD.md").read_text())
+    assert "imagewise evaluate RUN --robustness" in bare["Robustness to corruptions"]
+    assert "imagewise export RUN" in bare["Exported files"]
+    assert not re.search(r"\d", bare["Slices"])  # nothing invented
+
+
+def test_a_file_fitted_with_other_weights_is_left_out(evaluated_copy: Path, tmp_path: Path) -> None:
+    run = Path(shutil.copytree(evaluated_copy, tmp_path / "run"))
+    _add_trust_files(run)
+    _write(run / "conformal.json", {"format": "imagewise-conformal/1", "weights_sha256": "0" * 64})
+    result = imagewise.card(run)
+    section = _sections(result.text)["Prediction sets (conformal coverage)"]
+    assert "conformal.json was fitted with other weights" in section
+    assert "Source: `eval/metrics.json`\n" in section  # the measured coverage only
+
+
+def test_the_hugging_face_header_parses_with_the_expected_keys(carded, monkeypatch) -> None:
+    run, _ = carded
+    text = (run / "MODEL_CARD.md").read_text()
+    assert text.startswith("---\n")
+    header = yaml.safe_load(text.split("---\n")[1])
+    metrics = json.loads((run / "eval/metrics.json").read_text())
+    assert header["library_name"] == "imagewise" and header["license"] == "mit"
+    assert header["pipeline_tag"] == "image-classification"
+    assert {"imagewise", "image-classification", "resnet9_tiny"} <= set(header["tags"])
+    (result,) = header["model-index"][0]["results"]
+    assert header["model-index"][0]["name"] == "full"
+    assert result["dataset"]["split"] == "test"
+    values = {m["type"]: m["value"] for m in result["metrics"]}
+    assert values == {"accuracy": metrics["accuracy"], "f1": metrics["macro"]["f1"]}  # not retyped
+    # without huggingface_hub the same keys are written by yaml.safe_dump
+    from imagewise.card.evidence import read_evidence
+    from imagewise.card.fields import CardFields
+
+    fields = CardFields(license="mit", authors=("Shape team", "QA"))
+    values = header_values(read_evidence(run), fields, "full")
+    monkeypatch.setitem(sys.modules, "huggingface_hub", None)
+    assert yaml.safe_load(render_header(values)) == header
+
+
+def test_the_authors_fields_from_yaml_and_flags(evaluated_copy, tmp_path, capsys) -> None:
+    run = Path(shutil.copytree(evaluated_copy, tmp_path / "run"))
+    card_yaml = tmp_path / "card.yaml"
+    card_yaml.write_text(
+        "intended_use: Sorting shapes on a line.\nout_of_scope: Faces.\n"
+        "limitations: Only three shapes.\nlicense: apache-2.0\nauthors: [Line team]\n"
+    )
+    code, out, _ = run_cli(["card", str(run), "--card-yaml", str(card_yaml),
+                            "--license", "mit", "--name", "shapes-v2"], capsys)  # fmt: skip
+    assert code == 0 and f"wrote {run / 'MODEL_CARD.md'} and {run / 'model_card.html'}" in out
+    text = (run / "MODEL_CARD.md").read_text()
+    facts = _facts(_sections(text)["Intended use"])
+    assert facts == {
+        "intended use": "Sorting shapes on a line.", "out of scope": "Faces.",
+        "limitations": "Only three shapes.", "license": "mit", "authors": "Line team",
+    }  # fmt: skip
+    assert "# Model card: shapes-v2" in text
+    card_yaml.write_text("intended_use: x\nwarranty: none\n")
+    code, _, err = run_cli(["card", str(run), "--card-yaml", str(card_yaml)], capsys)
+    assert code == 2 and err.count("\n") == 1 and "unknown card field 'warranty'" in err
+
+
+def test_no_evaluation_is_one_line_and_exit_2_unless_evaluate(
+    trained_run, tmp_path, capsys
+) -> None:
+    run = Path(shutil.copytree(trained_run, tmp_path / "run"))
+    shutil.rmtree(run / "eval", ignore_errors=True)
+    code, _, err = run_cli(["card", str(run)], capsys)
+    assert code == 2 and err.count("\n") == 1
+    assert f"'{run}' has no eval/metrics.json; run 'imagewise evaluate {run}' first" in err
+    assert not (run / "MODEL_CARD.md").exists()
+    code, _, _ = run_cli(["card", str(run), "--evaluate", "-q"], capsys)
+    assert code == 0 and (run / "eval/metrics.json").is_file()
+    accuracy = json.loads((run / "eval/metrics.json").read_text())["accuracy"]
+    assert f"**accuracy**: {100 * accuracy:.2f}%" in (run / "MODEL_CARD.md").read_text()
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (make test installs it)")
+def test_the_card_page_opens_in_headless_chromium(carded) -> None:
+    from playwright.sync_api import sync_playwright
+
+    run, _ = carded
+    page_file = run / "model_card.html"
+    assert "http://" not in page_file.read_text() and "https://" not in page_file.read_text()
+    accuracy = json.loads((run / "eval/metrics.json").read_text())["accuracy"]
+    errors: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page()
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(page_file.as_uri())
+        page.wait_for_load_state("load")
+        shown = page.inner_text("#summary .card b")
+        label = page.inner_text("#summary .card span")
+        sections = page.evaluate("Array.from(document.querySelectorAll('section')).map(s => s.id)")
+        rows = page.locator("#per-class tbody tr").count()
+        background = page.evaluate(
+            "getComputedStyle(document.querySelector('header')).backgroundColor"
+        )
+        browser.close()
+    assert errors == []
+    assert (label, shown) == ("accuracy", f"{100 * accuracy:.2f}%")
+    assert sections == ["summary", "model", "intended-use", "data", "audit", "evaluation",
+                        "calibration", "conformal", "unknown", "robustness", "slices", "export",
+                        "hub-header"]  # fmt: skip
+    assert rows == len(CLASSES)
+    assert background == "rgb(29, 36, 48)"  # the report's style: #1d2430
+
+
+def test_export_embeds_the_card_in_the_onnx_metadata(carded, tmp_path) -> None:
+    import onnx
+
+    run, _ = carded
+    out = tmp_path / "model.onnx"
+    result = imagewise.export(run, "onnx", out=out)
+    card_text = (run / "MODEL_CARD.md").read_text()
+    props = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    assert props["model_card"] == card_text
+    assert imagewise.load(out).file_metadata["model_card"] == card_text
+    # the export's parity record is evidence for the next card
+    section = _sections(imagewise.card(run).text)["Exported files"]
+    row = _table(section, "file")["model.onnx"]
+    assert _pct(row[3]) == pytest.approx(result.parity["top1_agreement"], abs=5e-5)
