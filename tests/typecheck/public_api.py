@@ -8,6 +8,7 @@ from pathlib import Path
 
 import imagewise
 from imagewise.audit import AuditResult
+from imagewise.card import ModelCard
 from imagewise.evaluate import Evaluation
 from imagewise.export import ExportResult
 from imagewise.features import Features, SimilarResult
@@ -45,4 +46,7 @@ def tour(run: Path) -> None:
     found: SimilarResult = imagewise.similar(run, ["seven.png"], "digits", k=5)
     nearest: str = found.queries[0].matches[0].path
     print(dim, nearest, found.format("json"), feats.labels[:3])
+    card: ModelCard = imagewise.card(run, intended_use="sorting digits", authors=["me"])
+    card_file: Path = card.markdown_path
+    print(card.summary(), card_file, [s.title for s in card.missing])
     print(accuracy, small.run, best, worst, label, names, maps, exported.path, rows, models)
