@@ -16,6 +16,7 @@ import yaml
 
 import imagewise
 import imagewise.cli
+import imagewise.errors
 from imagewise.card.header import header_values, render_header
 from imagewise.predict.unknown import weights_sha256
 
@@ -319,3 +320,18 @@ def test_export_embeds_the_card_in_the_onnx_metadata(carded, tmp_path) -> None:
     section = _sections(imagewise.card(run).text)["Exported files"]
     row = _table(section, "file")["model.onnx"]
     assert _pct(row[3]) == pytest.approx(result.parity["top1_agreement"], abs=5e-5)
+
+
+def test_the_web_export_folder_carries_the_card(carded, tmp_path) -> None:
+    from imagewise.export import onnxruntime_web
+    from imagewise.export.web import read_model
+
+    try:
+        onnxruntime_web.onnxruntime_web()
+    except imagewise.errors.UserError as exc:
+        pytest.skip(f"onnxruntime-web's files are not here and cannot be downloaded: {exc}")
+    run, _ = carded
+    folder = imagewise.export(run, "web", out=tmp_path / "web").path
+    card_text = (run / "MODEL_CARD.md").read_text()
+    assert (folder / "MODEL_CARD.md").read_text() == card_text
+    assert read_model(folder)["metadata"]["model_card"] == card_text
