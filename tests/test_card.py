@@ -335,3 +335,21 @@ def test_the_web_export_folder_carries_the_card(carded, tmp_path) -> None:
     card_text = (run / "MODEL_CARD.md").read_text()
     assert (folder / "MODEL_CARD.md").read_text() == card_text
     assert read_model(folder)["metadata"]["model_card"] == card_text
+
+
+def test_an_older_flat_parity_file_is_read_as_its_files_record(evaluated_copy, tmp_path) -> None:
+    run = Path(shutil.copytree(evaluated_copy, tmp_path / "run"))
+    record = {"file": str(run / "export/model.onnx"), "format": "onnx", "precision": "float32",
+              "images": 24, "split": "val", "runtime": "ONNX Runtime", "top1_agreement": 1.0,
+              "max_abs_probability_difference": 2.5e-7, "accuracy_exported": 0.9583,
+              "accuracy_pytorch": 0.9583, "passed": True}  # fmt: skip
+    _write(run / "export/parity.json", record)
+    section = _sections(imagewise.card(run).text)["Exported files"]
+    assert _table(section, "file")["model.onnx"] == [
+        "onnx", "float32", "24 val images (ONNX Runtime)", "100.00%", "2.5e-07", "95.83%",
+        "95.83%", "yes",
+    ]  # fmt: skip
+    _write(run / "eval/slices.json", {"format": "imagewise-slices/9", "column": "site"})
+    code_line = "has format 'imagewise-slices/9', not 'imagewise-slices/1'"
+    with pytest.raises(imagewise.errors.UserError, match=code_line):
+        imagewise.card(run)

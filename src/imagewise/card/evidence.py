@@ -102,7 +102,7 @@ def read_evidence(run: str | Path, audit: str | Path | None = None) -> Evidence:
     )
     ev.robustness = _optional(folder.path, ROBUSTNESS)
     ev.slices = _optional(folder.path, SLICES)
-    ev.parity = _optional(folder.path, PARITY)
+    ev.parity = _parity(folder.path)
     ev.conformal = _fitted(ev, CONFORMAL)
     ev.unknown = _fitted(ev, UNKNOWN)
     ev.knn = _knn(ev)
@@ -133,6 +133,15 @@ def _optional(run: Path, name: str) -> dict[str, Any] | None:
             "write it again with this imagewise"
         )
     return values
+
+
+def _parity(run: Path) -> dict[str, Any] | None:
+    """export/parity.json; an older flat file (one export's record, no format) read as the
+    record of its file, as ``imagewise export`` itself keeps it."""
+    path = run / PARITY
+    if path.is_file() and "file" in (flat := _json_object(path, PARITY)) and "files" not in flat:
+        return {"format": FORMATS[PARITY], "files": {Path(str(flat["file"])).name: flat}}
+    return _optional(run, PARITY)
 
 
 def _fitted(ev: Evidence, name: str) -> dict[str, Any] | None:
