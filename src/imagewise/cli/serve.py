@@ -75,6 +75,23 @@ def add_parser(verbs: Any, new_verb: NewVerb) -> argparse.ArgumentParser:
     )
     add_device(p, "cpu, cuda or auto (run folders)")
     add_unknown_options(p, ood_default="none")  # existing clients see no new fields
+    p.add_argument(
+        "--drift",
+        default="auto",
+        choices=("auto", "on", "off"),
+        help="drift and out-of-distribution alarms over the latest answers against the "
+        "validation split (GET /v1/drift, imagewise_drift_* metrics, a log line when an alarm "
+        "starts and ends); auto: when a reference can be had (a run folder fits it once on its "
+        "validation images and keeps it in RUN/drift_reference.json; an export carries it); "
+        "on: the same, or fail; off (default auto)",
+    )
+    p.add_argument(
+        "--drift-window",
+        type=int,
+        default=500,
+        metavar="N",
+        help="images each drift check looks at, the latest (default 500)",
+    )
     return p
 
 
@@ -111,5 +128,7 @@ def run(args: argparse.Namespace) -> int:
         min_confidence=args.min_confidence,
         target_precision=args.target_precision,
         ood=args.ood,
+        drift=args.drift,
+        drift_window=args.drift_window,
     )
     return 0

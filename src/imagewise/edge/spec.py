@@ -181,6 +181,7 @@ class ModelSpec:
     ``tta``: the test-time views applied outside the network (``{}`` or ``{"mirror": bool,
     "shift": pixels}``); an exported file averages its views inside the graph, so its spec has
     none. ``unknown``: a fitted ``--min-confidence auto`` (``imagewise.edge.unknown``), or None.
+    ``drift``: the validation split's drift reference (``imagewise.edge.drift``), or None.
     ``model``: the architecture's name.
     """
 
@@ -192,6 +193,7 @@ class ModelSpec:
     capabilities: Capabilities = Capabilities()
     model: str = ""
     format: str = SPEC_FORMAT
+    drift: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.classes, list):
@@ -216,6 +218,8 @@ class ModelSpec:
         out = {k: json.dumps(v, ensure_ascii=False) for k, v in values.items()}
         if self.unknown is not None:
             out[UNKNOWN_KEY] = json.dumps(dict(self.unknown), ensure_ascii=False)
+        if self.drift is not None:
+            out[DRIFT_KEY] = json.dumps(dict(self.drift), ensure_ascii=False)
         return {**out, **text}
 
     @classmethod
@@ -264,6 +268,9 @@ class ModelSpec:
         unknown = v.get(UNKNOWN_KEY)
         if unknown is not None and not isinstance(unknown, dict):
             raise broken_metadata(source, UNKNOWN_KEY, "must be an object")
+        drift = v.get(DRIFT_KEY)
+        if drift is not None and not isinstance(drift, dict):
+            raise broken_metadata(source, DRIFT_KEY, "must be an object")
         spec = cls(
             classes=tuple(classes),
             input=InputContract(
@@ -279,6 +286,7 @@ class ModelSpec:
             unknown=unknown,
             capabilities=Capabilities(**caps),
             model=props.get("model", ""),
+            drift=drift,
         )
         why = spec.problem(FILE_IMG_SIZE_RANGE, (1, 3))
         if why is not None:
@@ -301,8 +309,9 @@ class ModelSpec:
 
 # The keys of an exported file's map; ``unknown`` only for runs with a fitted threshold.
 UNKNOWN_KEY = "unknown"
+DRIFT_KEY = "drift"  # runs exported with a drift reference (imagewise.edge.drift)
 _REQUIRED_JSON = ("classes", "img_size", "channels", "mean", "std", "temperature")
-_OPTIONAL_JSON = ("crop_pct", "capabilities", UNKNOWN_KEY)
+_OPTIONAL_JSON = ("crop_pct", "capabilities", UNKNOWN_KEY, DRIFT_KEY)
 JSON_KEYS = (*_REQUIRED_JSON, *_OPTIONAL_JSON)
 # Bounds a file's metadata must keep: a size outside them is a damaged or hostile file, not a
 # model (img_size 100000 made predict allocate 9.8 GB).

@@ -247,12 +247,14 @@ def _job(
     spec and metadata the file carries, the run's training images for INT8."""
     from imagewise.export.metadata import build_metadata, file_spec
     from imagewise.export.quantize import PORTABLE
+    from imagewise.predict.drift import fitted_drift
     from imagewise.predict.predictor import load_run
     from imagewise.predict.unknown import fitted_unknown
 
     run_dir = RunFolder.of(run).path
     int8 = precision == "int8"
-    spec = file_spec(reference.spec, raw_input, fitted_unknown(run_dir))
+    drift = fitted_drift(reference, run_dir)
+    spec = file_spec(reference.spec, raw_input, fitted_unknown(run_dir), drift)
     card = RunFolder.of(run).model_card
     metadata = build_metadata(
         spec, reference.tta, int8, PORTABLE.describe() if int8 else None,

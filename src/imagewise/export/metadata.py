@@ -16,6 +16,8 @@ strings, so any ONNX consumer can read them) and a few facts about the file::
                            "safe_on": "every CPU: ..."}  (``Int8Settings.describe()``)
     unknown  runs with a fitted --min-confidence auto only: {"target_precision": 0.95,
              "min_confidence": 0.61, "precision": 0.95, "coverage": 0.96, ...}
+    drift    the run's drift reference (``imagewise.predict.drift.fitted_drift``): {"format":
+             "imagewise-drift/1", "ood_threshold": -6.1, "ood_above": 300, ...}
     model_card  runs with a card only: the text of RUN/MODEL_CARD.md (``imagewise card``)
 """
 
@@ -31,17 +33,22 @@ from imagewise.edge.spec import LAYOUT_NORMALIZED, LAYOUT_RAW, ModelSpec
 
 
 def file_spec(
-    spec: ModelSpec, raw_input: bool, unknown: Mapping[str, Any] | None = None
+    spec: ModelSpec,
+    raw_input: bool,
+    unknown: Mapping[str, Any] | None = None,
+    drift: Mapping[str, Any] | None = None,
 ) -> ModelSpec:
     """The spec an exported file carries: the run's, with the file's input layout, its fitted
-    ``unknown`` threshold (``imagewise.predict.unknown.fitted_unknown``), and no test-time
-    views left to apply (the graph averages them)."""
+    ``unknown`` threshold (``imagewise.predict.unknown.fitted_unknown``), its drift reference
+    (``imagewise.predict.drift.fitted_drift``), and no test-time views left to apply (the
+    graph averages them)."""
     layout = LAYOUT_RAW if raw_input else LAYOUT_NORMALIZED
     return replace(
         spec,
         input=replace(spec.input, layout=layout),
         tta={},
         unknown=None if unknown is None else dict(unknown),
+        drift=None if drift is None else dict(drift),
     )
 
 

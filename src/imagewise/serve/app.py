@@ -21,9 +21,11 @@ from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException
 
+from imagewise.edge.drift import DriftMonitor
 from imagewise.edge.unknown import OodScorer, edge_scorer
 from imagewise.serve.batching import MicroBatcher
 from imagewise.serve.decoding import DECODING_REQUESTS, DecodeBudget
+from imagewise.serve.drift import DriftCollector, drift_router
 from imagewise.serve.guards import GuardMiddleware, ServeError
 from imagewise.serve.metrics import MetricsMiddleware, ServeMetrics
 from imagewise.serve.routes import ServeState, router
@@ -34,8 +36,8 @@ from imagewise.version import __version__
 log = logging.getLogger("imagewise")
 
 ENDPOINTS = (
-    "/", "/v1/predict", "/v1/labels", "/v1/info", "/healthz", "/readyz", "/metrics", "/docs",
-    "/openapi.json",
+    "/", "/v1/predict", "/v1/labels", "/v1/info", "/v1/drift", "/healthz", "/readyz", "/metrics",
+    "/docs", "/openapi.json",
 )  # fmt: skip
 DOCS_ASSETS = "/docs/assets"  # Swagger UI's script, style sheet and icon
 OPEN_PATHS = ("/", "/healthz")  # no token needed: liveness and the page (it asks for the token)
@@ -133,6 +135,7 @@ def create_app(
     unusable: str | None = None,
     min_confidence: float | None = None,
     ood: str | OodScorer | None = None,
+    drift: DriftMonitor | None = None,
 ) -> FastAPI:
     """The HTTP API and web page over a loaded classifier.
 
@@ -163,6 +166,8 @@ def create_app(
         with model_lock:  # a kNN scorer runs the network too
             logits, probs = classifier.scores(images)
             scores = [None] * len(images) if scorer is None else scorer(images, logits).tolist()
+        if drift is not None:
+            drift.observe(logits, probs)
         return list(zip(logits, probs, scores, strict=True))
 
     info = describe(classifier, settings, min_confidence, scorer)
@@ -199,6 +204,10 @@ def create_app(
         classifier, settings, batcher, metrics, model_lock, info, page, decoding, unusable
     )
     app.include_router(router)
+    app.include_router(drift_router)
+    app.state.drift = drift
+    if drift is not None:
+        metrics.registry.register(DriftCollector(drift))
     app.add_exception_handler(ServeError, _on_serve_error)
     app.add_exception_handler(HTTPException, _on_http_error)
     app.add_exception_handler(RequestValidationError, _on_invalid)

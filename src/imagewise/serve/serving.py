@@ -15,6 +15,13 @@ from typing import Any
 
 import uvicorn
 
+from imagewise.edge.drift import (
+    CHECK_EVERY,
+    DEFAULT_ALPHA,
+    DEFAULT_WINDOW,
+    DriftMonitor,
+    check_monitor,
+)
 from imagewise.edge.runtimes import is_edge_file
 from imagewise.serve.app import create_app
 from imagewise.serve.server import listen_socket, url_of, uvicorn_config
@@ -28,6 +35,8 @@ def serve(
     min_confidence: float | str | None = None,
     target_precision: float | None = None,
     ood: str | None = "none",
+    drift: str = "auto",
+    drift_window: int = DEFAULT_WINDOW,
     **settings: Any,
 ) -> None:
     """Load a classifier and answer HTTP requests until interrupted (Ctrl-C or SIGTERM).
@@ -46,6 +55,13 @@ def serve(
         target_precision: for ``min_confidence="auto"`` (default 0.95).
         ood: each answer's out-of-distribution score: ``energy``, ``knn`` (run folders),
             ``auto`` (knn when the run has a reference, else energy) or ``none``.
+        drift: drift and out-of-distribution alarms over the latest ``drift_window`` answers
+            against the validation split (``GET /v1/drift``, ``imagewise_drift_*`` gauges, a
+            log line when an alarm starts and ends): ``auto`` (default) when a reference can
+            be had: a run folder's ``drift_reference.json``, fitted at the first start on its
+            validation images (a pass over at most 10,000 of them) and kept, or the one an
+            exported file carries; ``on`` (the same, or fail); ``off``.
+        drift_window: the images each drift check looks at (default 500).
         **settings: fields of :class:`ServeSettings` (host, port, token, max_batch, ...);
             port 0 takes a free port, logged with the address. What a client may hold:
             ``header_timeout_s`` (10: seconds to send a request's headers, then 408),
@@ -66,11 +82,13 @@ def serve(
         >>> imagewise.serve("runs/fm", port=8080, token="s3cret")  # doctest: +SKIP
     """
     options = ServeSettings(**settings)
+    check_monitor(drift_window, DEFAULT_ALPHA, CHECK_EVERY)
     sock = listen_socket(options.host, options.port)
     edge = is_edge_file(path)
     with _server_process_settings(options, torch_threads=not edge):
         try:
-            app = _load_app(path, options, edge, (min_confidence, target_precision, ood))
+            answers = (min_confidence, target_precision, ood, drift, drift_window)
+            app = _load_app(path, options, edge, answers)
             if warning := options.exposure_warning():
                 log.warning(warning)
             # At warning level so that -q shows it too: with port 0 it is where to find it.
@@ -107,10 +125,11 @@ def _load_app(
     path: str | Path,
     options: ServeSettings,
     edge: bool,
-    unknown: tuple[float | str | None, float | None, str | None],
+    answers: tuple[float | str | None, float | None, str | None, str, int],
 ) -> Any:
-    """The model loaded and checked (the reason logged once if unusable), with its threshold
-    and out-of-distribution scorer resolved, in its app."""
+    """The model loaded and checked (the reason logged once if unusable), with its threshold,
+    out-of-distribution scorer and drift checks resolved, in its app."""
+    from imagewise.predict.drift import resolve_drift
     from imagewise.predict.unknown import resolve_min_confidence, resolve_ood
 
     if edge:  # the file's own runtime only: no PyTorch in the server's process
@@ -125,12 +144,14 @@ def _load_app(
 
         model = load(path, device=options.device, check=False)
         unusable = unusable_reason(model, path)
-    min_confidence, target_precision, ood = unknown
+    min_confidence, target_precision, ood, drift, drift_window = answers
     threshold = resolve_min_confidence(model, path, min_confidence, target_precision)
     scorer = resolve_ood(model, path, ood)
+    reference = None if unusable else resolve_drift(model, path, drift)
+    monitor = None if reference is None else DriftMonitor(reference, drift_window)
     if unusable:
         log.error("not ready: %s", unusable)
-    return create_app(model, options, unusable, threshold, scorer)
+    return create_app(model, options, unusable, threshold, scorer, monitor)
 
 
 __all__ = ["ServeSettings", "create_app", "serve"]
