@@ -16,6 +16,9 @@ strings, so any ONNX consumer can read them) and a few facts about the file::
                            "safe_on": "every CPU: ..."}  (``Int8Settings.describe()``)
     unknown  runs with a fitted --min-confidence auto only: {"target_precision": 0.95,
              "min_confidence": 0.61, "precision": 0.95, "coverage": 0.96, ...}
+    conformal  the run's --coverage thresholds (RUN/conformal.json; fitted at export when
+               absent): {"score": "raps", "randomized": true, "thresholds": {"0.9": 0.87,
+               ...}, "class_thresholds": {"0.9": [...], ...}, "class_counts": [...], ...}
 """
 
 from __future__ import annotations
@@ -30,17 +33,22 @@ from imagewise.edge.spec import LAYOUT_NORMALIZED, LAYOUT_RAW, ModelSpec
 
 
 def file_spec(
-    spec: ModelSpec, raw_input: bool, unknown: Mapping[str, Any] | None = None
+    spec: ModelSpec,
+    raw_input: bool,
+    unknown: Mapping[str, Any] | None = None,
+    conformal: Mapping[str, Any] | None = None,
 ) -> ModelSpec:
     """The spec an exported file carries: the run's, with the file's input layout, its fitted
-    ``unknown`` threshold (``imagewise.predict.unknown.fitted_unknown``), and no test-time
-    views left to apply (the graph averages them)."""
+    ``unknown`` threshold (``imagewise.predict.unknown.fitted_unknown``), its conformal
+    thresholds (``imagewise.predict.conformal.fitted_conformal``), and no test-time views left
+    to apply (the graph averages them)."""
     layout = LAYOUT_RAW if raw_input else LAYOUT_NORMALIZED
     return replace(
         spec,
         input=replace(spec.input, layout=layout),
         tta={},
         unknown=None if unknown is None else dict(unknown),
+        conformal=None if conformal is None else dict(conformal),
     )
 
 
