@@ -14,6 +14,7 @@ from imagewise.cli.options import (
     add_device,
     add_output_format,
     add_unknown_options,
+    checked_coverage,
 )
 from imagewise.errors import UserError
 
@@ -59,14 +60,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--batch-size must be at least 1, not {args.batch_size}")
     if args.move and not args.sort_into:
         raise UserError("--move goes with --sort-into OUT (it moves the images into OUT)")
-    if args.coverage is not None or args.coverage_per_class:
-        from imagewise.edge.conformal import check_coverage
-
-        if args.sort_into:
-            raise UserError("--coverage answers prediction sets; it does not go with --sort-into")
-        if args.coverage is None:
-            raise UserError("--coverage-per-class goes with --coverage P (e.g. --coverage 0.9)")
-        check_coverage(args.coverage)
+    if checked_coverage(args) is not None and args.sort_into:
+        raise UserError("--coverage answers prediction sets; it does not go with --sort-into")
     if args.sort_into:
         return sort_into(args)
     if args.out:

@@ -6,7 +6,13 @@ import argparse
 import os
 from typing import Any
 
-from imagewise.cli.options import NewVerb, add_device, add_unknown_options
+from imagewise.cli.options import (
+    NewVerb,
+    add_coverage_options,
+    add_device,
+    add_unknown_options,
+    checked_coverage,
+)
 
 
 def add_parser(verbs: Any, new_verb: NewVerb) -> argparse.ArgumentParser:
@@ -75,12 +81,14 @@ def add_parser(verbs: Any, new_verb: NewVerb) -> argparse.ArgumentParser:
     )
     add_device(p, "cpu, cuda or auto (run folders)")
     add_unknown_options(p, ood_default="none")  # existing clients see no new fields
+    add_coverage_options(p)
     return p
 
 
 def run(args: argparse.Namespace) -> int:
     from imagewise.serve import serve
 
+    checked_coverage(args)
     serve(
         args.model,
         host=args.host,
@@ -111,5 +119,7 @@ def run(args: argparse.Namespace) -> int:
         min_confidence=args.min_confidence,
         target_precision=args.target_precision,
         ood=args.ood,
+        coverage=args.coverage,
+        coverage_per_class=args.coverage_per_class,
     )
     return 0

@@ -21,6 +21,7 @@ from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException
 
+from imagewise.edge.conformal import PredictionSets
 from imagewise.edge.unknown import OodScorer, edge_scorer
 from imagewise.serve.batching import MicroBatcher
 from imagewise.serve.decoding import DECODING_REQUESTS, DecodeBudget
@@ -71,6 +72,7 @@ def describe(
     settings: ServeSettings,
     min_confidence: float | None = None,
     ood: OodScorer | None = None,
+    sets: PredictionSets | None = None,
 ) -> InfoResponse:
     """What the page and clients need to know about the model, its answers and the limits."""
     model = getattr(classifier, "model", None)
@@ -93,6 +95,9 @@ def describe(
         max_batch=settings.batch_limit,
         min_confidence=min_confidence,
         ood_score=None if ood is None else str(getattr(ood, "name", "custom")),
+        coverage=None if sets is None else sets.coverage,
+        coverage_per_class=None if sets is None else sets.per_class,
+        conformal_score=None if sets is None else sets.fit.score,
     )
 
 
@@ -133,6 +138,7 @@ def create_app(
     unusable: str | None = None,
     min_confidence: float | None = None,
     ood: str | OodScorer | None = None,
+    sets: PredictionSets | None = None,
 ) -> FastAPI:
     """The HTTP API and web page over a loaded classifier.
 
@@ -148,6 +154,9 @@ def create_app(
             is resolved by ``serve``: ``imagewise.predict.unknown.resolve_min_confidence``).
         ood: each answer's out-of-distribution score: ``energy``, or a scorer
             (``imagewise.predict.unknown.resolve_ood``); computed with each model call.
+        sets: each answer's conformal prediction set (``imagewise.edge.conformal.
+            PredictionSets``; ``serve`` resolves ``--coverage`` with
+            ``imagewise.predict.conformal.resolve_sets``).
 
     Example:
         >>> clf = imagewise.load("runs/fm")  # doctest: +SKIP
@@ -165,7 +174,7 @@ def create_app(
             scores = [None] * len(images) if scorer is None else scorer(images, logits).tolist()
         return list(zip(logits, probs, scores, strict=True))
 
-    info = describe(classifier, settings, min_confidence, scorer)
+    info = describe(classifier, settings, min_confidence, scorer, sets)
     batcher = MicroBatcher(
         infer,
         max_batch=settings.batch_limit,
@@ -196,7 +205,7 @@ def create_app(
     page = files("imagewise.serve").joinpath("page.html").read_text(encoding="utf-8")
     decoding = DecodeBudget(DECODING_REQUESTS * settings.request_pixel_limit)
     app.state.serve = ServeState(
-        classifier, settings, batcher, metrics, model_lock, info, page, decoding, unusable
+        classifier, settings, batcher, metrics, model_lock, info, page, decoding, unusable, sets
     )
     app.include_router(router)
     app.add_exception_handler(ServeError, _on_serve_error)

@@ -28,6 +28,8 @@ def serve(
     min_confidence: float | str | None = None,
     target_precision: float | None = None,
     ood: str | None = "none",
+    coverage: float | None = None,
+    coverage_per_class: bool = False,
     **settings: Any,
 ) -> None:
     """Load a classifier and answer HTTP requests until interrupted (Ctrl-C or SIGTERM).
@@ -46,6 +48,9 @@ def serve(
         target_precision: for ``min_confidence="auto"`` (default 0.95).
         ood: each answer's out-of-distribution score: ``energy``, ``knn`` (run folders),
             ``auto`` (knn when the run has a reference, else energy) or ``none``.
+        coverage: each answer's ``prediction_set``, the classes that hold the true class with
+            this probability (``imagewise.predict.conformal``: the run's fit, or the file's).
+        coverage_per_class: reach ``coverage`` for each class (class-conditional thresholds).
         **settings: fields of :class:`ServeSettings` (host, port, token, max_batch, ...);
             port 0 takes a free port, logged with the address. What a client may hold:
             ``header_timeout_s`` (10: seconds to send a request's headers, then 408),
@@ -70,7 +75,8 @@ def serve(
     edge = is_edge_file(path)
     with _server_process_settings(options, torch_threads=not edge):
         try:
-            app = _load_app(path, options, edge, (min_confidence, target_precision, ood))
+            unknown = (min_confidence, target_precision, ood)
+            app = _load_app(path, options, edge, unknown, (coverage, coverage_per_class))
             if warning := options.exposure_warning():
                 log.warning(warning)
             # At warning level so that -q shows it too: with port 0 it is where to find it.
@@ -108,9 +114,11 @@ def _load_app(
     options: ServeSettings,
     edge: bool,
     unknown: tuple[float | str | None, float | None, str | None],
+    coverage: tuple[float | None, bool] = (None, False),
 ) -> Any:
-    """The model loaded and checked (the reason logged once if unusable), with its threshold
-    and out-of-distribution scorer resolved, in its app."""
+    """The model loaded and checked (the reason logged once if unusable), with its threshold,
+    out-of-distribution scorer and prediction sets resolved, in its app."""
+    from imagewise.predict.conformal import resolve_sets
     from imagewise.predict.unknown import resolve_min_confidence, resolve_ood
 
     if edge:  # the file's own runtime only: no PyTorch in the server's process
@@ -128,9 +136,10 @@ def _load_app(
     min_confidence, target_precision, ood = unknown
     threshold = resolve_min_confidence(model, path, min_confidence, target_precision)
     scorer = resolve_ood(model, path, ood)
+    sets = resolve_sets(model, path, *coverage)
     if unusable:
         log.error("not ready: %s", unusable)
-    return create_app(model, options, unusable, threshold, scorer)
+    return create_app(model, options, unusable, threshold, scorer, sets)
 
 
 __all__ = ["ServeSettings", "create_app", "serve"]
