@@ -193,14 +193,9 @@ def add_coverage_options(p: argparse.ArgumentParser) -> None:
 def checked_coverage(args: argparse.Namespace) -> float | None:
     """``--coverage`` checked before any model loads (one line for a value outside (0, 1), or
     for ``--coverage-per-class`` alone)."""
-    from imagewise.edge.conformal import check_coverage
-    from imagewise.errors import UserError
+    from imagewise.edge.conformal import check_coverage_request
 
-    if args.coverage is None:
-        if args.coverage_per_class:
-            raise UserError("--coverage-per-class goes with --coverage P (e.g. --coverage 0.9)")
-        return None
-    return check_coverage(args.coverage)
+    return check_coverage_request(args.coverage, args.coverage_per_class)
 
 
 def add_unknown_options(p: argparse.ArgumentParser, ood_default: str) -> None:

@@ -62,6 +62,16 @@ def check_coverage(value: float, flag: str = "--coverage") -> float:
     return float(value)
 
 
+def check_coverage_request(coverage: float | None, per_class: bool = False) -> float | None:
+    """``--coverage`` and ``--coverage-per-class`` as asked: the coverage checked, or None when
+    none is asked (then per class must not be)."""
+    if coverage is None:
+        if per_class:
+            raise UserError("--coverage-per-class goes with --coverage P (e.g. --coverage 0.9)")
+        return None
+    return check_coverage(coverage)
+
+
 def check_score(score: str) -> str:
     if score not in SCORES:
         raise UserError(f"unknown conformal score '{score}'; choose one of {', '.join(SCORES)}")

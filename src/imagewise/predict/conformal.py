@@ -31,6 +31,7 @@ from imagewise.edge.conformal import (
     ConformalFit,
     PredictionSets,
     check_coverage,
+    check_coverage_request,
     coverage_key,
     fit_conformal,
     needed_images,
@@ -136,11 +137,9 @@ def resolve_sets(
         UserError: a coverage outside (0, 1), ``per_class`` without a coverage, or an exported
             file that carries no fit (or none for this coverage).
     """
+    coverage = check_coverage_request(coverage, per_class)
     if coverage is None:
-        if per_class:
-            raise UserError("--coverage-per-class goes with --coverage P (e.g. --coverage 0.9)")
         return None
-    coverage = check_coverage(coverage)
     fit = run_conformal(model, run, coverage) if _is_run_folder(run) else _carried(model, run)
     sets = PredictionSets(fit, coverage, per_class)
     few = fit.too_few(coverage) if per_class else []
