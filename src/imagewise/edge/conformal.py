@@ -132,7 +132,7 @@ def class_scores(
 
 def conformal_quantile(scores: np.ndarray, coverage: float) -> float:
     """The threshold for ``coverage`` from calibration scores: the ``ceil((n+1) c)``-th smallest
-    score (the quantile at level ``ceil((n+1) c) / n``, ``method="higher"``), or ``inf`` when
+    score (numpy's ``inverted_cdf`` quantile at level ``ceil((n+1) c) / n``), or ``inf`` when
     ``n`` is too small for the level (then every class is in every set).
 
     Example:
