@@ -27,9 +27,9 @@ from imagewise.runtime.run_data import run_split
 COVERAGES = (0.90, 0.95)
 METHODS = (  # (name, score, randomized)
     ("LAC", "lac", False),
-    ("APS", "aps", False),
+    ("APS, not randomized", "aps", False),
     ("APS randomized", "aps", True),
-    ("RAPS", "raps", False),
+    ("RAPS, not randomized", "raps", False),
     ("RAPS randomized (default)", "raps", True),
 )
 
