@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from imagewise.cli.options import NewVerb, add_batch_size, add_device, add_run
+from imagewise.cli.options import (
+    NewVerb,
+    add_batch_size,
+    add_coverage_options,
+    add_device,
+    add_run,
+    checked_coverage,
+)
 from imagewise.errors import UserError
 
 
@@ -18,6 +25,7 @@ def add_parser(verbs: Any, new_verb: NewVerb) -> argparse.ArgumentParser:
     add_device(p)
     p.add_argument("--gallery", type=int, default=24, help="worst errors in the report (24)")
     p.add_argument("--no-report", action="store_true", help="skip eval/report.html")
+    add_coverage_options(p)
     return p
 
 
@@ -26,9 +34,11 @@ def run(args: argparse.Namespace) -> int:
 
     if args.gallery < 0:
         raise UserError(f"--gallery must be 0 or more, not {args.gallery}")
+    checked_coverage(args)
     ev = evaluate(
         args.run, args.data, split=args.split, batch_size=args.batch_size, device=args.device,
-        report=not args.no_report, gallery=args.gallery,
+        report=not args.no_report, gallery=args.gallery, coverage=args.coverage,
+        coverage_per_class=args.coverage_per_class,
     )  # fmt: skip
     print(ev.summary())
     return 0

@@ -173,6 +173,31 @@ def add_output_format(
     parser.add_argument("--format", default=default, choices=tuple(choices), help=help_text)
 
 
+def add_coverage_options(p: argparse.ArgumentParser) -> None:
+    """--coverage and --coverage-per-class, for predict, serve and evaluate alike."""
+    p.add_argument(
+        "--coverage",
+        type=float,
+        metavar="C",
+        help="a prediction set per image: the classes that hold the true class with "
+        "probability C, e.g. 0.9 (conformal, on the run's validation images: fitted once, kept "
+        "in RUN/conformal.json; or the fit an exported file carries)",
+    )
+    p.add_argument(
+        "--coverage-per-class",
+        action="store_true",
+        help="with --coverage: reach C for each class, not only on average (larger sets)",
+    )
+
+
+def checked_coverage(args: argparse.Namespace) -> float | None:
+    """``--coverage`` checked before any model loads (one line for a value outside (0, 1), or
+    for ``--coverage-per-class`` alone)."""
+    from imagewise.edge.conformal import check_coverage_request
+
+    return check_coverage_request(args.coverage, args.coverage_per_class)
+
+
 def add_unknown_options(p: argparse.ArgumentParser, ood_default: str) -> None:
     """--min-confidence, --target-precision and --ood, for predict and serve alike."""
     p.add_argument(

@@ -10,9 +10,11 @@ from typing import Any
 from imagewise.cli.options import (
     NewVerb,
     add_batch_size,
+    add_coverage_options,
     add_device,
     add_output_format,
     add_unknown_options,
+    checked_coverage,
 )
 from imagewise.errors import UserError
 
@@ -29,6 +31,7 @@ def add_parser(verbs: Any, new_verb: NewVerb) -> argparse.ArgumentParser:
     p.add_argument("--out", help="write the predictions to this file instead of printing")
     add_device(p)
     add_unknown_options(p, ood_default="auto")
+    add_coverage_options(p)
     add_batch_size(p, help_text="images per forward pass (default 64; videos 32)")
     p.add_argument(
         "--sort-into", metavar="OUT",
@@ -57,6 +60,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--batch-size must be at least 1, not {args.batch_size}")
     if args.move and not args.sort_into:
         raise UserError("--move goes with --sort-into OUT (it moves the images into OUT)")
+    if checked_coverage(args) is not None and args.sort_into:
+        raise UserError("--coverage answers prediction sets; it does not go with --sort-into")
     if args.sort_into:
         return sort_into(args)
     if args.out:
@@ -69,13 +74,17 @@ def run(args: argparse.Namespace) -> int:
         target_precision=args.target_precision, ood=args.ood,
     )  # fmt: skip
     if any(is_video(i) for i in args.inputs):
+        if args.coverage is not None:
+            raise UserError("--coverage is for images; give image files, folders or globs")
         frames = predict_videos(args.run, args.inputs, stride=args.stride, annotate=args.annotate,
                                 batch_size=args.batch_size or 32, **common)  # fmt: skip
         text, count = format_frames(frames, args.format), len(frames)
     elif args.annotate or args.stride != 1:
         raise UserError("--stride and --annotate are for videos (.mp4 .mov .avi .mkv .webm)")
     else:
-        preds = predict(args.run, args.inputs, batch_size=args.batch_size or 64, **common)
+        preds = predict(args.run, args.inputs, batch_size=args.batch_size or 64,
+                        coverage=args.coverage, coverage_per_class=args.coverage_per_class,
+                        **common)  # fmt: skip
         if not is_main_process():  # under torchrun, rank 0 prints and writes for all
             return 0
         text, count = format_predictions(preds, args.format), len(preds)

@@ -6,7 +6,13 @@ import argparse
 import os
 from typing import Any
 
-from imagewise.cli.options import NewVerb, add_device, add_unknown_options
+from imagewise.cli.options import (
+    NewVerb,
+    add_coverage_options,
+    add_device,
+    add_unknown_options,
+    checked_coverage,
+)
 
 
 def add_parser(verbs: Any, new_verb: NewVerb) -> argparse.ArgumentParser:
@@ -92,12 +98,14 @@ def add_parser(verbs: Any, new_verb: NewVerb) -> argparse.ArgumentParser:
         metavar="N",
         help="images each drift check looks at, the latest (default 500)",
     )
+    add_coverage_options(p)
     return p
 
 
 def run(args: argparse.Namespace) -> int:
     from imagewise.serve import serve
 
+    checked_coverage(args)
     serve(
         args.model,
         host=args.host,
@@ -130,5 +138,7 @@ def run(args: argparse.Namespace) -> int:
         ood=args.ood,
         drift=args.drift,
         drift_window=args.drift_window,
+        coverage=args.coverage,
+        coverage_per_class=args.coverage_per_class,
     )
     return 0

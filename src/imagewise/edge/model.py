@@ -27,6 +27,9 @@ from imagewise.errors import UserError
 log = logging.getLogger("imagewise")
 
 ImageInput = Image.Image | str | Path
+# (uint8 images (N, C, H, W), probabilities (N, classes)) -> each image's set, class indices
+# best first: ``imagewise.edge.conformal.PredictionSets``.
+SetMaker = Callable[[np.ndarray, np.ndarray], list[list[int]]]
 
 
 def unreadable(exc: UnreadableImageError) -> UserError:
@@ -101,17 +104,26 @@ class ImageModel:
         top_k: int = 5,
         min_confidence: float | None = None,
         ood_scores: np.ndarray | None = None,
+        prediction_sets: Sequence[Sequence[int]] | None = None,
     ) -> list[Prediction]:
         """Scores -> top-k predictions with class names (``unknown`` below ``min_confidence``),
-        with each image's out-of-distribution score when ``ood_scores`` are given."""
+        with each image's out-of-distribution score when ``ood_scores`` are given and its
+        conformal set when ``prediction_sets`` (class indices per image, from a
+        ``imagewise.edge.conformal.PredictionSets``) are."""
         values, indices = top_k_of(probs, top_k)
         ood = [None] * len(sources) if ood_scores is None else np.asarray(ood_scores).tolist()
+        sets = [None] * len(sources) if prediction_sets is None else prediction_sets
+        names = self.spec.classes
         out = []
-        for src, val, idx, score in zip(
-            sources, values.tolist(), indices.tolist(), ood, strict=True
+        for row, src, val, idx, score, found in zip(
+            probs, sources, values.tolist(), indices.tolist(), ood, sets, strict=True
         ):
             unknown = None if min_confidence is None else val[0] < min_confidence
-            out.append(Prediction(src, [self.spec.classes[i] for i in idx], val, unknown, score))
+            p = Prediction(src, [names[i] for i in idx], val, unknown, score)
+            if found is not None:
+                p.prediction_set = [names[i] for i in found]
+                p.set_probabilities = [float(row[i]) for i in found]
+            out.append(p)
         return out
 
     def predict_iter(
@@ -122,6 +134,7 @@ class ImageModel:
         skippable: Callable[[str], bool] | None = None,
         min_confidence: float | None = None,
         ood: str | OodScorer | None = None,
+        sets: SetMaker | None = None,
     ) -> Iterator[Prediction]:
         """Top-k predictions for image files or PIL images, in order, batch by batch; the next
         batches are decoded in threads while one runs (``imagewise.edge.stream``).
@@ -135,9 +148,11 @@ class ImageModel:
             min_confidence: below this top probability the answer is ``unknown``.
             ood: an out-of-distribution score for each image: ``energy``, a scorer
                 (``imagewise.edge.unknown``), or None.
+            sets: each image's conformal prediction set (``imagewise.edge.conformal.
+                PredictionSets``), or None.
         """
         for _, predictions in self.predict_batches(
-            images, top_k, batch_size, skippable, min_confidence, ood=ood
+            images, top_k, batch_size, skippable, min_confidence, ood=ood, sets=sets
         ):
             yield from predictions
 
@@ -151,6 +166,7 @@ class ImageModel:
         select: Callable[[int], bool] | None = None,
         ood: str | OodScorer | None = None,
         read: Callable[[Any], np.ndarray] | None = None,
+        sets: SetMaker | None = None,
     ) -> Iterator[tuple[int, list[Prediction]]]:
         """``predict_iter``'s answers batch by batch, as (batch index, predictions): batch ``i``
         holds inputs ``i*batch_size`` to ``i*batch_size + batch_size - 1`` (less the skipped).
@@ -161,6 +177,7 @@ class ImageModel:
             ood: as in ``predict_iter``.
             read: how an item becomes uint8 (C, H, W) (default ``self.read``; a video's frames
                 are converted in the reader threads this way); the item's ``str`` names it.
+            sets: as in ``predict_iter``.
         """
         scorer = edge_scorer(ood)
         items = [images] if isinstance(images, str | Path | Image.Image) else images
@@ -168,7 +185,9 @@ class ImageModel:
             read or self.read, items, batch_size, key=_name, skippable=skippable, select=select
         )
         for batch in batches:
-            answers = self._answer_batch(batch.images, batch.keys, top_k, min_confidence, scorer)
+            answers = self._answer_batch(
+                batch.images, batch.keys, top_k, min_confidence, scorer, sets
+            )
             yield batch.index, answers
 
     def _answer_batch(
@@ -178,10 +197,12 @@ class ImageModel:
         top_k: int,
         min_confidence: float | None,
         ood: OodScorer | None = None,
+        sets: SetMaker | None = None,
     ) -> list[Prediction]:
         logits, probs = self.scores(images)
         ood_scores = None if ood is None else ood(images, logits)
-        return self.answers(logits, probs, names, top_k, min_confidence, ood_scores)
+        found = None if sets is None else sets(images, probs)
+        return self.answers(logits, probs, names, top_k, min_confidence, ood_scores, found)
 
     def predict(
         self,
@@ -191,9 +212,12 @@ class ImageModel:
         skippable: Callable[[str], bool] | None = None,
         min_confidence: float | None = None,
         ood: str | OodScorer | None = None,
+        sets: SetMaker | None = None,
     ) -> list[Prediction]:
         """Top-k predictions for image files or PIL images, in order (see ``predict_iter``)."""
-        return list(self.predict_iter(images, top_k, batch_size, skippable, min_confidence, ood))
+        return list(
+            self.predict_iter(images, top_k, batch_size, skippable, min_confidence, ood, sets)
+        )
 
 
 def _name(position: int, item: ImageInput) -> str:

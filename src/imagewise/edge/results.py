@@ -30,6 +30,10 @@ class Prediction:
             then ``unknown``); None when no threshold was asked for.
         ood_score: how unlike the training data the image is (higher: more unusual); None when
             not computed.
+        prediction_set: with ``--coverage``: the classes that hold the true class with that
+            probability (conformal, ``imagewise.edge.conformal``), best first; may be empty
+            when the coverage asked is below what the top class alone reaches. None otherwise.
+        set_probabilities: the calibrated probabilities of ``prediction_set``'s classes.
     """
 
     source: str
@@ -37,6 +41,8 @@ class Prediction:
     probabilities: list[float]
     unknown: bool | None = None
     ood_score: float | None = None
+    prediction_set: list[str] | None = None
+    set_probabilities: list[float] | None = None
 
     @property
     def label(self) -> str:
@@ -57,6 +63,9 @@ class Prediction:
             out["answer"] = self.answer
         if self.ood_score is not None:
             out["ood_score"] = round(self.ood_score, 6)
+        if self.prediction_set is not None:
+            out["prediction_set"] = list(self.prediction_set)
+            out["set_probabilities"] = [round(p, 6) for p in self.set_probabilities or []]
         out["top_k"] = [
             {"class": c, "probability": round(p, 6)}
             for c, p in zip(self.classes, self.probabilities, strict=True)
@@ -65,12 +74,15 @@ class Prediction:
 
 
 def csv_header(predictions: Sequence[Prediction]) -> list[str]:
-    """The CSV columns: ``answer`` and ``ood_score`` only when the predictions carry them."""
+    """The CSV columns: ``answer``, ``ood_score`` and ``prediction_set`` only when the
+    predictions carry them."""
     extra = []
     if any(p.unknown is not None for p in predictions):
         extra.append("answer")
     if any(p.ood_score is not None for p in predictions):
         extra.append("ood_score")
+    if any(p.prediction_set is not None for p in predictions):
+        extra.append("prediction_set")
     return ["source", "rank", "class", "probability", *extra]
 
 
@@ -84,6 +96,8 @@ def csv_rows(predictions: Sequence[Prediction], header: Sequence[str]) -> list[l
                 row.append(p.answer)
             if "ood_score" in header:
                 row.append("" if p.ood_score is None else f"{p.ood_score:.6f}")
+            if "prediction_set" in header:  # the image's set, |-joined, on each of its rows
+                row.append("|".join(p.prediction_set or []))
             rows.append(row)
     return rows
 
@@ -114,5 +128,6 @@ def format_predictions(predictions: Sequence[Prediction], fmt: str = "table") ->
         )
         answer = f"{UNKNOWN}   " if p.unknown else ""
         ood = f"   ood {p.ood_score:.3g}" if p.ood_score is not None else ""
-        lines.append(f"{name:<{width}}  {answer}{tops}{ood}")
+        found = "" if p.prediction_set is None else f"   set {{{', '.join(p.prediction_set)}}}"
+        lines.append(f"{name:<{width}}  {answer}{tops}{ood}{found}")
     return "\n".join(lines)

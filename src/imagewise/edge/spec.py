@@ -182,7 +182,9 @@ class ModelSpec:
     "shift": pixels}``); an exported file averages its views inside the graph, so its spec has
     none. ``unknown``: a fitted ``--min-confidence auto`` (``imagewise.edge.unknown``), or None.
     ``drift``: the validation split's drift reference (``imagewise.edge.drift``), or None.
-    ``model``: the architecture's name.
+    ``model``: the architecture's name. ``conformal``: an exported file's fitted ``--coverage``
+    thresholds (``imagewise.edge.conformal.ConformalFit.to_json``), or None (a run folder keeps
+    them in ``RUN/conformal.json``).
     """
 
     classes: tuple[str, ...]
@@ -194,6 +196,7 @@ class ModelSpec:
     model: str = ""
     format: str = SPEC_FORMAT
     drift: Mapping[str, Any] | None = None
+    conformal: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.classes, list):
@@ -220,6 +223,8 @@ class ModelSpec:
             out[UNKNOWN_KEY] = json.dumps(dict(self.unknown), ensure_ascii=False)
         if self.drift is not None:
             out[DRIFT_KEY] = json.dumps(dict(self.drift), ensure_ascii=False)
+        if self.conformal is not None:
+            out[CONFORMAL_KEY] = json.dumps(dict(self.conformal), ensure_ascii=False)
         return {**out, **text}
 
     @classmethod
@@ -271,6 +276,7 @@ class ModelSpec:
         drift = v.get(DRIFT_KEY)
         if drift is not None and not isinstance(drift, dict):
             raise broken_metadata(source, DRIFT_KEY, "must be an object")
+        conformal = _conformal(v.get(CONFORMAL_KEY), len(classes), source)
         spec = cls(
             classes=tuple(classes),
             input=InputContract(
@@ -287,6 +293,7 @@ class ModelSpec:
             capabilities=Capabilities(**caps),
             model=props.get("model", ""),
             drift=drift,
+            conformal=conformal,
         )
         why = spec.problem(FILE_IMG_SIZE_RANGE, (1, 3))
         if why is not None:
@@ -307,16 +314,32 @@ class ModelSpec:
         return None
 
 
-# The keys of an exported file's map; ``unknown`` only for runs with a fitted threshold.
+# The keys of an exported file's map; ``unknown`` and ``conformal`` only for runs with a fit.
 UNKNOWN_KEY = "unknown"
 DRIFT_KEY = "drift"  # runs exported with a drift reference (imagewise.edge.drift)
+CONFORMAL_KEY = "conformal"
 _REQUIRED_JSON = ("classes", "img_size", "channels", "mean", "std", "temperature")
-_OPTIONAL_JSON = ("crop_pct", "capabilities", UNKNOWN_KEY, DRIFT_KEY)
+_OPTIONAL_JSON = ("crop_pct", "capabilities", UNKNOWN_KEY, DRIFT_KEY, CONFORMAL_KEY)
 JSON_KEYS = (*_REQUIRED_JSON, *_OPTIONAL_JSON)
 # Bounds a file's metadata must keep: a size outside them is a damaged or hostile file, not a
 # model (img_size 100000 made predict allocate 9.8 GB).
 FILE_IMG_SIZE_RANGE = (8, 1024)
 MAX_CLASSES = 100_000
+
+
+def _conformal(values: Any, classes: int, source: str) -> dict[str, Any] | None:
+    """A file's ``conformal`` value checked (``ConformalFit.from_json``), or None when absent."""
+    from imagewise.edge.conformal import ConformalFit
+
+    if values is None:
+        return None
+    try:
+        fit = ConformalFit.from_json(values)
+    except ValueError as exc:
+        raise broken_metadata(source, CONFORMAL_KEY, str(exc)) from None
+    if len(fit.class_counts) != classes:
+        raise broken_metadata(source, CONFORMAL_KEY, f"must count {classes} classes")
+    return fit.to_json()
 
 
 def broken_metadata(source: str, key: str, why: str) -> UserError:

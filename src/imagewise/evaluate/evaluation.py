@@ -50,6 +50,8 @@ def evaluate(
     write: bool = True,
     report: bool = True,
     gallery: int = 24,
+    coverage: float | None = None,
+    coverage_per_class: bool = False,
 ) -> Evaluation:
     """Measure a trained run on held-out images and write ``eval/`` in the run folder.
 
@@ -64,6 +66,11 @@ def evaluate(
             reliability diagram.
         report: also write the self-contained ``eval/report.html`` (needs ``write``).
         gallery: how many of the worst errors the report shows, with Grad-CAM overlays.
+        coverage: also build each image's conformal prediction set at this coverage (the
+            run's fit on its validation split, ``RUN/conformal.json``) and measure it: the
+            empirical and per-class coverage and the mean set size (``metrics.conformal``,
+            ``Evaluation.prediction_sets``).
+        coverage_per_class: class-conditional thresholds for ``coverage``.
 
     Example:
         >>> ev = imagewise.evaluate("runs/digits")  # doctest: +SKIP
@@ -72,11 +79,13 @@ def evaluate(
     from imagewise.config import DataConfig
     from imagewise.data.pipeline import make_loader, materialize
     from imagewise.data.sources import ImageData
+    from imagewise.edge.conformal import check_coverage_request
     from imagewise.evaluate.metrics import classification_metrics, most_confused
     from imagewise.predict.predictor import load_run
     from imagewise.runtime.calibration import calibration_report
     from imagewise.runtime.inference import predict_loader
 
+    check_coverage_request(coverage, coverage_per_class)  # before the model loads
     clf = load_run(run, device=device)
     run_dir = Path(run)
     raw, chosen, cfg = _evaluation_split(run_dir, data, split, clf.classes)
@@ -102,10 +111,18 @@ def evaluate(
         "nll_after": calibration["after"]["nll"],
         "bins": calibration["bins"],
     }
+    prediction_sets = None
+    if coverage is not None:
+        from imagewise.evaluate.conformal import measure_sets
+
+        prediction_sets, figures = measure_sets(
+            clf, run_dir, chosen, probs, y, coverage, coverage_per_class
+        )
+        values["conformal"] = figures.to_json()
     metrics = Metrics.from_json(values, "the evaluation", "")
     result = Evaluation(
         metrics, clf.classes, y, probs, chosen.paths or [], logits=logits.numpy(),
-        calibration=calibration, images=chosen,
+        calibration=calibration, images=chosen, prediction_sets=prediction_sets,
     )  # fmt: skip
     if write:
         result.files = write_evaluation(run_dir / "eval", result)

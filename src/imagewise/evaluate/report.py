@@ -278,6 +278,7 @@ def _calibration(ev: Evaluation, eval_dir: Path) -> str:
 
 def render_report(ev: Evaluation, clf: Classifier, run: Path, gallery: int = 24) -> str:
     """The report page as a string (see ``write_report``)."""
+    from imagewise.evaluate.conformal import conformal_section
     from imagewise.version import __version__
 
     folder = RunFolder.of(run)
@@ -299,6 +300,7 @@ def render_report(ev: Evaluation, clf: Classifier, run: Path, gallery: int = 24)
         _confused(ev),
         _error_gallery(ev, clf, gallery),
         _calibration(ev, eval_dir),
+        conformal_section(ev.metrics.conformal),
     ]
     nav = "".join(
         f'<a href="#{anchor}">{label}</a>'
@@ -310,6 +312,7 @@ def render_report(ev: Evaluation, clf: Classifier, run: Path, gallery: int = 24)
             ("confused", "confused pairs"),
             ("errors", "worst errors"),
             ("calibration", "calibration"),
+            *([("sets", "prediction sets")] if ev.metrics.conformal else []),
         )
     )
     written = datetime.now(UTC).isoformat(timespec="seconds")

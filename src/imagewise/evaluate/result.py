@@ -24,6 +24,8 @@ class Evaluation:
     logits: np.ndarray | None = field(default=None, repr=False)
     calibration: dict[str, Any] = field(default_factory=dict, repr=False)
     images: Any = field(default=None, repr=False)  # the evaluated Split, for galleries
+    # evaluate(coverage=...): each image's conformal set (bool, N x classes), else None
+    prediction_sets: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def predictions(self) -> np.ndarray:

@@ -52,6 +52,20 @@ class CalibrationScores(Record):
 
 
 @dataclass
+class ConformalScores(Record):
+    """The conformal prediction sets on the evaluated images (``evaluate(coverage=...)``): the
+    share whose set holds the true class, overall and per class, and the mean set size."""
+
+    coverage_target: float
+    score: str
+    per_class: bool
+    coverage: float
+    mean_set_size: float
+    per_class_coverage: dict[str, float]
+    calibration_images: int
+
+
+@dataclass
 class Metrics(Record):
     """Accuracy, top-k accuracy, log loss, per-class and averaged scores, the confusion matrix
     (rows = true class), where the images came from, the most confused pairs and the
@@ -69,6 +83,7 @@ class Metrics(Record):
     data: str = ""
     most_confused: list[Confusion] = entry(default_factory=list)
     calibration: CalibrationScores | None = entry(None, omit_none=True)
+    conformal: ConformalScores | None = entry(None, omit_none=True)
     extra: dict[str, Any] = entry(default_factory=dict)
 
     def summary(self) -> str:
@@ -93,5 +108,12 @@ class Metrics(Record):
             lines.append(
                 f"calibration: ECE {cal.ece_before:.4f} before, {cal.ece_after:.4f} after "
                 f"temperature scaling (T = {cal.temperature:.3g})"
+            )
+        if (c := self.conformal) is not None:
+            worst = min(self.conformal.per_class_coverage.items(), key=lambda kv: kv[1])
+            lines.append(
+                f"prediction sets at coverage {c.coverage_target:g} ({c.score}"
+                f"{', per class' if c.per_class else ''}): coverage {c.coverage:.2%}, mean size "
+                f"{c.mean_set_size:.2f}, lowest class {worst[0]} {worst[1]:.2%}"
             )
         return "\n".join(lines)

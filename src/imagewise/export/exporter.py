@@ -254,7 +254,8 @@ def _job(
     run_dir = RunFolder.of(run).path
     int8 = precision == "int8"
     drift = fitted_drift(reference, run_dir)
-    spec = file_spec(reference.spec, raw_input, fitted_unknown(run_dir), drift)
+    conformal = _conformal(run_dir, reference)
+    spec = file_spec(reference.spec, raw_input, fitted_unknown(run_dir), drift, conformal)
     card = RunFolder.of(run).model_card
     metadata = build_metadata(
         spec, reference.tta, int8, PORTABLE.describe() if int8 else None,
@@ -266,6 +267,21 @@ def _job(
         calibration_images=lambda: _training_images(run_dir, reference),
         onnx_writer=_onnx_graph,
     )  # fmt: skip
+
+
+def _conformal(run_dir: Path, reference: Classifier) -> dict[str, Any] | None:
+    """The run's conformal thresholds for the file: the stored fit, else fitted now on its
+    validation split; None (with a warning) when the run's data cannot be re-opened."""
+    from imagewise.predict.conformal import fitted_conformal, run_conformal
+
+    carried = fitted_conformal(run_dir)
+    if carried is not None:
+        return carried
+    try:
+        return run_conformal(reference, run_dir).to_json()
+    except UserError as exc:
+        log.warning("the export carries no conformal thresholds (--coverage): %s", exc)
+        return None
 
 
 def export_many(

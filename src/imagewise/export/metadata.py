@@ -18,6 +18,9 @@ strings, so any ONNX consumer can read them) and a few facts about the file::
              "min_confidence": 0.61, "precision": 0.95, "coverage": 0.96, ...}
     drift    the run's drift reference (``imagewise.predict.drift.fitted_drift``): {"format":
              "imagewise-drift/1", "ood_threshold": -6.1, "ood_above": 300, ...}
+    conformal  the run's --coverage thresholds (RUN/conformal.json; fitted at export when
+               absent): {"score": "raps", "randomized": true, "thresholds": {"0.9": 0.87,
+               ...}, "class_thresholds": {"0.9": [...], ...}, "class_counts": [...], ...}
     model_card  runs with a card only: the text of RUN/MODEL_CARD.md (``imagewise card``)
 """
 
@@ -37,10 +40,12 @@ def file_spec(
     raw_input: bool,
     unknown: Mapping[str, Any] | None = None,
     drift: Mapping[str, Any] | None = None,
+    conformal: Mapping[str, Any] | None = None,
 ) -> ModelSpec:
     """The spec an exported file carries: the run's, with the file's input layout, its fitted
     ``unknown`` threshold (``imagewise.predict.unknown.fitted_unknown``), its drift reference
-    (``imagewise.predict.drift.fitted_drift``), and no test-time views left to apply (the
+    (``imagewise.predict.drift.fitted_drift``), its conformal thresholds
+    (``imagewise.predict.conformal.fitted_conformal``), and no test-time views left to apply (the
     graph averages them)."""
     layout = LAYOUT_RAW if raw_input else LAYOUT_NORMALIZED
     return replace(
@@ -49,6 +54,7 @@ def file_spec(
         tta={},
         unknown=None if unknown is None else dict(unknown),
         drift=None if drift is None else dict(drift),
+        conformal=None if conformal is None else dict(conformal),
     )
 
 

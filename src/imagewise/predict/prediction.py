@@ -38,6 +38,8 @@ def predict(
     target_precision: float | None = None,
     ood: str | None = "auto",
     batch_size: int = 64,
+    coverage: float | None = None,
+    coverage_per_class: bool = False,
 ) -> list[Prediction]:
     """Top-k predictions for image files, folders or glob patterns. Under ``torchrun`` the
     batches are spread over the processes; rank 0 gets all the answers, in the same order,
@@ -59,13 +61,22 @@ def predict(
             once, kept in ``RUN/knn_reference.npz``), ``none``, or ``auto``: knn when the run
             has a reference, else energy.
         batch_size: images per forward pass (decoded in threads while the previous one runs).
+        coverage: each prediction's ``prediction_set``: the classes that hold the true class
+            with this probability (split conformal on the run's validation split, fitted once
+            and kept in ``RUN/conformal.json``, or the fit an exported file carries).
+        coverage_per_class: the sets reach ``coverage`` for each class, not only on average
+            (class-conditional thresholds).
 
     Example:
         >>> imagewise.predict("runs/digits", ["img/seven.png"], top_k=3)[0].label  # doctest: +SKIP
         '7'
         >>> p = imagewise.predict("runs/fm", "photos/", min_confidence="auto")  # doctest: +SKIP
         >>> [x.answer for x in p], [x.ood_score for x in p]  # doctest: +SKIP
+        >>> p = imagewise.predict("runs/fm", "shirt.png", coverage=0.9)  # doctest: +SKIP
+        >>> p[0].prediction_set  # doctest: +SKIP
+        ['Shirt', 'T-shirt/top']
     """
+    from imagewise.predict.conformal import resolve_sets
     from imagewise.predict.sharding import predict_all, shard_device
     from imagewise.predict.unknown import resolve_min_confidence, resolve_ood
 
@@ -76,7 +87,8 @@ def predict(
     model = open_model(run, shard_device(device), len(paths))
     threshold = resolve_min_confidence(model, run, min_confidence, target_precision)
     scorer = resolve_ood(model, run, ood)
+    sets = resolve_sets(model, run, coverage, coverage_per_class)
     return predict_all(
         model, paths, top_k=top_k, batch_size=batch_size, skippable=lambda p: p not in named,
-        min_confidence=threshold, ood=scorer,
+        min_confidence=threshold, ood=scorer, sets=sets,
     )  # fmt: skip

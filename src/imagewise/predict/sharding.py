@@ -85,17 +85,25 @@ def predict_all(
     skippable: Callable[[str], bool] | None = None,
     min_confidence: float | None = None,
     ood: Any = None,
+    sets: Any = None,
 ) -> list[Prediction]:
     """``model.predict`` over ``paths``; under torchrun, spread over the processes (see the
     module's docstring): rank 0 gets every answer in order, the other ranks an empty list."""
     shard = this_shard()
     if not shard.enabled:
-        return model.predict(paths, top_k, batch_size, skippable, min_confidence, ood)
+        return model.predict(paths, top_k, batch_size, skippable, min_confidence, ood, sets)
     with _process_group(shard):
         return _gathered(
             shard,
             lambda: model.predict_batches(
-                paths, top_k, batch_size, skippable, min_confidence, select=shard.owns, ood=ood
+                paths,
+                top_k,
+                batch_size,
+                skippable,
+                min_confidence,
+                select=shard.owns,
+                ood=ood,
+                sets=sets,
             ),
         )
 

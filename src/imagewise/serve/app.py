@@ -21,6 +21,7 @@ from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException
 
+from imagewise.edge.conformal import PredictionSets
 from imagewise.edge.drift import DriftMonitor
 from imagewise.edge.unknown import OodScorer, edge_scorer
 from imagewise.serve.batching import MicroBatcher
@@ -73,6 +74,7 @@ def describe(
     settings: ServeSettings,
     min_confidence: float | None = None,
     ood: OodScorer | None = None,
+    sets: PredictionSets | None = None,
 ) -> InfoResponse:
     """What the page and clients need to know about the model, its answers and the limits."""
     model = getattr(classifier, "model", None)
@@ -95,6 +97,9 @@ def describe(
         max_batch=settings.batch_limit,
         min_confidence=min_confidence,
         ood_score=None if ood is None else str(getattr(ood, "name", "custom")),
+        coverage=None if sets is None else sets.coverage,
+        coverage_per_class=None if sets is None else sets.per_class,
+        conformal_score=None if sets is None else sets.fit.score,
     )
 
 
@@ -136,6 +141,7 @@ def create_app(
     min_confidence: float | None = None,
     ood: str | OodScorer | None = None,
     drift: DriftMonitor | None = None,
+    sets: PredictionSets | None = None,
 ) -> FastAPI:
     """The HTTP API and web page over a loaded classifier.
 
@@ -151,6 +157,9 @@ def create_app(
             is resolved by ``serve``: ``imagewise.predict.unknown.resolve_min_confidence``).
         ood: each answer's out-of-distribution score: ``energy``, or a scorer
             (``imagewise.predict.unknown.resolve_ood``); computed with each model call.
+        sets: each answer's conformal prediction set (``imagewise.edge.conformal.
+            PredictionSets``; ``serve`` resolves ``--coverage`` with
+            ``imagewise.predict.conformal.resolve_sets``).
 
     Example:
         >>> clf = imagewise.load("runs/fm")  # doctest: +SKIP
@@ -170,7 +179,7 @@ def create_app(
             drift.observe(logits, probs)
         return list(zip(logits, probs, scores, strict=True))
 
-    info = describe(classifier, settings, min_confidence, scorer)
+    info = describe(classifier, settings, min_confidence, scorer, sets)
     batcher = MicroBatcher(
         infer,
         max_batch=settings.batch_limit,
@@ -201,7 +210,7 @@ def create_app(
     page = files("imagewise.serve").joinpath("page.html").read_text(encoding="utf-8")
     decoding = DecodeBudget(DECODING_REQUESTS * settings.request_pixel_limit)
     app.state.serve = ServeState(
-        classifier, settings, batcher, metrics, model_lock, info, page, decoding, unusable
+        classifier, settings, batcher, metrics, model_lock, info, page, decoding, unusable, sets
     )
     app.include_router(router)
     app.include_router(drift_router)

@@ -65,6 +65,7 @@ class ServeState:
     page: str
     decoding: DecodeBudget  # the pixels all requests decode at once
     unusable: str | None = None  # why the model must not answer (its outputs are not finite)
+    sets: Any = None  # --coverage: an imagewise.edge.conformal.PredictionSets
 
 
 def _state(request: Request) -> ServeState:
@@ -183,8 +184,9 @@ async def predict(
         raise ServeError(500, "the model's outputs for these images are not finite (NaN or inf)")
     names = [name for name, _ in uploads]
     ood = np.array([r[2] for r in rows], np.float32) if s.info.ood_score else None
+    found = None if s.sets is None else s.sets(batch, probs)
     predictions = s.classifier.answers(
-        logits, probs, names, top_k or s.info.top_k, s.info.min_confidence, ood
+        logits, probs, names, top_k or s.info.top_k, s.info.min_confidence, ood, found
     )
     cams: list[str | None] = [None] * len(predictions)
     if gradcam:
@@ -197,6 +199,10 @@ async def predict(
                 source=p.source,
                 answer=None if p.unknown is None else p.answer,
                 ood_score=None if p.ood_score is None else round(p.ood_score, 6),
+                prediction_set=p.prediction_set,
+                set_probabilities=None
+                if p.set_probabilities is None
+                else [round(x, 6) for x in p.set_probabilities],
                 top_k=[
                     ClassScore(name=c, probability=round(prob, 6))
                     for c, prob in zip(p.classes, p.probabilities, strict=True)

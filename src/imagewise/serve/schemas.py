@@ -20,6 +20,14 @@ class ImagePrediction(BaseModel):
     ood_score: float | None = Field(
         None, description="with --ood: how unlike the training images it is (higher: more)"
     )
+    prediction_set: list[str] | None = Field(
+        None,
+        description="with --coverage C: the classes that hold the true class with probability "
+        "C (conformal), best first",
+    )
+    set_probabilities: list[float] | None = Field(
+        None, description="with --coverage: the calibrated probabilities of the set's classes"
+    )
     top_k: list[ClassScore] = Field(description="the best classes, best first")
     gradcam_png: str | None = Field(
         None, description="with gradcam=true: a base64 PNG of the Grad-CAM heat map over the image"
@@ -54,6 +62,15 @@ class InfoResponse(BaseModel):
     )
     ood_score: str | None = Field(
         None, description="the out-of-distribution score each answer carries (energy, knn)"
+    )
+    coverage: float | None = Field(
+        None, description="with --coverage: the coverage of each answer's prediction_set"
+    )
+    coverage_per_class: bool | None = Field(
+        None, description="with --coverage: whether it holds for each class (class-conditional)"
+    )
+    conformal_score: str | None = Field(
+        None, description="with --coverage: the conformity score of the sets (raps, aps, lac)"
     )
 
 

@@ -37,6 +37,8 @@ def serve(
     ood: str | None = "none",
     drift: str = "auto",
     drift_window: int = DEFAULT_WINDOW,
+    coverage: float | None = None,
+    coverage_per_class: bool = False,
     **settings: Any,
 ) -> None:
     """Load a classifier and answer HTTP requests until interrupted (Ctrl-C or SIGTERM).
@@ -62,6 +64,9 @@ def serve(
             validation images (a pass over at most 10,000 of them) and kept, or the one an
             exported file carries; ``on`` (the same, or fail); ``off``.
         drift_window: the images each drift check looks at (default 500).
+        coverage: each answer's ``prediction_set``, the classes that hold the true class with
+            this probability (``imagewise.predict.conformal``: the run's fit, or the file's).
+        coverage_per_class: reach ``coverage`` for each class (class-conditional thresholds).
         **settings: fields of :class:`ServeSettings` (host, port, token, max_batch, ...);
             port 0 takes a free port, logged with the address. What a client may hold:
             ``header_timeout_s`` (10: seconds to send a request's headers, then 408),
@@ -88,7 +93,7 @@ def serve(
     with _server_process_settings(options, torch_threads=not edge):
         try:
             answers = (min_confidence, target_precision, ood, drift, drift_window)
-            app = _load_app(path, options, edge, answers)
+            app = _load_app(path, options, edge, answers, (coverage, coverage_per_class))
             if warning := options.exposure_warning():
                 log.warning(warning)
             # At warning level so that -q shows it too: with port 0 it is where to find it.
@@ -126,9 +131,11 @@ def _load_app(
     options: ServeSettings,
     edge: bool,
     answers: tuple[float | str | None, float | None, str | None, str, int],
+    coverage: tuple[float | None, bool] = (None, False),
 ) -> Any:
     """The model loaded and checked (the reason logged once if unusable), with its threshold,
-    out-of-distribution scorer and drift checks resolved, in its app."""
+    out-of-distribution scorer, prediction sets and drift checks resolved, in its app."""
+    from imagewise.predict.conformal import resolve_sets
     from imagewise.predict.drift import resolve_drift
     from imagewise.predict.unknown import resolve_min_confidence, resolve_ood
 
@@ -147,11 +154,12 @@ def _load_app(
     min_confidence, target_precision, ood, drift, drift_window = answers
     threshold = resolve_min_confidence(model, path, min_confidence, target_precision)
     scorer = resolve_ood(model, path, ood)
+    sets = resolve_sets(model, path, *coverage)
     reference = None if unusable else resolve_drift(model, path, drift)
     monitor = None if reference is None else DriftMonitor(reference, drift_window)
     if unusable:
         log.error("not ready: %s", unusable)
-    return create_app(model, options, unusable, threshold, scorer, monitor)
+    return create_app(model, options, unusable, threshold, scorer, monitor, sets)
 
 
 __all__ = ["ServeSettings", "create_app", "serve"]
