@@ -157,6 +157,9 @@ def create_app(
             is resolved by ``serve``: ``imagewise.predict.unknown.resolve_min_confidence``).
         ood: each answer's out-of-distribution score: ``energy``, or a scorer
             (``imagewise.predict.unknown.resolve_ood``); computed with each model call.
+        drift: the drift and out-of-distribution monitor every answered batch feeds
+            (``imagewise.edge.drift.DriftMonitor``; ``GET /v1/drift`` and the
+            ``imagewise_drift_*`` gauges read it), or None.
         sets: each answer's conformal prediction set (``imagewise.edge.conformal.
             PredictionSets``; ``serve`` resolves ``--coverage`` with
             ``imagewise.predict.conformal.resolve_sets``).
