@@ -308,7 +308,23 @@ BROKEN_METADATA = [
     ({"model_format": "imagewise-model/9"}, 'model_format is "imagewise-model/9"; this'),
     ({"input_layout": "NHWC uint8"}, "input_layout says tensor(uint8), the graph takes"),
     ({"img_size": "40"}, "img_size/channels describe a NCHW input of [3, 40, 40] but"),
+    ({"conformal": '{"score": "raps"}'}, "conformal "),
 ]
+
+
+def test_conformal_counting_other_classes_is_refused(
+    exports: dict[str, Path], tmp_path: Path
+) -> None:
+    import onnx
+
+    props = {p.key: p.value for p in onnx.load(str(exports["float"])).metadata_props}
+    fit = json.loads(props["conformal"])
+    fit["class_counts"] = fit["class_counts"][:2]
+    for table in fit.get("class_thresholds", {}).values():
+        del table[2:]
+    path = _with_metadata(exports["float"], tmp_path / "d.onnx", conformal=json.dumps(fit))
+    with pytest.raises(UserError, match="conformal counts 2 classes; the file has 3"):
+        load_model(path)
 
 
 @pytest.mark.parametrize(("changes", "message"), BROKEN_METADATA)

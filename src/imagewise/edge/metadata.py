@@ -79,3 +79,8 @@ def check_graph(
                 source, "classes",
                 f"names {len(spec.classes)} classes but the graph answers {width}",
             )  # fmt: skip
+    counts = (spec.conformal or {}).get("class_counts")
+    if counts is not None and len(counts) != len(spec.classes):
+        raise broken_metadata(
+            source, "conformal", f"counts {len(counts)} classes; the file has {len(spec.classes)}"
+        )
