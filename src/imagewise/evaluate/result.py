@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from imagewise.evaluate.scores import Metrics
+
+if TYPE_CHECKING:
+    from imagewise.evaluate.robustness import Robustness
+    from imagewise.evaluate.slices import Slices
 
 
 @dataclass
@@ -24,6 +28,8 @@ class Evaluation:
     logits: np.ndarray | None = field(default=None, repr=False)
     calibration: dict[str, Any] = field(default_factory=dict, repr=False)
     images: Any = field(default=None, repr=False)  # the evaluated Split, for galleries
+    robustness: Robustness | None = field(default=None, repr=False)  # evaluate(robustness=)
+    slices: Slices | None = field(default=None, repr=False)  # evaluate(slice_by=)
 
     @property
     def predictions(self) -> np.ndarray:
@@ -45,7 +51,9 @@ class Evaluation:
 
     def summary(self) -> str:
         """The metrics' summary (``Metrics.summary``) and the files written."""
-        lines = [self.metrics.summary(), f"wrote {', '.join(str(p) for p in self.files.values())}"]
+        lines = [self.metrics.summary()]
+        lines += [part.summary() for part in (self.slices, self.robustness) if part is not None]
+        lines.append(f"wrote {', '.join(str(p) for p in self.files.values())}")
         if "report" in self.files:
             lines.append(f"report: {self.files['report']}")
         return "\n".join(lines)
