@@ -2,7 +2,7 @@
 
 The set follows ImageNet-C (Hendrycks & Dietterich, 2019): noise, blur, digital and weather
 corruptions, each at rising severities. The pixel operations come from torchvision
-(``transforms.v2.functional``: JPEG, brightness, contrast) and torch (random draws,
+(``transforms.v2.functional``: brightness, contrast), Pillow (JPEG) and torch (random draws,
 convolutions, area resampling). The reference package of the benchmark,
 ``imagecorruptions``, is not used: its last release is from 2020 and it no longer runs on this
 stack (``skimage.filters.gaussian(multichannel=...)`` was removed in scikit-image 0.19,
@@ -16,10 +16,12 @@ generator seeded per corruption and severity: the same images give the same pixe
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from imagewise.errors import UserError
@@ -93,7 +95,7 @@ def _defocus_blur(x: torch.Tensor, radius: float, g: torch.Generator) -> torch.T
 
 def _motion_blur(x: torch.Tensor, length: float, g: torch.Generator) -> torch.Tensor:
     """A horizontal camera shake: the mean over ``length`` pixels of the row (odd, at least 1)."""
-    n = 2 * round(_scaled(x, length) / 2) + 1
+    n = 2 * round((_scaled(x, length) - 1) / 2) + 1
     return _convolve(x, torch.full((1, n), 1.0 / n))
 
 
@@ -107,9 +109,19 @@ def _pixelate(x: torch.Tensor, keep: float, g: torch.Generator) -> torch.Tensor:
 
 
 def _jpeg(x: torch.Tensor, quality: float, g: torch.Generator) -> torch.Tensor:
-    from torchvision.transforms.v2 import functional as F
+    # Pillow's encoder: torchvision's F.jpeg warns that its image codecs are deprecated (0.29)
+    from PIL import Image
 
-    return F.jpeg(to_uint8(x), int(quality)).float() / 255
+    def roundtrip(image: np.ndarray) -> np.ndarray:
+        buf = io.BytesIO()
+        Image.fromarray(image.squeeze(2) if image.shape[2] == 1 else image).save(
+            buf, format="JPEG", quality=int(quality)
+        )
+        return np.asarray(Image.open(buf)).reshape(image.shape)
+
+    pixels = to_uint8(x).permute(0, 2, 3, 1).numpy()
+    out = np.stack([roundtrip(image) for image in pixels])
+    return torch.from_numpy(out).permute(0, 3, 1, 2).float() / 255
 
 
 def _brightness(x: torch.Tensor, factor: float, g: torch.Generator) -> torch.Tensor:

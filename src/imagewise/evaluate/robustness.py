@@ -120,7 +120,7 @@ class Robustness:
     def to_json(self) -> dict[str, Any]:
         """What ``eval/robustness.json`` holds."""
         ordered = [s for name in self.worst_first() for s in self.of(name)]
-        worst = min(self.scores, key=lambda s: s.score.accuracy)
+        worst = min(ordered, key=lambda s: s.score.accuracy)  # the first of equals
         return {
             "format": FORMAT,
             "weights_sha256": self.weights_sha256,

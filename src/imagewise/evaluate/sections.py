@@ -86,10 +86,11 @@ def _robustness_per_class(r: Robustness) -> str:
     head = "".join(f"<th>{_esc(n)}</th>" for n in names)
     rows = []
     for cls in r.classes:
-        means = []
+        means: list[float | None] = []
         for name in names:
             values = [s.score.per_class_accuracy[cls] for s in r.of(name)]
-            means.append(None if None in values else float(np.mean(values)))
+            known = [v for v in values if v is not None]  # None: no image of the class
+            means.append(float(np.mean(known)) if len(known) == len(values) else None)
         rows.append(
             f"<tr><td>{_esc(cls)}</td>{_cell(r.clean.per_class_accuracy[cls])}"
             + "".join(_cell(m) for m in means)
