@@ -17,7 +17,8 @@ if TYPE_CHECKING:
     from imagewise.evaluate.robustness import Robustness
     from imagewise.evaluate.slices import Slices
 
-STRIP_PIXELS = 84  # each example image is enlarged (nearest neighbour) to about this size
+STRIP_PIXELS = 64  # each example image is enlarged (nearest neighbour) to about this size
+_FIGURE = '<figure style="margin:0;font-size:.85em">'
 
 
 def _esc(value: Any) -> str:
@@ -57,7 +58,7 @@ def _robustness_table(r: Robustness) -> str:
         levels = " / ".join(f"{v:g}" for v in c.levels)
         drop = r.clean.accuracy - r.mean_accuracy(name)
         rows.append(
-            f"<tr><td>{_esc(name)}</td><td>{_esc(c.unit)}: {levels}</td>"
+            f'<tr><td>{_esc(name)}</td><td style="text-align:left">{_esc(c.unit)}: {levels}</td>'
             + "".join(_cell(s.score.accuracy) for s in scores)
             + _cell(r.mean_accuracy(name))
             + f'<td data-value="{drop}" class="{"bad" if drop > 0.05 else ""}">'
@@ -66,7 +67,8 @@ def _robustness_table(r: Robustness) -> str:
             + "</tr>"
         )
     head = (
-        "<th>corruption</th><th>level (severity 1 / 2 / 3)</th><th>accuracy 1</th>"
+        '<th>corruption</th><th style="text-align:left">level (severity 1 / 2 / 3)</th>'
+        "<th>accuracy 1</th>"
         "<th>accuracy 2</th><th>accuracy 3</th><th>mean accuracy</th><th>drop from clean</th>"
         "<th>ECE 1</th><th>ECE 2</th><th>ECE 3</th>"
     )
@@ -105,23 +107,23 @@ def _robustness_per_class(r: Robustness) -> str:
 
 
 def _strip(r: Robustness) -> str:
+    """One image clean, then under each corruption at severity 1, 2 and 3 (worst first)."""
     if ("clean", 0) not in r.example:
         return ""
     clean = f'<img src="{_png_uri(r.example[("clean", 0)])}" alt="clean">'
-    rows = []
+    figures = [f"{_FIGURE}{clean}<figcaption>clean</figcaption></figure>"]
     for name in r.worst_first():
         tiles = "".join(
-            f'<td><img src="{_png_uri(r.example[(name, s)])}" alt="{_esc(name)} {s}"></td>'
+            f'<img src="{_png_uri(r.example[(name, s)])}" alt="{_esc(name)} {s}">'
             for s in (1, 2, 3)
             if (name, s) in r.example
         )
-        rows.append(f"<tr><td>{_esc(name)}</td><td>{clean}</td>{tiles}</tr>")
+        figures.append(f"{_FIGURE}{tiles}<figcaption>{_esc(name)} 1 / 2 / 3</figcaption></figure>")
     return (
         f'<h2 style="margin-top:14px">Example</h2><p class="muted">One test image (class '
-        f"{_esc(r.example_class)}) as the model sees it, under each corruption.</p>"
-        '<table id="robustness-strip" style="image-rendering:pixelated"><thead><tr>'
-        "<th>corruption</th><th>clean</th><th>severity 1</th><th>severity 2</th>"
-        f"<th>severity 3</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"
+        f"{_esc(r.example_class)}) as the model sees it, under each corruption at severity "
+        f'1, 2 and 3.</p><div id="robustness-strip" style="display:flex;flex-wrap:wrap;'
+        f'gap:10px 18px;image-rendering:pixelated">{"".join(figures)}</div>'
     )
 
 
@@ -156,8 +158,9 @@ def slices_section(s: Slices | None) -> str:
         f'<section id="slices"><h2>Slices by {_esc(s.column)}</h2><p class="muted">One row per '
         f"value of the manifest's column '{_esc(s.column)}', worst first (slices of fewer than "
         f"{s.min_images} images last).</p>{warnings}"
-        '<table class="sortable" id="slices-table"><thead><tr><th>value</th><th>images</th>'
-        f"<th>accuracy</th><th>ECE</th>{'<th>coverage</th>' if coverage else ''}<th></th></tr>"
+        f'<table class="sortable" id="slices-table"><thead><tr><th>{_esc(s.column)}</th>'
+        f"<th>images</th><th>accuracy</th><th>ECE</th>{'<th>coverage</th>' if coverage else ''}"
+        "<th>note</th></tr>"
         f"</thead><tbody>{rows}</tbody></table></section>"
     )
 
