@@ -118,6 +118,7 @@ def _strip(r: Robustness) -> str:
             for s in (1, 2, 3)
             if (name, s) in r.example
         )
+        tiles = f'<div style="display:flex;gap:3px">{tiles}</div>'
         figures.append(f"{_FIGURE}{tiles}<figcaption>{_esc(name)} 1 / 2 / 3</figcaption></figure>")
     return (
         f'<h2 style="margin-top:14px">Example</h2><p class="muted">One test image (class '
