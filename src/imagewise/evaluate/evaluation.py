@@ -147,7 +147,7 @@ def _measure_more(
     if slice_by is not None:
         from imagewise.evaluate.slices import slice_metrics
 
-        values = slice_column(result.images, slice_by, "", "csv")
+        values = result.images.columns[slice_by]  # checked by slice_column before the model ran
         sets = getattr(result, "prediction_sets", None)  # conformal sets, when asked for
         result.slices = slice_metrics(slice_by, values, result.labels, result.probabilities, sets)
         result.slices.where = where
