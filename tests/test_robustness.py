@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import re
 import shutil
@@ -200,6 +201,12 @@ def test_slice_by_site_matches_a_hand_count_and_shows_in_the_report(measured) ->
     run, ev, sites = measured
     data = json.loads((run / "eval" / "slices.json").read_text())
     assert data["format"] == "imagewise-slices/1" and data["column"] == "site"
+    weights = json.loads((run / "eval" / "robustness.json").read_text())["weights_sha256"]
+    assert (
+        data["weights_sha256"]
+        == weights
+        == hashlib.sha256((run / "model.safetensors").read_bytes()).hexdigest()
+    )
     correct = ev.predictions == ev.labels
     by_site = np.array([sites[s] for s in ev.sources])
     for row in data["slices"]:

@@ -146,11 +146,14 @@ def _measure_more(
     where = {"data": result.metrics.data, "split": result.metrics.split}
     if slice_by is not None:
         from imagewise.evaluate.slices import slice_metrics
+        from imagewise.features.index import file_sha256
+        from imagewise.runtime.runs import RunFolder
 
         values = result.images.columns[slice_by]  # checked by slice_column before the model ran
         sets = getattr(result, "prediction_sets", None)  # conformal sets, when asked for
         result.slices = slice_metrics(slice_by, values, result.labels, result.probabilities, sets)
         result.slices.where = where
+        result.slices.weights_sha256 = file_sha256(RunFolder.of(run_dir).weights)
     if robust_images:
         from imagewise.evaluate.robustness import robustness
 

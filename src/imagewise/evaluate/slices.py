@@ -55,6 +55,7 @@ class Slices:
     slices: list[SliceScore]
     min_images: int = MIN_IMAGES
     where: dict[str, str] = field(default_factory=dict)  # data, split
+    weights_sha256: str = ""
 
     @property
     def warnings(self) -> list[str]:
@@ -72,6 +73,7 @@ class Slices:
         """What ``eval/slices.json`` holds."""
         return {
             "format": FORMAT,
+            "weights_sha256": self.weights_sha256,
             "column": self.column,
             **self.where,
             "images": sum(s.images for s in self.slices),
