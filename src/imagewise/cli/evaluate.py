@@ -26,6 +26,25 @@ def add_parser(verbs: Any, new_verb: NewVerb) -> argparse.ArgumentParser:
     p.add_argument("--gallery", type=int, default=24, help="worst errors in the report (24)")
     p.add_argument("--no-report", action="store_true", help="skip eval/report.html")
     add_coverage_options(p)
+    p.add_argument(
+        "--robustness",
+        action="store_true",
+        help="also score the images under 12 common corruptions at 3 severities "
+        "(eval/robustness.json and a report section)",
+    )
+    p.add_argument(
+        "--robustness-images",
+        type=int,
+        default=2000,
+        metavar="N",
+        help="images in the robustness sample (stratified, seeded; 2000)",
+    )
+    p.add_argument(
+        "--slice-by",
+        metavar="COLUMN",
+        help="a CSV manifest's extra column (site, camera, ...): metrics per value of it "
+        "(eval/slices.json and a report section)",
+    )
     return p
 
 
@@ -38,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
     ev = evaluate(
         args.run, args.data, split=args.split, batch_size=args.batch_size, device=args.device,
         report=not args.no_report, gallery=args.gallery, coverage=args.coverage,
-        coverage_per_class=args.coverage_per_class,
+        coverage_per_class=args.coverage_per_class, robustness=args.robustness,
+        robustness_images=args.robustness_images, slice_by=args.slice_by,
     )  # fmt: skip
     print(ev.summary())
     return 0

@@ -12,6 +12,7 @@ import math
 import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -117,7 +118,7 @@ def materialize(data: ImageData, cfg: DataConfig, size: int, channels: int) -> I
     for name, split in splits.items():
         if split.in_memory and split.images is not None:
             images = resize_tensor_images(split.images, size, interpolation, crop_pct)
-            splits[name] = Split(split.labels, images, split.paths)
+            splits[name] = replace(split, images=images)
             continue
         if not len(split):
             continue
@@ -128,7 +129,7 @@ def materialize(data: ImageData, cfg: DataConfig, size: int, channels: int) -> I
                 crop_pct,
             )  # fmt: skip
             kept = split.subset(np.flatnonzero(ok))
-            splits[name] = Split(labels=kept.labels, images=images, paths=kept.paths)
+            splits[name] = replace(kept, images=images)
         else:
             ok, bad = _check_files(split.paths, channels, cfg.strict)
             splits[name] = split.subset(np.flatnonzero(ok))
@@ -209,7 +210,7 @@ def _match_channels(data: ImageData, channels: int) -> ImageData:
         else:
             images = images.float().mul(torch.tensor(LUMA).view(1, 3, 1, 1))
             images = images.sum(1, keepdim=True).round().clamp(0, 255).to(torch.uint8)
-        return Split(split.labels, images, split.paths)
+        return replace(split, images=images)
 
     return ImageData(
         data.classes,

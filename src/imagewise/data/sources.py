@@ -22,15 +22,18 @@ from imagewise.data.idx import find_idx_pairs, read_idx
 from imagewise.errors import UserError
 
 SPLITS = ("train", "val", "test")
+MANIFEST = ("path", "label", "split")  # a CSV manifest's own columns; the rest are extra
 
 
 @dataclass
 class Split:
-    """One split: labels plus either decoded images (uint8, N×C×H×W) or file paths."""
+    """One split: labels plus either decoded images (uint8, N×C×H×W) or file paths, and a CSV
+    manifest's extra columns (``site``, ``camera``, ...: one value per image) when it has any."""
 
     labels: np.ndarray
     images: torch.Tensor | None = None
     paths: list[str] | None = None
+    columns: dict[str, list[str]] | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -41,6 +44,11 @@ class Split:
             labels=self.labels[index],
             images=self.images[torch.from_numpy(index)] if self.images is not None else None,
             paths=[self.paths[i] for i in index] if self.paths is not None else None,
+            columns=(
+                {k: [v[i] for i in index] for k, v in self.columns.items()}
+                if self.columns is not None
+                else None
+            ),
         )
 
     @property
@@ -153,19 +161,28 @@ def _from_folder(root: Path, val_frac: float, test_frac: float, seed: int) -> Im
     return ImageData(classes, train, val, test, str(root), "folder")
 
 
-def _from_csv(path: Path, val_frac: float, test_frac: float, seed: int) -> ImageData:
+def _read_manifest(path: Path) -> tuple[list[dict[str, str]], list[str]]:
+    """The rows of a CSV manifest and its header's column names."""
     try:
         # errors=: a file name that is not UTF-8 is its own bytes (as --write-clean writes it)
         with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
-            rows = list(csv.DictReader(f))
+            reader = csv.DictReader(f)
+            rows = list(reader)
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise UserError(f"cannot read CSV manifest '{path}': {exc}") from exc
     if not rows or not {"path", "label"} <= set(rows[0]):
         raise UserError(f"CSV manifest '{path}' needs a header with columns path,label")
+    return rows, [c for c in reader.fieldnames or [] if c]
+
+
+def _from_csv(path: Path, val_frac: float, test_frac: float, seed: int) -> ImageData:
+    rows, header = _read_manifest(path)
     classes = sorted({r["label"].strip() for r in rows if (r.get("label") or "").strip()})
     if not classes:
         raise UserError(f"CSV manifest '{path}' has no labelled rows")
-    by_split: dict[str, tuple[list[str], list[int]]] = {s: ([], []) for s in SPLITS}
+    by_split: dict[str, list[int]] = {s: [] for s in SPLITS}
+    paths: list[str] = []
+    labels: list[int] = []
     for line, row in enumerate(rows, start=2):
         label = (row.get("label") or "").strip()
         rel = (row.get("path") or "").strip()
@@ -175,12 +192,16 @@ def _from_csv(path: Path, val_frac: float, test_frac: float, seed: int) -> Image
         if split not in SPLITS:
             raise UserError(f"CSV manifest '{path}' line {line}: unknown split '{split}'")
         file = Path(rel) if Path(rel).is_absolute() else path.parent / rel
-        by_split[split][0].append(str(file))
-        by_split[split][1].append(classes.index(label))
+        by_split[split].append(len(paths))
+        paths.append(str(file))
+        labels.append(classes.index(label))
+    # Columns beyond path,label,split (site, camera, ...) travel with their images through every
+    # subset, for `evaluate --slice-by`.
+    extra = {c: [(r.get(c) or "").strip() for r in rows] for c in header if c not in MANIFEST}
+    every = Split(np.array(labels, dtype=np.int64), paths=paths, columns=extra or None)
 
     def make(split: str) -> Split | None:
-        paths, labels = by_split[split]
-        return Split(np.array(labels, dtype=np.int64), paths=paths) if paths else None
+        return every.subset(np.array(by_split[split])) if by_split[split] else None
 
     pool = make("train")
     if pool is None:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import csv
 import io
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -12,12 +14,13 @@ import torch
 from imagewise.errors import UserError
 from imagewise.evaluate.result import Evaluation
 from imagewise.evaluate.scores import Metrics
+from imagewise.evaluate.slices import slice_column
 
 
 def _evaluation_split(run_dir: Path, data: str | None, split: str, classes: list[str]):
     """The images to evaluate on, with labels mapped onto the run's classes."""
     from imagewise.config import load_config_file
-    from imagewise.data.sources import Split, resolve_source
+    from imagewise.data.sources import resolve_source
 
     cfg = load_config_file(run_dir / "config.yaml")
     same = data is None or data == cfg.data.source
@@ -37,7 +40,7 @@ def _evaluation_split(run_dir: Path, data: str | None, split: str, classes: list
             f"'{data}' has classes the model was not trained on: {', '.join(unknown[:5])}"
         )
     mapping = np.array([classes.index(c) for c in raw.classes])
-    raw_split = Split(mapping[chosen.labels], chosen.images, chosen.paths)
+    raw_split = replace(chosen, labels=mapping[chosen.labels])  # extra CSV columns kept
     return raw, raw_split, cfg
 
 
@@ -52,6 +55,9 @@ def evaluate(
     gallery: int = 24,
     coverage: float | None = None,
     coverage_per_class: bool = False,
+    robustness: bool = False,
+    robustness_images: int = 2000,
+    slice_by: str | None = None,
 ) -> Evaluation:
     """Measure a trained run on held-out images and write ``eval/`` in the run folder.
 
@@ -71,6 +77,11 @@ def evaluate(
             empirical and per-class coverage and the mean set size (``metrics.conformal``,
             ``Evaluation.prediction_sets``).
         coverage_per_class: class-conditional thresholds for ``coverage``.
+        robustness: also score a stratified sample of the images under common corruptions
+            at three severities (``eval/robustness.json``, a report section).
+        robustness_images: how many images that sample holds (seeded; all when fewer).
+        slice_by: a column of the CSV manifest (``site``, ``camera``, ...): metrics per value
+            of it (``eval/slices.json``, a report section).
 
     Example:
         >>> ev = imagewise.evaluate("runs/digits")  # doctest: +SKIP
@@ -89,6 +100,10 @@ def evaluate(
     clf = load_run(run, device=device)
     run_dir = Path(run)
     raw, chosen, cfg = _evaluation_split(run_dir, data, split, clf.classes)
+    if robustness and robustness_images < 1:
+        raise UserError(f"--robustness-images must be 1 or more, not {robustness_images}")
+    if slice_by is not None:  # a wrong column is refused before the model runs
+        slice_column(chosen, slice_by, raw.source, raw.kind)
     pre = clf.preprocessing
     empty = chosen.subset(np.array([], dtype=np.int64))
     holder = ImageData(clf.classes, chosen, empty, empty, raw.source, raw.kind)
@@ -124,6 +139,9 @@ def evaluate(
         metrics, clf.classes, y, probs, chosen.paths or [], logits=logits.numpy(),
         calibration=calibration, images=chosen, prediction_sets=prediction_sets,
     )  # fmt: skip
+    _measure_more(
+        result, clf, run_dir, slice_by, robustness_images if robustness else 0, batch_size
+    )
     if write:
         result.files = write_evaluation(run_dir / "eval", result)
         if report:
@@ -133,9 +151,39 @@ def evaluate(
     return result
 
 
+def _measure_more(
+    result: Evaluation,
+    clf: Any,
+    run_dir: Path,
+    slice_by: str | None,
+    robust_images: int,
+    batch_size: int,
+) -> None:
+    """Per-slice metrics (``slice_by``) and robustness (on ``robust_images`` > 0 images)."""
+    where = {"data": result.metrics.data, "split": result.metrics.split}
+    if slice_by is not None:
+        from imagewise.evaluate.slices import slice_metrics
+        from imagewise.features.index import file_sha256
+        from imagewise.runtime.runs import RunFolder
+
+        values = result.images.columns[slice_by]  # checked by slice_column before the model ran
+        sets = getattr(result, "prediction_sets", None)  # conformal sets, when asked for
+        result.slices = slice_metrics(slice_by, values, result.labels, result.probabilities, sets)
+        result.slices.where = where
+        result.slices.weights_sha256 = file_sha256(RunFolder.of(run_dir).weights)
+    if robust_images:
+        from imagewise.evaluate.robustness import robustness
+
+        result.robustness = robustness(
+            run_dir, clf, result.images, result.probabilities, robust_images,
+            batch_size=batch_size,
+        )  # fmt: skip
+        result.robustness.where = where
+
+
 def write_evaluation(out: Path, result: Evaluation) -> dict[str, Path]:
-    """metrics.json, confusion_matrix.csv, the confusion matrix PNGs (counts, normalized) and
-    the reliability diagram."""
+    """metrics.json, confusion_matrix.csv, the confusion matrix PNGs (counts, normalized), the
+    reliability diagram, and robustness.json / slices.json when they were measured."""
     from imagewise.evaluate.plots import plot_confusion, plot_reliability
     from imagewise.io import atomic_write_json, atomic_write_text
 
@@ -153,6 +201,14 @@ def write_evaluation(out: Path, result: Evaluation) -> dict[str, Path]:
     )
     if result.calibration:
         files["reliability_png"] = plot_reliability(result.calibration, out / "reliability.png")
+    if result.robustness is not None:
+        from imagewise.evaluate.robustness import write_robustness
+
+        files["robustness"] = write_robustness(out / "robustness.json", result.robustness)
+    if result.slices is not None:
+        from imagewise.evaluate.slices import write_slices
+
+        files["slices"] = write_slices(out / "slices.json", result.slices)
     return files
 
 

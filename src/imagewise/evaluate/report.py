@@ -20,6 +20,7 @@ import torch
 
 from imagewise.data.transforms import normalize
 from imagewise.edge.spec import InputContract
+from imagewise.evaluate.sections import robustness_section, slices_section
 from imagewise.io import atomic_write_text
 from imagewise.names import valid_text
 from imagewise.runtime.meta import RunMeta
@@ -301,6 +302,8 @@ def render_report(ev: Evaluation, clf: Classifier, run: Path, gallery: int = 24)
         _error_gallery(ev, clf, gallery),
         _calibration(ev, eval_dir),
         conformal_section(ev.metrics.conformal),
+        robustness_section(ev.robustness),
+        slices_section(ev.slices),
     ]
     nav = "".join(
         f'<a href="#{anchor}">{label}</a>'
@@ -313,6 +316,8 @@ def render_report(ev: Evaluation, clf: Classifier, run: Path, gallery: int = 24)
             ("errors", "worst errors"),
             ("calibration", "calibration"),
             *([("sets", "prediction sets")] if ev.metrics.conformal else []),
+            *((("robustness", "robustness"),) if ev.robustness is not None else ()),
+            *((("slices", "slices"),) if ev.slices is not None else ()),
         )
     )
     written = datetime.now(UTC).isoformat(timespec="seconds")

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from imagewise.evaluate.scores import Metrics
+
+if TYPE_CHECKING:
+    from imagewise.evaluate.robustness import Robustness
+    from imagewise.evaluate.slices import Slices
 
 
 @dataclass
@@ -26,6 +30,8 @@ class Evaluation:
     images: Any = field(default=None, repr=False)  # the evaluated Split, for galleries
     # evaluate(coverage=...): each image's conformal set (bool, N x classes), else None
     prediction_sets: np.ndarray | None = field(default=None, repr=False)
+    robustness: Robustness | None = field(default=None, repr=False)  # evaluate(robustness=)
+    slices: Slices | None = field(default=None, repr=False)  # evaluate(slice_by=)
 
     @property
     def predictions(self) -> np.ndarray:
@@ -47,7 +53,9 @@ class Evaluation:
 
     def summary(self) -> str:
         """The metrics' summary (``Metrics.summary``) and the files written."""
-        lines = [self.metrics.summary(), f"wrote {', '.join(str(p) for p in self.files.values())}"]
+        lines = [self.metrics.summary()]
+        lines += [part.summary() for part in (self.slices, self.robustness) if part is not None]
+        lines.append(f"wrote {', '.join(str(p) for p in self.files.values())}")
         if "report" in self.files:
             lines.append(f"report: {self.files['report']}")
         return "\n".join(lines)
