@@ -263,6 +263,7 @@ def test_cli_refuses_bad_slices_and_samples_in_one_line(
          "slice by are: site"),
         (["--slice-by", "site"], "needs a CSV manifest with extra columns"),
         (["--robustness", "--robustness-images", "0"], "--robustness-images must be 1 or more"),
+        (["--robustness-images", "0"], "--robustness-images must be 1 or more"),  # implies it
     ]  # fmt: skip
     for args, message in cases:
         code, _, err = run_cli(["evaluate", str(run_copy), *args], capsys)

@@ -35,9 +35,8 @@ def add_parser(verbs: Any, new_verb: NewVerb) -> argparse.ArgumentParser:
     p.add_argument(
         "--robustness-images",
         type=int,
-        default=2000,
         metavar="N",
-        help="images in the robustness sample (stratified, seeded; 2000)",
+        help="images in the robustness sample (stratified, seeded; 2000); implies --robustness",
     )
     p.add_argument(
         "--slice-by",
@@ -54,11 +53,13 @@ def run(args: argparse.Namespace) -> int:
     if args.gallery < 0:
         raise UserError(f"--gallery must be 0 or more, not {args.gallery}")
     checked_coverage(args)
+    sample = args.robustness_images  # given alone, it asks for the robustness scores too
     ev = evaluate(
         args.run, args.data, split=args.split, batch_size=args.batch_size, device=args.device,
         report=not args.no_report, gallery=args.gallery, coverage=args.coverage,
-        coverage_per_class=args.coverage_per_class, robustness=args.robustness,
-        robustness_images=args.robustness_images, slice_by=args.slice_by,
+        coverage_per_class=args.coverage_per_class, slice_by=args.slice_by,
+        robustness=args.robustness or sample is not None,
+        robustness_images=2000 if sample is None else sample,
     )  # fmt: skip
     print(ev.summary())
     return 0
