@@ -50,13 +50,14 @@ def _add_trust_files(run: Path) -> None:
          "per_class_accuracy": {"circle": 0.875, "square": 0.625, "stripes": 1.0}},
     ]  # fmt: skip
     _write(run / "eval/robustness.json", {
-        "format": "imagewise-robustness/1",
+        "format": "imagewise-robustness/1", "weights_sha256": digest,
+        "data": metrics["data"], "split": metrics["split"],
         "clean": {"accuracy": 0.9583, "ece": 0.0421,
                   "per_class_accuracy": {"circle": 1.0, "square": 0.875, "stripes": 1.0}},
         "corruptions": corrupted,
     })  # fmt: skip
     _write(run / "eval/slices.json", {
-        "format": "imagewise-slices/1", "column": "site",
+        "format": "imagewise-slices/1", "column": "site", "weights_sha256": digest,
         "slices": [
             {"value": "north", "images": 9, "accuracy": 0.7778, "ece": 0.1234, "coverage": None},
             {"value": "south", "images": 15, "accuracy": 0.9333, "ece": 0.0567, "coverage": 0.9333},
@@ -208,8 +209,26 @@ def test_a_file_fitted_with_other_weights_is_left_out(evaluated_copy: Path, tmp_
     _write(run / "conformal.json", {"format": "imagewise-conformal/1", "weights_sha256": "0" * 64})
     result = imagewise.card(run)
     section = _sections(result.text)["Prediction sets (conformal coverage)"]
-    assert "conformal.json was fitted with other weights" in section
+    assert "conformal.json was made with other weights" in section
     assert "Source: `eval/metrics.json`\n" in section  # the measured coverage only
+
+
+def test_evidence_of_other_weights_or_images_is_left_out(evaluated_copy, tmp_path) -> None:
+    run = Path(shutil.copytree(evaluated_copy, tmp_path / "run"))
+    _add_trust_files(run)
+    robustness = json.loads((run / "eval/robustness.json").read_text())
+    _write(run / "eval/robustness.json", {**robustness, "split": "val"})  # an older evaluation's
+    slices = json.loads((run / "eval/slices.json").read_text())
+    _write(run / "eval/slices.json", {**slices, "weights_sha256": "1" * 64})
+    sections = _sections(imagewise.card(run).text)
+    for title, name in (("Robustness to corruptions", "robustness"), ("Slices", "slices")):
+        assert f"eval/{name}.json was made with other weights" in sections[title]
+        assert "Not measured" in sections[title] and "%" not in sections[title]
+    metrics = json.loads((run / "eval/metrics.json").read_text())
+    assert metrics["weights_sha256"] == weights_sha256(run)  # evaluate records what it measured
+    _write(run / "eval/metrics.json", {**metrics, "weights_sha256": "2" * 64})
+    with pytest.raises(imagewise.errors.UserError, match="measured other weights than the run's"):
+        imagewise.card(run)
 
 
 def test_the_hugging_face_header_parses_with_the_expected_keys(carded, monkeypatch) -> None:

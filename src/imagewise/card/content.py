@@ -28,7 +28,8 @@ class Section:
         facts: (label, value) pairs.
         tables: the section's tables.
         notes: sentences shown after the facts.
-        missing: when the evidence is absent: what to run to get it (the section shows only this).
+        missing: when the evidence is absent: what to run to get it (the section shows only this,
+            after the notes).
     """
 
     id: str

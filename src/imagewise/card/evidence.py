@@ -97,11 +97,15 @@ def read_evidence(run: str | Path, audit: str | Path | None = None) -> Evidence:
         raise missing_evaluation(run)
     metrics_json = _json_object(path, METRICS)
     metrics = Metrics.from_json(metrics_json, f"{METRICS} of '{folder.path}'", "")
-    ev = Evidence(
-        folder.path, meta, _config(folder), metrics, metrics_json, weights_sha256(folder.path)
-    )
-    ev.robustness = _optional(folder.path, ROBUSTNESS)
-    ev.slices = _optional(folder.path, SLICES)
+    digest = weights_sha256(folder.path)
+    if metrics.weights_sha256 not in (None, digest):
+        raise UserError(
+            f"'{path}' measured other weights than the run's; run 'imagewise evaluate {run}' "
+            "again (add --coverage / --robustness / --slice-by as before)"
+        )
+    ev = Evidence(folder.path, meta, _config(folder), metrics, metrics_json, digest)
+    ev.robustness = _same_images(ev, _fitted(ev, ROBUSTNESS), ROBUSTNESS)
+    ev.slices = _same_images(ev, _fitted(ev, SLICES), SLICES)
     ev.parity = _parity(folder.path)
     ev.conformal = _fitted(ev, CONFORMAL)
     ev.unknown = _fitted(ev, UNKNOWN)
@@ -148,6 +152,17 @@ def _fitted(ev: Evidence, name: str) -> dict[str, Any] | None:
     """A file fitted with weights, when fitted with the run's current ones."""
     values = _optional(ev.run, name)
     if values is not None and values.get("weights_sha256") != ev.weights_sha256:
+        ev.stale += (name,)
+        return None
+    return values
+
+
+def _same_images(ev: Evidence, values: dict[str, Any] | None, name: str) -> dict[str, Any] | None:
+    """A measurement of the images metrics.json measured (its data and split), else None (an
+    older evaluation on other images left it behind)."""
+    if values is None or "data" not in values:
+        return values
+    if (values.get("data"), values.get("split")) != (ev.metrics.data, ev.metrics.split):
         ev.stale += (name,)
         return None
     return values

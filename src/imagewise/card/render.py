@@ -25,7 +25,7 @@ def _md_table(table: Table) -> list[str]:
 def _md_section(section: Section) -> list[str]:
     lines = [f"## {section.title}", ""]
     if section.missing:
-        return [*lines, f"_{section.missing}_", ""]
+        return [*lines, *(f"{note}\n" for note in section.notes), f"_{section.missing}_", ""]
     lines += [f"- **{label}**: {value}" for label, value in section.facts]
     if section.facts:
         lines.append("")
@@ -59,7 +59,8 @@ def _html_table(table: Table) -> str:
 def _html_section(section: Section) -> str:
     head = f'<section id="{section.id}"><h2>{_esc(section.title)}</h2>'
     if section.missing:
-        return f'{head}<p class="muted missing">{_esc(section.missing)}</p></section>'
+        notes = "".join(f"<p>{_esc(note)}</p>" for note in section.notes)
+        return f'{head}{notes}<p class="muted missing">{_esc(section.missing)}</p></section>'
     facts = "".join(f"<dt>{_esc(k)}</dt><dd>{_esc(v)}</dd>" for k, v in section.facts)
     parts = [f'<dl class="meta">{facts}</dl>' if facts else ""]
     parts += [_html_table(t) for t in section.tables]

@@ -26,7 +26,10 @@ NOT_RUN = "not run here"
 def _stale(ev: Evidence, name: str) -> list[str]:
     if name not in ev.stale:
         return []
-    return [f"{name} was fitted with other weights than the run's current ones; it is left out."]
+    return [
+        f"{name} was made with other weights than the run's current ones, or on other images "
+        "than eval/metrics.json; it is left out."
+    ]
 
 
 def conformal_section(ev: Evidence) -> Section:
@@ -97,6 +100,7 @@ def unknown_section(ev: Evidence) -> Section:
 
 def robustness_section(ev: Evidence) -> Section:
     section = Section("robustness", "Robustness to corruptions")
+    section.notes = _stale(ev, ROBUSTNESS)
     r = ev.robustness
     if r is None:
         section.missing = (
@@ -126,6 +130,7 @@ def _worst_class(entry: dict[str, Any]) -> str:
 
 def slices_section(ev: Evidence) -> Section:
     section = Section("slices", "Slices")
+    section.notes = _stale(ev, SLICES)
     s = ev.slices
     if s is None:
         section.missing = (

@@ -87,45 +87,23 @@ def evaluate(
         >>> ev = imagewise.evaluate("runs/digits")  # doctest: +SKIP
         >>> ev.accuracy, ev.top_losses(3)  # doctest: +SKIP
     """
-    from imagewise.config import DataConfig
-    from imagewise.data.pipeline import make_loader, materialize
-    from imagewise.data.sources import ImageData
     from imagewise.edge.conformal import check_coverage_request
-    from imagewise.evaluate.metrics import classification_metrics, most_confused
     from imagewise.predict.predictor import load_run
-    from imagewise.runtime.calibration import calibration_report
-    from imagewise.runtime.inference import predict_loader
 
     check_coverage_request(coverage, coverage_per_class)  # before the model loads
+    if robustness and robustness_images < 1:
+        raise UserError(f"--robustness-images must be 1 or more, not {robustness_images}")
     clf = load_run(run, device=device)
     run_dir = Path(run)
     raw, chosen, cfg = _evaluation_split(run_dir, data, split, clf.classes)
-    if robustness and robustness_images < 1:
-        raise UserError(f"--robustness-images must be 1 or more, not {robustness_images}")
     if slice_by is not None:  # a wrong column is refused before the model runs
         slice_column(chosen, slice_by, raw.source, raw.kind)
-    pre = clf.preprocessing
-    empty = chosen.subset(np.array([], dtype=np.int64))
-    holder = ImageData(clf.classes, chosen, empty, empty, raw.source, raw.kind)
-    holder = materialize(holder, DataConfig(cache="auto"), pre.img_size, pre.channels)
-    chosen = holder.train
-    loader = make_loader(chosen, pre, batch_size, workers=cfg.data.workers)
-    logits, labels = predict_loader(clf.model, loader, pre, clf.device, tta=clf.tta)
+    chosen, logits, labels = _logits(clf, raw, chosen, batch_size, cfg.data.workers)
     probs = torch.softmax(logits / clf.temperature, dim=1).numpy()
     y = labels.numpy()
-    values = classification_metrics(y, probs, clf.classes)
-    values["split"] = split if data is None else "all"
-    values["data"] = data or cfg.data.source
-    values["most_confused"] = most_confused(np.array(values["confusion_matrix"]), clf.classes)
-    calibration = calibration_report(logits, labels, clf.temperature)
-    values["calibration"] = {
-        "temperature": clf.temperature,
-        "ece_before": calibration["before"]["ece"],
-        "ece_after": calibration["after"]["ece"],
-        "nll_before": calibration["before"]["nll"],
-        "nll_after": calibration["after"]["nll"],
-        "bins": calibration["bins"],
-    }
+    values, calibration = _metric_values(clf, logits, labels, probs)
+    values.update(split=split if data is None else "all", data=data or cfg.data.source)
+    values["weights_sha256"] = _weights_sha256(run_dir)
     prediction_sets = None
     if coverage is not None:
         from imagewise.evaluate.conformal import measure_sets
@@ -151,6 +129,54 @@ def evaluate(
     return result
 
 
+def _logits(
+    clf: Any, raw: Any, chosen: Any, batch_size: int, workers: int
+) -> tuple[Any, torch.Tensor, torch.Tensor]:
+    """The split decoded at the model's size (kept for galleries and robustness), and the
+    network's logits and the labels over it, TTA included."""
+    from imagewise.config import DataConfig
+    from imagewise.data.pipeline import make_loader, materialize
+    from imagewise.data.sources import ImageData
+    from imagewise.runtime.inference import predict_loader
+
+    pre = clf.preprocessing
+    empty = chosen.subset(np.array([], dtype=np.int64))
+    holder = ImageData(clf.classes, chosen, empty, empty, raw.source, raw.kind)
+    holder = materialize(holder, DataConfig(cache="auto"), pre.img_size, pre.channels)
+    loader = make_loader(holder.train, pre, batch_size, workers=workers)
+    logits, labels = predict_loader(clf.model, loader, pre, clf.device, tta=clf.tta)
+    return holder.train, logits, labels
+
+
+def _metric_values(
+    clf: Any, logits: torch.Tensor, labels: torch.Tensor, probs: np.ndarray
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """metrics.json's classification and calibration values, and the calibration report."""
+    from imagewise.evaluate.metrics import classification_metrics, most_confused
+    from imagewise.runtime.calibration import calibration_report
+
+    values = classification_metrics(labels.numpy(), probs, clf.classes)
+    values["most_confused"] = most_confused(np.array(values["confusion_matrix"]), clf.classes)
+    calibration = calibration_report(logits, labels, clf.temperature)
+    values["calibration"] = {
+        "temperature": clf.temperature,
+        "ece_before": calibration["before"]["ece"],
+        "ece_after": calibration["after"]["ece"],
+        "nll_before": calibration["before"]["nll"],
+        "nll_after": calibration["after"]["nll"],
+        "bins": calibration["bins"],
+    }
+    return values, calibration
+
+
+def _weights_sha256(run_dir: Path) -> str:
+    """The sha256 of the weights measured, so a reader can tell a result from older weights."""
+    from imagewise.features.index import file_sha256
+    from imagewise.runtime.runs import RunFolder
+
+    return file_sha256(RunFolder.of(run_dir).weights)
+
+
 def _measure_more(
     result: Evaluation,
     clf: Any,
@@ -163,14 +189,12 @@ def _measure_more(
     where = {"data": result.metrics.data, "split": result.metrics.split}
     if slice_by is not None:
         from imagewise.evaluate.slices import slice_metrics
-        from imagewise.features.index import file_sha256
-        from imagewise.runtime.runs import RunFolder
 
         values = result.images.columns[slice_by]  # checked by slice_column before the model ran
         sets = getattr(result, "prediction_sets", None)  # conformal sets, when asked for
         result.slices = slice_metrics(slice_by, values, result.labels, result.probabilities, sets)
         result.slices.where = where
-        result.slices.weights_sha256 = file_sha256(RunFolder.of(run_dir).weights)
+        result.slices.weights_sha256 = result.metrics.weights_sha256 or ""
     if robust_images:
         from imagewise.evaluate.robustness import robustness
 

@@ -84,6 +84,8 @@ class Metrics(Record):
     most_confused: list[Confusion] = entry(default_factory=list)
     calibration: CalibrationScores | None = entry(None, omit_none=True)
     conformal: ConformalScores | None = entry(None, omit_none=True)
+    # the sha256 of the weights measured (files before it have none)
+    weights_sha256: str | None = entry(None, omit_none=True)
     extra: dict[str, Any] = entry(default_factory=dict)
 
     def summary(self) -> str:
