@@ -22,7 +22,7 @@ ct = pytest.importorskip("coremltools")
 
 CHECKED = (
     "spec checked: ML Program (spec version 6, {} compute), input 'input' float32 (1-64, 3, 32, "
-    "32), outputs logits, probabilities, 15 metadata keys equal to the export's"
+    "32), outputs logits, probabilities, 17 metadata keys equal to the export's"
 )
 
 
