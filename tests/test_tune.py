@@ -366,3 +366,57 @@ def test_a_space_no_trial_can_train_with_is_one_line_before_any_work(
     assert code == 2 and stdout == ""
     assert len(err.strip().splitlines()) == 1 and "is not a finished imagewise run" in err
     assert "Traceback" not in err and "Trial 0 failed" not in err
+
+
+def test_runs_on_prepared_data_that_decode_otherwise_get_their_own_pixels(
+    folder_data: Path, tmp_path: Path
+) -> None:
+    """A trial's crop or interpolation (searched, or its starting weights') decodes the images
+    again, on the same training sample; the prepared data's own pixels are never reused."""
+    from imagewise.config import RunConfig, apply_options
+    from imagewise.train.run import prepare_data
+
+    def config(**options: object) -> RunConfig:
+        cfg = apply_options(RunConfig(), {**FAST, **options})
+        cfg.data.source = str(folder_data)
+        return cfg
+
+    prepared = prepare_data(config()).subset(30, seed=0)
+    other = {"crop_pct": 0.5, "interpolation": "nearest"}
+    runs = {}
+    for name, options in (("same", {}), ("other", other), ("again", other)):
+        runs[name] = imagewise.train(
+            config=config(), out=tmp_path / name, prepared=prepared, show_progress=False,
+            **options,
+        ).run  # fmt: skip
+    pre = {k: RunFolder.of(run).read_meta().preprocessing for k, run in runs.items()}
+    assert (pre["same"].crop_pct, pre["same"].interpolation) == (1.0, "bilinear")
+    assert (pre["other"].crop_pct, pre["other"].interpolation) == (0.5, "nearest")
+    assert pre["again"] == pre["other"]
+    (variant,) = prepared.variants.values()  # decoded once for both runs
+    fresh = prepare_data(config(**other)).subset(30, seed=0).data.train
+    assert variant.data.train.paths == prepared.data.train.paths == fresh.paths
+    assert variant.data.train.images.equal(fresh.images)
+    assert not variant.data.train.images.equal(prepared.data.train.images)
+    # what decides which images a run sees is still refused
+    with pytest.raises(UserError, match=r"data\.split_seed is 1 but the prepared data"):
+        imagewise.train(config=config(), out=tmp_path / "x", prepared=prepared, split_seed=1)
+
+
+def test_a_trial_with_other_starting_weights_decodes_as_they_say() -> None:
+    """The study's base holds the decoding its own weights filled in; a trial naming other
+    weights has the settings the user left unset unset again, for its weights to fill."""
+    from imagewise.config import RunConfig
+    from imagewise.tune.trial import trial_config
+
+    base = RunConfig()
+    base.model.name, base.model.pretrained = "efficientnet_lite0", True
+    base.data.img_size, base.data.interpolation, base.data.crop_pct = 224, "bicubic", 0.875
+    unset = ("interpolation", "crop_pct")  # the user gave --img-size 224
+    same = trial_config(base, {"lr": 0.01, "model": "efficientnet_lite0"}, unset)
+    assert (same.data.img_size, same.data.interpolation, same.data.crop_pct) == (
+        224, "bicubic", 0.875,
+    )  # fmt: skip
+    other = trial_config(base, {"model": "resnet18"}, unset)
+    assert (other.data.img_size, other.data.interpolation, other.data.crop_pct) == (224, "", 0.0)
+    assert base.data.interpolation == "bicubic"  # the base is left as it was

@@ -181,7 +181,8 @@ def train(
         hooks: objects with ``on_train_start`` / ``on_epoch_end`` / ``on_train_end(state)``.
         show_progress: show a progress bar per epoch.
         prepared: data made once by ``prepare_data`` for many runs (``imagewise tune``);
-            the run's data settings must match it.
+            the run's images and split must match it; a run that decodes them otherwise
+            (size, channels, interpolation, crop) has them decoded again, kept in ``prepared``.
         **options: flat settings over the file, e.g. ``model="resnet18", epochs=5, lr=1e-3``
             (see ``imagewise.config.OPTIONS``).
 
@@ -215,7 +216,7 @@ def _train(
     compile_model = wants_compile(t.compile, device)  # checked before any data is read
     seed_everything(t.seed)
     source = weights_before_data(cfg)  # their input size decides the decoding
-    data, pre, choice = prepared.take(cfg) if prepared else _prepare_data(cfg, world)
+    data, pre, choice = prepared.take(cfg, _decode_again) if prepared else _prepare_data(cfg, world)
     model = build_model(cfg, data, pre, device)
     # what the user left unset, from the data's size and the network's
     adapt_defaults(cfg, data, world, sum(p.numel() for p in model.parameters()))
@@ -298,6 +299,13 @@ def prepare_data(cfg: RunConfig) -> PreparedData:
     weights_before_data(cfg)
     data, pre, choice = _prepare_data(cfg)
     return PreparedData(data, pre, data_key(cfg), choice)
+
+
+def _decode_again(cfg: RunConfig) -> PreparedData:
+    """The prepared data's images decoded as ``cfg`` says (its model already chosen)."""
+    d = cfg.data
+    raw = resolve_source(d.source, d.val_fraction, d.test_fraction, d.split_seed)
+    return PreparedData(*prepare(raw, d), data_key(cfg))
 
 
 def _prepare_data(

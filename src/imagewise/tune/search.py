@@ -29,7 +29,13 @@ from imagewise.tune.study import (
     shown_url,
     storage_url,
 )
-from imagewise.tune.trial import Objective, best_trial, progress_line
+from imagewise.tune.trial import (
+    WEIGHTS_DECODING,
+    Objective,
+    best_trial,
+    progress_line,
+    trial_config,
+)
 
 log = logging.getLogger("imagewise")
 
@@ -126,16 +132,20 @@ def tune(
         retried = recover(study_obj)
         if retried:
             _say(f"trials {', '.join(map(str, retried))} did not finish; queued again")
-        prepared = prepare_data(base)
+        unset = tuple(n for n in WEIGHTS_DECODING if not getattr(base.data, n))
+        prepared = prepare_data(base)  # fills in what base's weights or model auto decide
         if not len(prepared.data.val):
             raise UserError("tuning needs validation images; set --val-fraction above 0")
         searched = prepared.subset(subset, base.train.seed) if subset else prepared
-        objective = Objective(base, space, searched, out / "trials", study, grid, show_progress)
+        objective = Objective(
+            base, space, searched, out / "trials", study, grid, show_progress, unset=unset
+        )
         _optimize(study_obj, objective, trials, seconds, keep_runs, out)
         fixed_base = apply_options(copy.deepcopy(base), space.fixed)  # the space's fixed values
         result = _results(study_obj, fixed_base, out, url, keep_runs)
         if retrain_best and result.best_trial is not None:
-            _retrain(result, fixed_base, prepared, show_progress)
+            options = {**space.fixed, **result.best_params}
+            _retrain(result, trial_config(base, options, unset), options, prepared, show_progress)
     return result
 
 
@@ -277,7 +287,10 @@ def _summary(result: TuneResult, best: Any, base: RunConfig) -> list[str]:
     return lines
 
 
-def _retrain(result: TuneResult, base: RunConfig, prepared: Any, show_progress: bool) -> None:
+def _retrain(
+    result: TuneResult, cfg: RunConfig, options: dict[str, Any], prepared: Any,
+    show_progress: bool,
+) -> None:  # fmt: skip
     """Train the best settings on every training image into ``OUT/final``."""
     from imagewise.runtime.runs import free_run_path
     from imagewise.train.run import train
@@ -285,8 +298,7 @@ def _retrain(result: TuneResult, base: RunConfig, prepared: Any, show_progress: 
     final = free_run_path(result.out / "final")
     _say(f"training the best settings on all {len(prepared.data.train):,} training images")
     run = train(
-        config=copy.deepcopy(base), out=final, prepared=prepared, show_progress=show_progress,
-        **result.best_params,
+        config=cfg, out=final, prepared=prepared, show_progress=show_progress, **options,
     )  # fmt: skip
     result.final_run, result.final_value = run.run, run.best_val_accuracy
     result.summary.append(

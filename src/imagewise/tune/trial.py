@@ -8,11 +8,12 @@ import logging
 import math
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from imagewise.config import RunConfig
+from imagewise.config import DataConfig, RunConfig
 from imagewise.errors import UserError
 from imagewise.train.prepared import PreparedData
 from imagewise.tune.space import Space
@@ -65,6 +66,33 @@ def warmup_epochs(run: Path, steps_per_epoch: int) -> int:
     return math.ceil(steps / steps_per_epoch)
 
 
+# the options that name a trial's starting weights, and where RunConfig keeps them
+WEIGHTS_OPTIONS = {"model": "name", "pretrained": "pretrained", "weights": "weights",
+                   "init_from": "init_from"}  # fmt: skip
+# the decoding settings starting weights fill in where the user left them unset
+WEIGHTS_DECODING = ("img_size", "interpolation", "crop_pct")
+
+
+def trial_config(base: RunConfig, options: dict[str, Any], unset: Sequence[str]) -> RunConfig:
+    """A copy of ``base`` for a run with ``options``. ``base`` holds the decoding its own
+    starting weights filled in (``prepare_data``); when ``options`` change the weights, the
+    decoding settings the user left unset (``unset``, from ``WEIGHTS_DECODING``) are unset
+    again, so that the trial's weights decide them as in ``imagewise train``.
+
+    Args:
+        base: the study's configuration after ``prepare_data``.
+        options: the trial's options.
+        unset: the decoding settings the user left unset.
+    """
+    cfg = copy.deepcopy(base)
+    m = cfg.model
+    if any(k in options and options[k] != getattr(m, f) for k, f in WEIGHTS_OPTIONS.items()):
+        defaults = DataConfig()
+        for name in unset:
+            setattr(cfg.data, name, getattr(defaults, name))
+    return cfg
+
+
 def claim_run_folder(runs: Path, name: str) -> Path:
     """A new, empty folder ``runs/name`` (``name-2``, ``name-3``... when taken), made here, so
     that no two trials ever train into one folder: not two workers, and not two studies of the
@@ -84,7 +112,8 @@ def claim_run_folder(runs: Path, name: str) -> Path:
 class Objective:
     """Optuna's objective: the best validation accuracy of a run with the trial's settings.
 
-    The data is the prepared one for every trial (never read or decoded again). With
+    The data is the prepared one for every trial, read once; a trial that decodes it otherwise
+    (a searched size or crop, or other starting weights) has it decoded again once. With
     ``precision`` left at auto on a CPU, the bf16-or-fp32 timing of the first trial of each
     model is reused by the later ones (it costs more than an epoch of a small model).
     """
@@ -97,6 +126,7 @@ class Objective:
     grid: bool = False
     show_progress: bool = False
     precision: dict[str, str] = field(default_factory=dict)  # model -> measured choice
+    unset: tuple[str, ...] = ()  # WEIGHTS_DECODING the user left unset (trial_config)
 
     def __call__(self, trial: Any) -> float:
         import optuna
@@ -110,8 +140,8 @@ class Objective:
         for key, value in (("host", HOST), ("pid", os.getpid()), ("run", str(run.resolve()))):
             trial.set_user_attr(key, value)
         hook = ReportToPruner(trial, started, run)
-        cfg = copy.deepcopy(self.base)
         options = dict(params)
+        cfg = trial_config(self.base, options, self.unset)
         model = str(params.get("model", cfg.model.name))
         if cfg.train.precision == "auto" and model in self.precision:
             options.setdefault("precision", self.precision[model])
