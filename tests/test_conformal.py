@@ -106,6 +106,13 @@ def test_scores_and_sets_on_a_hand_computed_case() -> None:
     assert PredictionSets(fit, 0.74, per_class=True)(None, p) == [[0, 1, 2], [1, 2, 0]]
     with pytest.raises(UserError, match=r"no conformal threshold fitted for coverage 0\.9 "):
         PredictionSets(fit, 0.9)
+    # LAC at a low coverage: the second image's scores 0.9, 0.4, 0.7 are all above 0.35, so its
+    # set is empty; non_empty keeps its top class (1) and changes nothing else
+    low = fit_conformal(cal, np.array([0, 1, 2]), score="lac", coverages=[0.25])
+    assert low.thresholds == {"0.25": 0.4} and PredictionSets(low, 0.25)(None, p) == [[], [1]]
+    p2 = np.array([[0.5, 0.3, 0.2], [0.05, 0.55, 0.4]])
+    assert PredictionSets(low, 0.25)(None, p2) == [[], []]
+    assert PredictionSets(low, 0.25, non_empty=True)(None, p2) == [[0], [1]]
 
 
 def test_the_tie_breakers_are_uniform_and_a_function_of_the_pixels() -> None:
@@ -135,6 +142,15 @@ def test_sets_cover_held_out_digits_at_the_target(digits_run: Path) -> None:
     per_class = imagewise.evaluate(digits_run, coverage=0.9, coverage_per_class=True, write=False)
     assert per_class.metrics.conformal is not None
     assert min(per_class.metrics.conformal.per_class_coverage.values()) >= 0.8
+    assert figures.empty_sets == pytest.approx((sets.sum(1) == 0).mean(), abs=1e-6)
+    kept = imagewise.evaluate(digits_run, coverage=0.6, non_empty_sets=True, write=False)
+    assert kept.metrics.conformal is not None and kept.metrics.conformal.non_empty
+    assert kept.prediction_sets is not None and kept.prediction_sets.sum(1).min() == 1
+    assert kept.metrics.conformal.empty_sets == 0.0
+    # every set holds the top class, so the coverage is at least the top-1 accuracy
+    assert kept.metrics.conformal.coverage >= kept.accuracy
+    exact = imagewise.evaluate(digits_run, coverage=0.6, write=False).metrics.conformal
+    assert exact is not None and exact.empty_sets > 0 and exact.coverage < kept.accuracy
 
 
 def test_the_fit_is_kept_and_refitted_when_the_weights_change(run: Path, folder_data: Path) -> None:
@@ -210,6 +226,9 @@ def test_predict_writes_sets_and_refuses_bad_coverage_in_one_line(
     assert error_line(["predict", str(run), image, "--coverage-per-class"], capsys) == (
         "error: --coverage-per-class goes with --coverage P (e.g. --coverage 0.9)"
     )
+    assert error_line(["evaluate", str(run), "--non-empty-sets"], capsys) == (
+        "error: --non-empty-sets goes with --coverage P (e.g. --coverage 0.9)"
+    )
     plain = tmp_path / "plain.onnx"
     imagewise.export(run, out=plain)
     spec_props = imagewise.load(plain).spec
@@ -249,3 +268,18 @@ def test_the_server_answers_sets_and_names_the_coverage(run: Path, folder_data: 
     assert got["prediction_set"] == expected.prediction_set
     assert got["set_probabilities"] == pytest.approx(expected.set_probabilities, abs=1e-6)
     assert Image.open(image).size  # the image the answer is for was readable
+
+
+def test_predict_says_why_a_set_is_empty(caplog: pytest.LogCaptureFixture) -> None:
+    from imagewise.cli.predict import _say_empty_sets
+    from imagewise.edge.results import Prediction
+
+    preds = [Prediction("a.png", ["x"], [0.99]), Prediction("b.png", ["y"], [0.6])]
+    preds[0].prediction_set, preds[1].prediction_set = [], ["y", "x"]
+    with caplog.at_level("WARNING", logger="imagewise"):
+        _say_empty_sets(preds, 0.9)
+    assert caplog.messages == [
+        "1 of 2 prediction sets are empty: at coverage 0.9 these confident answers are the ones "
+        "the guarantee may let go (exact coverage); --non-empty-sets keeps the top class in "
+        "every set"
+    ]

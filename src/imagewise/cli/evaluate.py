@@ -57,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
     ev = evaluate(
         args.run, args.data, split=args.split, batch_size=args.batch_size, device=args.device,
         report=not args.no_report, gallery=args.gallery, coverage=args.coverage,
-        coverage_per_class=args.coverage_per_class, slice_by=args.slice_by,
+        coverage_per_class=args.coverage_per_class, non_empty_sets=args.non_empty_sets,
+        slice_by=args.slice_by,
         robustness=args.robustness or sample is not None,
         robustness_images=2000 if sample is None else sample,
     )  # fmt: skip

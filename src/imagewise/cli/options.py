@@ -188,6 +188,13 @@ def add_coverage_options(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="with --coverage: reach C for each class, not only on average (larger sets)",
     )
+    p.add_argument(
+        "--non-empty-sets",
+        action="store_true",
+        help="with --coverage: keep the top class in every set (without it, a confident answer's "
+        "set may be empty, which keeps the coverage exact; with it, the coverage is at least "
+        "the model's top-1 accuracy)",
+    )
 
 
 def checked_coverage(args: argparse.Namespace) -> float | None:
@@ -195,7 +202,7 @@ def checked_coverage(args: argparse.Namespace) -> float | None:
     for ``--coverage-per-class`` alone)."""
     from imagewise.edge.conformal import check_coverage_request
 
-    return check_coverage_request(args.coverage, args.coverage_per_class)
+    return check_coverage_request(args.coverage, args.coverage_per_class, args.non_empty_sets)
 
 
 def add_unknown_options(p: argparse.ArgumentParser, ood_default: str) -> None:

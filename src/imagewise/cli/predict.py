@@ -4,6 +4,7 @@ per-class folders."""
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from typing import Any
 
@@ -17,6 +18,8 @@ from imagewise.cli.options import (
     checked_coverage,
 )
 from imagewise.errors import UserError
+
+log = logging.getLogger("imagewise")
 
 
 def add_parser(verbs: Any, new_verb: NewVerb) -> argparse.ArgumentParser:
@@ -84,9 +87,10 @@ def run(args: argparse.Namespace) -> int:
     else:
         preds = predict(args.run, args.inputs, batch_size=args.batch_size or 64,
                         coverage=args.coverage, coverage_per_class=args.coverage_per_class,
-                        **common)  # fmt: skip
+                        non_empty_sets=args.non_empty_sets, **common)  # fmt: skip
         if not is_main_process():  # under torchrun, rank 0 prints and writes for all
             return 0
+        _say_empty_sets(preds, args.coverage)
         text, count = format_predictions(preds, args.format), len(preds)
     if args.out:
         from imagewise.io import atomic_write_text
@@ -120,3 +124,14 @@ def expanded(inputs: list[str]) -> list[str]:
     import glob
 
     return [found for given in inputs for found in (glob.glob(given) or [given])]
+
+
+def _say_empty_sets(preds: list, coverage: float | None) -> None:
+    """One note when some prediction sets are empty, so ``set {}`` is not read as a fault."""
+    empty = sum(1 for p in preds if p.prediction_set == [])
+    if empty:
+        log.warning(
+            "%d of %d prediction sets are empty: at coverage %g these confident answers are the "
+            "ones the guarantee may let go (exact coverage); --non-empty-sets keeps the top class "
+            "in every set", empty, len(preds), coverage,
+        )  # fmt: skip

@@ -140,5 +140,6 @@ def run(args: argparse.Namespace) -> int:
         drift_window=args.drift_window,
         coverage=args.coverage,
         coverage_per_class=args.coverage_per_class,
+        non_empty_sets=args.non_empty_sets,
     )
     return 0

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from imagewise.edge.conformal import PredictionSets, class_scores, sets_from_scores, tie_breakers
+from imagewise.edge.conformal import PredictionSets, class_scores, tie_breakers
 from imagewise.evaluate.scores import ConformalScores
 
 CHUNK = 1024  # images read at a time when the split is not in memory
@@ -38,6 +38,7 @@ def measure_sets(
     labels: np.ndarray,
     coverage: float,
     per_class: bool = False,
+    non_empty: bool = False,
 ) -> tuple[np.ndarray, ConformalScores]:
     """The prediction sets (bool, N x classes) of the evaluated images and their figures.
 
@@ -45,16 +46,17 @@ def measure_sets(
         clf: the run's classifier; run: its folder (the fit is read or made there).
         split: the evaluated ``Split`` (its pixels give the tie-breakers).
         probs, labels: the images' calibrated probabilities and true classes.
-        coverage: the target; per_class: class-conditional thresholds.
+        coverage: the target; per_class: class-conditional thresholds; non_empty: the top
+            class in every set.
     """
     from imagewise.predict.conformal import resolve_sets
 
-    sets = resolve_sets(clf, run, coverage, per_class)
+    sets = resolve_sets(clf, run, coverage, per_class, non_empty)
     assert sets is not None
     fit = sets.fit
     u = split_tie_breakers(clf, split) if fit.randomized else None
     scores = class_scores(probs, fit.score, u, fit.penalty, fit.k_reg)
-    member = sets_from_scores(scores, probs, sets.thresholds)
+    member = sets.from_scores(scores, probs)
     return member, _figures(member, labels, clf.classes, sets)
 
 
@@ -73,6 +75,8 @@ def _figures(
         per_class=sets.per_class,
         coverage=round(float(hit.mean()), 6),
         mean_set_size=round(float(member.sum(axis=1).mean()), 6),
+        empty_sets=round(float((member.sum(axis=1) == 0).mean()), 6),
+        non_empty=sets.non_empty,
         per_class_coverage=per_class,
         calibration_images=sets.fit.calibration_images,
     )
@@ -94,6 +98,8 @@ def conformal_section(figures: ConformalScores | None) -> str:
         f"{figures.coverage_target:g} ({escape(figures.score)} score, {kind}), fitted on "
         f"{figures.calibration_images} validation images: each set should hold the true class "
         f"at least that often.</p><p>coverage <b>{figures.coverage:.2%}</b> · mean set size "
-        f"<b>{figures.mean_set_size:.2f}</b></p><table><thead><tr><th>class (lowest first)"
+        f"<b>{figures.mean_set_size:.2f}</b> · empty sets <b>{figures.empty_sets:.1%}</b>"
+        f"{' (the top class kept in every set)' if figures.non_empty else ''}</p>"
+        "<table><thead><tr><th>class (lowest first)"
         f"</th><th>coverage</th></tr></thead><tbody>{rows}</tbody></table></section>"
     )

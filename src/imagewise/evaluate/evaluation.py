@@ -55,6 +55,7 @@ def evaluate(
     gallery: int = 24,
     coverage: float | None = None,
     coverage_per_class: bool = False,
+    non_empty_sets: bool = False,
     robustness: bool = False,
     robustness_images: int = 2000,
     slice_by: str | None = None,
@@ -77,6 +78,8 @@ def evaluate(
             empirical and per-class coverage and the mean set size (``metrics.conformal``,
             ``Evaluation.prediction_sets``).
         coverage_per_class: class-conditional thresholds for ``coverage``.
+        non_empty_sets: keep the top class in every set (the coverage is then at least the
+            top-1 accuracy; without it a set may be empty, which keeps the coverage exact).
         robustness: also score a stratified sample of the images under common corruptions
             at three severities (``eval/robustness.json``, a report section).
         robustness_images: how many images that sample holds (seeded; all when fewer).
@@ -90,7 +93,7 @@ def evaluate(
     from imagewise.edge.conformal import check_coverage_request
     from imagewise.predict.predictor import load_run
 
-    check_coverage_request(coverage, coverage_per_class)  # before the model loads
+    check_coverage_request(coverage, coverage_per_class, non_empty_sets)  # before the model
     if robustness and robustness_images < 1:
         raise UserError(f"--robustness-images must be 1 or more, not {robustness_images}")
     clf = load_run(run, device=device)
@@ -109,7 +112,7 @@ def evaluate(
         from imagewise.evaluate.conformal import measure_sets
 
         prediction_sets, figures = measure_sets(
-            clf, run_dir, chosen, probs, y, coverage, coverage_per_class
+            clf, run_dir, chosen, probs, y, coverage, coverage_per_class, non_empty_sets
         )
         values["conformal"] = figures.to_json()
     metrics = Metrics.from_json(values, "the evaluation", "")

@@ -63,6 +63,9 @@ class ConformalScores(Record):
     mean_set_size: float
     per_class_coverage: dict[str, float]
     calibration_images: int
+    # the share of images whose set is empty (always 0 with non_empty: the top class kept)
+    empty_sets: float = 0.0
+    non_empty: bool = False
 
 
 @dataclass
@@ -116,6 +119,12 @@ class Metrics(Record):
             lines.append(
                 f"prediction sets at coverage {c.coverage_target:g} ({c.score}"
                 f"{', per class' if c.per_class else ''}): coverage {c.coverage:.2%}, mean size "
-                f"{c.mean_set_size:.2f}, lowest class {worst[0]} {worst[1]:.2%}"
+                f"{c.mean_set_size:.2f}, empty {c.empty_sets:.1%}, lowest class {worst[0]} "
+                f"{worst[1]:.2%}"
             )
+            if self.split == "val":  # the thresholds were fitted on these very images
+                lines.append(
+                    "  (measured on the validation images the thresholds were fitted on: not a "
+                    "test of the guarantee; evaluate the test split for that)"
+                )
         return "\n".join(lines)

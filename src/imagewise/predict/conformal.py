@@ -128,7 +128,11 @@ def fitted_conformal(run: str | Path) -> dict[str, Any] | None:
 
 
 def resolve_sets(
-    model: ImageModel, run: str | Path, coverage: float | None, per_class: bool = False
+    model: ImageModel,
+    run: str | Path,
+    coverage: float | None,
+    per_class: bool = False,
+    non_empty: bool = False,
 ) -> PredictionSets | None:
     """The prediction sets ``--coverage`` asks for: a run folder's fit (made now if needed) or
     the one an exported file carries; None without a coverage.
@@ -137,11 +141,11 @@ def resolve_sets(
         UserError: a coverage outside (0, 1), ``per_class`` without a coverage, or an exported
             file that carries no fit (or none for this coverage).
     """
-    coverage = check_coverage_request(coverage, per_class)
+    coverage = check_coverage_request(coverage, per_class, non_empty)
     if coverage is None:
         return None
     fit = run_conformal(model, run, coverage) if _is_run_folder(run) else _carried(model, run)
-    sets = PredictionSets(fit, coverage, per_class)
+    sets = PredictionSets(fit, coverage, per_class, non_empty)
     few = fit.too_few(coverage) if per_class else []
     if few:
         names = ", ".join(model.classes[i] for i in few[:5]) + (" ..." if len(few) > 5 else "")

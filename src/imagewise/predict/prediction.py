@@ -40,6 +40,7 @@ def predict(
     batch_size: int = 64,
     coverage: float | None = None,
     coverage_per_class: bool = False,
+    non_empty_sets: bool = False,
 ) -> list[Prediction]:
     """Top-k predictions for image files, folders or glob patterns. Under ``torchrun`` the
     batches are spread over the processes; rank 0 gets all the answers, in the same order,
@@ -66,6 +67,8 @@ def predict(
             and kept in ``RUN/conformal.json``, or the fit an exported file carries).
         coverage_per_class: the sets reach ``coverage`` for each class, not only on average
             (class-conditional thresholds).
+        non_empty_sets: keep the top class in every set (a set may otherwise be empty for a
+            confident answer: see ``imagewise.edge.conformal``).
 
     Example:
         >>> imagewise.predict("runs/digits", ["img/seven.png"], top_k=3)[0].label  # doctest: +SKIP
@@ -87,7 +90,7 @@ def predict(
     model = open_model(run, shard_device(device), len(paths))
     threshold = resolve_min_confidence(model, run, min_confidence, target_precision)
     scorer = resolve_ood(model, run, ood)
-    sets = resolve_sets(model, run, coverage, coverage_per_class)
+    sets = resolve_sets(model, run, coverage, coverage_per_class, non_empty_sets)
     return predict_all(
         model, paths, top_k=top_k, batch_size=batch_size, skippable=lambda p: p not in named,
         min_confidence=threshold, ood=scorer, sets=sets,

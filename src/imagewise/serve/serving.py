@@ -39,6 +39,7 @@ def serve(
     drift_window: int = DEFAULT_WINDOW,
     coverage: float | None = None,
     coverage_per_class: bool = False,
+    non_empty_sets: bool = False,
     **settings: Any,
 ) -> None:
     """Load a classifier and answer HTTP requests until interrupted (Ctrl-C or SIGTERM).
@@ -67,6 +68,7 @@ def serve(
         coverage: each answer's ``prediction_set``, the classes that hold the true class with
             this probability (``imagewise.predict.conformal``: the run's fit, or the file's).
         coverage_per_class: reach ``coverage`` for each class (class-conditional thresholds).
+        non_empty_sets: keep the top class in every set.
         **settings: fields of :class:`ServeSettings` (host, port, token, max_batch, ...);
             port 0 takes a free port, logged with the address. What a client may hold:
             ``header_timeout_s`` (10: seconds to send a request's headers, then 408),
@@ -93,7 +95,9 @@ def serve(
     with _server_process_settings(options, torch_threads=not edge):
         try:
             answers = (min_confidence, target_precision, ood, drift, drift_window)
-            app = _load_app(path, options, edge, answers, (coverage, coverage_per_class))
+            app = _load_app(
+                path, options, edge, answers, (coverage, coverage_per_class, non_empty_sets)
+            )
             if warning := options.exposure_warning():
                 log.warning(warning)
             # At warning level so that -q shows it too: with port 0 it is where to find it.
@@ -131,7 +135,7 @@ def _load_app(
     options: ServeSettings,
     edge: bool,
     answers: tuple[float | str | None, float | None, str | None, str, int],
-    coverage: tuple[float | None, bool] = (None, False),
+    coverage: tuple[float | None, bool, bool] = (None, False, False),
 ) -> Any:
     """The model loaded and checked (the reason logged once if unusable), with its threshold,
     out-of-distribution scorer, prediction sets and drift checks resolved, in its app."""
