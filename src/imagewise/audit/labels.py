@@ -140,7 +140,11 @@ def find_issues(
     )  # fmt: skip
     probs = out_of_fold(_reduce(features(prints), seed=seed), dense, folds, seed)
     given = probs[np.arange(len(dense)), dense]
-    doubted = find_label_issues(dense, probs, filter_by="prune_by_class")
+    # n_jobs=1: cleanlab's own pool forks this process, which holds threads (torch, BLAS,
+    # logging); a forked child can wait forever on a lock one of them held (make test hung
+    # there: the pool's worker stuck in SemLock, the audit waiting on it). One class at a time
+    # costs milliseconds: the pruning runs on the probabilities, not on the images.
+    doubted = find_label_issues(dense, probs, filter_by="prune_by_class", n_jobs=1)
     flagged = (doubted & (given <= GIVEN_MAX)) | (given <= RULED_OUT)
     issues = []
     for r in np.flatnonzero(flagged)[np.argsort(given[flagged], kind="stable")].tolist():
