@@ -61,8 +61,14 @@ def exports(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
 
 def expected_metadata(run: Path, precision: str) -> dict[str, str]:
     """The map a .tflite of ``run`` must carry: the ONNX file's, channels last, its kind."""
-    reference = load_run(run)
-    values = build_metadata(file_spec(reference.spec, False), reference.tta, False)
+    from imagewise.predict.conformal import fitted_conformal
+    from imagewise.predict.drift import fitted_drift
+
+    reference = load_run(run)  # with the fits the export carried (made then, kept in the run)
+    spec = file_spec(
+        reference.spec, False, None, fitted_drift(reference, run), fitted_conformal(run)
+    )
+    values = build_metadata(spec, reference.tta, False)
     values.update(input_layout=LAYOUT_NHWC, quantization=tflite.QUANTIZATION.get(precision, "none"))
     return values
 
