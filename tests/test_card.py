@@ -171,7 +171,10 @@ def test_the_trust_sections_equal_their_files(carded) -> None:
     assert {k: _pct(v[0]) for k, v in coverage.items()} == pytest.approx(
         {"circle": 0.95, "square": 0.8421, "stripes": 0.9375}
     )
-    assert "Smallest class coverage: square, 84.21%." in md["Prediction sets (conformal coverage)"]
+    sets = md["Prediction sets (conformal coverage)"]
+    assert "Smallest class coverage: square, 84.21%." in sets
+    assert "fitted on 33 images of the validation split, the split that also chose" in sets
+    assert "not a test of the guarantee" not in sets and "empty sets" not in sets  # test split
     rob = _table(md["Robustness to corruptions"], "corruption")
     assert rob == {
         "clean": ["-", "95.83%", "0.0421", "square (87.50%)"],
@@ -201,6 +204,9 @@ def test_every_section_names_its_files_or_what_to_run(carded, evaluated_copy: Pa
     assert "imagewise evaluate RUN --robustness" in bare["Robustness to corruptions"]
     assert "imagewise export RUN" in bare["Exported files"]
     assert not re.search(r"\d", bare["Slices"])  # nothing invented
+    # a folder dataset has no columns to slice by: a CSV manifest is needed first
+    assert "slices need a CSV manifest with extra columns" in bare["Slices"]
+    assert "this run's data is a folder dataset" in bare["Slices"]
 
 
 def test_a_file_fitted_with_other_weights_is_left_out(evaluated_copy: Path, tmp_path: Path) -> None:
@@ -221,8 +227,17 @@ def test_evidence_of_other_weights_or_images_is_left_out(evaluated_copy, tmp_pat
     slices = json.loads((run / "eval/slices.json").read_text())
     _write(run / "eval/slices.json", {**slices, "weights_sha256": "1" * 64})
     sections = _sections(imagewise.card(run).text)
-    for title, name in (("Robustness to corruptions", "robustness"), ("Slices", "slices")):
-        assert f"eval/{name}.json was made with other weights" in sections[title]
+    robustness_notes = sections["Robustness to corruptions"]
+    assert "eval/robustness.json was measured on other images than eval/metrics.json" in (
+        robustness_notes
+    )
+    assert "other weights" not in robustness_notes
+    slices_notes = sections["Slices"]
+    assert "eval/slices.json was made with other weights than the run's current ones" in (
+        slices_notes
+    )
+    assert "other images" not in slices_notes
+    for title in ("Robustness to corruptions", "Slices"):
         assert "Not measured" in sections[title] and "%" not in sections[title]
     metrics = json.loads((run / "eval/metrics.json").read_text())
     assert metrics["weights_sha256"] == weights_sha256(run)  # evaluate records what it measured
@@ -312,6 +327,10 @@ def test_the_card_page_opens_in_headless_chromium(carded) -> None:
         label = page.inner_text("#summary .card span")
         sections = page.evaluate("Array.from(document.querySelectorAll('section')).map(s => s.id)")
         rows = page.locator("#per-class tbody tr").count()
+        align = page.evaluate(
+            "Array.from(document.querySelectorAll('#corruptions tbody tr:nth-child(2) td'))"
+            ".map(td => getComputedStyle(td).textAlign)"
+        )
         background = page.evaluate(
             "getComputedStyle(document.querySelector('header')).backgroundColor"
         )
@@ -322,6 +341,8 @@ def test_the_card_page_opens_in_headless_chromium(carded) -> None:
                         "calibration", "conformal", "unknown", "robustness", "slices", "export",
                         "hub-header"]  # fmt: skip
     assert rows == len(CLASSES)
+    # corruption, severity, accuracy, ECE, worst class: text left, numbers right
+    assert align == ["left", "right", "right", "right", "left"]
     assert background == "rgb(29, 36, 48)"  # the report's style: #1d2430
 
 
@@ -339,6 +360,8 @@ def test_export_embeds_the_card_in_the_onnx_metadata(carded, tmp_path) -> None:
     section = _sections(imagewise.card(run).text)["Exported files"]
     row = _table(section, "file")["model.onnx"]
     assert _pct(row[3]) == pytest.approx(result.parity["top1_agreement"], abs=5e-5)
+    assert result.parity["weights_sha256"] == weights_sha256(run)
+    assert "Left out" not in section and "does not record which weights" not in section
 
 
 def test_the_web_export_folder_carries_the_card(carded, tmp_path) -> None:
@@ -372,3 +395,85 @@ def test_an_older_flat_parity_file_is_read_as_its_files_record(evaluated_copy, t
     code_line = "has format 'imagewise-slices/9', not 'imagewise-slices/1'"
     with pytest.raises(imagewise.errors.UserError, match=code_line):
         imagewise.card(run)
+
+
+def test_export_leaves_out_a_card_of_other_weights(carded, tmp_path, caplog) -> None:
+    import onnx
+    from safetensors.torch import load_file, save_file
+
+    run = Path(shutil.copytree(carded[0], tmp_path / "run"))
+    weights = load_file(run / "model.safetensors")  # retrained: other weights, the old card
+    first = next(k for k, v in weights.items() if v.is_floating_point())
+    weights[first] = weights[first] + 0.01
+    save_file(weights, run / "model.safetensors")
+    with caplog.at_level("WARNING", logger="imagewise"):
+        result = imagewise.export(run, "onnx", out=tmp_path / "model.onnx")
+    props = {p.key for p in onnx.load(str(result.path)).metadata_props}
+    assert "model_card" not in props
+    warned = [r.getMessage() for r in caplog.records if "MODEL_CARD.md" in r.getMessage()]
+    assert warned == [
+        "MODEL_CARD.md describes other weights than the run's; the export carries no card: "
+        f"run 'imagewise card {run}' again to carry one"
+    ]
+
+
+def test_parity_records_of_other_weights_are_left_out(evaluated_copy, tmp_path) -> None:
+    run = Path(shutil.copytree(evaluated_copy, tmp_path / "run"))
+    record = {"format": "onnx", "precision": "float32", "images": 24, "split": "val",
+              "runtime": "ONNX Runtime", "top1_agreement": 1.0,
+              "max_abs_probability_difference": 2.5e-7, "accuracy_exported": 0.9583,
+              "accuracy_pytorch": 0.9583, "passed": True}  # fmt: skip
+    files = {
+        "model.onnx": {**record, "weights_sha256": weights_sha256(run)},
+        "model.pt": {**record, "format": "torchscript", "weights_sha256": "3" * 64},
+        "model.xml": {**record, "format": "openvino"},  # an older record: no weights named
+    }
+    _write(run / "export/parity.json", {"format": "imagewise-parity/1", "files": files})
+    section = _sections(imagewise.card(run).text)["Exported files"]
+    assert list(_table(section, "file")) == ["model.onnx", "model.xml"]
+    assert "Left out: model.pt, exported from other weights than the run's current ones" in section
+    assert "does not record which weights model.xml came from" in section
+    files = {"model.pt": files["model.pt"]}  # only files of other weights: nothing to show
+    _write(run / "export/parity.json", {"format": "imagewise-parity/1", "files": files})
+    section = _sections(imagewise.card(run).text)["Exported files"]
+    assert "Left out: model.pt" in section and "_No export of these weights checked yet" in section
+
+
+def test_an_audit_of_other_data_is_refused(carded, tmp_path) -> None:
+    run, audit = carded
+    run = Path(shutil.copytree(run, tmp_path / "run"))
+    other = tmp_path / "other.json"
+    _write(other, {**audit, "source": "digits"})
+    trained_on = yaml.safe_load((run / "config.yaml").read_text())["data"]["source"]
+    with pytest.raises(imagewise.errors.UserError) as caught:
+        imagewise.card(run, audit=other)
+    assert str(caught.value) == (
+        f"'{other}' audited 'digits', but the run was trained on '{trained_on}'; audit that "
+        f"with imagewise data check {trained_on} --json FILE"
+    )
+    no_source = {k: v for k, v in audit.items() if k != "source"}
+    _write(other, no_source)  # an audit naming no source: its image count is compared
+    facts = _facts(_sections(imagewise.card(run, audit=other).text)["Data audit"])
+    assert facts["images checked"].startswith(f"{audit['images']} (")
+    _write(other, {**no_source, "images": audit["images"] + 5})
+    with pytest.raises(imagewise.errors.UserError, match=r"checked \d+ images, but the run was"):
+        imagewise.card(run, audit=other)
+
+
+def test_conformal_notes_on_the_validation_split(evaluated_copy, tmp_path) -> None:
+    run = Path(shutil.copytree(evaluated_copy, tmp_path / "run"))
+    _add_trust_files(run)
+    metrics = json.loads((run / "eval/metrics.json").read_text())
+    metrics["split"] = "val"  # evaluated on the calibration images themselves
+    metrics["conformal"].update(empty_sets=0.0675, non_empty=False)
+    _write(run / "eval/metrics.json", metrics)
+    section = _sections(imagewise.card(run).text)["Prediction sets (conformal coverage)"]
+    assert _facts(section)["empty sets"] == "6.75%"
+    assert "The thresholds were fitted on 33 images of the validation split" in section
+    assert "measured on the calibration images themselves, so it is not a test" in section
+
+
+def test_text_cells_of_the_page_are_left_aligned(carded) -> None:
+    page = (carded[0] / "model_card.html").read_text()
+    assert '<td class="text">square (87.50%)</td>' in page  # the worst class: text
+    assert "<td>95.83%</td>" in page and ".text{text-align:left}" in page  # numbers stay right

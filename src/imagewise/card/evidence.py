@@ -8,7 +8,8 @@ line naming it. Files fitted with weights (``conformal.json``, ``unknown.json``,
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +34,10 @@ UNKNOWN = "unknown.json"
 KNN = "knn_reference.npz"
 PARITY = "export/parity.json"
 
+# Why a file was left out (``Evidence.stale``).
+OTHER_WEIGHTS = "weights"
+OTHER_IMAGES = "images"
+
 # The format each optional JSON file must declare (its writer's contract).
 FORMATS = {
     ROBUSTNESS: "imagewise-robustness/1",
@@ -46,7 +51,7 @@ FORMATS = {
 @dataclass
 class Evidence:
     """The run's recorded facts, one attribute per file (None: the file is not there, or was
-    fitted with other weights: see ``stale``)."""
+    fitted with other weights or measured on other images: see ``stale``)."""
 
     run: Path
     meta: RunMeta
@@ -62,7 +67,10 @@ class Evidence:
     parity: dict[str, Any] | None = None
     audit: dict[str, Any] | None = None
     audit_file: str | None = None
-    stale: tuple[str, ...] = ()
+    # left-out files by name: OTHER_WEIGHTS or OTHER_IMAGES (why it was left out)
+    stale: dict[str, str] = field(default_factory=dict)
+    parity_other_weights: tuple[str, ...] = ()  # parity records of files of other weights
+    parity_unrecorded: tuple[str, ...] = ()  # older records that name no weights
 
     @property
     def conformal_metrics(self) -> dict[str, Any] | None:
@@ -106,12 +114,12 @@ def read_evidence(run: str | Path, audit: str | Path | None = None) -> Evidence:
     ev = Evidence(folder.path, meta, _config(folder), metrics, metrics_json, digest)
     ev.robustness = _same_images(ev, _fitted(ev, ROBUSTNESS), ROBUSTNESS)
     ev.slices = _same_images(ev, _fitted(ev, SLICES), SLICES)
-    ev.parity = _parity(folder.path)
+    ev.parity = _same_weights(ev, _parity(folder.path))
     ev.conformal = _fitted(ev, CONFORMAL)
     ev.unknown = _fitted(ev, UNKNOWN)
     ev.knn = _knn(ev)
     if audit is not None:
-        ev.audit, ev.audit_file = _audit(Path(audit)), Path(audit).name
+        ev.audit, ev.audit_file = _audit(Path(audit), ev), Path(audit).name
     return ev
 
 
@@ -148,11 +156,29 @@ def _parity(run: Path) -> dict[str, Any] | None:
     return _optional(run, PARITY)
 
 
+def _same_weights(ev: Evidence, values: dict[str, Any] | None) -> dict[str, Any] | None:
+    """parity.json with the records of files exported from other weights left out (named in
+    ``parity_other_weights``); older records, which name no weights, are kept and named in
+    ``parity_unrecorded``."""
+    if values is None or not isinstance(values.get("files"), dict):
+        return values
+    kept = {}
+    for name, record in values["files"].items():
+        digest = record.get("weights_sha256") if isinstance(record, dict) else None
+        if digest is None:
+            ev.parity_unrecorded += (name,)
+        elif digest != ev.weights_sha256:
+            ev.parity_other_weights += (name,)
+            continue
+        kept[name] = record
+    return {**values, "files": kept}
+
+
 def _fitted(ev: Evidence, name: str) -> dict[str, Any] | None:
     """A file fitted with weights, when fitted with the run's current ones."""
     values = _optional(ev.run, name)
     if values is not None and values.get("weights_sha256") != ev.weights_sha256:
-        ev.stale += (name,)
+        ev.stale[name] = OTHER_WEIGHTS
         return None
     return values
 
@@ -163,7 +189,7 @@ def _same_images(ev: Evidence, values: dict[str, Any] | None, name: str) -> dict
     if values is None or "data" not in values:
         return values
     if (values.get("data"), values.get("split")) != (ev.metrics.data, ev.metrics.split):
-        ev.stale += (name,)
+        ev.stale[name] = OTHER_IMAGES
         return None
     return values
 
@@ -175,7 +201,7 @@ def _knn(ev: Evidence) -> KnnReference | None:
 
     reference = KnnReference.load(ev.run / KNN)
     if reference.weights_sha256 != ev.weights_sha256:
-        ev.stale += (KNN,)
+        ev.stale[KNN] = OTHER_WEIGHTS
         return None
     return reference
 
@@ -186,8 +212,9 @@ def _config(folder: RunFolder) -> RunConfig | None:
     return load_config_file(folder.config) if folder.config.is_file() else None
 
 
-def _audit(path: Path) -> dict[str, Any]:
-    """``imagewise data check --json``'s file: the counts and the lists of findings."""
+def _audit(path: Path, ev: Evidence) -> dict[str, Any]:
+    """``imagewise data check --json``'s file: the counts and the lists of findings; refused
+    when it checked other data than the run was trained on."""
     if not path.is_file():
         raise UserError(
             f"--audit '{path}' does not exist; write it with imagewise data check DATA --json FILE"
@@ -195,10 +222,43 @@ def _audit(path: Path) -> dict[str, Any]:
     values = _json_object(path, "the audit")
     from imagewise.audit.result import KINDS
 
-    absent = [k for k in ("source", "images", "splits", *KINDS) if k not in values]
+    absent = [k for k in ("images", "splits", *KINDS) if k not in values]
     if absent:
         raise UserError(
             f"'{path}' is not imagewise data check's JSON ({', '.join(absent)} missing); "
             "write it with imagewise data check DATA --json FILE"
         )
+    _same_data(path, values, ev)
     return values
+
+
+def _same_data(path: Path, audit: dict[str, Any], ev: Evidence) -> None:
+    """Refuse an audit of other data: its source against the run's (config.yaml, else
+    meta.json); an audit naming no source, by its image count against meta.json's."""
+    data = ev.meta.data
+    trained_on = ev.config.data.source if ev.config is not None else data.source
+    if "source" in audit:
+        if not _same_source(str(audit["source"]), trained_on):
+            raise UserError(
+                f"'{path}' audited '{audit['source']}', but the run was trained on "
+                f"'{trained_on}'; audit that with imagewise data check {trained_on} --json FILE"
+            )
+        return
+    kept = data.train_images + data.val_images + data.test_images
+    if audit["images"] not in (kept, kept + data.skipped_images):
+        raise UserError(
+            f"'{path}' checked {audit['images']:,} images, but the run was trained on "
+            f"{kept + data.skipped_images:,} ({META}); audit the run's data with "
+            f"imagewise data check {trained_on} --json FILE"
+        )
+
+
+def _same_source(a: str, b: str) -> bool:
+    """Two dataset sources name the same data: the same built-in, or the same path."""
+    from imagewise.data.builtin import canonical_name
+
+    if a == b:
+        return True
+    if canonical_name(a) or canonical_name(b):
+        return canonical_name(a) == canonical_name(b)
+    return os.path.realpath(os.path.expanduser(a)) == os.path.realpath(os.path.expanduser(b))

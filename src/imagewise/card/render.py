@@ -4,6 +4,7 @@ self-contained HTML page in the evaluation report's style (model_card.html)."""
 from __future__ import annotations
 
 import html
+import re
 from collections.abc import Sequence
 
 from imagewise.card.content import Section, Table
@@ -48,10 +49,32 @@ def _esc(text: str) -> str:
     return html.escape(text, quote=True)
 
 
+# A cell that is a number: 1,234  0.0421  95.83%  2.5e-07 ("-" stands for one not measured).
+_NUMBER = re.compile(r"-|[-+]?[\d,]*\.?\d+(e[-+]?\d+)?%?")
+
+# The report's CSS right-aligns every column but the first: text columns are left-aligned here.
+_CSS = ".text{text-align:left}"
+
+
+def _text_columns(table: Table) -> list[bool]:
+    """Whether each column holds text (any cell not a number): it is then left-aligned."""
+    return [
+        any(not _NUMBER.fullmatch(row[i]) for row in table.rows if i < len(row))
+        for i in range(len(table.headers))
+    ]
+
+
 def _html_table(table: Table) -> str:
-    head = "".join(f"<th>{_esc(h)}</th>" for h in table.headers)
+    text = _text_columns(table)
+
+    def cell(tag: str, i: int, value: str) -> str:
+        attribute = ' class="text"' if text[i] else ""
+        return f"<{tag}{attribute}>{_esc(value)}</{tag}>"
+
+    head = "".join(cell("th", i, h) for i, h in enumerate(table.headers))
     body = "".join(
-        "<tr>" + "".join(f"<td>{_esc(c)}</td>" for c in row) + "</tr>" for row in table.rows
+        "<tr>" + "".join(cell("td", i, c) for i, c in enumerate(row)) + "</tr>"
+        for row in table.rows
     )
     return f'<table id="{table.id}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
@@ -94,7 +117,7 @@ def render_page(
     return (
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{_esc(title)}</title><style>{CSS}</style></head><body>"
+        f"<title>{_esc(title)}</title><style>{CSS}{_CSS}</style></head><body>"
         f"<header><h1>{_esc(title)}</h1><p>{_esc(intro)}</p></header>"
         f"<nav>{nav}</nav><main>{body}</main></body></html>"
     )

@@ -98,7 +98,8 @@ def audit_section(ev: Evidence) -> Section:
         )
         return section
     splits = ", ".join(f"{s} {count(n)}" for s, n in a["splits"].items())
-    section.facts = [("images checked", f"{count(a['images'])} ({splits}) of {a['source']}")]
+    source = f" of {a['source']}" if "source" in a else ""
+    section.facts = [("images checked", f"{count(a['images'])} ({splits}){source}")]
     section.facts += [(kind.replace("_", " "), count(len(a[kind]))) for kind in _FINDINGS]
     section.tables.append(
         Table(

@@ -13,6 +13,7 @@ from imagewise.card.evidence import (
     CONFORMAL,
     KNN,
     METRICS,
+    OTHER_IMAGES,
     PARITY,
     ROBUSTNESS,
     SLICES,
@@ -24,12 +25,15 @@ NOT_RUN = "not run here"
 
 
 def _stale(ev: Evidence, name: str) -> list[str]:
+    """The note on a file left out, saying why (``Evidence.stale``)."""
     if name not in ev.stale:
         return []
-    return [
-        f"{name} was made with other weights than the run's current ones, or on other images "
-        "than eval/metrics.json; it is left out."
-    ]
+    if ev.stale[name] == OTHER_IMAGES:
+        return [
+            f"{name} was measured on other images than {METRICS} (other data or another "
+            "split); it is left out."
+        ]
+    return [f"{name} was made with other weights than the run's current ones; it is left out."]
 
 
 def conformal_section(ev: Evidence) -> Section:
@@ -52,6 +56,17 @@ def conformal_section(ev: Evidence) -> Section:
         ("calibration images", count(c["calibration_images"])),
         ("evaluated on", f"the {ev.metrics.split} split: {count(ev.metrics.images)} images"),
     ]
+    if c.get("empty_sets") is not None:
+        section.facts.append(("empty sets", pct(c["empty_sets"])))
+    section.notes.append(
+        f"The thresholds were fitted on {count(c['calibration_images'])} images of the "
+        "validation split, the split that also chose the epoch and the temperature."
+    )
+    if ev.metrics.split == "val":
+        section.notes.append(
+            "The coverage was measured on the calibration images themselves, so it is not a "
+            "test of the guarantee; evaluate on the test split for one."
+        )
     per_class = c.get("per_class_coverage") or {}
     if per_class:
         rows = [[name, pct(v)] for name, v in per_class.items()]
@@ -133,10 +148,7 @@ def slices_section(ev: Evidence) -> Section:
     section.notes = _stale(ev, SLICES)
     s = ev.slices
     if s is None:
-        section.missing = (
-            "Not measured: imagewise evaluate RUN DATA.csv --slice-by COLUMN (an extra column "
-            "of a CSV manifest: site, camera, device)."
-        )
+        section.missing = _no_slices(ev)
         return section
     section.sources = [SLICES]
     section.facts = [("sliced by", str(s["column"]))]
@@ -156,12 +168,37 @@ def slices_section(ev: Evidence) -> Section:
     return section
 
 
+def _no_slices(ev: Evidence) -> str:
+    if ev.meta.data.kind == "csv":
+        return (
+            "Not measured: imagewise evaluate RUN DATA.csv --slice-by COLUMN (an extra column "
+            "of a CSV manifest: site, camera, device)."
+        )
+    return (
+        f"Not measured: slices need a CSV manifest with extra columns (site, camera, ...), and "
+        f"this run's data is a {ev.meta.data.kind} dataset; list its images in one "
+        "(path,label,site) and run imagewise evaluate RUN DATA.csv --slice-by site."
+    )
+
+
 def export_section(ev: Evidence) -> Section:
     section = Section("export", "Exported files")
+    if ev.parity_other_weights:
+        section.notes.append(
+            f"Left out: {', '.join(ev.parity_other_weights)}, exported from other weights than "
+            "the run's current ones; imagewise export RUN checks a file of these."
+        )
+    if ev.parity_unrecorded:
+        section.notes.append(
+            f"{PARITY} does not record which weights {', '.join(ev.parity_unrecorded)} "
+            "came from (an older imagewise wrote it); they may be other weights than these."
+        )
     p = ev.parity
     if p is None or not p.get("files"):
+        which = " of these weights" if ev.parity_other_weights else ""
         section.missing = (
-            "No export checked yet: imagewise export RUN (each file is checked against PyTorch)."
+            f"No export{which} checked yet: imagewise export RUN (each file is checked against "
+            "PyTorch)."
         )
         return section
     section.sources = [PARITY]

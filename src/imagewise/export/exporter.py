@@ -23,8 +23,10 @@ work.
     RUN/export/web/              a page that classifies in the browser (web.int8/)
     RUN/export/parity.json       {"files": {file name: its check}}
 
-A run with a model card (``imagewise card``: RUN/MODEL_CARD.md) gives every file its text as
-the metadata entry ``model_card``; the web folder also gets a copy of MODEL_CARD.md.
+Each parity record names the weights it was made from (``weights_sha256``). A run with a model
+card (``imagewise card``: RUN/MODEL_CARD.md) gives every file its text as the metadata entry
+``model_card``; the web folder also gets a copy of MODEL_CARD.md. A card of other weights (its
+"weights sha256" line is not the run's model.safetensors') is left out, with a warning.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -55,6 +58,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("imagewise")
 
 PARITY_FORMAT = "imagewise-parity/1"
+
+# How a card (imagewise card's model section) names the weights it describes.
+CARD_WEIGHTS = re.compile(r"^- \*\*weights sha256\*\*: ([0-9a-f]{64})$", re.MULTILINE)
 
 
 @dataclass
@@ -185,6 +191,7 @@ def export(
         (PosixPath('runs/fm/export/model.int8.xml'), 0.0015)
     """
     from imagewise.export.verify import VERIFY_IMAGES, run_images
+    from imagewise.predict.unknown import weights_sha256
 
     fmt = target_of(format)
     precision = (precision or ("int8" if int8 else "float32")).lower()
@@ -200,16 +207,17 @@ def export(
         VERIFY_IMAGES,
     )  # fmt: skip
     int8 = precision == "int8"
+    digest = weights_sha256(folder.path)
     with tempfile.TemporaryDirectory(prefix="imagewise-export-") as tmp:
         candidate = Path(tmp) / "out" / target.name
         candidate.parent.mkdir()
-        job = _job(run, reference, precision, raw_input, Path(tmp))
+        job = _job(run, reference, precision, raw_input, Path(tmp), digest)
         log.info("exporting %s as %s (%s)", job.metadata["model"], fmt.name, precision)
         fmt.write(job, candidate)
         record = _check(fmt, reference, candidate, images, labels, precision, split)
         record = {
             "file": str(target), "format": fmt.name, "precision": precision, "int8": int8,
-            "raw_input": raw_input, "data": source, "split": split,
+            "raw_input": raw_input, "weights_sha256": digest, "data": source, "split": split,
             "quantization": _settings(job.metadata) if int8 else None,
             **record, "bytes": _size(fmt, candidate),
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -241,10 +249,16 @@ def _exportable(run: str | Path) -> Classifier:
 
 
 def _job(
-    run: str | Path, reference: Classifier, precision: str, raw_input: bool, workdir: Path
+    run: str | Path,
+    reference: Classifier,
+    precision: str,
+    raw_input: bool,
+    workdir: Path,
+    digest: str,
 ) -> ExportJob:
     """What a writer is handed: a copy of the network of its own (writers may touch it), the
-    spec and metadata the file carries, the run's training images for INT8."""
+    spec and metadata the file carries (the card when it describes the weights ``digest``),
+    the run's training images for INT8."""
     from imagewise.export.metadata import build_metadata, file_spec
     from imagewise.export.quantize import PORTABLE
     from imagewise.predict.drift import fitted_drift
@@ -256,10 +270,9 @@ def _job(
     drift = fitted_drift(reference, run_dir)
     conformal = _conformal(run_dir, reference)
     spec = file_spec(reference.spec, raw_input, fitted_unknown(run_dir), drift, conformal)
-    card = RunFolder.of(run).model_card
     metadata = build_metadata(
         spec, reference.tta, int8, PORTABLE.describe() if int8 else None,
-        card.read_text(encoding="utf-8") if card.is_file() else None,
+        _model_card(run_dir, digest),
     )  # fmt: skip
     return ExportJob(
         module=load_run(run).network, reference=reference, spec=spec, metadata=metadata,
@@ -267,6 +280,25 @@ def _job(
         calibration_images=lambda: _training_images(run_dir, reference),
         onnx_writer=_onnx_graph,
     )  # fmt: skip
+
+
+def _model_card(run_dir: Path, digest: str) -> str | None:
+    """The run's MODEL_CARD.md when it describes the weights ``digest`` (the card names them in
+    its "weights sha256" line); None, with a warning, for a card of other weights (written
+    before a retraining or a resume)."""
+    card = RunFolder.of(run_dir).model_card
+    if not card.is_file():
+        return None
+    text = card.read_text(encoding="utf-8")
+    named = CARD_WEIGHTS.search(text)
+    if named is None or named[1] != digest:
+        what = "names no weights" if named is None else "describes other weights than the run's"
+        log.warning(
+            "%s %s; the export carries no card: run 'imagewise card %s' again to carry one",
+            card.name, what, run_dir,
+        )  # fmt: skip
+        return None
+    return text
 
 
 def _conformal(run_dir: Path, reference: Classifier) -> dict[str, Any] | None:

@@ -43,7 +43,6 @@ from imagewise.edge.model import ImageModel
 from imagewise.edge.spec import ModelSpec
 from imagewise.errors import UserError
 from imagewise.export.onnxruntime_web import GLUE, LOADER, WASM, onnxruntime_web, version_of
-from imagewise.runtime.runs import RunFolder
 
 if TYPE_CHECKING:
     from imagewise.export.targets import ExportJob
@@ -109,8 +108,8 @@ def write(job: ExportJob, path: Path) -> None:
     wasm = base64.b64encode((ort_dir / WASM).read_bytes()).decode("ascii")
     _script(ort / f"{WASM}.js", "IMAGEWISE_ORT_WASM", wasm)
     (ort / "LICENSE.txt").write_text(MIT_LICENSE.format(version=version))
-    if (card := RunFolder.of(job.run_dir).model_card).is_file():  # imagewise card's
-        shutil.copyfile(card, path / card.name)
+    if (card := job.metadata.get("model_card")) is not None:  # a card of these weights
+        (path / "MODEL_CARD.md").write_text(card, encoding="utf-8")
 
 
 def _script(path: Path, name: str, value: Any) -> None:
