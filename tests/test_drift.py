@@ -259,8 +259,9 @@ def test_a_real_server_alarms_on_a_shifted_stream_and_stays_quiet_in_distributio
     started = [line for line in lines if "drift alarm: " in line]
     ended = [line for line in lines if "drift alarm over: " in line]
     assert sorted(c["name"] for c in on) == sorted(
-        line.split("drift alarm: ")[1].split()[0] for line in started
+        line.split("drift alarm: ")[1].split(":")[0] for line in started
     )
+    assert all(" of the last 50 " in line or " over the last 50 " in line for line in started)
     assert len(ended) == len(started)
 
 
@@ -273,3 +274,30 @@ def test_a_server_without_a_reference_answers_404_on_drift(
         gauges = _gauges(url)
     assert r.status_code == 404 and "drift checks are off" in r.json()["error"]
     assert gauges == {}
+
+
+def test_the_references_are_known_at_start_and_alarms_are_logged_in_words(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from imagewise.edge.drift import Check, DriftMonitor, DriftReference, log_change
+
+    ref = DriftReference.from_json(
+        {"format": "imagewise-drift/1", "ood_score": "energy", "ood_threshold": -2.0,
+         "ood_above": 5, "mean_confidence": 0.9, "confidence_std": 0.1,
+         "class_counts": [50, 50], "images": 100},
+        "test", 2,
+    )  # fmt: skip
+    state = DriftMonitor(ref, window=50).state()
+    assert {c.name: c.reference for c in state.checks} == {
+        "ood_share": 0.05, "mean_confidence": 0.9, "class_mix": 0.0,
+    }  # fmt: skip
+    assert all(c.value is None for c in state.checks)  # no window yet
+    with caplog.at_level("WARNING", logger="imagewise"):
+        log_change(Check("ood_share", 0.102, 0.05, 4.9e-6, 3.3e-4, alarm=True), 500)
+        log_change(Check("class_mix", 0.118, 0.0, 0.26, 3.3e-4), 500)
+    assert caplog.messages == [
+        "drift alarm: ood_share: 10.2% of the last 500 images above the OOD threshold "
+        "(validation 5.0%; p 4.9e-06 < 0.00033)",
+        "drift alarm over: class_mix: 11.8% of the last 500 answers would have to change class "
+        "to match the validation split's mix (p 0.26)",
+    ]

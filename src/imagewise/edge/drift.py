@@ -319,7 +319,13 @@ class DriftMonitor:
         self._predicted = np.zeros(window, np.int64)
         self._seen = 0
         self._checked_at: int | None = None
-        self._checks = {name: Check(name, threshold=self.threshold) for name in CHECKS}
+        # the references are known from the start; the values come with the first full window
+        references = {"ood_share": reference.ood_share, "mean_confidence":
+                      reference.mean_confidence, "class_mix": 0.0}  # fmt: skip
+        self._checks = {
+            name: Check(name, reference=references[name], threshold=self.threshold)
+            for name in CHECKS
+        }
         self._lock = threading.Lock()
 
     def observe(self, logits: np.ndarray, probs: np.ndarray) -> None:
@@ -395,16 +401,22 @@ class DriftMonitor:
 
 
 def log_change(check: Check, window: int) -> None:
-    """One log line when a check's alarm starts, one when it ends."""
-    values = (check.name, check.value or 0.0, window, check.reference or 0.0, check.p_value)
-    if check.alarm:
-        log.warning(
-            "drift alarm: %s %.4g over the last %d images (validation %.4g; p %.2g < %.2g)",
-            *values, check.threshold,
-        )  # fmt: skip
-    else:
-        log.warning("drift alarm over: %s %.4g over the last %d images (validation %.4g; p %.2g)",
-                    *values)  # fmt: skip
+    """One log line when a check's alarm starts, one when it ends, in words:
+    ``drift alarm: ood_share: 10.2% of the last 500 images above the OOD threshold (validation
+    5.0%; p 4.9e-06 < 0.00033)``."""
+    value, ref = check.value or 0.0, check.reference or 0.0
+    what = {
+        "ood_share": f"{value:.1%} of the last {window} images above the OOD threshold "
+        f"(validation {ref:.1%}",
+        "mean_confidence": f"mean top probability {value:.4f} over the last {window} images "
+        f"(validation {ref:.4f}",
+        "class_mix": f"{value:.1%} of the last {window} answers would have to change class to "
+        "match the validation split's mix (",
+    }[check.name]
+    p = f"p {check.p_value:.2g}" + (f" < {check.threshold:.2g}" if check.alarm else "")
+    sep = "" if check.name == "class_mix" else "; "
+    start = "drift alarm" if check.alarm else "drift alarm over"
+    log.warning("%s: %s: %s%s%s)", start, check.name, what, sep, p)
 
 
 def check_monitor(window: int, alpha: float, check_every: int) -> None:

@@ -75,6 +75,7 @@ def describe(
     min_confidence: float | None = None,
     ood: OodScorer | None = None,
     sets: PredictionSets | None = None,
+    drift: DriftMonitor | None = None,
 ) -> InfoResponse:
     """What the page and clients need to know about the model, its answers and the limits."""
     model = getattr(classifier, "model", None)
@@ -98,6 +99,7 @@ def describe(
         min_confidence=min_confidence,
         ood_score=None if ood is None else str(getattr(ood, "name", "custom")),
         coverage=None if sets is None else sets.coverage,
+        drift_window=None if drift is None else drift.window,
         coverage_per_class=None if sets is None else sets.per_class,
         conformal_score=None if sets is None else sets.fit.score,
     )
@@ -182,7 +184,7 @@ def create_app(
             drift.observe(logits, probs)
         return list(zip(logits, probs, scores, strict=True))
 
-    info = describe(classifier, settings, min_confidence, scorer, sets)
+    info = describe(classifier, settings, min_confidence, scorer, sets, drift)
     batcher = MicroBatcher(
         infer,
         max_batch=settings.batch_limit,

@@ -69,6 +69,11 @@ class InfoResponse(BaseModel):
     coverage_per_class: bool | None = Field(
         None, description="with --coverage: whether it holds for each class (class-conditional)"
     )
+    drift_window: int | None = Field(
+        None,
+        description="with drift checks on: the latest answers each check looks at "
+        "(GET /v1/drift answers them)",
+    )
     conformal_score: str | None = Field(
         None, description="with --coverage: the conformity score of the sets (raps, aps, lac)"
     )
