@@ -62,6 +62,7 @@ def measured(member: np.ndarray, labels: np.ndarray) -> dict[str, float]:
         "coverage": round(float(hit.mean()), 4),
         "mean_set_size": round(float(member.sum(1).mean()), 3),
         "min_class_coverage": round(float(min(per_class)), 4),
+        "empty_sets": round(float((member.sum(1) == 0).mean()), 4),
     }
 
 
@@ -82,19 +83,22 @@ def main() -> None:
                      **measured(naive_sets(test[0], c), test[1])})  # fmt: skip
         for name, score, randomized in METHODS:
             fit = fit_conformal(val[0], val[1], val[2], score, randomized, coverages=[c])
-            for per_class in (False, True):
-                sets = PredictionSets(fit, c, per_class)
+            for per_class, non_empty in ((False, False), (True, False), (False, True)):
+                sets = PredictionSets(fit, c, per_class, non_empty)
                 u = test[2] if randomized else None
                 member = _members(sets, test[0], u)
                 kind = "per class" if per_class else "marginal"
-                rows.append({"method": name, "target": c, "kind": kind,
+                label = name + (", non-empty" if non_empty else "")
+                rows.append({"method": label, "target": c, "kind": kind,
                              **measured(member, test[1])})  # fmt: skip
     print(
-        f"{'target':>6}  {'kind':<9}  {'method':<30} {'coverage':>8} {'size':>6} {'min class':>9}"
+        f"{'target':>6}  {'kind':<9}  {'method':<40} {'coverage':>8} {'size':>6} {'min class':>9} "
+        f"{'empty':>6}"
     )
     for r in rows:
-        print(f"{r['target']:>6}  {r['kind']:<9}  {r['method']:<30} {r['coverage']:>8.4f} "
-              f"{r['mean_set_size']:>6.3f} {r['min_class_coverage']:>9.4f}")  # fmt: skip
+        print(f"{r['target']:>6}  {r['kind']:<9}  {r['method']:<40} {r['coverage']:>8.4f} "
+              f"{r['mean_set_size']:>6.3f} {r['min_class_coverage']:>9.4f} "
+              f"{r['empty_sets']:>6.4f}")  # fmt: skip
     print(f"({time.perf_counter() - start:.0f} s)")
     if args.out:
         args.out.write_text(json.dumps(rows, indent=1))
@@ -102,11 +106,10 @@ def main() -> None:
 
 def _members(sets: PredictionSets, probs: np.ndarray, u: np.ndarray | None) -> np.ndarray:
     """The sets of precomputed tie-breakers (the images' hashes were taken once)."""
-    from imagewise.edge.conformal import class_scores, sets_from_scores
+    from imagewise.edge.conformal import class_scores
 
     fit = sets.fit
-    scores = class_scores(probs, fit.score, u, fit.penalty, fit.k_reg)
-    return sets_from_scores(scores, probs, sets.thresholds)
+    return sets.from_scores(class_scores(probs, fit.score, u, fit.penalty, fit.k_reg), probs)
 
 
 if __name__ == "__main__":
