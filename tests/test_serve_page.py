@@ -25,13 +25,15 @@ def test_page_shows_the_api_top_class_for_uploaded_images(
         shutil.copy(sorted((folder_data / kind).glob("*.png"))[0], images[-1])
     run = served_copy(trained_run, tmp_path)
     errors: list[str] = []
-    with serve_process(run, tmp_path / "server.log", "-q") as url, sync_playwright() as p:
-        api = {
+    serving = serve_process(run, tmp_path / "server.log", "-q", "--coverage", "0.9")
+    with serving as url, sync_playwright() as p:
+        answers = {
             image.name: httpx.post(
                 f"{url}/v1/predict", files={"file": (image.name, image.read_bytes())}
-            ).json()["predictions"][0]["top_k"][0]["class"]
+            ).json()["predictions"][0]
             for image in images
         }
+        api = {name: a["top_k"][0]["class"] for name, a in answers.items()}
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         page = browser.new_page(viewport={"width": 375, "height": 800})
         page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
@@ -47,7 +49,7 @@ def test_page_shows_the_api_top_class_for_uploaded_images(
         shown = page.evaluate(
             "Array.from(document.querySelectorAll('.result')).map(r => ["
             "r.querySelector('.name').textContent, r.querySelector('.label').textContent,"
-            "r.querySelectorAll('.bars li').length])"
+            "r.querySelectorAll('.bars li').length, r.querySelector('.set').textContent])"
         )
         overflow = page.evaluate("document.documentElement.scrollWidth")
         # Grad-CAM: the toggle fetches an overlay per image and shows it instead of the photo.
@@ -70,8 +72,13 @@ def test_page_shows_the_api_top_class_for_uploaded_images(
         )
         browser.close()
     assert errors == []
-    assert {name: label for name, label, _ in shown} == api
-    assert all(bars == 3 for _, _, bars in shown)  # top 5 of 3 classes
+    assert {name: label for name, label, _, _ in shown} == api
+    assert all(bars == 3 for _, _, bars, _ in shown)  # top 5 of 3 classes
+    # the prediction set the API answered, as the page shows it
+    assert {name: s for name, _, _, s in shown} == {
+        name: "set {" + ", ".join(a["prediction_set"]) + "} at 90% coverage"
+        for name, a in answers.items()
+    }
     assert overflow <= 375  # no sideways scrolling on a phone
     assert photos_back
     assert cams_fit
