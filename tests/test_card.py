@@ -71,7 +71,8 @@ def evaluated_copy(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) 
     run = Path(shutil.copytree(trained_run, tmp_path_factory.mktemp("card") / "shapes"))
     for folder in ("export", "eval"):  # what other tests may have added to the shared run
         shutil.rmtree(run / folder, ignore_errors=True)
-    for name in ("MODEL_CARD.md", "model_card.html", "unknown.json", "knn_reference.npz"):
+    for name in ("MODEL_CARD.md", "model_card.html", "model_card.yaml", "unknown.json",
+                 "knn_reference.npz", "drift_reference.json"):  # fmt: skip
         (run / name).unlink(missing_ok=True)
     imagewise.evaluate(run, report=False)
     return run
@@ -81,10 +82,12 @@ def evaluated_copy(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) 
 def carded(evaluated_copy: Path, folder_data: Path, tmp_path_factory: pytest.TempPathFactory):
     """The evaluated run with every kind of evidence: a fitted unknown threshold, the hand-written
     trust files, a real audit; then its card written through the CLI with the author's fields."""
+    from imagewise.predict.drift import run_drift_reference
     from imagewise.predict.unknown import run_min_confidence
 
     run = Path(shutil.copytree(evaluated_copy, evaluated_copy.parent / "full"))
     run_min_confidence(imagewise.load(run), run, 0.9)
+    run_drift_reference(imagewise.load(run), run)  # what imagewise serve fits at first start
     _add_trust_files(run)
     audit = tmp_path_factory.mktemp("audit") / "audit.json"
     imagewise.check_data(str(folder_data), json_path=audit, find_label_issues=False,
@@ -203,6 +206,8 @@ def test_every_section_names_its_files_or_what_to_run(carded, evaluated_copy: Pa
     bare = _sections((evaluated_copy / "MODEL_CARD.md").read_text())
     assert "imagewise evaluate RUN --robustness" in bare["Robustness to corruptions"]
     assert "imagewise export RUN" in bare["Exported files"]
+    unknown = bare["Unknown answers and out-of-distribution inputs"]
+    assert "No drift reference: imagewise serve RUN fits one on the validation split" in unknown
     assert not re.search(r"\d", bare["Slices"])  # nothing invented
     # a folder dataset has no columns to slice by: a CSV manifest is needed first
     assert "slices need a CSV manifest with extra columns" in bare["Slices"]
@@ -477,3 +482,89 @@ def test_text_cells_of_the_page_are_left_aligned(carded) -> None:
     page = (carded[0] / "model_card.html").read_text()
     assert '<td class="text">square (87.50%)</td>' in page  # the worst class: text
     assert "<td>95.83%</td>" in page and ".text{text-align:left}" in page  # numbers stay right
+
+
+def test_the_drift_reference_serve_alarms_on(carded, tmp_path) -> None:
+    run, _ = carded
+    drift = json.loads((run / "drift_reference.json").read_text())
+    section = _sections((run / "MODEL_CARD.md").read_text())[
+        "Unknown answers and out-of-distribution inputs"
+    ]
+    assert "`drift_reference.json`" in re.search(r"^Source: (.+)$", section, re.M).group(1)
+    facts = _facts(section)
+    threshold, above = re.fullmatch(
+        r"(\S+) \(the validation split's 95th percentile: (\d+) of (\d+) images above it\)",
+        facts["energy OOD threshold"],
+    ).groups()[:2]
+    assert float(threshold) == pytest.approx(drift["ood_threshold"], abs=5e-5)
+    assert int(above) == drift["ood_above"]
+    mean, std = re.fullmatch(
+        r"(\S+) \(std (\S+)\)", facts["validation mean top probability"]
+    ).groups()
+    assert [float(mean), float(std)] == pytest.approx(
+        [drift["mean_confidence"], drift["confidence_std"]], abs=5e-5
+    )
+    assert facts["drift reference fitted on"] == f"{drift['images']} validation images"
+    assert "imagewise serve raises a drift alarm" in section and "GET /v1/drift" in section
+    other = Path(shutil.copytree(run, tmp_path / "run"))
+    _write(other / "drift_reference.json", {**drift, "weights_sha256": "4" * 64})
+    section = _sections(imagewise.card(other).text)[
+        "Unknown answers and out-of-distribution inputs"
+    ]
+    assert "drift_reference.json was made with other weights than the run's current ones" in section
+    assert "energy OOD threshold" not in section and "drift alarm" not in section
+
+
+def test_a_card_written_again_keeps_the_authors_fields(carded, tmp_path, capsys) -> None:
+    run = Path(shutil.copytree(carded[0], tmp_path / "run"))
+    kept = run / "model_card.yaml"
+    audit = tmp_path / "audit.json"
+    _write(audit, carded[1])
+    code, out, _ = run_cli(["card", str(run), "--audit", str(audit), "-q"], capsys)
+    assert code == 0 and f"author's fields: flags over {kept} (kept from an earlier card)" in out
+    code, out, _ = run_cli(["card", str(run), "-q"], capsys)  # no flags: the kept fields
+    assert code == 0 and f"  author's fields: {kept} (kept from an earlier card)\n" in out
+    md = _sections((run / "MODEL_CARD.md").read_text())
+    assert _facts(md["Intended use"]) == {
+        "intended use": "Sorting test shapes.", "license": "mit", "authors": "Shape team, QA",
+    }  # fmt: skip
+    assert _facts(md["Data audit"])["images checked"].startswith(f"{carded[1]['images']} (")
+    code, _, _ = run_cli(["card", str(run), "--license", "apache-2.0", "-q"], capsys)
+    assert yaml.safe_load(kept.read_text()) == {  # field by field: the flag wins, the rest kept
+        "intended_use": "Sorting test shapes.", "license": "apache-2.0",
+        "authors": ["Shape team", "QA"], "audit": str(audit.resolve()),
+    }  # fmt: skip
+    assert (
+        "apache-2.0"
+        in _facts(_sections((run / "MODEL_CARD.md").read_text())["Intended use"])["license"]
+    )
+    audit.unlink()  # the kept audit is gone: one line, and the section is not run
+    code, out, err = run_cli(["card", str(run), "-q"], capsys)
+    assert code == 0 and err == ""
+    assert [ln for ln in out.splitlines() if str(audit.resolve()) in ln] == [
+        f"  audit: {audit.resolve()} (kept from an earlier card) no longer exists; the data "
+        "audit is left as not run"
+    ]
+    assert (
+        "_Not run: imagewise data check"
+        in _sections((run / "MODEL_CARD.md").read_text())["Data audit"]
+    )
+
+
+def test_a_licence_the_hub_does_not_accept_is_a_warning(evaluated_copy, tmp_path, caplog) -> None:
+    run = Path(shutil.copytree(evaluated_copy, tmp_path / "run"))
+    with caplog.at_level("WARNING", logger="imagewise"):
+        result = imagewise.card(run, license="MIT")
+    assert [r.getMessage() for r in caplog.records] == [
+        "licence 'MIT' is not one the Hugging Face Hub accepts "
+        "(https://huggingface.co/docs/hub/repositories-licenses); did you mean 'mit'?"
+    ]
+    assert result.header["license"] == "MIT"  # a warning, not a refusal
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="imagewise"):
+        imagewise.card(run, license="my-licence")
+        assert "or 'other'" in caplog.records[-1].getMessage()
+        caplog.clear()
+        for accepted in ("mit", "cc-by-nc-sa-4.0", "other"):
+            imagewise.card(run, license=accepted)
+    assert caplog.records == []

@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from imagewise.card.content import Section, num, pct
 from imagewise.card.evidence import METRICS, Evidence, missing_evaluation, read_evidence
-from imagewise.card.fields import CardFields, read_card_yaml
-from imagewise.card.header import header_values, render_header
+from imagewise.card.fields import KEPT, CardFields, keep_fields, kept_fields, read_card_yaml
+from imagewise.card.header import header_values, license_warning, render_header
 from imagewise.card.render import render_markdown, render_page
 from imagewise.card.sections import (
     audit_section,
@@ -48,6 +48,7 @@ class ModelCard:
     text: str
     sections: list[Section]
     header: dict[str, Any]
+    notes: list[str] = field(default_factory=list)  # where the author's fields came from
 
     @property
     def missing(self) -> list[Section]:
@@ -61,6 +62,7 @@ class ModelCard:
             f"wrote {self.markdown_path} and {self.html_path} ({shown} of "
             f"{len(self.sections)} sections with evidence)"
         ]
+        lines += [f"  {note}" for note in self.notes]
         lines += [f"  {s.title.lower()}: {s.missing}" for s in self.missing]
         return "\n".join(lines)
 
@@ -78,14 +80,17 @@ def card(
     Every figure is read from a file of the run (``meta.json``, ``config.yaml``,
     ``eval/metrics.json`` and, when they are there, ``eval/robustness.json``,
     ``eval/slices.json``, ``conformal.json``, ``unknown.json``, ``knn_reference.npz``,
-    ``export/parity.json``) or from the audit JSON given; each section names its files, and a
-    section without evidence says what to run instead. ``imagewise export`` then carries the
-    card in the exported file's metadata (``model_card``).
+    ``drift_reference.json``, ``export/parity.json``) or from the audit JSON given; each
+    section names its files, and a section without evidence says what to run instead.
+    ``imagewise export`` then carries the card in the exported file's metadata
+    (``model_card``).
 
     Args:
         run: an evaluated run folder.
         audit: the JSON of ``imagewise data check DATA --json FILE`` for the training data.
         card_yaml: a YAML file of the author's fields (``CardFields``); keywords win over it.
+            The fields given (here, in ``card_yaml`` or as keywords) are kept in
+            ``RUN/model_card.yaml``, which later cards read as their defaults.
         evaluate: run ``imagewise.evaluate(run)`` first when ``eval/metrics.json`` is missing.
         device: the device for that evaluation.
         **fields: the author's fields: ``name``, ``intended_use``, ``out_of_scope``,
@@ -101,7 +106,19 @@ def card(
         PosixPath('runs/fm/MODEL_CARD.md')
     """
     folder = RunFolder.of(run)
-    given = (read_card_yaml(card_yaml) if card_yaml else CardFields()).merged(**fields)
+    given = (read_card_yaml(card_yaml) if card_yaml else CardFields()).merged(
+        **fields, audit=None if audit is None else str(audit)
+    )
+    kept = kept_fields(folder.path)
+    chosen = given.over(kept or CardFields())
+    flags = audit is not None or any(fields.values())
+    notes = [_fields_note(folder.path, kept, card_yaml, flags)] if kept or given.given() else []
+    if chosen.audit and not given.audit and not Path(chosen.audit).is_file():
+        notes.append(
+            f"audit: {chosen.audit} (kept from an earlier card) no longer exists; the data "
+            "audit is left as not run"
+        )
+        chosen = replace(chosen, audit=None)
     if not (folder.path / METRICS).is_file() and folder.meta.is_file():
         if not evaluate:
             raise missing_evaluation(run)
@@ -109,8 +126,25 @@ def card(
 
         log.info("evaluating %s first (no %s)", folder.path, METRICS)
         run_evaluation(folder.path, device=device)
-    ev = read_evidence(folder.path, audit)
-    return write_card(ev, given)
+    ev = read_evidence(folder.path, chosen.audit)
+    result = write_card(ev, chosen)
+    if given.given():
+        keep_fields(folder.path, chosen)
+    result.notes = notes
+    return result
+
+
+def _fields_note(
+    run: Path, kept: CardFields | None, card_yaml: str | Path | None, flags: bool
+) -> str:
+    """Where the author's fields came from, for the summary."""
+    kept_path = run / KEPT
+    given = [f"--card-yaml {card_yaml}"] * bool(card_yaml) + ["flags"] * flags
+    if not given:
+        return f"author's fields: {kept_path} (kept from an earlier card)"
+    source = " and ".join(given)
+    over = f" over {kept_path} (kept from an earlier card)" if kept else ""
+    return f"author's fields: {source}{over}; kept in {kept_path} for the next card"
 
 
 def card_sections(ev: Evidence, fields: CardFields, name: str) -> list[Section]:
@@ -147,6 +181,8 @@ def write_card(ev: Evidence, fields: CardFields) -> ModelCard:
     from imagewise.version import __version__
 
     name = fields.name or ev.run.name
+    if (warning := license_warning(fields.license)) is not None:
+        log.warning(warning)
     sections = card_sections(ev, fields, name)
     values = header_values(ev, fields, name)
     header = render_header(values)

@@ -3,7 +3,8 @@
 Nothing is measured here. Each file is optional except ``meta.json`` and
 ``eval/metrics.json``; a file that is there but not what its writer writes is refused in one
 line naming it. Files fitted with weights (``conformal.json``, ``unknown.json``,
-``knn_reference.npz``) are used only when their ``weights_sha256`` is the run's current one.
+``knn_reference.npz``, ``drift_reference.json``) are used only when their ``weights_sha256``
+is the run's current one.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from imagewise.runtime.runs import RunFolder
 
 if TYPE_CHECKING:
     from imagewise.config import RunConfig
+    from imagewise.edge.drift import DriftReference
     from imagewise.edge.unknown import KnnReference
 
 # The files a card reads, relative to the run folder (the names each section cites).
@@ -32,6 +34,7 @@ SLICES = "eval/slices.json"
 CONFORMAL = "conformal.json"
 UNKNOWN = "unknown.json"
 KNN = "knn_reference.npz"
+DRIFT = "drift_reference.json"  # what imagewise serve's drift alarms compare with
 PARITY = "export/parity.json"
 
 # Why a file was left out (``Evidence.stale``).
@@ -44,6 +47,7 @@ FORMATS = {
     SLICES: "imagewise-slices/1",
     CONFORMAL: "imagewise-conformal/1",
     UNKNOWN: "imagewise-unknown/1",
+    DRIFT: "imagewise-drift/1",
     PARITY: "imagewise-parity/1",
 }
 
@@ -62,6 +66,7 @@ class Evidence:
     conformal: dict[str, Any] | None = None
     unknown: dict[str, Any] | None = None
     knn: KnnReference | None = None
+    drift: DriftReference | None = None
     robustness: dict[str, Any] | None = None
     slices: dict[str, Any] | None = None
     parity: dict[str, Any] | None = None
@@ -118,6 +123,7 @@ def read_evidence(run: str | Path, audit: str | Path | None = None) -> Evidence:
     ev.conformal = _fitted(ev, CONFORMAL)
     ev.unknown = _fitted(ev, UNKNOWN)
     ev.knn = _knn(ev)
+    ev.drift = _drift(ev)
     if audit is not None:
         ev.audit, ev.audit_file = _audit(Path(audit), ev), Path(audit).name
     return ev
@@ -204,6 +210,14 @@ def _knn(ev: Evidence) -> KnnReference | None:
         ev.stale[KNN] = OTHER_WEIGHTS
         return None
     return reference
+
+
+def _drift(ev: Evidence) -> DriftReference | None:
+    if (values := _fitted(ev, DRIFT)) is None:
+        return None
+    from imagewise.edge.drift import DriftReference
+
+    return DriftReference.from_json(values, str(ev.run / DRIFT), len(ev.meta.classes))
 
 
 def _config(folder: RunFolder) -> RunConfig | None:

@@ -1,8 +1,8 @@
 """The card's sections on how far to trust an answer: the coverage of the conformal prediction
-sets, the "unknown" threshold and the out-of-distribution reference, robustness to corruptions,
-slices, and the exported files' agreement with PyTorch. Each is shown only when its file is in
-the run (and, for fitted files, fitted with the current weights); otherwise one line says what
-to run."""
+sets, the "unknown" threshold, the out-of-distribution and drift references, robustness to
+corruptions, slices, and the exported files' agreement with PyTorch. Each is shown only when its
+file is in the run (and, for fitted files, fitted with the current weights); otherwise one line
+says what to run."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import Any
 from imagewise.card.content import Section, Table, count, num, pct
 from imagewise.card.evidence import (
     CONFORMAL,
+    DRIFT,
     KNN,
     METRICS,
     OTHER_IMAGES,
@@ -78,7 +79,7 @@ def conformal_section(ev: Evidence) -> Section:
 
 def unknown_section(ev: Evidence) -> Section:
     section = Section("unknown", "Unknown answers and out-of-distribution inputs")
-    section.notes = _stale(ev, UNKNOWN) + _stale(ev, KNN)
+    section.notes = _stale(ev, UNKNOWN) + _stale(ev, KNN) + _stale(ev, DRIFT)
     if (u := ev.unknown) is not None:
         section.sources.append(UNKNOWN)
         section.facts += [
@@ -107,10 +108,39 @@ def unknown_section(ev: Evidence) -> Section:
             "No kNN out-of-distribution reference: imagewise predict RUN IMAGES --ood knn "
             "makes one."
         )
-    if ev.unknown is None and ev.knn is None:
+    _drift_facts(ev, section)
+    if ev.unknown is None and ev.knn is None and ev.drift is None:
         section.missing = " ".join(section.notes)
         section.notes = []
     return section
+
+
+def _drift_facts(ev: Evidence, section: Section) -> None:
+    """What ``imagewise serve``'s drift alarms compare the latest answers with."""
+    if (d := ev.drift) is None:
+        section.notes.append(
+            "No drift reference: imagewise serve RUN fits one on the validation split at first "
+            f"start ({DRIFT})."
+        )
+        return
+    section.sources.append(DRIFT)
+    section.facts += [
+        (
+            "energy OOD threshold",
+            f"{num(d.ood_threshold)} (the validation split's 95th percentile: "
+            f"{count(d.ood_above)} of {count(d.images)} images above it)",
+        ),
+        (
+            "validation mean top probability",
+            f"{num(d.mean_confidence)} (std {num(d.confidence_std)})",
+        ),
+        ("drift reference fitted on", f"{count(d.images)} validation images"),
+    ]
+    section.notes.append(
+        "imagewise serve raises a drift alarm when its latest answers move away from these "
+        "(the share above the OOD threshold, the mean top probability, the predicted classes; "
+        "GET /v1/drift)."
+    )
 
 
 def robustness_section(ev: Evidence) -> Section:

@@ -52,10 +52,13 @@ def add_parser(verbs: Any, new_verb: NewVerb) -> argparse.ArgumentParser:
     p.add_argument(
         "--card-yaml",
         metavar="FILE",
-        help="a YAML file with these fields (intended_use: ..., license: ...); flags win over it",
+        help="a YAML file with these fields (intended_use: ..., license: ...); flags win over it. "
+        "The fields given are kept in RUN/model_card.yaml for the next card",
     )
     p.add_argument(
-        "--audit", metavar="FILE", help="the JSON of 'imagewise data check DATA --json FILE'"
+        "--audit",
+        metavar="FILE",
+        help="the JSON of 'imagewise data check DATA --json FILE' (kept for the next card)",
     )
     p.add_argument(
         "--evaluate",

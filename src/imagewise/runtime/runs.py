@@ -3,7 +3,7 @@
 runs/NAME/
   config.yaml  meta.json  model.safetensors  last.ckpt  history.csv  curves.png
   tensorboard/  eval/metrics.json  eval/confusion_matrix.png  eval/confusion_matrix.csv
-  MODEL_CARD.md  model_card.html  (imagewise card)
+  MODEL_CARD.md  model_card.html  model_card.yaml  (imagewise card)
 """
 
 from __future__ import annotations
