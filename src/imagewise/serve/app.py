@@ -175,25 +175,8 @@ def create_app(
     metrics = ServeMetrics()
     model_lock = threading.Lock()
     scorer = edge_scorer(ood)
-
-    def infer(images: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, float | None]]:
-        with model_lock:  # a kNN scorer runs the network too
-            logits, probs = classifier.scores(images)
-            scores = [None] * len(images) if scorer is None else scorer(images, logits).tolist()
-        if drift is not None:
-            drift.observe(logits, probs)
-        return list(zip(logits, probs, scores, strict=True))
-
     info = describe(classifier, settings, min_confidence, scorer, sets, drift)
-    batcher = MicroBatcher(
-        infer,
-        max_batch=settings.batch_limit,
-        max_wait_ms=settings.max_wait_ms if settings.batching else 0.0,
-        queue_size=settings.queue_size,
-        on_batch=metrics.observe_batch,
-        on_depth=metrics.queue_depth.set,
-        governor=None if info.backend == "onnx" else torch_threads,
-    )
+    batcher = _batcher(classifier, settings, metrics, model_lock, scorer, drift, info)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -217,11 +200,48 @@ def create_app(
     app.state.serve = ServeState(
         classifier, settings, batcher, metrics, model_lock, info, page, decoding, unusable, sets
     )
-    app.include_router(router)
-    app.include_router(drift_router)
     app.state.drift = drift
     if drift is not None:
         metrics.registry.register(DriftCollector(drift))
+    _wire(app, settings, metrics)
+    return app
+
+
+def _batcher(
+    classifier: Any,
+    settings: ServeSettings,
+    metrics: ServeMetrics,
+    model_lock: threading.Lock,
+    scorer: OodScorer | None,
+    drift: DriftMonitor | None,
+    info: InfoResponse,
+) -> MicroBatcher:
+    """The micro-batcher over the model: each batch's logits, probabilities and OOD scores,
+    the drift monitor fed with every batch answered."""
+
+    def infer(images: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, float | None]]:
+        with model_lock:  # a kNN scorer runs the network too
+            logits, probs = classifier.scores(images)
+            scores = [None] * len(images) if scorer is None else scorer(images, logits).tolist()
+        if drift is not None:
+            drift.observe(logits, probs)
+        return list(zip(logits, probs, scores, strict=True))
+
+    return MicroBatcher(
+        infer,
+        max_batch=settings.batch_limit,
+        max_wait_ms=settings.max_wait_ms if settings.batching else 0.0,
+        queue_size=settings.queue_size,
+        on_batch=metrics.observe_batch,
+        on_depth=metrics.queue_depth.set,
+        governor=None if info.backend == "onnx" else torch_threads,
+    )
+
+
+def _wire(app: FastAPI, settings: ServeSettings, metrics: ServeMetrics) -> None:
+    """The routes, the error handlers and the middleware (guards, metrics) of the app."""
+    app.include_router(router)
+    app.include_router(drift_router)
     app.add_exception_handler(ServeError, _on_serve_error)
     app.add_exception_handler(HTTPException, _on_http_error)
     app.add_exception_handler(RequestValidationError, _on_invalid)
@@ -235,4 +255,3 @@ def create_app(
         body_timeout_s=settings.body_timeout_s,
     )
     app.add_middleware(MetricsMiddleware, metrics=metrics, endpoints=ENDPOINTS)
-    return app
