@@ -31,7 +31,7 @@ def time_robustness(run: str, images: int) -> None:
     ev = imagewise.evaluate(run, write=False, report=False)
     clf = load_run(run)
     wall, cpu = time.perf_counter(), time.process_time()
-    r = robustness(run, clf, ev.images, ev.probabilities, images)
+    r = robustness(clf, ev.images, ev.probabilities, images)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     print(r.summary())
     for name in r.worst_first():

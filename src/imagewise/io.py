@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import hashlib
 import json
 import os
 import tempfile
@@ -248,3 +249,12 @@ def atomic_write_json(path: str | Path, data: Any) -> Path:
 def read_json(path: str | Path) -> Any:
     """Read a JSON file."""
     return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def file_sha256(path: str | Path) -> str:
+    """The sha256 of a file's bytes, read 1 MiB at a time (weights files are large)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

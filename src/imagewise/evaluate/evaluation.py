@@ -92,6 +92,7 @@ def evaluate(
     """
     from imagewise.edge.conformal import check_coverage_request
     from imagewise.predict.predictor import load_run
+    from imagewise.predict.unknown import weights_sha256
 
     check_coverage_request(coverage, coverage_per_class, non_empty_sets)  # before the model
     if robustness and robustness_images < 1:
@@ -106,15 +107,12 @@ def evaluate(
     y = labels.numpy()
     values, calibration = _metric_values(clf, logits, labels, probs)
     values.update(split=split if data is None else "all", data=data or cfg.data.source)
-    values["weights_sha256"] = _weights_sha256(run_dir)
+    values["weights_sha256"] = weights_sha256(run_dir)
     prediction_sets = None
     if coverage is not None:
-        from imagewise.evaluate.conformal import measure_sets
-
-        prediction_sets, figures = measure_sets(
-            clf, run_dir, chosen, probs, y, coverage, coverage_per_class, non_empty_sets
+        prediction_sets, values["conformal"] = _sets(
+            clf, run_dir, chosen, probs, y, (coverage, coverage_per_class, non_empty_sets)
         )
-        values["conformal"] = figures.to_json()
     metrics = Metrics.from_json(values, "the evaluation", "")
     result = Evaluation(
         metrics, clf.classes, y, probs, chosen.paths or [], logits=logits.numpy(),
@@ -172,12 +170,20 @@ def _metric_values(
     return values, calibration
 
 
-def _weights_sha256(run_dir: Path) -> str:
-    """The sha256 of the weights measured, so a reader can tell a result from older weights."""
-    from imagewise.features.index import file_sha256
-    from imagewise.runtime.runs import RunFolder
+def _sets(
+    clf: Any,
+    run_dir: Path,
+    chosen: Any,
+    probs: np.ndarray,
+    y: np.ndarray,
+    asked: tuple[float, bool, bool],
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """The images' conformal sets and metrics.json's "conformal" section, for (coverage, per
+    class, non-empty) as asked."""
+    from imagewise.evaluate.conformal import measure_sets
 
-    return file_sha256(RunFolder.of(run_dir).weights)
+    sets, figures = measure_sets(clf, run_dir, chosen, probs, y, *asked)
+    return sets, figures.to_json()
 
 
 def _measure_more(
@@ -202,10 +208,10 @@ def _measure_more(
         from imagewise.evaluate.robustness import robustness
 
         result.robustness = robustness(
-            run_dir, clf, result.images, result.probabilities, robust_images,
-            batch_size=batch_size,
-        )  # fmt: skip
+            clf, result.images, result.probabilities, robust_images, batch_size=batch_size
+        )
         result.robustness.where = where
+        result.robustness.weights_sha256 = result.metrics.weights_sha256 or ""
 
 
 def write_evaluation(out: Path, result: Evaluation) -> dict[str, Path]:

@@ -235,7 +235,6 @@ def split_images(split: Any, index: np.ndarray, pre: Any) -> torch.Tensor:
 
 
 def robustness(
-    run: str | Path,
     clf: Any,
     split: Any,
     probabilities: np.ndarray,
@@ -246,7 +245,6 @@ def robustness(
     """The robustness of the loaded run ``clf`` on a stratified sample of ``split``.
 
     Args:
-        run: the run folder (for the weights' sha256).
         clf: the loaded classifier.
         split: the evaluated split (labels mapped onto the run's classes).
         probabilities: the evaluation's probabilities of ``split`` (the clean scores).
@@ -254,16 +252,12 @@ def robustness(
         seed: seeds the sample and the random corruptions.
         batch_size: images per forward pass.
     """
-    from imagewise.features.index import file_sha256
-    from imagewise.runtime.runs import RunFolder
-
     index = stratified_sample(split.labels, images, seed)
     x = split_images(split, index, clf.preprocessing)
     predict = classifier_predict(clf, batch_size)
     labels = split.labels[index]
     result = measure(predict, x, labels, clf.classes, probabilities[index], seed)
     result.sampled_from = len(split)
-    result.weights_sha256 = file_sha256(RunFolder.of(run).weights)
     return result
 
 

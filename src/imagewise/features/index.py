@@ -39,14 +39,6 @@ def normalize(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x / np.maximum(norms, np.float32(1e-12)), dtype=np.float32)
 
 
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def index_key(weights_sha256: str, layer: str, fingerprint: str) -> str:
     """What an index depends on: the weights, the layer, the collection."""
     return hashlib.sha256(f"{weights_sha256}\0{layer}\0{fingerprint}".encode()).hexdigest()

@@ -99,13 +99,8 @@ def _index_for(
     """The index to search and whether it was built now: a saved index folder as it is, or
     the saved index of the data when still current, else one built and saved."""
     from imagewise.features.collection import resolve_collection
-    from imagewise.features.index import (
-        default_dir,
-        file_sha256,
-        index_key,
-        is_index_dir,
-        load_index,
-    )
+    from imagewise.features.index import default_dir, index_key, is_index_dir, load_index
+    from imagewise.io import file_sha256
     from imagewise.runtime.embedding import network_of, penultimate_name
     from imagewise.runtime.runs import RunFolder
 

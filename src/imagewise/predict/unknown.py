@@ -10,7 +10,6 @@ were fitted with, so a retrained run fits them again; the numerics are in
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -33,7 +32,7 @@ from imagewise.edge.unknown import (
     fit_min_confidence,
 )
 from imagewise.errors import UserError
-from imagewise.io import atomic_write_json, read_json
+from imagewise.io import atomic_write_json, file_sha256, read_json
 
 if TYPE_CHECKING:
     from imagewise.runtime.run_data import RunSplit
@@ -51,11 +50,7 @@ CHUNK = 1024  # images decoded and scored at a time
 def weights_sha256(run: str | Path) -> str:
     """The sha256 of a run's ``model.safetensors``: what a fitted threshold or reference was
     made with."""
-    digest = hashlib.sha256()
-    with open(Path(run) / "model.safetensors", "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_sha256(Path(run) / "model.safetensors")
 
 
 def _run_split(run: Path, classes: list[str], name: str) -> RunSplit:
