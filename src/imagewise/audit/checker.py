@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from imagewise.audit import duplicates, labels
-from imagewise.audit.findings import file_findings, split_counts
+from imagewise.audit.findings import file_findings, label_sets, split_counts
 from imagewise.audit.result import KINDS, AuditResult
 from imagewise.audit.scan import SERIAL_BELOW, Scan, read_all, usable_cores
 from imagewise.data.sources import SPLITS, ImageData, resolve_source
@@ -27,7 +27,7 @@ log = logging.getLogger("imagewise")
 
 
 def _duplicate_entry(scan: Scan, members: list[int], **extra: Any) -> dict[str, Any]:
-    names = [scan.classes[scan.labels[i]] for i in members]
+    names = [scan.label_text(i) for i in members]
     splits = [str(scan.splits[i]) for i in members]
     return {
         "paths": [scan.names[i] for i in members],
@@ -73,6 +73,8 @@ def _duplicates(
 def _label_issues(
     scan: Scan, readable: np.ndarray, flagged: set[int], notes: list[str], seed: int
 ) -> list[dict[str, Any]]:
+    if scan.multilabel:
+        return _multilabel_issues(scan, readable, flagged, notes, seed)
     issues, skipped = labels.find_issues(
         readable, scan.prints(readable), scan.labels[readable], seed
     )
@@ -89,6 +91,33 @@ def _label_issues(
                 "suggested": scan.classes[issue.suggested],
                 "given_probability": issue.given_probability,
                 "suggested_probability": issue.suggested_probability,
+            }
+        )
+    return out
+
+
+def _multilabel_issues(
+    scan: Scan, readable: np.ndarray, flagged: set[int], notes: list[str], seed: int
+) -> list[dict[str, Any]]:
+    issues, skipped = labels.find_multilabel_issues(
+        readable, scan.prints(readable), scan.labels[readable], seed
+    )
+    if skipped:
+        notes.append(f"label check skipped: {skipped}")
+    out = []
+    for issue in issues:
+        flagged.add(issue.index)
+        out.append(
+            {
+                "path": scan.names[issue.index],
+                "split": str(scan.splits[issue.index]),
+                "given": "|".join(scan.classes[k] for k in issue.given),
+                "suggested": "|".join(scan.classes[k] for k in issue.suggested),
+                "given_probability": issue.given_probability,
+                "doubted": [
+                    {"label": scan.classes[k], "given": given, "probability": p}
+                    for k, given, p in issue.doubted
+                ],
             }
         )
     return out
@@ -123,7 +152,8 @@ def check(
     seed: int = 0,
 ) -> AuditResult:
     """Check a dataset before training: unreadable and odd files, class balance, exact and near
-    duplicates within and across splits, likely label errors.
+    duplicates within and across splits, likely label errors. Multi-label data also gets its
+    label sets described (``result.label_sets``: counts, images with no label, co-occurrence).
 
     Args:
         data: a folder, CSV manifest, IDX folder or built-in name (as ``train`` takes), or an
@@ -167,6 +197,7 @@ def check(
     findings: dict[str, list[Any]] = file_findings(scan, flagged)
     tiny = flagged - {i for i, f in enumerate(scan.infos) if f.error is not None}
     findings["class_counts"] = split_counts(scan)
+    sets = label_sets(scan) if scan.multilabel else None
     pool = workers or (1 if len(scan) < SERIAL_BELOW else usable_cores())
     findings.update(_duplicates(scan, readable, flagged, pool))
     # Tiny images are already flagged, and their few pixels would only confuse the model.
@@ -186,6 +217,7 @@ def check(
         scan=scan,
         data=dataset,
         flagged=flagged,
+        label_sets=sets,
     )
     result.seconds = time.perf_counter() - start
     if json_path is not None:

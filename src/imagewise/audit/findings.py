@@ -13,6 +13,7 @@ from imagewise.audit.scan import Scan
 from imagewise.data.sources import SPLITS
 
 TINY = 16  # an image with a side under 16 px holds too little to learn from
+TOP_PAIRS = 10  # the label pairs most often seen together that the summary names
 OUTLIER_FACTOR = 16.0  # a size outlier has 16x more or fewer pixels than the median (4x a side)
 
 # The extensions each detected format may carry.
@@ -32,7 +33,7 @@ def _entry(scan: Scan, i: int, **extra: Any) -> dict[str, Any]:
     return {
         "path": scan.names[i],
         "split": str(scan.splits[i]),
-        "label": scan.classes[scan.labels[i]],
+        "label": scan.label_text(i),
         **extra,
     }
 
@@ -95,20 +96,58 @@ def file_findings(scan: Scan, flagged: set[int]) -> dict[str, list[dict[str, Any
 
 
 def split_counts(scan: Scan) -> list[dict[str, Any]]:
-    """Per split: images per class and the imbalance ratio (largest class / smallest)."""
+    """Per split: images per class and the imbalance ratio (largest class / smallest). For
+    multi-label data the counts are images per label, plus ``no_label``: images with none."""
     out = []
     for split in SPLITS:
         labels = scan.labels[scan.splits == split]
         if len(labels) == 0:
             continue
-        counts = np.bincount(labels, minlength=len(scan.classes))
+        if scan.multilabel:
+            counts = labels.sum(axis=0, dtype=np.int64)
+        else:
+            counts = np.bincount(labels, minlength=len(scan.classes))
         present = counts[counts > 0]
-        out.append(
-            {
-                "split": split,
-                "counts": {name: int(n) for name, n in zip(scan.classes, counts, strict=True)},
-                "imbalance_ratio": round(float(present.max() / present.min()), 2),
-                "empty_classes": [n for n, c in zip(scan.classes, counts, strict=True) if c == 0],
-            }
-        )
+        ratio = float(present.max() / present.min()) if len(present) else 1.0
+        entry: dict[str, Any] = {
+            "split": split,
+            "counts": {name: int(n) for name, n in zip(scan.classes, counts, strict=True)},
+            "imbalance_ratio": round(ratio, 2),
+            "empty_classes": [n for n, c in zip(scan.classes, counts, strict=True) if c == 0],
+        }
+        if scan.multilabel:
+            entry["no_label"] = int((labels.sum(axis=1) == 0).sum())
+        out.append(entry)
     return out
+
+
+def label_sets(scan: Scan, top: int = TOP_PAIRS) -> dict[str, Any]:
+    """A multi-label dataset's labels over all its images: images per label, images with no
+    label, labels per image, the co-occurrence table (``cooccurrence[a][b]``: images carrying
+    both labels a and b; the diagonal is each label's count) and the ``top`` most frequent
+    pairs, each with its Jaccard index (images with both / images with either)."""
+    rows = scan.labels.astype(np.int64)
+    table = rows.T @ rows
+    counts = np.diag(table)
+    pairs = [
+        (int(table[a, b]), a, b)
+        for a in range(len(scan.classes))
+        for b in range(a + 1, len(scan.classes))
+        if table[a, b] > 0
+    ]
+    pairs.sort(key=lambda p: (-p[0], p[1], p[2]))
+    return {
+        "labels": list(scan.classes),
+        "counts": {name: int(n) for name, n in zip(scan.classes, counts, strict=True)},
+        "no_label": int((rows.sum(axis=1) == 0).sum()),
+        "labels_per_image": round(float(rows.sum(axis=1).mean()), 3) if len(rows) else 0.0,
+        "cooccurrence": table.tolist(),
+        "top_pairs": [
+            {
+                "labels": [scan.classes[a], scan.classes[b]],
+                "count": n,
+                "jaccard": round(n / int(counts[a] + counts[b] - n), 3),
+            }
+            for n, a, b in pairs[:top]
+        ],
+    }

@@ -31,6 +31,11 @@ GIVEN_MAX = 0.02
 # cleanlab's per-class counts can leave out an image the model all but rules out for its label;
 # at or below this probability it is flagged anyway (one more planted flip found, no false one).
 RULED_OUT = 0.01
+# Multi-label: cleanlab's per-label candidates, kept when the model's belief in the given yes /
+# no of one label is at most this. On 600 digit mosaics (a 0.97 mAP quick model) with 15 planted
+# flips: 11 found among 23 flagged; at 0.05, 13 among 40 (tests/test_multilabel_audit.py).
+ML_FILTER = "prune_by_noise_rate"
+ML_GIVEN_MAX = 0.02
 MIN_PER_CLASS = 3  # below this many images in a class, out-of-fold predictions mean nothing
 
 
@@ -159,3 +164,141 @@ def find_issues(
             )
         )
     return issues, None
+
+
+@dataclass
+class MultiLabelIssue:
+    """An image of multi-label data whose label set the out-of-fold model doubts."""
+
+    index: int  # into the scan
+    given: list[int]  # class indices
+    suggested: list[int]  # the labels the model gives a probability of 0.5 or more
+    doubted: list[tuple[int, bool, float]]  # (class, given?, probability), most doubted first
+    given_probability: float  # the model's belief in the most doubted label's given state
+
+
+def _fit_predict_labels(
+    x: np.ndarray, y: np.ndarray, test: np.ndarray, decay: float = DECAY
+) -> np.ndarray:
+    """One logistic regression per label (one-vs-rest, L2 ``decay``), fitted together by
+    full-batch L-BFGS: the labels share no weight, so the sum of their losses is minimized by
+    each one's own fit. Sigmoid probabilities (len(test), K)."""
+    import torch
+
+    from imagewise.runtime.threads import kept_threads
+
+    with kept_threads():
+        xt, yt = torch.from_numpy(x), torch.from_numpy(y.astype(np.float32))
+        layer = torch.nn.Linear(x.shape[1], y.shape[1])
+        opt = torch.optim.LBFGS(layer.parameters(), max_iter=100, line_search_fn="strong_wolfe")
+
+        def closure() -> torch.Tensor:
+            opt.zero_grad()
+            # Summed over labels, averaged over images: each label's fit weighs its decay as
+            # the single-label model does.
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(
+                layer(xt), yt, reduction="sum"
+            ) / len(xt)
+            loss = loss + decay * layer.weight.pow(2).sum()
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+        with torch.no_grad():
+            return torch.sigmoid(layer(torch.from_numpy(test))).double().numpy()
+
+
+def _label_folds(rows: np.ndarray, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """k folds stratified by each image's rarest label (``data.sources.strata``); strata with
+    fewer images than folds are pooled, so every stratum can be spread."""
+    from sklearn.model_selection import StratifiedKFold
+
+    from imagewise.data.sources import strata
+
+    groups = strata(rows)
+    names, counts = np.unique(groups, return_counts=True)
+    groups = np.where(np.isin(groups, names[counts < folds]), -1, groups)
+    if (groups == -1).sum() and (groups == -1).sum() < folds:
+        groups = np.where(groups == -1, names[counts.argmax()], groups)
+    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    return list(splitter.split(rows, groups))
+
+
+def out_of_fold_labels(
+    x: np.ndarray, rows: np.ndarray, folds: int = FOLDS, seed: int = 0
+) -> np.ndarray:
+    """Per-label probabilities (N, K) for each image from one-vs-rest models that did not see
+    it; ``rows`` are 0/1 (N, K)."""
+    probs = np.zeros(rows.shape, dtype=np.float64)
+    start = time.perf_counter()
+    for k, (fit_idx, held_idx) in enumerate(_label_folds(rows, folds, seed)):
+        probs[held_idx] = _fit_predict_labels(x[fit_idx], rows[fit_idx], x[held_idx])
+        if k == 0 and folds > 1:
+            took = time.perf_counter() - start
+            log.info(
+                "label check: fold 1 of %d took %.0fs; about %.0fs more",
+                folds, took, took * (folds - 1),
+            )  # fmt: skip
+    return probs
+
+
+def find_multilabel_issues(
+    index: np.ndarray, prints: list[Fingerprint], rows: np.ndarray, seed: int = 0
+) -> tuple[list[MultiLabelIssue], str | None]:
+    """Likely label errors of multi-label data (``rows`` 0/1, N x K): a label given that the
+    image seems not to show, or one left out that it seems to show. cleanlab's multi-label mode
+    judges each label as its own yes / no question over out-of-fold one-vs-rest probabilities;
+    returns the issues, most doubtful first, and why the check was skipped (or None)."""
+    from cleanlab.filter import find_label_issues
+
+    rows = np.asarray(rows) > 0
+    positives = rows.sum(axis=0)
+    # A label needs examples of both answers for its out-of-fold model to mean anything.
+    negatives = len(rows) - positives
+    judged = np.flatnonzero((positives >= MIN_PER_CLASS) & (negatives >= MIN_PER_CLASS))
+    if len(judged) < 2:
+        return [], (
+            f"needs two labels with at least {MIN_PER_CLASS} readable images with and without"
+        )
+    sub = rows[:, judged]
+    folds = int(min(FOLDS, len(rows) // MIN_PER_CLASS))
+    log.info(
+        "label check: %d-fold one-vs-rest logistic regression on HOG features of %d images",
+        folds, len(rows),
+    )  # fmt: skip
+    x = _reduce(features(prints), seed=seed)
+    probs = out_of_fold_labels(x, sub.astype(np.uint8), folds, seed)
+    agree = np.where(sub, probs, 1.0 - probs)  # the model's belief in each given yes / no
+    given_sets = [np.flatnonzero(r).tolist() for r in sub]
+    # n_jobs=1: see find_issues (a forked pool can hang on a lock another thread held).
+    doubted = find_label_issues(
+        labels=given_sets, pred_probs=probs, multi_label=True, filter_by=ML_FILTER, n_jobs=1
+    )
+    worst = agree.min(axis=1)
+    flagged = (doubted & (worst <= ML_GIVEN_MAX)) | (worst <= RULED_OUT)
+    issues = []
+    for r in np.flatnonzero(flagged)[np.argsort(worst[flagged], kind="stable")].tolist():
+        order = np.argsort(agree[r], kind="stable")
+        doubts = [
+            (int(judged[k]), bool(sub[r, k]), round(float(probs[r, k]), 4))
+            for k in order.tolist()
+            if agree[r, k] < 0.5
+        ]
+        issues.append(
+            MultiLabelIssue(
+                index=int(index[r]),
+                given=np.flatnonzero(rows[r]).tolist(),
+                suggested=_suggested(rows[r], judged, probs[r]),
+                doubted=doubts,
+                given_probability=round(float(worst[r]), 4),
+            )
+        )
+    return issues, None
+
+
+def _suggested(given: np.ndarray, judged: np.ndarray, probs: np.ndarray) -> list[int]:
+    """The label set the model would give: judged labels at probability 0.5 or more, and the
+    labels it did not judge kept as given."""
+    out = set(np.flatnonzero(given).tolist()) - set(judged.tolist())
+    out.update(int(judged[k]) for k in np.flatnonzero(probs >= 0.5))
+    return sorted(out)

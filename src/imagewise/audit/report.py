@@ -76,17 +76,57 @@ def _pairs(result: AuditResult, entries: list[dict[str, Any]], title: str) -> st
     return f"<h2>{title} ({len(entries):,})</h2>" + "".join(rows)
 
 
+def _verdict(e: dict[str, Any]) -> str:
+    """What the model doubts about one image's label (one label, or a multi-label set)."""
+    if "doubted" not in e:
+        return (
+            f"given <b>{html.escape(e['given'])}</b> (p={e['given_probability']:.3f})<br>"
+            f"suggested <b>{html.escape(e['suggested'])}</b> (p={e['suggested_probability']:.3f})"
+        )
+    doubts = "<br>".join(
+        f"{'given' if d['given'] else 'missing'} <b>{html.escape(d['label'])}</b> "
+        f"(p={d['probability']:.3f})"
+        for d in e["doubted"]
+    )
+    return (
+        f"given <b>{html.escape(e['given'] or '(no label)')}</b><br>"
+        f"suggested <b>{html.escape(e['suggested'] or '(no label)')}</b><br>{doubts}"
+    )
+
+
 def _labels(result: AuditResult) -> str:
     entries = result.findings["label_issues"]
     rows = [
         '<div class="pair">'
         + _figure(result, e["path"], f"{e['path']} [{e['split']}]")
-        + f"<p>given <b>{html.escape(e['given'])}</b> (p={e['given_probability']:.3f})<br>"
-        f"suggested <b>{html.escape(e['suggested'])}</b> (p={e['suggested_probability']:.3f})</p>"
-        "</div>"
+        + f"<p>{_verdict(e)}</p></div>"
         for e in entries[:SHOWN]
     ]
     return f"<h2>Likely label errors ({len(entries):,})</h2>" + "".join(rows)
+
+
+def _label_sets(result: AuditResult) -> str:
+    """Multi-label data: the co-occurrence table and the most frequent pairs ('' otherwise)."""
+    sets = result.label_sets
+    if sets is None:
+        return ""
+    names = [html.escape(n) for n in sets["labels"]]
+    head = "<tr><th></th>" + "".join(f"<th>{n}</th>" for n in names) + "</tr>"
+    body = "".join(
+        f"<tr><th>{name}</th>" + "".join(f"<td>{v:,}</td>" for v in row) + "</tr>"
+        for name, row in zip(names, sets["cooccurrence"], strict=True)
+    )
+    pairs = _table(
+        [{**p, "labels": " + ".join(p["labels"])} for p in sets["top_pairs"]],
+        "Labels most often together",
+        ["labels", "count", "jaccard"],
+    )
+    return (
+        "<h2>Label co-occurrence</h2>"
+        f"<p>{sets['labels_per_image']:g} labels per image on average; "
+        f"{sets['no_label']:,} images with no label. A cell counts the images that carry both "
+        f"labels; the diagonal, the images with the label.</p><table>{head}{body}</table>" + pairs
+    )
 
 
 def _table(entries: list[dict[str, Any]], title: str, columns: list[str]) -> str:
@@ -104,6 +144,8 @@ def _class_counts(result: AuditResult) -> str:
         rows = "".join(
             f"<tr><td>{html.escape(k)}</td><td>{v:,}</td></tr>" for k, v in c["counts"].items()
         )
+        if "no_label" in c:  # multi-label data
+            rows += f"<tr><td><i>(no label)</i></td><td>{c['no_label']:,}</td></tr>"
         parts.append(
             f"<h3>{c['split']}: imbalance {c['imbalance_ratio']:g}x</h3><table>{rows}</table>"
         )
@@ -130,6 +172,7 @@ def write_html(result: AuditResult, path: str | Path) -> Path:
         _table(f["size_outliers"], "Size outliers", ["path", "width", "height", "median_pixels"]),
         _table(modes, "Colour modes", ["mode", "count", "paths"]),
         _class_counts(result),
+        _label_sets(result),
         _pairs(result, f["exact_duplicates"], "Exact duplicates"),
         _pairs(result, f["near_duplicates"], "Near duplicates"),
         _labels(result),

@@ -44,6 +44,7 @@ class AuditResult:
     flagged: set[int] = field(
         default_factory=set, repr=False
     )  # scan indices left out of a clean manifest
+    label_sets: dict[str, Any] | None = None  # multi-label data: findings.label_sets
 
     def __getitem__(self, kind: str) -> list[dict[str, Any]]:
         return self.findings[kind]
@@ -58,6 +59,7 @@ class AuditResult:
             "seconds": round(self.seconds, 1),
             "notes": self.notes,
             **self.findings,
+            **({"task": "multilabel", "label_sets": self.label_sets} if self.label_sets else {}),
         }
 
     def summary(self) -> str:
@@ -65,8 +67,9 @@ class AuditResult:
         return "\n".join(summary_lines(self))
 
     def write_clean(self, path: str | Path) -> int:
-        """Write a CSV manifest (``path,label[,split]``) of the images nothing flagged; returns
-        the number of rows. ``imagewise train`` reads it."""
+        """Write a CSV manifest (``path,label[,split]``, or ``path,labels[,split]`` with ``a|b``
+        for multi-label data) of the images nothing flagged; returns the number of rows.
+        ``imagewise train`` reads it."""
         import io
 
         from imagewise.names import TEXT_ERRORS, CsvWriter
@@ -80,12 +83,13 @@ class AuditResult:
         with_split = any(s != "train" for s in scan.splits)
         buffer = io.StringIO()
         writer = CsvWriter(buffer)  # a name's "\r" quoted, not a line end
-        writer.writerow(["path", "label", "split"] if with_split else ["path", "label"])
+        column = "labels" if scan.multilabel else "label"  # labels: a|b, read as multi-label
+        writer.writerow(["path", column, "split"] if with_split else ["path", column])
         rows = 0
         for i, name in enumerate(scan.names):
             if i in self.flagged:
                 continue
-            row = [str(Path(name).resolve()), scan.classes[scan.labels[i]]]
+            row = [str(Path(name).resolve()), scan.label_text(i)]
             writer.writerow([*row, scan.splits[i]] if with_split else row)
             rows += 1
         text = buffer.getvalue()  # names that are not UTF-8 keep their bytes: they read back
@@ -121,5 +125,33 @@ def summary_lines(result: AuditResult) -> list[str]:
         f"  near duplicates   {_pairs_line(f['near_duplicates'], 'pairs')}",
         f"  label issues      {len(f['label_issues']):,} likely wrong labels",
     ]
+    if result.label_sets is not None:
+        lines[6:6] = label_set_lines(result.label_sets)
     lines += [f"  note: {n}" for n in result.notes]
+    return lines
+
+
+TABLE_UP_TO = 12  # labels: a wider co-occurrence table is left to the JSON and HTML
+
+
+def label_set_lines(sets: dict[str, Any]) -> list[str]:
+    """The console lines of a multi-label dataset: images per label, with none, the most
+    frequent pairs and (up to TABLE_UP_TO labels) the co-occurrence table."""
+    counts = ", ".join(f"{k} {n:,}" for k, n in sets["counts"].items())
+    pairs = ", ".join(f"{'+'.join(p['labels'])} {p['count']:,}" for p in sets["top_pairs"])
+    lines = [
+        f"  labels            {len(sets['labels'])} ({counts})",
+        f"  label sets        {sets['labels_per_image']:g} labels per image; "
+        f"{sets['no_label']:,} images with no label",
+        f"  labels together   {pairs or '-'} (most frequent pairs)",
+    ]
+    names = sets["labels"]
+    if len(names) > TABLE_UP_TO:
+        return [*lines, "  co-occurrence     (a table per label pair in the JSON and HTML report)"]
+    width = max(max(len(n) for n in names), max(len(f"{v:,}") for r in sets["cooccurrence"]
+                                                for v in r))  # fmt: skip
+    lines.append("  co-occurrence     (images with both labels; the diagonal: with the label)")
+    lines.append("    " + " " * width + "".join(f" {n:>{width}}" for n in names))
+    for name, row in zip(names, sets["cooccurrence"], strict=True):
+        lines.append(f"    {name:>{width}}" + "".join(f" {v:>{width},}" for v in row))
     return lines

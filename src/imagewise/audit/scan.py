@@ -43,13 +43,25 @@ class Scan:
 
     names: list[str]  # a file path, or SOURCE:SPLIT/INDEX for in-memory images
     splits: np.ndarray  # split name per image
-    labels: np.ndarray  # class index per image
+    labels: np.ndarray  # class index per image, or 0/1 per class (N, K) for multi-label data
     classes: list[str]
     in_memory: bool
     infos: list[FileInfo] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.names)
+
+    @property
+    def multilabel(self) -> bool:
+        """Whether each image carries a set of labels (0/1 per class) rather than one."""
+        return self.labels.ndim == 2
+
+    def label_text(self, i: int) -> str:
+        """Image ``i``'s label as a user wrote it: the class name, or for multi-label data the
+        names joined by ``|`` in class order (empty for an image with no label)."""
+        if not self.multilabel:
+            return self.classes[self.labels[i]]
+        return "|".join(self.classes[k] for k in np.flatnonzero(self.labels[i]))
 
     def readable(self) -> np.ndarray:
         """Indices of the images that decoded."""
@@ -112,6 +124,7 @@ def list_images(data: ImageData) -> Scan:
     splits: list[str] = []
     labels: list[np.ndarray] = []
     in_memory = False
+    empty = np.zeros((0, len(data.classes)) if data.multilabel else 0, np.int64)
     for split_name in SPLITS:
         split = data.split(split_name)
         if split.in_memory:
@@ -124,7 +137,7 @@ def list_images(data: ImageData) -> Scan:
     return Scan(
         names=names,
         splits=np.array(splits, dtype=object),
-        labels=np.concatenate(labels) if labels else np.zeros(0, np.int64),
+        labels=np.concatenate(labels) if labels else empty,
         classes=list(data.classes),
         in_memory=in_memory,
     )
