@@ -177,7 +177,8 @@ FIT_MEMORY_BUDGET = 4 * 1024**3
 def extract_features(
     model: nn.Module, batches: Batches, jobs: int = -1
 ) -> tuple[np.ndarray, np.ndarray]:
-    """HOG descriptors (N, D) float32 and labels (N,) of preprocessed batches.
+    """HOG descriptors (N, D) float32 and labels (N,) of preprocessed batches (multi-label
+    data: 0/1 rows (N, K) uint8).
 
     Each chunk goes through ``hog_features`` in a pool of ``jobs`` processes (-1: all cores;
     one process for small splits); results are written into one preallocated array.
@@ -205,8 +206,11 @@ def extract_features(
     for feats in Parallel(n_jobs=n_jobs, return_as="generator")(tasks):
         out[done : done + len(feats)] = feats
         done += len(feats)
-    y = np.concatenate(labels) if labels else np.empty(0, dtype=np.int64)
-    return out[:done], y.astype(np.int64)
+    if not labels:
+        return out[:done], np.empty(0, dtype=np.int64)
+    y = np.concatenate(labels)
+    # Multi-label rows (N, K) stay 0/1 per label.
+    return out[:done], (y > 0.5).astype(np.uint8) if y.ndim == 2 else y.astype(np.int64)
 
 
 def _fit_jobs(features: np.ndarray, candidates: int) -> int:
@@ -266,6 +270,10 @@ def fit_hog_svm(
     registry's one-pass ``fitter`` of ``hog_svm``; ``imagewise.train.classical.fit_one_pass``
     hands it the splits).
 
+    Multi-label data (0/1 rows) gets one binary ``LinearSVC`` per label instead, its cost chosen
+    by validation mAP (``_fit_multilabel``); the decision values are the labels' logits, whose
+    sigmoids calibration and the per-label thresholds then fit.
+
     The SVM cost ``C`` is chosen among ``c_values`` by validation accuracy when the validation
     split has images (the candidates are fitted in parallel processes), else ``DEFAULT_C`` is
     used. The SVM is one-vs-rest with the squared hinge loss (scikit-learn's default), solved in
@@ -302,6 +310,8 @@ def fit_hog_svm(
         "HOG features: %d train / %d val images x %d in %.1fs",
         len(x_train), len(x_val), x_train.shape[1], feature_seconds,
     )  # fmt: skip
+    if y_train.ndim == 2:
+        return _fit_multilabel(model, (x_train, y_train), (x_val, y_val), start, seed, c_values)
     if len(np.unique(y_train)) < 2:
         raise UserError("hog_svm needs training images of at least two classes")
 
@@ -375,6 +385,113 @@ def _fit_candidates(
     svms = Parallel(n_jobs=jobs)(delayed(svm.fit)(x_train, y_train) for svm in svms)
     val_acc = [_accuracy(_decision(s, x_val, num_classes), y_val) for s in svms]
     return candidates, svms, val_acc
+
+
+def _mean_average_precision(scores: np.ndarray, truth: np.ndarray) -> float:
+    """Mean over the labels with a positive image of scikit-learn's average precision."""
+    from sklearn.metrics import average_precision_score
+
+    present = np.flatnonzero(truth.any(axis=0)) if len(truth) else []
+    if not len(present):
+        return float("nan")
+    return float(np.mean([average_precision_score(truth[:, k], scores[:, k]) for k in present]))
+
+
+def _label_svm(x: np.ndarray, y: np.ndarray, c: float, seed: int) -> tuple[np.ndarray, float]:
+    """One label's hyperplane (D,) and bias. A label that every training image has, or none
+    has, gets no hyperplane: a constant decision value of +1 / -1 (the SVM's margin)."""
+    from sklearn.svm import LinearSVC
+
+    if y.min() == y.max():
+        return np.zeros(x.shape[1], dtype=np.float32), 1.0 if y[0] else -1.0
+    svm = LinearSVC(C=c, dual=True, tol=SVM_TOLERANCE, max_iter=SVM_MAX_ITER, random_state=seed)
+    svm.fit(x, y)
+    return svm.coef_[0].astype(np.float32), float(svm.intercept_[0])
+
+
+def _multilabel_scores(
+    splits: dict[str, tuple[np.ndarray, np.ndarray]], coef: np.ndarray, bias: np.ndarray
+) -> dict[str, Any]:
+    """Per split: images; accuracy (per label, at decision value 0), loss (binary
+    cross-entropy of the decision values as logits) and mAP."""
+    out: dict[str, Any] = {f"{name}_images": len(y) for name, (_, y) in splits.items()}
+    for name, (x, y) in splits.items():
+        if not len(y):
+            out.update({f"{name}_accuracy": float("nan"), f"{name}_loss": float("nan"),
+                        f"{name}_map": float("nan")})  # fmt: skip
+            continue
+        scores = x @ coef.T + bias
+        logits = torch.from_numpy(np.ascontiguousarray(scores, dtype=np.float32))
+        target = torch.from_numpy(y.astype(np.float32))
+        out[f"{name}_accuracy"] = float(((scores > 0) == (y > 0)).mean())
+        out[f"{name}_loss"] = float(
+            torch.nn.functional.binary_cross_entropy_with_logits(logits, target)
+        )
+        out[f"{name}_map"] = _mean_average_precision(scores, y > 0)
+    return out
+
+
+def _fit_multilabel(
+    model: nn.Module,
+    train: tuple[np.ndarray, np.ndarray],
+    val: tuple[np.ndarray, np.ndarray],
+    start: float,
+    seed: int,
+    c_values: Sequence[float],
+) -> dict[str, Any]:
+    """``fit_hog_svm`` for multi-label rows: standardized HOG features, then per label a binary
+    ``LinearSVC`` (one-vs-rest), one set per candidate C; the set with the best validation mAP
+    is kept (``DEFAULT_C`` without validation images)."""
+    from joblib import Parallel, delayed
+    from sklearn.preprocessing import StandardScaler
+
+    (x_train, y_train), (x_val, y_val) = train, val
+    num_classes = int(model.num_classes)
+    if not len(y_val):
+        y_val = np.zeros((0, num_classes), dtype=np.uint8)
+    if not y_train.any():
+        raise UserError("hog_svm needs training images with at least one label")
+    fit_start = time.perf_counter()
+    scaler = StandardScaler(copy=False).fit(x_train)
+    x_train = scaler.transform(x_train)
+    if len(x_val):
+        x_val = scaler.transform(x_val)
+    candidates = sorted(c_values, reverse=True) if len(x_val) else [DEFAULT_C]
+    jobs = _fit_jobs(x_train, len(candidates) * num_classes)
+    fits = Parallel(n_jobs=jobs)(
+        delayed(_label_svm)(x_train, y_train[:, k], c, seed)
+        for c in candidates
+        for k in range(num_classes)
+    )
+    sets = []
+    for i in range(len(candidates)):
+        chosen = fits[i * num_classes : (i + 1) * num_classes]
+        weights = np.stack([w for w, _ in chosen])
+        sets.append((weights, np.array([b for _, b in chosen], dtype=np.float32)))
+    val_map = [_mean_average_precision(x_val @ w.T + b, y_val > 0) for w, b in sets]
+    best = int(np.nanargmax(val_map)) if len(x_val) and not np.isnan(val_map).all() else 0
+    coef, bias = sets[best]
+    _set_weights(model, scaler, coef, bias)
+    fit_seconds = time.perf_counter() - fit_start
+    summary = {
+        "C": candidates[best],
+        "candidates": dict(zip(map(str, candidates), val_map, strict=True)) if len(x_val) else {},
+        "selected_by": "val_map" if len(x_val) else "default C",
+        "feature_dim": int(x_train.shape[1]),
+        "hog": asdict(model.hog_settings),
+        "labels": num_classes,
+        **_multilabel_scores({"train": (x_train, y_train), "val": (x_val, y_val)}, coef, bias),
+        "feature_seconds": round(fit_start - start, 3),
+        "fit_seconds": round(fit_seconds, 3),
+        "train_seconds": round(time.perf_counter() - start, 3),
+    }
+    log.info(
+        "fitted hog_svm (one SVM per label): C %g, %d features, train mAP %.4f, val mAP %.4f, "
+        "%.1fs",
+        summary["C"], summary["feature_dim"], summary["train_map"], summary["val_map"],
+        summary["train_seconds"],
+    )  # fmt: skip
+    return summary
 
 
 def _set_weights(model: nn.Module, scaler: Any, coef: np.ndarray, bias: np.ndarray) -> None:

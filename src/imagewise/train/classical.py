@@ -116,7 +116,8 @@ def write_classical_run(
     """Write the weights, a one-row history.csv and meta.json's ``training`` summary.
 
     The history row has the columns a deep run writes; ``lr`` is NaN (there is no learning
-    rate) and the losses are the cross-entropy of the SVM decision values.
+    rate) and the losses are the cross-entropy of the SVM decision values (multi-label: the
+    binary cross-entropy of each label's, with ``val_map`` as a deep multi-label run has it).
 
     Args:
         folder: the run folder (already holding config.yaml).
@@ -133,17 +134,20 @@ def write_classical_run(
         "train_accuracy": fit["train_accuracy"],
         "val_loss": fit["val_loss"],
         "val_accuracy": fit["val_accuracy"],
+        **({"val_map": fit["val_map"]} if "val_map" in fit else {}),
         "epoch_seconds": seconds,
         "images_per_second": fit["train_images"] / max(seconds, 1e-9),
     }
     folder.write_history([row])
     has_val = fit["val_images"] > 0
+    multilabel = "val_map" in fit  # one SVM per label, its C picked by validation mAP
     meta.training = TrainingSummary(
         epochs_run=1,
         epochs_planned=1,
         best_epoch=1,
         best_val_accuracy=fit["val_accuracy"] if has_val else None,
-        selected_by="val_accuracy" if has_val else "train_loss",
+        best_val_map=fit["val_map"] if has_val and multilabel else None,
+        selected_by=("val_map" if multilabel else "val_accuracy") if has_val else "train_loss",
         train_seconds=seconds,
         stop_reason="classical fit",
         classical={k: v for k, v in fit.items() if not _is_nan(v)},
