@@ -83,8 +83,8 @@ def write_best_yaml(base: RunConfig, trial: Any, path: Path, header: str) -> Pat
     return atomic_write_text(path, f"# {header}\n{body}")
 
 
-def plot_history(study: Any, path: Path) -> Path:
-    """Every finished trial's accuracy by trial number, and the best so far."""
+def plot_history(study: Any, path: Path, score: str = "validation accuracy") -> Path:
+    """Every finished trial's ``score`` by trial number, and the best so far."""
     fig = new_figure(6.4, 3.6)
     ax = fig.add_subplot()
     trials = finished(study)
@@ -104,7 +104,7 @@ def plot_history(study: Any, path: Path) -> Path:
         best = max(best, y) if not p else best
         line.append(best if best > -math.inf else math.nan)
     ax.step(xs, line, where="post", c="C3", label="best so far")
-    ax.set(xlabel="trial", ylabel="validation accuracy", title="Optimization history")
+    ax.set(xlabel="trial", ylabel=score, title="Optimization history")
     ax.legend(loc="lower right", fontsize=8)
     return save_figure(fig, path)
 
@@ -142,14 +142,14 @@ def plot_importances(weights: dict[str, float], path: Path) -> Path:
     return save_figure(fig, path)
 
 
-def plot_parallel(study: Any, path: Path) -> Path:
+def plot_parallel(study: Any, path: Path, score: str = "validation accuracy") -> Path:
     """Parallel coordinates: one line per complete trial across its settings, coloured by
-    accuracy (log axes for settings searched on a log scale; lists evenly spaced)."""
+    ``score`` (log axes for settings searched on a log scale; lists evenly spaced)."""
     trials = [t for t in finished(study) if t.state.name == "COMPLETE"]
     names = sorted({n for t in trials for n in t.params})
     fig = new_figure(max(6.4, 1.3 * (len(names) + 1)), 3.8)
     ax = fig.add_subplot()
-    axes = [*names, "accuracy"]
+    axes = [*names, score.removeprefix("validation ")]
     columns = [_axis(trials, n) for n in names] + [_axis_values([t.value for t in trials])]
     from matplotlib import colormaps
 
@@ -165,7 +165,7 @@ def plot_parallel(study: Any, path: Path) -> Path:
             ax.text(x + 0.03, y, text, fontsize=7, va="center")
     ax.set_xticks(range(len(axes)), axes, rotation=20)
     ax.set_yticks([])
-    ax.set(title="Parallel coordinates (colour: validation accuracy)", xlim=(-0.2, len(axes) - 0.5))
+    ax.set(title=f"Parallel coordinates (colour: {score})", xlim=(-0.2, len(axes) - 0.5))
     return save_figure(fig, path)
 
 

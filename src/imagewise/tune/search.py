@@ -20,6 +20,7 @@ from imagewise.tune import report
 from imagewise.tune.space import Space, default_space, read_space
 from imagewise.tune.study import (
     HOST,
+    claim_metric,
     make_pruner,
     make_sampler,
     open_storage,
@@ -30,10 +31,13 @@ from imagewise.tune.study import (
     storage_url,
 )
 from imagewise.tune.trial import (
+    METRICS,
     WEIGHTS_DECODING,
     Objective,
     best_trial,
+    objective_metric,
     progress_line,
+    run_value,
     trial_config,
 )
 
@@ -51,7 +55,7 @@ class TuneResult:
     pruned: int
     failed: int
     best_trial: int | None  # None: no trial completed
-    best_value: float  # best validation accuracy (NaN without a complete trial)
+    best_value: float  # best validation score by ``metric`` (NaN without a complete trial)
     best_params: dict[str, Any]
     best_run: Path | None  # the best trial's run folder, when this machine ran it
     final_run: Path | None = None  # retrain_best: the best settings on all training images
@@ -60,6 +64,12 @@ class TuneResult:
     epochs_planned: int = 0
     files: dict[str, Path] = field(default_factory=dict)
     summary: list[str] = field(default_factory=list)
+    metric: str = "val_accuracy"  # what the study maximizes: val_map for multi-label data
+
+    @property
+    def score(self) -> str:
+        """The maximized score in words (``validation mAP``)."""
+        return METRICS[self.metric]
 
 
 def tune(
@@ -80,7 +90,8 @@ def tune(
     show_progress: bool = False,
     **options: Any,
 ) -> TuneResult:
-    """Search training settings; every trial is an ordinary ``imagewise.train`` run.
+    """Search training settings; every trial is an ordinary ``imagewise.train`` run, judged by
+    its best validation accuracy, or for multi-label data its best validation mAP.
 
     Args:
         data: as for ``imagewise.train``; read and decoded once for all trials.
@@ -120,6 +131,7 @@ def tune(
     base, given = _base_config(data, config_file, options)
     out = check_output_dir(out or Path("runs") / f"tune-{Path(base.data.source).name or 'data'}")
     grid = sampler == "grid"
+    space_arg = space
     space = _space(space, base, given, grid)
     sampler_obj = make_sampler(sampler, base.train.seed, space.grid() if grid else None)
     pruner_obj = make_pruner(pruner, trials, base.train.epochs)
@@ -127,8 +139,6 @@ def tune(
     url = storage_url(storage, out)
     with kept_random_state(), _quiet_trials(), _optuna_quiet():
         study_obj = open_study(open_storage(url), study, sampler_obj, pruner_obj)  # fails fast
-        for line in search_rules(sampler, base.train.seed, pruner, trials):
-            _say(line)
         retried = recover(study_obj)
         if retried:
             _say(f"trials {', '.join(map(str, retried))} did not finish; queued again")
@@ -136,13 +146,20 @@ def tune(
         prepared = prepare_data(base)  # fills in what base's weights or model auto decide
         if not len(prepared.data.val):
             raise UserError("tuning needs validation images; set --val-fraction above 0")
+        metric = objective_metric(prepared.data.multilabel)
+        if space_arg is None and prepared.data.multilabel:  # sigmoid losses take no smoothing
+            space = Space(tuple(p for p in space.params if p.name != "label_smoothing"), {})
+        claim_metric(study_obj, metric)
+        for line in search_rules(sampler, base.train.seed, pruner, trials, METRICS[metric]):
+            _say(line)
         searched = prepared.subset(subset, base.train.seed) if subset else prepared
         objective = Objective(
-            base, space, searched, out / "trials", study, grid, show_progress, unset=unset
-        )
+            base, space, searched, out / "trials", study, grid, show_progress, unset=unset,
+            metric=metric,
+        )  # fmt: skip
         _optimize(study_obj, objective, trials, seconds, keep_runs, out)
         fixed_base = apply_options(copy.deepcopy(base), space.fixed)  # the space's fixed values
-        result = _results(study_obj, fixed_base, out, url, keep_runs)
+        result = _results(study_obj, fixed_base, out, url, keep_runs, metric)
         if retrain_best and result.best_trial is not None:
             options = {**space.fixed, **result.best_params}
             _retrain(result, trial_config(base, options, unset), options, prepared, show_progress)
@@ -227,7 +244,10 @@ def _tidy(study: Any, out: Path) -> None:
         shutil.rmtree(run, ignore_errors=True)
 
 
-def _results(study: Any, base: RunConfig, out: Path, url: str, keep_runs: bool) -> TuneResult:
+def _results(
+    study: Any, base: RunConfig, out: Path, url: str, keep_runs: bool,
+    metric: str = "val_accuracy",
+) -> TuneResult:  # fmt: skip
     """Write trials.csv, best.yaml, the plots and report.html; the summary lines."""
     if not keep_runs:
         _tidy(study, out)
@@ -244,16 +264,17 @@ def _results(study: Any, base: RunConfig, out: Path, url: str, keep_runs: bool) 
         dict(best.params) if best else {}, best_run,
         epochs_run=sum(int(t.user_attrs.get("epochs", 0)) for t in done),
         epochs_planned=sum(int(t.user_attrs.get("planned_epochs", 0)) for t in done),
+        metric=metric,
     )  # fmt: skip
     files = result.files
     files["trials"] = report.write_trials_csv(study, out / "trials.csv")
     if best:
-        header = f"study '{study.study_name}', trial {best.number}: val accuracy {best.value:.4f}"
+        header = f"study '{study.study_name}', trial {best.number}: {result.score} {best.value:.4f}"
         files["best"] = report.write_best_yaml(base, best, out / "best.yaml", header)
-    files["history"] = report.plot_history(study, out / "optimization_history.png")
+    files["history"] = report.plot_history(study, out / "optimization_history.png", result.score)
     weights = report.importances(study)
     files["importances"] = report.plot_importances(weights, out / "param_importances.png")
-    files["parallel"] = report.plot_parallel(study, out / "parallel_coordinates.png")
+    files["parallel"] = report.plot_parallel(study, out / "parallel_coordinates.png", result.score)
     result.summary = _summary(result, best, base)
     images = [files[k] for k in ("history", "importances", "parallel")]
     files["report"] = report.write_html(
@@ -278,7 +299,7 @@ def _summary(result: TuneResult, best: Any, base: RunConfig) -> list[str]:
         return lines
     params = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                       for k, v in r.best_params.items())  # fmt: skip
-    lines.append(f"best: trial {r.best_trial}, validation accuracy {r.best_value:.4f}: {params}")
+    lines.append(f"best: trial {r.best_trial}, {r.score} {r.best_value:.4f}: {params}")
     where = best.user_attrs.get("run", "?")
     if r.best_run is None:
         lines.append(f"its run folder is on {best.user_attrs.get('host', '?')}: {where}")
@@ -300,10 +321,10 @@ def _retrain(
     run = train(
         config=cfg, out=final, prepared=prepared, show_progress=show_progress, **options,
     )  # fmt: skip
-    result.final_run, result.final_value = run.run, run.best_val_accuracy
+    result.final_run = run.run
+    result.final_value = run_value(run.run, result.metric, run.best_val_accuracy)
     result.summary.append(
-        f"final run (all training images): {run.run}, validation accuracy "
-        f"{run.best_val_accuracy:.4f}"
+        f"final run (all training images): {run.run}, {result.score} {result.final_value:.4f}"
     )
 
 

@@ -191,7 +191,9 @@ def median_startup(trials: int) -> int:
     return max(1, min(5, trials // 5))
 
 
-def search_rules(sampler: str, seed: int, pruner: str, trials: int) -> list[str]:
+def search_rules(
+    sampler: str, seed: int, pruner: str, trials: int, score: str = "validation accuracy"
+) -> list[str]:
     """How the study samples and prunes, in the words ``imagewise tune`` prints at its start."""
     if sampler == "grid":
         draws = f"sampler: grid, in an order shuffled by seed {seed}"
@@ -208,13 +210,13 @@ def search_rules(sampler: str, seed: int, pruner: str, trials: int) -> list[str]
     completed = "1 trial has" if startup == 1 else f"{startup} trials have"
     rule = {
         "median": (
-            "pruner: median: a trial stops when its validation accuracy is below the median "
+            f"pruner: median: a trial stops when its {score} is below the median "
             f"of earlier trials at the same epoch, {after}, once {completed} completed"
         ),
         "hyperband": f"pruner: hyperband (successive halving over the epochs), {after}",
         "none": "pruner: none: every trial trains all its epochs",
     }[pruner]
-    return [draws, rule]
+    return [f"objective: the best epoch's {score}", draws, rule]
 
 
 def open_study(storage: Any, name: str, sampler: Any, pruner: Any) -> Any:
@@ -228,6 +230,20 @@ def open_study(storage: Any, name: str, sampler: Any, pruner: Any) -> Any:
     if study.direction != optuna.study.StudyDirection.MAXIMIZE:
         raise UserError(f"study '{name}' minimizes; imagewise tune maximizes accuracy: new --study")
     return study
+
+
+def claim_metric(study: Any, metric: str) -> None:
+    """Record what ``study`` maximizes (a history column) on its first trial's worker; a
+    worker whose data asks for another (multi-label mAP vs accuracy) is refused, since the
+    study's values would not compare."""
+    held = study.user_attrs.get("metric")
+    if held is None:
+        study.set_user_attr("metric", metric)
+    elif held != metric:
+        raise UserError(
+            f"study '{study.study_name}' maximizes {held} and this data asks for {metric} "
+            "(multi-label data is tuned by mAP); name a new --study"
+        )
 
 
 def requeue(study: Any, trial: Any) -> None:

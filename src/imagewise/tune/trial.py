@@ -1,5 +1,6 @@
-"""One trial: an ordinary ``imagewise.train`` run on the prepared data, reporting validation
-accuracy to the pruner after every epoch, and the line that says how it went."""
+"""One trial: an ordinary ``imagewise.train`` run on the prepared data, reporting its validation
+score (accuracy; mAP for multi-label data) to the pruner after every epoch, and the line that
+says how it went."""
 
 from __future__ import annotations
 
@@ -22,17 +23,28 @@ from imagewise.tune.study import FIRST_JUDGED_EPOCH, HOST
 log = logging.getLogger("imagewise")
 
 
+# What a study maximizes (a history.csv column) and its name in the words the reports use.
+METRICS = {"val_accuracy": "validation accuracy", "val_map": "validation mAP"}
+
+
+def objective_metric(multilabel: bool) -> str:
+    """The history column a study maximizes: ``val_map`` (mean average precision over the
+    labels) for multi-label data, where accuracy at one threshold says little, else
+    ``val_accuracy``."""
+    return "val_map" if multilabel else "val_accuracy"
+
+
 class ReportToPruner:
-    """Hook: report each epoch's validation accuracy to the trial and stop the run when the
-    pruner says so; also times the trial's setup (its start to the first training step).
+    """Hook: report each epoch's validation score (``metric``) to the trial and stop the run
+    when the pruner says so; also times the trial's setup (its start to the first training step).
 
     The pruner is first asked after the epoch that ends the run's learning-rate warm-up
     (``warmup_epochs``), and never after the first epoch (``FIRST_JUDGED_EPOCH``): during the
     warm-up a trial's accuracy mostly says how far its ramp has gone.
     """
 
-    def __init__(self, trial: Any, started: float, run: Path) -> None:
-        self.trial, self.started, self.run = trial, started, run
+    def __init__(self, trial: Any, started: float, run: Path, metric: str = "val_accuracy") -> None:
+        self.trial, self.started, self.run, self.metric = trial, started, run, metric
         self.setup_seconds = float("nan")
         self.pruned_at = 0
         self.first_judged = FIRST_JUDGED_EPOCH
@@ -45,7 +57,7 @@ class ReportToPruner:
         self.trial.set_user_attr("first_judged_epoch", self.first_judged)
 
     def on_epoch_end(self, state: Any) -> None:
-        self.trial.report(state.history[-1]["val_accuracy"], state.epoch)
+        self.trial.report(state.history[-1][self.metric], state.epoch)
         judged = self.first_judged <= state.epoch < state.epochs
         if judged and self.trial.should_prune():
             state.stop = True
@@ -110,7 +122,8 @@ def claim_run_folder(runs: Path, name: str) -> Path:
 
 @dataclass
 class Objective:
-    """Optuna's objective: the best validation accuracy of a run with the trial's settings.
+    """Optuna's objective: the best validation score (``metric``: accuracy, or mAP for
+    multi-label data) of a run with the trial's settings.
 
     The data is the prepared one for every trial, read once; a trial that decodes it otherwise
     (a searched size or crop, or other starting weights) has it decoded again once. With
@@ -127,6 +140,7 @@ class Objective:
     show_progress: bool = False
     precision: dict[str, str] = field(default_factory=dict)  # model -> measured choice
     unset: tuple[str, ...] = ()  # WEIGHTS_DECODING the user left unset (trial_config)
+    metric: str = "val_accuracy"  # objective_metric
 
     def __call__(self, trial: Any) -> float:
         import optuna
@@ -139,7 +153,7 @@ class Objective:
         run = claim_run_folder(self.runs, f"{self.study_name}-{trial.number:04d}")
         for key, value in (("host", HOST), ("pid", os.getpid()), ("run", str(run.resolve()))):
             trial.set_user_attr(key, value)
-        hook = ReportToPruner(trial, started, run)
+        hook = ReportToPruner(trial, started, run, self.metric)
         options = dict(params)
         cfg = trial_config(self.base, options, self.unset)
         model = str(params.get("model", cfg.model.name))
@@ -171,7 +185,18 @@ class Objective:
                 self.precision[model] = measured
         if hook.pruned_at:
             raise optuna.TrialPruned(f"pruned after epoch {hook.pruned_at}")
-        return result.best_val_accuracy
+        return run_value(run, self.metric, result.best_val_accuracy)
+
+
+def run_value(run: Path, metric: str, accuracy: float) -> float:
+    """A finished run's score by ``metric``: ``accuracy`` (its best validation accuracy), or
+    for ``val_map`` the best epoch's validation mAP that its meta.json records (NaN without)."""
+    if metric != "val_map":
+        return accuracy
+    from imagewise.runtime.runs import RunFolder
+
+    value = RunFolder.of(run).read_meta().training.best_val_map
+    return float("nan") if value is None else float(value)
 
 
 def _history(run: Path) -> list[dict[str, float]]:
