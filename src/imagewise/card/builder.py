@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from imagewise.card import multilabel
 from imagewise.card.content import Section, num, pct
 from imagewise.card.evidence import METRICS, Evidence, missing_evaluation, read_evidence
 from imagewise.card.fields import KEPT, CardFields, keep_fields, kept_fields, read_card_yaml
@@ -148,7 +149,23 @@ def _fields_note(
 
 
 def card_sections(ev: Evidence, fields: CardFields, name: str) -> list[Section]:
-    """The card's sections in reading order."""
+    """The card's sections in reading order (a multi-label run: its evaluation by mAP and F1,
+    and its labels' thresholds after the calibration)."""
+    if ev.multilabel:
+        return [
+            model_section(ev, name),
+            intended_use_section(fields),
+            data_section(ev),
+            audit_section(ev),
+            multilabel.evaluation_section(ev),
+            calibration_section(ev),
+            multilabel.thresholds_section(ev),
+            conformal_section(ev),
+            unknown_section(ev),
+            robustness_section(ev),
+            slices_section(ev),
+            export_section(ev),
+        ]
     return [
         model_section(ev, name),
         intended_use_section(fields),
@@ -165,7 +182,9 @@ def card_sections(ev: Evidence, fields: CardFields, name: str) -> list[Section]:
 
 
 def summary_cards(ev: Evidence) -> list[tuple[str, str]]:
-    """The page's headline figures: accuracy first."""
+    """The page's headline figures: accuracy first (a multi-label run: mAP and micro F1)."""
+    if ev.multilabel:
+        return multilabel.summary_cards(ev)
     m = ev.metrics
     cards = [("accuracy", pct(m.accuracy)), ("macro F1", num(m.macro.f1))]
     if m.calibration is not None:

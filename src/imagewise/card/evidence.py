@@ -78,6 +78,11 @@ class Evidence:
     parity_unrecorded: tuple[str, ...] = ()  # older records that name no weights
 
     @property
+    def multilabel(self) -> bool:
+        """Whether the run gives each image any number of labels (sigmoids, thresholds)."""
+        return bool(self.meta.spec.multilabel)
+
+    @property
     def conformal_metrics(self) -> dict[str, Any] | None:
         """``metrics.json``'s "conformal" section (written by ``evaluate(..., coverage=c)``)."""
         section = self.metrics_json.get("conformal")

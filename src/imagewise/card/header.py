@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from imagewise.card import multilabel
 from imagewise.card.evidence import Evidence
 from imagewise.card.fields import CardFields
 
@@ -39,13 +40,18 @@ def header_values(ev: Evidence, fields: CardFields, name: str) -> dict[str, Any]
     tags = list(
         dict.fromkeys(["imagewise", "image-classification", ev.meta.model.name, *fields.tags])
     )
+    if ev.multilabel:  # mAP and F1 rather than accuracy, which needs one label per image
+        tags.append("multi-label-classification")
+        metrics = multilabel.header_metrics(ev)
+    else:
+        metrics = [
+            {"type": "accuracy", "value": m.accuracy, "name": "Accuracy"},
+            {"type": "f1", "value": m.macro.f1, "name": "Macro F1", "args": {"average": "macro"}},
+        ]
     result = {
         "task": {"type": "image-classification", "name": "Image Classification"},
         "dataset": {"name": m.data, "type": datasets[0] if datasets else m.data, "split": m.split},
-        "metrics": [
-            {"type": "accuracy", "value": m.accuracy, "name": "Accuracy"},
-            {"type": "f1", "value": m.macro.f1, "name": "Macro F1", "args": {"average": "macro"}},
-        ],
+        "metrics": metrics,
     }
     values: dict[str, Any] = {
         **({"license": fields.license} if fields.license else {}),
@@ -53,7 +59,7 @@ def header_values(ev: Evidence, fields: CardFields, name: str) -> dict[str, Any]
         "pipeline_tag": "image-classification",
         "tags": tags,
         **({"datasets": datasets} if datasets else {}),
-        "metrics": ["accuracy", "f1"],
+        "metrics": ["map", "f1"] if ev.multilabel else ["accuracy", "f1"],
         "model-index": [{"name": name, "results": [result]}],
     }
     return values

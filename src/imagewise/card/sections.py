@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from imagewise.card import multilabel
 from imagewise.card.content import Section, Table, count, num, pct
 from imagewise.card.evidence import CONFIG, META, METRICS, Evidence
 from imagewise.card.fields import CardFields
@@ -18,10 +19,14 @@ def model_section(ev: Evidence, name: str) -> Section:
     pre = meta.preprocessing
     facts = [
         ("name", name),
+        *([("task", multilabel.TASK)] if ev.multilabel else []),
         ("architecture", meta.model.name),
         ("parameters", count(meta.model.parameters)),
         ("input", f"{pre.channels} x {pre.img_size} x {pre.img_size} ({pre.interpolation})"),
-        ("classes", f"{len(meta.classes)}: {', '.join(meta.classes)}"),
+        (
+            "labels" if ev.multilabel else "classes",
+            f"{len(meta.classes)}: {', '.join(meta.classes)}",
+        ),
     ]
     if training.epochs_run is not None:
         facts.append(("epochs", f"{training.epochs_run} of {training.epochs_planned}"))
@@ -84,7 +89,8 @@ def data_section(ev: Evidence) -> Section:
         ]
     rows = [[name, count(c.support)] for name, c in m.per_class.items()]
     sources.append(METRICS)
-    table = Table("class-images", ["class", f"{m.split} images"], rows)
+    first = "label" if ev.multilabel else "class"
+    table = Table("class-images", [first, f"{m.split} images"], rows)
     return Section("data", "Training data", sources, facts, [table])
 
 
@@ -101,6 +107,7 @@ def audit_section(ev: Evidence) -> Section:
     source = f" of {a['source']}" if "source" in a else ""
     section.facts = [("images checked", f"{count(a['images'])} ({splits}){source}")]
     section.facts += [(kind.replace("_", " "), count(len(a[kind]))) for kind in _FINDINGS]
+    section.facts += multilabel.audit_facts(a)
     section.tables.append(
         Table(
             "imbalance",

@@ -21,6 +21,7 @@ from imagewise.card.evidence import (
     UNKNOWN,
     Evidence,
 )
+from imagewise.card.multilabel import SINGLE_ONLY
 
 NOT_RUN = "not run here"
 
@@ -43,8 +44,12 @@ def conformal_section(ev: Evidence) -> Section:
     c = ev.conformal_metrics
     if c is None:
         section.missing = (
-            "Not measured: imagewise evaluate RUN --coverage 0.9 (split conformal sets whose "
-            "coverage is then measured on the test split)."
+            SINGLE_ONLY
+            if ev.multilabel
+            else (
+                "Not measured: imagewise evaluate RUN --coverage 0.9 (split conformal sets whose "
+                "coverage is then measured on the test split)."
+            )
         )
         return section
     section.sources = [METRICS, *([CONFORMAL] if ev.conformal is not None else [])]
@@ -149,8 +154,12 @@ def robustness_section(ev: Evidence) -> Section:
     r = ev.robustness
     if r is None:
         section.missing = (
-            "Not measured: imagewise evaluate RUN --robustness (noise, blur, JPEG, brightness, "
-            "contrast, pixelation at three severities)."
+            SINGLE_ONLY
+            if ev.multilabel
+            else (
+                "Not measured: imagewise evaluate RUN --robustness (noise, blur, JPEG, brightness, "
+                "contrast, pixelation at three severities)."
+            )
         )
         return section
     section.sources = [ROBUSTNESS]
@@ -178,7 +187,7 @@ def slices_section(ev: Evidence) -> Section:
     section.notes = _stale(ev, SLICES)
     s = ev.slices
     if s is None:
-        section.missing = _no_slices(ev)
+        section.missing = SINGLE_ONLY if ev.multilabel else _no_slices(ev)
         return section
     section.sources = [SLICES]
     section.facts = [("sliced by", str(s["column"]))]
