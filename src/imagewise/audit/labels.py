@@ -1,5 +1,6 @@
 """Likely label errors by confident learning: out-of-fold predicted probabilities of a quick
-model, given to ``cleanlab.filter.find_label_issues``.
+model, given to ``cleanlab.filter.find_label_issues`` (multi-label data: one-vs-rest logistic
+regressions, given to cleanlab's multi-label mode, ``find_multilabel_issues``).
 
 The quick model is HOG features and small thumbnails (``features``), reduced by PCA, then a
 multinomial logistic regression, over k stratified folds. It was chosen by measured recall of
@@ -32,8 +33,10 @@ GIVEN_MAX = 0.02
 # at or below this probability it is flagged anyway (one more planted flip found, no false one).
 RULED_OUT = 0.01
 # Multi-label: cleanlab's per-label candidates, kept when the model's belief in the given yes /
-# no of one label is at most this. On 600 digit mosaics (a 0.97 mAP quick model) with 15 planted
-# flips: 11 found among 23 flagged; at 0.05, 13 among 40 (tests/test_multilabel_audit.py).
+# no of one label is at most this (the single-label cut). On 500-600 mosaics of scikit-learn
+# digits 0-4 (a 0.97 mAP quick model) with 12-15 planted flips, six draws found 5 to 11 flips
+# among 15 to 23 flagged images; a cut of 0.05 found 10-13 among 34-40, and a stronger decay
+# (1e-2, cut 0.1) traded alike (tests/test_multilabel_audit.py plants such flips).
 ML_FILTER = "prune_by_noise_rate"
 ML_GIVEN_MAX = 0.02
 MIN_PER_CLASS = 3  # below this many images in a class, out-of-fold predictions mean nothing
@@ -249,7 +252,9 @@ def find_multilabel_issues(
     image seems not to show, or one left out that it seems to show. cleanlab's multi-label mode
     judges each label as its own yes / no question over out-of-fold one-vs-rest probabilities;
     returns the issues, most doubtful first, and why the check was skipped (or None)."""
-    from cleanlab.filter import find_label_issues
+    # cleanlab's multi-label entry point (cleanlab.filter's multi_label=True is deprecated for
+    # it; both run the same per-label pruning).
+    from cleanlab.multilabel_classification.filter import find_label_issues
 
     rows = np.asarray(rows) > 0
     positives = rows.sum(axis=0)
@@ -271,9 +276,7 @@ def find_multilabel_issues(
     agree = np.where(sub, probs, 1.0 - probs)  # the model's belief in each given yes / no
     given_sets = [np.flatnonzero(r).tolist() for r in sub]
     # n_jobs=1: see find_issues (a forked pool can hang on a lock another thread held).
-    doubted = find_label_issues(
-        labels=given_sets, pred_probs=probs, multi_label=True, filter_by=ML_FILTER, n_jobs=1
-    )
+    doubted = find_label_issues(labels=given_sets, pred_probs=probs, filter_by=ML_FILTER, n_jobs=1)
     worst = agree.min(axis=1)
     flagged = (doubted & (worst <= ML_GIVEN_MAX)) | (worst <= RULED_OUT)
     issues = []
