@@ -20,7 +20,7 @@ from imagewise.data.sources import resolve_source
 from imagewise.errors import UserError
 from imagewise.predict.unknown import weights_sha256
 
-from conftest import make_mosaic_manifest
+from conftest import make_mosaic_manifest, run_cli
 
 SHAPES = ["circle", "square", "stripes"]
 
@@ -72,6 +72,20 @@ def test_label_sets_and_cooccurrence_counted_by_hand(tmp_path: Path) -> None:
     page = (tmp_path / "a.html").read_text()
     assert "Label co-occurrence" in page and "<th>b</th><td>2</td><td>3</td><td>2</td>" in page
     assert "<td>a + b</td><td>2</td><td>0.5</td>" in page
+
+
+def test_data_check_cli_reads_another_label_separator(tmp_path: Path, capsys) -> None:
+    names = _noise_images(tmp_path, 4)
+    manifest = tmp_path / "labels.csv"
+    manifest.write_text("path,labels\n" + "".join(
+        f"{n},{s}\n" for n, s in zip(names, ["x;y", "y", "x;y;z", "z"], strict=True)))  # fmt: skip
+    found = tmp_path / "a.json"
+    code, out, _ = run_cli(["data", "check", str(manifest), "--label-separator", ";",
+                            "--no-label-check", "--json", str(found), "-q"], capsys)  # fmt: skip
+    assert code == 0 and "x+y 2, x+z 1, y+z 1 (most frequent pairs)" in out
+    assert json.loads(found.read_text())["label_sets"]["counts"] == {"x": 2, "y": 3, "z": 2}
+    code, _, err = run_cli(["data", "check", str(manifest), "--task", "single", "-q"], capsys)
+    assert code == 2 and "--task multilabel" in err
 
 
 def test_single_label_check_has_no_label_sets(tmp_path: Path) -> None:
@@ -179,7 +193,8 @@ def shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def svm_run(shapes: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("svm") / "run"
-    imagewise.train(str(shapes), out, model="hog_svm", show_progress=False)
+    result = imagewise.train(str(shapes), out, model="hog_svm", show_progress=False)
+    assert "best validation mAP" in result.summary() and result.selected_by == "val_map"
     return out
 
 

@@ -111,8 +111,8 @@ def _multilabel_issues(
             {
                 "path": scan.names[issue.index],
                 "split": str(scan.splits[issue.index]),
-                "given": "|".join(scan.classes[k] for k in issue.given),
-                "suggested": "|".join(scan.classes[k] for k in issue.suggested),
+                "given": scan.separator.join(scan.classes[k] for k in issue.given),
+                "suggested": scan.separator.join(scan.classes[k] for k in issue.suggested),
                 "given_probability": issue.given_probability,
                 "doubted": [
                     {"label": scan.classes[k], "given": given, "probability": p}
@@ -150,6 +150,8 @@ def check(
     workers: int | None = None,
     show_progress: bool = True,
     seed: int = 0,
+    task: str = "auto",
+    label_separator: str = "|",
 ) -> AuditResult:
     """Check a dataset before training: unreadable and odd files, class balance, exact and near
     duplicates within and across splits, likely label errors. Multi-label data also gets its
@@ -165,6 +167,10 @@ def check(
         workers: processes for reading and hashing (default: the usable CPU cores).
         show_progress: progress bars on stderr.
         seed: seed of the label check's folds.
+        task: how a CSV manifest is read, as ``train`` reads it: ``auto``, ``single`` or
+            ``multilabel``.
+        label_separator: what separates a multi-label manifest's labels in one cell (the clean
+            manifest writes its label sets with it too).
 
     Example:
         >>> result = imagewise.check_data("photos/", json_path="audit.json")  # doctest: +SKIP
@@ -182,7 +188,9 @@ def check(
     if isinstance(data, ImageData):
         dataset = data
     else:
-        dataset = resolve_source(data, val_fraction=0.0, test_fraction=0.0)
+        dataset = resolve_source(
+            data, val_fraction=0.0, test_fraction=0.0, task=task, label_separator=label_separator
+        )
     _refuse_overwriting_data(dataset, {"--json": json_path, "--html": html_path,
                                        "--write-clean": clean_manifest})  # fmt: skip
     if clean_manifest is not None and any(dataset.split(s).in_memory for s in SPLITS):
@@ -191,6 +199,7 @@ def check(
             "(its images have no paths to list)"
         )
     scan = read_all(dataset, workers, show_progress, with_features=find_label_issues)
+    scan.separator = label_separator
     readable = scan.readable()
     flagged: set[int] = set()
     notes: list[str] = []

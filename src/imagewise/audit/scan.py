@@ -47,6 +47,7 @@ class Scan:
     classes: list[str]
     in_memory: bool
     infos: list[FileInfo] = field(default_factory=list)
+    separator: str = "|"  # between a multi-label image's labels in one cell (label_text)
 
     def __len__(self) -> int:
         return len(self.names)
@@ -58,10 +59,10 @@ class Scan:
 
     def label_text(self, i: int) -> str:
         """Image ``i``'s label as a user wrote it: the class name, or for multi-label data the
-        names joined by ``|`` in class order (empty for an image with no label)."""
+        names joined by ``separator`` in class order (empty for an image with no label)."""
         if not self.multilabel:
             return self.classes[self.labels[i]]
-        return "|".join(self.classes[k] for k in np.flatnonzero(self.labels[i]))
+        return self.separator.join(self.classes[k] for k in np.flatnonzero(self.labels[i]))
 
     def readable(self) -> np.ndarray:
         """Indices of the images that decoded."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from imagewise.cli.options import NewVerb
+from imagewise.cli.options import FLAG_HELP, NewVerb
 from imagewise.errors import UserError
 
 
@@ -31,6 +31,10 @@ def add_parser(verbs: Any, new_verb: NewVerb) -> argparse.ArgumentParser:
         "--no-label-check", action="store_true", help="skip the label-error check (the slowest)"
     )
     c.add_argument("--workers", type=int, default=None, help="processes (default: CPU cores)")
+    c.add_argument(
+        "--task", choices=("auto", "single", "multilabel"), default="auto", help=FLAG_HELP["task"]
+    )
+    c.add_argument("--label-separator", default="|", help=FLAG_HELP["label_separator"])
     return p
 
 
@@ -58,6 +62,8 @@ def run_check(args: argparse.Namespace) -> int:
         find_label_issues=not args.no_label_check,
         workers=args.workers,
         show_progress=not args.quiet,
+        task=args.task,
+        label_separator=args.label_separator,
     )
     print(result.summary())
     written = (args.json, "findings"), (args.html, "page"), (args.write_clean, "clean manifest")

@@ -142,6 +142,7 @@ def _train_classical(
     return TrainResult(
         folder.path, cfg.model.name, epochs=1, best_epoch=1, best_val_accuracy=fit["val_accuracy"],
         train_seconds=fit["train_seconds"], stop_reason="classical fit", temperature=temperature,
+        best_val_map=fit.get("val_map"), selected_by=meta.training.selected_by or "val_accuracy",
     )  # fmt: skip
 
 
