@@ -16,11 +16,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from imagewise.data.transforms import normalize
-from imagewise.edge.spec import InputContract
-from imagewise.evaluate.sections import robustness_section, slices_section
+from imagewise.evaluate.sections import robustness_section, slices_section, split_images
 from imagewise.io import atomic_write_text
 from imagewise.names import valid_text
 from imagewise.runtime.meta import RunMeta
@@ -194,20 +192,6 @@ def _confused(ev: Evaluation) -> str:
     )
 
 
-def _split_images(split: Any, indices: list[int], pre: InputContract) -> torch.Tensor:
-    """uint8 (N, C, H, W) images of ``split`` as the model takes them, from memory or files."""
-    from imagewise.data.decode import read_image
-
-    if split.images is not None:
-        return split.images[torch.as_tensor(indices, dtype=torch.long)]
-    return torch.stack(
-        [
-            read_image(split.paths[i], pre.channels, pre.img_size, pre.interpolation, pre.crop_pct)
-            for i in indices
-        ]
-    )
-
-
 def _error_gallery(ev: Evaluation, clf: Classifier, n: int) -> str:
     from PIL import Image
 
@@ -217,7 +201,7 @@ def _error_gallery(ev: Evaluation, clf: Classifier, n: int) -> str:
         return head + "<p>No misclassified images.</p></section>"
     pre = clf.preprocessing
     worst_index = [e["index"] for e in worst]
-    images = _split_images(ev.images, worst_index, pre)
+    images = split_images(ev.images, worst_index, pre)
     predicted = [clf.classes.index(e["predicted"]) for e in worst]
     cams, note = None, "Grad-CAM of the predicted class: where the model looked."
     if not clf.capabilities.gradcam:
