@@ -13,11 +13,10 @@ import pytest
 from imagewise.errors import UserError
 from imagewise.evaluate.multilabel import (
     binary_calibration_error,
-    label_errors,
-    multilabel_section,
     plot_pr_curves,
     score_multilabel,
 )
+from imagewise.evaluate.multilabel_report import label_errors, multilabel_section
 from imagewise.evaluate.scores import MultilabelScores
 
 # 4 images x 3 labels, worked out by hand below; image 2 carries no label

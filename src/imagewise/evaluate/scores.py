@@ -153,11 +153,17 @@ class Metrics(Record):
     conformal: ConformalScores | None = entry(None, omit_none=True)
     # the sha256 of the weights measured (files before it have none)
     weights_sha256: str | None = entry(None, omit_none=True)
+    # a multi-label run's figures (``accuracy`` is then the exact-match accuracy, the confusion
+    # matrix empty); single-label files have none
+    multilabel: MultilabelScores | None = entry(None, omit_none=True)
     extra: dict[str, Any] = entry(default_factory=dict)
 
     def summary(self) -> str:
         """The figures as text: accuracy and averaged F1, top-k, a per-class table, the most
-        confused pair and the calibration (what ``imagewise evaluate`` prints)."""
+        confused pair and the calibration (what ``imagewise evaluate`` prints); a multi-label
+        run's: ``MultilabelScores.summary`` and the calibration."""
+        if self.multilabel is not None:
+            return self._multilabel_summary(self.multilabel)
         lines = [
             f"{self.images} images ({self.split} of {self.data})",
             f"accuracy {self.accuracy:.2%}   macro F1 {self.macro.f1:.4f}   "
@@ -191,4 +197,13 @@ class Metrics(Record):
                     "  (measured on the validation images the thresholds were fitted on: not a "
                     "test of the guarantee; evaluate the test split for that)"
                 )
+        return "\n".join(lines)
+
+    def _multilabel_summary(self, scores: MultilabelScores) -> str:
+        lines = [f"evaluated on the {self.split} images of {self.data}", scores.summary()]
+        if (cal := self.calibration) is not None:
+            lines.append(
+                f"calibration: mean per-label ECE {cal.ece_before:.4f} before, "
+                f"{cal.ece_after:.4f} after temperature scaling (T = {cal.temperature:.3g})"
+            )
         return "\n".join(lines)
