@@ -161,3 +161,134 @@ def test_section_holds_the_per_label_rows_and_the_curves(
     assert "<b>50.00%</b><span>subset accuracy</span>" in page
     assert 'alt="precision-recall curves"' in page and "data:image/png;base64," in page
     assert "Example errors" not in page  # no classifier given: no gallery
+
+
+def test_metric_values_keep_the_single_label_shape() -> None:
+    from sklearn.metrics import log_loss
+
+    from imagewise.evaluate.multilabel import multilabel_metric_values, sigmoid
+    from imagewise.evaluate.scores import Metrics
+
+    logits = np.log(PROBS / (1 - PROBS))  # sigmoid(logits) == PROBS
+    values = multilabel_metric_values(2 * logits, TARGETS, 2.0, THRESHOLDS, NAMES)
+    values.update(split="test", data="tiny.csv")
+    m = Metrics.from_json(values, "the evaluation", "")
+    expected = score_multilabel(PROBS, TARGETS, THRESHOLDS, NAMES)
+    assert m.multilabel is not None and m.multilabel.map == pytest.approx(expected.map)
+    for name in NAMES:  # sigmoid(logit(p)) is p up to rounding
+        got, want = m.multilabel.per_label[name], expected.per_label[name]
+        assert (got.f1, got.ap, got.ece) == pytest.approx((want.f1, want.ap, want.ece))
+    assert m.accuracy == pytest.approx(0.5) and m.confusion_matrix == []
+    assert m.per_class["dog"].f1 == pytest.approx(2 / 3) and m.per_class["dog"].support == 2
+    assert m.log_loss == pytest.approx(log_loss(TARGETS.ravel(), PROBS.ravel()))
+    assert m.calibration is not None and m.calibration.temperature == 2.0
+    assert m.calibration.ece_after == pytest.approx((0.7 + 1.3 + 2.0) / 12)
+    raw = sigmoid(2 * logits)  # before the temperature
+    assert m.calibration.nll_before == pytest.approx(log_loss(TARGETS.ravel(), raw.ravel()))
+    text = m.summary()
+    assert "lowest F1: car 0.500" in text and "mean per-label ECE" in text
+    assert "confusion" not in text
+
+
+def make_mosaics(root: Path, n: int = 320) -> Path:
+    """2x2 mosaics of scikit-learn digits (32 x 32 PNG) and a manifest ``path,labels``: an
+    image carries ``d0`` .. ``d3`` for each of those digits among its tiles (the digits 4-9
+    are background, so some images carry none)."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    rng = np.random.default_rng(0)
+    root.mkdir(parents=True, exist_ok=True)
+    lines = ["path,labels"]
+    for i in range(n):
+        picks = rng.integers(0, len(digits.target), size=4)
+        tiles = [np.kron(digits.images[j], np.ones((2, 2))) * 15 for j in picks]
+        mosaic = np.block([[tiles[0], tiles[1]], [tiles[2], tiles[3]]]).astype(np.uint8)
+        Image.fromarray(mosaic, "L").save(root / f"{i:03d}.png")
+        present = sorted({int(digits.target[j]) for j in picks if digits.target[j] < 4})
+        lines.append(f"{i:03d}.png," + "|".join(f"d{d}" for d in present))
+    (root / "mosaics.csv").write_text("\n".join(lines) + "\n")
+    return root / "mosaics.csv"
+
+
+@pytest.fixture(scope="module")
+def multilabel_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import imagewise.cli
+
+    base = tmp_path_factory.mktemp("multilabel")
+    manifest = make_mosaics(base / "mosaics")
+    out = base / "run"
+    args = f"train {manifest} --task multilabel --model resnet9p_tiny --epochs 2 --out {out}"
+    assert imagewise.cli.main([*args.split(), "-q", "--batch-size", "32"]) == 0
+    return out
+
+
+def test_evaluate_a_multilabel_run_end_to_end(
+    multilabel_run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import torch
+
+    import imagewise
+    from imagewise.config import load_config_file
+    from imagewise.data.sources import resolve_source
+
+    from conftest import run_cli
+
+    code, out, err = run_cli(["evaluate", str(multilabel_run)], capsys)
+    assert code == 0, err
+    assert "(multi-label)" in out and "mAP" in out and "lowest F1:" in out
+    eval_dir = multilabel_run / "eval"
+    metrics = json.loads((eval_dir / "metrics.json").read_text())
+    assert (eval_dir / "pr_curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert not (eval_dir / "confusion_matrix.png").exists()
+    # the same figures from the loaded classifier's own probabilities on the test split
+    cfg = load_config_file(multilabel_run / "config.yaml").data
+    data = resolve_source(
+        cfg.source, cfg.val_fraction, cfg.test_fraction, cfg.split_seed, task="multilabel"
+    )
+    clf = imagewise.load(multilabel_run)
+    assert clf.spec.multilabel and clf.spec.thresholds is not None
+    with torch.no_grad():
+        probs = clf.probabilities(clf.preprocess(data.test.paths)).numpy()
+    classes = list(clf.classes)
+    targets = np.asarray(data.test.labels)[:, [data.classes.index(c) for c in classes]]
+    want = score_multilabel(probs, targets, clf.spec.label_thresholds(), classes)
+    got = metrics["multilabel"]
+    assert metrics["images"] == got["images"] == len(data.test.paths) == want.images
+    assert metrics["accuracy"] == pytest.approx(want.subset_accuracy, abs=1e-6)
+    assert metrics["confusion_matrix"] == [] and metrics["top_k_accuracy"] == {}
+    for key in ("map", "subset_accuracy", "hamming_loss"):
+        assert got[key] == pytest.approx(getattr(want, key), abs=1e-5), key
+    assert got["micro"]["f1"] == pytest.approx(want.micro.f1, abs=1e-5)
+    assert got["macro"]["f1"] == pytest.approx(want.macro.f1, abs=1e-5)
+    for name in classes:
+        row, expected = got["per_label"][name], want.per_label[name]
+        assert row["threshold"] == pytest.approx(expected.threshold)
+        assert (row["f1"], row["support"]) == (
+            pytest.approx(expected.f1, abs=1e-5),
+            expected.support,
+        )
+    assert 0 < got["map"] <= 1 and 0 <= got["hamming_loss"] < 1
+    page = (eval_dir / "report.html").read_text()
+    assert 'id="per-label"' in page and 'id="confusion"' not in page
+    for name in classes:
+        assert f'<tr><td>{name}</td><td data-value="{want.per_label[name].support}">' in page
+    assert "Example errors" in page and 'alt="Grad-CAM of d' in page
+
+
+@pytest.mark.parametrize(
+    ("flag", "message"),
+    [
+        (["--coverage", "0.9"], "--coverage builds prediction sets of one class per image"),
+        (["--robustness"], "--robustness scores single-label runs only"),
+        (["--slice-by", "site"], "--slice-by scores single-label runs only"),
+    ],
+)
+def test_single_label_measures_are_refused_for_a_multilabel_run(
+    multilabel_run: Path, capsys: pytest.CaptureFixture[str], flag: list[str], message: str
+) -> None:
+    from conftest import run_cli
+
+    code, _, err = run_cli(["evaluate", str(multilabel_run), *flag], capsys)
+    assert code == 2 and message in err

@@ -48,8 +48,11 @@ def _label_table(scores: MultilabelScores) -> str:
     foot = "".join(
         f"<tr><td><i>{name} average</i></td><td></td><td></td>"
         + "".join(f"<td>{v:.3f}</td>" for v in (avg.precision, avg.recall, avg.f1))
-        + f"<td>{scores.map:.3f}</td><td></td><td></td></tr>"
-        for name, avg in (("micro", scores.micro), ("macro", scores.macro))
+        + f"<td>{ap}</td><td></td><td></td></tr>"
+        for name, avg, ap in (
+            ("micro", scores.micro, ""),
+            ("macro", scores.macro, f"{scores.map:.3f}"),  # the mAP: the labels' mean AP
+        )
     )
     return (
         '<table class="sortable" id="per-label"><thead><tr><th>label</th><th>support</th>'
