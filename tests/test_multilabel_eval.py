@@ -292,3 +292,43 @@ def test_single_label_measures_are_refused_for_a_multilabel_run(
 
     code, _, err = run_cli(["evaluate", str(multilabel_run), *flag], capsys)
     assert code == 2 and message in err
+
+
+def test_other_data_with_class_columns_in_another_order_is_mapped_by_name(
+    multilabel_run: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    import imagewise
+
+    source = multilabel_run.parent / "mosaics"
+    rows = (source / "mosaics.csv").read_text().splitlines()[1:13]
+    order = ["d3", "d1", "d0", "d2"]  # the run's classes are d0..d3
+    lines = ["path," + ",".join(order)]
+    for row in rows:
+        name, labels = row.split(",")
+        shutil.copy(source / name, tmp_path / name)
+        lines.append(name + "," + ",".join("1" if c in labels.split("|") else "0" for c in order))
+    (tmp_path / "other.csv").write_text("\n".join(lines) + "\n")
+    ev = imagewise.evaluate(multilabel_run, data=str(tmp_path / "other.csv"), write=False)
+    classes = list(ev.classes)
+    expected = np.array(
+        [[c in row.split(",")[1].split("|") for c in classes] for row in rows], dtype=np.uint8
+    )
+    assert classes == ["d0", "d1", "d2", "d3"] and ev.multilabel
+    assert np.array_equal(ev.labels, expected) and expected.sum() > 0
+    assert ev.metrics.multilabel is not None and ev.metrics.multilabel.images == 12
+
+
+def test_top_losses_of_a_multilabel_evaluation_name_label_sets(tiny: MultilabelScores) -> None:
+    from imagewise.evaluate.result import Evaluation
+    from imagewise.evaluate.scores import Metrics, Scores
+
+    m = Metrics(4, 0.5, {}, 0.0, {}, Scores(0, 0, 0), Scores(0, 0, 0), [], multilabel=tiny)
+    ev = Evaluation(m, NAMES, TARGETS, PROBS, thresholds=np.array(THRESHOLDS))
+    worst = ev.top_losses(1)[0]
+    # image 3 (dog, car; predicted none): loss mean(-log .9, -log .6, -log .2)
+    assert (worst["index"], worst["true"], worst["predicted"]) == (3, "dog|car", "")
+    assert worst["loss"] == pytest.approx(-(np.log(0.9) + np.log(0.6) + np.log(0.2)) / 3)
+    assert worst["confidence"] == pytest.approx(0.9 * 0.4 * 0.8)
+    assert ev.predictions.tolist() == [[1, 0, 1], [1, 1, 0], [0, 0, 1], [0, 0, 0]]
