@@ -23,7 +23,7 @@ def _evaluation_split(
     """The images to evaluate on, with labels mapped onto the run's classes by name (a
     multi-label run's: 0/1 rows over its classes; single-label data gives one label each)."""
     from imagewise.config import load_config_file
-    from imagewise.data.sources import resolve_source
+    from imagewise.data.sources import labels_for, resolve_source
 
     cfg = load_config_file(run_dir / "config.yaml")
     same = data is None or data == cfg.data.source
@@ -44,22 +44,8 @@ def _evaluation_split(
         raise UserError(
             f"'{data}' has classes the model was not trained on: {', '.join(unknown[:5])}"
         )
-    mapping = np.array([classes.index(c) for c in raw.classes])
-    labels = np.asarray(chosen.labels)
-    if multilabel:
-        rows = np.zeros((len(labels), len(classes)), dtype=np.uint8)
-        if labels.ndim == 2:
-            rows[:, mapping] = labels
-        else:  # one label per image
-            rows[np.arange(len(labels)), mapping[labels]] = 1
-        return raw, replace(chosen, labels=rows), cfg
-    if labels.ndim == 2:
-        raise UserError(
-            f"'{data}' gives several labels per image and the run is single-label; evaluate "
-            "it with a run trained with --task multilabel"
-        )
-    raw_split = replace(chosen, labels=mapping[labels])  # extra CSV columns kept
-    return raw, raw_split, cfg
+    labels = labels_for(chosen.labels, raw.classes, classes, multilabel, data or cfg.data.source)
+    return raw, replace(chosen, labels=labels), cfg  # extra CSV columns kept
 
 
 def evaluate(
