@@ -355,3 +355,14 @@ def test_explain_draws_one_heat_map_per_label(ml_run: Path, mosaics: Path, tmp_p
     assert sorted(p.name for p in written) == expected
     records = json.loads((tmp_path / "ex" / "explain.json").read_text())["images"]
     assert [r["target"] for r in records] == [clf.classes[k] for s in sets for k in s]
+
+
+def test_compare_shows_map_for_multilabel_runs(ml_run: Path) -> None:
+    rows = imagewise.compare([ml_run], latency=False)
+    metrics = json.loads((ml_run / "eval" / "metrics.json").read_text())["multilabel"]
+    assert rows[0]["map"] == pytest.approx(metrics["map"])
+    assert rows[0]["micro_f1"] == pytest.approx(metrics["micro"]["f1"])
+    from imagewise.evaluate.compare import format_table
+
+    header = format_table(rows).splitlines()[0].split()
+    assert header[2:5] == ["accuracy", "mAP", "micro"]
