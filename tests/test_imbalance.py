@@ -115,7 +115,7 @@ def test_bad_imbalance_flags_are_one_line(tmp_path: Path, capsys: pytest.Capture
     for flags, message in (
         (["--sampler", "weighted"], "--sampler must be shuffle or balanced, not 'weighted'"),
         (["--class-weight", "yes"], "--class-weight must be none or auto, not 'yes'"),
-        (["--select-by", "f1"], "--select-by must be auto, accuracy or macro_f1, not 'f1'"),
+        (["--select-by", "f1"], "--select-by must be auto, accuracy, macro_f1 or map, not 'f1'"),
     ):
         code, _, err = run_cli(["train", "digits", "--out", str(tmp_path / "x"), *flags], capsys)
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err

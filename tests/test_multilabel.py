@@ -334,3 +334,35 @@ def test_mixing_multilabel_rows_mixes_their_targets() -> None:
         assert 0 <= float(lam) <= 1
         own, other = rows.float(), rows.float().roll(1, 0)
         assert torch.allclose(mixed, lam * own + (1 - lam) * other, atol=1e-6)
+
+
+def test_explain_draws_one_heat_map_per_label(ml_run: Path, mosaics: Path, tmp_path: Path) -> None:
+    from imagewise.edge.multilabel import label_sets
+
+    images = [mosaics.parent / "0000.png", mosaics.parent / "0001.png"]
+    written = imagewise.explain(ml_run, images, out=tmp_path / "ex")
+    clf = imagewise.load(ml_run)
+    probs = clf.probabilities(clf.preprocess(images)).numpy()
+    sets = [
+        s or [int(p.argmax())]
+        for s, p in zip(label_sets(probs, clf.spec.label_thresholds()), probs, strict=True)
+    ]
+    expected = sorted(
+        f"{img.stem}.{clf.classes[k]}.gradcam.png"
+        for img, s in zip(images, sets, strict=True)
+        for k in s
+    )
+    assert sorted(p.name for p in written) == expected
+    records = json.loads((tmp_path / "ex" / "explain.json").read_text())["images"]
+    assert [r["target"] for r in records] == [clf.classes[k] for s in sets for k in s]
+
+
+def test_compare_shows_map_for_multilabel_runs(ml_run: Path) -> None:
+    rows = imagewise.compare([ml_run], latency=False)
+    metrics = json.loads((ml_run / "eval" / "metrics.json").read_text())["multilabel"]
+    assert rows[0]["map"] == pytest.approx(metrics["map"])
+    assert rows[0]["micro_f1"] == pytest.approx(metrics["micro"]["f1"])
+    from imagewise.evaluate.compare import format_table
+
+    header = format_table(rows).splitlines()[0].split()
+    assert header[2:5] == ["accuracy", "mAP", "micro"]

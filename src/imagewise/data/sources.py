@@ -340,6 +340,34 @@ def _from_csv(
     return data
 
 
+def labels_for(
+    labels: np.ndarray, source_classes: list[str], classes: list[str], multilabel: bool,
+    source: str = "the data",
+) -> np.ndarray:  # fmt: skip
+    """A split's labels over another class list (a model's), matched by name: class indices,
+    or for a multi-label model 0/1 rows over ``classes`` (data with one class per image then
+    gives one label each). Every name in ``source_classes`` must be in ``classes``.
+
+    Raises:
+        UserError: several labels per image for a single-label model.
+    """
+    mapping = np.array([classes.index(c) for c in source_classes], dtype=np.int64)
+    labels = np.asarray(labels)
+    if multilabel:
+        rows = np.zeros((len(labels), len(classes)), dtype=np.uint8)
+        if labels.ndim == 2:
+            rows[:, mapping] = labels
+        elif len(labels):
+            rows[np.arange(len(labels)), mapping[labels]] = 1
+        return rows
+    if labels.ndim == 2:
+        raise UserError(
+            f"'{source}' gives several labels per image and the model is single-label; use a "
+            "run trained with --task multilabel"
+        )
+    return mapping[labels]
+
+
 def describe_labels(data: ImageData) -> str:
     """One line about a multi-label dataset: its labels, how many per image, how many images
     carry none, and the rarest label's count (training split)."""

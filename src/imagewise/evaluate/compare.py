@@ -29,7 +29,9 @@ log = logging.getLogger("imagewise")
 COLUMNS = (
     ("name", "run"),
     ("model", "model"),
-    ("accuracy", "accuracy"),
+    ("accuracy", "accuracy"),  # a multi-label run's: subset accuracy (every label right)
+    ("map", "mAP"),  # multi-label runs only, as micro F1
+    ("micro_f1", "micro F1"),
     ("macro_f1", "macro F1"),
     ("ece", "ECE"),
     ("params", "parameters"),
@@ -120,6 +122,8 @@ def compare_runs(
             "flops": count_flops(clf.network, pre.channels, pre.img_size),
             "train_seconds": meta.training.train_seconds,
         }
+        if metrics.multilabel is not None:
+            row["map"], row["micro_f1"] = metrics.multilabel.map, metrics.multilabel.micro.f1
         if latency:
             for batch in (1, 64):
                 ms = measure_latency(clf.network, pre.channels, pre.img_size, batch)
@@ -134,7 +138,7 @@ def compare_runs(
 def _cell(key: str, value: Any) -> str:
     if value is None:
         return "-"
-    if key in ("accuracy", "macro_f1") and isinstance(value, float):
+    if key in ("accuracy", "macro_f1", "map", "micro_f1") and isinstance(value, float):
         return f"{100 * value:.2f}%" if key == "accuracy" else f"{value:.4f}"
     if key == "ece":
         return f"{value:.4f}"

@@ -17,20 +17,25 @@ from imagewise.evaluate.scores import Metrics
 from imagewise.evaluate.slices import slice_column
 
 
-def _evaluation_split(run_dir: Path, data: str | None, split: str, classes: list[str]):
-    """The images to evaluate on, with labels mapped onto the run's classes."""
+def _evaluation_split(
+    run_dir: Path, data: str | None, split: str, classes: list[str], multilabel: bool = False
+):
+    """The images to evaluate on, with labels mapped onto the run's classes by name (a
+    multi-label run's: 0/1 rows over its classes; single-label data gives one label each)."""
     from imagewise.config import load_config_file
-    from imagewise.data.sources import resolve_source
+    from imagewise.data.sources import labels_for, resolve_source
 
     cfg = load_config_file(run_dir / "config.yaml")
     same = data is None or data == cfg.data.source
+    read = {"task": cfg.data.task, "label_separator": cfg.data.label_separator}
     if same:
         raw = resolve_source(
-            cfg.data.source, cfg.data.val_fraction, cfg.data.test_fraction, cfg.data.split_seed
-        )
+            cfg.data.source, cfg.data.val_fraction, cfg.data.test_fraction, cfg.data.split_seed,
+            **read,
+        )  # fmt: skip
         chosen = raw.split(split)
     else:
-        raw = resolve_source(data, 0.0, 0.0)
+        raw = resolve_source(data, 0.0, 0.0, label_separator=cfg.data.label_separator)
         chosen = raw.test if len(raw.test) else raw.train
     if not len(chosen):
         raise UserError(f"the {split} split of '{data or cfg.data.source}' is empty")
@@ -39,9 +44,8 @@ def _evaluation_split(run_dir: Path, data: str | None, split: str, classes: list
         raise UserError(
             f"'{data}' has classes the model was not trained on: {', '.join(unknown[:5])}"
         )
-    mapping = np.array([classes.index(c) for c in raw.classes])
-    raw_split = replace(chosen, labels=mapping[chosen.labels])  # extra CSV columns kept
-    return raw, raw_split, cfg
+    labels = labels_for(chosen.labels, raw.classes, classes, multilabel, data or cfg.data.source)
+    return raw, replace(chosen, labels=labels), cfg  # extra CSV columns kept
 
 
 def evaluate(
@@ -99,7 +103,13 @@ def evaluate(
         raise UserError(f"--robustness-images must be 1 or more, not {robustness_images}")
     clf = load_run(run, device=device)
     run_dir = Path(run)
-    raw, chosen, cfg = _evaluation_split(run_dir, data, split, clf.classes)
+    multilabel = clf.spec.multilabel
+    if multilabel:
+        _refuse_for_multilabel(coverage, robustness, slice_by)
+    raw, chosen, cfg = _evaluation_split(run_dir, data, split, clf.classes, multilabel)
+    if multilabel:
+        return _evaluate_multilabel(clf, run_dir, data, split, raw, chosen, cfg, batch_size,
+                                    write, report, gallery)  # fmt: skip
     if slice_by is not None:  # a wrong column is refused before the model runs
         slice_column(chosen, slice_by, raw.source, raw.kind)
     chosen, logits, labels = _logits(clf, raw, chosen, batch_size, cfg.data.workers)
@@ -130,6 +140,52 @@ def evaluate(
     return result
 
 
+def _refuse_for_multilabel(coverage: float | None, robustness: bool, slice_by: str | None) -> None:
+    """One line for each measure a multi-label run does not have (they score one class per
+    image)."""
+    if coverage is not None:
+        raise UserError(
+            "--coverage builds prediction sets of one class per image; a multi-label run "
+            "already answers a set of labels (its thresholds)"
+        )
+    if robustness:
+        raise UserError("--robustness scores single-label runs only, not a multi-label run")
+    if slice_by is not None:
+        raise UserError("--slice-by scores single-label runs only, not a multi-label run")
+
+
+def _evaluate_multilabel(
+    clf: Any, run_dir: Path, data: str | None, split: str, raw: Any, chosen: Any, cfg: Any,
+    batch_size: int, write: bool, report: bool, gallery: int,
+) -> Evaluation:  # fmt: skip
+    """``evaluate`` of a multi-label run: probabilities are each label's sigmoid over the
+    temperature, a label is predicted at its fitted threshold; metrics.json gets "multilabel"."""
+    from imagewise.evaluate.multilabel import multilabel_metric_values
+    from imagewise.predict.unknown import weights_sha256
+
+    chosen, logits, labels = _logits(clf, raw, chosen, batch_size, cfg.data.workers)
+    thresholds = clf.spec.label_thresholds()
+    y = labels.numpy().astype(np.uint8)
+    values = multilabel_metric_values(
+        logits.numpy(), y, clf.temperature, thresholds, list(clf.classes)
+    )
+    values.update(split=split if data is None else "all", data=data or cfg.data.source)
+    values["weights_sha256"] = weights_sha256(run_dir)
+    metrics = Metrics.from_json(values, "the evaluation", "")
+    probs = clf.spec.probabilities(logits.numpy())
+    result = Evaluation(
+        metrics, list(clf.classes), y, probs, chosen.paths or [], logits=logits.numpy(),
+        images=chosen, thresholds=thresholds,
+    )  # fmt: skip
+    if write:
+        result.files = write_evaluation(run_dir / "eval", result)
+        if report:
+            from imagewise.evaluate.report import write_report
+
+            result.files["report"] = write_report(run_dir, result, clf, gallery=gallery)
+    return result
+
+
 def _logits(
     clf: Any, raw: Any, chosen: Any, batch_size: int, workers: int
 ) -> tuple[Any, torch.Tensor, torch.Tensor]:
@@ -143,6 +199,7 @@ def _logits(
     pre = clf.preprocessing
     empty = chosen.subset(np.array([], dtype=np.int64))
     holder = ImageData(clf.classes, chosen, empty, empty, raw.source, raw.kind)
+    holder.task = clf.spec.task
     holder = materialize(holder, DataConfig(cache="auto"), pre.img_size, pre.channels)
     loader = make_loader(holder.train, pre, batch_size, workers=workers)
     logits, labels = predict_loader(clf.model, loader, pre, clf.device, tta=clf.tta)
@@ -216,11 +273,20 @@ def _measure_more(
 
 def write_evaluation(out: Path, result: Evaluation) -> dict[str, Path]:
     """metrics.json, confusion_matrix.csv, the confusion matrix PNGs (counts, normalized), the
-    reliability diagram, and robustness.json / slices.json when they were measured."""
+    reliability diagram, and robustness.json / slices.json when they were measured; for a
+    multi-label run metrics.json and the precision-recall curves (pr_curves.png)."""
     from imagewise.evaluate.plots import plot_confusion, plot_reliability
     from imagewise.io import atomic_write_json, atomic_write_text
 
     files = {"metrics": atomic_write_json(out / "metrics.json", result.metrics.to_json())}
+    if result.thresholds is not None:
+        from imagewise.evaluate.multilabel import plot_pr_curves
+
+        files["pr_curves_png"] = plot_pr_curves(
+            result.probabilities, result.labels, result.classes, out / "pr_curves.png",
+            thresholds=result.thresholds,
+        )  # fmt: skip
+        return files
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["true \\ predicted", *result.classes])

@@ -16,11 +16,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from imagewise.data.transforms import normalize
-from imagewise.edge.spec import InputContract
-from imagewise.evaluate.sections import robustness_section, slices_section
+from imagewise.evaluate.sections import robustness_section, slices_section, split_images
 from imagewise.io import atomic_write_text
 from imagewise.names import valid_text
 from imagewise.runtime.meta import RunMeta
@@ -123,6 +121,16 @@ def _summary(ev: Evaluation, meta: RunMeta, run: Path) -> str:
         ("ECE", f"{cal.ece_after:.4f}"),
         ("images", f"{m.images:,}"),
     ]
+    if (ml := m.multilabel) is not None:  # the same figures under their multi-label names
+        cards = [
+            ("mAP", f"{ml.map:.4f}"),
+            ("micro F1", f"{ml.micro.f1:.4f}"),
+            ("macro F1", f"{ml.macro.f1:.4f}"),
+            ("subset accuracy", _pct(m.accuracy)),
+            ("binary log loss", f"{m.log_loss:.4f}"),
+            ("mean label ECE", f"{cal.ece_after:.4f}"),
+            ("images", f"{m.images:,}"),
+        ]
     card_html = "".join(f'<div class="card"><b>{v}</b><span>{k}</span></div>' for k, v in cards)
     seconds = training.train_seconds
     facts = [
@@ -194,20 +202,6 @@ def _confused(ev: Evaluation) -> str:
     )
 
 
-def _split_images(split: Any, indices: list[int], pre: InputContract) -> torch.Tensor:
-    """uint8 (N, C, H, W) images of ``split`` as the model takes them, from memory or files."""
-    from imagewise.data.decode import read_image
-
-    if split.images is not None:
-        return split.images[torch.as_tensor(indices, dtype=torch.long)]
-    return torch.stack(
-        [
-            read_image(split.paths[i], pre.channels, pre.img_size, pre.interpolation, pre.crop_pct)
-            for i in indices
-        ]
-    )
-
-
 def _error_gallery(ev: Evaluation, clf: Classifier, n: int) -> str:
     from PIL import Image
 
@@ -217,7 +211,7 @@ def _error_gallery(ev: Evaluation, clf: Classifier, n: int) -> str:
         return head + "<p>No misclassified images.</p></section>"
     pre = clf.preprocessing
     worst_index = [e["index"] for e in worst]
-    images = _split_images(ev.images, worst_index, pre)
+    images = split_images(ev.images, worst_index, pre)
     predicted = [clf.classes.index(e["predicted"]) for e in worst]
     cams, note = None, "Grad-CAM of the predicted class: where the model looked."
     if not clf.capabilities.gradcam:
@@ -267,6 +261,16 @@ def _calibration(ev: Evaluation, eval_dir: Path) -> str:
             ("after temperature scaling", cal.temperature, cal.ece_after, cal.nll_after),
         )
     )
+    if ev.multilabel:
+        return (
+            '<section id="calibration"><h2>Calibration</h2><p class="muted">The mean over the '
+            f"labels of each label's calibration error ({cal.bins} equal-width bins of its "
+            "probability) and the mean binary cross-entropy. One temperature for every "
+            "label's sigmoid, fitted on the validation split after training; predictions use "
+            "it. Each label's own error is in the per-label table.</p><table><thead><tr><th>"
+            "</th><th>temperature</th><th>mean label ECE</th><th>binary NLL</th></tr></thead>"
+            f"<tbody>{rows}</tbody></table></section>"
+        )
     return (
         '<section id="calibration"><h2>Calibration</h2><p class="muted">Expected calibration '
         f"error over {cal.bins} equal-width confidence bins. The temperature was fitted on the "
@@ -280,11 +284,12 @@ def _calibration(ev: Evaluation, eval_dir: Path) -> str:
 def render_report(ev: Evaluation, clf: Classifier, run: Path, gallery: int = 24) -> str:
     """The report page as a string (see ``write_report``)."""
     from imagewise.evaluate.conformal import conformal_section
-    from imagewise.version import __version__
 
     folder = RunFolder.of(run)
     eval_dir = folder.eval_dir
     title = f"imagewise report: {folder.path.name}"
+    if ev.multilabel:
+        return _page(ev, clf, title, _multilabel_sections(ev, clf, folder, gallery))
     sections = [
         _summary(ev, clf.run_meta, folder.path),
         _per_class(ev),
@@ -320,13 +325,64 @@ def render_report(ev: Evaluation, clf: Classifier, run: Path, gallery: int = 24)
             *((("slices", "slices"),) if ev.slices is not None else ()),
         )
     )
+    return _page(ev, clf, title, (sections, nav))
+
+
+def _multilabel_sections(
+    ev: Evaluation, clf: Classifier, folder: RunFolder, gallery: int
+) -> tuple[list[str], str]:
+    """A multi-label run's sections (the multi-label scores in place of the per-class table,
+    the confusion matrix and the worst errors) and the navigation to them."""
+    from imagewise.evaluate.multilabel_report import multilabel_section
+
+    assert ev.metrics.multilabel is not None
+    per_kind = max(1, min(3, gallery // 6))  # --gallery 24: 3 labels x (3 + 3) images
+    sections = [
+        _summary(ev, clf.run_meta, folder.path),
+        multilabel_section(
+            ev.metrics.multilabel,
+            ev.probabilities,
+            ev.labels,
+            pr_curves=folder.eval_dir / "pr_curves.png",
+            clf=clf if gallery else None,
+            images=ev.images,
+            sources=ev.sources,
+            per_kind=per_kind,
+        ),
+        '<section id="curves"><h2>Training curves</h2>'
+        + _img(file_uri(folder.curves), "training curves")
+        + "</section>",
+        _calibration(ev, folder.eval_dir),
+    ]
+    nav = "".join(
+        f'<a href="#{anchor}">{label}</a>'
+        for anchor, label in (
+            ("summary", "summary"),
+            ("multilabel", "per label"),
+            *((("label-errors", "example errors"),) if gallery else ()),
+            ("curves", "curves"),
+            ("calibration", "calibration"),
+        )
+    )
+    return sections, nav
+
+
+def _page(ev: Evaluation, clf: Classifier, title: str, parts: tuple[list[str], str]) -> str:
+    from imagewise.version import __version__
+
+    sections, nav = parts
+    headline = (
+        f"mAP {ev.metrics.multilabel.map:.4f}"
+        if ev.metrics.multilabel is not None
+        else f"accuracy {_pct(ev.accuracy)}"
+    )
     written = datetime.now(UTC).isoformat(timespec="seconds")
     return (
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{_esc(title)}</title><style>{CSS}</style></head><body>"
         f"<header><h1>{_esc(title)}</h1><p>{_esc(clf.name)} on "
-        f"{_esc(ev.metrics.data)} · accuracy {_pct(ev.accuracy)}</p></header>"
+        f"{_esc(ev.metrics.data)} · {headline}</p></header>"
         f"<nav>{nav}</nav><main>{''.join(sections)}</main>"
         f'<footer class="muted" style="padding:0 28px 20px">written by imagewise '
         f"{_esc(__version__)} at {written}</footer>"

@@ -32,9 +32,18 @@ class Evaluation:
     prediction_sets: np.ndarray | None = field(default=None, repr=False)
     robustness: Robustness | None = field(default=None, repr=False)  # evaluate(robustness=)
     slices: Slices | None = field(default=None, repr=False)  # evaluate(slice_by=)
+    # a multi-label run's thresholds, one per label (labels and probabilities are then N x K)
+    thresholds: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def multilabel(self) -> bool:
+        return self.thresholds is not None
 
     @property
     def predictions(self) -> np.ndarray:
+        """Each image's predicted class; a multi-label run's: 0/1 per label (N x K)."""
+        if self.thresholds is not None:
+            return (self.probabilities >= self.thresholds).astype(np.uint8)
         return self.probabilities.argmax(axis=1)
 
     @property
@@ -61,7 +70,13 @@ class Evaluation:
         return "\n".join(lines)
 
     def top_losses(self, n: int = 16) -> list[dict[str, Any]]:
-        """The ``n`` images with the highest loss: source, true and predicted class, confidence."""
+        """The ``n`` images with the highest loss: source, true and predicted class, confidence.
+
+        A multi-label run's: the loss is the mean binary cross-entropy over the labels, true and
+        predicted are the label sets joined by ``|`` and the confidence is the probability of
+        the predicted set (the labels taken as independent)."""
+        if self.thresholds is not None:
+            return self._multilabel_top_losses(n)
         p_true = self.probabilities[np.arange(len(self.labels)), self.labels]
         losses = -np.log(np.clip(p_true, 1e-12, 1))
         order = np.argsort(losses)[::-1][:n]
@@ -76,4 +91,26 @@ class Evaluation:
                 "loss": float(losses[i]),
             }
             for i in order
+        ]
+
+    def _multilabel_top_losses(self, n: int) -> list[dict[str, Any]]:
+        p = np.clip(self.probabilities.astype(np.float64), 1e-12, 1 - 1e-12)
+        y = self.labels.astype(bool)
+        losses = -np.where(y, np.log(p), np.log(1 - p)).mean(axis=1)
+        pred = self.predictions.astype(bool)
+        chance = np.where(pred, p, 1 - p).prod(axis=1)
+
+        def names(row: np.ndarray) -> str:
+            return "|".join(self.classes[k] for k in np.flatnonzero(row))
+
+        return [
+            {
+                "index": int(i),
+                "source": self.sources[i] if self.sources else str(i),
+                "true": names(y[i]),
+                "predicted": names(pred[i]),
+                "confidence": float(chance[i]),
+                "loss": float(losses[i]),
+            }
+            for i in np.argsort(losses)[::-1][:n]
         ]

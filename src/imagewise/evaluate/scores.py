@@ -69,6 +69,70 @@ class ConformalScores(Record):
 
 
 @dataclass
+class LabelScores(Scores):
+    """One label's figures in a multi-label evaluation: how many images carry it (support) and
+    how many were predicted to (``predicted``), precision / recall / F1 at its threshold, its
+    average precision (null when no image carries it), the calibration error of its
+    probability and the threshold used."""
+
+    support: int = 0
+    predicted: int = 0
+    ap: float | None = None
+    ece: float = 0.0
+    threshold: float = 0.5
+
+
+@dataclass
+class AveragedF1(Record):
+    """Micro and macro F1 over the labels."""
+
+    micro: float
+    macro: float
+
+
+@dataclass
+class MultilabelScores(Record):
+    """A multi-label evaluation (``metrics.json``'s ``multilabel``): mAP, micro and macro
+    scores at the run's thresholds (and F1 at a plain 0.5 for comparison), exact-match
+    (subset) accuracy, Hamming loss, images with no label (true or predicted), per label."""
+
+    images: int
+    map: float  # macro mean of the labels' average precision, over labels with a positive
+    micro: Scores
+    macro: Scores
+    f1_at_half: AveragedF1
+    subset_accuracy: float
+    hamming_loss: float
+    no_true_label: int
+    no_predicted_label: int
+    per_label: dict[str, LabelScores]
+    ece_bins: int = 15
+
+    def worst(self, n: int = 3) -> list[tuple[str, LabelScores]]:
+        """The ``n`` labels with the lowest F1 (ties: the one with more images first)."""
+        return sorted(self.per_label.items(), key=lambda kv: (kv[1].f1, -kv[1].support))[:n]
+
+    def summary(self) -> str:
+        """A few lines for ``imagewise evaluate``: mAP, micro / macro F1 (and at 0.5), subset
+        accuracy, Hamming loss, images with no label, the three labels with the lowest F1."""
+        half = self.f1_at_half
+        lines = [
+            f"{self.images} images, {len(self.per_label)} labels (multi-label)",
+            f"mAP {self.map:.4f}   micro F1 {self.micro.f1:.4f}   macro F1 {self.macro.f1:.4f}"
+            f"   (at threshold 0.5: micro {half.micro:.4f}, macro {half.macro:.4f})",
+            f"subset accuracy {self.subset_accuracy:.2%}   Hamming loss {self.hamming_loss:.4f}"
+            f"   no true label {self.no_true_label}   no predicted label "
+            f"{self.no_predicted_label}",
+            "lowest F1: "
+            + ", ".join(
+                f"{name} {s.f1:.3f} (P {s.precision:.3f} R {s.recall:.3f}, {s.support} images)"
+                for name, s in self.worst(3)
+            ),
+        ]
+        return "\n".join(lines)
+
+
+@dataclass
 class Metrics(Record):
     """Accuracy, top-k accuracy, log loss, per-class and averaged scores, the confusion matrix
     (rows = true class), where the images came from, the most confused pairs and the
@@ -89,11 +153,17 @@ class Metrics(Record):
     conformal: ConformalScores | None = entry(None, omit_none=True)
     # the sha256 of the weights measured (files before it have none)
     weights_sha256: str | None = entry(None, omit_none=True)
+    # a multi-label run's figures (``accuracy`` is then the exact-match accuracy, the confusion
+    # matrix empty); single-label files have none
+    multilabel: MultilabelScores | None = entry(None, omit_none=True)
     extra: dict[str, Any] = entry(default_factory=dict)
 
     def summary(self) -> str:
         """The figures as text: accuracy and averaged F1, top-k, a per-class table, the most
-        confused pair and the calibration (what ``imagewise evaluate`` prints)."""
+        confused pair and the calibration (what ``imagewise evaluate`` prints); a multi-label
+        run's: ``MultilabelScores.summary`` and the calibration."""
+        if self.multilabel is not None:
+            return self._multilabel_summary(self.multilabel)
         lines = [
             f"{self.images} images ({self.split} of {self.data})",
             f"accuracy {self.accuracy:.2%}   macro F1 {self.macro.f1:.4f}   "
@@ -127,4 +197,13 @@ class Metrics(Record):
                     "  (measured on the validation images the thresholds were fitted on: not a "
                     "test of the guarantee; evaluate the test split for that)"
                 )
+        return "\n".join(lines)
+
+    def _multilabel_summary(self, scores: MultilabelScores) -> str:
+        lines = [f"evaluated on the {self.split} images of {self.data}", scores.summary()]
+        if (cal := self.calibration) is not None:
+            lines.append(
+                f"calibration: mean per-label ECE {cal.ece_before:.4f} before, "
+                f"{cal.ece_after:.4f} after temperature scaling (T = {cal.temperature:.3g})"
+            )
         return "\n".join(lines)

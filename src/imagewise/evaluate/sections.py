@@ -1,4 +1,5 @@
-"""The report's robustness and slices sections (``eval/report.html``), when measured.
+"""The report's robustness and slices sections (``eval/report.html``), when measured, and
+the images of a split that the report's galleries show.
 
 Kept apart from ``report.py`` so that page stays one idea; the styles are the report's own
 (``section``, ``table.sortable``, ``.muted``, ``.bad``).
@@ -14,6 +15,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
+    import torch
+
+    from imagewise.edge.spec import InputContract
     from imagewise.evaluate.robustness import Robustness
     from imagewise.evaluate.slices import Slices
 
@@ -46,6 +50,22 @@ def _png_uri(pixels: np.ndarray) -> str:
     buf = io.BytesIO()
     image.save(buf, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def split_images(split: Any, indices: list[int], pre: InputContract) -> torch.Tensor:
+    """uint8 (N, C, H, W) images of ``split`` as the model takes them, from memory or files."""
+    import torch
+
+    from imagewise.data.decode import read_image
+
+    if split.images is not None:
+        return split.images[torch.as_tensor(indices, dtype=torch.long)]
+    return torch.stack(
+        [
+            read_image(split.paths[i], pre.channels, pre.img_size, pre.interpolation, pre.crop_pct)
+            for i in indices
+        ]
+    )
 
 
 def _robustness_table(r: Robustness) -> str:
@@ -166,4 +186,4 @@ def slices_section(s: Slices | None) -> str:
     )
 
 
-__all__ = ["robustness_section", "slices_section"]
+__all__ = ["robustness_section", "slices_section", "split_images"]

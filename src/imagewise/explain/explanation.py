@@ -7,6 +7,7 @@ runs the chosen method and writes the overlays with a JSON index.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -81,7 +82,9 @@ def explain(
         run: a run folder written by ``imagewise train``.
         images: image files, folders (searched recursively) or glob patterns.
         method: ``gradcam`` (default), ``gradcam++``, ``hirescam`` or ``eigencam``.
-        target: the class to explain, by name or index; default: each image's predicted class.
+        target: the class to explain, by name or index; default: each image's predicted class
+            (a multi-label model: each of the image's labels, one heat map per label, named
+            ``<stem>.<label>.<method>.png``; the most probable class when it has none).
         layer: the dotted name of the layer to look at; default: chosen per model family.
         out: the folder to write to (default ``RUN/explain/``).
         device: ``cpu``, ``cuda`` or ``auto``.
@@ -147,19 +150,23 @@ def _write_overlays(
         batch = normalize(clf.preprocessing, torch.stack(chunk))
         probs = clf.probabilities(batch)
         predicted = probs.argmax(1).tolist()
-        targets = predicted if target_index is None else [target_index] * len(chunk)
-        maps = cam_maps(clf.model, batch, targets, method=method, layer=layer)
-        for i, image in enumerate(chunk):
+        # (image in the chunk, class) pairs: one heat map each
+        pairs = [(i, t) for i, ts in enumerate(_targets(clf, probs, target_index)) for t in ts]
+        index = [i for i, _ in pairs]
+        maps = cam_maps(clf.model, batch[index], [t for _, t in pairs], method=method, layer=layer)
+        for (i, t), heat in zip(pairs, maps, strict=True):
             n = start + i
-            picture = overlay(image, maps[i])
-            dest = atomic_write(folder / names[n], lambda tmp, p=picture: p.save(tmp, "PNG"))
+            multi = clf.spec.multilabel  # several heat maps an image: the label in the name
+            name = _label_name(names[n], method, clf.classes[t]) if multi else names[n]
+            picture = overlay(chunk[i], heat)
+            dest = atomic_write(folder / name, lambda tmp, p=picture: p.save(tmp, "PNG"))
             written.append(dest)
             records.append(
                 {
                     "source": paths[n],
                     "file": str(dest),
-                    "target": clf.classes[targets[i]],
-                    "target_probability": round(float(probs[i, targets[i]]), 6),
+                    "target": clf.classes[t],
+                    "target_probability": round(float(probs[i, t]), 6),
                     "predicted": clf.classes[predicted[i]],
                     "probability": round(float(probs[i, predicted[i]]), 6),
                     "method": method,
@@ -167,6 +174,26 @@ def _write_overlays(
                 }
             )
     return written, records
+
+
+def _targets(clf: Any, probs: torch.Tensor, target_index: int | None) -> list[list[int]]:
+    """The classes each image is explained for: the one asked, the predicted class, or for a
+    multi-label model its labels (the most probable class when it has none)."""
+    if target_index is not None:
+        return [[target_index]] * len(probs)
+    if not clf.spec.multilabel:
+        return [[int(k)] for k in probs.argmax(1).tolist()]
+    from imagewise.edge.multilabel import label_sets
+
+    sets = label_sets(probs.numpy(), clf.spec.label_thresholds())
+    return [found or [int(row.argmax())] for found, row in zip(sets, probs, strict=True)]
+
+
+def _label_name(name: str, method: str, label: str) -> str:
+    """``<stem>.<method>.png`` -> ``<stem>.<label>.<method>.png``, the label made safe for a
+    file name."""
+    safe = re.sub(r"[^\w.-]+", "_", label).strip("._") or "label"
+    return f"{name[: -len(f'.{method}.png')]}.{safe}.{method}.png"
 
 
 __all__ = [

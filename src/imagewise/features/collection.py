@@ -172,6 +172,13 @@ def _unlabelled(items: Sequence[str]) -> Collection:
     return Collection(names, [""] * len(names), [""] * len(names), [], " ".join(items), "")
 
 
+def _label_names(classes: list[str], label: np.ndarray) -> str:
+    """A class index's name, or a multi-label row's names joined by ``|`` ('' for none)."""
+    if np.ndim(label):
+        return "|".join(classes[k] for k in np.flatnonzero(label))
+    return classes[int(label)]
+
+
 def _dataset(source: str, split: str) -> Collection:
     from imagewise.data.sources import SPLITS, resolve_source
 
@@ -183,7 +190,7 @@ def _dataset(source: str, split: str) -> Collection:
     tensors = []
     for name in chosen:
         part = data.split(name)
-        labels.extend(data.classes[int(y)] for y in part.labels)
+        labels.extend(_label_names(data.classes, y) for y in part.labels)
         splits.extend([name] * len(part))
         if part.images is not None:
             names.extend(f"{data.source}:{name}/{i}" for i in range(len(part)))

@@ -54,11 +54,14 @@ def run_split(
             images in any of ``splits``.
     """
     from imagewise.config import load_config_file
-    from imagewise.data.sources import resolve_source
+    from imagewise.data.sources import labels_for, resolve_source
 
     cfg = load_config_file(run_dir / "config.yaml").data
     try:
-        raw = resolve_source(cfg.source, cfg.val_fraction, cfg.test_fraction, cfg.split_seed)
+        raw = resolve_source(
+            cfg.source, cfg.val_fraction, cfg.test_fraction, cfg.split_seed, cfg.task,
+            cfg.label_separator,
+        )  # fmt: skip
     except UserError as exc:
         raise UserError(f"cannot re-open the run's data to {purpose}: {exc}") from exc
     unknown = sorted(set(raw.classes) - set(classes))
@@ -71,8 +74,8 @@ def run_split(
     if limit is not None and len(chosen) > limit:
         pick = np.random.default_rng(0).choice(len(chosen), size=limit, replace=False)
         chosen = chosen.subset(np.sort(pick))
-    mapping = np.array([classes.index(c) for c in raw.classes], dtype=np.int64)
-    split = Split(mapping[chosen.labels], chosen.images, chosen.paths)
+    labels = labels_for(chosen.labels, raw.classes, classes, raw.multilabel, cfg.source)
+    split = Split(labels, chosen.images, chosen.paths)
     return RunSplit(split, name, cfg.source, raw.source, raw.kind)
 
 

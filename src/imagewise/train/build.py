@@ -24,7 +24,7 @@ from imagewise.train.distillation import make_task
 from imagewise.train.distributed import broadcast_from_main
 from imagewise.train.loop import Components, TrainState
 from imagewise.train.optim import build_optimizer, build_scheduler
-from imagewise.train.task import ClassificationTask, class_weights
+from imagewise.train.task import MULTILABEL_LOSSES, ClassificationTask, class_weights
 from imagewise.train.transfer import Freezer, lr_scales
 
 log = logging.getLogger("imagewise")
@@ -213,7 +213,11 @@ def _cached_components(
         from timm.utils import ModelEmaV3
 
         ema = ModelEmaV3(model, decay=t.ema_decay)
-    loss = getattr(model, "default_loss", "auto") if t.loss == "auto" else t.loss
+    loss = t.loss
+    if loss == "auto":  # the task sees ClassifierOnly, not the model: resolved here
+        loss = getattr(model, "default_loss", "cross_entropy")
+        if data.multilabel and loss not in MULTILABEL_LOSSES:
+            loss = "bce"
     return Components(
         model=model,
         task=_weighted(

@@ -15,10 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import numpy as np
-
 from imagewise.config import RunConfig
-from imagewise.data.sources import ImageData, stratified_split
+from imagewise.data.sources import ImageData, strata, stratified_split
 from imagewise.edge.spec import InputContract
 from imagewise.errors import UserError
 from imagewise.runtime.records import AutoChoice
@@ -101,6 +99,6 @@ class PreparedData:
             raise UserError(f"--subset must be at least 1 image, not {images}")
         if images >= len(train):
             return self
-        _, keep = stratified_split(np.asarray(train.labels), [images / len(train)], seed)
+        _, keep = stratified_split(strata(train.labels), [images / len(train)], seed)
         data = replace(self.data, train=train.subset(keep))
         return replace(self, data=data, sample=(images, seed), variants={})
