@@ -358,3 +358,17 @@ def test_the_card_of_a_multilabel_run(svm_run: Path, tmp_path: Path) -> None:
     assert "has no multi-label scores" in text and "**task**: multi-label" in text
     assert "| circle |" in text.split("## Label thresholds", 1)[1]
     assert not math.isnan(float(json.loads((run / "meta.json").read_text())["thresholds"][0]))
+
+
+def test_the_card_of_an_evaluated_multilabel_run(svm_run: Path, tmp_path: Path) -> None:
+    """With the evaluation imagewise evaluate writes: the card's figures are metrics.json's."""
+    run = Path(shutil.copytree(svm_run, tmp_path / "run"))
+    imagewise.evaluate(run, report=False)
+    scores = json.loads((run / "eval/metrics.json").read_text())["multilabel"]
+    card = imagewise.card(run)
+    assert f"**mAP**: {scores['map']:.4f}" in card.text
+    assert f"**micro F1**: {scores['micro']['f1']:.4f}" in card.text
+    for name, row in scores["per_label"].items():
+        assert f"| {name} | {row['threshold']:.4f} | {row['precision']:.4f} |" in card.text
+    page = (run / "model_card.html").read_text()
+    assert f"{scores['map']:.4f}" in page
