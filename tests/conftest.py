@@ -132,3 +132,30 @@ def served_copy(trained_run: Path, folder: Path) -> Path:
     run = folder / "run"
     shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("eval", "explain", "tens*"))
     return run
+
+
+def make_mosaic_manifest(root: Path, count: int = 240, size: int = 32, seed: int = 0) -> Path:
+    """A multi-label dataset: 2x2 mosaics whose tiles are a circle, a square, stripes or blank;
+    each image's labels are the shapes it shows (``labels`` column, ``|``-separated, empty for
+    none). Returns the CSV manifest."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    half = size // 2
+    lines = ["path,labels"]
+    for i in range(count):
+        canvas = np.zeros((size, size), dtype=np.uint8)
+        present = set()
+        for tile in range(4):
+            if rng.random() < 0.35:
+                continue
+            kind = CLASSES[int(rng.integers(len(CLASSES)))]
+            r, c = divmod(tile, 2)
+            canvas[r * half : (r + 1) * half, c * half : (c + 1) * half] = np.asarray(
+                draw(kind, half, rng, rgb=False)
+            )
+            present.add(kind)
+        Image.fromarray(canvas).save(root / f"{i:04d}.png")
+        lines.append(f"{i:04d}.png,{'|'.join(sorted(present))}")
+    manifest = root / "labels.csv"
+    manifest.write_text("\n".join(lines) + "\n")
+    return manifest

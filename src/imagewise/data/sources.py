@@ -228,7 +228,7 @@ def _label_form(
             else ("single", "label")
         )
     else:
-        binary = [c for c in header if c not in MANIFEST and _zero_one(rows, c)]
+        binary = [c for c in header if c not in MANIFEST and _mostly_zero_one(rows, c)]
         if not binary:
             raise UserError(
                 f"CSV manifest '{path}' has no label column: give path,label (one class per "
@@ -244,9 +244,11 @@ def _label_form(
     return form
 
 
-def _zero_one(rows: list[dict[str, str]], column: str) -> bool:
-    """Whether a column reads as one class's 0/1 flags (every cell 0 or 1)."""
-    return all(_cell(r, column) in ("0", "1") for r in rows)
+def _mostly_zero_one(rows: list[dict[str, str]], column: str) -> bool:
+    """Whether a column reads as one class's 0/1 flags: most of its cells are 0 or 1 (the
+    rest are then refused by line, rather than the column quietly becoming an extra one)."""
+    flags = sum(_cell(r, column) in ("0", "1") for r in rows)
+    return flags > 0 and flags * 2 >= len(rows)
 
 
 def _multilabel_rows(
@@ -346,7 +348,7 @@ def describe_labels(data: ImageData) -> str:
     per_image = rows.sum(axis=1)
     rarest = int(np.argmin(counts))
     return (
-        f"multi-label data (several labels per image; --task single to refuse): "
+        f"multi-label data (several labels per image; --task single refuses it): "
         f"{len(data.classes)} labels, {per_image.mean():.2f} per training image on average, "
         f"{int((per_image == 0).sum())} of {len(rows)} training images with none; rarest "
         f"label '{data.classes[rarest]}' on {int(counts[rarest])} images"

@@ -25,7 +25,9 @@ class TrainResult:
     train_seconds: float
     stop_reason: str
     temperature: float = 1.0  # fitted on the validation split after training
-    selected_by: str = "val_accuracy"  # or val_macro_f1 (imbalanced classes), train_loss
+    # or val_macro_f1 (imbalanced classes), val_map (multi-label), train_loss
+    selected_by: str = "val_accuracy"
+    best_val_map: float | None = None  # multi-label runs: the best epoch's validation mAP
 
     @classmethod
     def of(
@@ -43,6 +45,7 @@ class TrainResult:
             train_seconds=state.train_seconds,
             stop_reason=state.stop_reason,
             temperature=temperature,
+            best_val_map=best.get("val_map") if by_val else None,
         )
 
     def summary(self, what: str = "") -> str:
@@ -52,12 +55,18 @@ class TrainResult:
             what: the words the first line starts with (default ``trained MODEL``), e.g.
                 ``distilled runs/big into tutorial_cnn``.
         """
-        best = (
+        if self.best_val_map is not None and self.best_val_map == self.best_val_map:
+            best = f"best validation mAP {self.best_val_map:.4f} (epoch {self.best_epoch})"
+        else:
+            best = self._best_accuracy()
+        epochs = f"{self.epochs} epoch" + ("" if self.epochs == 1 else "s")
+        what = what or f"trained {self.model}"
+        return f"{what} for {epochs} in {self.train_seconds:.0f}s; {best}\nrun folder: {self.run}"
+
+    def _best_accuracy(self) -> str:
+        return (
             f"best validation accuracy {self.best_val_accuracy:.2%} (epoch {self.best_epoch}"
             + (", picked by macro F1)" if self.selected_by == "val_macro_f1" else ")")
             if self.best_val_accuracy == self.best_val_accuracy  # NaN: no validation split
             else f"no validation split: kept epoch {self.best_epoch} (lowest training loss)"
         )
-        epochs = f"{self.epochs} epoch" + ("" if self.epochs == 1 else "s")
-        what = what or f"trained {self.model}"
-        return f"{what} for {epochs} in {self.train_seconds:.0f}s; {best}\nrun folder: {self.run}"

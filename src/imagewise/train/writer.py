@@ -234,15 +234,15 @@ def calibrate_run(
     summary = calibrate(logits, labels)
     meta.with_temperature(summary["temperature"])
     meta.calibration = Calibration(**summary)
-    if meta.spec.multilabel:
-        fit_run_thresholds(meta, logits, labels, cfg.train.target_precision)
-    folder.write_meta(meta)
     if summary.get("fitted_on"):
         log.info(
             "calibrated: temperature %.3f, validation ECE %.4f -> %.4f, NLL %.4f -> %.4f",
             summary["temperature"], summary["val_ece_before"], summary["val_ece_after"],
             summary["val_nll_before"], summary["val_nll_after"],
         )  # fmt: skip
+    if meta.spec.multilabel:
+        fit_run_thresholds(meta, logits, labels, cfg.train.target_precision)
+    folder.write_meta(meta)
     return float(summary["temperature"])
 
 
@@ -262,7 +262,8 @@ def fit_run_thresholds(
         return
     probs = meta.spec.probabilities(logits.numpy())
     thresholds = fit_thresholds(probs, truth, target_precision or None)
-    meta.spec = replace(meta.spec, thresholds=tuple(round(float(t), 6) for t in thresholds))
+    # unrounded: a threshold rounded up past the probability it was fitted on loses that image
+    meta.spec = replace(meta.spec, thresholds=tuple(float(t) for t in thresholds))
 
     def micro_f1(chosen: object) -> float:
         pred = predicted_labels(probs, chosen) > 0
