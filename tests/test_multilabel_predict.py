@@ -21,7 +21,7 @@ from imagewise.edge.model import ImageModel
 from imagewise.edge.multilabel import decision_confidence, label_sets
 from imagewise.edge.results import Prediction, format_predictions
 from imagewise.edge.spec import MULTILABEL, InputContract, ModelSpec
-from imagewise.predict.sorting import NO_LABEL, UNSURE, sort_into
+from imagewise.predict.sorting import NO_LABEL, UNSURE, folder_names, sort_into
 
 from conftest import make_mosaic_manifest, run_cli, serve_process, served_copy
 
@@ -127,6 +127,8 @@ def test_sort_into_copies_each_image_into_every_label_folder(tmp_path: Path) -> 
     ]
     again = sort_into(FixedModel(), [str(p) for p in paths], out, min_confidence=None)
     assert (again.placed, again.earlier) == (0, 3)
+    # a class named like the no-label folder gets a folder of its own
+    assert folder_names(["_none", "x"], (UNSURE, NO_LABEL)) == {"_none": "__none", "x": "x"}
 
 
 def test_sort_into_moves_into_every_label_folder_and_sends_undecided_to_unsure(

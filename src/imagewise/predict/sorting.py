@@ -233,11 +233,12 @@ def folder_names(classes: Sequence[str], reserved: Sequence[str] = (UNSURE,)) ->
     characters, no leading dot, not ``_unsure`` (nor the other ``reserved`` names), distinct
     even on case-insensitive disks."""
     names: dict[str, str] = {}
-    taken = {r.lower() for r in reserved}
+    kept = {r.lower() for r in reserved}
+    taken = set(kept)
     for cls in classes:
         name = "".join("_" if c in '/\\<>:"|?*' or ord(c) < 32 else c for c in cls)
         name = name.strip().rstrip(".")[:100] or "_"
-        if name.startswith(".") or name.lower() in taken:
+        if name.startswith(".") or name.lower() in kept:
             name = "_" + name
         base, n = name, 1
         while name.lower() in taken:
