@@ -39,8 +39,9 @@ def add_parser(verbs: Any, new_verb: NewVerb) -> argparse.ArgumentParser:
     p.add_argument(
         "--sort-into", metavar="OUT",
         help="copy each image into OUT/<class>/, unsure ones (below --min-confidence, default "
-        "0.5 here) into OUT/_unsure/, with OUT/predictions.csv; never overwrites; rerun to "
-        "resume after an interruption",
+        "0.5 here) into OUT/_unsure/, with OUT/predictions.csv; a multi-label model's image "
+        "into each of its labels' folders (none: OUT/_none/; _unsure only with "
+        "--min-confidence); never overwrites; rerun to resume after an interruption",
     )  # fmt: skip
     p.add_argument("--move", action="store_true", help="with --sort-into: move, not copy")
     p.add_argument(

@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 from imagewise.edge.images import UnreadableImageError, image_array, load_image
+from imagewise.edge.multilabel import decision_confidence, label_sets
 from imagewise.edge.results import Prediction
 from imagewise.edge.spec import InputContract, ModelSpec
 from imagewise.edge.stream import read_ahead
@@ -109,20 +110,33 @@ class ImageModel:
         """Scores -> top-k predictions with class names (``unknown`` below ``min_confidence``),
         with each image's out-of-distribution score when ``ood_scores`` are given and its
         conformal set when ``prediction_sets`` (class indices per image, from a
-        ``imagewise.edge.conformal.PredictionSets``) are."""
+        ``imagewise.edge.conformal.PredictionSets``) are. A multi-label model's predictions
+        carry their label sets (``Prediction.labels``, from the spec's thresholds)."""
         values, indices = top_k_of(probs, top_k)
         ood = [None] * len(sources) if ood_scores is None else np.asarray(ood_scores).tolist()
         sets = [None] * len(sources) if prediction_sets is None else prediction_sets
         names = self.spec.classes
+        if self.spec.multilabel:
+            thresholds = self.spec.label_thresholds()
+            labels: Sequence[list[int] | None] = label_sets(probs, thresholds)
+            # Unknown: some label undecided at min_confidence (``decision_confidence``), not
+            # the top probability: a confident "no label" is an answer.
+            sure = decision_confidence(probs, thresholds).tolist()
+        else:
+            labels, sure = [None] * len(sources), values[:, 0].tolist()
         out = []
-        for row, src, val, idx, score, found in zip(
-            probs, sources, values.tolist(), indices.tolist(), ood, sets, strict=True
-        ):
-            unknown = None if min_confidence is None else val[0] < min_confidence
+        for row, src, val, idx, score, found, chosen, conf in zip(
+            probs, sources, values.tolist(), indices.tolist(), ood, sets, labels, sure,
+            strict=True,
+        ):  # fmt: skip
+            unknown = None if min_confidence is None else conf < min_confidence
             p = Prediction(src, [names[i] for i in idx], val, unknown, score)
             if found is not None:
                 p.prediction_set = [names[i] for i in found]
                 p.set_probabilities = [float(row[i]) for i in found]
+            if chosen is not None:
+                p.labels = [names[i] for i in chosen]
+                p.label_probabilities = [float(row[i]) for i in chosen]
             out.append(p)
         return out
 

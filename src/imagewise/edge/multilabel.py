@@ -79,3 +79,21 @@ def label_sets(probs: np.ndarray, thresholds: np.ndarray) -> list[list[int]]:
         idx = np.flatnonzero(on)
         out.append(idx[np.argsort(-row[idx], kind="stable")].tolist())
     return out
+
+
+def decision_confidence(probs: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    """How sure each image's label set is: its least sure label decision, the probability of a
+    label given (it reaches its threshold) or ``1 -`` the probability of one not given.
+
+    This is what ``--min-confidence`` compares with for a multi-label model: an answer is
+    ``unknown`` when some label is undecided at that confidence, so an image the model is sure
+    has no label (every probability low) is answered (no label), not ``unknown``; the
+    highest probability alone would confuse the two.
+
+    Example:
+        >>> decision_confidence(np.array([[0.9, 0.3, 0.05]]), np.array([0.5, 0.2, 0.5]))
+        array([0.3])
+    """
+    probs = np.asarray(probs, dtype=np.float64)
+    given = predicted_labels(probs, thresholds).astype(bool)
+    return np.where(given, probs, 1.0 - probs).min(axis=1, initial=1.0)

@@ -16,6 +16,10 @@ from imagewise.names import CsvWriter, json_dumps, shown
 
 FORMATS = ("table", "csv", "json")
 UNKNOWN = "unknown"  # the answer below --min-confidence
+# A multi-label answer joins its labels with this (as a CSV manifest's labels column does); an
+# image with no label answers the empty string (a manifest's empty cell), shown as NO_LABELS.
+LABEL_SEPARATOR = "|"
+NO_LABELS = "no labels"
 
 
 @dataclass
@@ -34,6 +38,11 @@ class Prediction:
             probability (conformal, ``imagewise.edge.conformal``), best first; may be empty
             when the coverage asked is below what the top class alone reaches. None otherwise.
         set_probabilities: the calibrated probabilities of ``prediction_set``'s classes.
+        labels: a multi-label model's answer: every class whose probability reaches its
+            threshold (``imagewise.edge.multilabel.label_sets``), most probable first; empty
+            for an image with no label. None for a single-label model. ``classes`` still
+            lists the top-k classes by probability.
+        label_probabilities: the probabilities of ``labels``.
     """
 
     source: str
@@ -43,6 +52,8 @@ class Prediction:
     ood_score: float | None = None
     prediction_set: list[str] | None = None
     set_probabilities: list[float] | None = None
+    labels: list[str] | None = None
+    label_probabilities: list[float] | None = None
 
     @property
     def label(self) -> str:
@@ -54,13 +65,21 @@ class Prediction:
 
     @property
     def answer(self) -> str:
-        """The label, or ``unknown`` when the model is not confident enough."""
-        return UNKNOWN if self.unknown else self.label
+        """The label, or ``unknown`` when the model is not confident enough. A multi-label
+        model's answer is its labels joined with ``|`` (``dog|cat``; ``""`` for no label)."""
+        if self.unknown:
+            return UNKNOWN
+        if self.labels is not None:
+            return LABEL_SEPARATOR.join(self.labels)
+        return self.label
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"source": self.source}
         if self.unknown is not None:
             out["answer"] = self.answer
+        if self.labels is not None:
+            out["labels"] = list(self.labels)
+            out["label_probabilities"] = [round(p, 6) for p in self.label_probabilities or []]
         if self.ood_score is not None:
             out["ood_score"] = round(self.ood_score, 6)
         if self.prediction_set is not None:
@@ -74,9 +93,11 @@ class Prediction:
 
 
 def csv_header(predictions: Sequence[Prediction]) -> list[str]:
-    """The CSV columns: ``answer``, ``ood_score`` and ``prediction_set`` only when the
-    predictions carry them."""
+    """The CSV columns: ``labels`` (multi-label models), ``answer``, ``ood_score`` and
+    ``prediction_set`` only when the predictions carry them."""
     extra = []
+    if any(p.labels is not None for p in predictions):
+        extra.append("labels")
     if any(p.unknown is not None for p in predictions):
         extra.append("answer")
     if any(p.ood_score is not None for p in predictions):
@@ -92,6 +113,8 @@ def csv_rows(predictions: Sequence[Prediction], header: Sequence[str]) -> list[l
     for p in predictions:
         for rank, (c, prob) in enumerate(zip(p.classes, p.probabilities, strict=True), 1):
             row = [p.source, str(rank), c, f"{prob:.6f}"]
+            if "labels" in header:  # the image's labels, |-joined (empty: none), on each row
+                row.append(LABEL_SEPARATOR.join(p.labels or []))
             if "answer" in header:
                 row.append(p.answer)
             if "ood_score" in header:
@@ -129,5 +152,12 @@ def format_predictions(predictions: Sequence[Prediction], fmt: str = "table") ->
         answer = f"{UNKNOWN}   " if p.unknown else ""
         ood = f"   ood {p.ood_score:.3g}" if p.ood_score is not None else ""
         found = "" if p.prediction_set is None else f"   set {{{', '.join(p.prediction_set)}}}"
-        lines.append(f"{name:<{width}}  {answer}{tops}{ood}{found}")
+        lines.append(f"{name:<{width}}  {answer}{_label_set(p)}{tops}{ood}{found}")
     return "\n".join(lines)
+
+
+def _label_set(p: Prediction) -> str:
+    """A multi-label answer in the table: ``labels {dog, cat}   `` (or ``no labels``)."""
+    if p.labels is None:
+        return ""
+    return f"labels {{{', '.join(p.labels)}}}   " if p.labels else f"{NO_LABELS}   "

@@ -306,6 +306,8 @@ def _conformal(run_dir: Path, reference: Classifier) -> dict[str, Any] | None:
     validation split; None (with a warning) when the run's data cannot be re-opened."""
     from imagewise.predict.conformal import fitted_conformal, run_conformal
 
+    if reference.spec.multilabel:  # conformal sets are single-label (see resolve_sets)
+        return None
     carried = fitted_conformal(run_dir)
     if carried is not None:
         return carried

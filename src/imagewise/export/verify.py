@@ -56,7 +56,8 @@ def parity(
             Runtime, OpenVINO, LiteRT, ExecuTorch, TorchScript, the browser); both are fed the
             same uint8 images, the candidate through its ``scores``.
         images: uint8 (N, C, H, W) at the model's size.
-        labels: the true classes.
+        labels: the true classes (a multi-label model's 0/1 rows (N, K): its accuracy is the
+            share of right label decisions).
     """
     ref, cand = [], []
     for start in range(0, len(images), batch_size):
@@ -64,18 +65,45 @@ def parity(
         ref.append(reference.image_probabilities(chunk))
         cand.append(torch.from_numpy(np.asarray(candidate.scores(chunk.numpy())[1])))
     p_ref, p_cand = torch.cat(ref), torch.cat(cand).float()
-    y = torch.from_numpy(np.asarray(labels, dtype=np.int64))
     top_ref, top_cand = p_ref.argmax(1), p_cand.argmax(1)
-    acc_ref = float((top_ref == y).float().mean())
-    acc_cand = float((top_cand == y).float().mean())
-    return {
-        "images": len(y),
+    figures: dict[str, Any] = {
+        "images": len(labels),
         "top1_agreement": float((top_ref == top_cand).float().mean()),
         "max_abs_probability_difference": float((p_ref - p_cand).abs().max()),
+    }
+    if reference.spec.multilabel:
+        acc_ref, acc_cand = _label_accuracies(reference, p_ref, p_cand, labels, figures)
+    else:
+        y = torch.from_numpy(np.asarray(labels, dtype=np.int64))
+        acc_ref = float((top_ref == y).float().mean())
+        acc_cand = float((top_cand == y).float().mean())
+    return {
+        **figures,
         "accuracy_pytorch": acc_ref,
         "accuracy_exported": acc_cand,
         "accuracy_drop": acc_ref - acc_cand,
     }
+
+
+def _label_accuracies(
+    reference: BaseClassifier,
+    p_ref: torch.Tensor,
+    p_cand: torch.Tensor,
+    labels: np.ndarray,
+    figures: dict[str, Any],
+) -> tuple[float, float]:
+    """A multi-label model's accuracies: the share of right label decisions (labels (N, K)
+    0/1, each class against its threshold). ``figures`` gains ``label_set_agreement``, the share
+    of images answered the same label set: reported, not a gate, since a threshold is one
+    validation image's probability and a difference of 1e-7 may move that image's set."""
+    from imagewise.edge.multilabel import predicted_labels
+
+    thresholds = reference.spec.label_thresholds()
+    truth = np.asarray(labels) > 0
+    on_ref = predicted_labels(p_ref.numpy(), thresholds) > 0
+    on_cand = predicted_labels(p_cand.numpy(), thresholds) > 0
+    figures["label_set_agreement"] = float((on_ref == on_cand).all(axis=1).mean())
+    return float((on_ref == truth).mean()), float((on_cand == truth).mean())
 
 
 RUNTIMES = {

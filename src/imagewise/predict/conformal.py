@@ -138,12 +138,13 @@ def resolve_sets(
     the one an exported file carries; None without a coverage.
 
     Raises:
-        UserError: a coverage outside (0, 1), ``per_class`` without a coverage, or an exported
-            file that carries no fit (or none for this coverage).
+        UserError: a coverage outside (0, 1), ``per_class`` without a coverage, a multi-label
+            model, or an exported file that carries no fit (or none for this coverage).
     """
     coverage = check_coverage_request(coverage, per_class, non_empty)
     if coverage is None:
         return None
+    refuse_multilabel(model)
     fit = run_conformal(model, run, coverage) if _is_run_folder(run) else _carried(model, run)
     sets = PredictionSets(fit, coverage, per_class, non_empty)
     few = fit.too_few(coverage) if per_class else []
@@ -157,6 +158,16 @@ def resolve_sets(
     log.info("prediction sets at %s, from %d validation images", sets.describe(),
              fit.calibration_images)  # fmt: skip
     return sets
+
+
+def refuse_multilabel(model: ImageModel) -> None:
+    """Conformal sets cover one true class per image; a multi-label model answers label sets
+    of its own (per-label thresholds), so ``--coverage`` is refused in one line."""
+    if model.spec.multilabel:
+        raise UserError(
+            "--coverage (conformal prediction sets) is for single-label models; this "
+            "multi-label model answers each image's label set from its fitted thresholds"
+        )
 
 
 def _carried(model: ImageModel, source: str | Path) -> ConformalFit:

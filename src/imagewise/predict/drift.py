@@ -58,6 +58,8 @@ def run_drift_reference(
         return None
     from imagewise.runtime.run_data import run_split
 
+    # Label-free, so a multi-label model's reference is fitted the same way: its energy, its
+    # highest label probability and the mix of its most probable label.
     part = run_split(
         Path(run), list(model.classes), ("val",), FIT_IMAGES, "fit the drift reference on"
     )

@@ -4,6 +4,13 @@ Each image is copied (moved with ``move=True``) to ``OUT/<class>/``, or to ``OUT
 when the model is not confident enough (``Prediction.unknown``); ``OUT/predictions.csv``
 (source, destination, answer, class, probability) lists every image placed.
 
+A multi-label model's image is copied into the folder of each of its labels (one row per copy:
+``answer`` is the |-joined set, ``class`` and ``probability`` that folder's label), and an
+image with no label into ``OUT/_none/``. Its images go to ``_unsure`` only when
+``--min-confidence`` is given (some label undecided at that confidence:
+``imagewise.edge.multilabel.decision_confidence``): the fitted per-label thresholds already
+decide each label, and they are often below an even chance.
+
 The user's files come first:
 
 - **Never overwrites.** A file is placed with ``os.link`` (which fails rather than replace),
@@ -47,6 +54,7 @@ from imagewise.names import TEXT_ERRORS, CsvWriter, shown
 log = logging.getLogger("imagewise")
 
 UNSURE = "_unsure"
+NO_LABEL = "_none"  # a multi-label model's images with no label
 DEFAULT_MIN_CONFIDENCE = 0.5  # when the user gives none: below an even chance -> _unsure
 CSV_NAME = "predictions.csv"
 LOCK_NAME = ".imagewise-sort.lock"
@@ -64,13 +72,16 @@ class SortResult:
     Attributes:
         out: the output folder.
         csv: ``OUT/predictions.csv``, every image placed so far (this call and earlier ones).
-        counts: images placed by this call, per folder name (``_unsure`` included).
+        counts: images placed by this call, per folder name (``_unsure`` included); a
+            multi-label image counts in each of its labels' folders.
         earlier: images an earlier (interrupted) call had placed already, skipped now.
         unreadable: files left where they are because they could not be read.
-        min_confidence: the threshold below which an image went to ``_unsure``.
+        min_confidence: the threshold below which an image went to ``_unsure`` (None: a
+            multi-label model's sort without one).
         moved: whether the sources were moved (else copied).
         gone: sources that went away (moved or deleted by someone else) before they could be
             placed; skipped.
+        images: images placed by this call (None: ``counts``' sum, one folder per image).
     """
 
     out: Path
@@ -78,20 +89,32 @@ class SortResult:
     counts: dict[str, int] = field(default_factory=dict)
     earlier: int = 0
     unreadable: int = 0
-    min_confidence: float = DEFAULT_MIN_CONFIDENCE
+    min_confidence: float | None = DEFAULT_MIN_CONFIDENCE
     moved: bool = False
     gone: list[str] = field(default_factory=list)
+    images: int | None = None
 
     @property
     def placed(self) -> int:
-        return sum(self.counts.values())
+        """Images placed by this call (a multi-label image once, whatever its folders)."""
+        return sum(self.counts.values()) if self.images is None else self.images
 
     def summary(self) -> str:
         """What went where: the images placed per folder, those skipped, and the list's file."""
         counts = ", ".join(f"{k} {v}" for k, v in sorted(self.counts.items())) or "nothing new"
         verb = "moved" if self.moved else "copied"
         lines = [f"{verb} {self.placed} images into {self.out}: {counts}"]
-        if self.counts.get("_unsure"):
+        copies = sum(self.counts.values())
+        if self.images is not None and copies > self.images:
+            lines.append(f"{copies} copies: an image with several labels is in each one's folder")
+        if self.counts.get(NO_LABEL):
+            lines.append(f"{NO_LABEL}: images with no label")
+        if self.counts.get("_unsure") and self.images is not None:
+            lines.append(
+                f"_unsure: some label undecided at confidence {self.min_confidence:.0%}; review "
+                "them by hand"
+            )
+        elif self.counts.get("_unsure"):
             lines.append(
                 f"_unsure: top probability below {self.min_confidence:.0%}; review them by hand"
             )
@@ -127,7 +150,7 @@ def sort_images(
         out: the output folder (created); not inside an input folder.
         move: move the images instead of copying them.
         min_confidence: below this top probability an image goes to ``_unsure``; ``auto`` as
-            in ``imagewise.predict``; default 0.5.
+            in ``imagewise.predict``; default 0.5 (a multi-label model: none; see the module).
         target_precision: for ``min_confidence="auto"``.
         batch_size: images per forward pass, and per journal write.
         device: ``cpu``, ``cuda`` or ``auto``.
@@ -151,9 +174,11 @@ def sort_images(
     named = {str(Path(i).expanduser()) for i in inputs if Path(i).expanduser().is_file()}
     model = open_model(run, device)
     threshold = resolve_min_confidence(model, run, min_confidence, target_precision)
+    if threshold is None and not model.spec.multilabel:
+        threshold = DEFAULT_MIN_CONFIDENCE
     return sort_into(
         model, paths, out, move=move, skippable=lambda p: p not in named,
-        min_confidence=DEFAULT_MIN_CONFIDENCE if threshold is None else threshold,
+        min_confidence=threshold,
         batch_size=batch_size, hooks=hooks,
     )  # fmt: skip
 
@@ -203,15 +228,17 @@ def _writing(path: Path) -> Iterator[None]:
         raise error from exc
 
 
-def folder_names(classes: Sequence[str]) -> dict[str, str]:
+def folder_names(classes: Sequence[str], reserved: Sequence[str] = (UNSURE,)) -> dict[str, str]:
     """A safe, distinct folder name for each class: no separators, control or reserved
-    characters, no leading dot, not ``_unsure``, distinct even on case-insensitive disks."""
+    characters, no leading dot, not ``_unsure`` (nor the other ``reserved`` names), distinct
+    even on case-insensitive disks."""
     names: dict[str, str] = {}
-    taken = {UNSURE.lower()}
+    kept = {r.lower() for r in reserved}
+    taken = set(kept)
     for cls in classes:
         name = "".join("_" if c in '/\\<>:"|?*' or ord(c) < 32 else c for c in cls)
         name = name.strip().rstrip(".")[:100] or "_"
-        if name.startswith(".") or name.lower() == UNSURE:
+        if name.startswith(".") or name.lower() in kept:
             name = "_" + name
         base, n = name, 1
         while name.lower() in taken:
@@ -228,7 +255,7 @@ def sort_into(
     out: Path,
     *,
     move: bool = False,
-    min_confidence: float = DEFAULT_MIN_CONFIDENCE,
+    min_confidence: float | None = DEFAULT_MIN_CONFIDENCE,
     skippable: Callable[[str], bool] | None = None,
     batch_size: int = 64,
     hooks: Sequence[Any] = (),
@@ -265,7 +292,7 @@ def _sort(
     paths: Sequence[str],
     out: Path,
     move: bool,
-    min_confidence: float,
+    min_confidence: float | None,
     skippable: Callable[[str], bool] | None,
     batch_size: int,
     hooks: Sequence[Any],
@@ -275,9 +302,12 @@ def _sort(
     if move:
         _finish_moves(out, done)
     todo = [p for p in paths if os.path.abspath(p) not in done]
-    placer = Placer(out, move, folder_names(model.classes), done)
+    multilabel = model.spec.multilabel
+    reserved = (UNSURE, NO_LABEL) if multilabel else (UNSURE,)
+    placer = Placer(out, move, folder_names(model.classes, reserved), done)
     result = SortResult(out, journal.path, earlier=len(paths) - len(todo),
-                        min_confidence=min_confidence, moved=move)  # fmt: skip
+                        min_confidence=min_confidence, moved=move,
+                        images=0 if multilabel else None)  # fmt: skip
     seen = 0
     batches = model.predict_batches(todo, top_k=1, batch_size=batch_size, skippable=skippable,
                                     min_confidence=min_confidence)  # fmt: skip
@@ -286,13 +316,16 @@ def _sort(
         rows: list[list[str]] = []
         try:
             for p in predictions:
-                row = placer.place(p)
-                if row is None:  # the source went away
+                placed = placer.place(p)
+                if placed is None:  # the source went away
                     result.gone.append(os.path.abspath(p.source))
                     continue
-                rows.append(row)
-                folder = Path(row[1]).parts[0]
-                result.counts[folder] = result.counts.get(folder, 0) + 1
+                rows.extend(placed)
+                for row in placed:
+                    folder = Path(row[1]).parts[0]
+                    result.counts[folder] = result.counts.get(folder, 0) + 1
+                if result.images is not None:
+                    result.images += 1
             for hook in hooks:
                 if hasattr(hook, "on_batch_placed"):
                     hook.on_batch_placed([out / r[1] for r in rows])
@@ -426,7 +459,10 @@ class Placer:
     def __init__(self, out: Path, move: bool, folders: dict[str, str], done: dict[str, str]):
         self.out, self.move, self.folders = out, move, folders
         self.touched: set[Path] = set()
-        self.parts: dict[str, Path] = {}  # source -> its copy's temporary name, until recorded
+        # source -> its copies' temporary names (one per folder), until recorded
+        self.parts: dict[str, list[Path]] = {}
+        # (folder, part name) -> placement: a multi-label image's earlier copy per folder
+        self.found_in: dict[tuple[str, str], Path] = {}
         self.found = self._unrecorded(set(map(_part_name, done)))
 
     def _unrecorded(self, recorded_parts: set[str]) -> dict[str, Path]:
@@ -434,6 +470,8 @@ class Placer:
         and by inode (moves), from one look at OUT's folders. Leftover parts are removed."""
         found: dict[str, Path] = {}
         by_inode: dict[tuple[int, int], Path] = {}
+        # every name of a linked file: a multi-label move links one source into several folders
+        self.linked: dict[tuple[int, int], list[Path]] = {}
         parts: list[tuple[Path, os.stat_result]] = []
         for folder in (d for d in self.out.iterdir() if d.is_dir()):
             for entry in os.scandir(folder):
@@ -444,15 +482,21 @@ class Placer:
                     parts.append((Path(entry.path), st))
                 elif st.st_nlink > 1:
                     by_inode[(st.st_dev, st.st_ino)] = Path(entry.path)
+                    self.linked.setdefault((st.st_dev, st.st_ino), []).append(Path(entry.path))
         for part, st in parts:
             twin = by_inode.get((st.st_dev, st.st_ino))
             if twin is not None and part.name not in recorded_parts:
                 found[part.name] = twin
+                self.found_in[(part.parent.name, part.name)] = twin  # a copy: same folder
             part.unlink()  # placed (the twin holds it), recorded, or never finished
         self.inodes = by_inode
         return found
 
-    def _earlier(self, source: str) -> Path | None:
+    def _earlier(self, source: str, folder: Path | None = None) -> Path | None:
+        """Where an interrupted call placed ``source`` unrecorded: in any folder (one folder
+        per image), or in ``folder`` (a multi-label image, placed in several)."""
+        if folder is not None:
+            return self._earlier_in(source, folder)
         if (twin := self.found.get(_part_name(source))) is not None:
             return twin
         if self.move and self.inodes:
@@ -462,16 +506,45 @@ class Placer:
                     return self.inodes.get((st.st_dev, st.st_ino))
         return None
 
-    def place(self, p: Prediction) -> list[str] | None:
-        """Place one image; its journal row, or None when its source went away."""
+    def _earlier_in(self, source: str, folder: Path) -> Path | None:
+        if (twin := self.found_in.get((folder.name, _part_name(source)))) is not None:
+            return twin
+        if self.move and self.linked:
+            with contextlib.suppress(OSError):
+                st = os.stat(source)
+                if st.st_nlink > 1:
+                    names = self.linked.get((st.st_dev, st.st_ino), [])
+                    return next((n for n in names if n.parent == folder), None)
+        return None
+
+    def _destinations(self, p: Prediction) -> list[tuple[Path, str, float]]:
+        """(folder, class, probability) of each placement of ``p``: its class's folder (or
+        ``_unsure``), or a multi-label image's labels' folders (``_none`` for no label)."""
+        if p.unknown or p.labels is None:
+            folder = UNSURE if p.unknown else self.folders[p.label]
+            return [(self.out / folder, p.label, p.confidence)]
+        if not p.labels:
+            return [(self.out / NO_LABEL, "", p.confidence)]
+        chances = p.label_probabilities or []
+        return [
+            (self.out / self.folders[c], c, prob) for c, prob in zip(p.labels, chances, strict=True)
+        ]
+
+    def place(self, p: Prediction) -> list[list[str]] | None:
+        """Place one image (a multi-label one in each of its labels' folders); its journal
+        rows, or None when its source went away before any placement."""
         source = os.path.abspath(p.source)
-        folder = self.out / (UNSURE if p.unknown else self.folders[p.label])
-        dest = self._earlier(source) or self._new_place(source, folder)
-        if dest is None:
-            return None
-        self.touched.add(dest.parent)
-        relative = dest.relative_to(self.out).as_posix()
-        return [source, relative, p.answer, p.label, f"{p.confidence:.6f}"]
+        several = p.labels is not None and not p.unknown
+        rows = []
+        for folder, cls, prob in self._destinations(p):
+            earlier = self._earlier(source, folder if several else None)
+            dest = earlier or self._new_place(source, folder)
+            if dest is None:  # gone: what was placed already is recorded
+                break
+            self.touched.add(dest.parent)
+            relative = dest.relative_to(self.out).as_posix()
+            rows.append([source, relative, p.answer, cls, f"{prob:.6f}"])
+        return rows or None
 
     def _new_place(self, source: str, folder: Path) -> Path | None:
         name = Path(source).name
@@ -510,7 +583,7 @@ class Placer:
                     part.unlink()
             raise
         if part.exists():
-            self.parts[source] = part
+            self.parts.setdefault(source, []).append(part)
         return dest
 
     def sync_folders(self) -> None:
@@ -522,7 +595,7 @@ class Placer:
     def settle(self, rows: list[list[str]]) -> None:
         """After the journal holds ``rows``: temporary names go, then (moves) the sources."""
         for source, *_ in rows:
-            if (part := self.parts.pop(source, None)) is not None:
+            for part in self.parts.pop(source, []):
                 part.unlink(missing_ok=True)
         if self.move:
             for source, destination, *_ in rows:
@@ -535,7 +608,7 @@ class Placer:
             with contextlib.suppress(OSError):
                 if os.path.lexists(source):
                     (self.out / destination).unlink()
-            if (part := self.parts.pop(source, None)) is not None:
+            for part in self.parts.pop(source, []):
                 part.unlink(missing_ok=True)
 
 

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from imagewise.edge.model import ImageModel
+from imagewise.edge.multilabel import decision_confidence, predicted_labels
 from imagewise.edge.unknown import (
     DEFAULT_TARGET_PRECISION,
     KnnReference,
@@ -118,8 +119,9 @@ def run_min_confidence(
     confidence, correct = [], []
     for images, labels in _decoded_chunks(model, part):
         _, probs = model.scores(images)
-        confidence.append(probs.max(axis=1))
-        correct.append(probs.argmax(axis=1) == labels)
+        sure, right = _answer_quality(model, probs, labels)
+        confidence.append(sure)
+        correct.append(right)
     if not confidence:
         raise UserError(
             f"'{run}' has no validation images to fit --min-confidence auto on; give a number"
@@ -135,6 +137,21 @@ def run_min_confidence(
     atomic_write_json(path, record)
     log.info("min confidence %s, fitted now and kept in %s", fit.describe(), path)
     return fit
+
+
+def _answer_quality(
+    model: ImageModel, probs: np.ndarray, labels: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each validation answer's confidence and whether it is right, as ``ImageModel.answers``
+    judges ``unknown``: the top probability and the top class, or for a multi-label model the
+    least sure label decision (``decision_confidence``) and the whole label set (labels
+    (N, K) 0/1), so the fitted precision is that of exact label sets."""
+    if not model.spec.multilabel:
+        return probs.max(axis=1), probs.argmax(axis=1) == labels
+    thresholds = model.spec.label_thresholds()
+    given = predicted_labels(probs, thresholds)
+    right = (given == (np.asarray(labels) > 0)).all(axis=1)
+    return decision_confidence(probs, thresholds), right
 
 
 def fitted_unknown(run: str | Path) -> dict[str, Any] | None:

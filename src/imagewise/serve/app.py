@@ -23,6 +23,7 @@ from starlette.exceptions import HTTPException
 
 from imagewise.edge.conformal import PredictionSets
 from imagewise.edge.drift import DriftMonitor
+from imagewise.edge.spec import ModelSpec
 from imagewise.edge.unknown import OodScorer, edge_scorer
 from imagewise.serve.batching import MicroBatcher
 from imagewise.serve.decoding import DECODING_REQUESTS, DecodeBudget
@@ -82,10 +83,13 @@ def describe(
     backend = backend_of(classifier)
     pre = classifier.preprocessing
     capabilities = getattr(classifier, "capabilities", None)
+    spec: ModelSpec = classifier.spec
     return InfoResponse(
         model=str(getattr(classifier, "name", None) or type(model or classifier).__name__),
         backend=backend,
         classes=list(classifier.classes),
+        task=spec.task,
+        thresholds=spec.label_thresholds().tolist() if spec.multilabel else None,
         img_size=pre.img_size,
         channels=pre.channels,
         temperature=float(classifier.temperature),

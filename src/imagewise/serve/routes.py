@@ -203,6 +203,10 @@ async def predict(
                 set_probabilities=None
                 if p.set_probabilities is None
                 else [round(x, 6) for x in p.set_probabilities],
+                labels=p.labels,
+                label_probabilities=None
+                if p.label_probabilities is None
+                else [round(x, 6) for x in p.label_probabilities],
                 top_k=[
                     ClassScore(name=c, probability=round(prob, 6))
                     for c, prob in zip(p.classes, p.probabilities, strict=True)

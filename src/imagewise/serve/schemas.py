@@ -28,6 +28,14 @@ class ImagePrediction(BaseModel):
     set_probabilities: list[float] | None = Field(
         None, description="with --coverage: the calibrated probabilities of the set's classes"
     )
+    labels: list[str] | None = Field(
+        None,
+        description="a multi-label model's answer: every class whose probability reaches its "
+        "threshold, most probable first (empty: no label)",
+    )
+    label_probabilities: list[float] | None = Field(
+        None, description="a multi-label model's probabilities of its labels"
+    )
     top_k: list[ClassScore] = Field(description="the best classes, best first")
     gradcam_png: str | None = Field(
         None, description="with gradcam=true: a base64 PNG of the Grad-CAM heat map over the image"
@@ -47,6 +55,14 @@ class InfoResponse(BaseModel):
     model: str
     backend: str = Field(description="pytorch, torchscript or onnx")
     classes: list[str]
+    task: str = Field(
+        "single",
+        description="single (one class per image: softmax) or multilabel (a sigmoid per class; "
+        "each answer's labels are the classes that reach their threshold)",
+    )
+    thresholds: list[float] | None = Field(
+        None, description="a multi-label model's threshold per class, in the order of classes"
+    )
     img_size: int
     channels: int
     temperature: float

@@ -57,6 +57,24 @@
   const CLASSES = JSON.parse(METADATA.classes);
   const UNKNOWN = METADATA.unknown ? JSON.parse(METADATA.unknown) : null;
   const THRESHOLD = UNKNOWN && typeof UNKNOWN.min_confidence === "number" ? UNKNOWN.min_confidence : null;
+  // A multi-label model (its graph answers a sigmoid per class): an image's labels are the classes
+  // that reach their threshold (imagewise.edge.multilabel.label_sets), 0.5 where none was fitted.
+  const MULTILABEL = METADATA.task === "multilabel";
+  const LABEL_THRESHOLDS = MULTILABEL
+    ? (METADATA.thresholds ? JSON.parse(METADATA.thresholds) : CLASSES.map(() => 0.5)) : null;
+
+  /** A multi-label image's labels, most probable first (possibly none). */
+  function labelSet(p) {
+    return topK(p, p.length).filter((i) => p[i] >= LABEL_THRESHOLDS[i]);
+  }
+
+  /** Its least sure label decision (imagewise.edge.multilabel.decision_confidence): what the
+   * fitted unknown threshold is compared with for a multi-label model. */
+  function decisionConfidence(p) {
+    let sure = 1;
+    for (let i = 0; i < p.length; i++) sure = Math.min(sure, p[i] >= LABEL_THRESHOLDS[i] ? p[i] : 1 - p[i]);
+    return sure;
+  }
 
   // ---- Decoding --------------------------------------------------------------------------------
   // An image is {width, height, channels, data}: data holds one plane of height x width bytes per
@@ -462,6 +480,8 @@
         (cropPct < 1 ? `, centre crop ${cropPct}` : ", whole image")],
       ["mean / std", [CONTRACT.mean, CONTRACT.std].map((v) => v.map((x) => x.toPrecision(4)).join(", ")).join(" / ")],
       ["temperature", METADATA.temperature],
+      ...(MULTILABEL ? [["labels", "multi-label: each class at or above its threshold (" +
+        CLASSES.map((c, i) => `${c} ${percent(LABEL_THRESHOLDS[i])}`).join(", ") + ")"]] : []),
       ["unknown below", THRESHOLD === null ? "no threshold fitted" : percent(THRESHOLD)],
       ["weights", METADATA.quantization || "none"],
       ["runtime", `${MODEL.runtime}, WebAssembly, 1 thread, in this browser`],
@@ -487,13 +507,19 @@
     const el = card.el;
     const p = card.probabilities;
     const best = topK(p, Number($("#topk").value));
-    const unknown = THRESHOLD !== null && p[best[0]] < THRESHOLD;
+    const labels = MULTILABEL ? labelSet(p) : null;
+    const confidence = MULTILABEL ? decisionConfidence(p) : p[best[0]];
+    const unknown = THRESHOLD !== null && confidence < THRESHOLD;
     el.dataset.state = "done";
     el.dataset.unknown = String(unknown);
-    el.querySelector(".label").textContent = unknown ? "unknown" : CLASSES[best[0]];
+    const answer = !MULTILABEL ? CLASSES[best[0]]
+      : labels.length ? labels.map((i) => `${CLASSES[i]} ${percent(p[i])}`).join(", ") : "no labels";
+    el.dataset.labels = MULTILABEL ? labels.map((i) => CLASSES[i]).join("|") : "";
+    el.querySelector(".label").textContent = unknown ? "unknown" : answer;
     const note = el.querySelector(".note");
     note.hidden = !unknown;
-    note.textContent = unknown ? `best guess below the model's threshold of ${percent(THRESHOLD)}` : "";
+    const guess = MULTILABEL ? `labels (${answer}) not sure enough:` : "best guess";
+    note.textContent = unknown ? `${guess} below the model's threshold of ${percent(THRESHOLD)}` : "";
     const bars = el.querySelector(".bars");
     bars.replaceChildren();
     for (const index of best) {
