@@ -31,11 +31,16 @@ def _sweep(probs: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray
 def fit_label_threshold(
     probs: np.ndarray, truth: np.ndarray, target_precision: float | None = None
 ) -> float:
-    """One label's threshold: the probability that gives the best F1 on these images (ties: the
-    higher threshold), or with ``target_precision`` the lowest threshold whose precision reaches
-    it (the most recall at that precision). A label without positives keeps
-    ``DEFAULT_THRESHOLD``; one that no threshold brings to the target precision gets a
-    threshold just above its highest probability, so it is not answered rather than wrongly."""
+    """One label's threshold: the cut that gives the best F1 on these images (ties: the higher
+    cut), or with ``target_precision`` the lowest cut whose precision reaches it (the most
+    recall at that precision). A label without positives keeps ``DEFAULT_THRESHOLD``; one that
+    no cut brings to the target precision gets a threshold above its highest probability, so
+    it is not answered rather than wrongly.
+
+    The threshold lies midway between the last probability the cut keeps and the next lower
+    one, not on a probability: a runtime computing in float32 (ONNX, a phone) then answers the
+    validation images as the fit did, where a threshold equal to an image's probability could
+    flip that image by a rounding."""
     probs, truth = np.asarray(probs, np.float64), np.asarray(truth) > 0
     positives = int(truth.sum())
     if positives == 0 or len(probs) == 0:
@@ -45,11 +50,18 @@ def fit_label_threshold(
     if target_precision is not None:
         ok = np.flatnonzero(precision >= target_precision)
         if not len(ok):
-            return float(min(1.0, np.nextafter(cut[0], np.inf)))
-        return float(cut[ok[-1]])
+            return float((cut[0] + 1.0) / 2)
+        return _between(cut, int(ok[-1]))
     f1 = 2 * tp / (tp + fp + positives)
     best = int(np.argmax(f1))  # the first maximum: the highest threshold among equals
-    return float(cut[best])
+    return _between(cut, best)
+
+
+def _between(cut: np.ndarray, i: int) -> float:
+    """Midway between distinct probability ``cut[i]`` (kept) and the next lower one (not kept;
+    0 below the lowest)."""
+    lower = cut[i + 1] if i + 1 < len(cut) else 0.0
+    return float((cut[i] + lower) / 2)
 
 
 def fit_thresholds(
