@@ -59,6 +59,9 @@ class DataConfig:
     workers: int = field(default=-1, metadata=RESUMABLE)
     cache: str = "auto"  # auto | ram | none: decode a file dataset once into memory when it fits
     strict: bool = False  # fail on a corrupt image instead of skipping it
+    # auto (a CSV manifest with several labels per image is multi-label) | single | multilabel
+    task: str = "auto"
+    label_separator: str = "|"  # between a multi-label manifest's labels in one cell
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
@@ -95,13 +98,16 @@ class TrainConfig:
     warmup_steps: int | None = None
     step_size: int = 0  # step schedule: epochs between decays (0 = a third of the run)
     gamma: float = 0.1  # step schedule: decay factor
-    loss: str = "auto"  # auto | cross_entropy | mse | margin
+    loss: str = "auto"  # auto | cross_entropy | mse | margin | bce | asl (the last two multi-label)
     label_smoothing: float = 0.1
     class_weight: str = "none"  # none | auto (inverse class frequency in the loss)
     sampler: str = "shuffle"  # shuffle | balanced (every class drawn equally often)
     # what picks the best epoch: auto = macro F1 when the classes are imbalanced by more than
     # 3x, else accuracy | accuracy | macro_f1
     select_by: str = "auto"
+    # multi-label: each label's threshold is fitted on validation for its best F1, or with a
+    # target precision (0..1) for the most recall at that precision (0 = best F1)
+    target_precision: float = 0.0
     patience: int = 0  # early stopping: epochs without improvement (0 = off)
     ema_decay: float = 0.0  # exponential moving average of weights (0 = off)
     grad_clip: float = 0.0
@@ -164,6 +170,8 @@ OPTIONS: dict[str, tuple[str, str]] = {
     "workers": ("data", "workers"),
     "cache": ("data", "cache"),
     "strict": ("data", "strict"),
+    "task": ("data", "task"),
+    "label_separator": ("data", "label_separator"),
     "augment": ("data.augment", "preset"),
     **{
         name: ("data.augment", name)
@@ -408,6 +416,15 @@ def validate(config: RunConfig) -> None:
         raise UserError("--val-fraction plus --test-fraction leave too little to train on")
     if d.cache not in ("auto", "ram", "none"):
         raise UserError(f"--cache must be auto, ram or none, not {d.cache}")
+    if not 0 <= t.target_precision < 1:
+        raise UserError(
+            f"--target-precision must be in [0, 1) (0: best F1 per label), not {t.target_precision}"
+        )
+    if not d.label_separator or d.label_separator in (",", '"', "\n"):
+        raise UserError(
+            f"--label-separator must be a character other than a comma or quote, not "
+            f"{d.label_separator!r}"
+        )
     if not 0 <= t.label_smoothing < 1:
         raise UserError(f"--label-smoothing must be in [0, 1), not {t.label_smoothing}")
     if not 0 <= t.ema_decay < 1:
@@ -419,7 +436,8 @@ def validate(config: RunConfig) -> None:
     for flag, value, allowed in (
         ("--class-weight", t.class_weight, ("none", "auto")),
         ("--sampler", t.sampler, ("shuffle", "balanced")),
-        ("--select-by", t.select_by, ("auto", "accuracy", "macro_f1")),
+        ("--select-by", t.select_by, ("auto", "accuracy", "macro_f1", "map")),
+        ("--task", d.task, ("auto", "single", "multilabel")),
     ):
         if value not in allowed:
             raise UserError(

@@ -38,7 +38,13 @@ FLAG_HELP = {
     "schedule": "onecycle (default), cosine, step or constant",
     "warmup_steps": "warm-up in optimizer steps (default: onecycle 25%% of the run, cosine and "
     "step 5%%, constant none)",
-    "loss": "auto, cross_entropy, mse or margin",
+    "loss": "auto, cross_entropy, mse or margin; multi-label: bce (default) or asl "
+    "(asymmetric loss, for many absent labels)",
+    "task": "auto (default: a CSV manifest with several labels per image is multi-label), "
+    "single or multilabel",
+    "label_separator": "what separates a multi-label manifest's labels in one cell (default |)",
+    "target_precision": "multi-label: fit each label's threshold for the most recall at this "
+    "precision on the validation split, e.g. 0.9 (default 0: best F1 per label)",
     "label_smoothing": "cross-entropy label smoothing (default 0.1)",
     "patience": "early stopping after this many epochs without improvement (0 = off)",
     "seed": "random seed (default 0)",
@@ -73,7 +79,7 @@ FLAG_HELP = {
     "class_weight": "auto: weigh each class in the loss by its inverse frequency; none (default)",
     "sampler": "balanced: draw every class equally often each epoch; shuffle (default)",
     "select_by": "what picks the best epoch: auto (macro F1 when the classes are imbalanced "
-    "more than 3x, else accuracy), accuracy or macro_f1",
+    "more than 3x, else accuracy; multi-label: mAP), accuracy, macro_f1 or map",
 }
 
 

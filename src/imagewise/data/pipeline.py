@@ -151,6 +151,7 @@ def materialize(data: ImageData, cfg: DataConfig, size: int, channels: int) -> I
         data.source,
         data.kind,
         skipped,
+        data.task,
     )
     return _match_channels(result, channels)
 
@@ -158,14 +159,22 @@ def materialize(data: ImageData, cfg: DataConfig, size: int, channels: int) -> I
 def _refuse_emptied_classes(data: ImageData, kept: np.ndarray) -> None:
     """A class whose training images were all skipped as unreadable would train as if it did
     not exist (and its validation images would count against the rest): one line instead."""
-    before = set(np.unique(np.asarray(data.train.labels)).tolist())
-    emptied = sorted(before - set(np.unique(np.asarray(kept)).tolist()))
+    before, after = _present(data.train.labels), _present(kept)
+    emptied = sorted(before - after)
     if emptied:
         name = data.classes[emptied[0]]
         raise UserError(
             f"class '{name}' has no readable training image (every one was skipped as "
             "unreadable; see the warning above); fix or remove its files, or its folder"
         )
+
+
+def _present(labels: np.ndarray) -> set[int]:
+    """The classes some image carries (class indices, or 0/1 rows of multi-label data)."""
+    labels = np.asarray(labels)
+    if labels.ndim == 2:
+        return set(np.flatnonzero(labels.any(axis=0)).tolist())
+    return set(np.unique(labels).tolist())
 
 
 def compute_mean_std(
@@ -220,6 +229,7 @@ def _match_channels(data: ImageData, channels: int) -> ImageData:
         data.source,
         data.kind,
         data.skipped,
+        data.task,
     )
 
 
@@ -285,8 +295,13 @@ class TensorBatches:
 def balanced_draw(labels: torch.Tensor | np.ndarray, seed: int, epoch: int) -> torch.Tensor:
     """``--sampler balanced``: as many indices as there are images, drawn with replacement so
     that every class is equally likely (each image with probability 1 / (classes x its class's
-    count)); the same draw in every process (seeded by the run seed and the epoch)."""
-    labels = torch.as_tensor(labels)
+    count)); the same draw in every process (seeded by the run seed and the epoch).
+
+    Multi-label rows (N, K) draw each image by its rarest label (``strata``: images without a
+    label form a group of their own), so rare labels come up as often as common ones."""
+    from imagewise.data.sources import strata
+
+    labels = torch.as_tensor(strata(np.asarray(labels)))
     counts = torch.bincount(labels).double()
     present = int((counts > 0).sum())
     weights = 1.0 / (counts[labels] * present)
@@ -329,7 +344,8 @@ class FileImages(torch.utils.data.Dataset):
             image = read_image(
                 self.paths[i], pre.channels, pre.img_size, pre.interpolation, pre.crop_pct
             )
-            return image, int(self.labels[i])
+            label = self.labels[i]  # a class index, or a multi-label row of 0/1
+            return image, (int(label) if np.ndim(label) == 0 else torch.from_numpy(label))
         except UnreadableImageError as exc:
             log.warning("skipped unreadable image %s (%s)", exc.path, exc.reason)
             return None
@@ -339,7 +355,10 @@ def _collate(items: list) -> tuple[torch.Tensor, torch.Tensor]:
     items = [it for it in items if it is not None]
     if not items:
         return torch.empty(0, dtype=torch.uint8), torch.empty(0, dtype=torch.int64)
-    return torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items])
+    labels = [y for _, y in items]
+    if isinstance(labels[0], torch.Tensor):  # multi-label rows
+        return torch.stack([x for x, _ in items]), torch.stack(labels)
+    return torch.stack([x for x, _ in items]), torch.tensor(labels)
 
 
 def make_loader(

@@ -4,6 +4,11 @@ Accepted sources: a built-in name (``digits``, ``fashion-mnist``); a folder of c
 with or without ``train/ val/ test/`` sub-splits; a folder of MNIST-format IDX files; a CSV
 manifest with ``path,label`` columns (and an optional ``split`` column). Where a split is not
 given, a stratified, seeded split carves it out of the training data.
+
+Multi-label data (any number of labels per image, none included) comes from a CSV manifest in
+either form: a ``labels`` column (``dog|cat``, the separator configurable; empty for none), or
+one 0/1 column per class (``path,dog,cat,split``). Its splits' labels are then 0/1 arrays
+(N, classes) and ``ImageData.task`` is ``multilabel``.
 """
 
 from __future__ import annotations
@@ -19,16 +24,20 @@ import torch
 from imagewise.data import builtin
 from imagewise.data.decode import find_images
 from imagewise.data.idx import find_idx_pairs, read_idx
+from imagewise.edge.spec import MULTILABEL, SINGLE
 from imagewise.errors import UserError
 
 SPLITS = ("train", "val", "test")
-MANIFEST = ("path", "label", "split")  # a CSV manifest's own columns; the rest are extra
+MANIFEST = ("path", "label", "labels", "split")  # a manifest's own columns; the rest are extra
+TASK_CHOICES = ("auto", SINGLE, MULTILABEL)
 
 
 @dataclass
 class Split:
     """One split: labels plus either decoded images (uint8, N×C×H×W) or file paths, and a CSV
-    manifest's extra columns (``site``, ``camera``, ...: one value per image) when it has any."""
+    manifest's extra columns (``site``, ``camera``, ...: one value per image) when it has any.
+
+    ``labels``: class indices (int64, N), or for multi-label data 0/1 per class (uint8, N×K)."""
 
     labels: np.ndarray
     images: torch.Tensor | None = None
@@ -67,6 +76,11 @@ class ImageData:
     source: str
     kind: str  # builtin | folder | csv | idx
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    task: str = SINGLE  # single | multilabel (labels 0/1 per class)
+
+    @property
+    def multilabel(self) -> bool:
+        return self.task == MULTILABEL
 
     def split(self, name: str) -> Split:
         if name not in SPLITS:
@@ -97,12 +111,24 @@ def stratified_split(labels: np.ndarray, fractions: Sequence[float], seed: int) 
     return [np.sort(np.array(p, dtype=np.int64)) for p in parts]
 
 
+def strata(labels: np.ndarray) -> np.ndarray:
+    """What a split is stratified by: the class, or for multi-label rows (N, K) the rarest
+    label each image carries (K for an image with none), so every label, rare ones first,
+    reaches every split in proportion."""
+    labels = np.asarray(labels)
+    if labels.ndim == 1:
+        return labels
+    counts = labels.sum(axis=0).astype(np.float64)
+    rarity = np.where(labels > 0, counts[None, :], np.inf)
+    return np.where(labels.any(axis=1), rarity.argmin(axis=1), labels.shape[1]).astype(np.int64)
+
+
 def _carve(
     pool: Split, val: Split | None, test: Split | None, val_frac: float, test_frac: float, seed: int
 ) -> tuple[Split, Split, Split]:
     """Fill the missing val / test splits from ``pool`` with a stratified split."""
     fracs = [val_frac if val is None else 0.0, test_frac if test is None else 0.0]
-    train_idx, val_idx, test_idx = stratified_split(pool.labels, fracs, seed)
+    train_idx, val_idx, test_idx = stratified_split(strata(pool.labels), fracs, seed)
     return (
         pool.subset(train_idx),
         val if val is not None else pool.subset(val_idx),
@@ -170,35 +196,134 @@ def _read_manifest(path: Path) -> tuple[list[dict[str, str]], list[str]]:
             rows = list(reader)
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise UserError(f"cannot read CSV manifest '{path}': {exc}") from exc
-    if not rows or not {"path", "label"} <= set(rows[0]):
-        raise UserError(f"CSV manifest '{path}' needs a header with columns path,label")
-    return rows, [c for c in reader.fieldnames or [] if c]
+    header = [c.strip() for c in reader.fieldnames or [] if c and c.strip()]
+    if not rows or "path" not in header:
+        raise UserError(
+            f"CSV manifest '{path}' needs a header with columns path,label (one class per "
+            "image), path,labels (several: dog|cat) or path and one 0/1 column per class"
+        )
+    rows = [{(k or "").strip(): v for k, v in row.items()} for row in rows]
+    return rows, header
 
 
-def _from_csv(path: Path, val_frac: float, test_frac: float, seed: int) -> ImageData:
-    rows, header = _read_manifest(path)
-    classes = sorted({r["label"].strip() for r in rows if (r.get("label") or "").strip()})
+def _cell(row: dict[str, str | None], column: str) -> str:
+    value = row.get(column)
+    return value.strip() if isinstance(value, str) else ""
+
+
+def _label_form(
+    path: Path, rows: list[dict[str, str]], header: list[str], task: str, separator: str
+) -> tuple[str, str | list[str]]:
+    """How the manifest gives its labels: ``("single", "label")``, ``("list", column)`` (a
+    separated list in one column) or ``("columns", [class columns])`` (0/1 per class)."""
+    if task not in TASK_CHOICES:
+        raise UserError(f"unknown task '{task}'; choose one of {', '.join(TASK_CHOICES)}")
+    if "labels" in header:
+        form: tuple[str, str | list[str]] = ("list", "labels")
+    elif "label" in header:
+        listed = any(separator in _cell(r, "label") for r in rows)
+        form = (
+            ("list", "label")
+            if task == MULTILABEL or (task == "auto" and listed)
+            else ("single", "label")
+        )
+    else:
+        binary = [c for c in header if c not in MANIFEST and _zero_one(rows, c)]
+        if not binary:
+            raise UserError(
+                f"CSV manifest '{path}' has no label column: give path,label (one class per "
+                "image), path,labels (several: dog|cat) or one 0/1 column per class"
+            )
+        form = ("columns", binary)
+    if task == SINGLE and form[0] != "single":
+        given = f"column {form[1]}" if form[0] == "list" else "0/1 class columns"
+        raise UserError(
+            f"CSV manifest '{path}' gives several labels per image ({given}); "
+            "train it with --task multilabel (or auto)"
+        )
+    return form
+
+
+def _zero_one(rows: list[dict[str, str]], column: str) -> bool:
+    """Whether a column reads as one class's 0/1 flags (every cell 0 or 1)."""
+    return all(_cell(r, column) in ("0", "1") for r in rows)
+
+
+def _multilabel_rows(
+    path: Path, rows: list[dict[str, str]], form: tuple[str, str | list[str]], separator: str
+) -> tuple[list[str], np.ndarray]:
+    """The class names and the 0/1 label matrix (rows, classes) of a multi-label manifest."""
+    kind, where = form
+    if kind == "columns":
+        columns = list(where)
+        for line, row in enumerate(rows, start=2):
+            for c in columns:
+                if _cell(row, c) not in ("0", "1"):
+                    raise UserError(
+                        f"CSV manifest '{path}' line {line}: column '{c}' is "
+                        f"'{_cell(row, c)}'; a class column holds 0 or 1"
+                    )
+        matrix = np.array([[_cell(r, c) == "1" for c in columns] for r in rows], dtype=np.uint8)
+        return columns, matrix.reshape(len(rows), len(columns))
+    assert isinstance(where, str)
+    per_row = []
+    for line, row in enumerate(rows, start=2):
+        names = [n.strip() for n in _cell(row, where).split(separator)]
+        if any(not n for n in names) and any(names):
+            raise UserError(
+                f"CSV manifest '{path}' line {line}: '{_cell(row, where)}' has an empty label "
+                f"between the separators ('{separator}'); write the labels as a{separator}b"
+            )
+        per_row.append(sorted({n for n in names if n}))
+    classes = sorted({n for names in per_row for n in names})
     if not classes:
         raise UserError(f"CSV manifest '{path}' has no labelled rows")
+    index = {c: i for i, c in enumerate(classes)}
+    matrix = np.zeros((len(rows), len(classes)), dtype=np.uint8)
+    for i, names in enumerate(per_row):
+        matrix[i, [index[n] for n in names]] = 1
+    return classes, matrix
+
+
+def _from_csv(
+    path: Path, val_frac: float, test_frac: float, seed: int, task: str = "auto",
+    separator: str = "|",
+) -> ImageData:  # fmt: skip
+    rows, header = _read_manifest(path)
+    form = _label_form(path, rows, header, task, separator)
+    multilabel = form[0] != "single"
+    if multilabel:
+        classes, matrix = _multilabel_rows(path, rows, form, separator)
+    else:
+        classes = sorted({_cell(r, "label") for r in rows if _cell(r, "label")})
+        if not classes:
+            raise UserError(f"CSV manifest '{path}' has no labelled rows")
+    label_columns = set(form[1]) if form[0] == "columns" else {form[1]}
     by_split: dict[str, list[int]] = {s: [] for s in SPLITS}
     paths: list[str] = []
     labels: list[int] = []
     for line, row in enumerate(rows, start=2):
-        label = (row.get("label") or "").strip()
-        rel = (row.get("path") or "").strip()
-        if not rel or not label:
+        label = _cell(row, "label")
+        rel = _cell(row, "path")
+        if not rel or (not multilabel and not label):
             raise UserError(f"CSV manifest '{path}' line {line}: path and label must not be empty")
-        split = (row.get("split") or "train").strip().lower() or "train"
+        split = _cell(row, "split").lower() or "train"
         if split not in SPLITS:
             raise UserError(f"CSV manifest '{path}' line {line}: unknown split '{split}'")
         file = Path(rel) if Path(rel).is_absolute() else path.parent / rel
         by_split[split].append(len(paths))
         paths.append(str(file))
-        labels.append(classes.index(label))
+        if not multilabel:
+            labels.append(classes.index(label))
     # Columns beyond path,label,split (site, camera, ...) travel with their images through every
     # subset, for `evaluate --slice-by`.
-    extra = {c: [(r.get(c) or "").strip() for r in rows] for c in header if c not in MANIFEST}
-    every = Split(np.array(labels, dtype=np.int64), paths=paths, columns=extra or None)
+    extra = {
+        c: [_cell(r, c) for r in rows]
+        for c in header
+        if c not in MANIFEST and c not in label_columns
+    }
+    values = matrix if multilabel else np.array(labels, dtype=np.int64)
+    every = Split(values, paths=paths, columns=extra or None)
 
     def make(split: str) -> Split | None:
         return every.subset(np.array(by_split[split])) if by_split[split] else None
@@ -207,7 +332,25 @@ def _from_csv(path: Path, val_frac: float, test_frac: float, seed: int) -> Image
     if pool is None:
         raise UserError(f"CSV manifest '{path}' has no training rows")
     train, val, test = _carve(pool, make("val"), make("test"), val_frac, test_frac, seed)
-    return ImageData(classes, train, val, test, str(path), "csv")
+    data = ImageData(classes, train, val, test, str(path), "csv")
+    if multilabel:
+        data.task = MULTILABEL
+    return data
+
+
+def describe_labels(data: ImageData) -> str:
+    """One line about a multi-label dataset: its labels, how many per image, how many images
+    carry none, and the rarest label's count (training split)."""
+    rows = np.asarray(data.train.labels)
+    counts = rows.sum(axis=0)
+    per_image = rows.sum(axis=1)
+    rarest = int(np.argmin(counts))
+    return (
+        f"multi-label data (several labels per image; --task single to refuse): "
+        f"{len(data.classes)} labels, {per_image.mean():.2f} per training image on average, "
+        f"{int((per_image == 0).sum())} of {len(rows)} training images with none; rarest "
+        f"label '{data.classes[rarest]}' on {int(counts[rarest])} images"
+    )
 
 
 def _idx_split(images: Path, labels: Path) -> Split:
@@ -261,8 +404,9 @@ def _from_builtin(name: str, val_frac: float, test_frac: float, seed: int) -> Im
 
 
 def resolve_source(
-    source: str, val_fraction: float = 0.1, test_fraction: float = 0.1, split_seed: int = 0
-) -> ImageData:
+    source: str, val_fraction: float = 0.1, test_fraction: float = 0.1, split_seed: int = 0,
+    task: str = "auto", label_separator: str = "|",
+) -> ImageData:  # fmt: skip
     """Find the dataset ``source`` names and split it; images stay undecoded file paths.
 
     Args:
@@ -270,12 +414,20 @@ def resolve_source(
         val_fraction: share of the training pool held out for validation when no val split exists.
         test_fraction: likewise for the test split.
         split_seed: seed of the stratified split, so the same images land in the same split.
+        task: ``auto`` (a CSV manifest with several labels per image is multi-label), ``single``
+            or ``multilabel`` (a ``label`` column is then read as separated lists too).
+        label_separator: what separates a multi-label manifest's labels in one cell.
     """
     if not source:
         raise UserError(
             "no dataset given; name a folder, a CSV manifest, digits, fashion-mnist or photos"
         )
     name = builtin.canonical_name(source)
+    if task == MULTILABEL and not source.lower().endswith(".csv"):
+        raise UserError(
+            f"'{source}' has one class per image; multi-label data comes in a CSV manifest "
+            "(path,labels with dog|cat, or one 0/1 column per class)"
+        )
     if name and not Path(source).exists():
         return _from_builtin(name, val_fraction, test_fraction, split_seed)
     path = Path(source).expanduser()
@@ -286,6 +438,6 @@ def resolve_source(
         )
     if path.is_file():
         if path.suffix.lower() == ".csv":
-            return _from_csv(path, val_fraction, test_fraction, split_seed)
+            return _from_csv(path, val_fraction, test_fraction, split_seed, task, label_separator)
         raise UserError(f"'{source}' is a file but not a CSV manifest; give a folder or a .csv")
     return _from_folder(path, val_fraction, test_fraction, split_seed)

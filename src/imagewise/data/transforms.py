@@ -163,6 +163,7 @@ class BatchAugment:
         if augment.cutmix > 0:
             mixers.append(v2.CutMix(alpha=augment.cutmix, num_classes=num_classes))
         self.mix = v2.RandomChoice(mixers) if mixers else None
+        self.alphas = {"mixup": augment.mixup, "cutmix": augment.cutmix}
 
     @property
     def active(self) -> bool:
@@ -191,8 +192,32 @@ class BatchAugment:
         if s["erasing"]:
             x = self._erase(x, float(s["erasing"]))
         if self.mix is not None:
-            x, labels = self.mix(x, labels)
+            if labels.ndim == 2:  # multi-label rows: torchvision's mixers take class indices
+                x, labels = self._mix_rows(x, labels.float())
+            else:
+                x, labels = self.mix(x, labels)
         return x, labels
+
+    def _mix_rows(self, x: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """MixUp / CutMix (one of those configured, at random) for multi-label 0/1 rows, as
+        torchvision's ``v2.MixUp`` / ``v2.CutMix`` do for one-hot rows: each image with the
+        batch's next (rolled by one), the targets mixed by the share of each image's pixels."""
+        names = [k for k, alpha in self.alphas.items() if alpha > 0]
+        name = names[int(torch.randint(len(names), (1,), generator=self.generator))]
+        alpha = torch.tensor(float(self.alphas[name]))
+        lam = float(torch.distributions.Beta(alpha, alpha).sample())
+        other, other_rows = x.roll(1, 0), rows.roll(1, 0)
+        if name == "mixup":
+            return x.mul(lam).add_(other, alpha=1 - lam), rows * lam + other_rows * (1 - lam)
+        h, w = x.shape[-2:]
+        cy, cx = (int(torch.randint(n, (1,), generator=self.generator)) for n in (h, w))
+        half_h, half_w = int(h * math.sqrt(1 - lam) / 2), int(w * math.sqrt(1 - lam) / 2)
+        y0, y1 = max(cy - half_h, 0), min(cy + half_h, h)
+        x0, x1 = max(cx - half_w, 0), min(cx + half_w, w)
+        x = x.clone()
+        x[..., y0:y1, x0:x1] = other[..., y0:y1, x0:x1]
+        lam = 1 - (y1 - y0) * (x1 - x0) / (h * w)
+        return x, rows * lam + other_rows * (1 - lam)
 
     def _rand(self, n: int, lo: float, hi: float, device: torch.device) -> torch.Tensor:
         return (torch.rand(n, generator=self.generator) * (hi - lo) + lo).to(device)

@@ -44,6 +44,10 @@ LAYOUT_EMBEDDINGS = "N D float32 embeddings"
 INTERPOLATIONS = tuple(RESAMPLING)
 FITS = ("gradient", "one_pass")
 CROP_RANGE = (0.5, 1.0)  # timm's pretrained configs use 0.75-1.0; below half is not a crop
+# One class per image (softmax), or any number of labels per image (a sigmoid per class).
+SINGLE, MULTILABEL = "single", "multilabel"
+TASKS = (SINGLE, MULTILABEL)
+TASK_WORDS = {SINGLE: "single-label", MULTILABEL: "multi-label"}  # how messages name them
 
 
 @dataclass(frozen=True)
@@ -184,7 +188,9 @@ class ModelSpec:
     ``drift``: the validation split's drift reference (``imagewise.edge.drift``), or None.
     ``model``: the architecture's name. ``conformal``: an exported file's fitted ``--coverage``
     thresholds (``imagewise.edge.conformal.ConformalFit.to_json``), or None (a run folder keeps
-    them in ``RUN/conformal.json``).
+    them in ``RUN/conformal.json``). ``task``: ``single`` (one class per image: softmax) or
+    ``multilabel`` (any number of labels per image: one sigmoid per class, each compared with
+    its fitted ``thresholds`` entry, ``imagewise.edge.multilabel``).
     """
 
     classes: tuple[str, ...]
@@ -197,10 +203,36 @@ class ModelSpec:
     format: str = SPEC_FORMAT
     drift: Mapping[str, Any] | None = None
     conformal: Mapping[str, Any] | None = None
+    task: str = SINGLE
+    thresholds: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.classes, list):
             object.__setattr__(self, "classes", tuple(self.classes))
+        if isinstance(self.thresholds, list):
+            object.__setattr__(self, "thresholds", tuple(self.thresholds))
+
+    @property
+    def multilabel(self) -> bool:
+        return self.task == MULTILABEL
+
+    def probabilities(self, logits: np.ndarray) -> np.ndarray:
+        """Calibrated probabilities (float32) of logits (N, classes): the softmax over the
+        temperature, or for a multi-label model each class's own sigmoid."""
+        z = np.asarray(logits, dtype=np.float64) / self.temperature
+        if self.multilabel:
+            return (0.5 * (1.0 + np.tanh(0.5 * z))).astype(
+                np.float32
+            )  # a sigmoid that never overflows
+        z -= z.max(axis=1, keepdims=True)
+        e = np.exp(z)
+        return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+
+    def label_thresholds(self) -> np.ndarray:
+        """A multi-label model's per-class thresholds (0.5 each where none were fitted)."""
+        if self.thresholds is None:
+            return np.full(len(self.classes), 0.5)
+        return np.asarray(self.thresholds, dtype=np.float64)
 
     def to_metadata(self) -> dict[str, str]:
         """The string map an exported file carries (ONNX ``metadata_props``): numbers and
@@ -225,6 +257,10 @@ class ModelSpec:
             out[DRIFT_KEY] = json.dumps(dict(self.drift), ensure_ascii=False)
         if self.conformal is not None:
             out[CONFORMAL_KEY] = json.dumps(dict(self.conformal), ensure_ascii=False)
+        if self.multilabel:  # single-label files keep their keys as before
+            text[TASK_KEY] = self.task
+            if self.thresholds is not None:
+                out[THRESHOLDS_KEY] = json.dumps([float(t) for t in self.thresholds])
         return {**out, **text}
 
     @classmethod
@@ -277,6 +313,16 @@ class ModelSpec:
         if drift is not None and not isinstance(drift, dict):
             raise broken_metadata(source, DRIFT_KEY, "must be an object")
         conformal = _conformal(v.get(CONFORMAL_KEY), source)
+        task = props.get(TASK_KEY, SINGLE)
+        if task not in TASKS:
+            raise broken_metadata(
+                source, TASK_KEY, f"is {_show(task)}; it must be one of {', '.join(TASKS)}"
+            )
+        thresholds = v.get(THRESHOLDS_KEY)
+        if thresholds is not None and (
+            not isinstance(thresholds, list) or len(thresholds) != len(classes)
+        ):
+            raise broken_metadata(source, THRESHOLDS_KEY, "must hold one number per class")
         spec = cls(
             classes=tuple(classes),
             input=InputContract(
@@ -294,6 +340,8 @@ class ModelSpec:
             model=props.get("model", ""),
             drift=drift,
             conformal=conformal,
+            task=task,
+            thresholds=None if thresholds is None else tuple(thresholds),
         )
         why = spec.problem(FILE_IMG_SIZE_RANGE, (1, 3))
         if why is not None:
@@ -311,6 +359,11 @@ class ModelSpec:
         t = self.temperature
         if not (_is_number(t) and math.isfinite(t) and t > 0):
             return f"temperature is {_show(t)}; it must be a finite number above 0"
+        if self.task not in TASKS:
+            return f"task is {_show(self.task)}; it must be one of {', '.join(TASKS)}"
+        for i, x in enumerate(self.thresholds or ()):
+            if not (_is_number(x) and 0.0 <= x <= 1.0):
+                return f"thresholds[{i}] is {_show(x)}; it must be a number 0-1"
         return None
 
 
@@ -318,8 +371,11 @@ class ModelSpec:
 UNKNOWN_KEY = "unknown"
 DRIFT_KEY = "drift"  # runs exported with a drift reference (imagewise.edge.drift)
 CONFORMAL_KEY = "conformal"
+TASK_KEY, THRESHOLDS_KEY = "task", "thresholds"  # multi-label models only
 _REQUIRED_JSON = ("classes", "img_size", "channels", "mean", "std", "temperature")
-_OPTIONAL_JSON = ("crop_pct", "capabilities", UNKNOWN_KEY, DRIFT_KEY, CONFORMAL_KEY)
+_OPTIONAL_JSON = (
+    "crop_pct", "capabilities", UNKNOWN_KEY, DRIFT_KEY, CONFORMAL_KEY, THRESHOLDS_KEY,
+)  # fmt: skip
 JSON_KEYS = (*_REQUIRED_JSON, *_OPTIONAL_JSON)
 # Bounds a file's metadata must keep: a size outside them is a damaged or hostile file, not a
 # model (img_size 100000 made predict allocate 9.8 GB).

@@ -11,13 +11,16 @@ from imagewise.edge.spec import InputContract
 
 
 class ExportModule(nn.Module):
-    """The network as exported: (raw pixels ->) normalized batch -> (logits, probabilities)."""
+    """The network as exported: (raw pixels ->) normalized batch -> (logits, probabilities):
+    the softmax over the temperature, or a multi-label model's sigmoid per class."""
 
     def __init__(
-        self, model: nn.Module, pre: InputContract, temperature: float, raw_input: bool
-    ) -> None:
+        self, model: nn.Module, pre: InputContract, temperature: float, raw_input: bool,
+        multilabel: bool = False,
+    ) -> None:  # fmt: skip
         super().__init__()
         self.model, self.raw_input, self.temperature = model, raw_input, float(temperature)
+        self.multilabel = multilabel
         self.register_buffer("mean", torch.tensor(pre.mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(pre.std).view(1, -1, 1, 1), persistent=False)
 
@@ -25,6 +28,8 @@ class ExportModule(nn.Module):
         if self.raw_input:
             x = (x.permute(0, 3, 1, 2).to(torch.float32) / 255.0 - self.mean) / self.std
         logits = self.model(x)
+        if self.multilabel:
+            return logits, torch.sigmoid(logits / self.temperature)
         return logits, torch.softmax(logits / self.temperature, dim=1)
 
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from imagewise.edge.spec import InputContract
+from imagewise.edge.spec import MULTILABEL, InputContract
 from imagewise.export.graph import ExportModule, example_input
 from imagewise.runtime.logs import quiet_loggers
 
@@ -57,8 +57,9 @@ def to_onnx(
     import onnx
 
     module = ExportModule(
-        model.to(memory_format=torch.contiguous_format), pre, temperature, raw_input
-    )
+        model.to(memory_format=torch.contiguous_format), pre, temperature, raw_input,
+        multilabel=metadata.get("task") == MULTILABEL,
+    )  # fmt: skip
     module = module.eval()
     x = example_input(pre, raw_input)
     try:

@@ -217,7 +217,10 @@ class ExportJob:
         from imagewise.export.graph import ExportModule
 
         pre = self.reference.preprocessing
-        return ExportModule(self.module, pre, self.reference.temperature, self.raw_input).eval()
+        return ExportModule(
+            self.module, pre, self.reference.temperature, self.raw_input,
+            multilabel=self.reference.spec.multilabel,
+        ).eval()  # fmt: skip
 
     def example_input(self, batch: int = 2) -> torch.Tensor:
         """A batch of the graph's input (normalized floats, or uint8 NHWC for raw input)."""

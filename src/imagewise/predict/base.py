@@ -79,8 +79,16 @@ class BaseClassifier(ImageModel):
         raise NotImplementedError
 
     def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
-        """Calibrated class probabilities of a preprocessed batch."""
-        return torch.softmax(self.logits(batch) / self.temperature, dim=1)
+        """Calibrated class probabilities of a preprocessed batch (a multi-label model's
+        sigmoid per class)."""
+        return self.calibrated(self.logits(batch))
+
+    def calibrated(self, logits: torch.Tensor) -> torch.Tensor:
+        """Logits -> calibrated probabilities: the softmax over the temperature, or for a
+        multi-label model each class's sigmoid (``ModelSpec.probabilities`` in numpy)."""
+        if self.spec.multilabel:
+            return torch.sigmoid(logits / self.temperature)
+        return torch.softmax(logits / self.temperature, dim=1)
 
     def image_probabilities(self, images: torch.Tensor) -> torch.Tensor:
         """Calibrated class probabilities of uint8 images (N, C, H, W) at the model's size."""
@@ -89,8 +97,7 @@ class BaseClassifier(ImageModel):
     def scores(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Logits and calibrated probabilities of uint8 images (N, C, H, W), as arrays."""
         logits = self.logits(normalize(self.spec.input, torch.from_numpy(images)))
-        probs = torch.softmax(logits / self.temperature, dim=1)
-        return logits.numpy(), probs.numpy()
+        return logits.numpy(), self.calibrated(logits).numpy()
 
     def postprocess(
         self, probs: torch.Tensor, sources: Sequence[str], top_k: int = 5

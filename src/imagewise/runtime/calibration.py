@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 log = logging.getLogger("imagewise")
 
@@ -64,9 +65,20 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, n_bins: in
 def negative_log_likelihood(
     logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0
 ) -> float:
-    """Mean cross-entropy of ``softmax(logits / temperature)`` (float64)."""
+    """Mean cross-entropy of ``softmax(logits / temperature)`` (float64); for multi-label
+    rows (N, classes) of 0/1 the mean binary cross-entropy of each label's sigmoid."""
     scaled = logits.double() / temperature
-    return float(torch.nn.functional.cross_entropy(scaled, labels.long()))
+    if labels.ndim == 2:
+        return float(F.binary_cross_entropy_with_logits(scaled, labels.double()))
+    return float(F.cross_entropy(scaled, labels.long()))
+
+
+def binary_view(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Multi-label probabilities (N, K) and 0/1 rows as N*K yes / no answers ((N*K, 2) with
+    [no, yes] probabilities, and 0/1 labels), so the top-1 bins and ECE apply to each label's
+    answer: a label at 0.9 should be present 90% of the time."""
+    p = np.asarray(probs, dtype=np.float64).reshape(-1)
+    return np.stack([1 - p, p], axis=1), (np.asarray(labels).reshape(-1) > 0.5).astype(np.int64)
 
 
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
@@ -76,16 +88,17 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
 
     Args:
         logits: (N, classes) raw scores of held-out images.
-        labels: (N,) class indices.
+        labels: (N,) class indices, or multi-label 0/1 rows (N, classes) (one temperature
+            for every label's sigmoid).
     """
     from scipy.optimize import minimize_scalar
 
     if len(labels) == 0:
         return 1.0
-    z, y = logits.double(), labels.long()
+    z = logits.double()
 
     def nll(log_t: float) -> float:
-        return float(torch.nn.functional.cross_entropy(z / np.exp(log_t), y))
+        return negative_log_likelihood(z, labels, float(np.exp(log_t)))
 
     lo, hi = np.log(MIN_TEMPERATURE), np.log(MAX_TEMPERATURE)
     found = minimize_scalar(nll, bounds=(lo, hi), method="bounded", options={"xatol": 1e-4})
@@ -102,7 +115,10 @@ def calibration_report(
     y = labels.numpy()
     out: dict[str, Any] = {"temperature": temperature, "bins": n_bins}
     for name, t in (("before", 1.0), ("after", temperature)):
-        probs = torch.softmax(logits.double() / t, dim=1).numpy()
+        if labels.ndim == 2:  # each label's yes / no answer
+            probs, y = binary_view(torch.sigmoid(logits.double() / t).numpy(), labels.numpy())
+        else:
+            probs = torch.softmax(logits.double() / t, dim=1).numpy()
         out[name] = {
             "ece": expected_calibration_error(probs, y, n_bins),
             "nll": negative_log_likelihood(logits, labels, t),
@@ -115,7 +131,8 @@ def calibrate(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
     """Fit the temperature on validation logits; the summary that goes into ``meta.json``."""
     if len(labels) == 0:
         return {"temperature": 1.0, "fitted_on": None, "note": "no validation images"}
-    if bool((logits.argmax(1) == labels).all()):
+    right = (logits > 0) == (labels > 0.5) if labels.ndim == 2 else logits.argmax(1) == labels
+    if bool(right.all()):
         # Every image right: the likelihood only grows as T shrinks, so any fit would end on
         # the lower bound and claim false certainty. There is nothing to fit.
         return {
@@ -142,6 +159,7 @@ def calibrate(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
 
 
 __all__ = [
+    "binary_view",
     "calibrate",
     "calibration_report",
     "expected_calibration_error",

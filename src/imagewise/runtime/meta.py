@@ -34,7 +34,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from imagewise.edge.records import Record, entry
-from imagewise.edge.spec import ONE_PASS, Capabilities, InputContract, ModelSpec
+from imagewise.edge.spec import ONE_PASS, SINGLE, Capabilities, InputContract, ModelSpec
 from imagewise.errors import UserError
 from imagewise.runtime.records import (
     AutoChoice,
@@ -206,6 +206,8 @@ class RunMeta:
                 **{k: take(caps, k, "model.capabilities.") for k in _CAPABILITY_KEYS}
             ),
             model=take(model, "name", "model."),
+            task=v.get("task", SINGLE),
+            thresholds=_thresholds(v.get("thresholds"), len(classes), source),
         )
         meta = cls(
             spec=spec,
@@ -237,6 +239,13 @@ class RunMeta:
             "preprocessing": self.spec.input.to_json(),
             "temperature": self.spec.temperature,
             "tta": dict(self.spec.tta),
+            # multi-label runs only: single-label files keep their keys
+            **({"task": self.spec.task} if self.spec.multilabel else {}),
+            **(
+                {"thresholds": list(self.spec.thresholds)}
+                if self.spec.multilabel and self.spec.thresholds is not None
+                else {}
+            ),
             "data": self.data.to_json(),
             "versions": dict(self.versions),
             "training": self.training.to_json(),
@@ -252,10 +261,21 @@ class RunMeta:
 
 
 _CAPABILITY_KEYS = ("fit", "onnx_export", "gradcam")
+
+
+def _thresholds(values: Any, classes: int, source: str) -> tuple[float, ...] | None:
+    """A multi-label run's per-class thresholds, checked: one number 0-1 per class."""
+    if values is None:
+        return None
+    if not isinstance(values, list) or len(values) != classes:
+        raise UserError(f"{source}: thresholds must hold one number per class ({classes})")
+    return tuple(values)
+
+
 _TOP_KEYS = (
     "format", "created", "classes", "model", "preprocessing", "temperature", "tta", "data",
     "versions", "training", "processes", "precision", "calibration", "transfer", "teacher",
-    "choice",
+    "choice", "task", "thresholds",
 )  # fmt: skip
 # Optional objects written only when recorded, validated as JSON objects.
 _REPORTS: dict[str, type[Record]] = {

@@ -43,6 +43,7 @@ class TrainingSummary(Record):
     best_epoch: int | None = entry(None, omit_none=True, **_COUNT)
     best_val_accuracy: float | None = entry(None, **_PROBABILITY)
     best_val_macro_f1: float | None = entry(None, omit_none=True, **_PROBABILITY)
+    best_val_map: float | None = entry(None, omit_none=True, **_PROBABILITY)  # multi-label
     selected_by: str | None = entry(None, omit_none=True)
     train_seconds: float | None = entry(None, omit_none=True, **_SECONDS)
     stop_reason: str | None = entry(None, omit_none=True)

@@ -130,6 +130,14 @@ def selection_metric(cfg: RunConfig, data: ImageData) -> str:
     """The history column that picks the best epoch: ``--select-by``, or with ``auto`` macro F1
     when the largest training class outnumbers the smallest more than 3x, else accuracy."""
     choice = cfg.train.select_by
+    if data.multilabel:
+        # accuracy / macro_f1 are the labels' at 0.5 (imagewise.train.loop.multilabel_stats)
+        return "val_map" if choice == "auto" else f"val_{choice}"
+    if choice == "map":
+        raise UserError(
+            "--select-by map is for multi-label data; this data has one class per image: "
+            "use auto, accuracy or macro_f1"
+        )
     if choice == "auto":
         counts = np.bincount(data.train.labels, minlength=len(data.classes))
         ratio = counts.max() / max(1, counts.min())
@@ -145,7 +153,8 @@ def selection_metric(cfg: RunConfig, data: ImageData) -> str:
 def _weighted(
     task: ClassificationTask, cfg: RunConfig, data: ImageData, device: torch.device
 ) -> ClassificationTask:
-    """``--class-weight auto``: the loss weighs each class by its inverse frequency."""
+    """``--class-weight auto``: the loss weighs each class by its inverse frequency (for
+    multi-label data each label's presence by its absent / present images)."""
     if cfg.train.class_weight == "auto":
         weights = class_weights(data.train.labels, len(data.classes))
         task.class_weight = weights.to(device)
@@ -204,11 +213,13 @@ def _cached_components(
         from timm.utils import ModelEmaV3
 
         ema = ModelEmaV3(model, decay=t.ema_decay)
-    loss = getattr(model, "default_loss", "cross_entropy") if t.loss == "auto" else t.loss
+    loss = getattr(model, "default_loss", "auto") if t.loss == "auto" else t.loss
     return Components(
         model=model,
         task=_weighted(
-            ClassificationTask(ClassifierOnly(model), loss, classes, t.label_smoothing),
+            ClassificationTask(
+                ClassifierOnly(model), loss, classes, t.label_smoothing, data.multilabel
+            ),
             cfg,
             data,
             device,

@@ -21,7 +21,7 @@ from torch import nn
 from imagewise.config import RunConfig
 from imagewise.data.sources import ImageData
 from imagewise.data.transforms import standardize
-from imagewise.edge.spec import InputContract
+from imagewise.edge.spec import TASK_WORDS, InputContract
 from imagewise.errors import UserError
 from imagewise.models.registry import model_capabilities
 from imagewise.runtime.meta import RunMeta
@@ -34,9 +34,11 @@ _LUMA = (0.299, 0.587, 0.114)
 
 
 def distillation_loss(
-    student: torch.Tensor, teacher: torch.Tensor, temperature: float
+    student: torch.Tensor, teacher: torch.Tensor, temperature: float, multilabel: bool = False
 ) -> torch.Tensor:
-    """T^2 * KL(softmax(teacher / T) || softmax(student / T)), averaged over the batch.
+    """T^2 * KL(softmax(teacher / T) || softmax(student / T)), averaged over the batch; for
+    a multi-label task each label's own Bernoulli KL between the sigmoids, averaged over images
+    and labels (the labels are independent yes / no answers, not one distribution).
 
     Args:
         student: the student's logits (N, C).
@@ -45,6 +47,14 @@ def distillation_loss(
             wrong classes (its "dark knowledge") carries weight.
     """
     t = float(temperature)
+    if multilabel:
+        s_logits, t_logits = student.float() / t, teacher.float() / t
+        p_teacher = torch.sigmoid(t_logits)
+        # KL(Bern(q) || Bern(p)) = BCE(p; q) - H(q): the entropy term has no student gradient
+        # but keeps the value a true KL (0 when student and teacher agree).
+        cross = F.binary_cross_entropy_with_logits(s_logits, p_teacher)
+        entropy = F.binary_cross_entropy_with_logits(t_logits, p_teacher)
+        return (cross - entropy) * (t * t)
     log_p_student = F.log_softmax(student.float() / t, dim=1)
     log_p_teacher = F.log_softmax(teacher.float() / t, dim=1)
     kl = F.kl_div(log_p_student, log_p_teacher, reduction="batchmean", log_target=True)
@@ -104,9 +114,9 @@ class DistillationTask(ClassificationTask):
     def __init__(
         self, model: nn.Module, teacher: nn.Module, student_pre: InputContract,
         teacher_pre: InputContract, *, alpha: float, temperature: float, loss: str,
-        num_classes: int, label_smoothing: float = 0.0,
+        num_classes: int, label_smoothing: float = 0.0, multilabel: bool = False,
     ) -> None:  # fmt: skip
-        super().__init__(model, loss, num_classes, label_smoothing)
+        super().__init__(model, loss, num_classes, label_smoothing, multilabel)
         for p in teacher.parameters():
             p.requires_grad_(False)
         self.teacher = teacher.eval()
@@ -130,11 +140,13 @@ class DistillationTask(ClassificationTask):
             teacher_logits = self.teacher(
                 convert_for_teacher(images, self.student_pre, self.teacher_pre)
             )
-        soft = distillation_loss(logits, teacher_logits, self.temperature)
+        soft = distillation_loss(logits, teacher_logits, self.temperature, self.multilabel)
         return self.alpha * soft + (1 - self.alpha) * hard, logits
 
 
-def read_teacher(path: str, classes: list[str], student: str) -> tuple[RunFolder, RunMeta]:
+def read_teacher(
+    path: str, classes: list[str], student: str, task: str | None = None
+) -> tuple[RunFolder, RunMeta]:
     """The teacher run's folder and metadata, refused in one line when it cannot teach.
 
     Args:
@@ -142,6 +154,7 @@ def read_teacher(path: str, classes: list[str], student: str) -> tuple[RunFolder
         classes: the dataset's classes; the teacher's must be the same, in the same order,
             since its outputs are matched to the student's by position.
         student: the student's model name (a one-pass model has no gradient to distill into).
+        task: the data's task; the teacher must answer the same way (one class, or labels).
     """
     refuse_one_pass_student(student)
     folder = RunFolder.of(path)
@@ -154,6 +167,11 @@ def read_teacher(path: str, classes: list[str], student: str) -> tuple[RunFolder
         raise UserError(
             f"the teacher '{path}' ({meta.model.name}) is a one-pass model with no logits to "
             "distill; choose a teacher run trained by gradient steps"
+        )
+    if task is not None and meta.spec.task != task:
+        raise UserError(
+            f"the teacher '{path}' is a {TASK_WORDS[meta.spec.task]} model and the data is "
+            f"{TASK_WORDS[task]}; teacher and student must answer alike"
         )
     if list(meta.classes) != list(classes):
         raise UserError(
@@ -188,7 +206,7 @@ def teacher_record(config: RunConfig, data: ImageData) -> Teacher | None:
     t = config.train
     if not t.teacher:
         return None
-    folder, meta = read_teacher(t.teacher, list(data.classes), config.model.name)
+    folder, meta = read_teacher(t.teacher, list(data.classes), config.model.name, data.task)
     return Teacher(
         run=str(folder.path.resolve()),
         model=meta.model.name,
@@ -213,13 +231,16 @@ def make_task(
     """
     t = cfg.train
     if not t.teacher:
-        return ClassificationTask(forward, t.loss, len(data.classes), t.label_smoothing)
+        return ClassificationTask(
+            forward, t.loss, len(data.classes), t.label_smoothing, data.multilabel
+        )
     from imagewise.runtime.network import load_network
 
-    folder, meta = read_teacher(t.teacher, list(data.classes), cfg.model.name)
+    folder, meta = read_teacher(t.teacher, list(data.classes), cfg.model.name, data.task)
     teacher = load_network(folder, meta).to(device)
     return DistillationTask(
         forward, teacher, pre, meta.spec.input,
         alpha=t.distill_alpha, temperature=t.distill_temperature, loss=t.loss,
         num_classes=len(data.classes), label_smoothing=t.label_smoothing,
+        multilabel=data.multilabel,
     )  # fmt: skip

@@ -11,8 +11,9 @@ per process; the default learning rate scales with the global batch.
 
 from __future__ import annotations
 
-from typing import TypeVar
+from typing import Any, TypeVar
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -48,6 +49,16 @@ def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     t = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t.tolist()
+
+
+def gather_arrays(values: np.ndarray) -> np.ndarray:
+    """Every process's rows, concatenated in rank order (the array itself in one process):
+    for measures that do not add up over processes, such as average precision."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return values
+    parts: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, values)
+    return np.concatenate([p for p in parts if len(p)]) if any(len(p) for p in parts) else values
 
 
 def broadcast_from_main(value: T) -> T:

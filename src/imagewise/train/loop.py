@@ -30,7 +30,7 @@ from imagewise.runtime.device import autocast
 from imagewise.runtime.inference import predict_loader
 from imagewise.runtime.threads import ThreadGovernor
 from imagewise.train.compile import unwrap
-from imagewise.train.distributed import all_reduce_sum, dist_enabled
+from imagewise.train.distributed import all_reduce_sum, dist_enabled, gather_arrays
 from imagewise.train.task import ClassificationTask
 
 log = logging.getLogger("imagewise")
@@ -155,7 +155,7 @@ def train_one_epoch(
     if parts.freezer is not None:  # after train(): frozen BatchNorms keep their statistics
         parts.freezer.set_modes()
     total_loss = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.long)
+    correct = torch.zeros((), device=device)
     finite = torch.ones((), device=device, dtype=torch.bool)
     seen = step = 0
     for images, labels in parts.train_loader:
@@ -177,13 +177,21 @@ def train_one_epoch(
         _step(parts, loss, cfg, scaler)
         n = images.shape[0]
         total_loss += loss.detach() * n
-        correct += (logits.detach().argmax(1) == labels).sum()
+        correct += _right(logits.detach(), labels)
         seen += n
         if progress is not None:
             progress.update(1)
     _check_finite(finite, total_loss, step, device)
     seen = max(seen, 1)
     return {"loss": float(total_loss) / seen, "accuracy": float(correct) / seen, "images": seen}
+
+
+def _right(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Images answered right (hard labels): the top class, or for multi-label rows the share
+    of each image's labels answered right at probability 0.5 (1 - Hamming loss)."""
+    if labels.ndim == 2:
+        return ((logits > 0) == (labels > 0.5)).float().mean(1).sum()
+    return (logits.argmax(1) == labels).sum().float()
 
 
 def _step(
@@ -271,6 +279,8 @@ def evaluate_loader(
     )
     if len(labels) == 0:
         return {"loss": float("nan"), "accuracy": float("nan"), "images": 0}
+    if labels.ndim == 2:
+        return multilabel_stats(task, logits, labels)
     pred, classes = logits.argmax(1), logits.shape[1]
     return {
         "loss": float(task.loss(logits, labels)),
@@ -283,6 +293,39 @@ def evaluate_loader(
             *torch.bincount(labels, minlength=classes).tolist(),
         ],
     }
+
+
+def multilabel_stats(
+    task: ClassificationTask, logits: torch.Tensor, labels: torch.Tensor
+) -> dict[str, Any]:
+    """``evaluate_loader`` for multi-label rows: loss; accuracy and per-label counts at
+    probability 0.5 (for macro F1); and the scores themselves, since average precision does
+    not add up over processes (``_reduce`` gathers them for mAP)."""
+    pred, truth = logits > 0, labels > 0.5
+    return {
+        "loss": float(task.loss(logits, labels)),
+        "accuracy": float((pred == truth).float().mean()),
+        "images": len(labels),
+        "counts": [
+            *(pred & truth).sum(0).tolist(),
+            *pred.sum(0).tolist(),
+            *truth.sum(0).tolist(),
+        ],
+        "scores": (logits.numpy(), truth.numpy()),
+    }
+
+
+def mean_average_precision(scores: Any, truth: Any) -> float:
+    """Mean over labels of scikit-learn's average precision, over the labels that have a
+    positive image (a label without one has no AP)."""
+    import numpy as np
+    from sklearn.metrics import average_precision_score
+
+    scores, truth = np.asarray(scores), np.asarray(truth)
+    present = np.flatnonzero(truth.any(axis=0))
+    if not len(present):
+        return float("nan")
+    return float(np.mean([average_precision_score(truth[:, k], scores[:, k]) for k in present]))
 
 
 def macro_f1(counts: Sequence[float]) -> float:
@@ -307,6 +350,13 @@ def _reduce(stats: dict[str, float], device: torch.device) -> dict[str, float]:
     out = {"loss": loss_sum / total, "accuracy": correct / total, "images": total}
     if counts:
         out["macro_f1"] = macro_f1(counts)
+    if "scores" in stats:  # multi-label validation: mAP over every process's images
+        import numpy as np
+
+        logits, truth = stats["scores"]
+        together = gather_arrays(np.concatenate([logits, truth.astype(np.float32)], axis=1))
+        k = logits.shape[1]
+        out["map"] = mean_average_precision(together[:, :k], together[:, k:] > 0.5)
     return out
 
 
@@ -403,6 +453,7 @@ def _record(
             "val_loss": val["loss"],
             "val_accuracy": val["accuracy"],
             "val_macro_f1": val.get("macro_f1", float("nan")),
+            **({"val_map": val["map"]} if "map" in val else {}),
             "epoch_seconds": seconds,
             "images_per_second": train["images"] / max(seconds, 1e-9),
         }

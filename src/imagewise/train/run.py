@@ -18,7 +18,7 @@ from imagewise.config import (
     resumable_options,
 )
 from imagewise.data.pipeline import prepare
-from imagewise.data.sources import ImageData, resolve_source
+from imagewise.data.sources import ImageData, describe_labels, resolve_source
 from imagewise.edge.spec import InputContract
 from imagewise.errors import UserError
 from imagewise.io import DiskFull, check_output_dir
@@ -276,8 +276,8 @@ def _warn_if_guessing(result: TrainResult, val_labels: Any) -> None:
     import numpy as np
 
     labels = np.asarray(val_labels)
-    if not len(labels) or result.best_val_accuracy != result.best_val_accuracy:  # NaN
-        return
+    if labels.ndim == 2 or not len(labels) or result.best_val_accuracy != result.best_val_accuracy:
+        return  # multi-label runs: mAP, not a majority class, says whether it learned
     majority = float(np.bincount(labels).max() / len(labels))
     if result.best_val_accuracy <= majority + 1e-6:  # accuracies are float32 sums
         log.warning(
@@ -304,7 +304,9 @@ def prepare_data(cfg: RunConfig) -> PreparedData:
 def _decode_again(cfg: RunConfig) -> PreparedData:
     """The prepared data's images decoded as ``cfg`` says (its model already chosen)."""
     d = cfg.data
-    raw = resolve_source(d.source, d.val_fraction, d.test_fraction, d.split_seed)
+    raw = resolve_source(
+        d.source, d.val_fraction, d.test_fraction, d.split_seed, d.task, d.label_separator
+    )
     return PreparedData(*prepare(raw, d), data_key(cfg))
 
 
@@ -314,8 +316,12 @@ def _prepare_data(
     """The dataset, split and decoded, the preprocessing it implies, and what ``--model auto``
     chose from it (None when the model was named)."""
     d = cfg.data
-    raw = resolve_source(d.source, d.val_fraction, d.test_fraction, d.split_seed)
-    if len(raw.classes) < 2:
+    raw = resolve_source(
+        d.source, d.val_fraction, d.test_fraction, d.split_seed, d.task, d.label_separator
+    )
+    if raw.multilabel:  # said once: the other processes' logs are filtered (RankFilter)
+        log.info("%s", describe_labels(raw))
+    elif len(raw.classes) < 2:
         raise UserError(
             f"'{d.source}' holds one class ({', '.join(raw.classes) or 'none'}); a "
             "classifier needs at least two: one folder (or label) per class"

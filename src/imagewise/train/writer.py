@@ -9,6 +9,7 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
 import torch
 
 from imagewise.config import RunConfig, save_config
@@ -63,6 +64,7 @@ def build_meta(
             tta=tta_views_of(config, pre.img_size),
             capabilities=model_capabilities(config.model.name),
             model=config.model.name,
+            task=data.task,
         ),
         model=NetworkSpec(
             name=config.model.name,
@@ -134,6 +136,7 @@ class RunWriter:
 
         plot_curves(state.history, self.folder.curves)
         f1 = f" f1 {row['val_macro_f1']:.4f}" if state.select_by == "val_macro_f1" else ""
+        f1 += f" mAP {row['val_map']:.4f}" if "val_map" in row else ""
         log.info(
             "epoch %d/%d  train loss %.4f acc %.4f  val loss %.4f acc %.4f%s  %.1fs%s",
             state.epoch,
@@ -165,6 +168,7 @@ class RunWriter:
             best_epoch=state.best_epoch,
             best_val_accuracy=_best(state, "val_accuracy"),
             best_val_macro_f1=_best(state, "val_macro_f1"),
+            best_val_map=_best(state, "val_map"),
             selected_by=state.metric,
             train_seconds=round(state.train_seconds, 3),
             stop_reason=state.stop_reason,
@@ -217,7 +221,8 @@ def start_run_folder(
 def calibrate_run(
     folder: RunFolder, meta: RunMeta, val: Split, cfg: RunConfig, device: torch.device
 ) -> float:
-    """Fit the temperature of the run's best weights on the validation split, into meta.json."""
+    """Fit the temperature of the run's best weights on the validation split, into meta.json;
+    for a multi-label run also each label's threshold (``fit_run_thresholds``)."""
     from imagewise.runtime.calibration import calibrate
     from imagewise.runtime.inference import predict_loader
     from imagewise.runtime.network import load_network
@@ -229,6 +234,8 @@ def calibrate_run(
     summary = calibrate(logits, labels)
     meta.with_temperature(summary["temperature"])
     meta.calibration = Calibration(**summary)
+    if meta.spec.multilabel:
+        fit_run_thresholds(meta, logits, labels, cfg.train.target_precision)
     folder.write_meta(meta)
     if summary.get("fitted_on"):
         log.info(
@@ -237,6 +244,39 @@ def calibrate_run(
             summary["val_nll_before"], summary["val_nll_after"],
         )  # fmt: skip
     return float(summary["temperature"])
+
+
+def fit_run_thresholds(
+    meta: RunMeta, logits: torch.Tensor, labels: torch.Tensor, target_precision: float = 0.0
+) -> None:
+    """Each label's threshold on the calibrated validation probabilities, into the run's spec:
+    its best F1, or with ``target_precision`` the most recall at that precision
+    (``imagewise.edge.multilabel``). Without validation images every label keeps 0.5."""
+    from dataclasses import replace
+
+    from imagewise.edge.multilabel import DEFAULT_THRESHOLD, fit_thresholds, predicted_labels
+
+    truth = labels.numpy() > 0.5
+    if not len(truth):
+        meta.spec = replace(meta.spec, thresholds=(DEFAULT_THRESHOLD,) * len(meta.classes))
+        return
+    probs = meta.spec.probabilities(logits.numpy())
+    thresholds = fit_thresholds(probs, truth, target_precision or None)
+    meta.spec = replace(meta.spec, thresholds=tuple(round(float(t), 6) for t in thresholds))
+
+    def micro_f1(chosen: object) -> float:
+        pred = predicted_labels(probs, chosen) > 0
+        tp = float((pred & truth).sum())
+        return 2 * tp / max(float(pred.sum() + truth.sum()), 1.0)
+
+    half = micro_f1(np.full(len(thresholds), DEFAULT_THRESHOLD))
+    log.info(
+        "label thresholds fitted on %d validation images (%s): micro F1 %.4f (%.4f at 0.5)",
+        len(truth),
+        f"precision {target_precision:g} per label" if target_precision else "best F1 per label",
+        micro_f1(thresholds),
+        half,
+    )
 
 
 class TrainingInterrupted(KeyboardInterrupt):
