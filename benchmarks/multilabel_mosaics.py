@@ -154,7 +154,7 @@ def run_imagewise(manifest: Path, out: Path, epochs: int, model: str | None) -> 
         "best_epoch": result.best_epoch,
         "epoch_seconds": clock.seconds,
         "probs": np.asarray(clf.spec.probabilities(logits)),
-        "thresholds": np.asarray(clf.spec.thresholds, dtype=float),
+        "thresholds": clf.spec.label_thresholds(),
         "temperature": result.temperature,
         "torch": torch.__version__,
     }
@@ -246,7 +246,7 @@ def markdown(args: argparse.Namespace, data: Any, iw: dict, ke: dict, rows: dict
     lines = [
         "### Multi-label: 2x2 Fashion-MNIST mosaics, imagewise vs Keras (sigmoid + BCE)",
         "",
-        f"`{' '.join(shlex.quote(a) for a in sys.argv)}` (from the repository root)",
+        f"`.venv/bin/python {' '.join(shlex.quote(a) for a in sys.argv)}` (repository root)",
         "",
         f"Machine: {cpu}, {os.cpu_count()} cores (shared), {date.today()}; torch {iw['torch']}, "
         f"TensorFlow {ke['tensorflow']} / Keras {ke['keras']} (Keras in its own process, run "
