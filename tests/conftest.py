@@ -159,3 +159,21 @@ def make_mosaic_manifest(root: Path, count: int = 240, size: int = 32, seed: int
     manifest = root / "labels.csv"
     manifest.write_text("\n".join(lines) + "\n")
     return manifest
+
+
+@pytest.fixture(scope="session")
+def mosaics(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A multi-label manifest of 300 shape mosaics (``make_mosaic_manifest``)."""
+    return make_mosaic_manifest(tmp_path_factory.mktemp("mosaics"), count=300)
+
+
+@pytest.fixture(scope="session")
+def ml_run(mosaics: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A multi-label run on ``mosaics`` (resnet9p_tiny, 6 epochs), made once per session."""
+    import imagewise
+
+    out = tmp_path_factory.mktemp("mlrun") / "run"
+    imagewise.train(
+        str(mosaics), out, model="resnet9p_tiny", epochs=6, augment="none", show_progress=False
+    )
+    return out

@@ -23,8 +23,6 @@ from imagewise.train.distillation import distillation_loss
 from imagewise.train.loop import mean_average_precision
 from imagewise.train.task import ClassificationTask, asymmetric_loss, label_weights
 
-from conftest import make_mosaic_manifest
-
 
 def _write(path: Path, text: str) -> Path:
     path.write_text(text)
@@ -223,20 +221,6 @@ def test_spec_carries_task_and_thresholds_and_single_files_keep_their_keys() -> 
 
 
 # --- training ----------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def mosaics(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_mosaic_manifest(tmp_path_factory.mktemp("mosaics"), count=300)
-
-
-@pytest.fixture(scope="module")
-def ml_run(mosaics: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("mlrun") / "run"
-    imagewise.train(
-        str(mosaics), out, model="resnet9p_tiny", epochs=6, augment="none", show_progress=False
-    )
-    return out
 
 
 def test_a_multilabel_run_records_its_task_and_reproduces_its_thresholds(

@@ -20,7 +20,7 @@ from imagewise.data.sources import resolve_source
 from imagewise.errors import UserError
 from imagewise.predict.unknown import weights_sha256
 
-from conftest import make_mosaic_manifest, run_cli
+from conftest import run_cli
 
 SHAPES = ["circle", "square", "stripes"]
 
@@ -186,19 +186,14 @@ def test_cleanlab_finds_planted_label_flips(tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_mosaic_manifest(tmp_path_factory.mktemp("shapes"), count=240)
-
-
-@pytest.fixture(scope="module")
-def svm_run(shapes: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def svm_run(mosaics: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("svm") / "run"
-    result = imagewise.train(str(shapes), out, model="hog_svm", show_progress=False)
+    result = imagewise.train(str(mosaics), out, model="hog_svm", show_progress=False)
     assert "best validation mAP" in result.summary() and result.selected_by == "val_map"
     return out
 
 
-def test_hog_svm_trains_one_svm_per_label(svm_run: Path, shapes: Path) -> None:
+def test_hog_svm_trains_one_svm_per_label(svm_run: Path, mosaics: Path) -> None:
     meta = json.loads((svm_run / "meta.json").read_text())
     assert meta["task"] == "multilabel" and len(meta["thresholds"]) == 3
     assert all(0 <= t <= 1 for t in meta["thresholds"])
@@ -212,7 +207,7 @@ def test_hog_svm_trains_one_svm_per_label(svm_run: Path, shapes: Path) -> None:
         [row] = list(csv.DictReader(f))
     assert float(row["val_map"]) == pytest.approx(fit["val_map"], abs=1e-5)
     # probabilities: a sigmoid per label over the temperature, not a softmax
-    data = resolve_source(str(shapes))
+    data = resolve_source(str(mosaics))
     clf = imagewise.load(svm_run)
     images = np.stack([clf.read(p) for p in data.val.paths[:20]])
     logits, probs = clf.scores(images)
@@ -264,9 +259,9 @@ def test_hog_svm_fit_of_multilabel_rows_directly() -> None:
 # --- tune ---------------------------------------------------------------------------------------
 
 
-def test_tune_on_multilabel_data_ranks_by_validation_map(shapes: Path, tmp_path: Path) -> None:
+def test_tune_on_multilabel_data_ranks_by_validation_map(mosaics: Path, tmp_path: Path) -> None:
     result = imagewise.tune(
-        str(shapes), tmp_path / "tune", trials=2, model="resnet9p_tiny", epochs=1,
+        str(mosaics), tmp_path / "tune", trials=2, model="resnet9p_tiny", epochs=1,
         pruner="none", keep_runs=True,
     )  # fmt: skip
     assert result.metric == "val_map" and result.complete == 2

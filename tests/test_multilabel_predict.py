@@ -23,7 +23,7 @@ from imagewise.edge.results import Prediction, format_predictions
 from imagewise.edge.spec import MULTILABEL, InputContract, ModelSpec
 from imagewise.predict.sorting import NO_LABEL, UNSURE, folder_names, sort_into
 
-from conftest import make_mosaic_manifest, run_cli, serve_process, served_copy
+from conftest import run_cli, serve_process, served_copy
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -146,20 +146,6 @@ def test_sort_into_moves_into_every_label_folder_and_sends_undecided_to_unsure(
 
 
 # --- a trained multi-label run ------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def mosaics(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_mosaic_manifest(tmp_path_factory.mktemp("mosaics"), count=240)
-
-
-@pytest.fixture(scope="module")
-def ml_run(mosaics: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("mlrun") / "run"
-    imagewise.train(
-        str(mosaics), out, model="resnet9p_tiny", epochs=5, augment="none", show_progress=False
-    )
-    return out
 
 
 @pytest.fixture(scope="module")

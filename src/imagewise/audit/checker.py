@@ -73,54 +73,39 @@ def _duplicates(
 def _label_issues(
     scan: Scan, readable: np.ndarray, flagged: set[int], notes: list[str], seed: int
 ) -> list[dict[str, Any]]:
-    if scan.multilabel:
-        return _multilabel_issues(scan, readable, flagged, notes, seed)
-    issues, skipped = labels.find_issues(
-        readable, scan.prints(readable), scan.labels[readable], seed
-    )
+    """The label check's findings (one class per image, or label sets), each image flagged."""
+    find = labels.find_multilabel_issues if scan.multilabel else labels.find_issues
+    issues, skipped = find(readable, scan.prints(readable), scan.labels[readable], seed)
     if skipped:
         notes.append(f"label check skipped: {skipped}")
+    describe = _multilabel_issue if scan.multilabel else _issue
     out = []
     for issue in issues:
         flagged.add(issue.index)
-        out.append(
-            {
-                "path": scan.names[issue.index],
-                "split": str(scan.splits[issue.index]),
-                "given": scan.classes[issue.given],
-                "suggested": scan.classes[issue.suggested],
-                "given_probability": issue.given_probability,
-                "suggested_probability": issue.suggested_probability,
-            }
-        )
+        where = {"path": scan.names[issue.index], "split": str(scan.splits[issue.index])}
+        out.append({**where, **describe(scan, issue)})
     return out
 
 
-def _multilabel_issues(
-    scan: Scan, readable: np.ndarray, flagged: set[int], notes: list[str], seed: int
-) -> list[dict[str, Any]]:
-    issues, skipped = labels.find_multilabel_issues(
-        readable, scan.prints(readable), scan.labels[readable], seed
-    )
-    if skipped:
-        notes.append(f"label check skipped: {skipped}")
-    out = []
-    for issue in issues:
-        flagged.add(issue.index)
-        out.append(
-            {
-                "path": scan.names[issue.index],
-                "split": str(scan.splits[issue.index]),
-                "given": scan.separator.join(scan.classes[k] for k in issue.given),
-                "suggested": scan.separator.join(scan.classes[k] for k in issue.suggested),
-                "given_probability": issue.given_probability,
-                "doubted": [
-                    {"label": scan.classes[k], "given": given, "probability": p}
-                    for k, given, p in issue.doubted
-                ],
-            }
-        )
-    return out
+def _issue(scan: Scan, issue: Any) -> dict[str, Any]:
+    return {
+        "given": scan.classes[issue.given],
+        "suggested": scan.classes[issue.suggested],
+        "given_probability": issue.given_probability,
+        "suggested_probability": issue.suggested_probability,
+    }
+
+
+def _multilabel_issue(scan: Scan, issue: Any) -> dict[str, Any]:
+    return {
+        "given": scan.separator.join(scan.classes[k] for k in issue.given),
+        "suggested": scan.separator.join(scan.classes[k] for k in issue.suggested),
+        "given_probability": issue.given_probability,
+        "doubted": [
+            {"label": scan.classes[k], "given": given, "probability": p}
+            for k, given, p in issue.doubted
+        ],
+    }
 
 
 def _refuse_overwriting_data(dataset: ImageData, outputs: dict[str, str | Path | None]) -> None:
@@ -176,28 +161,9 @@ def check(
         >>> result = imagewise.check_data("photos/", json_path="audit.json")  # doctest: +SKIP
         >>> [d["paths"] for d in result["exact_duplicates"] if d["cross_split"]]  # doctest: +SKIP
     """
-    for target, flag in (
-        (json_path, "--json"),
-        (html_path, "--html"),
-        (clean_manifest, "--write-clean"),
-    ):
-        if target is not None:
-            check_output_file(target, flag)
-            refuse_overwriting(target, [], flag)  # a run's files (the data's: below)
+    outputs = {"--json": json_path, "--html": html_path, "--write-clean": clean_manifest}
     start = time.perf_counter()
-    if isinstance(data, ImageData):
-        dataset = data
-    else:
-        dataset = resolve_source(
-            data, val_fraction=0.0, test_fraction=0.0, task=task, label_separator=label_separator
-        )
-    _refuse_overwriting_data(dataset, {"--json": json_path, "--html": html_path,
-                                       "--write-clean": clean_manifest})  # fmt: skip
-    if clean_manifest is not None and any(dataset.split(s).in_memory for s in SPLITS):
-        raise UserError(
-            f"--write-clean needs a dataset of files; '{dataset.source}' is held in memory "
-            "(its images have no paths to list)"
-        )
+    dataset = _open(data, outputs, task, label_separator)
     scan = read_all(dataset, workers, show_progress, with_features=find_label_issues)
     scan.separator = label_separator
     readable = scan.readable()
@@ -229,6 +195,39 @@ def check(
         label_sets=sets,
     )
     result.seconds = time.perf_counter() - start
+    _write(result, json_path, html_path, clean_manifest)
+    return result
+
+
+def _open(
+    data: str | ImageData, outputs: dict[str, str | Path | None], task: str, separator: str
+) -> ImageData:
+    """The dataset to check, after the output files are checked: writable, not a run's file,
+    not one of the data's own files; ``--write-clean`` needs files to list."""
+    for flag, target in outputs.items():
+        if target is not None:
+            check_output_file(target, flag)
+            refuse_overwriting(target, [], flag)  # a run's files (the data's: below)
+    if isinstance(data, ImageData):
+        dataset = data
+    else:
+        dataset = resolve_source(
+            data, val_fraction=0.0, test_fraction=0.0, task=task, label_separator=separator
+        )
+    _refuse_overwriting_data(dataset, outputs)
+    if outputs["--write-clean"] is not None and any(dataset.split(s).in_memory for s in SPLITS):
+        raise UserError(
+            f"--write-clean needs a dataset of files; '{dataset.source}' is held in memory "
+            "(its images have no paths to list)"
+        )
+    return dataset
+
+
+def _write(
+    result: AuditResult, json_path: str | Path | None, html_path: str | Path | None,
+    clean_manifest: str | Path | None,
+) -> None:  # fmt: skip
+    """The findings as JSON, the HTML page and the clean manifest, each when asked for."""
     if json_path is not None:
         atomic_write_json(json_path, result.to_json())
     if html_path is not None:
@@ -237,4 +236,3 @@ def check(
         write_html(result, html_path)
     if clean_manifest is not None:
         result.write_clean(clean_manifest)
-    return result

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -111,11 +112,24 @@ def out_of_fold(x: np.ndarray, labels: np.ndarray, folds: int = FOLDS, seed: int
     from sklearn.model_selection import StratifiedKFold
 
     n_classes = int(labels.max()) + 1
-    probs = np.zeros((len(labels), n_classes), dtype=np.float64)
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    return _held_out(
+        splitter.split(x, labels), np.zeros((len(labels), n_classes)), folds,
+        lambda fit, held: _fit_predict(x[fit], labels[fit], x[held], n_classes),
+    )  # fmt: skip
+
+
+def _held_out(
+    splits: Iterable[tuple[np.ndarray, np.ndarray]],
+    probs: np.ndarray,
+    folds: int,
+    fit_predict: Callable[[np.ndarray, np.ndarray], np.ndarray],
+) -> np.ndarray:
+    """``probs`` filled fold by fold with ``fit_predict(fit_idx, held_idx)``; the first fold's
+    time, and so the rest's, said once."""
     start = time.perf_counter()
-    for k, (fit_idx, held_idx) in enumerate(splitter.split(x, labels)):
-        probs[held_idx] = _fit_predict(x[fit_idx], labels[fit_idx], x[held_idx], n_classes)
+    for k, (fit_idx, held_idx) in enumerate(splits):
+        probs[held_idx] = fit_predict(fit_idx, held_idx)
         if k == 0 and folds > 1:
             took = time.perf_counter() - start
             log.info(
@@ -232,17 +246,10 @@ def out_of_fold_labels(
 ) -> np.ndarray:
     """Per-label probabilities (N, K) for each image from one-vs-rest models that did not see
     it; ``rows`` are 0/1 (N, K)."""
-    probs = np.zeros(rows.shape, dtype=np.float64)
-    start = time.perf_counter()
-    for k, (fit_idx, held_idx) in enumerate(_label_folds(rows, folds, seed)):
-        probs[held_idx] = _fit_predict_labels(x[fit_idx], rows[fit_idx], x[held_idx])
-        if k == 0 and folds > 1:
-            took = time.perf_counter() - start
-            log.info(
-                "label check: fold 1 of %d took %.0fs; about %.0fs more",
-                folds, took, took * (folds - 1),
-            )  # fmt: skip
-    return probs
+    return _held_out(
+        _label_folds(rows, folds, seed), np.zeros(rows.shape), folds,
+        lambda fit, held: _fit_predict_labels(x[fit], rows[fit], x[held]),
+    )  # fmt: skip
 
 
 def find_multilabel_issues(
