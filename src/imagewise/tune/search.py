@@ -9,7 +9,7 @@ import logging
 import shutil
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -131,8 +131,7 @@ def tune(
     base, given = _base_config(data, config_file, options)
     out = check_output_dir(out or Path("runs") / f"tune-{Path(base.data.source).name or 'data'}")
     grid = sampler == "grid"
-    space_arg = space
-    space = _space(space, base, given, grid)
+    space = _space(space, base, given, grid, _multilabel(base))
     sampler_obj = make_sampler(sampler, base.train.seed, space.grid() if grid else None)
     pruner_obj = make_pruner(pruner, trials, base.train.epochs)
     out.mkdir(parents=True, exist_ok=True)
@@ -147,8 +146,6 @@ def tune(
         if not len(prepared.data.val):
             raise UserError("tuning needs validation images; set --val-fraction above 0")
         metric = objective_metric(prepared.data.multilabel)
-        if space_arg is None and prepared.data.multilabel:  # sigmoid losses take no smoothing
-            space = Space(tuple(p for p in space.params if p.name != "label_smoothing"), {})
         claim_metric(study_obj, metric)
         for line in search_rules(sampler, base.train.seed, pruner, trials, METRICS[metric]):
             _say(line)
@@ -189,13 +186,32 @@ def _base_config(
 
 
 def _space(space: str | Path | Space | None, base: RunConfig, given: dict[str, Any],
-           grid: bool) -> Space:  # fmt: skip
+           grid: bool, multilabel: bool = False) -> Space:  # fmt: skip
+    """The space asked for, or the default one (without label smoothing for multi-label data:
+    its sigmoid losses take none, so searching it would only repeat trials)."""
     if isinstance(space, Space):
         space.validate()  # as a space file's values are: one line, before any work
         return space
     if space is not None:
         return read_space(space, given)
-    return default_space(base, given, grid)
+    found = default_space(base, given, grid)
+    if not multilabel:
+        return found
+    kept = tuple(p for p in found.params if p.name != "label_smoothing")
+    return replace(found, params=kept)
+
+
+def _multilabel(base: RunConfig) -> bool:
+    """Whether the data is multi-label, from its manifest alone (nothing decoded), before the
+    space is built; only a CSV manifest can be."""
+    from imagewise.data.sources import resolve_source
+
+    d = base.data
+    if not d.source.lower().endswith(".csv") or not Path(d.source).is_file():
+        return False
+    return resolve_source(
+        d.source, d.val_fraction, d.test_fraction, d.split_seed, d.task, d.label_separator
+    ).multilabel
 
 
 def _optimize(
