@@ -96,7 +96,6 @@ def evaluate(
     """
     from imagewise.edge.conformal import check_coverage_request
     from imagewise.predict.predictor import load_run
-    from imagewise.predict.unknown import weights_sha256
 
     check_coverage_request(coverage, coverage_per_class, non_empty_sets)  # before the model
     if robustness and robustness_images < 1:
@@ -116,8 +115,7 @@ def evaluate(
     probs = torch.softmax(logits / clf.temperature, dim=1).numpy()
     y = labels.numpy()
     values, calibration = _metric_values(clf, logits, labels, probs)
-    values.update(split=split if data is None else "all", data=data or cfg.data.source)
-    values["weights_sha256"] = weights_sha256(run_dir)
+    values.update(_provenance(run_dir, data, split, cfg))
     prediction_sets = None
     if coverage is not None:
         prediction_sets, values["conformal"] = _sets(
@@ -131,6 +129,24 @@ def evaluate(
     _measure_more(
         result, clf, run_dir, slice_by, robustness_images if robustness else 0, batch_size
     )
+    return _written(result, clf, run_dir, write, report, gallery)
+
+
+def _provenance(run_dir: Path, data: str | None, split: str, cfg: Any) -> dict[str, str]:
+    """What metrics.json says it measured: the split, the data and the weights' sha256."""
+    from imagewise.predict.unknown import weights_sha256
+
+    return {
+        "split": split if data is None else "all",
+        "data": data or cfg.data.source,
+        "weights_sha256": weights_sha256(run_dir),
+    }
+
+
+def _written(
+    result: Evaluation, clf: Any, run_dir: Path, write: bool, report: bool, gallery: int
+) -> Evaluation:
+    """``result`` with its files written into ``RUN/eval`` (the report too) when asked."""
     if write:
         result.files = write_evaluation(run_dir / "eval", result)
         if report:
@@ -161,7 +177,6 @@ def _evaluate_multilabel(
     """``evaluate`` of a multi-label run: probabilities are each label's sigmoid over the
     temperature, a label is predicted at its fitted threshold; metrics.json gets "multilabel"."""
     from imagewise.evaluate.multilabel import multilabel_metric_values
-    from imagewise.predict.unknown import weights_sha256
 
     chosen, logits, labels = _logits(clf, raw, chosen, batch_size, cfg.data.workers)
     thresholds = clf.spec.label_thresholds()
@@ -169,21 +184,14 @@ def _evaluate_multilabel(
     values = multilabel_metric_values(
         logits.numpy(), y, clf.temperature, thresholds, list(clf.classes)
     )
-    values.update(split=split if data is None else "all", data=data or cfg.data.source)
-    values["weights_sha256"] = weights_sha256(run_dir)
+    values.update(_provenance(run_dir, data, split, cfg))
     metrics = Metrics.from_json(values, "the evaluation", "")
     probs = clf.spec.probabilities(logits.numpy())
     result = Evaluation(
         metrics, list(clf.classes), y, probs, chosen.paths or [], logits=logits.numpy(),
         images=chosen, thresholds=thresholds,
     )  # fmt: skip
-    if write:
-        result.files = write_evaluation(run_dir / "eval", result)
-        if report:
-            from imagewise.evaluate.report import write_report
-
-            result.files["report"] = write_report(run_dir, result, clf, gallery=gallery)
-    return result
+    return _written(result, clf, run_dir, write, report, gallery)
 
 
 def _logits(
