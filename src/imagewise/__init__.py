@@ -53,6 +53,7 @@ _FUNCTIONS = {
     "features": "imagewise.features.extraction",
     "similar": "imagewise.features.similarity",
     "card": "imagewise.card.builder",
+    "label_next": "imagewise.label.queue",
     "create_model": "imagewise.models",
     "list_models": "imagewise.models",
 }
@@ -85,6 +86,7 @@ if TYPE_CHECKING:  # what type checkers and editors see: the functions themselve
     from imagewise.export.exporter import export
     from imagewise.features.extraction import features
     from imagewise.features.similarity import similar
+    from imagewise.label.queue import label_next
     from imagewise.models import create_model, list_models
     from imagewise.predict.prediction import predict
     from imagewise.predict.predictor import load
@@ -107,6 +109,7 @@ else:
     features = _on_first_call("features")
     similar = _on_first_call("similar")
     card = _on_first_call("card")
+    label_next = _on_first_call("label_next")
     create_model = _on_first_call("create_model")
     list_models = _on_first_call("list_models")
 
@@ -121,6 +124,7 @@ __all__ = [
     "explain",
     "export",
     "features",
+    "label_next",
     "list_models",
     "load",
     "predict",

@@ -25,6 +25,7 @@ from imagewise.cli import (
     explain,
     export,
     features,
+    label,
     models,
     predict,
     serve,
@@ -41,6 +42,7 @@ EXAMPLES = {
     "data fetch": "imagewise data fetch fashion-mnist",
     "data check": "imagewise data check photos/ --json audit.json --html audit.html "
     "--write-clean clean.csv   # then: imagewise train clean.csv",
+    "label next": "imagewise label next runs/fm unlabelled/ --budget 100 --out queue.csv",
     "models": "imagewise models --img-size 28 --channels 1",
     "train": "imagewise train fashion-mnist --model resnet9_slim --epochs 10 --out runs/fm",
     "distill": "imagewise distill fashion-mnist --teacher runs/fm --student tutorial_cnn "
@@ -75,6 +77,7 @@ class Verb(NamedTuple):
 VERBS = (
     Verb(demo.add_parser, demo.run),
     Verb(data.add_parser, data.run),
+    Verb(label.add_parser, label.run),
     Verb(models.add_parser, models.run),
     Verb(train.add_parser, train.run),
     Verb(distill.add_parser, distill.run),
