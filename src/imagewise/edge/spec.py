@@ -313,16 +313,7 @@ class ModelSpec:
         if drift is not None and not isinstance(drift, dict):
             raise broken_metadata(source, DRIFT_KEY, "must be an object")
         conformal = _conformal(v.get(CONFORMAL_KEY), source)
-        task = props.get(TASK_KEY, SINGLE)
-        if task not in TASKS:
-            raise broken_metadata(
-                source, TASK_KEY, f"is {_show(task)}; it must be one of {', '.join(TASKS)}"
-            )
-        thresholds = v.get(THRESHOLDS_KEY)
-        if thresholds is not None and (
-            not isinstance(thresholds, list) or len(thresholds) != len(classes)
-        ):
-            raise broken_metadata(source, THRESHOLDS_KEY, "must hold one number per class")
+        task, thresholds = _task(props, v.get(THRESHOLDS_KEY), len(classes), source)
         spec = cls(
             classes=tuple(classes),
             input=InputContract(
@@ -341,7 +332,7 @@ class ModelSpec:
             drift=drift,
             conformal=conformal,
             task=task,
-            thresholds=None if thresholds is None else tuple(thresholds),
+            thresholds=thresholds,
         )
         why = spec.problem(FILE_IMG_SIZE_RANGE, (1, 3))
         if why is not None:
@@ -381,6 +372,22 @@ JSON_KEYS = (*_REQUIRED_JSON, *_OPTIONAL_JSON)
 # model (img_size 100000 made predict allocate 9.8 GB).
 FILE_IMG_SIZE_RANGE = (8, 1024)
 MAX_CLASSES = 100_000
+
+
+def _task(
+    props: Mapping[str, str], thresholds: Any, classes: int, source: str
+) -> tuple[str, tuple[float, ...] | None]:
+    """A file's task (``single`` when absent) and per-class thresholds, checked."""
+    task = props.get(TASK_KEY, SINGLE)
+    if task not in TASKS:
+        raise broken_metadata(
+            source, TASK_KEY, f"is {_show(task)}; it must be one of {', '.join(TASKS)}"
+        )
+    if thresholds is None:
+        return task, None
+    if not isinstance(thresholds, list) or len(thresholds) != classes:
+        raise broken_metadata(source, THRESHOLDS_KEY, "must hold one number per class")
+    return task, tuple(thresholds)
 
 
 def _conformal(values: Any, source: str) -> dict[str, Any] | None:

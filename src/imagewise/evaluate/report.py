@@ -310,9 +310,8 @@ def render_report(ev: Evaluation, clf: Classifier, run: Path, gallery: int = 24)
         robustness_section(ev.robustness),
         slices_section(ev.slices),
     ]
-    nav = "".join(
-        f'<a href="#{anchor}">{label}</a>'
-        for anchor, label in (
+    nav = _nav(
+        (
             ("summary", "summary"),
             ("classes", "per class"),
             ("confusion", "confusion"),
@@ -354,9 +353,8 @@ def _multilabel_sections(
         + "</section>",
         _calibration(ev, folder.eval_dir),
     ]
-    nav = "".join(
-        f'<a href="#{anchor}">{label}</a>'
-        for anchor, label in (
+    nav = _nav(
+        (
             ("summary", "summary"),
             ("multilabel", "per label"),
             *((("label-errors", "example errors"),) if gallery else ()),
@@ -365,6 +363,11 @@ def _multilabel_sections(
         )
     )
     return sections, nav
+
+
+def _nav(links: tuple[tuple[str, str], ...]) -> str:
+    """The report's navigation bar: (section anchor, label) pairs."""
+    return "".join(f'<a href="#{anchor}">{label}</a>' for anchor, label in links)
 
 
 def _page(ev: Evaluation, clf: Classifier, title: str, parts: tuple[list[str], str]) -> str:

@@ -121,7 +121,6 @@ def tune(
         {'lr': 0.0042, 'batch_size': 64, ...}
     """
     from imagewise.runtime.seeding import kept_random_state
-    from imagewise.train.run import prepare_data
 
     if trials < 1:
         raise UserError(f"--trials must be at least 1, not {trials}")
@@ -138,15 +137,8 @@ def tune(
     url = storage_url(storage, out)
     with kept_random_state(), _quiet_trials(), _optuna_quiet():
         study_obj = open_study(open_storage(url), study, sampler_obj, pruner_obj)  # fails fast
-        retried = recover(study_obj)
-        if retried:
-            _say(f"trials {', '.join(map(str, retried))} did not finish; queued again")
         unset = tuple(n for n in WEIGHTS_DECODING if not getattr(base.data, n))
-        prepared = prepare_data(base)  # fills in what base's weights or model auto decide
-        if not len(prepared.data.val):
-            raise UserError("tuning needs validation images; set --val-fraction above 0")
-        metric = objective_metric(prepared.data.multilabel)
-        claim_metric(study_obj, metric)
+        prepared, metric = _start(study_obj, base)  # fills in base's weights' or auto's choices
         for line in search_rules(sampler, base.train.seed, pruner, trials, METRICS[metric]):
             _say(line)
         searched = prepared.subset(subset, base.train.seed) if subset else prepared
@@ -161,6 +153,22 @@ def tune(
             options = {**space.fixed, **result.best_params}
             _retrain(result, trial_config(base, options, unset), options, prepared, show_progress)
     return result
+
+
+def _start(study: Any, base: RunConfig) -> tuple[Any, str]:
+    """The study's unfinished trials queued again, the data prepared once for every trial, and
+    the score the study maximizes (claimed in the study, so workers agree on it)."""
+    from imagewise.train.run import prepare_data
+
+    retried = recover(study)
+    if retried:
+        _say(f"trials {', '.join(map(str, retried))} did not finish; queued again")
+    prepared = prepare_data(base)  # fills in what base's weights or model auto decide
+    if not len(prepared.data.val):
+        raise UserError("tuning needs validation images; set --val-fraction above 0")
+    metric = objective_metric(prepared.data.multilabel)
+    claim_metric(study, metric)
+    return prepared, metric
 
 
 def _timeout(timeout: str | float | None) -> float | None:
