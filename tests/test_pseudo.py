@@ -218,6 +218,11 @@ def test_self_trained_run_trains_on_them_and_still_works(
     image = next(p for p in pool.iterdir() if p.suffix == ".png" and p.name != "broken.png")
     code, out, _ = run_cli(["predict", str(run), str(image)], capsys)
     assert code == 0 and any(c in out for c in CLASSES)
+    code, out, err = run_cli(["card", str(run)], capsys)
+    assert code == 0, err
+    card = (run / "MODEL_CARD.md").read_text()
+    assert f"pseudo-labelled {record['labelled']:,} of {record['pool_images']:,}" in card
+    assert "pseudo_labels.csv" in card  # among the labels added
 
 
 @pytest.mark.parametrize(
@@ -242,3 +247,18 @@ def test_unlabelled_refusals_are_one_line(
     code, _, err = run_cli(args, capsys)
     assert code == 2
     assert len(err.strip().splitlines()) == 1 and words in err
+
+
+def test_resuming_the_student_keeps_its_data_and_record(
+    self_trained: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--resume reads the pseudo-labels from config.yaml (the same training split) and keeps
+    meta.json's record. Last in the file: it trains the shared run further."""
+    run, _ = self_trained
+    before = read_json(run / "meta.json")
+    code, _, err = run_cli(["train", "--resume", "--out", str(run), "--epochs", "7", "-q"], capsys)
+    assert code == 0, err
+    after = read_json(run / "meta.json")
+    assert after["data"]["train_images"] == before["data"]["train_images"]
+    assert after["pseudo_labels"] == before["pseudo_labels"]
+    assert after["training"]["epochs_run"] == 7

@@ -229,6 +229,12 @@ def add_label_files(
     return add_labelled(data, rows, strict)[0]
 
 
+def absolute_manifests(manifests: Sequence[str | Path]) -> list[str]:
+    """``data.add_labels`` as a run's config stores them: absolute paths, as the source is,
+    so evaluate and ``--resume`` read them from any folder."""
+    return [str(Path(m).expanduser().resolve()) for m in manifests]
+
+
 def resolve_data(cfg: DataConfig) -> ImageData:
     """The dataset a run's data settings describe, split and undecoded: ``resolve_source`` over
     ``cfg``, then the ``add_labels`` manifests added."""

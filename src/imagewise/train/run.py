@@ -18,7 +18,7 @@ from imagewise.config import (
     read_yaml_file,
     resumable_options,
 )
-from imagewise.data.extra import resolve_data
+from imagewise.data.extra import absolute_manifests, resolve_data
 from imagewise.data.pipeline import prepare
 from imagewise.data.sources import ImageData, describe_labels
 from imagewise.edge.spec import InputContract
@@ -118,8 +118,7 @@ def _resolve_config(
         path = Path(data).expanduser()
         cfg.data.source = str(path.resolve()) if path.exists() else str(data)
     cfg = apply_options(cfg, options)
-    # stored absolute, as the source is, so evaluate / --resume read them from anywhere
-    cfg.data.add_labels = [str(Path(m).expanduser().resolve()) for m in cfg.data.add_labels]
+    cfg.data.add_labels = absolute_manifests(cfg.data.add_labels)
     if not cfg.data.source:
         raise UserError(
             "no dataset given; name a folder, a CSV manifest, digits, fashion-mnist or photos"
@@ -378,6 +377,7 @@ def prepare_data(cfg: RunConfig) -> PreparedData:
         cfg: a resolved configuration with ``data.source`` set.
     """
     weights_before_data(cfg)
+    cfg.data.add_labels = absolute_manifests(cfg.data.add_labels)  # as each run stores them
     data, pre, choice = _prepare_data(cfg)
     return PreparedData(data, pre, data_key(cfg), choice)
 
