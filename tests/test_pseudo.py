@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -197,7 +198,7 @@ def test_unlabelled_records_the_threshold_and_share(self_trained: tuple[Path, Pa
 
 
 def test_self_trained_run_trains_on_them_and_still_works(
-    self_trained: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+    self_trained: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The student's config names the pseudo-labels, its training split holds them, and it
     evaluates and predicts like any run."""
@@ -211,16 +212,21 @@ def test_self_trained_run_trains_on_them_and_still_works(
 
     cfg = load_config_file(run / "config.yaml")
     assert record["labelled"] > 0
-    assert cfg.data.add_labels[-1] == str((run / "pseudo_labels.csv").resolve())
+    assert cfg.data.add_labels[-1] == "pseudo_labels.csv"  # the run folder's own
     assert Path(cfg.data.add_labels[0]).name == "hard.csv"  # the user's, recorded absolute
-    code, out, _ = run_cli(["evaluate", str(run), "--no-report"], capsys)
+    moved = tmp_path / "moved"
+    shutil.copytree(run, moved)  # the pseudo-labels travel with the run folder
+    code, out, _ = run_cli(["evaluate", str(moved), "--no-report"], capsys)
     assert code == 0, out
+    assert (
+        read_json(moved / "eval" / "metrics.json")["images"] == student_meta["data"]["test_images"]
+    )
     image = next(p for p in pool.iterdir() if p.suffix == ".png" and p.name != "broken.png")
     code, out, _ = run_cli(["predict", str(run), str(image)], capsys)
     assert code == 0 and any(c in out for c in CLASSES)
-    code, out, err = run_cli(["card", str(run)], capsys)
+    code, out, err = run_cli(["card", str(moved)], capsys)
     assert code == 0, err
-    card = (run / "MODEL_CARD.md").read_text()
+    card = (moved / "MODEL_CARD.md").read_text()
     assert f"pseudo-labelled {record['labelled']:,} of {record['pool_images']:,}" in card
     assert "pseudo_labels.csv" in card  # among the labels added
 

@@ -235,11 +235,21 @@ def absolute_manifests(manifests: Sequence[str | Path]) -> list[str]:
     return [str(Path(m).expanduser().resolve()) for m in manifests]
 
 
-def resolve_data(cfg: DataConfig) -> ImageData:
+def resolve_data(cfg: DataConfig, run: str | Path | None = None) -> ImageData:
     """The dataset a run's data settings describe, split and undecoded: ``resolve_source`` over
-    ``cfg``, then the ``add_labels`` manifests added."""
+    ``cfg``, then the ``add_labels`` manifests added.
+
+    Args:
+        cfg: the run's data settings.
+        run: its run folder: a relative manifest path is relative to it (the user's are stored
+            absolute; ``train --unlabelled`` stores its own ``pseudo_labels.csv`` so, and the
+            run folder can then move).
+    """
     data = resolve_source(
         cfg.source, cfg.val_fraction, cfg.test_fraction, cfg.split_seed, cfg.task,
         cfg.label_separator,
     )  # fmt: skip
-    return add_label_files(data, cfg.add_labels, cfg.strict) if cfg.add_labels else data
+    if not cfg.add_labels:
+        return data
+    base = Path(run) if run is not None else Path()
+    return add_label_files(data, [base / m for m in cfg.add_labels], cfg.strict)

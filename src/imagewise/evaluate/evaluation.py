@@ -29,7 +29,7 @@ def _evaluation_split(
     cfg = load_config_file(run_dir / "config.yaml")
     same = data is None or data == cfg.data.source
     if same:
-        raw = resolve_data(cfg.data)  # the source plus the run's --add-labels rows
+        raw = resolve_data(cfg.data, run_dir)  # the source plus the run's --add-labels rows
         chosen = raw.split(split)
     else:
         raw = resolve_source(data, 0.0, 0.0, label_separator=cfg.data.label_separator)

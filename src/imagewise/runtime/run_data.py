@@ -59,7 +59,7 @@ def run_split(
 
     cfg = load_config_file(run_dir / "config.yaml").data
     try:
-        raw = resolve_data(cfg)  # the source plus the run's --add-labels rows
+        raw = resolve_data(cfg, run_dir)  # the source plus the run's --add-labels rows
     except UserError as exc:
         raise UserError(f"cannot re-open the run's data to {purpose}: {exc}") from exc
     unknown = sorted(set(raw.classes) - set(classes))

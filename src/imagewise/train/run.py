@@ -278,7 +278,8 @@ def _self_train(
         teacher.run, unlabelled, pool, precision, manifest, resolve_device(cfg.train.device)
     )
     if record.labelled:
-        student.data.add_labels = [*student.data.add_labels, str(manifest.resolve())]
+        # relative: the run folder's own file (resolve_data), so the run folder may move
+        student.data.add_labels = [*student.data.add_labels, PSEUDO_FILE]
     result = _run(student, folder, False, hooks, show_progress, None)
     meta = folder.read_meta()
     meta.pseudo_labels = record
@@ -296,7 +297,9 @@ def _train(
     compile_model = wants_compile(t.compile, device)  # checked before any data is read
     seed_everything(t.seed)
     source = weights_before_data(cfg)  # their input size decides the decoding
-    data, pre, choice = prepared.take(cfg, _decode_again) if prepared else _prepare_data(cfg, world)
+    data, pre, choice = (
+        prepared.take(cfg, _decode_again) if prepared else _prepare_data(cfg, world, folder.path)
+    )
     model = build_model(cfg, data, pre, device)
     # what the user left unset, from the data's size and the network's
     adapt_defaults(cfg, data, world, sum(p.numel() for p in model.parameters()))
@@ -389,12 +392,12 @@ def _decode_again(cfg: RunConfig) -> PreparedData:
 
 
 def _prepare_data(
-    cfg: RunConfig, world: int = 1
+    cfg: RunConfig, world: int = 1, run: Path | None = None
 ) -> tuple[ImageData, InputContract, dict[str, Any] | None]:
     """The dataset, split and decoded, the preprocessing it implies, and what ``--model auto``
     chose from it (None when the model was named)."""
     d = cfg.data
-    raw = resolve_data(d)  # the source, plus the rows of --add-labels
+    raw = resolve_data(d, run)  # the source, plus the rows of --add-labels
     if raw.multilabel:  # said once: the other processes' logs are filtered (RankFilter)
         log.info("%s", describe_labels(raw))
     elif len(raw.classes) < 2:
