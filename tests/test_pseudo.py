@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import shutil
 from pathlib import Path
 
@@ -152,10 +154,17 @@ def self_trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     # a link to a labelled image: the same resolved path, left out of the pool
     (pool / "known.jpg").symlink_to(data_dir / "circle" / "000.jpg")
     out = root / "run"
-    args = f"train {data_dir} --add-labels {manifest} --unlabelled {pool} --out {out}"
+    args = f"train {data_dir} --add-labels {manifest} --unlabelled {pool} --out {out} -q"
     flags = "--model resnet9_tiny --epochs 6 --batch-size 8 --augment light --val-fraction 0.25"
-    code = imagewise.cli.main([*args.split(), *flags.split(), "--pseudo-precision", "0.9", "-q"])
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = imagewise.cli.main(
+            [*args.split(), *flags.split(), "--pseudo-precision", "0.9", "-q"]
+        )
     assert code == 0
+    record = read_json(out / "meta.json")["pseudo_labels"]
+    said = f"pseudo-labelled {record['labelled']:,} of {record['pool_images']:,} pool images"
+    assert said in printed.getvalue()  # the one line, even with -q
     return out, pool
 
 

@@ -229,10 +229,14 @@ def add_label_files(
     return add_labelled(data, rows, strict)[0]
 
 
-def absolute_manifests(manifests: Sequence[str | Path]) -> list[str]:
-    """``data.add_labels`` as a run's config stores them: absolute paths, as the source is,
-    so evaluate and ``--resume`` read them from any folder."""
-    return [str(Path(m).expanduser().resolve()) for m in manifests]
+def absolute_manifests(manifests: Sequence[str | Path], run: str | Path | None = None) -> list[str]:
+    """``data.add_labels`` as absolute paths: the user's relative to the current folder (how a
+    run's config stores them, as it stores the source), or, given a run folder, a stored
+    relative one relative to it (``train --unlabelled``'s own ``pseudo_labels.csv``). A caller
+    that copies a run's configuration into another run folder (``label retrain``) calls this
+    with the run first."""
+    base = Path(run) if run is not None else Path()
+    return [str((base / Path(m).expanduser()).resolve()) for m in manifests]
 
 
 def resolve_data(cfg: DataConfig, run: str | Path | None = None) -> ImageData:
@@ -251,5 +255,4 @@ def resolve_data(cfg: DataConfig, run: str | Path | None = None) -> ImageData:
     )  # fmt: skip
     if not cfg.add_labels:
         return data
-    base = Path(run) if run is not None else Path()
-    return add_label_files(data, [base / m for m in cfg.add_labels], cfg.strict)
+    return add_label_files(data, absolute_manifests(cfg.add_labels, run), cfg.strict)

@@ -132,7 +132,6 @@ def pseudo_label(
         val_coverage=fit.coverage,
         val_images=fit.validation_images,
     )
-    log.info("%s", record.describe())
     return record
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -284,7 +285,7 @@ def _self_train(
     meta = folder.read_meta()
     meta.pseudo_labels = record
     folder.write_meta(meta)
-    return result
+    return replace(result, pseudo_labels=record.describe())
 
 
 def _train(
