@@ -134,9 +134,10 @@ def retrain(
         >>> imagewise.label.retrain("runs/fm", "labels.csv")["val_accuracy"]  # doctest: +SKIP
         0.861
     """
-    import imagewise
     from imagewise.config import load_config_file
+    from imagewise.data.extra import absolute_manifests
     from imagewise.runtime.runs import RunFolder, free_run_path
+    from imagewise.train.run import train
 
     folder = RunFolder.of(run)
     if not folder.config.is_file():
@@ -147,11 +148,13 @@ def retrain(
     if not total:
         raise UserError(f"'{labels}' holds no labels yet; label some images first")
     cfg = load_config_file(folder.config)
+    # a self-trained run names its pseudo-labels relative to itself: absolute in the new run
+    cfg.data.add_labels = absolute_manifests(cfg.data.add_labels, folder.path)
     wanted = os.path.abspath(labels)
     added = [p for p in (cfg.data.add_labels or []) if os.path.abspath(p) != wanted]
     cfg.data.add_labels = [*added, wanted]
     target = Path(out) if out else free_run_path(Path(f"{os.path.abspath(run)}-retrain"))
-    result = imagewise.train(config=cfg, out=target, show_progress=show_progress, **options)
+    result = train(config=cfg, out=target, show_progress=show_progress, **options)
     entry = {
         "labelled": total,
         "by_person": total - machine,
