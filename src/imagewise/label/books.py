@@ -133,9 +133,14 @@ class QueueBook:
             self.loaded[item.id] = row
         for key, given in self.state.answers.items():
             item = by_key.get(key)
-            if item is not None and item.id not in answers and given.get("action") in (
-                "skip",
-                "none",
+            if (
+                item is not None
+                and item.id not in answers
+                and given.get("action")
+                in (
+                    "skip",
+                    "none",
+                )
             ):
                 answers[item.id] = Answer(given["action"])
         self.written = rows if self.out.exists() else None

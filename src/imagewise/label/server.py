@@ -108,9 +108,7 @@ def create_label_app(
     job = RetrainJob(session, run, Path(out))
     _routes(app, session, job, page, Path(out))
     _errors(app)
-    app.add_middleware(
-        GuardMiddleware, token=None, open_paths=(), max_body_bytes=MAX_BODY_BYTES
-    )
+    app.add_middleware(GuardMiddleware, token=None, open_paths=(), max_body_bytes=MAX_BODY_BYTES)
     return app
 
 
