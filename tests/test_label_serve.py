@@ -24,7 +24,7 @@ from fastapi.testclient import TestClient
 import imagewise.io
 import imagewise.label
 from imagewise.label.items import open_session
-from imagewise.label.server import create_label_app
+from imagewise.label.server import LOOPBACK_HOSTS, create_label_app
 from imagewise.label.session import LabelSession, Refused
 
 from conftest import CLASSES, make_folder_dataset, run_cli
@@ -110,7 +110,7 @@ def page_server(session: LabelSession, out: Path) -> Iterator[str]:
     from imagewise.serve.settings import ServeSettings
 
     sock = listen_socket("127.0.0.1", 0)
-    app = create_label_app(session, out)
+    app = create_label_app(session, out, hosts=LOOPBACK_HOSTS)
     server = uvicorn.Server(uvicorn_config(app, ServeSettings(port=0, access_log=False)))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
@@ -427,3 +427,14 @@ def test_bad_input_is_one_line_and_exit_2(
     assert code == 2
     assert message.replace("{tmp}", str(tmp_path)) in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_a_loopback_server_answers_only_its_own_host_names(data: Path, tmp_path: Path) -> None:
+    _pool(data, tmp_path / "pool", 1)
+    session = open_session(data, tmp_path / "pool", out=tmp_path / "l.csv")
+    app = create_label_app(session, tmp_path / "l.csv", hosts=LOOPBACK_HOSTS)
+    own = TestClient(app, base_url="http://127.0.0.1:8000")
+    assert own.get("/api/info").status_code == 200
+    assert own.get("/api/image/..%2F..%2Fetc%2Fpasswd").status_code == 404
+    rebound = TestClient(app, base_url="http://attacker.example:8000")  # DNS rebinding
+    assert rebound.get("/api/info").status_code == 400

@@ -74,7 +74,9 @@ def open_session(
     return LabelSession(QueueBook(out), classes, items, lease_s, guesser)
 
 
-def _check_sources(pool: object, queue: object, review: object) -> None:
+def _check_sources(
+    pool: str | Path | None, queue: str | Path | None, review: str | Path | None
+) -> None:
     if review is not None and (pool is not None or queue is not None):
         raise UserError("--review asks about the audit's findings; give no queue or folder")
     if pool is not None and queue is not None:
@@ -141,7 +143,9 @@ def queue_items(queue: str | Path, classes: list[str], out: Path) -> list[Item]:
         raise UserError(f"cannot read the queue '{queue}': {exc}") from exc
     if "path" not in (reader.fieldnames or []):
         raise UserError(f"the queue '{queue}' has no path column; write it with label next")
-    items, missing, seen = [], [], set()
+    items: list[Item] = []
+    missing: list[str] = []
+    seen: set[str] = set()
     for row in rows:
         file = _queue_file(row.get("path") or "", queue)
         if not row.get("path") or not file.is_file():
@@ -182,7 +186,7 @@ def review_items(
             rows.append((os.path.abspath(path), dataset.classes[label], split))
     issues = _label_issues(findings)
     known = {path for path, _, _ in rows}
-    items = []
+    items: list[Item] = []
     for entry in issues:
         path = os.path.abspath(str(entry.get("path", "")))
         if path not in known or entry.get("given") not in dataset.classes:

@@ -20,6 +20,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from imagewise.errors import UserError
 from imagewise.label.session import LEASE_S, LabelSession, Refused, class_keys
@@ -32,6 +33,7 @@ MAX_BODY_BYTES = 16 * 1024  # the page sends ids and a class name, nothing more
 BROWSER_FORMATS = {".jpg": "jpeg", ".jpeg": "jpeg", ".png": "png", ".gif": "gif"} | {
     ".webp": "webp", ".bmp": "bmp"
 }  # fmt: skip
+LOOPBACK_HOSTS = ["127.0.0.1", "localhost", "::1", "[::1]"]
 PAGE_POLICY = (
     "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
     "img-src 'self'; connect-src 'self'; base-uri 'none'; form-action 'none'; "
@@ -94,7 +96,10 @@ class RetrainJob:
 
 
 def create_label_app(
-    session: LabelSession, out: str | Path, run: str | Path | None = None
+    session: LabelSession,
+    out: str | Path,
+    run: str | Path | None = None,
+    hosts: list[str] | None = None,
 ) -> FastAPI:
     """The labelling page and its JSON API over ``session``.
 
@@ -102,6 +107,8 @@ def create_label_app(
         session: the images, leases and answers (``imagewise.label.items.open_session``).
         out: the manifest the answers go to (shown on the page; the retrain trains on it).
         run: the run the page's retrain button retrains (None: no button).
+        hosts: the only ``Host`` headers answered (a loopback server: its own names, so a
+            web page that rebinds its DNS name to 127.0.0.1 cannot read it); None: any.
     """
     app = FastAPI(title="imagewise label", docs_url=None, redoc_url=None, openapi_url=None)
     page = files("imagewise.label").joinpath("page.html").read_text(encoding="utf-8")
@@ -109,6 +116,8 @@ def create_label_app(
     _routes(app, session, job, page, Path(out))
     _errors(app)
     app.add_middleware(GuardMiddleware, token=None, open_paths=(), max_body_bytes=MAX_BODY_BYTES)
+    if hosts is not None:
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=hosts)
     return app
 
 
@@ -254,7 +263,8 @@ def label_serve(
             data, pool, queue=queue, run=run, out=out, review=review, lease_s=lease_s
         )
         book_out = session.book.out
-        app = create_label_app(session, book_out, run)
+        hosts = LOOPBACK_HOSTS if settings.loopback else None
+        app = create_label_app(session, book_out, run, hosts)
         if not settings.loopback:
             log.warning("warning: the page is open to anyone who can reach %s", host)
         done = session.progress()
