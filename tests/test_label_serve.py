@@ -315,6 +315,10 @@ def test_a_restart_resumes_where_it_stopped(data: Path, tmp_path: Path) -> None:
         (f"pool/{images[k].name}", label)
         for k, label in ((0, "circle"), (3, "stripes"), (4, "stripes"), (1, "stripes"))
     ]
+    from imagewise.data.sources import resolve_source
+
+    readback = resolve_source(str(out), val_fraction=0.0, test_fraction=0.0)  # as train reads it
+    assert len(readback.train) == 4 and readback.train.columns == {"labelled_by": ["person"] * 4}
 
 
 def _manifest_data(root: Path) -> Path:
@@ -338,8 +342,11 @@ def test_review_keeps_relabels_and_drops(tmp_path: Path) -> None:
          "suggested_probability": 0.8}
         for k in (0, 2, 4)
     ]  # fmt: skip
+    # the check was run from elsewhere: its paths start with the dataset's name as it was given
+    issues[1]["path"] = f"elsewhere/{rows[2]['path']}"
     findings = tmp_path / "findings.json"
-    findings.write_text(json.dumps({"source": str(manifest), "label_issues": issues}))
+    report = {"source": "elsewhere/data.csv", "label_issues": issues}
+    findings.write_text(json.dumps(report))
     out = tmp_path / "ds" / "reviewed.csv"
     session = open_session(manifest, review=findings, out=out)
     client = TestClient(create_label_app(session, out))
@@ -347,6 +354,9 @@ def test_review_keeps_relabels_and_drops(tmp_path: Path) -> None:
     tab = client.post("/api/tab").json()["tab"]
     item = client.post("/api/next", json={"tab": tab}).json()["item"]
     assert (item["given"], item["guess"], item["probability"]) == (rows[0]["label"], "stripes", 0.8)
+    assert (
+        item["reason"] == f"the label check doubts '{rows[0]['label']}' (it gives that label 0.1)"
+    )
     for action, label in (("keep", None), ("relabel", "square"), ("drop", None)):
         body = {"tab": tab, "id": item["id"], "action": action, "label": label}
         item = client.post("/api/answer", json=body).json()["item"]

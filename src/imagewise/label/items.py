@@ -92,10 +92,11 @@ def _check_sources(
 
 
 def _dataset(data: str | Path) -> Any:
-    """The dataset, single-label, with at least two classes."""
+    """The dataset, single-label, with at least two classes; its splits as given (none
+    carved, as ``data check`` reads it: ``train`` carves its own from a review's output)."""
     from imagewise.data.sources import resolve_source
 
-    dataset = resolve_source(str(data))
+    dataset = resolve_source(str(data), val_fraction=0.0, test_fraction=0.0)
     if dataset.multilabel:
         raise UserError(f"'{data}' is multi-label; the labelling page gives one class per image")
     if len(dataset.classes) < 2:
@@ -184,12 +185,13 @@ def review_items(
             raise UserError(f"'{dataset.source}' is held in memory; review needs image files")
         for path, label in zip(part.paths, part.labels.tolist(), strict=True):
             rows.append((os.path.abspath(path), dataset.classes[label], split))
-    issues = _label_issues(findings)
+    issues, checked = _label_issues(findings)
     known = {path for path, _, _ in rows}
+    bases = _finding_bases(Path(findings), checked, dataset.source)
     items: list[Item] = []
     for entry in issues:
-        path = os.path.abspath(str(entry.get("path", "")))
-        if path not in known or entry.get("given") not in dataset.classes:
+        path = _finding_file(str(entry.get("path", "")), bases, known)
+        if path is None or entry.get("given") not in dataset.classes:
             continue
         suggested = entry.get("suggested")
         items.append(
@@ -199,8 +201,7 @@ def review_items(
                 probability=_float(str(entry.get("suggested_probability", ""))),
                 given=entry["given"],
                 split=str(entry.get("split", "")),
-                reason=f"the audit doubts '{entry['given']}' (its probability "
-                f"{_float(str(entry.get('given_probability', ''))) or 0:.2f})",
+                reason=_doubt(entry),
             )
         )  # fmt: skip
     if not items:
@@ -211,7 +212,44 @@ def review_items(
     return items, rows
 
 
-def _label_issues(findings: str | Path) -> list[dict[str, Any]]:
+def _doubt(entry: dict[str, Any]) -> str:
+    """Why the image is asked about, in the check's words."""
+    given = _float(str(entry.get("given_probability", "")))
+    belief = "" if given is None else f" (it gives that label {given:.2g})"
+    return f"the label check doubts '{entry['given']}'{belief}"
+
+
+def _folder_of(source: str) -> Path:
+    """The folder a dataset's relative paths hang from: itself, or a manifest's folder."""
+    path = Path(source)
+    return path.parent if path.suffix.lower() == ".csv" else path
+
+
+def _finding_bases(findings: Path, checked: str, source: str) -> list[tuple[Path, Path]]:
+    """Where a finding's relative path may start: (prefix it has, folder it means now)."""
+    here = Path(".")
+    return [
+        (here, here),  # the current folder (the check names images as it was given them)
+        (_folder_of(checked), _folder_of(source)),  # the dataset, checked from elsewhere
+        (here, findings.parent),  # beside the report
+    ]
+
+
+def _finding_file(path: str, bases: list[tuple[Path, Path]], known: set[str]) -> str | None:
+    """A finding's image among the dataset's (``known``, absolute), or None."""
+    for prefix, folder in bases:
+        try:
+            inside = Path(path).relative_to(prefix) if str(prefix) != "." else Path(path)
+        except ValueError:
+            continue
+        candidate = os.path.abspath(folder / inside)
+        if candidate in known:
+            return candidate
+    return None
+
+
+def _label_issues(findings: str | Path) -> tuple[list[dict[str, Any]], str]:
+    """The report's likely label errors and the dataset it checked (as it was named)."""
     try:
         report = json.loads(Path(findings).read_text(encoding="utf-8", errors=TEXT_ERRORS))
     except (OSError, ValueError) as exc:
@@ -224,7 +262,7 @@ def _label_issues(findings: str | Path) -> list[dict[str, Any]]:
         )
     if not issues:
         raise UserError(f"'{findings}' lists no likely label errors; nothing to review")
-    return [e for e in issues if isinstance(e, dict)]
+    return [e for e in issues if isinstance(e, dict)], str(report.get("source", ""))
 
 
 def run_guesser(run: str | Path, classes: list[str]) -> Callable[[Item], None]:
