@@ -116,10 +116,13 @@ class QueueBook:
         self.out = Path(out)
         self.state = _StateFile(self.out, self.mode)
         self.others: list[dict[str, str]] = []  # earlier rows of images not in this queue
-        self.loaded: dict[str, dict[str, str]] = {}  # item id -> its earlier row
-        self.written: list[dict[str, str]] | None = None
+        self.rows: dict[tuple[str, str], dict[str, str]] = {}  # (item id, label) -> its row
+        self.keys: dict[str, str] = {}  # item id -> its manifest path
+        self.columns = ["path", "label", "labelled_by"]
+        self.written: list[tuple[str, str]] | None = None  # the labels the manifest holds
 
     def load(self, items: list[Item]) -> dict[str, Answer]:
+        self.keys = {item.id: item.key for item in items}
         by_key = {item.key: item for item in items}
         answers: dict[str, Answer] = {}
         rows = _read_rows(self.out)
@@ -130,43 +133,38 @@ class QueueBook:
                 self.others.append(row)
                 continue
             answers[item.id] = Answer("label", row["label"])
-            self.loaded[item.id] = row
+            self.rows[item.id, row["label"]] = row  # as it was (who labelled it, ...)
         for key, given in self.state.answers.items():
             item = by_key.get(key)
-            if (
-                item is not None
-                and item.id not in answers
-                and given.get("action")
-                in (
-                    "skip",
-                    "none",
-                )
-            ):
-                answers[item.id] = Answer(given["action"])
-        self.written = rows if self.out.exists() else None
+            action = given.get("action")
+            if item is not None and item.id not in answers and action in ("skip", "none"):
+                answers[item.id] = Answer(action)
+        extra = [c for c in self.EXTRA if any(r.get(c) for r in rows)]
+        self.columns = ["path", "label", *extra[:1], "labelled_by", *extra[1:]]
+        self.written = self._labels(answers) if self.out.exists() else None
         return answers
 
+    @staticmethod
+    def _labels(answers: dict[str, Answer]) -> list[tuple[str, str]]:
+        return [(i, str(a.label)) for i, a in answers.items() if a.action == "label"]
+
     def write(self, items: list[Item], answers: dict[str, Answer]) -> None:
-        by_id = {item.id: item for item in items}
-        rows = list(self.others)
-        for item_id, answer in answers.items():
-            if answer.action == "label":
-                rows.append(self._row(by_id[item_id], answer))
-        if rows != self.written:
-            extra = [c for c in self.EXTRA if any(r.get(c) for r in rows)]
-            columns = ["path", "label", *extra[:1], "labelled_by", *extra[1:]]
-            write_manifest(self.out, rows, columns=columns)
-            self.written = rows
+        labels = self._labels(answers)
+        if labels != self.written:
+            rows = [*self.others, *(self._row(item_id, label) for item_id, label in labels)]
+            write_manifest(self.out, rows, columns=self.columns)
+            self.written = labels
         skipped = {
-            by_id[i].key: _as_dict(a) for i, a in answers.items() if a.action in ("skip", "none")
+            self.keys[i]: _as_dict(a) for i, a in answers.items() if a.action in ("skip", "none")
         }
         self.state.write(skipped)
 
-    def _row(self, item: Item, answer: Answer) -> dict[str, str]:
-        earlier = self.loaded.get(item.id)
-        if earlier is not None and earlier.get("label") == answer.label:
-            return earlier  # as it was (who labelled it, its probability)
-        return {"path": item.key, "label": str(answer.label), "labelled_by": PERSON}
+    def _row(self, item_id: str, label: str) -> dict[str, str]:
+        row = self.rows.get((item_id, label))
+        if row is None:
+            row = {"path": self.keys[item_id], "label": label, "labelled_by": PERSON}
+            self.rows[item_id, label] = row
+        return row
 
     def history(self) -> list[dict[str, Any]]:
         return self.state.progress()
