@@ -13,10 +13,11 @@ and ``drop``. Each tab can undo its own answers, latest first.
 
 from __future__ import annotations
 
+import itertools
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -137,6 +138,8 @@ class LabelSession:
         self.tabs: dict[str, Tab] = {}
         self.leases: dict[str, tuple[str, float]] = {}  # item id -> (tab id, expiry)
         self.answers = book.load(items)
+        self.position = {item.id: i for i, item in enumerate(items)}
+        self.cursor = 0  # no image before it is waiting for a first answer
 
     @property
     def actions(self) -> tuple[str, ...]:
@@ -259,11 +262,14 @@ class LabelSession:
                 return self.by_id[item_id]
         return None
 
-    def _asking_order(self) -> list[str]:
+    def _asking_order(self) -> Iterator[str]:
         """Images never answered, in queue order; then the skipped ones, oldest skip first."""
-        fresh = [item.id for item in self.items if item.id not in self.answers]
-        skipped = [i for i, a in self.answers.items() if a.action == "skip"]
-        return fresh + skipped
+        while self.cursor < len(self.items) and self.items[self.cursor].id in self.answers:
+            self.cursor += 1
+        for item in itertools.islice(self.items, self.cursor, None):
+            if item.id not in self.answers:
+                yield item.id
+        yield from [i for i, a in self.answers.items() if a.action == "skip"]
 
     def _lease(self, tab: Tab, item_id: str) -> None:
         self.leases[item_id] = (tab.id, time.monotonic() + self.lease_s)
@@ -279,6 +285,7 @@ class LabelSession:
         A new answer goes last, as the order answers were given is the manifest's order."""
         before = dict(self.answers)
         self.answers.pop(item_id, None)
+        self.cursor = min(self.cursor, self.position[item_id])
         if answer is not None:
             self.answers[item_id] = answer
         try:
