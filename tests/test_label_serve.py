@@ -375,16 +375,24 @@ def test_review_keeps_relabels_and_drops(tmp_path: Path) -> None:
 def test_retrain_runs_in_the_background_and_its_progress_is_shown(
     data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _pool(data, tmp_path / "pool", 2)
+    from imagewise.label.progress import progress_file
+
+    _pool(data, tmp_path / "pool", 3)
     out = tmp_path / "labels.csv"
     session = open_session(data, tmp_path / "pool", out=out)
+    tab = session.open_tab()
+    session.answer(tab, session.next(tab)["id"], "label", "circle")  # type: ignore[index]
     assert TestClient(create_label_app(session, out)).post("/api/retrain").status_code == 409
-    entry = {"labelled": 2, "val_accuracy": 0.9, "run": "runs/new", "at": "2026-12-08T02:00"}
+    entries = [
+        {"labelled": 100, "val_accuracy": 0.70, "run": "runs/a", "at": "2026-12-08T01:00"},
+        {"labelled": 200, "val_accuracy": 0.76, "run": "runs/b", "at": "2026-12-08T02:00"},
+    ]
     calls = []
 
     def retrain(run: str, labels: Path, *, out: str | None = None) -> dict:
         calls.append((run, labels))
-        return entry
+        imagewise.io.atomic_write_json(progress_file(labels), entries)  # as label retrain does
+        return entries[-1]
 
     monkeypatch.setattr(imagewise.label, "retrain", retrain, raising=False)
     client = TestClient(create_label_app(session, out, run="runs/old"))
@@ -395,8 +403,10 @@ def test_retrain_runs_in_the_background_and_its_progress_is_shown(
             break
         time.sleep(0.05)
     assert calls == [("runs/old", out)]
-    assert progress["history"] == [entry]
-    assert json.loads((tmp_path / "labels.csv.state.json").read_text())["progress"] == [entry]
+    assert progress["history"] == entries and progress["retrain"]["error"] is None
+    # the next 100 labels, on the log fit of the two retrains: 0.06 * log(300 / 200) / log(2)
+    assert progress["gain"]["batch"] == 100
+    assert progress["gain"]["val_accuracy"] == pytest.approx(0.06 * 0.5849625, rel=1e-4)
 
 
 def test_guesses_come_from_the_run_for_a_folder(
@@ -418,6 +428,7 @@ def test_guesses_come_from_the_run_for_a_folder(
         ("shapes", [], "nothing to label"),
         ("shapes", ["{tmp}/pool", "--review", "{tmp}/f.json"], "give no queue or folder"),
         ("shapes", ["--review", "{tmp}/f.json"], "has no label_issues list"),
+        ("shapes", ["--review", "{tmp}/f.json", "--run", "{tmp}"], "--review takes no --run"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(

@@ -10,7 +10,8 @@ reviewed here).
 
 Both files are written whole and atomically (``imagewise.io``), and only when they change; a
 restart on the same ``--out`` reads them back, so answered images are not asked again. The
-state file also holds the retrains' ``progress`` entries, which every write keeps.
+retrains' progress entries are ``label retrain``'s, beside the manifest
+(``OUT.progress.json``: ``imagewise.label.progress``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any
 from imagewise.errors import UserError
 from imagewise.io import atomic_write_json
 from imagewise.label.manifest import PERSON, manifest_path, resolve_manifest_path, write_manifest
+from imagewise.label.progress import read_progress
 from imagewise.label.session import LABELLED, Answer, Item
 from imagewise.names import TEXT_ERRORS
 
@@ -49,7 +51,7 @@ def read_state(path: Path) -> dict[str, Any]:
 
 
 class _StateFile:
-    """The state file: answers by manifest path, and the progress entries others add."""
+    """The state file: answers by manifest path."""
 
     def __init__(self, out: Path, mode: str) -> None:
         self.path = state_path(out)
@@ -65,24 +67,9 @@ class _StateFile:
     def write(self, answers: dict[str, dict[str, Any]]) -> None:
         if answers == self.written:
             return
-        # progress is read again: a retrain may have added to it since
-        progress = read_state(self.path).get("progress", [])
         state = {"version": STATE_VERSION, "mode": self.mode, "answers": answers}
-        atomic_write_json(self.path, {**state, "progress": progress})
+        atomic_write_json(self.path, state)
         self.written = dict(answers)
-
-    def progress(self) -> list[dict[str, Any]]:
-        entries = read_state(self.path).get("progress", [])
-        return entries if isinstance(entries, list) else []
-
-    def add_progress(self, entry: dict[str, Any]) -> None:
-        """Record a retrain's entry (once: ``label retrain`` may have written it already)."""
-        state = read_state(self.path)
-        progress = state.get("progress", [])
-        if entry in progress:
-            return
-        base = {"version": STATE_VERSION, "mode": self.mode, "answers": self.written}
-        atomic_write_json(self.path, {**base, "progress": [*progress, entry]})
 
 
 def _as_dict(answer: Answer) -> dict[str, Any]:
@@ -167,10 +154,7 @@ class QueueBook:
         return row
 
     def history(self) -> list[dict[str, Any]]:
-        return self.state.progress()
-
-    def add_progress(self, entry: dict[str, Any]) -> None:
-        self.state.add_progress(entry)
+        return read_progress(self.out)
 
 
 class ReviewBook:
@@ -221,7 +205,4 @@ class ReviewBook:
             self.written = out_rows
 
     def history(self) -> list[dict[str, Any]]:
-        return self.state.progress()
-
-    def add_progress(self, entry: dict[str, Any]) -> None:
-        self.state.add_progress(entry)
+        return read_progress(self.out)

@@ -58,6 +58,10 @@ def open_session(
     from imagewise.io import check_output_file, refuse_overwriting
 
     _check_sources(pool, queue, review)
+    if review is not None and run is not None:
+        raise UserError(
+            "--review takes no --run; train on the reviewed manifest: imagewise train OUT"
+        )
     out = Path(out or (DEFAULT_REVIEW_OUT if review else DEFAULT_OUT))
     check_output_file(out, "--out")
     inputs = [p for p in (data, pool, queue, review) if p is not None and Path(p).exists()]

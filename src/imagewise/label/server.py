@@ -23,12 +23,14 @@ from starlette.exceptions import HTTPException
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from imagewise.errors import UserError
+from imagewise.label.progress import estimate_gain
 from imagewise.label.session import LEASE_S, LabelSession, Refused, class_keys
 from imagewise.names import shown
 from imagewise.serve.guards import GuardMiddleware, ServeError
 
 log = logging.getLogger("imagewise")
 
+GAIN_BATCH = 100  # the page shows the accuracy the next this many labels should add
 MAX_BODY_BYTES = 16 * 1024  # the page sends ids and a class name, nothing more
 BROWSER_FORMATS = {".jpg": "jpeg", ".jpeg": "jpeg", ".png": "png", ".gif": "gif"} | {
     ".webp": "webp", ".bmp": "bmp"
@@ -53,11 +55,10 @@ class AnswerRequest(BaseModel):
 
 
 class RetrainJob:
-    """One retrain at a time in a background thread (``imagewise.label.retrain``): its
-    progress entry is recorded in the state file when it finishes."""
+    """One retrain at a time in a background thread (``imagewise.label.retrain``, which adds
+    its progress entry to ``OUT.progress.json``); the page asks for its state."""
 
-    def __init__(self, session: LabelSession, run: str | Path | None, out: Path) -> None:
-        self.session = session
+    def __init__(self, run: str | Path | None, out: Path) -> None:
         self.run = run
         self.out = out
         self.thread: threading.Thread | None = None
@@ -68,23 +69,21 @@ class RetrainJob:
         return self.thread is not None and self.thread.is_alive()
 
     def start(self) -> None:
+        from imagewise.label import retrain
+
         if self.run is None:
             raise Refused(409, "the server was started without --run; there is no run to retrain")
-        try:
-            from imagewise.label import retrain
-        except ImportError:
-            raise Refused(503, "retraining is not available in this imagewise") from None
         if self.running:
             raise Refused(409, "a retrain is running already")
+        if not self.out.is_file():
+            raise Refused(409, "nothing labelled yet; label some images first")
         self.error = None
         self.thread = threading.Thread(target=self._work, args=(retrain,), daemon=True)
         self.thread.start()
 
     def _work(self, retrain: Any) -> None:
         try:
-            entry = retrain(self.run, self.out)
-            with self.session.lock:
-                self.session.book.add_progress(entry)
+            retrain(self.run, self.out)
         except UserError as exc:
             self.error = str(exc)
         except Exception as exc:  # the page shows it; the server goes on
@@ -112,7 +111,7 @@ def create_label_app(
     """
     app = FastAPI(title="imagewise label", docs_url=None, redoc_url=None, openapi_url=None)
     page = files("imagewise.label").joinpath("page.html").read_text(encoding="utf-8")
-    job = RetrainJob(session, run, Path(out))
+    job = RetrainJob(run, Path(out))
     _routes(app, session, job, page, Path(out))
     _errors(app)
     app.add_middleware(GuardMiddleware, token=None, open_paths=(), max_body_bytes=MAX_BODY_BYTES)
@@ -124,7 +123,13 @@ def create_label_app(
 def _routes(app: FastAPI, session: LabelSession, job: RetrainJob, page: str, out: Path) -> None:
     def progress() -> dict[str, Any]:
         history = session.book.history()
-        return {**session.progress(), "history": history, "retrain": job.status()}
+        gain = estimate_gain(history, GAIN_BATCH) if history else None
+        return {
+            **session.progress(),
+            "history": history,
+            "gain": None if gain is None else {"batch": GAIN_BATCH, "val_accuracy": gain},
+            "retrain": job.status(),
+        }
 
     @app.get("/", include_in_schema=False)
     def index() -> HTMLResponse:

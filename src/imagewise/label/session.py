@@ -89,11 +89,7 @@ class Book(Protocol):
         ...
 
     def history(self) -> list[dict[str, Any]]:
-        """The retrains' progress entries recorded beside the answers."""
-        ...
-
-    def add_progress(self, entry: dict[str, Any]) -> None:
-        """Record a retrain's progress entry."""
+        """The retrains' progress entries recorded for the manifest, oldest first."""
         ...
 
 
