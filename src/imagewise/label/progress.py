@@ -134,9 +134,9 @@ def retrain(
         >>> imagewise.label.retrain("runs/fm", "labels.csv")["val_accuracy"]  # doctest: +SKIP
         0.861
     """
-    import imagewise
     from imagewise.config import load_config_file
     from imagewise.runtime.runs import RunFolder, free_run_path
+    from imagewise.train.run import train
 
     folder = RunFolder.of(run)
     if not folder.config.is_file():
@@ -151,7 +151,7 @@ def retrain(
     added = [p for p in (cfg.data.add_labels or []) if os.path.abspath(p) != wanted]
     cfg.data.add_labels = [*added, wanted]
     target = Path(out) if out else free_run_path(Path(f"{os.path.abspath(run)}-retrain"))
-    result = imagewise.train(config=cfg, out=target, show_progress=show_progress, **options)
+    result = train(config=cfg, out=target, show_progress=show_progress, **options)
     entry = {
         "labelled": total,
         "by_person": total - machine,
