@@ -459,3 +459,51 @@ def test_a_loopback_server_answers_only_its_own_host_names(data: Path, tmp_path:
     assert own.get("/api/image/..%2F..%2Fetc%2Fpasswd").status_code == 404
     rebound = TestClient(app, base_url="http://attacker.example:8000")  # DNS rebinding
     assert rebound.get("/api/info").status_code == 400
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (make test installs it)")
+def test_page_reviews_by_keyboard(tmp_path: Path) -> None:
+    from playwright.sync_api import sync_playwright
+
+    manifest = _manifest_data(tmp_path / "ds")
+    rows = sorted(_rows(manifest), key=lambda r: ("train", "val", "test").index(r["split"]))
+    issues = [
+        {"path": str(manifest.parent / rows[k]["path"]), "split": rows[k]["split"],
+         "given": rows[k]["label"], "suggested": "stripes", "given_probability": 0.1,
+         "suggested_probability": 0.8}
+        for k in (0, 1, 3)
+    ]  # fmt: skip
+    findings = tmp_path / "findings.json"
+    findings.write_text(json.dumps({"source": str(manifest), "label_issues": issues}))
+    out = tmp_path / "ds" / "reviewed.csv"
+    session = open_session(manifest, review=findings, out=out)
+    errors: list[str] = []
+    with page_server(session, out) as url, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page()
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(url + "/")
+        page.wait_for_selector("body[data-state=ready]")
+        shown = (page.text_content("#guess"), page.text_content("#classes .given"))
+        _press(page, "k")  # row 0: kept
+        _press(page, "Enter")  # row 1: the suggestion, stripes
+        _press(page, "d")  # row 3: dropped
+        progress = page.text_content("#progress")
+        browser.close()
+    assert errors == []
+    key = CLASSES.index(rows[0]["label"]) + 1  # the given class's button: its key, its name
+    assert shown == (
+        f"given: {rows[0]['label']}; suggested: stripes (80.0%)",
+        f"{key}{rows[0]['label']}",
+    )
+    assert progress == "3 / 3 reviewed · 1 dropped"
+    reviewed = {0: rows[0]["label"], 1: "stripes"}
+    assert _rows(out) == [
+        {
+            **row,
+            "label": reviewed.get(k, row["label"]),
+            "labelled_by": "person" if k in reviewed else "",
+        }
+        for k, row in enumerate(rows)
+        if k != 3
+    ]
