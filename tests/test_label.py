@@ -225,7 +225,7 @@ def test_label_auto_manifest_paths_are_relative_to_it(
 ) -> None:
     run = served_copy(trained_run, tmp_path)
     out = known_pool.parent / "auto-here.csv"  # beside the pool: relative paths
-    auto = imagewise.label.label_auto(run, known_pool, target_precision=0.9, out=out)
+    auto = imagewise.label_auto(run, known_pool, target_precision=0.9, out=out)
     rows = list(csv.DictReader(out.open()))
     assert rows and all(r["path"].startswith(f"{known_pool.name}/") for r in rows)
     assert len(rows) == int(auto.kept.sum())

@@ -55,6 +55,7 @@ _FUNCTIONS = {
     "card": "imagewise.card.builder",
     "label_next": "imagewise.label.queue",
     "label_serve": "imagewise.label.server",
+    "label_auto": "imagewise.label.auto",
     "create_model": "imagewise.models",
     "list_models": "imagewise.models",
 }
@@ -87,6 +88,7 @@ if TYPE_CHECKING:  # what type checkers and editors see: the functions themselve
     from imagewise.export.exporter import export
     from imagewise.features.extraction import features
     from imagewise.features.similarity import similar
+    from imagewise.label.auto import label_auto
     from imagewise.label.queue import label_next
     from imagewise.label.server import label_serve
     from imagewise.models import create_model, list_models
@@ -113,6 +115,7 @@ else:
     card = _on_first_call("card")
     label_next = _on_first_call("label_next")
     label_serve = _on_first_call("label_serve")
+    label_auto = _on_first_call("label_auto")
     create_model = _on_first_call("create_model")
     list_models = _on_first_call("list_models")
 
@@ -127,6 +130,7 @@ __all__ = [
     "explain",
     "export",
     "features",
+    "label_auto",
     "label_next",
     "label_serve",
     "list_models",

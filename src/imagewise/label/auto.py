@@ -92,7 +92,7 @@ def label_auto(
         UserError: a multi-label run, an empty pool, or no threshold reaching the target.
 
     Example:
-        >>> auto = imagewise.label.label_auto("runs/fm", "pool/", out="auto.csv")  # doctest: +SKIP
+        >>> auto = imagewise.label_auto("runs/fm", "pool/", out="auto.csv")  # doctest: +SKIP
         >>> auto.coverage  # doctest: +SKIP
         0.71
     """

@@ -135,6 +135,7 @@ def retrain(
         0.861
     """
     from imagewise.config import load_config_file
+    from imagewise.data.extra import absolute_manifests
     from imagewise.runtime.runs import RunFolder, free_run_path
     from imagewise.train.run import train
 
@@ -147,6 +148,8 @@ def retrain(
     if not total:
         raise UserError(f"'{labels}' holds no labels yet; label some images first")
     cfg = load_config_file(folder.config)
+    # a self-trained run names its pseudo-labels relative to itself: absolute in the new run
+    cfg.data.add_labels = absolute_manifests(cfg.data.add_labels, folder.path)
     wanted = os.path.abspath(labels)
     added = [p for p in (cfg.data.add_labels or []) if os.path.abspath(p) != wanted]
     cfg.data.add_labels = [*added, wanted]
