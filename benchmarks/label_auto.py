@@ -80,7 +80,8 @@ def measure(work: Path, labelled: int, targets: list[float], seed: int) -> list[
             "labelled": labelled,
             "seed": seed,
             "target": target,
-            "threshold": auto.fit.min_confidence,
+            "fitted": auto.fit.min_confidence,
+            "threshold": auto.threshold,
             "val_precision": auto.fit.precision,
             "val_images": auto.fit.validation_images,
             "precision": float(np.mean(np.array(right)[kept])) if kept.any() else None,
@@ -110,12 +111,13 @@ def main() -> None:
         for seed in args.seeds
         for row in measure(args.work, n, args.targets, seed)
     ]
-    print("\n| labelled | target | threshold | precision | coverage | pool accuracy |")
-    print("|---|---|---|---|---|---|")
+    print("\n| labelled | target | fitted | threshold | precision | coverage | pool accuracy |")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
         precision = "-" if r["precision"] is None else f"{100 * r['precision']:.2f}%"
         print(
-            f"| {r['labelled']} (seed {r['seed']}) | {r['target']} | {r['threshold']:.4f} | "
+            f"| {r['labelled']} (seed {r['seed']}) | {r['target']} | {r['fitted']:.4f} | "
+            f"{r['threshold']:.4f} | "
             f"{precision} | {100 * r['coverage']:.1f}% | {100 * r['pool_accuracy']:.2f}% |"
         )
     if args.json:

@@ -265,3 +265,15 @@ def test_estimated_gain_follows_the_log_of_the_labels() -> None:
     )
     text = describe(entries, 400)
     assert "+3.47 points" in text and text.count("val accuracy") == 3
+
+
+def test_the_pool_raises_the_threshold_until_its_expected_precision_reaches_the_target() -> None:
+    from imagewise.label.auto import expected_precision_threshold
+
+    top = np.array([0.999, 0.99, 0.97, 0.9, 0.6, 0.5])
+    # validation allowed everything (0); the kept images' mean probability must reach 0.95:
+    # the top three average 0.986, the top four 0.965, the top five 0.892
+    assert expected_precision_threshold(top, 0.0, 0.95) == pytest.approx(0.9)
+    assert expected_precision_threshold(top, 0.98, 0.95) == pytest.approx(0.98)  # never lowered
+    assert expected_precision_threshold(top, 0.0, 0.9995) > top.max()  # nothing sure enough
+    assert expected_precision_threshold(np.array([]), 0.3, 0.95) == 0.3

@@ -2,8 +2,16 @@
 
 The threshold is ``predict --min-confidence auto``'s: the lowest top probability at which the
 run's answers on its validation split reach the target precision
-(``imagewise.predict.unknown.run_min_confidence``, kept in ``RUN/unknown.json``). Pool images at
-or above it are written to a manifest as machine labels (``labelled_by=machine`` with the
+(``imagewise.predict.unknown.run_min_confidence``, kept in ``RUN/unknown.json``), raised where
+the pool's own calibrated probabilities say the images kept would fall short: the mean top
+probability of the images kept is their expected precision, so the threshold goes up until that
+mean reaches the target too. A validation split the run answers perfectly fits a threshold of 0
+(every answer may be kept); without the second check a pool image the model gives 38% would
+then be labelled, and a pool unlike the validation images (another camera, another season)
+would be labelled at the validation split's precision. The check needs calibrated probabilities:
+a run whose temperature was not fitted (its validation split answered without a mistake, so
+there was nothing to fit) keeps the fitted threshold, and the summary says so. Pool images at or
+above the threshold are written to a manifest as machine labels (``labelled_by=machine`` with the
 probability, ``imagewise.label.manifest``), which ``train --add-labels`` reads; the rest can be
 written as a queue (least sure first) for ``label serve``. The user's files are only read.
 """
@@ -31,6 +39,8 @@ class AutoLabels:
     """What ``label auto`` labelled, what it left, and the threshold it used."""
 
     fit: ThresholdFit
+    threshold: float  # the fitted one, or higher where the pool's probabilities ask for it
+    calibrated: bool  # whether the run's temperature was fitted (the raise needs it)
     paths: list[str]  # every readable pool image
     labels: list[str]  # the model's top class for each
     probabilities: np.ndarray  # its calibrated top probability
@@ -42,7 +52,7 @@ class AutoLabels:
     @property
     def kept(self) -> np.ndarray:
         """Which pool images the model labels (top probability at or above the threshold)."""
-        return self.probabilities >= self.fit.min_confidence
+        return self.probabilities >= self.threshold
 
     @property
     def coverage(self) -> float:
@@ -52,7 +62,23 @@ class AutoLabels:
         """Lines: the threshold and where it came from, how many were labelled, per class."""
         kept = self.kept
         lines = [
-            f"threshold {self.fit.describe()}",
+            f"threshold fitted on validation: {self.fit.describe()}",
+            *(
+                [
+                    f"raised to {self.threshold:.4g}: the pool images kept then have a mean "
+                    f"calibrated probability of at least {self.fit.target_precision:g}"
+                ]
+                if self.threshold > self.fit.min_confidence
+                else []
+            ),
+            *(
+                []
+                if self.calibrated
+                else [
+                    "the run's probabilities are not calibrated (no validation mistake to fit "
+                    "a temperature on), so the pool's probabilities did not raise the threshold"
+                ]
+            ),
             f"labelled {int(kept.sum())} of {len(self.paths)} pool images ({self.coverage:.1%}) "
             f"as machine labels; {len(self.paths) - int(kept.sum())} left for people",
         ]
@@ -118,8 +144,17 @@ def label_auto(
         ]
     )
     top2 = -np.sort(-probs, axis=1)[:, :2]
+    calibration = clf.run_meta.calibration
+    calibrated = calibration is not None and bool(calibration.fitted_on)
+    threshold = (
+        expected_precision_threshold(top2[:, 0], fit.min_confidence, fit.target_precision)
+        if calibrated
+        else fit.min_confidence
+    )
     result = AutoLabels(
         fit=fit,
+        threshold=threshold,
+        calibrated=calibrated,
         paths=paths,
         labels=[clf.classes[i] for i in probs.argmax(axis=1)],
         probabilities=top2[:, 0],
@@ -131,6 +166,26 @@ def label_auto(
     if rest is not None:
         result.rest = _write_rest(result, Path(rest))
     return result
+
+
+def expected_precision_threshold(top: np.ndarray, fitted: float, target: float) -> float:
+    """The lowest threshold, at or above ``fitted``, whose kept images (top probability at or
+    above it) have a mean top probability of at least ``target``; above every probability
+    (nothing kept) when none has.
+
+    Example:
+        >>> expected_precision_threshold(np.array([0.99, 0.97, 0.6, 0.4]), 0.0, 0.95)
+        0.97
+    """
+    order = np.sort(np.asarray(top, dtype=np.float64))[::-1]
+    # the kept images are a prefix of ``order``; its running mean only falls as it grows
+    means = np.cumsum(order) / np.arange(1, len(order) + 1)
+    fitted_keeps, sure_keeps = int((order >= fitted).sum()), int((means >= target).sum())
+    if sure_keeps >= fitted_keeps:
+        return fitted
+    if not sure_keeps:
+        return float(np.nextafter(order[0], np.inf))
+    return float(order[sure_keeps - 1])
 
 
 def _write_labels(auto: AutoLabels, out: Path) -> Path:
@@ -160,7 +215,7 @@ def _write_rest(auto: AutoLabels, out: Path) -> Path:
     writer = CsvWriter(buf)
     writer.writerow(COLUMNS)
     for rank, i in enumerate(order, 1):
-        reason = f"below the machine-label threshold {auto.fit.min_confidence:.4g}"
+        reason = f"below the machine-label threshold {auto.threshold:.4g}"
         writer.writerow(
             [auto.paths[i], rank, reason, auto.labels[i], f"{auto.probabilities[i]:.6f}",
              f"{auto.margins[i]:.6f}", "", ""]
