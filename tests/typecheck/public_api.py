@@ -12,6 +12,7 @@ from imagewise.card import ModelCard
 from imagewise.evaluate import Evaluation
 from imagewise.export import ExportResult
 from imagewise.features import Features, SimilarResult
+from imagewise.label import AutoLabels, LabelQueue
 from imagewise.predict import BaseClassifier, Prediction
 from imagewise.train import TrainResult
 from imagewise.tune import TuneResult
@@ -50,3 +51,9 @@ def tour(run: Path) -> None:
     card_file: Path = card.markdown_path
     print(card.summary(), card_file, [s.title for s in card.missing])
     print(accuracy, small.run, best, worst, label, names, maps, exported.path, rows, models)
+    queue: LabelQueue = imagewise.label_next(run, "pool/", 100, out="queue.csv")
+    auto: AutoLabels = imagewise.label_auto(run, "pool/", target_precision=0.98, out="auto.csv")
+    coverage: float = auto.coverage
+    imagewise.label_serve("photos/", queue="queue.csv", run=run, out="labels.csv", port=0)
+    selftrained: TrainResult = imagewise.train("digits", unlabelled="pool/", add_labels=["a.csv"])
+    print(queue.summary(), coverage, selftrained.pseudo_labels)
