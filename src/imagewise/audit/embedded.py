@@ -1,0 +1,246 @@
+"""The label check on a network's embeddings: ``data check --features RUN|MODEL``.
+
+The images are embedded by a trained run's network (its penultimate layer, through
+``imagewise.runtime.embedding.Embedder``) or by a pretrained network (a model name whose
+ImageNet weights are here, e.g. ``tf_efficientnet_lite0`` from its weight package), each image
+read at the network's own input size and preprocessing. A multinomial logistic regression
+(scikit-learn) on the standardized embeddings gives out-of-fold probabilities over stratified
+folds (``cross_val_predict``), and cleanlab's ``find_label_issues`` with the cuts of
+``imagewise.audit.labels`` flags the images, as the HOG check does.
+
+MEASURED
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from imagewise.audit import labels
+from imagewise.audit.result import judged_on
+from imagewise.audit.scan import Scan
+from imagewise.data.sources import SPLITS, ImageData
+from imagewise.errors import UserError
+
+log = logging.getLogger("imagewise")
+
+# The logistic regression's inverse L2 strength (scikit-learn's C) on standardized embeddings.
+DECAY_C = 0.05
+BATCH = 64  # images read and embedded at a time: 64 RGB images at 224 px are 9.6 MB of uint8
+# What the findings say when the run judging the labels was trained on the images it judges.
+MEMORISED = (
+    "its embeddings may have memorised their labels, wrong ones included, and so hide them; "
+    "judge with a pretrained model (--features tf_efficientnet_lite0) or a run trained on "
+    "other images"
+)
+
+
+@dataclass
+class EmbeddingFeatures:
+    """A network that embeds images for the label check, and what it is.
+
+    ``model`` answers ``forward_features`` / ``forward_head(pre_logits=True)`` (or has a
+    ``get_classifier``), ``preprocessing`` is its input contract (size, channels, mean / std,
+    interpolation, centre crop), as ``Embedder`` expects of a classifier.
+    """
+
+    kind: str  # "run" or "pretrained"
+    name: str  # the run folder or the model name, as given
+    architecture: str  # the network's model name
+    model: Any = field(repr=False)
+    preprocessing: Any = field(repr=False)
+    weights: str = ""  # where the pretrained weights came from
+
+    def describe(self) -> dict[str, Any]:
+        """What the findings say about the features (``label_check`` in the JSON report)."""
+        return {
+            "features": "embeddings",
+            "source": self.kind,
+            "name": self.name,
+            "model": self.architecture,
+            "img_size": int(self.preprocessing.img_size),
+            **({"weights": self.weights} if self.weights else {}),
+        }
+
+    def label(self) -> str:
+        """One phrase for the console and the log (``result.judged_on``)."""
+        return judged_on(self.describe())
+
+
+def open_features(value: str, device: str = "cpu") -> EmbeddingFeatures:
+    """The network ``--features`` names: a run folder written by ``imagewise train``, or a model
+    name with pretrained weights (installed, cached, or downloaded when the hub answers).
+
+    Raises:
+        UserError: ``value`` is neither, or the run cannot give embeddings (an exported file,
+            a HOG + SVM run), or the weights cannot be had.
+    """
+    if os.path.isdir(value):
+        return _run_features(value, device)
+    from imagewise.models.weights import known_pretrained
+
+    if not known_pretrained(value):
+        raise UserError(
+            f"--features '{value}' is neither a run folder nor a model with pretrained weights; "
+            f"give a run folder from imagewise train or a name such as {_example_models()} "
+            "(imagewise models lists them)"
+        )
+    return _pretrained_features(value, device)
+
+
+def _example_models() -> str:
+    """Models whose pretrained weights are on this machine (or the usual one when none is)."""
+    from imagewise.models.weights import WEIGHT_PACKAGES, package_weights
+
+    here = [arch for arch in WEIGHT_PACKAGES if package_weights(arch) is not None]
+    return ", ".join(here[:2]) or "tf_efficientnet_lite0"
+
+
+def _run_features(run: str, device: str) -> EmbeddingFeatures:
+    from imagewise.predict.predictor import load_run
+    from imagewise.runtime.embedding import network_of
+
+    if not (Path(run) / "meta.json").is_file():
+        raise UserError(
+            f"--features '{run}' is a folder but not an imagewise run (no meta.json); give a "
+            "run folder from imagewise train or a pretrained model's name"
+        )
+    clf = load_run(run, device)
+    if clf.run_meta.spec.capabilities.fit != "gradient":
+        raise UserError(
+            f"--features: '{run}' holds a {clf.name} fit, not a network; its embeddings do not "
+            "exist (give a run of a network, or a pretrained model's name)"
+        )
+    return EmbeddingFeatures("run", run, clf.name, network_of(clf), clf.preprocessing)
+
+
+def _pretrained_features(name: str, device: str) -> EmbeddingFeatures:
+    import torch
+
+    from imagewise.edge.spec import InputContract
+    from imagewise.models.factory import create_model
+    from imagewise.models.weights import load_into, pretrained_weights, weights_preprocessing
+    from imagewise.runtime.device import resolve_device
+
+    source = pretrained_weights(name)  # one line when they are not here and cannot be fetched
+    pre = weights_preprocessing(name)
+    model = create_model(name, num_classes=2, in_chans=3, img_size=int(pre["img_size"]))
+    load_into(model, source)  # the classifier starts new: only the layers before it are used
+    model = model.to(resolve_device(device), memory_format=torch.channels_last).eval()
+    contract = InputContract(
+        img_size=int(pre["img_size"]), channels=3, mean=tuple(pre["mean"]),
+        std=tuple(pre["std"]), interpolation=str(pre["interpolation"]),
+        crop_pct=float(pre["crop_pct"]),
+    )  # fmt: skip
+    return EmbeddingFeatures("pretrained", name, name, model, contract, source.where)
+
+
+def _batches(
+    features: EmbeddingFeatures, data: ImageData, scan: Scan, index: np.ndarray
+) -> Iterator[Any]:
+    """uint8 (n, C, H, W) tensors of the images ``index`` (scan indices, readable), BATCH at a
+    time, at the network's size: files decoded as prediction decodes them (its interpolation
+    and centre crop), in-memory images resized by the embedder."""
+    import torch
+
+    from imagewise.edge.images import image_array, load_image
+    from imagewise.features.collection import match_channels
+
+    pre = features.preprocessing
+    where = _positions(data)
+    for start in range(0, len(index), BATCH):
+        chunk = index[start : start + BATCH].tolist()
+        if scan.in_memory:
+            arrays = [data.split(where[i][0]).images[where[i][1]] for i in chunk]  # type: ignore[index]
+            yield match_channels(torch.stack(arrays), pre.channels)
+        else:
+            arrays = [
+                image_array(load_image(scan.names[i], pre.channels, pre.img_size,
+                                       pre.interpolation, pre.crop_pct))
+                for i in chunk
+            ]  # fmt: skip
+            yield torch.from_numpy(np.stack(arrays))
+
+
+def _positions(data: ImageData) -> list[tuple[str, int]]:
+    """(split, position in it) of each scan index: scans list the splits in ``SPLITS`` order."""
+    return [(s, k) for s in SPLITS for k in range(len(data.split(s)))]
+
+
+def embed(
+    features: EmbeddingFeatures, data: ImageData, scan: Scan, index: np.ndarray,
+    show_progress: bool = False,
+) -> np.ndarray:  # fmt: skip
+    """float32 (len(index), D) embeddings of the scan's images ``index``."""
+    from tqdm.auto import tqdm
+
+    from imagewise.runtime.embedding import Embedder
+    from imagewise.runtime.threads import kept_threads
+
+    embedder = Embedder(features)
+    out = []
+    bar = tqdm(total=len(index), desc="embedding", unit="img", disable=not show_progress)
+    with bar, kept_threads():
+        for images in _batches(features, data, scan, index):
+            out.append(embedder(images, BATCH))
+            bar.update(len(images))
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+def out_of_fold(x: np.ndarray, labels: np.ndarray, folds: int, seed: int = 0) -> np.ndarray:
+    """Predicted probabilities (N, classes) of each image from a logistic regression fitted on
+    the other folds (stratified), on embeddings standardized within each fold's fit."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from imagewise.runtime.threads import kept_threads
+
+    model = make_pipeline(StandardScaler(), LogisticRegression(C=DECAY_C, max_iter=500))
+    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    with kept_threads():
+        return cross_val_predict(model, x, labels, cv=splitter, method="predict_proba")
+
+
+def trained_on(features: EmbeddingFeatures, scan: Scan, index: np.ndarray) -> int | None:
+    """How many of the images ``index`` the run was trained on (its training split's files),
+    or None when that cannot be told (a pretrained network, images held in memory, or the
+    run's data no longer where its config says)."""
+    if features.kind != "run" or scan.in_memory:
+        return None
+    from imagewise.runtime.run_data import run_split
+
+    try:
+        part = run_split(Path(features.name), scan.classes, ("train",), None, "compare")
+    except UserError:
+        return None
+    fitted = {os.path.realpath(p) for p in part.split.paths or []}
+    return sum(os.path.realpath(scan.names[i]) in fitted for i in index.tolist())
+
+
+def find_issues(
+    features: EmbeddingFeatures, data: ImageData, scan: Scan, index: np.ndarray, seed: int = 0,
+    show_progress: bool = False,
+) -> tuple[list[Any], str | None]:  # fmt: skip
+    """Likely label errors among the images ``index`` (scan indices), judged on ``features``'
+    embeddings: single-label issues (``labels.LabelIssue``) or, for multi-label data,
+    ``labels.MultiLabelIssue``; returns them, most doubtful first, and why the check was
+    skipped (or None)."""
+    x = embed(features, data, scan, index, show_progress)
+    what = features.label()
+    if scan.multilabel:
+        return labels.find_multilabel_issues(
+            index, scan.prints(index), scan.labels[index], seed, x=labels.reduce_dims(x, seed=seed),
+            what=what,
+        )  # fmt: skip
+    return labels.single_label_issues(
+        index, scan.labels[index],
+        lambda keep, dense, folds: out_of_fold(x[keep], dense, folds, seed), what,
+    )  # fmt: skip
