@@ -146,7 +146,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/label_check"))
     parser.add_argument("--judges", nargs="+", choices=JUDGES, default=list(JUDGES))
     parser.add_argument("--model", default="resnet9p_tiny", help="the runs' model")
-    parser.add_argument("--epochs", type=int, default=15, help="the runs' epochs")
+    parser.add_argument("--epochs", type=int, default=10, help="the runs' epochs")
     parser.add_argument("--seed", type=int, default=0, help="which images and which flips")
     args = parser.parse_args()
     import logging
@@ -156,11 +156,14 @@ def main() -> None:
     truth = build(args.work, args.seed)
     runs: dict[str, Path] = {}
     trained: dict[str, float] = {}
-    for name, data in (("run-noisy", "flipped"), ("run-other", "other")):
-        if name in args.judges:
+    results = {}
+    for name in args.judges:  # each judge's result said as soon as it is known
+        if name.startswith("run-"):
             runs[name] = args.work / f"{name}-run"
-            trained[name] = train_run(args.work / data, runs[name], args.epochs, args.model)
-    results = {name: judge(args.work, name, runs, truth) for name in args.judges}
+            data = args.work / ("flipped" if name == "run-noisy" else "other")
+            trained[name] = train_run(data, runs[name], args.epochs, args.model)
+        results[name] = judge(args.work, name, runs, truth)
+        print(name, json.dumps(results[name]), flush=True)
     out = {
         "images": IMAGES,
         "planted_flips": FLIPS,

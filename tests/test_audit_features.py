@@ -59,7 +59,7 @@ def test_planted_flips_found_on_a_runs_embeddings(
     assert sum(right) >= len(right) - 1  # the suggestion is the drawn shape
     # The findings name what the labels were judged on, in the JSON, the summary and the page.
     check_info = report["label_check"]
-    assert check_info["features"] == "embeddings" and check_info["source"] == "run"
+    assert check_info["features"] == "embeddings+hog" and check_info["source"] == "run"
     assert check_info["name"] == str(trained_run) and check_info["model"] == "resnet9_tiny"
     assert check_info["trained_on"] == 0  # these drawings are new to the run: no warning
     assert not any("trained on" in n for n in report["notes"])

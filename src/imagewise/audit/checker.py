@@ -105,11 +105,13 @@ class _LabelJudge:
             find = labels.find_multilabel_issues if scan.multilabel else labels.find_issues
             return find(index, scan.prints(index), scan.labels[index], self.seed)
         self.info = self.features.describe()
+        if scan.multilabel:  # judged on the embeddings alone (embedded.find_issues)
+            self.info["features"] = "embeddings"
         fitted = embedded.trained_on(self.features, scan, index)
         if fitted is not None:
             self.info["trained_on"] = fitted
         return embedded.find_issues(
-            self.features, self.dataset, scan, index, self.seed, self.show_progress
+            self.features, self.dataset, scan, index, self.seed, self.show_progress, self.info
         )
 
     def notes(self, judged: int) -> list[str]:
@@ -207,8 +209,7 @@ def check(
     start = time.perf_counter()
     dataset = _open(data, outputs, task, label_separator)
     judge = _judge(dataset, features, device, find_label_issues, seed, show_progress)
-    hog = find_label_issues and judge.features is None  # HOG features: computed while reading
-    scan = read_all(dataset, workers, show_progress, with_features=hog)
+    scan = read_all(dataset, workers, show_progress, with_features=find_label_issues)
     scan.separator = label_separator
     readable = scan.readable()
     flagged: set[int] = set()

@@ -139,11 +139,14 @@ def summary_lines(result: AuditResult) -> list[str]:
 def judged_on(check: dict[str, Any]) -> str:
     """What the label check judged with, in words: ``HOG features``, ``embeddings of the run
     runs/fm (resnet9_tiny)`` or ``embeddings of tf_efficientnet_lite0 (pretrained)``."""
-    if check.get("features") != "embeddings":
+    features = str(check.get("features"))
+    if not features.startswith("embeddings"):
         return "HOG features"
     if check.get("source") == "run":
-        return f"embeddings of the run {check['name']} ({check['model']})"
-    return f"embeddings of {check['model']} (pretrained)"
+        network = f"embeddings of the run {check['name']} ({check['model']})"
+    else:
+        network = f"embeddings of {check['model']} (pretrained)"
+    return network + (" with HOG features" if features.endswith("+hog") else "")
 
 
 TABLE_UP_TO = 12  # labels: a wider co-occurrence table is left to the JSON and HTML
