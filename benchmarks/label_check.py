@@ -125,6 +125,27 @@ def judge(work: Path, name: str, runs: dict[str, Path], truth: dict[str, Any]) -
     }
 
 
+def memorised(work: Path, run: Path, truth: dict[str, Any]) -> dict[str, Any]:
+    """The planted flips the run trained on (fitted, flipped label and all) against those in
+    its validation split, and how many of each the check found."""
+    from imagewise.runtime.run_data import run_split
+
+    classes = json.loads((run / "meta.json").read_text())["classes"]
+    part = run_split(run, classes, ("train",), None, "compare")
+    fitted = {os.path.realpath(p) for p in part.split.paths or []}
+    report = json.loads((work / "run-noisy.json").read_text())
+    found = {e["path"] for e in report["label_issues"]}
+    out = {}
+    for name, members in (
+        ("trained_on", [p for p in truth["flips"] if os.path.realpath(p) in fitted]),
+        ("held_out", [p for p in truth["flips"] if os.path.realpath(p) not in fitted]),
+    ):
+        hit = len(set(members) & found)
+        out[name] = {"flips": len(members), "found": hit,
+                     "recall": round(hit / max(len(members), 1), 4)}  # fmt: skip
+    return out
+
+
 def agreement(work: Path, judges: list[str], truth: dict[str, Any]) -> dict[str, int]:
     """Unplanted images flagged by every judge, and by the pretrained and the run-other one
     (two judges that never saw these labels)."""
@@ -172,6 +193,8 @@ def main() -> None:
         "judges": results,
         **agreement(args.work, args.judges, truth),
     }
+    if "run-noisy" in runs:
+        out["run_noisy_flips"] = memorised(args.work, runs["run-noisy"], truth)
     print(json.dumps(out, indent=2))
     (args.work / "label_check.json").write_text(json.dumps(out, indent=2))
 

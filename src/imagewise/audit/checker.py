@@ -107,9 +107,6 @@ class _LabelJudge:
         self.info = self.features.describe()
         if scan.multilabel:  # judged on the embeddings alone (embedded.find_issues)
             self.info["features"] = "embeddings"
-        fitted = embedded.trained_on(self.features, scan, index)
-        if fitted is not None:
-            self.info["trained_on"] = fitted
         return embedded.find_issues(
             self.features, self.dataset, scan, index, self.seed, self.show_progress, self.info
         )

@@ -37,6 +37,7 @@ log = logging.getLogger("imagewise")
 DECAY = 0.02
 # How much of the HOG judge's probabilities go into the blend (``blend``): chosen per dataset.
 HOG_WEIGHTS = (0.0, 0.25, 0.5, 0.75)
+CHOOSERS = 30  # images the weight is chosen on, at least
 BATCH = 64  # images read and embedded at a time: 64 RGB images at 224 px are 9.6 MB of uint8
 # What the findings say when the run judging the labels was trained on the images it judges.
 MEMORISED = (
@@ -137,7 +138,7 @@ def _pretrained_features(name: str, device: str) -> EmbeddingFeatures:
     pre = weights_preprocessing(name)
     model = create_model(name, num_classes=2, in_chans=3, img_size=int(pre["img_size"]))
     load_into(model, source)  # the classifier starts new: only the layers before it are used
-    model = model.to(resolve_device(device), memory_format=torch.channels_last).eval()
+    model = model.to(resolve_device(device)).to(memory_format=torch.channels_last).eval()
     contract = InputContract(
         img_size=int(pre["img_size"]), channels=3, mean=tuple(pre["mean"]),
         std=tuple(pre["std"]), interpolation=str(pre["interpolation"]),
@@ -216,10 +217,10 @@ def out_of_fold(x: np.ndarray, labels: np.ndarray, folds: int, seed: int = 0) ->
         return cross_val_predict(model, x, labels, cv=splitter, method="predict_proba")
 
 
-def trained_on(features: EmbeddingFeatures, scan: Scan, index: np.ndarray) -> int | None:
-    """How many of the images ``index`` the run was trained on (its training split's files),
-    or None when that cannot be told (a pretrained network, images held in memory, or the
-    run's data no longer where its config says)."""
+def trained_on(features: EmbeddingFeatures, scan: Scan, index: np.ndarray) -> np.ndarray | None:
+    """Which of the images ``index`` the run was trained on (its training split's files), a
+    mask, or None when that cannot be told (a pretrained network, images held in memory, or
+    the run's data no longer where its config says)."""
     if features.kind != "run" or scan.in_memory:
         return None
     from imagewise.runtime.run_data import run_split
@@ -229,7 +230,7 @@ def trained_on(features: EmbeddingFeatures, scan: Scan, index: np.ndarray) -> in
     except UserError:
         return None
     fitted = {os.path.realpath(p) for p in part.split.paths or []}
-    return sum(os.path.realpath(scan.names[i]) in fitted for i in index.tolist())
+    return np.array([os.path.realpath(scan.names[i]) in fitted for i in index.tolist()], bool)
 
 
 def find_issues(
@@ -239,7 +240,12 @@ def find_issues(
     """Likely label errors among the images ``index`` (scan indices), judged on ``features``'
     embeddings: single-label issues (``labels.LabelIssue``) or, for multi-label data,
     ``labels.MultiLabelIssue``; returns them, most doubtful first, and why the check was
-    skipped (or None)."""
+    skipped (or None). ``info`` gets ``trained_on`` (how many of the images the run was
+    trained on, when that can be told) and ``hog_weight`` (``blend``)."""
+    info = {} if info is None else info
+    fitted = trained_on(features, scan, index)
+    if fitted is not None:
+        info["trained_on"] = int(fitted.sum())
     x = embed(features, data, scan, index, show_progress)
     what = features.label()
     if scan.multilabel:
@@ -254,26 +260,35 @@ def find_issues(
         kept = [p for p, k in zip(prints, keep, strict=True) if k]
         hog = labels.out_of_fold(labels.reduce_dims(labels.features(kept), seed=seed), dense,
                                  folds, seed)  # fmt: skip
-        probs, weight = blend(hog, out_of_fold(x[keep], dense, folds, seed), dense)
-        if info is not None:
-            info["hog_weight"] = weight
+        unseen = None if fitted is None else ~fitted[keep]
+        probs, info["hog_weight"] = blend(hog, out_of_fold(x[keep], dense, folds, seed), dense,
+                                          unseen)  # fmt: skip
         return probs
 
     return labels.single_label_issues(index, scan.labels[index], blended, what)
 
 
-def blend(hog: np.ndarray, net: np.ndarray, given: np.ndarray) -> tuple[np.ndarray, float]:
+def blend(
+    hog: np.ndarray, net: np.ndarray, given: np.ndarray, unseen: np.ndarray | None = None
+) -> tuple[np.ndarray, float]:
     """``w * hog + (1 - w) * net`` with the weight ``w`` of HOG_WEIGHTS whose out-of-fold
     probabilities explain the given labels best (the lowest mean log loss), and ``w``.
 
     Two judges that see different things err on different images: averaged, each one's
-    confident mistakes are tempered by the other. The weight follows the data: a few hundred
-    images give HOG's PCA few dimensions and it guesses (on 96 drawn shapes its weight drops to
-    0), while on Fashion-MNIST both judges are about as good (see the module docstring). The
-    flips are few, so the given labels choose the weight nearly as the true ones would."""
-    rows = np.arange(len(given))
-    best = min(
-        HOG_WEIGHTS,
-        key=lambda w: -np.log(np.clip((w * hog + (1 - w) * net)[rows, given], 1e-12, 1)).mean(),
-    )
+    confident mistakes are tempered by the other. The weight follows the data (where HOG sees
+    little, the network's judgement counts more); the flips are few, so the given labels
+    choose it nearly as the true ones would. But a run's network that was trained on the
+    images has fitted their given labels, wrong ones included, and looks better on them than
+    it is: then only the ``unseen`` rows (those it was not trained on) choose, and with fewer
+    than CHOOSERS of them the weight is 0.5.
+    """
+    rows = np.arange(len(given)) if unseen is None else np.flatnonzero(unseen)
+    if len(rows) < CHOOSERS:
+        return 0.5 * (hog + net), 0.5
+
+    def loss(w: float) -> float:
+        p = (w * hog[rows] + (1 - w) * net[rows])[np.arange(len(rows)), given[rows]]
+        return float(-np.log(np.clip(p, 1e-12, 1)).mean())
+
+    best = min(HOG_WEIGHTS, key=loss)
     return best * hog + (1 - best) * net, float(best)
