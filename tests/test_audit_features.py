@@ -118,3 +118,23 @@ def test_bad_features_value_is_one_line(
     code, _, err = run_cli(args, capsys)
     assert code == 2 and message in err, err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_a_run_that_fitted_the_labels_does_not_choose_its_own_weight() -> None:
+    from imagewise.audit.embedded import CHOOSERS, blend
+
+    rng = np.random.default_rng(0)
+    given = rng.integers(0, 3, 200)
+    truth = np.where(np.arange(200) % 10 == 0, (given + 1) % 3, given)  # every tenth flipped
+    hog = np.full((200, 3), 0.1)
+    hog[np.arange(200), truth] = 0.8  # sees the true class
+    fitted = np.arange(200) < 150
+    net = np.full((200, 3), 1 / 3)  # where it did not train, it has learnt nothing
+    net[fitted] = 0.01
+    net[fitted, given[fitted]] = 0.98  # the given label, flipped or not, where it trained
+    on_all = blend(hog, net, given)[1]
+    on_unseen = blend(hog, net, given, ~fitted)[1]
+    # On every image the memorised fit looks good; on the 50 it did not train on, HOG is better.
+    assert on_all <= 0.25 and on_unseen == 0.75
+    few = np.arange(200) >= 200 - (CHOOSERS - 1)
+    assert blend(hog, net, given, few)[1] == 0.5
