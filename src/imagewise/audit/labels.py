@@ -6,6 +6,8 @@ The quick model is HOG features and small thumbnails (``features``), reduced by 
 multinomial logistic regression, over k stratified folds. It was chosen by measured recall of
 planted label flips on Fashion-MNIST (BENCHMARKS.md, "Data audit"): it is calibrated enough for
 confident learning, and its folds take seconds where a CNN's take minutes on two cores.
+``data check --features RUN|MODEL`` judges on a network's embeddings blended with it
+(``imagewise.audit.embedded``).
 """
 
 from __future__ import annotations
