@@ -138,3 +138,14 @@ def test_a_run_that_fitted_the_labels_does_not_choose_its_own_weight() -> None:
     assert on_all <= 0.25 and on_unseen == 0.75
     few = np.arange(200) >= 200 - (CHOOSERS - 1)
     assert blend(hog, net, given, few)[1] == 0.5
+
+
+def test_multilabel_data_judged_on_a_runs_embeddings(ml_run: Path, mosaics: Path) -> None:
+    result = check(str(mosaics), features=str(ml_run), show_progress=False)
+    info = result.label_check
+    assert info["features"] == "embeddings" and "hog_weight" not in info
+    assert 0 < info["trained_on"] < 300  # its training split: a note says so
+    assert any("was trained on" in n for n in result.notes)
+    for issue in result["label_issues"]:  # label sets, as the HOG check gives them
+        assert {"given", "suggested", "doubted"} <= set(issue)
+    assert "judged on embeddings of the run" in result.summary()
