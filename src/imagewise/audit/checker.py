@@ -10,12 +10,13 @@ import logging
 import os
 import time
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from imagewise.audit import duplicates, labels
+from imagewise.audit import duplicates, embedded, labels
 from imagewise.audit.findings import file_findings, label_sets, split_counts
 from imagewise.audit.result import KINDS, AuditResult
 from imagewise.audit.scan import SERIAL_BELOW, Scan, read_all, usable_cores
@@ -71,13 +72,13 @@ def _duplicates(
 
 
 def _label_issues(
-    scan: Scan, readable: np.ndarray, flagged: set[int], notes: list[str], seed: int
+    scan: Scan, judge: _LabelJudge, readable: np.ndarray, flagged: set[int], notes: list[str]
 ) -> list[dict[str, Any]]:
     """The label check's findings (one class per image, or label sets), each image flagged."""
-    find = labels.find_multilabel_issues if scan.multilabel else labels.find_issues
-    issues, skipped = find(readable, scan.prints(readable), scan.labels[readable], seed)
+    issues, skipped = judge.find(scan, readable)
     if skipped:
         notes.append(f"label check skipped: {skipped}")
+    notes.extend(judge.notes(len(readable)))
     describe = _multilabel_issue if scan.multilabel else _issue
     out = []
     for issue in issues:
@@ -85,6 +86,40 @@ def _label_issues(
         where = {"path": scan.names[issue.index], "split": str(scan.splits[issue.index])}
         out.append({**where, **describe(scan, issue)})
     return out
+
+
+@dataclass
+class _LabelJudge:
+    """What the label check judges with: HOG features (``features`` None) or a network's
+    embeddings; ``info`` is what the findings say about it (``label_check`` in the JSON)."""
+
+    dataset: ImageData
+    features: embedded.EmbeddingFeatures | None
+    seed: int
+    show_progress: bool
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def find(self, scan: Scan, index: np.ndarray) -> tuple[list[Any], str | None]:
+        if self.features is None:
+            self.info = {"features": "hog"}
+            find = labels.find_multilabel_issues if scan.multilabel else labels.find_issues
+            return find(index, scan.prints(index), scan.labels[index], self.seed)
+        self.info = self.features.describe()
+        if scan.multilabel:  # judged on the embeddings alone (embedded.find_issues)
+            self.info["features"] = "embeddings"
+        return embedded.find_issues(
+            self.features, self.dataset, scan, index, self.seed, self.show_progress, self.info
+        )
+
+    def notes(self, judged: int) -> list[str]:
+        """A run that trained on the images it judges may have learnt their wrong labels."""
+        fitted = self.info.get("trained_on", 0)
+        if not fitted:
+            return []
+        return [
+            f"the run {self.info['name']} was trained on {fitted:,} of the {judged:,} images "
+            f"judged: {embedded.MEMORISED}"
+        ]
 
 
 def _issue(scan: Scan, issue: Any) -> dict[str, Any]:
@@ -137,6 +172,8 @@ def check(
     seed: int = 0,
     task: str = "auto",
     label_separator: str = "|",
+    features: str | None = None,
+    device: str = "cpu",
 ) -> AuditResult:
     """Check a dataset before training: unreadable and odd files, class balance, exact and near
     duplicates within and across splits, likely label errors. Multi-label data also gets its
@@ -156,6 +193,10 @@ def check(
             ``multilabel``.
         label_separator: what separates a multi-label manifest's labels in one cell (the clean
             manifest writes its label sets with it too).
+        features: judge the labels on a network's embeddings instead of HOG features: a run
+            folder (its network) or a model name with pretrained weights
+            (``tf_efficientnet_lite0``); see ``imagewise.audit.embedded``.
+        device: where that network runs (``cpu``, ``cuda``, ``auto``).
 
     Example:
         >>> result = imagewise.check_data("photos/", json_path="audit.json")  # doctest: +SKIP
@@ -164,6 +205,7 @@ def check(
     outputs = {"--json": json_path, "--html": html_path, "--write-clean": clean_manifest}
     start = time.perf_counter()
     dataset = _open(data, outputs, task, label_separator)
+    judge = _judge(dataset, features, device, find_label_issues, seed, show_progress)
     scan = read_all(dataset, workers, show_progress, with_features=find_label_issues)
     scan.separator = label_separator
     readable = scan.readable()
@@ -178,7 +220,7 @@ def check(
     # Tiny images are already flagged, and their few pixels would only confuse the model.
     judged = readable[~np.isin(readable, sorted(tiny))]
     findings["label_issues"] = (
-        _label_issues(scan, judged, flagged, notes, seed) if find_label_issues else []
+        _label_issues(scan, judge, judged, flagged, notes) if find_label_issues else []
     )
     if not find_label_issues:
         notes.append("label check not run")
@@ -193,10 +235,25 @@ def check(
         data=dataset,
         flagged=flagged,
         label_sets=sets,
+        label_check=judge.info or None,
     )
     result.seconds = time.perf_counter() - start
     _write(result, json_path, html_path, clean_manifest)
     return result
+
+
+def _judge(
+    dataset: ImageData, features: str | None, device: str, run_check: bool, seed: int,
+    show_progress: bool,
+) -> _LabelJudge:  # fmt: skip
+    """The label check's judge; a ``features`` value that names no network fails here, before
+    any image is read."""
+    if features is not None and not run_check:
+        raise UserError(
+            "--features chooses what the label check judges with; drop --no-label-check"
+        )
+    network = embedded.open_features(features, device) if features is not None else None
+    return _LabelJudge(dataset, network, seed, show_progress)
 
 
 def _open(

@@ -6,6 +6,8 @@ The quick model is HOG features and small thumbnails (``features``), reduced by 
 multinomial logistic regression, over k stratified folds. It was chosen by measured recall of
 planted label flips on Fashion-MNIST (BENCHMARKS.md, "Data audit"): it is calibrated enough for
 confident learning, and its folds take seconds where a CNN's take minutes on two cores.
+``data check --features RUN|MODEL`` judges on a network's embeddings blended with it
+(``imagewise.audit.embedded``).
 """
 
 from __future__ import annotations
@@ -63,7 +65,7 @@ def features(prints: list[Fingerprint]) -> np.ndarray:
     return np.stack(rows).astype(np.float32)
 
 
-def _reduce(x: np.ndarray, dims: int = PCA_DIMS, seed: int = 0) -> np.ndarray:
+def reduce_dims(x: np.ndarray, dims: int = PCA_DIMS, seed: int = 0) -> np.ndarray:
     """Standardize, then keep the ``dims`` main directions, found by randomized SVD on at most
     10,000 images (a full eigendecomposition of the HOG covariance took 45 s on a busy 2-core
     machine). PCA never sees a label, so the folds stay honest; it makes each fold's fit small.
@@ -139,28 +141,51 @@ def _held_out(
     return probs
 
 
+Probabilities = Callable[[np.ndarray, np.ndarray, int], np.ndarray]
+
+
 def find_issues(
     index: np.ndarray, prints: list[Fingerprint], labels: np.ndarray, seed: int = 0
 ) -> tuple[list[LabelIssue], str | None]:
     """Likely label errors among the images ``index`` (scan indices) with ``prints`` and
-    ``labels``; returns the issues, most doubtful first, and why the check was skipped (or None).
+    ``labels``, judged on HOG features; returns the issues, most doubtful first, and why the
+    check was skipped (or None).
     """
-    from cleanlab.filter import find_label_issues
 
+    def hog(keep: np.ndarray, dense: np.ndarray, folds: int) -> np.ndarray:
+        kept = [p for p, k in zip(prints, keep, strict=True) if k]
+        return out_of_fold(reduce_dims(features(kept), seed=seed), dense, folds, seed)
+
+    return single_label_issues(index, labels, hog, "HOG features")
+
+
+def single_label_issues(
+    index: np.ndarray, labels: np.ndarray, probabilities: Probabilities, what: str
+) -> tuple[list[LabelIssue], str | None]:
+    """Likely label errors among the images ``index`` with class ``labels``, from out-of-fold
+    ``probabilities(keep, dense, folds)``: the rows ``keep`` (a mask over ``index``) of the
+    classes with MIN_PER_CLASS images or more, their labels renumbered 0..K-1 (``dense``),
+    over ``folds`` folds. ``what`` names the features in the log.
+    """
     present, counts = np.unique(labels, return_counts=True)
     keep = np.isin(labels, present[counts >= MIN_PER_CLASS])
     if len(np.unique(labels[keep])) < 2:
         return [], f"needs two classes with at least {MIN_PER_CLASS} readable images each"
     # Classes with too few images sit out; the rest are renumbered 0..K-1 for cleanlab.
-    index, labels = index[keep], labels[keep]
-    prints = [p for p, k in zip(prints, keep, strict=True) if k]
-    names, dense = np.unique(labels, return_inverse=True)
+    names, dense = np.unique(labels[keep], return_inverse=True)
     folds = int(min(FOLDS, np.bincount(dense).min()))
-    log.info(
-        "label check: %d-fold logistic regression on HOG features of %d images",
-        folds, len(dense),
-    )  # fmt: skip
-    probs = out_of_fold(_reduce(features(prints), seed=seed), dense, folds, seed)
+    log.info("label check: %d-fold logistic regression on %s of %d images", folds, what, len(dense))
+    probs = probabilities(keep, dense, folds)
+    return _flagged(index[keep], names, dense, probs), None
+
+
+def _flagged(
+    index: np.ndarray, names: np.ndarray, dense: np.ndarray, probs: np.ndarray
+) -> list[LabelIssue]:
+    """cleanlab's candidates whose given label the model all but rules out (GIVEN_MAX), and
+    any image at or below RULED_OUT, most doubtful first."""
+    from cleanlab.filter import find_label_issues
+
     given = probs[np.arange(len(dense)), dense]
     # n_jobs=1: cleanlab's own pool forks this process, which holds threads (torch, BLAS,
     # logging); a forked child can wait forever on a lock one of them held (make test hung
@@ -180,7 +205,7 @@ def find_issues(
                 suggested_probability=round(float(probs[r, best]), 4),
             )
         )
-    return issues, None
+    return issues
 
 
 @dataclass
@@ -253,12 +278,21 @@ def out_of_fold_labels(
 
 
 def find_multilabel_issues(
-    index: np.ndarray, prints: list[Fingerprint], rows: np.ndarray, seed: int = 0
+    index: np.ndarray,
+    prints: list[Fingerprint],
+    rows: np.ndarray,
+    seed: int = 0,
+    x: np.ndarray | None = None,
+    what: str = "HOG features",
 ) -> tuple[list[MultiLabelIssue], str | None]:
     """Likely label errors of multi-label data (``rows`` 0/1, N x K): a label given that the
     image seems not to show, or one left out that it seems to show. cleanlab's multi-label mode
     judges each label as its own yes / no question over out-of-fold one-vs-rest probabilities;
-    returns the issues, most doubtful first, and why the check was skipped (or None)."""
+    returns the issues, most doubtful first, and why the check was skipped (or None).
+
+    ``x``: the models' input (N, D) in place of the reduced HOG features of ``prints`` (a
+    network's embeddings, ``imagewise.audit.embedded``), named ``what`` in the log.
+    """
     # cleanlab's multi-label entry point (cleanlab.filter's multi_label=True is deprecated for
     # it; both run the same per-label pruning).
     from cleanlab.multilabel_classification.filter import find_label_issues
@@ -275,10 +309,11 @@ def find_multilabel_issues(
     sub = rows[:, judged]
     folds = int(min(FOLDS, len(rows) // MIN_PER_CLASS))
     log.info(
-        "label check: %d-fold one-vs-rest logistic regression on HOG features of %d images",
-        folds, len(rows),
+        "label check: %d-fold one-vs-rest logistic regression on %s of %d images",
+        folds, what, len(rows),
     )  # fmt: skip
-    x = _reduce(features(prints), seed=seed)
+    if x is None:
+        x = reduce_dims(features(prints), seed=seed)
     probs = out_of_fold_labels(x, sub.astype(np.uint8), folds, seed)
     agree = np.where(sub, probs, 1.0 - probs)  # the model's belief in each given yes / no
     given_sets = [np.flatnonzero(r).tolist() for r in sub]

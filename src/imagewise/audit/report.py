@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
+from imagewise.audit.result import judged_on
 from imagewise.io import atomic_write_text
 from imagewise.names import valid_text
 
@@ -102,7 +103,9 @@ def _labels(result: AuditResult) -> str:
         + f"<p>{_verdict(e)}</p></div>"
         for e in entries[:SHOWN]
     ]
-    return f"<h2>Likely label errors ({len(entries):,})</h2>" + "".join(rows)
+    judged = result.label_check
+    on = f" <small>judged on {html.escape(judged_on(judged))}</small>" if judged else ""
+    return f"<h2>Likely label errors ({len(entries):,}){on}</h2>" + "".join(rows)
 
 
 def _label_sets(result: AuditResult) -> str:

@@ -45,6 +45,9 @@ class AuditResult:
         default_factory=set, repr=False
     )  # scan indices left out of a clean manifest
     label_sets: dict[str, Any] | None = None  # multi-label data: findings.label_sets
+    # what the label check judged with: {"features": "hog"}, or a network's embeddings
+    # (imagewise.audit.embedded: source, name, model, ...); None when it did not run
+    label_check: dict[str, Any] | None = None
 
     def __getitem__(self, kind: str) -> list[dict[str, Any]]:
         return self.findings[kind]
@@ -58,6 +61,7 @@ class AuditResult:
             "splits": self.splits,
             "seconds": round(self.seconds, 1),
             "notes": self.notes,
+            **({"label_check": self.label_check} if self.label_check else {}),
             **self.findings,
             **({"task": "multilabel", "label_sets": self.label_sets} if self.label_sets else {}),
         }
@@ -123,12 +127,26 @@ def summary_lines(result: AuditResult) -> list[str]:
         f"  class imbalance   {balance or '-'} (largest class / smallest)",
         f"  exact duplicates  {_pairs_line(f['exact_duplicates'], 'groups')}",
         f"  near duplicates   {_pairs_line(f['near_duplicates'], 'pairs')}",
-        f"  label issues      {len(f['label_issues']):,} likely wrong labels",
+        f"  label issues      {len(f['label_issues']):,} likely wrong labels"
+        + (f" (judged on {judged_on(result.label_check)})" if result.label_check else ""),
     ]
     if result.label_sets is not None:
         lines[6:6] = label_set_lines(result.label_sets)
     lines += [f"  note: {n}" for n in result.notes]
     return lines
+
+
+def judged_on(check: dict[str, Any]) -> str:
+    """What the label check judged with, in words: ``HOG features``, ``embeddings of the run
+    runs/fm (resnet9_tiny)`` or ``embeddings of tf_efficientnet_lite0 (pretrained)``."""
+    features = str(check.get("features"))
+    if not features.startswith("embeddings"):
+        return "HOG features"
+    if check.get("source") == "run":
+        network = f"embeddings of the run {check['name']} ({check['model']})"
+    else:
+        network = f"embeddings of {check['model']} (pretrained)"
+    return network + (" with HOG features" if features.endswith("+hog") else "")
 
 
 TABLE_UP_TO = 12  # labels: a wider co-occurrence table is left to the JSON and HTML

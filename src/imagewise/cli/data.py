@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from imagewise.cli.options import FLAG_HELP, NewVerb
+from imagewise.cli.options import FLAG_HELP, NewVerb, add_device
 from imagewise.errors import UserError
 
 
@@ -30,6 +30,13 @@ def add_parser(verbs: Any, new_verb: NewVerb) -> argparse.ArgumentParser:
     c.add_argument(
         "--no-label-check", action="store_true", help="skip the label-error check (the slowest)"
     )
+    c.add_argument(
+        "--features",
+        metavar="RUN|MODEL",
+        help="judge the labels on embeddings of a trained run's network or of a pretrained "
+        "model (e.g. tf_efficientnet_lite0) instead of HOG features",
+    )
+    add_device(c, "where the --features network runs: cpu (default), cuda or auto")
     c.add_argument("--workers", type=int, default=None, help="processes (default: CPU cores)")
     c.add_argument(
         "--task", choices=("auto", "single", "multilabel"), default="auto", help=FLAG_HELP["task"]
@@ -64,6 +71,8 @@ def run_check(args: argparse.Namespace) -> int:
         show_progress=not args.quiet,
         task=args.task,
         label_separator=args.label_separator,
+        features=args.features,
+        device=args.device,
     )
     print(result.summary())
     written = (args.json, "findings"), (args.html, "page"), (args.write_clean, "clean manifest")
