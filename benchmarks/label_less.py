@@ -216,7 +216,7 @@ def next_batch(clf: Any, data: Dataset, labelled: list[int], strategy: str, batc
 
 
 def measure_point(data: Dataset, traj: Trajectory, n: int, args: argparse.Namespace,
-                  work: Path, shared: dict[tuple[int, ...], dict[str, Any]]) -> None:  # fmt: skip
+                  work: Path, shared: dict[tuple[Any, ...], dict[str, Any]]) -> None:  # fmt: skip
     """Train and measure the point of ``n`` labels (and its pseudo-labelled twin with
     ``--pseudo``), extending the trajectory's order by the next batch where it ends here.
     ``shared`` keeps the measures of labelled sets already trained (every strategy's start)."""
@@ -239,19 +239,23 @@ def measure_point(data: Dataset, traj: Trajectory, n: int, args: argparse.Namesp
         if needs_pick:
             clf = load_run(done["run"], device="cpu")
             traj.order += next_batch(clf, data, labelled, traj.strategy, args.batch, traj.seed)
-        if n > args.start * len(data.classes):  # only the shared start is trained again
+        if n > args.start * len(data.classes):  # the start picks every strategy's first batch
             shutil.rmtree(done["run"], ignore_errors=True)
     wanted = args.pseudo_at is None or n in args.pseudo_at
     if args.pseudo and wanted and "pseudo" not in point:
-        point["pseudo"] = pseudo_point(data, traj, n, args, work)
+        point["pseudo"] = pseudo_point(data, traj, n, args, work, shared)
 
 
-def pseudo_point(data: Dataset, traj: Trajectory, n: int, args: argparse.Namespace,
-                 work: Path) -> dict[str, Any]:  # fmt: skip
-    """The student trained on the ``n`` labelled images plus pseudo-labels of the whole pool
-    (train leaves out the pool images already labelled: same path)."""
+def pseudo_point(data: Dataset, traj: Trajectory, n: int, args: argparse.Namespace, work: Path,
+                 shared: dict[tuple[Any, ...], dict[str, Any]]) -> dict[str, Any]:  # fmt: skip
+    """The student trained on the ``n`` labelled images plus pseudo-labels of the pool folder
+    (train leaves out the pool images already labelled: the same path); ``shared`` as in
+    ``measure_point``."""
     from imagewise.predict.predictor import load_run
 
+    key = ("pseudo", traj.seed, *sorted(traj.order[:n]))
+    if key in shared:
+        return shared[key]
     out = work / f"{traj.strategy}-s{traj.seed}-n{n}-pseudo"
     shutil.rmtree(out, ignore_errors=True)
     manifest = write_labels(data, traj.order[:n], work / f"labels-{out.name}.csv")
@@ -259,19 +263,22 @@ def pseudo_point(data: Dataset, traj: Trajectory, n: int, args: argparse.Namespa
     numbers["accuracy"] = round(test_accuracy(load_run(out, device="cpu"), data), 4)
     numbers.update(pseudo_record(out))
     shutil.rmtree(out, ignore_errors=True)
+    shared[key] = numbers
     return numbers
 
 
 def pseudo_record(run: Path) -> dict[str, Any]:
-    """What the run's metadata says about its pseudo-labels (threshold, count), where it says."""
+    """What the run's ``meta.json`` says of its pseudo-labels: the threshold fitted for the
+    target precision, its validation precision, and how many pool images were labelled."""
     from imagewise.runtime.runs import RunFolder
 
-    meta = RunFolder.of(run).read_meta()
-    record = getattr(meta, "pseudo", None)
+    record = RunFolder.of(run).read_meta().pseudo_labels
     if record is None:
-        return {}
-    fields = ("threshold", "val_precision", "pool", "added", "share")
-    return {f: getattr(record, f) for f in fields if hasattr(record, f)}
+        return {"pseudo_labelled": 0}
+    return {"threshold": round(record.threshold, 4),
+            "teacher_val_precision": round(record.val_precision, 4),
+            "pool_images": record.pool_images, "pseudo_labelled": record.labelled,
+            "pseudo_share": round(record.share, 4)}  # fmt: skip
 
 
 # the whole run ------------------------------------------------------------------------------
@@ -288,7 +295,7 @@ def run_all(data: Dataset, args: argparse.Namespace, results: dict[str, Any]) ->
     points = schedule(args, len(data.classes))
     trajs = {(t["strategy"], t["seed"]): Trajectory.from_json(t) for t in results["trajectories"]}
     for seed in args.seeds:
-        shared: dict[tuple[int, ...], dict[str, Any]] = {}
+        shared: dict[tuple[Any, ...], dict[str, Any]] = {}
         with tempfile.TemporaryDirectory(prefix="label-less-", dir=args.work) as tmp:
             for strategy in args.strategies:
                 key = (strategy, seed)
@@ -432,7 +439,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="where the pool's PNGs are written once")  # fmt: skip
     p.add_argument("--work", type=Path, default=None, help="temporary run folders (default: tmp)")
     p.add_argument("--json", type=Path, default=Path("runs/label-less.json"))
-    p.add_argument("--plot", type=Path, default=Path("docs/label-less.png"))
+    p.add_argument("--plot", default="docs/label-less.png", help="the PNG ('': none)")
     p.add_argument("--resume", action="store_true", help="continue the points of --json")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=STRATEGIES)
@@ -504,9 +511,10 @@ def main(argv: list[str] | None = None) -> int:
     print_table(results["summary"])
     print(f"\n{results['seconds']:.0f} s in all; {args.json}")
     if args.plot:
+        seeds = len({t["seed"] for t in results["trajectories"]})
         title = (f"Fashion-MNIST, {args.model} {args.epochs} epochs, pool {len(data.pool):,}, "
-                 f"{len(args.seeds)} seeds")  # fmt: skip
-        plot(results["summary"], args.plot, title)
+                 f"{seeds} seed{'s' * (seeds > 1)}")  # fmt: skip
+        plot(results["summary"], Path(args.plot), title)
         print(f"plot: {args.plot}")
     return 0
 

@@ -104,3 +104,33 @@ def test_resume_refuses_other_settings(tiny):
     _, args = tiny
     with pytest.raises(SystemExit, match="other settings"):
         _bench().main([*args, "--resume", "--epochs", "3"])
+
+
+def _self_training() -> bool:
+    import importlib
+    import inspect
+
+    train = importlib.import_module("imagewise.train.run").train
+    return "unlabelled" in inspect.signature(train).parameters
+
+
+@pytest.mark.skipif(not _self_training(), reason="imagewise.train has no unlabelled= here")
+def test_pseudo_point_follows_the_labelled_trajectory(tiny, tmp_path):
+    path, args = tiny
+    copy = tmp_path / "pseudo.json"
+    copy.write_text(path.read_text())
+    i = args.index("--json")
+    args = [*args[:i], "--json", str(copy), *args[i + 2 :], "--plot", ""]
+    assert _bench().main([*args, "--resume", "--pseudo", "--pseudo-at", "20"]) == 0
+    results = json.loads(copy.read_text())
+    pseudo = [p for p in results["points"] if p["variant"] == "pseudo"]
+    assert {(p["strategy"], p["labels"]) for p in pseudo} == {("random", 20), ("mixed", 20)}
+    for p in pseudo:
+        assert 0.0 <= p["accuracy"] <= 1.0
+        assert p["pool_images"] == 100  # the pool less the 20 labelled images
+        assert 0 <= p["pseudo_labelled"] <= 100
+    # the labelled-only points and the order they were picked in are as before
+    before = json.loads(path.read_text())
+    assert [t["order"] for t in results["trajectories"]] == [
+        t["order"] for t in before["trajectories"]
+    ]
