@@ -4,6 +4,7 @@ real pool (new pictures of the trained run's shapes, plus copies)."""
 from __future__ import annotations
 
 import csv
+import json
 import shutil
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import imagewise
 from imagewise.errors import UserError
 from imagewise.label.selection import entropies, margins, select
 
-from conftest import CLASSES, draw, run_cli
+from conftest import CLASSES, draw, run_cli, served_copy
 
 
 def _probs(margin_of: list[float]) -> np.ndarray:
@@ -175,3 +176,92 @@ def test_an_empty_pool_and_a_multilabel_run_are_refused(
         imagewise.label_next(trained_run, tmp_path / "empty", 3)
     with pytest.raises(UserError, match="is a multi-label run"):
         imagewise.label_next(ml_run, pool, 3)
+
+
+# --- label auto: machine labels for the images the run is sure of -----------------------------
+
+
+@pytest.fixture(scope="module")
+def known_pool(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Held-out pictures of the three shapes whose true class is in the file name."""
+    root = tmp_path_factory.mktemp("known")
+    rng = np.random.default_rng(11)
+    for i in range(60):
+        kind = CLASSES[i % 3]
+        draw(kind, 32, rng, rgb=i % 2 == 0).save(root / f"{kind}_{i:02d}.png")
+    return root
+
+
+def test_label_auto_meets_its_precision_on_held_out_images(
+    trained_run: Path, known_pool: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = served_copy(trained_run, tmp_path)  # the threshold is kept in the run folder
+    out, rest = tmp_path / "auto.csv", tmp_path / "rest.csv"
+    code, text, err = run_cli(
+        ["label", "auto", str(run), str(known_pool), "--target-precision", "0.95",
+         "--out", str(out), "--rest", str(rest)],
+        capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    fit = json.loads((run / "unknown.json").read_text())
+    rows = list(csv.DictReader(out.open()))
+    assert list(rows[0]) == ["path", "label", "labelled_by", "probability"]
+    assert {r["labelled_by"] for r in rows} == {"machine"}
+    assert all(float(r["probability"]) >= fit["min_confidence"] - 1e-6 for r in rows)
+    truth = [Path(r["path"]).name.split("_")[0] for r in rows]
+    precision = np.mean([t == r["label"] for t, r in zip(truth, rows, strict=True)])
+    assert precision >= 0.95 and len(rows) >= 30, (precision, len(rows))
+    left = list(csv.DictReader(rest.open()))
+    assert len(rows) + len(left) == 60
+    assert not {r["path"] for r in left} & {str(known_pool / r["path"]) for r in rows}
+    margins_ = [float(r["margin"]) for r in left]
+    assert margins_ == sorted(margins_)
+    assert f"labelled {len(rows)} of 60 pool images" in text
+    assert f"{fit['min_confidence']:.4g} (precision" in text
+
+
+def test_label_auto_manifest_paths_are_relative_to_it(
+    trained_run: Path, known_pool: Path, tmp_path: Path
+) -> None:
+    run = served_copy(trained_run, tmp_path)
+    out = known_pool.parent / "auto-here.csv"  # beside the pool: relative paths
+    auto = imagewise.label_auto(run, known_pool, target_precision=0.9, out=out)
+    rows = list(csv.DictReader(out.open()))
+    assert rows and all(r["path"].startswith(f"{known_pool.name}/") for r in rows)
+    assert len(rows) == int(auto.kept.sum())
+    assert all(known_pool.parent.joinpath(r["path"]).is_file() for r in rows)
+    out.unlink()
+
+
+def test_label_auto_refuses_an_unreachable_target(
+    trained_run: Path, known_pool: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run_cli(
+        ["label", "auto", str(trained_run), str(known_pool), "--target-precision", "1.5",
+         "--out", str(tmp_path / "a.csv")],
+        capsys,
+    )  # fmt: skip
+    assert code == 2 and "--target-precision must be above 0" in err
+    assert not (tmp_path / "a.csv").exists()
+
+
+# --- progress: what the labels bought ---------------------------------------------------------
+
+
+def test_estimated_gain_follows_the_log_of_the_labels() -> None:
+    from imagewise.label.progress import describe, estimate_gain
+
+    entries = [
+        {"labelled": n, "val_accuracy": 0.5 + 0.05 * np.log(n), "run": f"r{n}"}
+        for n in (100, 200, 400)
+    ]
+    # exactly log-linear: the next 400 labels (400 -> 800) add 0.05 * log 2
+    assert estimate_gain(entries, 400) == pytest.approx(0.05 * np.log(2))
+    assert estimate_gain(entries[:1], 100) is None
+    based = [{**e, "base_images": 100} for e in entries]  # the run's own images count too
+    assert estimate_gain(based, 500) == pytest.approx(
+        np.polyfit(np.log([200, 300, 500]), [e["val_accuracy"] for e in entries], 1)[0]
+        * np.log(1000 / 500)
+    )
+    text = describe(entries, 400)
+    assert "+3.47 points" in text and text.count("val accuracy") == 3

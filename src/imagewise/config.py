@@ -62,6 +62,9 @@ class DataConfig:
     # auto (a CSV manifest with several labels per image is multi-label) | single | multilabel
     task: str = "auto"
     label_separator: str = "|"  # between a multi-label manifest's labels in one cell
+    # CSV manifests of images labelled later (path,label[,split],labelled_by[,probability]),
+    # added to the splits in order (imagewise.data.extra); stored as absolute paths
+    add_labels: list[str] = field(default_factory=list)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
@@ -172,6 +175,7 @@ OPTIONS: dict[str, tuple[str, str]] = {
     "strict": ("data", "strict"),
     "task": ("data", "task"),
     "label_separator": ("data", "label_separator"),
+    "add_labels": ("data", "add_labels"),
     "augment": ("data.augment", "preset"),
     **{
         name: ("data.augment", name)
@@ -219,6 +223,9 @@ def _coerce(value: Any, kind: str, where: str) -> Any:
             return False
         raise UserError(f"{where} must be true or false, not {value!r}")
     base = kind.split("|")[0].strip()
+    if base.startswith("list["):  # a YAML list, a repeated flag, or one value
+        items = value if isinstance(value, list | tuple) else [value]
+        return [_coerce(item, base[5:-1], where) for item in items]
     if base == "str" and isinstance(value, bool):  # YAML 1.1 reads on/off as booleans
         return "on" if value else "off"
     convert = {"int": int, "float": float, "str": str}.get(base)

@@ -87,6 +87,10 @@ def data_section(ev: Evidence) -> Section:
             ),
             ("augmentation", cfg.data.augment.preset),
         ]
+        if cfg.data.add_labels:  # train --add-labels / --unlabelled
+            facts.append(("labels added", ", ".join(cfg.data.add_labels)))
+    if ev.meta.pseudo_labels is not None:
+        facts.append(("pseudo-labels", ev.meta.pseudo_labels.describe()))
     rows = [[name, count(c.support)] for name, c in m.per_class.items()]
     sources.append(METRICS)
     first = "label" if ev.multilabel else "class"

@@ -43,6 +43,9 @@ EXAMPLES = {
     "data check": "imagewise data check photos/ --json audit.json --html audit.html "
     "--write-clean clean.csv   # then: imagewise train clean.csv",
     "label next": "imagewise label next runs/fm unlabelled/ --budget 100 --out queue.csv",
+    "label auto": "imagewise label auto runs/fm unlabelled/ --target-precision 0.98 --out "
+    "auto.csv --rest queue.csv",
+    "label retrain": "imagewise label retrain runs/fm labels.csv   # trains runs/fm-retrain",
     "models": "imagewise models --img-size 28 --channels 1",
     "train": "imagewise train fashion-mnist --model resnet9_slim --epochs 10 --out runs/fm",
     "distill": "imagewise distill fashion-mnist --teacher runs/fm --student tutorial_cnn "

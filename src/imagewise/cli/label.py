@@ -1,4 +1,5 @@
-"""``imagewise label next``: which unlabelled images to label next."""
+"""``imagewise label next|auto|retrain``: what to label next, machine labels for the sure
+images, and training again with the labels given so far."""
 
 from __future__ import annotations
 
@@ -42,10 +43,57 @@ def add_parser(verbs: Any, new_verb: NewVerb) -> argparse.ArgumentParser:
         f"{DUPLICATE_SIMILARITY})",
     )
     q.add_argument("--seed", type=int, default=0, help="k-means and the random draw")
+    _add_auto(actions, new_verb)
+    _add_retrain(actions, new_verb)
     return p
 
 
+def _add_auto(actions: Any, new_verb: NewVerb) -> None:
+    from imagewise.label.auto import DEFAULT_TARGET
+
+    a = new_verb(
+        actions,
+        "auto",
+        "label the pool images the run is sure of (threshold fitted on its validation split "
+        "for a target precision) as machine labels; changes no image file",
+        "label auto",
+    )
+    a.add_argument("run", help="run folder")
+    a.add_argument("pool", help="folder (searched recursively) or glob of unlabelled images")
+    a.add_argument(
+        "--target-precision",
+        type=float,
+        default=DEFAULT_TARGET,
+        help=f"precision the machine labels should reach on the run's validation split "
+        f"(default {DEFAULT_TARGET})",
+    )
+    a.add_argument(
+        "--out", required=True, help="machine labels as a manifest: path,label,labelled_by,..."
+    )
+    a.add_argument("--rest", help="write the images left unlabelled as a queue, least sure first")
+
+
+def _add_retrain(actions: Any, new_verb: NewVerb) -> None:
+    r = new_verb(
+        actions,
+        "retrain",
+        "train the run's configuration again with a labels manifest added; prints labelled so "
+        "far, validation accuracy after each retrain and the gain expected from the next batch",
+        "label retrain",
+    )
+    r.add_argument("run", help="run folder whose configuration is reused")
+    r.add_argument("labels", help="labels manifest from label serve or label auto")
+    r.add_argument("--out", help="new run folder (default RUN-retrain, RUN-retrain-2, ...)")
+    r.add_argument(
+        "--batch", type=int, default=100, help="labels per next batch, for the gain estimate"
+    )
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.label_verb == "auto":
+        return _auto(args)
+    if args.label_verb == "retrain":
+        return _retrain(args)
     from imagewise.label import label_next
 
     queue = label_next(
@@ -53,4 +101,29 @@ def run(args: argparse.Namespace) -> int:
         out=args.out, duplicate_similarity=args.duplicate_similarity, seed=args.seed,
     )  # fmt: skip
     print(queue.summary())
+    return 0
+
+
+def _auto(args: argparse.Namespace) -> int:
+    from imagewise.label.auto import label_auto
+
+    auto = label_auto(
+        args.run, args.pool, target_precision=args.target_precision, out=args.out, rest=args.rest
+    )
+    print(auto.summary())
+    return 0
+
+
+def _retrain(args: argparse.Namespace) -> int:
+    from imagewise.errors import UserError
+    from imagewise.label.progress import describe, read_progress, retrain
+
+    if args.batch < 1:
+        raise UserError(f"--batch must be at least 1, not {args.batch}")
+    entry = retrain(args.run, args.labels, out=args.out, show_progress=True)
+    print(
+        f"retrained {entry['run']} with {entry['labelled']} labels: validation accuracy "
+        f"{100 * entry['val_accuracy']:.2f}%"
+    )
+    print(describe(read_progress(args.labels), args.batch))
     return 0

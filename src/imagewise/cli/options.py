@@ -45,6 +45,9 @@ FLAG_HELP = {
     "label_separator": "what separates a multi-label manifest's labels in one cell (default |)",
     "target_precision": "multi-label: fit each label's threshold for the most recall at this "
     "precision on the validation split, e.g. 0.9 (default 0: best F1 per label)",
+    "add_labels": "a CSV manifest of images labelled later (path,label[,split],labelled_by), "
+    "e.g. from imagewise label serve; added to the data by class name (repeatable; an image "
+    "already in the data keeps one label: a person's replaces the data's, a machine's does not)",
     "label_smoothing": "cross-entropy label smoothing (default 0.1)",
     "patience": "early stopping after this many epochs without improvement (0 = off)",
     "seed": "random seed (default 0)",
@@ -118,6 +121,8 @@ def add_training_options(parser: argparse.ArgumentParser, skip: Sequence[str] = 
             parser.add_argument(
                 flag, action=argparse.BooleanOptionalAction, default=None, help=help_text
             )
+        elif kind.startswith("list"):  # repeatable: --add-labels a.csv --add-labels b.csv
+            parser.add_argument(flag, action="append", default=None, help=help_text)
         else:
             base = kind.split("|")[0].strip()
             convert = {"int": int, "float": float}.get(base, str)

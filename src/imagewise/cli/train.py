@@ -24,6 +24,21 @@ def add_parser(verbs: Any, new_verb: NewVerb) -> argparse.ArgumentParser:
     add_config(p)
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     add_recipe(p)
+    p.add_argument(
+        "--unlabelled",
+        metavar="POOL",
+        help="self-training: a folder of unlabelled images; a teacher trained as configured "
+        "(kept in OUT/teacher) labels the pool images it is sure of (OUT/pseudo_labels.csv), "
+        "and the run trains again on the data plus those",
+    )
+    p.add_argument(
+        "--pseudo-precision",
+        type=float,
+        default=0.95,
+        metavar="P",
+        help="with --unlabelled: keep the pool images whose confidence reaches the threshold at "
+        "which the teacher's answers on its validation images have this precision (default 0.95)",
+    )
     add_training_options(p)
     return p
 
@@ -39,6 +54,8 @@ def run(args: argparse.Namespace) -> int:
         recipe=args.recipe,
         resume=args.resume,
         show_progress=not args.quiet,
+        unlabelled=args.unlabelled,
+        pseudo_precision=args.pseudo_precision,
         **training_options(args),
     )
     print_trained(result)

@@ -23,16 +23,13 @@ def _evaluation_split(
     """The images to evaluate on, with labels mapped onto the run's classes by name (a
     multi-label run's: 0/1 rows over its classes; single-label data gives one label each)."""
     from imagewise.config import load_config_file
+    from imagewise.data.extra import resolve_data
     from imagewise.data.sources import labels_for, resolve_source
 
     cfg = load_config_file(run_dir / "config.yaml")
     same = data is None or data == cfg.data.source
-    read = {"task": cfg.data.task, "label_separator": cfg.data.label_separator}
     if same:
-        raw = resolve_source(
-            cfg.data.source, cfg.data.val_fraction, cfg.data.test_fraction, cfg.data.split_seed,
-            **read,
-        )  # fmt: skip
+        raw = resolve_data(cfg.data, run_dir)  # the source plus the run's --add-labels rows
         chosen = raw.split(split)
     else:
         raw = resolve_source(data, 0.0, 0.0, label_separator=cfg.data.label_separator)

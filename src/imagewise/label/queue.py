@@ -112,7 +112,7 @@ def label_next(
         raise UserError(
             f"'{run}' is a multi-label run; label next picks images for single-label runs"
         )
-    paths, images, skipped = _read_pool(clf, pool)
+    paths, images, skipped = read_pool(clf, pool)
     probs, embeddings = _score(clf, images, batch_size)
     labelled = _labelled_embeddings(clf, Path(run), batch_size)
     picks = select(
@@ -146,7 +146,7 @@ def _check(budget: int, strategy: str, score: str, similarity: float) -> None:
         raise UserError(f"--duplicate-similarity must be in (0, 1], not {similarity}")
 
 
-def _read_pool(clf: object, pool: str | Path) -> tuple[list[str], torch.Tensor, list[str]]:
+def read_pool(clf: object, pool: str | Path) -> tuple[list[str], torch.Tensor, list[str]]:
     """The pool's readable images (uint8 N x C x H x W at the model's size) and their paths;
     unreadable files are skipped with a warning."""
     from imagewise.predict.inputs import expand_inputs

@@ -39,6 +39,7 @@ from imagewise.errors import UserError
 from imagewise.runtime.records import (
     AutoChoice,
     Calibration,
+    PseudoLabels,
     Teacher,
     TrainingSummary,
     TransferRecord,
@@ -62,6 +63,7 @@ __all__ = [
     "InputContract",
     "ModelSpec",
     "NetworkSpec",
+    "PseudoLabels",
     "RunMeta",
     "Teacher",
     "TrainingSummary",
@@ -131,6 +133,8 @@ class RunMeta:
     teacher: Teacher | None = None
     # --model auto: what was chosen and why; None when a model was named.
     choice: AutoChoice | None = None
+    # train --unlabelled: the teacher, the threshold and the pool images it labelled
+    pseudo_labels: PseudoLabels | None = None
     format: str = FORMAT
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -275,12 +279,12 @@ def _thresholds(values: Any, classes: int, source: str) -> tuple[float, ...] | N
 _TOP_KEYS = (
     "format", "created", "classes", "model", "preprocessing", "temperature", "tta", "data",
     "versions", "training", "processes", "precision", "calibration", "transfer", "teacher",
-    "choice", "task", "thresholds",
+    "choice", "task", "thresholds", "pseudo_labels",
 )  # fmt: skip
 # Optional objects written only when recorded, validated as JSON objects.
 _REPORTS: dict[str, type[Record]] = {
     "calibration": Calibration, "transfer": TransferRecord, "teacher": Teacher,
-    "choice": AutoChoice,
+    "choice": AutoChoice, "pseudo_labels": PseudoLabels,
 }  # fmt: skip
 
 

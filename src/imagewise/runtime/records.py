@@ -137,3 +137,33 @@ class AutoChoice(Record):
     def to_json(self) -> dict[str, Any]:
         """As the run folder has always held it: an empty ``recipe`` left out."""
         return {k: v for k, v in super().to_json().items() if v != {}}
+
+
+@dataclass
+class PseudoLabels(Record):
+    """``train --unlabelled``: the teacher (a run folder inside this one), the pool, the
+    confidence threshold fitted on the teacher's validation split for the target precision,
+    and how many pool images were labelled with the teacher's answer (the manifest beside)."""
+
+    teacher: str
+    pool: str
+    manifest: str
+    pool_images: int = entry(0, required=True, **_COUNT)
+    unreadable: int = entry(0, **_COUNT)
+    labelled: int = entry(0, required=True, **_COUNT)
+    share: float = entry(0.0, required=True, **_PROBABILITY)
+    threshold: float = entry(0.0, required=True, **_PROBABILITY)
+    target_precision: float = entry(0.95, required=True, **_PROBABILITY)
+    val_precision: float = entry(0.0, required=True, **_PROBABILITY)
+    val_coverage: float = entry(0.0, required=True, **_PROBABILITY)
+    val_images: int = entry(0, required=True, **_COUNT)
+    extra: dict[str, Any] = entry(default_factory=dict)
+
+    def describe(self) -> str:
+        """The line a self-trained run prints."""
+        return (
+            f"pseudo-labelled {self.labelled:,} of {self.pool_images:,} pool images "
+            f"({self.share:.1%}) at confidence >= {self.threshold:.4g} (the teacher's "
+            f"validation precision {self.val_precision:.3f} for target {self.target_precision:g}"
+            f", coverage {self.val_coverage:.1%} of {self.val_images} images)"
+        )

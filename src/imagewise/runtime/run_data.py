@@ -54,14 +54,12 @@ def run_split(
             images in any of ``splits``.
     """
     from imagewise.config import load_config_file
-    from imagewise.data.sources import labels_for, resolve_source
+    from imagewise.data.extra import resolve_data
+    from imagewise.data.sources import labels_for
 
     cfg = load_config_file(run_dir / "config.yaml").data
     try:
-        raw = resolve_source(
-            cfg.source, cfg.val_fraction, cfg.test_fraction, cfg.split_seed, cfg.task,
-            cfg.label_separator,
-        )  # fmt: skip
+        raw = resolve_data(cfg, run_dir)  # the source plus the run's --add-labels rows
     except UserError as exc:
         raise UserError(f"cannot re-open the run's data to {purpose}: {exc}") from exc
     unknown = sorted(set(raw.classes) - set(classes))

@@ -27,7 +27,8 @@ log = logging.getLogger("imagewise")
 DECODING_KEYS = ("img_size", "channels", "interpolation", "crop_pct")
 # ... and all those that decide which images a run sees, and how.
 DATA_KEYS = (
-    "source", "val_fraction", "test_fraction", "split_seed", "cache", "strict", *DECODING_KEYS,
+    "source", "val_fraction", "test_fraction", "split_seed", "cache", "strict", "add_labels",
+    *DECODING_KEYS,
 )  # fmt: skip
 
 

@@ -28,6 +28,7 @@ class TrainResult:
     # or val_macro_f1 (imbalanced classes), val_map (multi-label), train_loss
     selected_by: str = "val_accuracy"
     best_val_map: float | None = None  # multi-label runs: the best epoch's validation mAP
+    pseudo_labels: str | None = None  # train --unlabelled: what the teacher labelled (a line)
 
     @classmethod
     def of(
@@ -49,7 +50,8 @@ class TrainResult:
         )
 
     def summary(self, what: str = "") -> str:
-        """Two lines: how long it trained and which epoch it kept, and the run folder.
+        """Two lines: how long it trained and which epoch it kept, and the run folder (and
+        between them, for a self-trained run, what its teacher pseudo-labelled).
 
         Args:
             what: the words the first line starts with (default ``trained MODEL``), e.g.
@@ -61,7 +63,9 @@ class TrainResult:
             best = self._best_accuracy()
         epochs = f"{self.epochs} epoch" + ("" if self.epochs == 1 else "s")
         what = what or f"trained {self.model}"
-        return f"{what} for {epochs} in {self.train_seconds:.0f}s; {best}\nrun folder: {self.run}"
+        lines = [f"{what} for {epochs} in {self.train_seconds:.0f}s; {best}"]
+        lines += [self.pseudo_labels] if self.pseudo_labels else []
+        return "\n".join([*lines, f"run folder: {self.run}"])
 
     def _best_accuracy(self) -> str:
         return (

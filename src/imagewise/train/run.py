@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +19,9 @@ from imagewise.config import (
     read_yaml_file,
     resumable_options,
 )
+from imagewise.data.extra import absolute_manifests, resolve_data
 from imagewise.data.pipeline import prepare
-from imagewise.data.sources import ImageData, describe_labels, resolve_source
+from imagewise.data.sources import ImageData, describe_labels
 from imagewise.edge.spec import InputContract
 from imagewise.errors import UserError
 from imagewise.io import DiskFull, check_output_dir
@@ -50,6 +53,14 @@ from imagewise.train.compile import wants_compile
 from imagewise.train.distributed import cleanup, init_distributed
 from imagewise.train.loop import EarlyStopping, FitSettings, TrainState, fit
 from imagewise.train.prepared import PreparedData, data_key
+from imagewise.train.pseudo import (
+    DEFAULT_PSEUDO_PRECISION,
+    PSEUDO_FILE,
+    TEACHER_FOLDER,
+    check_pseudo_precision,
+    pool_images,
+    pseudo_label,
+)
 from imagewise.train.recipes import recipe_options
 from imagewise.train.result import TrainResult
 from imagewise.train.transfer import start_transfer, weights_before_data
@@ -108,6 +119,7 @@ def _resolve_config(
         path = Path(data).expanduser()
         cfg.data.source = str(path.resolve()) if path.exists() else str(data)
     cfg = apply_options(cfg, options)
+    cfg.data.add_labels = absolute_manifests(cfg.data.add_labels)
     if not cfg.data.source:
         raise UserError(
             "no dataset given; name a folder, a CSV manifest, digits, fashion-mnist or photos"
@@ -166,6 +178,8 @@ def train(
     hooks: Sequence[object] = (),
     show_progress: bool = True,
     prepared: PreparedData | None = None,
+    unlabelled: str | Path | None = None,
+    pseudo_precision: float = DEFAULT_PSEUDO_PRECISION,
     **options: Any,
 ) -> TrainResult:
     """Train a classifier and write a run folder.
@@ -184,6 +198,15 @@ def train(
         prepared: data made once by ``prepare_data`` for many runs (``imagewise tune``);
             the run's images and split must match it; a run that decodes them otherwise
             (size, channels, interpolation, crop) has them decoded again, kept in ``prepared``.
+        unlabelled: a folder of unlabelled images: self-training. A teacher is trained as
+            configured into ``out/teacher``; the pool images whose calibrated top probability
+            reaches the threshold fitted on its validation split for ``pseudo_precision`` are
+            written with its answer to ``out/pseudo_labels.csv``; the student is trained into
+            ``out`` from the same starting weights on the data plus those (``add_labels``).
+            ``meta.json``'s ``pseudo_labels`` records the threshold, its validation precision,
+            the pool's size and the share labelled.
+        pseudo_precision: the precision the teacher's kept answers reach on its validation
+            images (0..1, default 0.95); higher keeps fewer, surer pool images.
         **options: flat settings over the file, e.g. ``model="resnet18", epochs=5, lr=1e-3``
             (see ``imagewise.config.OPTIONS``).
 
@@ -192,10 +215,23 @@ def train(
         >>> result = imagewise.train("digits", "runs/digits", epochs=3)  # doctest: +SKIP
         >>> result.best_val_accuracy  # doctest: +SKIP
         0.97
+        >>> imagewise.train("data", "runs/st", unlabelled="pool/")  # doctest: +SKIP
     """
+    if unlabelled is not None:  # refused before anything is read
+        _check_self_training(resume, prepared, pseudo_precision)
     cfg, folder = _resolve_config(
         data, Path(out) if out else None, config, config_file, recipe, options, resume
     )
+    if unlabelled is not None:
+        return _self_train(cfg, folder, unlabelled, pseudo_precision, hooks, show_progress)
+    return _run(cfg, folder, resume, hooks, show_progress, prepared)
+
+
+def _run(
+    cfg: RunConfig, folder: RunFolder, resume: bool, hooks: Sequence[object],
+    show_progress: bool, prepared: PreparedData | None,
+) -> TrainResult:  # fmt: skip
+    """One run into ``folder``, the process's state kept as the caller had it."""
     # the run seeds the global generators; the caller's streams go on as they were afterwards
     with kept_random_state(), kept_threads(), RankFilter.installed(log):
         # Joining the process group is a rendezvous: every rank has passed the checks above
@@ -205,6 +241,51 @@ def train(
             return _train(cfg, folder, dist, device, resume, hooks, show_progress, prepared)
         finally:
             cleanup()
+
+
+def _check_self_training(resume: bool, prepared: PreparedData | None, precision: float) -> None:
+    """``--unlabelled`` trains two runs in one process: not with ``--resume``, prepared data
+    or torchrun; ``--pseudo-precision`` in (0, 1)."""
+    from imagewise.runtime.world import from_env
+
+    if resume or prepared is not None or from_env().world_size > 1:
+        what = "--resume" if resume else "prepared data" if prepared else "torchrun"
+        raise UserError(
+            f"--unlabelled trains a teacher and then a student in one process; it does not "
+            f"take {what} (resume a self-trained run with imagewise train --resume --out RUN)"
+        )
+    check_pseudo_precision(precision)
+
+
+def _self_train(
+    cfg: RunConfig, folder: RunFolder, unlabelled: str | Path, precision: float,
+    hooks: Sequence[object], show_progress: bool,
+) -> TrainResult:  # fmt: skip
+    """``train(unlabelled=POOL)``: the teacher into ``folder/teacher``, its sure answers on the
+    pool into ``folder/pseudo_labels.csv``, the student into ``folder`` (``train/pseudo.py``)."""
+    data = resolve_data(cfg.data)
+    if data.multilabel:
+        raise UserError("--unlabelled pseudo-labels one class per image; multi-label data cannot")
+    labelled = {
+        str(Path(p).resolve()) for s in (data.train, data.val, data.test) for p in s.paths or []
+    }
+    pool = [p for p in pool_images(unlabelled) if p not in labelled]
+    if not pool:
+        raise UserError(f"every image in --unlabelled '{unlabelled}' is already labelled")
+    student = copy.deepcopy(cfg)  # the teacher's run resolves what was left unset in its own
+    teacher = _run(cfg, RunFolder.of(folder.path / TEACHER_FOLDER), False, (), show_progress, None)
+    manifest = folder.path / PSEUDO_FILE
+    record = pseudo_label(
+        teacher.run, unlabelled, pool, precision, manifest, resolve_device(cfg.train.device)
+    )
+    if record.labelled:
+        # relative: the run folder's own file (resolve_data), so the run folder may move
+        student.data.add_labels = [*student.data.add_labels, PSEUDO_FILE]
+    result = _run(student, folder, False, hooks, show_progress, None)
+    meta = folder.read_meta()
+    meta.pseudo_labels = record
+    folder.write_meta(meta)
+    return replace(result, pseudo_labels=record.describe())
 
 
 def _train(
@@ -217,7 +298,9 @@ def _train(
     compile_model = wants_compile(t.compile, device)  # checked before any data is read
     seed_everything(t.seed)
     source = weights_before_data(cfg)  # their input size decides the decoding
-    data, pre, choice = prepared.take(cfg, _decode_again) if prepared else _prepare_data(cfg, world)
+    data, pre, choice = (
+        prepared.take(cfg, _decode_again) if prepared else _prepare_data(cfg, world, folder.path)
+    )
     model = build_model(cfg, data, pre, device)
     # what the user left unset, from the data's size and the network's
     adapt_defaults(cfg, data, world, sum(p.numel() for p in model.parameters()))
@@ -298,6 +381,7 @@ def prepare_data(cfg: RunConfig) -> PreparedData:
         cfg: a resolved configuration with ``data.source`` set.
     """
     weights_before_data(cfg)
+    cfg.data.add_labels = absolute_manifests(cfg.data.add_labels)  # as each run stores them
     data, pre, choice = _prepare_data(cfg)
     return PreparedData(data, pre, data_key(cfg), choice)
 
@@ -305,21 +389,16 @@ def prepare_data(cfg: RunConfig) -> PreparedData:
 def _decode_again(cfg: RunConfig) -> PreparedData:
     """The prepared data's images decoded as ``cfg`` says (its model already chosen)."""
     d = cfg.data
-    raw = resolve_source(
-        d.source, d.val_fraction, d.test_fraction, d.split_seed, d.task, d.label_separator
-    )
-    return PreparedData(*prepare(raw, d), data_key(cfg))
+    return PreparedData(*prepare(resolve_data(d), d), data_key(cfg))
 
 
 def _prepare_data(
-    cfg: RunConfig, world: int = 1
+    cfg: RunConfig, world: int = 1, run: Path | None = None
 ) -> tuple[ImageData, InputContract, dict[str, Any] | None]:
     """The dataset, split and decoded, the preprocessing it implies, and what ``--model auto``
     chose from it (None when the model was named)."""
     d = cfg.data
-    raw = resolve_source(
-        d.source, d.val_fraction, d.test_fraction, d.split_seed, d.task, d.label_separator
-    )
+    raw = resolve_data(d, run)  # the source, plus the rows of --add-labels
     if raw.multilabel:  # said once: the other processes' logs are filtered (RankFilter)
         log.info("%s", describe_labels(raw))
     elif len(raw.classes) < 2:

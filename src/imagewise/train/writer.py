@@ -212,6 +212,7 @@ def start_run_folder(
         # the views it was started with (runs from before views wrote `true`: the mirror alone)
         meta.with_tta(old.tta)
         meta.choice = meta.choice or old.choice  # --model auto chose when the run started
+        meta.pseudo_labels = meta.pseudo_labels or old.pseudo_labels  # train --unlabelled
     if data.skipped:
         lines = "".join(f"{p}\t{reason}\n" for p, reason in data.skipped)
         atomic_write_text(folder.path / "skipped.txt", lines)
