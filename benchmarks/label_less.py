@@ -25,7 +25,6 @@ accuracy at the most labels, and plots accuracy against labels (``--plot``).
 from __future__ import annotations
 
 import argparse
-import csv
 import logging
 import shutil
 import sys
@@ -127,14 +126,15 @@ def start_order(labels: np.ndarray, per_class: int, seed: int) -> list[int]:
 
 
 def write_labels(data: Dataset, indices: list[int], path: Path) -> Path:
-    """The labelled images as a CSV manifest: ``path,label,labelled_by`` (all by a person)."""
+    """The labelled images as the label tools write them (``imagewise.label.manifest``):
+    ``path,label,labelled_by``, every label by a person (the true label)."""
+    from imagewise.label.manifest import PERSON, manifest_path, write_manifest
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(["path", "label", "labelled_by"])
-        for i in indices:
-            writer.writerow([str(data.pool_paths[i]), data.classes[data.pool_labels[i]], "person"])
-    return path
+    rows = ({"path": manifest_path(data.pool_paths[i], path),
+             "label": data.classes[data.pool_labels[i]], "labelled_by": PERSON}
+            for i in indices)  # fmt: skip
+    return write_manifest(path, rows)
 
 
 # one point ----------------------------------------------------------------------------------
@@ -250,7 +250,10 @@ def pseudo_point(data: Dataset, traj: Trajectory, n: int, args: argparse.Namespa
                  shared: dict[tuple[Any, ...], dict[str, Any]]) -> dict[str, Any]:  # fmt: skip
     """The student trained on the ``n`` labelled images plus pseudo-labels of the pool folder
     (train leaves out the pool images already labelled: the same path); ``shared`` as in
-    ``measure_point``."""
+    ``measure_point``. Where train refuses (no confidence threshold reaches the precision on
+    the teacher's validation images), the point is the labelled-only run's, marked ``refused``:
+    what the person is left with."""
+    from imagewise.errors import UserError
     from imagewise.predict.predictor import load_run
 
     key = ("pseudo", traj.seed, *sorted(traj.order[:n]))
@@ -259,7 +262,11 @@ def pseudo_point(data: Dataset, traj: Trajectory, n: int, args: argparse.Namespa
     out = work / f"{traj.strategy}-s{traj.seed}-n{n}-pseudo"
     shutil.rmtree(out, ignore_errors=True)
     manifest = write_labels(data, traj.order[:n], work / f"labels-{out.name}.csv")
-    numbers = train_run(manifest, out, args, traj.seed, unlabelled=data.pool_paths[0].parent)
+    try:
+        numbers = train_run(manifest, out, args, traj.seed, unlabelled=data.pool_paths[0].parent)
+    except UserError as exc:  # no threshold reaches the precision on the teacher's validation
+        shutil.rmtree(out, ignore_errors=True)
+        return {**traj.points[n]["labelled"], "pseudo_labelled": 0, "refused": str(exc)}
     numbers["accuracy"] = round(test_accuracy(load_run(out, device="cpu"), data), 4)
     numbers.update(pseudo_record(out))
     shutil.rmtree(out, ignore_errors=True)

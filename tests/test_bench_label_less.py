@@ -125,10 +125,19 @@ def test_pseudo_point_follows_the_labelled_trajectory(tiny, tmp_path):
     results = json.loads(copy.read_text())
     pseudo = [p for p in results["points"] if p["variant"] == "pseudo"]
     assert {(p["strategy"], p["labels"]) for p in pseudo} == {("random", 20), ("mixed", 20)}
+    labelled = {
+        p["strategy"]: p
+        for p in results["points"]
+        if p["labels"] == 20 and p["variant"] == "labelled"
+    }
     for p in pseudo:
         assert 0.0 <= p["accuracy"] <= 1.0
-        assert p["pool_images"] == 100  # the pool less the 20 labelled images
-        assert 0 <= p["pseudo_labelled"] <= 100
+        if "refused" in p:  # the tiny teacher reached the precision at no threshold
+            assert "precision" in p["refused"] and p["pseudo_labelled"] == 0
+            assert p["accuracy"] == labelled[p["strategy"]]["accuracy"]
+        else:
+            assert p["pool_images"] == 100  # the pool less the 20 labelled images
+            assert 0 <= p["pseudo_labelled"] <= 100 and 0 <= p["threshold"] <= 1
     # the labelled-only points and the order they were picked in are as before
     before = json.loads(path.read_text())
     assert [t["order"] for t in results["trajectories"]] == [
