@@ -3,11 +3,12 @@ Fashion-MNIST images whose labels it never saw.
 
 For each size of labelled set (``--labelled``, default 1,000 and 10,000 images drawn at random
 from the Fashion-MNIST training split, saved as PNG with a manifest), a run is trained with the
-default settings (which adapt the epochs and batch to the data size) (its validation split carved from the labelled images, as ``train`` does), then
-``label auto`` labels a pool of 5,000 other training images (saved without their labels) at
-each ``--target`` precision. Its machine labels are scored against the true labels: precision
-(right / labelled) and coverage (labelled / pool). The threshold is fitted on the run's own
-validation split, so with 1,000 labelled images it rests on 100 validation images.
+default settings (which adapt the epochs and batch to the data size; the validation split is
+carved from the labelled images, as ``train`` does), then ``label auto`` labels a pool of 5,000
+other training images (saved without their labels) at each ``--target`` precision. Its machine
+labels are scored against the true labels: precision (right / labelled) and coverage (labelled
+/ pool). The threshold is fitted on the run's own validation split, so with 1,000 labelled
+images it rests on 100 validation images.
 
     .venv/bin/python benchmarks/label_auto.py --work /tmp/label_auto
 """
@@ -71,7 +72,9 @@ def measure(work: Path, labelled: int, targets: list[float], seed: int) -> list[
     for target in targets:
         start = time.perf_counter()
         auto = imagewise.label_auto(run, pool, target_precision=target)
-        right = [truth[Path(p).name] == label for p, label in zip(auto.paths, auto.labels)]
+        right = [
+            truth[Path(p).name] == label for p, label in zip(auto.paths, auto.labels, strict=True)
+        ]
         kept = auto.kept
         row = {
             "labelled": labelled,

@@ -54,6 +54,7 @@ _FUNCTIONS = {
     "similar": "imagewise.features.similarity",
     "card": "imagewise.card.builder",
     "label_next": "imagewise.label.queue",
+    "label_serve": "imagewise.label.server",
     "label_auto": "imagewise.label.auto",
     "create_model": "imagewise.models",
     "list_models": "imagewise.models",
@@ -89,6 +90,7 @@ if TYPE_CHECKING:  # what type checkers and editors see: the functions themselve
     from imagewise.features.similarity import similar
     from imagewise.label.auto import label_auto
     from imagewise.label.queue import label_next
+    from imagewise.label.server import label_serve
     from imagewise.models import create_model, list_models
     from imagewise.predict.prediction import predict
     from imagewise.predict.predictor import load
@@ -112,6 +114,7 @@ else:
     similar = _on_first_call("similar")
     card = _on_first_call("card")
     label_next = _on_first_call("label_next")
+    label_serve = _on_first_call("label_serve")
     label_auto = _on_first_call("label_auto")
     create_model = _on_first_call("create_model")
     list_models = _on_first_call("list_models")
@@ -129,6 +132,7 @@ __all__ = [
     "features",
     "label_auto",
     "label_next",
+    "label_serve",
     "list_models",
     "load",
     "predict",

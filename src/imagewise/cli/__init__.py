@@ -43,6 +43,7 @@ EXAMPLES = {
     "data check": "imagewise data check photos/ --json audit.json --html audit.html "
     "--write-clean clean.csv   # then: imagewise train clean.csv",
     "label next": "imagewise label next runs/fm unlabelled/ --budget 100 --out queue.csv",
+    "label serve": "imagewise label serve data/ --queue queue.csv --run runs/fm --out labels.csv",
     "label auto": "imagewise label auto runs/fm unlabelled/ --target-precision 0.98 --out "
     "auto.csv --rest queue.csv",
     "label retrain": "imagewise label retrain runs/fm labels.csv   # trains runs/fm-retrain",

@@ -43,9 +43,44 @@ def add_parser(verbs: Any, new_verb: NewVerb) -> argparse.ArgumentParser:
         f"{DUPLICATE_SIMILARITY})",
     )
     q.add_argument("--seed", type=int, default=0, help="k-means and the random draw")
+    _add_serve(actions, new_verb)
     _add_auto(actions, new_verb)
     _add_retrain(actions, new_verb)
     return p
+
+
+def _add_serve(actions: Any, new_verb: NewVerb) -> None:
+    s = new_verb(
+        actions,
+        "serve",
+        "a local labelling page: one image at a time, the guess pre-selected, one key per "
+        "class; every answer written at once to a manifest train reads (your images are only "
+        "read)",
+        "label serve",
+    )
+    s.add_argument("data", help="the dataset whose classes a label may take (folder or CSV)")
+    s.add_argument(
+        "pool", nargs="?", help="folder (searched recursively) or glob of images to label"
+    )
+    s.add_argument("--queue", help="label the images of this queue (from label next), in order")
+    s.add_argument(
+        "--run", help="run folder: guesses for a folder's images, and the page's Retrain button"
+    )
+    s.add_argument(
+        "--out",
+        help="the manifest answers go to (default labels.csv; with --review reviewed.csv); "
+        "skipped images go to OUT.state.json; run again on it to resume",
+    )
+    s.add_argument(
+        "--review",
+        metavar="FINDINGS",
+        help="review the likely label errors of 'imagewise data check DATA --json FINDINGS' "
+        "(keep, relabel, drop); OUT is then the whole dataset, corrected",
+    )
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    s.add_argument(
+        "--port", type=int, default=8000, help="TCP port (default 8000; 0: any free port, printed)"
+    )
 
 
 def _add_auto(actions: Any, new_verb: NewVerb) -> None:
@@ -90,6 +125,8 @@ def _add_retrain(actions: Any, new_verb: NewVerb) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.label_verb == "serve":
+        return _serve(args)
     if args.label_verb == "auto":
         return _auto(args)
     if args.label_verb == "retrain":
@@ -101,6 +138,16 @@ def run(args: argparse.Namespace) -> int:
         out=args.out, duplicate_similarity=args.duplicate_similarity, seed=args.seed,
     )  # fmt: skip
     print(queue.summary())
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from imagewise.label.server import label_serve
+
+    label_serve(
+        args.data, args.pool, queue=args.queue, run=args.run, out=args.out,
+        review=args.review, host=args.host, port=args.port,
+    )  # fmt: skip
     return 0
 
 

@@ -23,7 +23,7 @@ The rules, in order:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -32,7 +32,7 @@ import torch
 
 from imagewise.config import DataConfig
 from imagewise.data.decode import UnreadableImageError, read_image
-from imagewise.data.sources import SPLITS, ImageData, Split, _cell, _read_manifest, resolve_source
+from imagewise.data.sources import SPLITS, ImageData, Split, _read_manifest, resolve_source
 from imagewise.errors import UserError
 
 MACHINE = "machine"  # labelled_by of a model's label; anything else is a person's
@@ -71,17 +71,23 @@ def read_label_rows(manifest: str | Path) -> list[LabelRow]:
     out = []
     for line, row in enumerate(rows, start=2):
         where = f"labels manifest '{path}' line {line}"
-        rel, label = _cell(row, "path"), _cell(row, "label")
+        rel, label = _value(row, "path"), _value(row, "label")
         if not rel or not label:
             raise UserError(f"{where}: path and label must not be empty")
-        split = _cell(row, "split").lower() or "train"
+        split = _value(row, "split").lower() or "train"
         if split not in SPLITS:
             raise UserError(f"{where}: unknown split '{split}'; use train, val or test")
         file = Path(rel).expanduser()
         file = file if file.is_absolute() else path.parent / file
-        by = _cell(row, "labelled_by") or "person"
+        by = _value(row, "labelled_by") or "person"
         out.append(LabelRow(str(file.resolve()), label, split, by, where))
     return out
+
+
+def _value(row: Mapping[str, str | None], column: str) -> str:
+    """A manifest cell, stripped ("" when the row has no such column)."""
+    value = row.get(column)
+    return value.strip() if isinstance(value, str) else ""
 
 
 def add_labelled(

@@ -281,6 +281,11 @@ def _self_train(
     if record.labelled:
         # relative: the run folder's own file (resolve_data), so the run folder may move
         student.data.add_labels = [*student.data.add_labels, PSEUDO_FILE]
+    else:
+        log.warning(
+            "no pool image reached the teacher's threshold %.4g; the student trains on the "
+            "labelled data alone (a lower --pseudo-precision keeps more)", record.threshold,
+        )  # fmt: skip
     result = _run(student, folder, False, hooks, show_progress, None)
     meta = folder.read_meta()
     meta.pseudo_labels = record
