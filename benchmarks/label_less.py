@@ -406,30 +406,36 @@ def print_table(summary: dict[str, Any]) -> None:
             print(f"  {variant}: {text}")
 
 
+COLORS = dict(zip(STRATEGIES, ("#777777", "#d62728", "#1f77b4", "#2ca02c"), strict=True))
+TITLES = {"labelled": "labelled images only", "pseudo": "with pseudo-labels of the pool"}
+
+
 def plot(summary: dict[str, Any], path: Path, title: str) -> None:
-    """Accuracy against labels: a line per strategy (dashed: with pseudo-labels), the mean over
-    seeds with a min-max band, and random selection's accuracy at its most labels."""
+    """Accuracy against labels, a panel per variant (labelled only; with pseudo-labels): a
+    line per strategy, the mean over seeds with a min-max band, and random selection's
+    labelled-only accuracy at its most labels."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(8, 5), dpi=120)
-    ax = fig.add_subplot()
-    colors = dict(zip(STRATEGIES, ("#777777", "#d62728", "#1f77b4", "#2ca02c"), strict=True))
-    for variant, strategies in summary["accuracy"].items():
-        style = "-" if variant == "labelled" else "--"
+    variants = [v for v in VARIANTS if v in summary["accuracy"]]
+    fig = Figure(figsize=(6 * len(variants) + 1, 5), dpi=120)
+    axes = fig.subplots(1, len(variants), sharey=True, squeeze=False)[0]
+    reach = summary.get("reach_random")
+    for ax, variant in zip(axes, variants, strict=True):
+        strategies = summary["accuracy"][variant]
         for s in (s for s in STRATEGIES if s in strategies):
             counts = sorted(strategies[s], key=int)
             x = [int(n) for n in counts]
             mean, lo, hi = ([strategies[s][n][k] for n in counts] for k in ("mean", "min", "max"))
-            label = s if variant == "labelled" else f"{s} + pseudo-labels"
-            ax.plot(x, mean, style, marker="o", ms=3, color=colors[s], label=label)
-            ax.fill_between(x, lo, hi, color=colors[s], alpha=0.12, linewidth=0)
-    reach = summary.get("reach_random")
-    if reach:
-        ax.axhline(reach["random_accuracy"], color="#777777", lw=0.8, ls=":",
-                   label=f"random @ {reach['random_labels']}")  # fmt: skip
-    ax.set(xlabel="labelled images", ylabel="test accuracy", title=title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, ncol=2, loc="lower right")
+            ax.plot(x, mean, marker="o", ms=3, color=COLORS[s], label=s)
+            ax.fill_between(x, lo, hi, color=COLORS[s], alpha=0.12, linewidth=0)
+        if reach:
+            ax.axhline(reach["random_accuracy"], color="#777777", lw=0.8, ls=":",
+                       label=f"random @ {reach['random_labels']}, labelled only")  # fmt: skip
+        ax.set(xlabel="labelled images", title=TITLES[variant])
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="lower right")
+    axes[0].set_ylabel("test accuracy (mean over seeds, min-max band)")
+    fig.suptitle(title)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
