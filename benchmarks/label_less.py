@@ -360,7 +360,8 @@ def summarize(points: list[dict[str, Any]]) -> dict[str, Any]:
             for stats in counts.values():
                 v = stats.pop("values")
                 stats.update(mean=float(np.mean(v)), min=min(v), max=max(v), seeds=len(v))
-    return {"accuracy": table, "reach_random": reach_random(table)}
+    refused = [p for p in points if "refused" in p]
+    return {"accuracy": table, "reach_random": reach_random(table), "refused": len(refused)}
 
 
 def reach_random(table: dict[str, Any]) -> dict[str, Any]:
@@ -404,6 +405,12 @@ def print_table(summary: dict[str, Any]) -> None:
             text = ", ".join(f"{s} {n if n is not None else 'never'}"
                              for s, n in strategies.items())  # fmt: skip
             print(f"  {variant}: {text}")
+        print("  (at the label counts measured; the pseudo-labelled runs follow the labelled-only"
+              " selection)")  # fmt: skip
+    if summary.get("refused"):
+        print(f"{summary['refused']} pseudo-labelled point(s) refused by train (no confidence "
+              "threshold reached the precision on the teacher's validation images): counted "
+              "as the labelled-only run")  # fmt: skip
 
 
 COLORS = dict(zip(STRATEGIES, ("#777777", "#d62728", "#1f77b4", "#2ca02c"), strict=True))
