@@ -10,16 +10,21 @@ it on the test split (the official 10,000 images, or ``--test-size`` of them), a
 calibrated probabilities and embeddings (near-copies of labelled images skipped), until
 ``--labels`` images are labelled.
 
-``--pseudo`` trains a second run at every point: the same labelled images plus confident
-pseudo-labels of the rest of the pool (``imagewise.train(..., unlabelled=POOL,
-pseudo_precision=P)``). It follows the labelled-only trajectory: the labelled-only run picks
-the next batch, so the two variants see the same labelled images at each point.
+``--pseudo`` trains a second run at every point (or at ``--pseudo-at`` label counts): the
+same labelled images plus confident pseudo-labels of the rest of the pool
+(``imagewise.train(..., unlabelled=POOL, pseudo_precision=P)``: a teacher, then the student).
+It follows the labelled-only trajectory: the labelled-only run picks the next batch, so the two
+variants see the same labelled images at each point.
 
-Writes a JSON of every point (``--json``; ``--resume`` continues one), prints the table (mean
-and min-max over seeds), how many labels each strategy needs to reach random selection's mean
-accuracy at the most labels, and plots accuracy against labels (``--plot``).
+Settings fixed for speed, none of which changes what is compared: ``--precision fp32`` (auto
+times a bf16 step in every run), and each run's ``curves.png`` is not redrawn after every epoch
+(``--curves`` to draw it). Writes a JSON of every point (``--json``; ``--resume`` continues
+one, so a second pass can add the pseudo-labelled points), prints the table (mean and min-max
+over seeds), how many labels each strategy needs to reach random selection's mean accuracy at
+the most labels, and plots accuracy against labels, a panel per variant (``--plot``).
 
-    .venv/bin/python benchmarks/label_less.py --seeds 0 1 2 --pseudo --resume
+    .venv/bin/python benchmarks/label_less.py                       # labelled only, 3 seeds
+    .venv/bin/python benchmarks/label_less.py --resume --pseudo --pseudo-at 100 200 400 600 1000
 """
 
 from __future__ import annotations
