@@ -13,7 +13,7 @@ import pytest
 
 import imagewise
 from imagewise.errors import UserError
-from imagewise.label.selection import entropies, margins, select
+from imagewise.label.selection import CANDIDATES, entropies, margins, select
 
 from conftest import CLASSES, draw, run_cli, served_copy
 
@@ -56,25 +56,27 @@ def test_diversity_takes_one_image_per_cluster() -> None:
 
 def test_mixed_spreads_its_picks_over_the_uncertain_clusters() -> None:
     rng = np.random.default_rng(1)
-    # blob A: the 10 most uncertain images, alike (but no near-copies); blob B: slightly less
-    # uncertain
+    # blob A: the 3 most uncertain images, alike (but no near-copies); blob B: slightly less
+    # uncertain; the 6 candidates of a budget of 2 (CANDIDATES x 2) are both blobs
+    assert CANDIDATES == 3
     centre = np.eye(16) * 5
-    a, b = (centre[k] + rng.normal(scale=0.5, size=(10, 16)) for k in (0, 1))
+    a, b = (centre[k] + rng.normal(scale=0.5, size=(3, 16)) for k in (0, 1))
     sure = centre[2] + rng.normal(scale=0.5, size=(20, 16))
-    margin = [0.01 + 0.001 * i for i in range(10)] + [0.1 + 0.001 * i for i in range(10)]
+    margin = [0.01 + 0.001 * i for i in range(3)] + [0.1 + 0.001 * i for i in range(3)]
     probs = _probs(margin + [0.95] * 20)
     embeddings = np.concatenate([a, b, sure])
     mixed = [p.index for p in select(probs, embeddings, 2, "mixed")]
-    assert sorted(i // 10 for i in mixed) == [0, 1]  # one per uncertain blob
+    assert sorted(i // 3 for i in mixed) == [0, 1]  # one per uncertain blob
     assert [p.index for p in select(probs, embeddings, 2, "uncertainty")] == [0, 1]  # both A
 
 
 def test_mixed_covers_every_guessed_class() -> None:
     # three classes; the uncertain images are guessed as 0 or 1, one (less uncertain) as 2
+    # (the 9 candidates of a budget of 3 are the whole pool)
     probs = np.array(
-        [[0.50, 0.49, 0.01]] * 6 + [[0.49, 0.50, 0.01]] * 6 + [[0.05, 0.35, 0.60]]
-    ) + np.linspace(0, 1e-3, 13)[:, None] * [1, -1, 0]
-    picks = select(probs, _spread(13), 3, "mixed")
+        [[0.50, 0.49, 0.01]] * 4 + [[0.49, 0.50, 0.01]] * 4 + [[0.05, 0.35, 0.60]]
+    ) + np.linspace(0, 1e-3, 9)[:, None] * [1, -1, 0]
+    picks = select(probs, _spread(9), 3, "mixed")
     guessed = {int(probs[p.index].argmax()) for p in picks}
     assert guessed == {0, 1, 2} and len(picks) == 3
     assert any("guessed as its class" in p.reason for p in picks)
