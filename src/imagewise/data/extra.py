@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from imagewise.config import DataConfig
-from imagewise.data.decode import UnreadableImageError, read_image
+from imagewise.data.pipeline import _decode_all
 from imagewise.data.sources import SPLITS, ImageData, Split, _read_manifest, resolve_source
 from imagewise.errors import UserError
 
@@ -191,7 +191,9 @@ def _append(
         return Split(
             np.concatenate([split.labels, labels]), None, [*(split.paths or []), *paths], columns
         ), bad
-    images, ok, bad = _decode_like(split.images, paths, strict)
+    # decoded as the split's images are stored (uint8, their channels and square size)
+    channels, size = split.images.shape[1], split.images.shape[-1]
+    images, ok, bad = _decode_all(paths, channels, size, strict, "decoding added labels")
     keep = np.flatnonzero(ok)
     if columns is not None:  # the added rows' empty cells, for the files read
         columns = {k: v[: len(split) + len(keep)] for k, v in columns.items()}
@@ -201,26 +203,6 @@ def _append(
         None,
         columns,
     ), bad
-
-
-def _decode_like(
-    images: torch.Tensor, paths: list[str], strict: bool
-) -> tuple[torch.Tensor, np.ndarray, list[tuple[str, str]]]:
-    """``paths`` decoded as ``images`` are stored (uint8, their channels and square size)."""
-    channels, size = images.shape[1], images.shape[-1]
-    decoded, ok, bad = [], np.ones(len(paths), dtype=bool), []
-    for i, path in enumerate(paths):
-        try:
-            decoded.append(read_image(path, channels, size))
-        except UnreadableImageError as exc:
-            if strict:
-                raise UserError(
-                    f"unreadable image {exc.path} ({exc.reason}); remove it or run without --strict"
-                ) from exc
-            ok[i] = False
-            bad.append((exc.path, exc.reason))
-    empty = torch.empty((0, channels, size, size), dtype=torch.uint8)
-    return (torch.stack(decoded) if decoded else empty), ok, bad
 
 
 def add_label_files(

@@ -1,4 +1,5 @@
-"""The run folder's ``curves.png``: loss and accuracy per epoch, drawn after every epoch."""
+"""The run folder's ``curves.png``: loss and accuracy per epoch (redrawn by the run writer
+as training goes, at most every ``CURVES_EVERY_S``, and at the end)."""
 
 from __future__ import annotations
 

@@ -42,6 +42,7 @@ TEACHER_FOLDER = "teacher"
 PSEUDO_FILE = "pseudo_labels.csv"
 CHUNK = 1024  # pool images decoded and scored at a time
 DEFAULT_PSEUDO_PRECISION = 0.95
+NOTHING_KEPT = float(np.nextafter(1.0, 2.0))  # a threshold above every probability
 
 
 def pool_images(pool: str | Path) -> list[str]:
@@ -102,7 +103,8 @@ def pseudo_label(
         What was done, for the student's ``meta.json``.
 
     Raises:
-        UserError: the teacher has no validation images, or no threshold reaches the target.
+        UserError: the teacher has no validation images. Where no threshold reaches the
+            target, nothing is labelled (a warning says so) and the threshold is above 1.
     """
     folder, device = RunFolder.of(teacher), torch.device(device)
     meta = folder.read_meta()
@@ -144,13 +146,32 @@ def _fit_threshold(
     part = run_split(folder.path, classes, ("val",), None, "fit the pseudo-label threshold on")
     images, labels = decode_split(part, classes, meta.preprocessing)
     probs = calibrated_probabilities(network, meta, images, device)
+    return fit_or_keep_nothing(probs.max(axis=1), probs.argmax(axis=1) == labels, target)
+
+
+def fit_or_keep_nothing(confidence: np.ndarray, right: np.ndarray, target: float) -> ThresholdFit:
+    """``fit_min_confidence``, or where no threshold reaches ``target`` a fit that keeps nothing
+    (threshold above every probability, coverage 0, the best precision reached), with a
+    warning: a labelling loop's small, hard validation split may reach the target nowhere, and
+    then the student trains on the labelled data alone rather than the run failing.
+
+    Raises:
+        UserError: no validation images.
+    """
     try:
-        return fit_min_confidence(probs.max(axis=1), probs.argmax(axis=1) == labels, target)
-    except UserError as exc:
-        raise UserError(
-            f"the teacher reaches precision {target:g} at no confidence threshold on its "
-            f"{len(labels)} validation images; ask for a lower --pseudo-precision"
-        ) from exc
+        return fit_min_confidence(confidence, right, target)
+    except UserError:
+        if not len(confidence):
+            raise
+    order = np.argsort(-np.asarray(confidence), kind="stable")
+    kept_right = np.asarray(right, dtype=bool)[order]
+    best = float((np.cumsum(kept_right) / np.arange(1, len(order) + 1)).max())
+    log.warning(
+        "the teacher reaches precision %g at no confidence threshold on its %d validation "
+        "images (at best %.3f): no pool image is pseudo-labelled (a lower --pseudo-precision "
+        "keeps some)", target, len(order), best,
+    )  # fmt: skip
+    return ThresholdFit(target, NOTHING_KEPT, best, 0.0, len(order))
 
 
 def _score_pool(
