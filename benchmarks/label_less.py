@@ -131,9 +131,9 @@ def start_order(labels: np.ndarray, per_class: int, seed: int) -> list[int]:
 
 
 def write_labels(data: Dataset, indices: list[int], path: Path) -> Path:
-    """The labelled images as the label tools write them (``imagewise.label.manifest``):
+    """The labelled images as the label tools write them (``imagewise.data.manifest``):
     ``path,label,labelled_by``, every label by a person (the true label)."""
-    from imagewise.label.manifest import PERSON, manifest_path, write_manifest
+    from imagewise.data.manifest import PERSON, manifest_path, write_manifest
 
     path.parent.mkdir(parents=True, exist_ok=True)
     rows = ({"path": manifest_path(data.pool_paths[i], path),

@@ -288,7 +288,7 @@ def test_an_unreachable_precision_keeps_nothing_instead_of_failing(
     right = np.array([False, True, True, False])  # the surest answer is wrong
     with caplog.at_level("WARNING", logger="imagewise"):
         fit = fit_or_keep_nothing(confidence, right, 0.95)
-    assert fit.min_confidence == NOTHING_KEPT > 1.0 and fit.coverage == 0.0
+    assert fit.min_confidence == NOTHING_KEPT == 1.0 and fit.coverage == 0.0
     assert fit.precision == pytest.approx(2 / 3)  # the best prefix: 0.9, 0.8, 0.7
     assert "at no confidence threshold on its 4 validation images (at best 0.667)" in caplog.text
     assert fit_or_keep_nothing(confidence, right, 0.6).min_confidence == 0.7  # reachable: fitted

@@ -31,11 +31,10 @@ import numpy as np
 import torch
 
 from imagewise.config import DataConfig
+from imagewise.data.manifest import MACHINE, PERSON
 from imagewise.data.pipeline import _decode_all
 from imagewise.data.sources import SPLITS, ImageData, Split, _read_manifest, resolve_source
 from imagewise.errors import UserError
-
-MACHINE = "machine"  # labelled_by of a model's label; anything else is a person's
 
 
 @dataclass(frozen=True)
@@ -46,7 +45,7 @@ class LabelRow:
     path: str
     label: str
     split: str = "train"
-    labelled_by: str = "person"
+    labelled_by: str = PERSON  # MACHINE: a model's label; anything else is a person's
     where: str = ""
 
     @property

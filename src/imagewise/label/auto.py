@@ -12,7 +12,7 @@ would be labelled at the validation split's precision. The check needs calibrate
 a run whose temperature was not fitted (its validation split answered without a mistake, so
 there was nothing to fit) keeps the fitted threshold, and the summary says so. Pool images at or
 above the threshold are written to a manifest as machine labels (``labelled_by=machine`` with the
-probability, ``imagewise.label.manifest``), which ``train --add-labels`` reads; the rest can be
+probability, ``imagewise.data.manifest``), which ``train --add-labels`` reads; the rest can be
 written as a queue (least sure first) for ``label serve``. The user's files are only read.
 """
 
@@ -24,9 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
+from imagewise.data.manifest import MACHINE, manifest_path, write_manifest
 from imagewise.edge.unknown import ThresholdFit
 from imagewise.errors import UserError
-from imagewise.label.manifest import MACHINE, manifest_path, write_manifest
 
 log = logging.getLogger("imagewise")
 

@@ -21,9 +21,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from imagewise.data.manifest import PERSON, manifest_path, resolve_manifest_path, write_manifest
 from imagewise.errors import UserError
 from imagewise.io import atomic_write_json
-from imagewise.label.manifest import PERSON, manifest_path, resolve_manifest_path, write_manifest
 from imagewise.label.progress import read_progress
 from imagewise.label.session import LABELLED, Answer, Item
 from imagewise.names import TEXT_ERRORS

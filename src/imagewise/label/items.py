@@ -17,9 +17,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from imagewise.data.manifest import manifest_path
 from imagewise.errors import UserError
 from imagewise.label.books import QueueBook, ReviewBook
-from imagewise.label.manifest import manifest_path
 from imagewise.label.session import LEASE_S, Item, LabelSession
 from imagewise.names import TEXT_ERRORS
 

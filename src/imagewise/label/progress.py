@@ -22,9 +22,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from imagewise.data.manifest import MACHINE
 from imagewise.errors import UserError
 from imagewise.io import atomic_write_json, read_json
-from imagewise.label.manifest import MACHINE
 
 log = logging.getLogger("imagewise")
 

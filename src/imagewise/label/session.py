@@ -58,7 +58,7 @@ class Item:
 
     id: str
     path: str  # the image file, absolute
-    key: str  # how the output manifest names it (label.manifest.manifest_path)
+    key: str  # how the output manifest names it (data.manifest.manifest_path)
     guess: str | None = None  # label mode: the model's guess; review: the audit's suggestion
     probability: float | None = None
     given: str | None = None  # review: the dataset's label

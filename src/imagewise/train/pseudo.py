@@ -13,8 +13,6 @@ labels manifest (``path,label,labelled_by,probability``, ``labelled_by`` ``machi
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 from pathlib import Path
 
@@ -22,13 +20,12 @@ import numpy as np
 import torch
 
 from imagewise.data.decode import UnreadableImageError, find_images, is_image_file, read_image
-from imagewise.data.extra import MACHINE
+from imagewise.data.manifest import MACHINE, manifest_path, write_manifest
 from imagewise.data.pipeline import make_loader
 from imagewise.data.sources import Split
 from imagewise.edge.spec import InputContract
 from imagewise.edge.unknown import ThresholdFit, check_target_precision, fit_min_confidence
 from imagewise.errors import UserError
-from imagewise.io import atomic_write_text
 from imagewise.runtime.inference import predict_loader
 from imagewise.runtime.meta import RunMeta
 from imagewise.runtime.network import load_network
@@ -42,7 +39,7 @@ TEACHER_FOLDER = "teacher"
 PSEUDO_FILE = "pseudo_labels.csv"
 CHUNK = 1024  # pool images decoded and scored at a time
 DEFAULT_PSEUDO_PRECISION = 0.95
-NOTHING_KEPT = float(np.nextafter(1.0, 2.0))  # a threshold above every probability
+NOTHING_KEPT = 1.0  # the threshold recorded when none reaches the target (coverage 0: none kept)
 
 
 def pool_images(pool: str | Path) -> list[str]:
@@ -104,7 +101,7 @@ def pseudo_label(
 
     Raises:
         UserError: the teacher has no validation images. Where no threshold reaches the
-            target, nothing is labelled (a warning says so) and the threshold is above 1.
+            target, nothing is labelled (a warning says so) and the threshold is 1.
     """
     folder, device = RunFolder.of(teacher), torch.device(device)
     meta = folder.read_meta()
@@ -113,13 +110,22 @@ def pseudo_label(
     fit = _fit_threshold(network, meta, folder, target_precision, device)
     kept_paths, kept_probs, read = _score_pool(network, meta, images, device)
     top = kept_probs.max(axis=1) if len(kept_probs) else np.zeros(0)
-    sure = top >= fit.min_confidence
+    # coverage 0: no threshold reached the target, so not even a probability of 1.0 is kept
+    sure = top >= fit.min_confidence if fit.coverage > 0 else np.zeros(len(top), dtype=bool)
     rows = [
         (path, classes[int(p.argmax())], float(t))
         for path, p, t, ok in zip(kept_paths, kept_probs, top, sure, strict=True)
         if ok
     ]
-    _write_manifest(Path(manifest), rows)
+    write_manifest(
+        manifest,
+        [
+            {"path": manifest_path(path, manifest), "label": label, "labelled_by": MACHINE,
+             "probability": probability}
+            for path, label, probability in rows
+        ],
+        ("path", "label", "labelled_by", "probability"),
+    )  # fmt: skip
     record = PseudoLabels(
         teacher=TEACHER_FOLDER if folder.path.name == TEACHER_FOLDER else str(folder.path),
         pool=str(pool),
@@ -151,7 +157,7 @@ def _fit_threshold(
 
 def fit_or_keep_nothing(confidence: np.ndarray, right: np.ndarray, target: float) -> ThresholdFit:
     """``fit_min_confidence``, or where no threshold reaches ``target`` a fit that keeps nothing
-    (threshold above every probability, coverage 0, the best precision reached), with a
+    (threshold 1, coverage 0, the best precision reached), with a
     warning: a labelling loop's small, hard validation split may reach the target nowhere, and
     then the student trains on the labelled data alone rather than the run failing.
 
@@ -203,17 +209,3 @@ def _decode_chunk(files: list[str], pre: InputContract) -> tuple[list[str], torc
         read.append(file)
         decoded.append(image)
     return read, torch.stack(decoded) if decoded else torch.empty(0, dtype=torch.uint8)
-
-
-def _write_manifest(path: Path, rows: list[tuple[str, str, float]]) -> None:
-    """The labels manifest: ``path,label,labelled_by,probability``; a path under the
-    manifest's folder relative to it, else absolute."""
-    text = io.StringIO()
-    writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(["path", "label", "labelled_by", "probability"])
-    base = path.parent.resolve()
-    for file, label, probability in rows:
-        where = Path(file)
-        shown = where.relative_to(base) if where.is_relative_to(base) else where
-        writer.writerow([str(shown), label, MACHINE, f"{probability:.6f}"])
-    atomic_write_text(path, text.getvalue())

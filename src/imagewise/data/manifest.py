@@ -1,11 +1,13 @@
-"""The manifests that label-less tools write, in the form ``train`` reads (a CSV manifest).
+"""The labels manifests that label-less tools write, in the form ``train`` reads (a CSV
+manifest): ``label serve`` and ``label auto`` write them, ``train --unlabelled`` its
+``pseudo_labels.csv``; ``train --add-labels`` reads them (``data/extra.py``).
 
 Columns: ``path,label[,split],labelled_by[,probability]``:
 
 - ``path``: relative to the manifest's folder when the image lies under it (the pair can move
   together), else absolute.
-- ``labelled_by``: ``person`` (``label serve``) or ``machine`` (``label auto``, with the
-  calibrated ``probability`` of the label it gave).
+- ``labelled_by``: ``person`` (``label serve``) or ``machine`` (``label auto`` and
+  pseudo-labels, with the calibrated ``probability`` of the label it gave).
 
 Only labelled images are rows (``train`` refuses an empty label); skipped, "none of these" and
 dropped images are kept out. ``train`` keeps the extra columns as slice columns
