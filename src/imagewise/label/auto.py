@@ -24,7 +24,6 @@ from pathlib import Path
 
 import numpy as np
 
-from imagewise.data.manifest import MACHINE, manifest_path, write_manifest
 from imagewise.edge.unknown import ThresholdFit
 from imagewise.errors import UserError
 
@@ -189,6 +188,10 @@ def expected_precision_threshold(top: np.ndarray, fitted: float, target: float) 
 
 
 def _write_labels(auto: AutoLabels, out: Path) -> Path:
+    # here, not at the top: the command line reads DEFAULT_TARGET without importing torch
+    # (the data package does)
+    from imagewise.data.manifest import MACHINE, manifest_path, write_manifest
+
     rows = [
         {
             "path": manifest_path(auto.paths[i], out),
