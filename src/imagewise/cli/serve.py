@@ -27,6 +27,23 @@ def add_parser(verbs: Any, new_verb: NewVerb) -> argparse.ArgumentParser:
         default=os.environ.get("IMAGEWISE_TOKEN"),
         help="require 'Authorization: Bearer TOKEN' (default: $IMAGEWISE_TOKEN; none)",
     )
+    _add_batching_and_limits(p)
+    p.add_argument("--top-k", type=int, default=5, help="default classes per image (5)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="compute threads (default: torch's; ONNX files: the CPUs this process may use)",
+    )
+    add_device(p, "cpu, cuda or auto (run folders)")
+    add_unknown_options(p, ood_default="none")  # existing clients see no new fields
+    _add_drift(p)
+    add_coverage_options(p)
+    return p
+
+
+def _add_batching_and_limits(p: argparse.ArgumentParser) -> None:
+    """How requests are batched, and what a request may send before it is refused."""
     p.add_argument("--max-batch", type=int, default=32, help="images per model call (32)")
     p.add_argument(
         "--max-wait-ms",
@@ -72,15 +89,10 @@ def add_parser(verbs: Any, new_verb: NewVerb) -> argparse.ArgumentParser:
     p.add_argument(
         "--keep-alive", type=float, default=5.0, help="seconds an idle connection stays open (5)"
     )
-    p.add_argument("--top-k", type=int, default=5, help="default classes per image (5)")
-    p.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="compute threads (default: torch's; ONNX files: the CPUs this process may use)",
-    )
-    add_device(p, "cpu, cuda or auto (run folders)")
-    add_unknown_options(p, ood_default="none")  # existing clients see no new fields
+
+
+def _add_drift(p: argparse.ArgumentParser) -> None:
+    """Drift and out-of-distribution alarms over the latest answers."""
     p.add_argument(
         "--drift",
         default="auto",
@@ -98,8 +110,6 @@ def add_parser(verbs: Any, new_verb: NewVerb) -> argparse.ArgumentParser:
         metavar="N",
         help="images each drift check looks at, the latest (default 500)",
     )
-    add_coverage_options(p)
-    return p
 
 
 def run(args: argparse.Namespace) -> int:
