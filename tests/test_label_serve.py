@@ -332,16 +332,23 @@ def _manifest_data(root: Path) -> Path:
     return root / "data.csv"
 
 
+def _likely_errors(
+    manifest: Path, rows: list[dict[str, str]], picks: tuple[int, ...]
+) -> list[dict[str, object]]:
+    """data check's label_issues for the rows ``picks``, each suggested as stripes."""
+    return [
+        {"path": str(manifest.parent / rows[k]["path"]), "split": rows[k]["split"],
+         "given": rows[k]["label"], "suggested": "stripes", "given_probability": 0.1,
+         "suggested_probability": 0.8}
+        for k in picks
+    ]  # fmt: skip
+
+
 def test_review_keeps_relabels_and_drops(tmp_path: Path) -> None:
     manifest = _manifest_data(tmp_path / "ds")
     # the dataset's rows as train reads them: the train split, then val, then test
     rows = sorted(_rows(manifest), key=lambda r: ("train", "val", "test").index(r["split"]))
-    issues = [
-        {"path": str(manifest.parent / rows[k]["path"]), "split": rows[k]["split"],
-         "given": rows[k]["label"], "suggested": "stripes", "given_probability": 0.1,
-         "suggested_probability": 0.8}
-        for k in (0, 2, 4)
-    ]  # fmt: skip
+    issues = _likely_errors(manifest, rows, (0, 2, 4))
     # the check was run from elsewhere: its paths start with the dataset's name as it was given
     issues[1]["path"] = f"elsewhere/{rows[2]['path']}"
     findings = tmp_path / "findings.json"
@@ -467,12 +474,7 @@ def test_page_reviews_by_keyboard(tmp_path: Path) -> None:
 
     manifest = _manifest_data(tmp_path / "ds")
     rows = sorted(_rows(manifest), key=lambda r: ("train", "val", "test").index(r["split"]))
-    issues = [
-        {"path": str(manifest.parent / rows[k]["path"]), "split": rows[k]["split"],
-         "given": rows[k]["label"], "suggested": "stripes", "given_probability": 0.1,
-         "suggested_probability": 0.8}
-        for k in (0, 1, 3)
-    ]  # fmt: skip
+    issues = _likely_errors(manifest, rows, (0, 1, 3))
     findings = tmp_path / "findings.json"
     findings.write_text(json.dumps({"source": str(manifest), "label_issues": issues}))
     out = tmp_path / "ds" / "reviewed.csv"

@@ -17,13 +17,15 @@ reader or a kill mid-write sees the old manifest or the new one, never half of o
 
 from __future__ import annotations
 
+import csv
 import io
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
+from imagewise.errors import UserError
 from imagewise.io import atomic_write_text
-from imagewise.names import CsvWriter
+from imagewise.names import TEXT_ERRORS, CsvWriter
 
 PERSON = "person"
 MACHINE = "machine"
@@ -49,6 +51,25 @@ def resolve_manifest_path(row_path: str, manifest: str | Path) -> Path:
     """The file a manifest row names (relative rows are under the manifest's folder)."""
     path = Path(row_path)
     return path if path.is_absolute() else Path(os.path.abspath(manifest)).parent / path
+
+
+def read_rows(path: str | Path, what: str) -> tuple[list[dict[str, str]], list[str]]:
+    """The rows of a CSV file (dicts keyed by its header) and its column names.
+
+    Args:
+        path: the file (a manifest, a queue).
+        what: how a message names it, e.g. ``the queue 'q.csv'``.
+
+    Raises:
+        UserError: one line, ``cannot read WHAT: why``.
+    """
+    try:
+        with open(path, newline="", encoding="utf-8-sig", errors=TEXT_ERRORS) as f:
+            reader = csv.DictReader(f)
+            rows = list(reader)
+    except (OSError, csv.Error) as exc:
+        raise UserError(f"cannot read {what}: {exc}") from exc
+    return rows, list(reader.fieldnames or [])
 
 
 def write_manifest(

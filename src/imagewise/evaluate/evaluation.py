@@ -108,21 +108,8 @@ def evaluate(
                                     write, report, gallery)  # fmt: skip
     if slice_by is not None:  # a wrong column is refused before the model runs
         slice_column(chosen, slice_by, raw.source, raw.kind)
-    chosen, logits, labels = _logits(clf, raw, chosen, batch_size, cfg.data.workers)
-    probs = torch.softmax(logits / clf.temperature, dim=1).numpy()
-    y = labels.numpy()
-    values, calibration = _metric_values(clf, logits, labels, probs)
-    values.update(_provenance(run_dir, data, split, cfg))
-    prediction_sets = None
-    if coverage is not None:
-        prediction_sets, values["conformal"] = _sets(
-            clf, run_dir, chosen, probs, y, (coverage, coverage_per_class, non_empty_sets)
-        )
-    metrics = Metrics.from_json(values, "the evaluation", "")
-    result = Evaluation(
-        metrics, clf.classes, y, probs, chosen.paths or [], logits=logits.numpy(),
-        calibration=calibration, images=chosen, prediction_sets=prediction_sets,
-    )  # fmt: skip
+    sets = None if coverage is None else (coverage, coverage_per_class, non_empty_sets)
+    result = _evaluate_single(clf, run_dir, data, split, raw, chosen, cfg, batch_size, sets)
     _measure_more(
         result, clf, run_dir, slice_by, robustness_images if robustness else 0, batch_size
     )
@@ -165,6 +152,28 @@ def _refuse_for_multilabel(coverage: float | None, robustness: bool, slice_by: s
         raise UserError("--robustness scores single-label runs only, not a multi-label run")
     if slice_by is not None:
         raise UserError("--slice-by scores single-label runs only, not a multi-label run")
+
+
+def _evaluate_single(
+    clf: Any, run_dir: Path, data: str | None, split: str, raw: Any, chosen: Any, cfg: Any,
+    batch_size: int, sets: tuple[float, bool, bool] | None,
+) -> Evaluation:  # fmt: skip
+    """``evaluate`` of a single-label run, before the extra measurements and the writing:
+    softmax probabilities over the temperature, the metrics, and the conformal sets when
+    ``sets`` (coverage, per class, non-empty) asks for them."""
+    chosen, logits, labels = _logits(clf, raw, chosen, batch_size, cfg.data.workers)
+    probs = torch.softmax(logits / clf.temperature, dim=1).numpy()
+    y = labels.numpy()
+    values, calibration = _metric_values(clf, logits, labels, probs)
+    values.update(_provenance(run_dir, data, split, cfg))
+    prediction_sets = None
+    if sets is not None:
+        prediction_sets, values["conformal"] = _sets(clf, run_dir, chosen, probs, y, sets)
+    metrics = Metrics.from_json(values, "the evaluation", "")
+    return Evaluation(
+        metrics, clf.classes, y, probs, chosen.paths or [], logits=logits.numpy(),
+        calibration=calibration, images=chosen, prediction_sets=prediction_sets,
+    )  # fmt: skip
 
 
 def _evaluate_multilabel(

@@ -16,12 +16,17 @@ retrains' progress entries are ``label retrain``'s, beside the manifest
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 from typing import Any
 
-from imagewise.data.manifest import PERSON, manifest_path, resolve_manifest_path, write_manifest
+from imagewise.data.manifest import (
+    PERSON,
+    manifest_path,
+    read_rows,
+    resolve_manifest_path,
+    write_manifest,
+)
 from imagewise.errors import UserError
 from imagewise.io import atomic_write_json
 from imagewise.label.progress import read_progress
@@ -80,13 +85,8 @@ def _read_rows(out: Path) -> list[dict[str, str]]:
     """The rows of an existing manifest at ``out`` ([] when there is none)."""
     if not out.exists():
         return []
-    try:
-        with open(out, newline="", encoding="utf-8-sig", errors=TEXT_ERRORS) as f:
-            reader = csv.DictReader(f)
-            rows = list(reader)
-    except (OSError, csv.Error) as exc:
-        raise UserError(f"cannot read the labels in --out '{out}': {exc}") from exc
-    if not {"path", "label"} <= set(reader.fieldnames or []):
+    rows, header = read_rows(out, f"the labels in --out '{out}'")
+    if not {"path", "label"} <= set(header):
         raise UserError(
             f"--out '{out}' is not a labels manifest (no path,label header); name a new file"
         )

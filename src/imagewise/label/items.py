@@ -9,7 +9,6 @@ one image at a time as it is handed out), or, in review mode, from the likely la
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import os
@@ -17,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from imagewise.data.manifest import manifest_path
+from imagewise.data.manifest import manifest_path, read_rows
 from imagewise.errors import UserError
 from imagewise.label.books import QueueBook, ReviewBook
 from imagewise.label.session import LEASE_S, Item, LabelSession
@@ -140,13 +139,8 @@ def queue_items(queue: str | Path, classes: list[str], out: Path) -> list[Item]:
     """The images of a queue CSV (``path`` column; ``guess``, ``probability`` and ``reason``
     when present), in its order; missing files are left out with a warning."""
     queue = Path(queue)
-    try:
-        with open(queue, newline="", encoding="utf-8-sig", errors=TEXT_ERRORS) as f:
-            reader = csv.DictReader(f)
-            rows = list(reader)
-    except (OSError, csv.Error) as exc:
-        raise UserError(f"cannot read the queue '{queue}': {exc}") from exc
-    if "path" not in (reader.fieldnames or []):
+    rows, header = read_rows(queue, f"the queue '{queue}'")
+    if "path" not in header:
         raise UserError(f"the queue '{queue}' has no path column; write it with label next")
     items: list[Item] = []
     missing: list[str] = []

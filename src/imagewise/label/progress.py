@@ -14,7 +14,6 @@ al. 2012 fit inverse power laws, which need more points than a few retrains give
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
 import os
@@ -22,7 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from imagewise.data.manifest import MACHINE
+from imagewise.data.manifest import MACHINE, read_rows
 from imagewise.errors import UserError
 from imagewise.io import atomic_write_json, read_json
 
@@ -100,11 +99,8 @@ def describe(entries: list[dict[str, Any]], batch: int = 100) -> str:
 
 def count_labels(labels: str | Path) -> tuple[int, int]:
     """Rows of a labels manifest and how many of them are machine labels."""
-    try:
-        with open(labels, newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
-            rows = [r for r in csv.DictReader(f) if (r.get("label") or "").strip()]
-    except (OSError, csv.Error) as exc:
-        raise UserError(f"cannot read labels manifest '{labels}': {exc}") from exc
+    rows, _ = read_rows(labels, f"labels manifest '{labels}'")
+    rows = [r for r in rows if (r.get("label") or "").strip()]
     return len(rows), sum((r.get("labelled_by") or "").strip() == MACHINE for r in rows)
 
 
